@@ -1,0 +1,14 @@
+# `make demo` runs the closed loop; `make test` runs the test suite. Both install what they need.
+.PHONY: setup demo test bench
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	.venv/bin/rlhf demo
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	for b in bench/*.py; do .venv/bin/python $$b; done

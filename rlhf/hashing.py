@@ -1,0 +1,21 @@
+"""Stable hashing for decisions that must agree across processes and restarts.
+
+Python's `hash()` is salted per process (PYTHONHASHSEED), so the plan's `hash(user_id) % 2`
+assigns a user differently in every worker. Everything here uses BLAKE2b of the UTF-8 parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+_SCALE = float(1 << 64)
+
+
+def stable_hash64(*parts: str) -> int:
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def stable_fraction(*parts: str) -> float:
+    """A number in [0, 1) that depends only on `parts`."""
+    return stable_hash64(*parts) / _SCALE

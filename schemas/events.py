@@ -1,0 +1,227 @@
+"""The event contract: one frozen pydantic model per topic value, each with `schema_version`.
+
+Producers validate before sending and consumers validate on receipt (`parse_event`); a failure
+raises `EventValidationError` whose message names every bad field and the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from rlhf.errors import EventValidationError
+
+MAX_QUERY_CHARS = 4_000
+MAX_RESPONSE_CHARS = 16_000
+MAX_ID_CHARS = 128
+MAX_METADATA_KEYS = 32
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9._:@/+=-]+$")]
+Query = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)]
+Response = Annotated[str, StringConstraints(max_length=MAX_RESPONSE_CHARS)]
+MetadataValue = str | int | float | bool | None
+FeedbackType = Literal["thumbs_up", "thumbs_down", "rating", "correction"]
+TrainingState = Literal["started", "progress", "finished", "failed", "guardrail"]
+PublishDecision = Literal["candidate", "rejected", "promoted", "rolled_back"]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Event(BaseModel):
+    """Base of every event: frozen, no unknown fields, timestamps in UTC."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    schema_version: Literal[1] = 1
+    timestamp: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _timestamp_is_aware(self) -> "Event":
+        if self.timestamp.tzinfo is None:
+            raise ValueError("timestamp must carry a timezone (UTC recommended)")
+        return self
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class InteractionEvent(Event):
+    """One question answered by the assistant."""
+
+    interaction_id: Id = Field(default_factory=new_id)
+    user_id: Id = Field(description="Pseudonymous user id; never a name or e-mail.")
+    query: Query
+    response: Response
+    model_version: Id
+    experiment: Id | None = None
+    variant: Id | None = None
+    latency_ms: float = Field(ge=0, le=3_600_000)
+
+
+class FeedbackEvent(Event):
+    """A user's judgement of one interaction."""
+
+    event_id: Id = Field(default_factory=new_id)
+    interaction_id: Id
+    user_id: Id
+    query: Query
+    response: Response
+    model_version: Id
+    policy: Id = Field("assistant", description="Model family the feedback trains.")
+    experiment: Id | None = None
+    variant: Id | None = None
+    feedback_type: FeedbackType
+    rating: int | None = Field(None, ge=1, le=5)
+    correction: Annotated[str, StringConstraints(min_length=1, max_length=MAX_RESPONSE_CHARS)] | None = None
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _type_fits_payload(self) -> "FeedbackEvent":
+        if self.feedback_type == "rating" and self.rating is None:
+            raise ValueError("rating: required when feedback_type is 'rating'")
+        if self.feedback_type != "rating" and self.rating is not None:
+            raise ValueError(f"rating: only allowed when feedback_type is 'rating', not {self.feedback_type!r}")
+        if self.feedback_type == "correction" and not self.correction:
+            raise ValueError("correction: required when feedback_type is 'correction'")
+        if self.feedback_type != "correction" and self.correction is not None:
+            raise ValueError(f"correction: only allowed when feedback_type is 'correction', not {self.feedback_type!r}")
+        if len(self.metadata) > MAX_METADATA_KEYS:
+            raise ValueError(f"metadata: at most {MAX_METADATA_KEYS} keys, got {len(self.metadata)}")
+        return self
+
+
+class ExposureEvent(Event):
+    """A user was shown a variant of an experiment (logged at assignment, before any feedback)."""
+
+    exposure_id: Id = Field(default_factory=new_id)
+    user_id: Id
+    experiment: Id
+    variant: Id
+    model_version: Id
+    interaction_id: Id | None = None
+
+
+class OffsetRange(BaseModel):
+    """Half-open range [start, end) of offsets on one partition."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str = Field(min_length=1, max_length=249)
+    partition: int = Field(ge=0)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "OffsetRange":
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) must not be before start ({self.start})")
+        return self
+
+
+class TrainTrigger(Event):
+    """Enough accepted feedback arrived for a policy: train on exactly these records."""
+
+    trigger_id: Id = Field(default_factory=new_id)
+    policy: Id
+    model_version: Id
+    counts: dict[FeedbackType, int] = Field(default_factory=dict)
+    ranges: tuple[OffsetRange, ...] = Field(description="Replayable offset ranges of the feedback the trigger covers.")
+    event_ids: tuple[Id, ...] = Field(default=(), description="Accepted event ids in the ranges (duplicates excluded).")
+
+
+class TrainingStatus(Event):
+    """Progress of a training job; the stream app blocks re-triggering while one is active."""
+
+    trigger_id: Id
+    policy: Id
+    state: TrainingState
+    stage: str = Field("", max_length=64)
+    message: str = Field("", max_length=4_000)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class ModelPublished(Event):
+    """A new model version entered the registry."""
+
+    version: Id
+    policy: Id
+    trigger_id: Id
+    parent_version: Id | None = None
+    reward_model_version: Id | None = None
+    decision: PublishDecision
+    metrics: dict[str, float] = Field(default_factory=dict)
+    reason: str = Field("", max_length=4_000)
+
+
+class DeadLetter(BaseModel):
+    """A record that could not be processed, kept with where it came from and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    reason: str
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int
+    key: str | None = None
+    value: str = Field(description="The original bytes, decoded as UTF-8 with replacement.")
+    timestamp: datetime = Field(default_factory=utc_now)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class WindowMetrics(Event):
+    """Tumbling-window feedback counts emitted by the stream app."""
+
+    window_start: datetime
+    window_end: datetime
+    model_version: Id
+    experiment: str = ""
+    variant: str = ""
+    feedback_type: FeedbackType
+    count: int = Field(ge=0)
+    rating_sum: int = Field(0, ge=0)
+    rating_count: int = Field(0, ge=0)
+
+
+E = TypeVar("E", bound=BaseModel)
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """`field: reason` for each problem, joined by '; ' (what users and the DLQ see)."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def validate_event(model: type[E], data: Any) -> E:
+    """Validate a mapping (or an instance) into `model`, raising EventValidationError naming fields."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise EventValidationError(f"invalid {model.__name__}: {describe_errors(exc)}") from None
+
+
+def parse_event(model: type[E], raw: bytes | str | None) -> E:
+    """Parse wire bytes (JSON) into `model`; every failure is an EventValidationError."""
+    if raw is None:
+        raise EventValidationError(f"invalid {model.__name__}: empty record (no value)")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise EventValidationError(f"invalid {model.__name__}: {describe_errors(exc)}") from None
