@@ -16,7 +16,9 @@ from rlhf.errors import RlhfError
 
 # Packages whose `cli` module contributes subcommands; a missing one is skipped so the core
 # commands keep working in a partial install.
-COMMAND_MODULES = ("rlhf.cli_core", "streams.cli", "trainers.cli", "consumers.cli", "analytics.cli", "rlhf.demo_cli")
+COMMAND_MODULES = (
+    "rlhf.cli_core", "streams.cli", "trainers.cli", "trainers.policy_cli", "consumers.cli", "analytics.cli", "rlhf.demo_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
