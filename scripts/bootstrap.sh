@@ -23,7 +23,9 @@ fi
 
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
-key=$( (cat pyproject.toml; "$python" --version) | sha256sum | cut -c1-12)
+# Key the venv on the dependency lists only, so editing other parts of pyproject.toml reuses it.
+deps=$("$python" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(p["dependencies"], p["optional-dependencies"])')
+key=$( (echo "$deps"; "$python" --version) | sha256sum | cut -c1-12)
 venv=${RLHF_VENV:-$HOME/.cache/rlhf-stream/venv-$key}
 if [ ! -x "$venv/bin/rlhf-ready" ]; then
   echo "bootstrap: creating $venv (first run downloads torch and friends)" >&2
