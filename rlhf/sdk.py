@@ -31,6 +31,12 @@ PRODUCER_DEFAULTS = {
     "linger.ms": 5,
     "batch.num.messages": 10_000,
 }
+POLL_EVERY = 256
+
+
+def is_sampled(interaction_id: str, collection_rate: float) -> bool:
+    """Whether this interaction's events are collected: the same answer in every process."""
+    return stable_fraction("collect", interaction_id) < collection_rate
 
 
 class FeedbackClient:
@@ -38,9 +44,10 @@ class FeedbackClient:
 
     def __init__(self, bootstrap_servers: str, topic_prefix: str = "", collection_rate: float = 1.0, **producer_config: Any):
         self._producer = Producer({"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **producer_config})
-        self._prefix = topic_prefix
+        self._topics = {name: topic_name(topic_prefix, name) for name in ("interactions", "feedback", "exposures")}
         self.collection_rate = collection_rate
         self._failures: list[str] = []
+        self._queued = 0
         self.delivered = 0
 
     @classmethod
@@ -48,8 +55,7 @@ class FeedbackClient:
         return cls(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.feedback.collection_rate, **producer_config)
 
     def sampled(self, interaction_id: str) -> bool:
-        """Whether this interaction's events are collected (same answer in every process)."""
-        return stable_fraction("collect", interaction_id) < self.collection_rate
+        return is_sampled(interaction_id, self.collection_rate)
 
     def interaction(self, event: InteractionEvent | None = None, /, **fields: Any) -> InteractionEvent | None:
         ev = validate_event(InteractionEvent, event or fields)
@@ -73,7 +79,7 @@ class FeedbackClient:
 
     def send(self, topic: str, event: Event, key: str | None) -> None:
         """Queue an already-validated event; blocks briefly if the local queue is full."""
-        self.send_bytes(topic_name(self._prefix, topic), event.to_bytes(), key)
+        self.send_bytes(self._topics[topic], event.to_bytes(), key)
 
     def send_bytes(self, full_topic: str, value: bytes, key: str | None) -> None:
         while True:
@@ -82,7 +88,9 @@ class FeedbackClient:
                 break
             except BufferError:
                 self._producer.poll(0.05)
-        self._producer.poll(0)
+        self._queued += 1
+        if self._queued % POLL_EVERY == 0:  # serve delivery callbacks without a syscall per event
+            self._producer.poll(0)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:

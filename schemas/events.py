@@ -6,7 +6,7 @@ raises `EventValidationError` whose message names every bad field and the reason
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -29,7 +29,8 @@ PublishDecision = Literal["candidate", "rejected", "promoted", "rolled_back"]
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as hex, like uuid4().hex but without building a UUID object (hot path)."""
+    return os.urandom(16).hex()
 
 
 def utc_now() -> datetime:
@@ -51,7 +52,7 @@ class Event(BaseModel):
         return self
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
+        return self.__pydantic_serializer__.to_json(self)
 
 
 class InteractionEvent(Event):
