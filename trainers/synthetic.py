@@ -121,3 +121,21 @@ def preference_pairs(questions: list[Question], n: int, seed: int = 0) -> list[t
         q = rng.choice(questions)
         pairs.append((q.text, answer(q, "helpful", rng), answer(q, rng.choice(STYLES[1:]), rng)))
     return pairs
+
+
+def question_by_text(text: str) -> Question | None:
+    """The generated question whose wording is exactly `text` (None for a query from elsewhere)."""
+    return _QUESTIONS_BY_TEXT.get(text.strip())
+
+
+_QUESTIONS_BY_TEXT = {q.text: q for q in all_questions()}
+
+
+def quality_reward(queries: list[str], responses: list[str]) -> list[float]:
+    """The hidden preference as a reward function with the reward model's `predict` signature;
+    a query that is not a generated question scores 0."""
+    out = []
+    for query, response in zip(queries, responses, strict=True):
+        q = question_by_text(query)
+        out.append(quality(q, response) if q is not None else 0.0)
+    return out
