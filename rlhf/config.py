@@ -123,6 +123,10 @@ class ClickHouseSettings(Section):
     url: SecretStr | None = Field(None, description="ClickHouse server URL (http://user:pass@host:8123/db); unset = embedded chdb.")
     path: Path | None = Field(None, description="Embedded chdb data directory; default under RLHF_HOME.")
     database: str = Field("rlhf", description="Database holding the tables.")
+    batch_rows: int = Field(5000, ge=1, description="The sink inserts a batch once it holds this many events ...")
+    batch_seconds: float = Field(1.0, gt=0, description="... or once its oldest event has waited this long.")
+    dashboard_host: str = Field("127.0.0.1", description="Interface of the dashboard and /sql endpoint (served by the sink).")
+    dashboard_port: int = Field(8321, ge=1, le=65535, description="Port of the dashboard and /sql endpoint.")
 
 
 class RegistrySettings(Section):
