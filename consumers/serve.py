@@ -27,7 +27,7 @@ from consumers.registry import ModelRegistry
 from rlhf.config import Settings
 from rlhf.errors import ModelLoadError
 from rlhf.sdk import FeedbackClient
-from schemas.events import MAX_QUERY_CHARS
+from schemas.events import MAX_QUERY_CHARS, new_id
 from trainers.tiny_policy import format_prompt
 
 log = logging.getLogger("rlhf.serve")
@@ -142,14 +142,14 @@ class Assistant:
             latency_ms = (time.perf_counter() - start) * 1000 / len(idx)
             for i, text in zip(idx, answers):
                 _, experiment, variant = routed[i]
-                event = self.client.interaction(
-                    user_id=requests[i].user_id, query=requests[i].query, response=text, model_version=policy.version,
+                interaction_id = new_id()  # returned even when the SDK samples the event out
+                self.client.interaction(
+                    interaction_id=interaction_id, user_id=requests[i].user_id, query=requests[i].query, response=text, model_version=policy.version,
                     experiment=experiment, variant=variant, latency_ms=latency_ms,
                 )  # fmt: skip
-                interaction_id = event.interaction_id if event else ""
                 if experiment is not None:
                     self.client.exposure(user_id=requests[i].user_id, experiment=experiment, variant=variant,
-                                         model_version=policy.version, interaction_id=interaction_id or None)  # fmt: skip
+                                         model_version=policy.version, interaction_id=interaction_id)  # fmt: skip
                 replies[i] = ChatReply(interaction_id=interaction_id, response=text, model_version=policy.version, experiment=experiment, variant=variant)
         self.client.flush()
         return [r for r in replies if r is not None]

@@ -1,0 +1,152 @@
+"""One training job: trigger -> exact dataset -> reward model -> policy -> evaluated, gated version.
+
+Called by the trainer consumer for each TrainTrigger. Idempotent by trigger id: the policy
+version id derives from it, so a re-delivered trigger whose version exists is a no-op.
+
+Lineage written into each manifest: trigger id and offset ranges -> reward-model version ->
+parent policy -> metrics -> gate decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from pathlib import Path
+
+from consumers.registry import Manifest, ModelRegistry, code_version, version_for
+from consumers.trainer import StatusEmitter
+from rlhf.config import Settings
+from rlhf.errors import RlhfError, TrainingError
+from rlhf.hashing import stable_fraction
+from schemas import FeedbackEvent, ModelPublished, TrainTrigger
+
+BASE_VERSION = "base"
+
+
+class JobAbandoned(RlhfError):
+    """The trainer is shutting down; the trigger stays uncommitted and will be retried."""
+
+
+def config_hash(settings: Settings) -> str:
+    training = {k: settings.model_dump(mode="json")[k] for k in ("reward_model", "ppo", "feedback")}
+    return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_base_policy(settings: Settings, policy: str = "assistant") -> str:
+    """Register the configured starting policy (`ppo.base_model`) as serving if nothing serves yet."""
+    from trainers.tiny_policy import resolve_base_model
+
+    registry = ModelRegistry(settings.registry_path)
+    if registry.serving(policy) is None:
+        source = Path(resolve_base_model(settings.ppo.base_model))
+        if not source.is_dir():
+            raise TrainingError(f"ppo.base_model {settings.ppo.base_model!r}: the registry needs a local directory to copy as the base version")
+        registry.register_base(policy, BASE_VERSION, lambda d: shutil.copytree(source, d, dirs_exist_ok=True))
+    return registry.serving(policy) or BASE_VERSION
+
+
+def split_queries(events: list[FeedbackEvent], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """All distinct queries (positive and negative feedback alike), split by a stable hash."""
+    queries = sorted({e.query for e in events})
+    train = [q for q in queries if stable_fraction("policy-eval", q) >= eval_fraction]
+    held_out = [q for q in queries if stable_fraction("policy-eval", q) < eval_fraction]
+    if not train or not held_out:
+        raise TrainingError(f"need queries on both sides of the train/eval split, got {len(train)} train and {len(held_out)} held-out")
+    return train, held_out
+
+
+class TrainingJob:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.registry = ModelRegistry(settings.registry_path)
+
+    def __call__(self, trigger: TrainTrigger, emitter: StatusEmitter, stop: threading.Event) -> None:
+        from streams.replay import replay_trigger
+
+        version = version_for(trigger.policy, trigger.trigger_id)
+        if self.registry.exists("policies", version):
+            emitter.status(trigger, "finished", message=f"already published as {version}; nothing to do")
+            return
+        emitter.status(trigger, "started", stage="replay")
+        events = replay_trigger(self.settings, trigger)
+        if not events:
+            raise TrainingError(f"trigger {trigger.trigger_id}: its offset ranges hold no accepted feedback")
+        parent = self.registry.serving(trigger.policy) or ensure_base_policy(self.settings, trigger.policy)
+
+        def progress(stage: str, metrics: dict[str, float] | None = None, message: str = "") -> None:
+            if stop.is_set():
+                raise JobAbandoned("shutdown requested")
+            emitter.status(trigger, "progress", stage=stage, message=message, metrics=metrics or {})
+
+        rm_version, reward_model, rm_metrics = self._reward_model(trigger, events, progress)
+        progress("policy", rm_metrics)
+        manifest = self.registry.publish(
+            "policies", version, lambda d: self._policy(d, trigger, version, parent, rm_version, reward_model, events, progress, emitter)
+        )
+        if manifest is None:  # another trainer published this trigger meanwhile
+            emitter.status(trigger, "finished", message=f"already published as {version}")
+            return
+        if manifest.status == "candidate":
+            self.registry.offer_candidate(trigger.policy, version)
+        emitter.emit("model-published", ModelPublished(
+            version=version, policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
+            reward_model_version=rm_version, decision=manifest.status, metrics=manifest.metrics, reason=manifest.reason,
+        ), trigger.policy)  # fmt: skip
+        emitter.status(trigger, "finished", stage=manifest.status, message=manifest.reason, metrics=manifest.metrics)
+
+    def _reward_model(self, trigger: TrainTrigger, events: list[FeedbackEvent], progress):
+        from trainers.reward import RewardModel, train_reward_model
+
+        rm_version = f"rm-{trigger.trigger_id[:16]}"
+        if not self.registry.exists("reward_models", rm_version):
+
+            def build(directory: Path) -> Manifest:
+                _, metrics = train_reward_model(events, self.settings, directory, lineage=self._lineage(trigger), progress=progress)
+                return Manifest(
+                    version=rm_version, kind="reward_models", policy=trigger.policy, status="candidate", trigger_id=trigger.trigger_id,
+                    data_ranges=[r.model_dump() for r in trigger.ranges], metrics=metrics, config_hash=config_hash(self.settings),
+                    code_version=code_version(),
+                )  # fmt: skip
+
+            progress("reward_model")
+            self.registry.publish("reward_models", rm_version, build)
+        manifest = self.registry.manifest("reward_models", rm_version)
+        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version)), manifest.metrics
+
+    def _policy(self, directory: Path, trigger, version, parent, rm_version, reward_model, events, progress, emitter) -> Manifest:
+        from trainers.ppo import optimise_policy
+
+        train_queries, eval_queries = split_queries(events)
+
+        def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
+            if state == "guardrail":
+                emitter.status(trigger, "guardrail", stage=stage, message=message, metrics=metrics)
+            else:  # progress also checks for shutdown, abandoning the job between PPO iterations
+                progress(stage, metrics, message)
+
+        metrics = optimise_policy(
+            self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_model.predict,
+            train_queries, eval_queries, self.settings.ppo, directory, on_status=on_status, feedback_events=events,
+        )  # fmt: skip
+        fired = list(metrics.pop("guardrails_fired", []))
+        before, after = metrics["mean_reward_before"], metrics["mean_reward_after"]
+        margin = self.settings.registry.promotion_margin
+        improved = after > before + abs(before) * margin
+        status = "candidate" if improved and not fired else "rejected"
+        reason = (
+            f"held-out mean reward {before:.3f} -> {after:.3f}"
+            + ("" if improved else f": not better than the parent by the {margin:.0%} margin")
+            + (f"; guardrails fired: {', '.join(fired)}" if fired else "")
+        )
+        return Manifest(
+            version=version, kind="policies", policy=trigger.policy, status=status, trigger_id=trigger.trigger_id,
+            parent_version=parent, reward_model_version=rm_version, data_ranges=[r.model_dump() for r in trigger.ranges],
+            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, guardrails_fired=fired,
+            config_hash=config_hash(self.settings), code_version=code_version(), reason=reason,
+        )  # fmt: skip
+
+    @staticmethod
+    def _lineage(trigger: TrainTrigger) -> dict:
+        return {"trigger_id": trigger.trigger_id, "policy": trigger.policy, "ranges": [r.model_dump() for r in trigger.ranges]}
