@@ -1,0 +1,208 @@
+"""The ClickHouse connection and schema: one clickhouse-connect `Client` for both deployments.
+
+Embedded (default): the chdb engine in-process on `settings.clickhouse_path`. chdb lets only one
+process open a path, so in embedded mode the sink process owns it and serves the dashboard and
+`/sql`; everything else asks that process. Server: `clickhouse.url` (or `$CLICKHOUSE_URL`) names
+a ClickHouse server and any process may connect. The SQL is the same for both.
+
+Migrations are code (`MIGRATIONS`), applied in order at connect; every statement is idempotent
+(`IF NOT EXISTS`) and applied ids are recorded, so a crash half-way is repaired by the next start.
+
+Redelivery never double counts: the event tables are ReplacingMergeTree keyed on the event id
+(read them with FINAL), and the sink skips ids already stored before inserting, so the
+materialized views, which see every inserted block, count each event once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+import pyarrow as pa
+from clickhouse_connect.driver.client import Client
+
+from analytics.errors import ClickHouseError
+from rlhf.config import Settings
+
+Mode = Literal["chdb", "server"]
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: str
+    statements: tuple[str, ...]
+
+
+_EVENT_COLUMNS = "ts DateTime64(3, 'UTC'), ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)"
+_AB_COLUMNS = "model_version LowCardinality(String), experiment LowCardinality(String), variant LowCardinality(String)"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_event_tables", (
+        f"""CREATE TABLE IF NOT EXISTS interactions (
+            interaction_id String, user_id String, {_AB_COLUMNS}, latency_ms Float64,
+            query String, response String, {_EVENT_COLUMNS}
+        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(ts) ORDER BY interaction_id""",
+        # positive and reward are derived once, at ingestion (see consumers.sink.feedback_row).
+        f"""CREATE TABLE IF NOT EXISTS feedback (
+            event_id String, interaction_id String, user_id String, {_AB_COLUMNS}, policy LowCardinality(String),
+            feedback_type LowCardinality(String), rating Nullable(UInt8), correction String, positive UInt8, reward Float64,
+            query String, response String, metadata String, {_EVENT_COLUMNS}
+        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(ts) ORDER BY event_id""",
+        f"""CREATE TABLE IF NOT EXISTS exposures (
+            exposure_id String, user_id String, {_AB_COLUMNS}, interaction_id String, {_EVENT_COLUMNS}
+        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(ts) ORDER BY exposure_id""",
+        # A window may be re-emitted with late events: the latest emission (ts) replaces the earlier.
+        f"""CREATE TABLE IF NOT EXISTS metrics (
+            window_start DateTime64(3, 'UTC'), window_end DateTime64(3, 'UTC'), {_AB_COLUMNS},
+            feedback_type LowCardinality(String), count UInt64, rating_sum UInt64, rating_count UInt64, {_EVENT_COLUMNS}
+        ) ENGINE = ReplacingMergeTree(ts) ORDER BY (window_start, window_end, model_version, experiment, variant, feedback_type)""",
+        # Status and publish events carry no id of their own; the full identifying tuple is the key.
+        f"""CREATE TABLE IF NOT EXISTS training_status (
+            trigger_id String, policy LowCardinality(String), state LowCardinality(String), stage String,
+            message String, metrics Map(String, Float64), {_EVENT_COLUMNS}
+        ) ENGINE = ReplacingMergeTree ORDER BY (policy, trigger_id, ts, state, stage)""",
+        f"""CREATE TABLE IF NOT EXISTS model_published (
+            version String, policy LowCardinality(String), trigger_id String, parent_version String,
+            reward_model_version String, decision LowCardinality(String), metrics Map(String, Float64), reason String,
+            {_EVENT_COLUMNS}
+        ) ENGINE = ReplacingMergeTree ORDER BY (policy, version, decision, ts)""",
+    )),
+    Migration("0002_variant_daily", (
+        # One row per (experiment, variant, model version, day), fed by three views; a view
+        # leaves the columns it does not produce at their zero state.
+        """CREATE TABLE IF NOT EXISTS variant_daily (
+            experiment LowCardinality(String), variant LowCardinality(String), model_version LowCardinality(String), day Date,
+            users_exposed AggregateFunction(uniqExact, String),
+            exposures SimpleAggregateFunction(sum, UInt64),
+            interactions SimpleAggregateFunction(sum, UInt64),
+            feedback SimpleAggregateFunction(sum, UInt64),
+            thumbs_up SimpleAggregateFunction(sum, UInt64),
+            thumbs_down SimpleAggregateFunction(sum, UInt64),
+            ratings SimpleAggregateFunction(sum, UInt64),
+            rating_sum SimpleAggregateFunction(sum, UInt64),
+            corrections SimpleAggregateFunction(sum, UInt64),
+            positives SimpleAggregateFunction(sum, UInt64),
+            reward_sum SimpleAggregateFunction(sum, Float64)
+        ) ENGINE = AggregatingMergeTree ORDER BY (experiment, variant, model_version, day)""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_exposures_mv TO variant_daily AS
+            SELECT experiment, variant, model_version, toDate(ts) AS day,
+                   uniqExactState(user_id) AS users_exposed, toUInt64(count()) AS exposures
+            FROM exposures GROUP BY experiment, variant, model_version, day""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_interactions_mv TO variant_daily AS
+            SELECT experiment, variant, model_version, toDate(ts) AS day, toUInt64(count()) AS interactions
+            FROM interactions GROUP BY experiment, variant, model_version, day""",
+        """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_feedback_mv TO variant_daily AS
+            SELECT experiment, variant, model_version, toDate(ts) AS day,
+                   toUInt64(count()) AS feedback,
+                   toUInt64(countIf(feedback_type = 'thumbs_up')) AS thumbs_up,
+                   toUInt64(countIf(feedback_type = 'thumbs_down')) AS thumbs_down,
+                   toUInt64(countIf(rating IS NOT NULL)) AS ratings,
+                   toUInt64(sum(ifNull(rating, 0))) AS rating_sum,
+                   toUInt64(countIf(feedback_type = 'correction')) AS corrections,
+                   toUInt64(sum(positive)) AS positives,
+                   sum(reward) AS reward_sum
+            FROM feedback GROUP BY experiment, variant, model_version, day""",
+    )),
+)
+
+# Tables whose rows are keyed by one id column: the sink skips ids already stored there.
+ID_COLUMNS: Mapping[str, str] = {"interactions": "interaction_id", "feedback": "event_id", "exposures": "exposure_id"}
+
+
+@dataclass
+class Warehouse:
+    """A migrated client plus the lock that serialises it: the sink and the dashboard threads share one."""
+
+    client: Client
+    mode: Mode
+    database: str
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextmanager
+    def locked(self) -> Iterator[Client]:
+        with self._lock:
+            yield self.client
+
+    def query_df(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        with self.locked() as c:
+            return c.query_df(sql, parameters=dict(parameters or {}))
+
+    def insert_new(self, table: str, rows: pa.Table) -> int:
+        """Insert the rows whose id is not stored yet; returns how many were inserted.
+
+        The check matters after a crash between insert and commit: the redelivered batch is
+        skipped here, so the materialized views never see an event twice.
+        """
+        id_col = ID_COLUMNS.get(table)
+        with self.locked() as c:
+            if id_col is not None and rows.num_rows:
+                ids = rows.column(id_col).to_pylist()
+                stored = {r[0] for r in c.query(f"SELECT DISTINCT {id_col} FROM {table} WHERE {id_col} IN {{ids:Array(String)}}",
+                                                parameters={"ids": ids}).result_rows}
+                if stored:
+                    rows = rows.filter(pa.array([i not in stored for i in ids]))
+            if rows.num_rows:
+                c.insert_arrow(table, rows)
+        return rows.num_rows
+
+    def close(self) -> None:
+        with self.locked() as c:
+            c.close()
+
+
+def server_url(settings: Settings) -> str | None:
+    url = settings.clickhouse.url
+    return url.get_secret_value() if url is not None else os.environ.get("CLICKHOUSE_URL") or None
+
+
+def mode_of(settings: Settings) -> Mode:
+    return "server" if server_url(settings) else "chdb"
+
+
+def get_client(settings: Settings, migrate: bool = True) -> Client:
+    """The clickhouse-connect client for this deployment, on the project database, schema migrated."""
+    import clickhouse_connect  # the chdb interface imports chdb (~420 MB RSS) only when asked for
+
+    url = server_url(settings)
+    try:
+        if url:
+            client = clickhouse_connect.get_client(dsn=url)
+        else:
+            settings.clickhouse_path.parent.mkdir(parents=True, exist_ok=True)
+            client = clickhouse_connect.get_client(interface="chdb", path=str(settings.clickhouse_path))
+        client.command(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse.database}")
+        client.database = settings.clickhouse.database
+        if migrate:
+            apply_migrations(client)
+    except ClickHouseError:
+        raise
+    except Exception as exc:
+        where = "ClickHouse server" if url else f"embedded chdb at {settings.clickhouse_path}"
+        hint = " (another process, e.g. a running sink, owns this path)" if "lock" in str(exc).lower() else ""
+        raise ClickHouseError(f"{where}: {exc}{hint}") from exc
+    return client
+
+
+def open_warehouse(settings: Settings) -> Warehouse:
+    return Warehouse(get_client(settings), mode_of(settings), settings.clickhouse.database)
+
+
+def apply_migrations(client: Client) -> list[str]:
+    """Apply the migrations not yet recorded; returns the ids applied now."""
+    client.command("CREATE TABLE IF NOT EXISTS schema_migrations (id String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+                   "ENGINE = ReplacingMergeTree ORDER BY id")
+    done = {r[0] for r in client.query("SELECT id FROM schema_migrations FINAL").result_rows}
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.id in done:
+            continue
+        for statement in migration.statements:
+            client.command(statement)
+        client.insert("schema_migrations", [[migration.id]], column_names=["id"])
+        applied.append(migration.id)
+    return applied
