@@ -1,0 +1,172 @@
+"""The tiny offline policy: a small Llama-style assistant built locally, because no causal LM of
+useful size can be downloaded here (see ../shared/notes/ml-stack.md).
+
+It trains a byte-level BPE tokenizer and a ~1M-parameter Llama on the generated support-question
+world (`trainers.synthetic.warmup_corpus`), then warms it up with a short supervised pass so it
+answers in assistant style. The corpus is deliberately ~30% helpful, so the starting policy
+mixes helpful, dodging, echoing and wrong answers and RLHF has room to improve.
+
+    rlhf policy build-tiny --out /tmp/tiny          # or: ensure_tiny_policy() (cached, built once)
+
+Everything round-trips through `save_pretrained` / `from_pretrained(path)`, so the rest of the
+project treats it exactly like a Hub model; `ppo.base_model: tiny` in the config selects it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlhf.config import cache_home
+from trainers.synthetic import warmup_corpus
+
+PROMPT_TEMPLATE = "Query: {query}\nResponse: "
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+TINY = "tiny"  # the config value of `ppo.base_model` that selects this model
+
+# Bump when the recipe below changes, so cached builds made by an older recipe are not reused.
+RECIPE_VERSION = 1
+DEFAULT_RECIPE = {
+    "version": RECIPE_VERSION,
+    "n_examples": 4000,
+    "vocab_size": 1024,
+    "hidden_size": 128,
+    "num_layers": 2,
+    "num_heads": 4,
+    "warmup_steps": 600,
+    "batch_size": 32,
+    "learning_rate": 3e-3,
+    "seed": 0,
+}
+
+
+def format_prompt(query: str) -> str:
+    """The prompt every policy in the project sees; the reward model scores `prompt + response`."""
+    return PROMPT_TEMPLATE.format(query=query)
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    # A pad token distinct from EOS keeps "the response ended" separable from "this is padding".
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left")
+
+
+def _sft_batches(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]], batch_size: int, rng: random.Random):
+    """Endless shuffled batches of (input_ids, attention_mask, labels) with the loss on the
+    response and EOS only: the model should learn to answer, not to write questions."""
+    examples = []
+    for query, response in pairs:
+        # Prompt and response are tokenised separately, exactly as generation sees them.
+        p = tokenizer(format_prompt(query), add_special_tokens=False)["input_ids"]
+        r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        examples.append((p + r, [-100] * len(p) + r))
+    while True:
+        rng.shuffle(examples)
+        for i in range(0, len(examples) - batch_size + 1, batch_size):
+            chunk = examples[i : i + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+            labels = torch.full((batch_size, width), -100)
+            mask = torch.zeros((batch_size, width), dtype=torch.long)
+            for row, (x, y) in enumerate(chunk):  # right padding: positions stay 0..n for training
+                ids[row, : len(x)] = torch.tensor(x)
+                labels[row, : len(y)] = torch.tensor(y)
+                mask[row, : len(x)] = 1
+            yield ids, mask, labels
+
+
+def build_tiny_policy(out_dir: str | Path, **recipe_overrides: int | float) -> Path:
+    """Train the tokenizer and the warm-up model and save both to `out_dir` (replaced if present).
+    Takes ~20-40 s on 2 CPU cores with the default recipe. Returns `out_dir`."""
+    recipe = {**DEFAULT_RECIPE, **recipe_overrides}
+    out_dir = Path(out_dir)
+    started = time.monotonic()
+    rng = random.Random(recipe["seed"])
+    torch.manual_seed(recipe["seed"])
+
+    pairs = warmup_corpus(int(recipe["n_examples"]), seed=int(recipe["seed"]))
+    tokenizer = _train_tokenizer([format_prompt(q) + r for q, r in pairs], int(recipe["vocab_size"]))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(recipe["hidden_size"]),
+        intermediate_size=4 * int(recipe["hidden_size"]),
+        num_hidden_layers=int(recipe["num_layers"]),
+        num_attention_heads=int(recipe["num_heads"]),
+        num_key_value_heads=int(recipe["num_heads"]),
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(recipe["learning_rate"]), weight_decay=0.0)
+    steps = int(recipe["warmup_steps"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(recipe["learning_rate"]), total_steps=steps, pct_start=0.1)
+    batches = _sft_batches(tokenizer, pairs, int(recipe["batch_size"]), rng)
+    model.train()
+    for _ in range(steps):
+        ids, mask, labels = next(batches)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    meta = {"recipe": recipe, "final_loss": loss.item(), "build_seconds": round(time.monotonic() - started, 1)}
+    (out_dir / "tiny_policy.json").write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def default_cache_dir() -> Path:
+    return cache_home() / "tiny-policy"
+
+
+def ensure_tiny_policy(cache_dir: str | Path | None = None) -> Path:
+    """The tiny policy's directory, building it on first use. The cache key is the recipe version,
+    so concurrent callers and later runs reuse one build; a half-written build is never visible
+    because it is built in a temporary sibling and renamed into place."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / f"v{RECIPE_VERSION}"
+    if (target / "tiny_policy.json").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
+    try:
+        build_tiny_policy(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "tiny_policy.json").is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_base_model(name_or_path: str, cache_dir: str | Path | None = None) -> str:
+    """`tiny` means the locally built policy; anything else is a Hub id or local path as given."""
+    return str(ensure_tiny_policy(cache_dir)) if name_or_path == TINY else name_or_path
