@@ -55,6 +55,7 @@ class RewardTrainingSettings(Section):
     batch_size: int = Field(16, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate.")
     max_length: int = Field(128, ge=8, description="Tokens of `Query: ...\\nResponse: ...` kept.")
+    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of queries (by stable hash) held out for evaluation.")
 
 
 class RewardModelSettings(Section):
