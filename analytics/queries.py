@@ -80,6 +80,7 @@ _QUERIES = (
         FROM variant_daily WHERE {_EXPERIMENT_FILTER}
         GROUP BY experiment, variant, model_version, day
         ORDER BY day, experiment, variant, model_version
+        SETTINGS prefer_column_name_to_alias = 1  -- `sum(feedback) AS feedback`: inner names mean the stored columns
         """,
         {"experiment": ""},
     ),
@@ -140,12 +141,14 @@ _QUERIES = (
         "table_counts",
         "Distinct rows per table (FINAL: after redelivery dedupe).",
         """
-        SELECT 'interactions' AS table, count() AS rows FROM interactions FINAL
-        UNION ALL SELECT 'feedback', count() FROM feedback FINAL
-        UNION ALL SELECT 'exposures', count() FROM exposures FINAL
-        UNION ALL SELECT 'metrics', count() FROM metrics FINAL
-        UNION ALL SELECT 'training_status', count() FROM training_status FINAL
-        UNION ALL SELECT 'model_published', count() FROM model_published FINAL
+        SELECT * FROM (
+            SELECT 'interactions' AS table, count() AS rows FROM interactions FINAL
+            UNION ALL SELECT 'feedback', count() FROM feedback FINAL
+            UNION ALL SELECT 'exposures', count() FROM exposures FINAL
+            UNION ALL SELECT 'metrics', count() FROM metrics FINAL
+            UNION ALL SELECT 'training_status', count() FROM training_status FINAL
+            UNION ALL SELECT 'model_published', count() FROM model_published FINAL
+        ) ORDER BY table
         """,
     ),
 )

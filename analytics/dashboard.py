@@ -1,0 +1,194 @@
+"""The dashboard and the named-SQL endpoint, served by the process that owns the warehouse (the sink).
+
+Routes:
+    GET /                  HTML page: feedback volume, positive rate by variant, A/B results and
+                           decision, training runs (reward / KL), the per-day materialized view
+    GET /sql/{name}?k=v    a named query (analytics.queries) as JSON {"columns": [...], "data": [[...]]}
+    GET /api/queries       the named queries with their parameters
+    GET /api/ab            the A/B decisions for the configured experiment, as JSON
+    GET /healthz           {"status": "ok", "mode": "chdb" | "server"}
+
+Plots are server-rendered inline SVG, so the page works offline and needs no JavaScript.
+"""
+
+from __future__ import annotations
+
+import html
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from analytics.clickhouse import Warehouse
+from analytics.decision import Decision, analyze
+from analytics.errors import AnalyticsError, UnknownQueryError
+from analytics.queries import QUERIES, run_query
+from rlhf.config import Settings
+from rlhf.errors import RlhfError
+
+# Time buckets the page may pick; it takes the smallest giving at most ~60 bars over the data's span.
+_BUCKETS_S = (60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400)
+
+
+def bucket_for(span_s: float) -> int:
+    return next((b for b in _BUCKETS_S if span_s / b <= 60), _BUCKETS_S[-1])
+
+
+def frame_json(frame: pd.DataFrame) -> Response:
+    # pandas writes NaN as null and timestamps as ISO strings, which strict JSON needs.
+    return Response(frame.to_json(orient="split", index=False, date_format="iso", date_unit="ms"), media_type="application/json")
+
+
+def create_app(warehouse: Warehouse, settings: Settings) -> FastAPI:
+    app = FastAPI(title="rlhf-stream analytics", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RlhfError)
+    async def _our_error(_: Request, exc: RlhfError) -> JSONResponse:
+        status = 404 if isinstance(exc, UnknownQueryError) else 400 if isinstance(exc, AnalyticsError) else 500
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "mode": warehouse.mode, "database": warehouse.database}
+
+    @app.get("/api/queries")
+    def queries() -> list[dict]:
+        return [{"name": q.name, "description": q.description, "parameters": dict(q.defaults)} for q in QUERIES.values()]
+
+    @app.get("/sql/{name}")
+    def sql(name: str, request: Request) -> Response:
+        return frame_json(run_query(warehouse, name, dict(request.query_params)))
+
+    @app.get("/api/ab")
+    def ab() -> dict:
+        decisions = analyze(warehouse, settings)
+        return {"experiment": settings.ab_testing.experiment, "decisions": [{"summary": d.summary(), **d.as_dict()} for d in decisions]}
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return render_page(warehouse, settings)
+
+    return app
+
+
+@dataclass(frozen=True)
+class Panel:
+    name: str
+    title: str
+    rows: int
+    body: str  # HTML
+    wide: bool = False
+
+
+def _panel_html(p: Panel) -> str:
+    body = p.body if p.rows else '<p class="empty">no data yet</p>'
+    wide = " wide" if p.wide else ""
+    return f'<section class="panel{wide}" data-panel="{p.name}" data-rows="{p.rows}"><h2>{html.escape(p.title)}</h2>{body}</section>'
+
+
+def _table(frame: pd.DataFrame, max_rows: int = 30) -> str:
+    return frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="data")
+
+
+def _decision_html(decisions: tuple[Decision, ...]) -> str:
+    items = []
+    for d in decisions:
+        p, (down, rating) = d.primary, d.guardrails
+        items.append(
+            f'<div class="decision {d.action}"><b>{html.escape(d.treatment)} vs {html.escape(d.control)}: {d.action.replace("_", " ")}</b>'
+            f" &mdash; {html.escape('; '.join(d.reasons))}<br>"
+            f"positive rate {p.control.estimate:.3f} &rarr; {p.treatment.estimate:.3f}, lift {p.lift.estimate:+.1%} "
+            f"[{p.lift.low:+.1%}, {p.lift.high:+.1%}], z-test p={p.p_value:.3g}, always-valid p={p.sequential_p:.3g}; "
+            f"thumbs-down {down.control.estimate:.3f} &rarr; {down.treatment.estimate:.3f} (p={down.sequential_p:.3g}); "
+            f"mean rating {rating.control.estimate:.2f} &rarr; {rating.treatment.estimate:.2f} (Welch p={rating.p_value:.3g}); "
+            f"SRM p={d.srm.p_value:.3g}; detectable rise {d.mde_abs:.3f}</div>"
+        )  # fmt: skip
+    return "".join(items)
+
+
+def build_panels(warehouse: Warehouse, settings: Settings) -> list[Panel]:
+    from analytics import plots  # matplotlib is only needed when a page is rendered
+
+    experiment = settings.ab_testing.experiment
+    span = run_query(warehouse, "time_span").iloc[0]
+    bucket = bucket_for((span["last"] - span["first"]).total_seconds()) if span["rows"] else 3600
+    volume = run_query(warehouse, "feedback_volume", {"bucket_s": bucket})
+    rate = run_query(warehouse, "positive_rate_over_time", {"experiment": experiment, "bucket_s": bucket})
+    decisions = analyze(warehouse, settings)
+    exposed = sum(decisions[0].srm.observed.values()) if decisions else 0  # users exposed, over all variants
+    runs = run_query(warehouse, "training_runs")
+    curve = run_query(warehouse, "training_curve")
+    daily = run_query(warehouse, "variant_daily", {"experiment": experiment})
+    return [
+        Panel("feedback_volume", f"Feedback volume (per {bucket // 60} min)", len(volume), plots.feedback_volume(volume, bucket) if len(volume) else ""),
+        Panel("positive_rate", f"Positive rate over time by variant ({experiment})", len(rate), plots.positive_rate(rate) if len(rate) else ""),
+        Panel("ab_results", f"A/B results: {experiment}", exposed,
+              plots.ab_intervals(decisions, settings.ab_testing.alpha) + _decision_html(decisions) if exposed else ""),
+        Panel("training_runs", "Training runs: reward and KL", len(runs),
+              (plots.training(curve) if len(curve) else "") + _table(runs) if len(runs) else ""),
+        Panel("variant_daily", "Per experiment, variant, model version and day (materialized view)", len(daily), _table(daily), wide=True),
+    ]  # fmt: skip
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 16px; background: #fafafa; color: #222; }
+main { display: grid; grid-template-columns: repeat(auto-fit, minmax(620px, 1fr)); gap: 16px; }
+.panel { background: white; border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; overflow: auto; }
+.panel.wide { grid-column: 1 / -1; }
+.panel h2 { font-size: 15px; margin: 4px 0 8px; }
+.panel svg { width: 100%; height: auto; }
+table.data { border-collapse: collapse; font-size: 11px; } table.data td, table.data th { padding: 2px 6px; border-bottom: 1px solid #eee; }
+.decision { font-size: 12px; margin: 6px 0; padding: 6px; border-left: 5px solid #757575; background: #f5f5f5; }
+.decision.promote { border-color: #2e7d32; } .decision.rollback { border-color: #c62828; }
+.empty { color: #999; }
+"""
+
+
+def render_page(warehouse: Warehouse, settings: Settings) -> str:
+    started = time.perf_counter()
+    panels = build_panels(warehouse, settings)
+    took = time.perf_counter() - started
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf-stream analytics</title><style>{_STYLE}</style></head>"
+        f"<body><h1>rlhf-stream analytics</h1><p>ClickHouse {warehouse.mode}, database {html.escape(warehouse.database)}; "
+        f"rendered in {took:.2f} s. Named queries: <a href='/api/queries'>/api/queries</a>.</p>"
+        f"<main>{''.join(_panel_html(p) for p in panels)}</main></body></html>"
+    )
+
+
+@dataclass
+class DashboardServer:
+    server: uvicorn.Server
+    thread: threading.Thread
+    url: str
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve_dashboard(warehouse: Warehouse, settings: Settings, port: int | None = None) -> DashboardServer:
+    """Serve the app from a daemon thread of this process; returns once it accepts connections."""
+    host = settings.clickhouse.dashboard_host
+    port = settings.clickhouse.dashboard_port if port is None else port
+    # Bind here so a taken port fails now, in this thread, with a clear message.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AnalyticsError(f"dashboard cannot listen on {host}:{port}: {exc} (set clickhouse.dashboard_port)") from None
+    server = uvicorn.Server(uvicorn.Config(create_app(warehouse, settings), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dashboard", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise AnalyticsError(f"dashboard on {host}:{port} failed to start")
+        time.sleep(0.02)
+    return DashboardServer(server, thread, f"http://{host}:{sock.getsockname()[1]}")

@@ -1,0 +1,98 @@
+"""Dashboard plots: query frames in, inline SVG text out (matplotlib's object API, no pyplot state,
+so the dashboard's worker threads can render concurrently). Imported only by the dashboard."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analytics.decision import Decision
+
+_SIZE = (6.4, 3.0)
+_TYPE_COLOURS = {"thumbs_up": "#2e7d32", "rating": "#1565c0", "correction": "#ef6c00", "thumbs_down": "#c62828"}
+
+
+def _svg(fig: Figure) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prologue: the SVG is inlined in HTML
+
+
+def _figure(rows: int = 1) -> tuple[Figure, Sequence]:
+    fig = Figure(figsize=(_SIZE[0], _SIZE[1] * rows))
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig, axes
+
+
+def feedback_volume(frame: pd.DataFrame, bucket_s: int) -> str:
+    """Stacked bars of feedback events per time bucket, one colour per feedback type."""
+    fig, (ax,) = _figure()
+    table = frame.pivot_table(index="bucket", columns="feedback_type", values="events", aggfunc="sum", fill_value=0)
+    bottom = None
+    width = pd.Timedelta(seconds=bucket_s * 0.85)
+    for kind in [k for k in _TYPE_COLOURS if k in table.columns]:
+        ax.bar(table.index, table[kind], width=width, bottom=bottom, label=kind, color=_TYPE_COLOURS[kind], align="edge")
+        bottom = table[kind] if bottom is None else bottom + table[kind]
+    ax.set_ylabel("events")
+    ax.set_ylim(0, float(table.sum(axis=1).max()) * 1.3)  # headroom for the legend
+    ax.legend(fontsize=8, ncols=4, loc="upper left")
+    fig.autofmt_xdate()
+    return _svg(fig)
+
+
+def positive_rate(frame: pd.DataFrame) -> str:
+    """Positive-feedback rate per time bucket, one line per variant."""
+    fig, (ax,) = _figure()
+    for variant, part in frame.groupby("variant"):
+        ax.plot(part["bucket"], part["positive_rate"], marker="o", markersize=3, label=variant or "(no experiment)")
+    ax.set_ylabel("positive rate")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    return _svg(fig)
+
+
+def ab_intervals(decisions: Sequence[Decision], alpha: float) -> str:
+    """Per variant: positive and thumbs-down rates with their intervals; per treatment: lift with its interval."""
+    fig, (rates, lift) = _figure(2)
+    arms = [(decisions[0].control, decisions[0].primary.control, decisions[0].guardrails[0].control)] + [
+        (d.treatment, d.primary.treatment, d.guardrails[0].treatment) for d in decisions
+    ]
+    for offset, (label, pick, colour) in enumerate((("positive rate", 1, "#2e7d32"), ("thumbs-down rate", 2, "#c62828"))):
+        xs = [i + (offset - 0.5) * 0.2 for i in range(len(arms))]
+        est = [arm[pick].estimate for arm in arms]
+        err = [[arm[pick].estimate - arm[pick].low for arm in arms], [arm[pick].high - arm[pick].estimate for arm in arms]]
+        rates.errorbar(xs, est, yerr=err, fmt="o", capsize=4, color=colour, label=label)
+    rates.set_xticks(range(len(arms)), [arm[0] for arm in arms])
+    rates.set_ylabel(f"rate ({1 - alpha:.0%} CI)")
+    rates.legend(fontsize=8)
+    lifts = [d.primary.lift for d in decisions]
+    colours = {"promote": "#2e7d32", "rollback": "#c62828", "keep_running": "#757575"}
+    for i, (d, iv) in enumerate(zip(decisions, lifts)):
+        lift.errorbar([i], [iv.estimate * 100], yerr=[[(iv.estimate - iv.low) * 100], [(iv.high - iv.estimate) * 100]],
+                      fmt="s", capsize=5, color=colours[d.action])  # fmt: skip
+    lift.axhline(0, color="black", linewidth=0.8)
+    lift.set_xticks(range(len(decisions)), [f"{d.treatment} vs {d.control}: {d.action}" for d in decisions])
+    lift.set_ylabel("relative lift of\npositive rate (%)")
+    return _svg(fig)
+
+
+def training(curve: pd.DataFrame) -> str:
+    """Reward and KL of each training job against its progress reports (jobs hours apart stay readable)."""
+    fig, (reward, kl) = _figure(2)
+    for trigger, part in curve.groupby("trigger_id"):
+        label, step = str(trigger)[:12], range(1, len(part) + 1)
+        reward.plot(step, part["reward"], marker="o", markersize=3, label=label)
+        kl.plot(step, part["kl"], marker="o", markersize=3, label=label)
+    reward.set_ylabel("reward")
+    kl.set_ylabel("KL to reference")
+    kl.set_xlabel("progress report")
+    reward.legend(fontsize=7, title="training job", title_fontsize=7)
+    return _svg(fig)

@@ -1,0 +1,64 @@
+"""A small A/B world for the integration tests: users assigned by the real `assign`, exposures,
+interactions, feedback whose positive rate depends on the variant, and training progress."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from analytics.assignment import assign_from_settings
+from rlhf.config import Settings
+from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus
+
+START = datetime(2025, 3, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class World:
+    events: list[tuple[str, Event]]  # (topic, event)
+
+    def count(self, topic: str) -> int:
+        return len({_id(e) for t, e in self.events if t == topic})
+
+
+def _id(e: Event) -> str:
+    return getattr(e, "event_id", None) or getattr(e, "interaction_id", None) if not isinstance(e, ExposureEvent) else e.exposure_id
+
+
+def build_world(settings: Settings, users: int = 400, days: int = 3, positive: dict[str, float] | None = None, seed: int = 1) -> World:
+    """Each user: one exposure, a few interactions spread over `days`, feedback on most of them."""
+    rng = random.Random(seed)
+    ab = settings.ab_testing
+    models = {v.name: f"{v.name}-v1" for v in ab.variants}
+    positive = positive or {ab.variants[0].name: 0.55, **{v.name: 0.7 for v in ab.variants[1:]}}
+    events: list[tuple[str, Event]] = []
+    for u in range(users):
+        user = f"user-{u}"
+        variant = assign_from_settings(ab, user)
+        common = dict(user_id=user, experiment=ab.experiment, variant=variant, model_version=models[variant])
+        when = START + timedelta(seconds=rng.uniform(0, days * 86_400))
+        events.append(("exposures", ExposureEvent(timestamp=when, **common)))
+        for k in range(rng.randint(1, 4)):
+            at = when + timedelta(minutes=10 * k)
+            inter = InteractionEvent(timestamp=at, query=f"question {u}.{k}", response="an answer", latency_ms=rng.uniform(50, 400), **common)
+            events.append(("interactions", inter))
+            if rng.random() < 0.8:
+                good = rng.random() < positive[variant]
+                kind = rng.choice(["thumbs", "thumbs", "rating", "correction"])
+                extra = (
+                    {"feedback_type": "thumbs_up" if good else "thumbs_down"} if kind == "thumbs"
+                    else {"feedback_type": "rating", "rating": rng.choice([4, 5]) if good else rng.choice([1, 2, 3])} if kind == "rating" or good
+                    else {"feedback_type": "correction", "correction": "the right answer"}
+                )  # fmt: skip
+                events.append(("feedback", FeedbackEvent(timestamp=at + timedelta(seconds=30), interaction_id=inter.interaction_id,
+                                                         query=inter.query, response=inter.response, **common, **extra)))  # fmt: skip
+    for j, trigger in enumerate(("trigger-a", "trigger-b")):
+        for step in range(8):
+            at = START + timedelta(days=j + 1, minutes=5 * step)
+            metrics = {"reward": 0.2 + 0.05 * step + 0.1 * j + rng.uniform(-0.02, 0.02), "kl": 0.01 * step + rng.uniform(0, 0.005)}
+            events.append(("training-status", TrainingStatus(timestamp=at, trigger_id=trigger, policy="assistant",
+                                                             state="progress", stage="ppo", metrics=metrics)))  # fmt: skip
+        events.append(("model-published", ModelPublished(timestamp=at, version=f"assistant-{trigger}", policy="assistant",
+                                                         trigger_id=trigger, decision="candidate")))  # fmt: skip
+    return World(events)
