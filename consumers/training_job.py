@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import threading
 from pathlib import Path
@@ -83,7 +84,7 @@ class TrainingJob:
         rm_version, reward_model, rm_metrics = self._reward_model(trigger, events, progress)
         progress("policy", rm_metrics)
         manifest = self.registry.publish(
-            "policies", version, lambda d: self._policy(d, trigger, version, parent, rm_version, reward_model, events, progress, emitter)
+            "policies", version, lambda d: self._policy(d, trigger, version, parent, (rm_version, reward_model, rm_metrics), events, progress, emitter)
         )
         if manifest is None:  # another trainer published this trigger meanwhile
             emitter.status(trigger, "finished", message=f"already published as {version}")
@@ -115,9 +116,10 @@ class TrainingJob:
         manifest = self.registry.manifest("reward_models", rm_version)
         return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version)), manifest.metrics
 
-    def _policy(self, directory: Path, trigger, version, parent, rm_version, reward_model, events, progress, emitter) -> Manifest:
+    def _policy(self, directory: Path, trigger, version, parent, reward, events, progress, emitter) -> Manifest:
         from trainers.ppo import optimise_policy
 
+        rm_version, reward_model, rm_metrics = reward
         train_queries, eval_queries = split_queries(events)
 
         def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
@@ -126,8 +128,13 @@ class TrainingJob:
             else:  # progress also checks for shutdown, abandoning the job between PPO iterations
                 progress(stage, metrics, message)
 
+        def reward_fn(queries: list[str], responses: list[str]) -> list[float]:
+            # The Bradley-Terry score is a logit; its sigmoid is a reward in (0, 1), so relative
+            # gains (the plan's "+15% mean reward") are well defined.
+            return [1.0 / (1.0 + math.exp(-x)) for x in reward_model.predict(queries, responses)]
+
         metrics = optimise_policy(
-            self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_model.predict,
+            self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_fn,
             train_queries, eval_queries, self.settings.ppo, directory, on_status=on_status, feedback_events=events,
         )  # fmt: skip
         fired = list(metrics.pop("guardrails_fired", []))
@@ -143,7 +150,8 @@ class TrainingJob:
         return Manifest(
             version=version, kind="policies", policy=trigger.policy, status=status, trigger_id=trigger.trigger_id,
             parent_version=parent, reward_model_version=rm_version, data_ranges=[r.model_dump() for r in trigger.ranges],
-            metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, guardrails_fired=fired,
+            metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}},
+            guardrails_fired=fired,
             config_hash=config_hash(self.settings), code_version=code_version(), reason=reason,
         )  # fmt: skip
 
