@@ -39,6 +39,10 @@ def bucket_for(span_s: float) -> int:
     return next((b for b in _BUCKETS_S if span_s / b <= 60), _BUCKETS_S[-1])
 
 
+def _duration(seconds: int) -> str:
+    return f"{seconds // 86_400} d" if seconds >= 86_400 else f"{seconds // 3600} h" if seconds >= 3600 else f"{seconds // 60} min"
+
+
 def frame_json(frame: pd.DataFrame) -> Response:
     # pandas writes NaN as null and timestamps as ISO strings, which strict JSON needs.
     return Response(frame.to_json(orient="split", index=False, date_format="iso", date_unit="ms"), media_type="application/json")
@@ -125,7 +129,7 @@ def build_panels(warehouse: Warehouse, settings: Settings) -> list[Panel]:
     curve = run_query(warehouse, "training_curve")
     daily = run_query(warehouse, "variant_daily", {"experiment": experiment})
     return [
-        Panel("feedback_volume", f"Feedback volume (per {bucket // 60} min)", len(volume), plots.feedback_volume(volume, bucket) if len(volume) else ""),
+        Panel("feedback_volume", f"Feedback volume (per {_duration(bucket)})", len(volume), plots.feedback_volume(volume, bucket) if len(volume) else ""),
         Panel("positive_rate", f"Positive rate over time by variant ({experiment})", len(rate), plots.positive_rate(rate) if len(rate) else ""),
         Panel("ab_results", f"A/B results: {experiment}", exposed,
               plots.ab_intervals(decisions, settings.ab_testing.alpha) + _decision_html(decisions) if exposed else ""),

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from analytics.assignment import assign_from_settings
 from rlhf.config import Settings
-from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus
+from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
 
 START = datetime(2025, 3, 1, tzinfo=timezone.utc)
 
@@ -19,11 +19,8 @@ class World:
     events: list[tuple[str, Event]]  # (topic, event)
 
     def count(self, topic: str) -> int:
-        return len({_id(e) for t, e in self.events if t == topic})
-
-
-def _id(e: Event) -> str:
-    return getattr(e, "event_id", None) or getattr(e, "interaction_id", None) if not isinstance(e, ExposureEvent) else e.exposure_id
+        """Distinct events on a topic (the world itself holds no duplicates)."""
+        return sum(t == topic for t, _ in self.events)
 
 
 def build_world(settings: Settings, users: int = 400, days: int = 3, positive: dict[str, float] | None = None, seed: int = 1) -> World:
@@ -61,4 +58,8 @@ def build_world(settings: Settings, users: int = 400, days: int = 3, positive: d
                                                              state="progress", stage="ppo", metrics=metrics)))  # fmt: skip
         events.append(("model-published", ModelPublished(timestamp=at, version=f"assistant-{trigger}", policy="assistant",
                                                          trigger_id=trigger, decision="candidate")))  # fmt: skip
+    for minute in range(3):  # the stream app's windowed counts
+        start = START + timedelta(minutes=minute)
+        events.append(("metrics", WindowMetrics(timestamp=start + timedelta(minutes=1), window_start=start, window_end=start + timedelta(minutes=1),
+                                                model_version=models[ab.variants[0].name], feedback_type="thumbs_up", count=minute + 1)))  # fmt: skip
     return World(events)
