@@ -1,0 +1,226 @@
+"""The Faust stream app: validated feedback, dedupe, a rolling buffer and train triggers per policy,
+and one-minute feedback metrics.
+
+    rlhf streams worker                      # same as: faust -A streams.app worker -l info
+    RLHF_KAFKA__BOOTSTRAP_SERVERS=... RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD=100 rlhf streams worker
+
+Two stages, one worker:
+  validate   feedback topic (raw bytes) -> FeedbackEvent, or a DeadLetter on the DLQ topic;
+             accepted events are forwarded, slimmed, to an internal topic keyed by policy.
+  policies   internal topic -> `PolicyLedger` (dedupe, rolling buffer, trigger gate, windows)
+             -> TrainTrigger on train-triggers, WindowMetrics on metrics.
+Training statuses and timer ticks are forwarded into the same internal topic, so one agent sees
+everything about a policy in one order and its state needs no cross-partition reads.
+
+Processing guarantee: at-least-once. `exactly_once` was tried against Apache Kafka 4.1.1 with
+faust-streaming 0.15.3 / aiokafka 0.14: the worker runs and its tables come back right after a
+SIGKILL, but records the killed worker had sent to output topics stay visible to read_committed
+consumers and are sent again on replay (a 3,000-record SIGKILL drill gave 1,501 duplicate outputs):
+Faust picks the transactional producer by the *destination* partition (TransactionManager.send),
+so output writes are not in the transaction that commits the input offsets. It also crashes on
+shutdown ("Can't send messages while not in transaction"). So the app relies on at-least-once plus
+idempotence instead (see policy.py): a re-processed record changes no state, a trigger re-sent
+after a crash has the same deterministic trigger_id (trainers dedupe on it), and a dead letter or
+metrics record may repeat (DLQ readers key on origin topic/partition/offset).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from confluent_kafka import KafkaError, KafkaException
+from faust.types import AgentT, StreamT, TableT, TopicT
+from mode.utils.times import want_seconds
+
+from pydantic import ValidationError
+
+from rlhf.config import Settings, load_settings
+from rlhf.errors import BrokerError, EventValidationError
+from rlhf.topics import topic_name
+from schemas import DeadLetter, TrainingStatus, parse_event
+from streams.policy import PolicyLedger
+from streams.records import Accepted, PolicyRecord
+from streams.validation import validate_feedback
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0  # how often due policies get a tick (window close, a dead training's held-back trigger)
+SWEEP_S = 60.0  # how often expired dedupe marks leave memory (the changelog's retention drops them on disk)
+INTERNAL_RETENTION_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Streams:
+    """The app and its parts, for the worker and for tests."""
+
+    app: faust.App
+    settings: Settings
+    ledger: PolicyLedger
+    topics: dict[str, TopicT]
+    state: TableT
+    seen: TableT
+    validate: AgentT
+    forward_status: AgentT
+    policies: AgentT
+
+
+def app_id(settings: Settings) -> str:
+    """Faust app id = consumer group = prefix of internal topics; the topic prefix keeps deployments apart."""
+    return f"{settings.kafka.topic_prefix}streams"
+
+
+def build(settings: Settings) -> Streams:
+    k, cl = settings.kafka, settings.continuous_learning
+    name = app_id(settings)
+    app = faust.App(
+        name,
+        broker=[f"kafka://{host.strip()}" for host in k.bootstrap_servers.split(",")],
+        store="memory://",  # tables are rebuilt from their changelog topics on start
+        processing_guarantee="at_least_once",
+        datadir=str(settings.home / "streams" / name),
+        topic_partitions=k.partitions,
+        topic_disable_leader=True,
+        web_enabled=False,
+        autodiscover=False,
+        # Fast local group joins and restarts (a SIGKILLed member is evicted after the session timeout).
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+    )
+
+    def raw_topic(topic: str, **kw: Any) -> TopicT:
+        return app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw)
+
+    topics = {n: raw_topic(topic_name(k.topic_prefix, n)) for n in ("feedback", "feedback-dlq", "training-status", "train-triggers", "metrics")}
+    topics["policy-events"] = raw_topic(f"{name}-policy-events", internal=True, partitions=k.partitions, retention=INTERNAL_RETENTION_S)
+    state = app.Table("policy-state", key_type=str, partitions=k.partitions)
+    # Marks older than the horizon are never consulted again; let the broker delete them.
+    seen_retention_ms = int(2 * cl.dedupe_horizon_s * 1000)
+    seen = app.Table(
+        "seen", key_type=str, partitions=k.partitions, extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": seen_retention_ms}
+    )
+    ledger = PolicyLedger(state, seen, cl, topic_name(k.topic_prefix, "feedback"))
+    policy_events = topics["policy-events"]
+
+    async def validate(stream: StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            checked = validate_feedback(event.value, event.key, msg.topic, msg.partition, msg.offset)
+            if isinstance(checked, DeadLetter):
+                log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, checked.reason)
+                await topics["feedback-dlq"].send(value=checked.to_bytes())
+            else:
+                accepted = Accepted.of(checked, msg.partition, msg.offset, msg.timestamp)
+                await policy_events.send(key=checked.policy, value=PolicyRecord(policy=checked.policy, accepted=accepted).to_bytes())
+
+    async def forward_status(stream: StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            try:
+                status = parse_event(TrainingStatus, event.value)
+            except EventValidationError as exc:
+                # training-status has no DLQ of its own: log and go on, a bad status must not stop triggering.
+                log.error("ignoring invalid training status %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc)
+                continue
+            await policy_events.send(key=status.policy, value=PolicyRecord(policy=status.policy, status=status).to_bytes())
+
+    async def policies(stream: StreamT) -> None:
+        async for event in stream.events():
+            try:
+                record = PolicyRecord.model_validate_json(event.value)
+            except ValidationError:
+                # Only this app writes the internal topic: a record it cannot read is a version skew, not input.
+                log.exception("unreadable internal record %s[%d]@%d", event.message.topic, event.message.partition, event.message.offset)
+                continue
+            effects = ledger.apply(record, event.message.offset, time.time())
+            for trigger in effects.triggers:
+                log.info("train trigger %s for %s: %d events", trigger.trigger_id, trigger.policy, len(trigger.event_ids))
+                await topics["train-triggers"].send(key=trigger.policy, value=trigger.to_bytes())
+            for m in effects.metrics:
+                await topics["metrics"].send(key=f"{m.model_version}|{m.experiment}|{m.variant}|{m.feedback_type}", value=m.to_bytes())
+
+    async def tick() -> None:
+        now = time.time()
+        for policy in ledger.due(now):
+            await policy_events.send(key=policy, value=PolicyRecord(policy=policy, tick=now).to_bytes())
+
+    async def sweep_seen() -> None:
+        # Straight on the store, not the table: forgetting locally must not write tombstones.
+        horizon_start = time.time() - cl.dedupe_horizon_s
+        for key, mark in list(seen.data.items()):
+            if mark[2] < horizon_start:
+                del seen.data[key]
+
+    app.timer(TICK_S, name="tick")(tick)
+    app.timer(SWEEP_S, name="sweep_seen")(sweep_seen)
+    return Streams(
+        app=app, settings=settings, ledger=ledger, topics=topics, state=state, seen=seen,
+        validate=app.agent(topics["feedback"], name="validate")(validate),
+        forward_status=app.agent(topics["training-status"], name="forward_status")(forward_status),
+        policies=app.agent(policy_events, name="policies")(policies),
+    )  # fmt: skip
+
+
+def _creation_config(topic: TopicT) -> dict[str, str]:
+    """The topic config Faust itself would declare (aiokafka driver's `_topic_config` + extras)."""
+    config = {}
+    flags = [flag for flag, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on]
+    if flags:
+        config["cleanup.policy"] = ",".join(flags)
+    if topic.retention:
+        config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
+    return config | {key: str(value) for key, value in topic.config.items()}
+
+
+def create_internal_topics(streams: Streams) -> None:
+    """Create the app's own topics before the worker subscribes to them. Left to Faust, a topic
+    created a moment before the first group join can be missing from that assignment ("Ignoring
+    missing topic") until the next metadata refresh, minutes later."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": streams.settings.kafka.bootstrap_servers})
+    own = [streams.topics["policy-events"], streams.state.changelog_topic, streams.seen.changelog_topic]
+    existing = set(admin.list_topics(timeout=30).topics)
+    missing = [
+        NewTopic(t.get_topic_name(), num_partitions=t.partitions, replication_factor=1, config=_creation_config(t))
+        for t in own
+        if t.get_topic_name() not in existing
+    ]
+    for name, future in (admin.create_topics(missing, operation_timeout=30).items() if missing else ()):
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"could not create {name}: {exc}") from None
+
+
+def prepared(settings: Settings) -> Streams:
+    """The app, ready to run as a worker: its topics exist, its data directory's parent too."""
+    streams = build(settings)
+    create_internal_topics(streams)
+    streams.app.conf.datadir.parent.mkdir(parents=True, exist_ok=True)
+    return streams
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run the worker in this process until SIGTERM/SIGINT."""
+    streams = prepared(settings)
+    faust.Worker(streams.app, loglevel=loglevel).execute_from_commandline()
+
+
+@functools.cache
+def _default() -> Streams:
+    return prepared(load_settings())
+
+
+def __getattr__(name: str) -> Any:
+    # `faust -A streams.app worker` looks up `app` here; built on first use so that importing
+    # this module reads no configuration.
+    if name == "app":
+        return _default().app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,55 @@
+"""The stream app's internal wire format: what the validation stage hands to the per-policy stage.
+
+Accepted feedback, training-status updates and timer ticks for one policy travel through one
+internal topic keyed by policy, so a single agent applies them in one order and owns all of that
+policy's state. Only the fields the policy stage needs are carried (not the query/response text).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas import FeedbackEvent, TrainingStatus
+from schemas.events import FeedbackType
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Accepted(Record):
+    """A schema-valid feedback event and where it sits on the feedback topic."""
+
+    event_id: str
+    policy: str
+    model_version: str
+    experiment: str | None
+    variant: str | None
+    feedback_type: FeedbackType
+    rating: int | None
+    timestamp: datetime
+    partition: int
+    offset: int
+    record_ts: float  # Kafka record timestamp (s): a producer retry gets a later one, the payload does not
+
+    @classmethod
+    def of(cls, event: FeedbackEvent, partition: int, offset: int, record_ts: float) -> "Accepted":
+        return cls(
+            event_id=event.event_id, policy=event.policy, model_version=event.model_version, experiment=event.experiment,
+            variant=event.variant, feedback_type=event.feedback_type, rating=event.rating, timestamp=event.timestamp,
+            partition=partition, offset=offset, record_ts=record_ts,
+        )  # fmt: skip
+
+
+class PolicyRecord(Record):
+    """Exactly one of: accepted feedback, a training status, or a tick at wall time `tick`."""
+
+    policy: str
+    accepted: Accepted | None = None
+    status: TrainingStatus | None = None
+    tick: float | None = None
