@@ -83,3 +83,12 @@ def test_get_client_names_the_owner_when_the_path_is_taken(warehouse, warehouse_
     with pytest.raises(ClickHouseError) as info:
         get_client(other)
     assert "embedded chdb at" in str(info.value)
+
+
+def test_grafana_queries_run_with_its_variables_filled_in(warehouse, warehouse_settings):
+    from analytics.grafana import PANELS, grafana_sql
+
+    insert_world(warehouse, warehouse_settings, build_world(warehouse_settings, users=50))
+    for name, *_ in PANELS:
+        sql = grafana_sql(name).replace("${experiment}", warehouse_settings.ab_testing.experiment).replace("$__interval_s", "3600")
+        assert len(warehouse.query_df(sql)) > 0, name

@@ -1,0 +1,84 @@
+"""The Grafana dashboard for ClickHouse-server users, generated from the named queries so the two
+never drift. The committed file is docker/grafana/rlhf-analytics.json; regenerate it with
+
+    python -m analytics.grafana > docker/grafana/rlhf-analytics.json
+
+Grafana's ClickHouse plugin has no server-side parameters, so each `{name:Type}` placeholder
+becomes a dashboard variable or macro: experiment -> '${experiment}', bucket_s -> $__interval_s,
+anything else -> its default. The A/B decision itself (statistics in Python) is only on the
+built-in dashboard and `rlhf ab analyze`; Grafana shows the `ab_summary` numbers behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from analytics.queries import get_query
+
+DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "${DS_CLICKHOUSE}"}
+_TIME_SERIES, _TABLE = 0, 1  # the plugin's `format` values
+
+# (query, title, panel type, width, height); laid out left to right, wrapping at 24 columns.
+PANELS: tuple[tuple[str, str, str, int, int], ...] = (
+    ("feedback_volume", "Feedback volume by type", "timeseries", 12, 8),
+    ("positive_rate_over_time", "Positive rate over time by variant", "timeseries", 12, 8),
+    ("ab_summary", "A/B summary per variant (inputs of the decision)", "table", 24, 6),
+    ("training_curve", "Training runs: reward and KL", "timeseries", 12, 8),
+    ("training_runs", "Training runs", "table", 12, 8),
+    ("variant_daily", "Per experiment, variant, model version and day (materialized view)", "table", 24, 9),
+    ("model_versions", "Published model versions", "table", 24, 6),
+)
+
+
+def grafana_sql(name: str) -> str:
+    query = get_query(name)
+
+    def substitute(match: re.Match[str]) -> str:
+        param = match.group(1)
+        if param == "experiment":
+            return "'${experiment}'"
+        if param == "bucket_s":
+            return "$__interval_s"
+        return str(query.defaults[param])
+
+    body = "\n".join(line.strip() for line in query.sql.strip().splitlines())
+    return re.sub(r"\{(\w+):[^}]+\}", substitute, body)
+
+
+def _panel(panel_id: int, name: str, title: str, kind: str, pos: dict[str, int]) -> dict[str, Any]:
+    target = {"datasource": DATASOURCE, "editorType": "sql", "queryType": "sql", "refId": "A", "rawSql": grafana_sql(name),
+              "format": _TIME_SERIES if kind == "timeseries" else _TABLE}  # fmt: skip
+    return {"id": panel_id, "type": kind, "title": title, "description": get_query(name).description, "datasource": DATASOURCE,
+            "gridPos": pos, "targets": [target]}  # fmt: skip
+
+
+def dashboard() -> dict[str, Any]:
+    panels, x, y, row_height = [], 0, 0, 0
+    for panel_id, (name, title, kind, width, height) in enumerate(PANELS, start=1):
+        if x + width > 24:
+            x, y, row_height = 0, y + row_height, 0
+        panels.append(_panel(panel_id, name, title, kind, {"x": x, "y": y, "w": width, "h": height}))
+        x, row_height = x + width, max(row_height, height)
+    return {
+        "__inputs": [{"name": "DS_CLICKHOUSE", "label": "ClickHouse", "type": "datasource", "pluginId": "grafana-clickhouse-datasource",
+                      "pluginName": "ClickHouse"}],
+        "title": "rlhf-stream analytics",
+        "uid": "rlhf-stream-analytics",
+        "editable": True,
+        "schemaVersion": 39,
+        "time": {"from": "now-7d", "to": "now"},
+        "refresh": "30s",
+        "templating": {"list": [{"name": "experiment", "label": "experiment", "type": "textbox", "query": "policy-ab",
+                                 "current": {"text": "policy-ab", "value": "policy-ab"}}]},
+        "panels": panels,
+    }  # fmt: skip
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
