@@ -1,0 +1,172 @@
+"""Reward model: losses and helpers on literal tensors, a smoke train on a tiny local encoder,
+atomic versions, and clear errors for missing or corrupt model directories."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from rlhf.config import Settings
+from rlhf.errors import ModelLoadError, TrainingError
+from trainers.reward import (RewardModel, VersionExistsError, format_input, length_batches, pad_batch, pairwise_loss, pointwise_loss,
+                             resolve_base_model, roc_auc, train_reward_model)  # fmt: skip
+from trainers.reward_config import RewardConfig
+from trainers.synthetic import feedback_events, split_questions
+
+
+def test_pairwise_loss_is_bradley_terry():
+    loss = pairwise_loss(torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0]))
+    expected = (math.log1p(math.exp(-2)) + math.log(2) + math.log1p(math.exp(2))) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_pointwise_loss_is_bce_on_the_reward_as_logit():
+    loss = pointwise_loss(torch.tensor([0.0, 2.0, -3.0]), torch.tensor([1.0, 0.0, 0.0]))
+    expected = (math.log(2) + math.log1p(math.exp(2)) + math.log1p(math.exp(-3))) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_roc_auc_counts_ordered_pairs_and_ties_half():
+    assert roc_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1]) == pytest.approx(0.75)
+    assert roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
+    assert roc_auc([1, 1], [0.1, 0.2]) is None
+
+
+def test_pad_batch_pads_to_the_batch_longest_only():
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, device=torch.device("cpu"))
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_length_batches_cover_every_example_once_with_similar_lengths():
+    lengths = [random.Random(i).randrange(5, 100) for i in range(1000)]
+    batches = length_batches(lengths, 16, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert all(len(b) <= 16 for b in batches)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 10  # random batches of 16 would spread ~80 tokens
+
+
+def test_input_format_and_offline_encoder_name():
+    assert format_input("q?", "a.") == "Query: q?\nResponse: a."
+    assert (Path(resolve_base_model("minilm")) / "config.json").is_file()
+    assert resolve_base_model("microsoft/deberta-v3-base") == "microsoft/deberta-v3-base"
+
+
+def test_config_defaults_follow_settings():
+    s = Settings(reward_model={"base_model": "some/hub-id", "training": {"epochs": 7, "eval_fraction": 0.3}}, feedback={"min_rating": 3})
+    cfg = RewardConfig.from_settings(s, batch_size=4)
+    assert (cfg.base_model, cfg.epochs, cfg.eval_fraction, cfg.min_rating, cfg.batch_size) == ("some/hub-id", 7, 0.3, 3, 4)
+    assert RewardConfig().epochs == Settings().reward_model.training.epochs
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-wide BERT with MiniLM's vocabulary, saved locally: a "local path" base model."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[RewardModel, dict, Path, list]:
+    train_questions, _ = split_questions()
+    events = feedback_events(train_questions, 80, seed=3)
+    calls: list[tuple[int, int]] = []
+    cfg = RewardConfig(base_model=tiny_base, epochs=2, batch_size=8, learning_rate=1e-3, eval_fraction=0.3, num_threads=1)
+    out = tmp_path_factory.mktemp("versions") / "rm-1"
+    rm, metrics = train_reward_model(events, cfg, out, lineage={"trigger_id": "t-1", "ranges": [{"partition": 0, "start": 0, "end": 80}]},
+                                     progress=lambda done, total, m: calls.append((done, total)))  # fmt: skip
+    return rm, metrics, out, calls
+
+
+def test_smoke_train_writes_a_complete_version(trained):
+    rm, metrics, out, calls = trained
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json", "reward_config.json", "metrics.json", "lineage.json"}
+    assert [p.name for p in out.parent.iterdir()] == ["rm-1"]  # no temporary directory left behind
+    assert calls[-1][0] == calls[-1][1] == metrics["train"]["steps"] > 0
+    assert [done for done, _ in calls] == list(range(1, len(calls) + 1))
+    assert math.isfinite(metrics["train"]["mean_loss"])
+    assert metrics["data"]["events"]["accepted"] == 80
+    ev = metrics["eval"]
+    assert 0.0 <= ev["pairwise_accuracy"] <= 1.0 and ev["pairs"] == metrics["data"]["splits"]["eval_pairs"]
+    assert set(ev["reward_by_kind"]) <= {"thumbs_up", "thumbs_down", "correction", "corrected", *(f"rating_{r}" for r in range(1, 6))}
+
+
+def test_saved_version_loads_and_predicts_the_same(trained):
+    rm, metrics, out, _ = trained
+    loaded = RewardModel.load(out)
+    queries, responses = ["How do I clear my cache in Maps?", "q"], ["Open Maps, go to Storage, select cache, then press Clear.", ""]
+    assert loaded.predict(queries, responses) == pytest.approx(rm.predict(queries, responses), abs=1e-5)
+    assert loaded.predict_reward(queries[0], responses[0]) == pytest.approx(loaded.predict(queries, responses)[0], abs=1e-6)
+    assert loaded.lineage["trigger_id"] == "t-1" and loaded.lineage["ranges"][0]["end"] == 80
+    assert loaded.metrics["eval"] == metrics["eval"]
+    assert loaded.config == rm.config
+    assert loaded.predict([], []) == []
+
+
+def test_versions_are_never_overwritten(trained):
+    rm, _, out, _ = trained
+    with pytest.raises(VersionExistsError, match="rm-1"):
+        rm.save(out)
+
+
+def test_a_crash_while_saving_leaves_no_version(trained, tmp_path, monkeypatch):
+    rm = trained[0]
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rm.tokenizer, "save_pretrained", crash)
+    with pytest.raises(OSError, match="disk full"):
+        rm.save(tmp_path / "rm-2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_model_directory_names_the_path(tmp_path):
+    with pytest.raises(ModelLoadError, match=f"{tmp_path / 'nope'}.*not found"):
+        RewardModel.load(tmp_path / "nope")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_incomplete_model_directory_names_the_path_and_the_missing_files(trained, tmp_path):
+    broken = _copy(trained[2], tmp_path / "broken")
+    (broken / "model.safetensors").unlink()
+    (broken / "metrics.json").unlink()
+    with pytest.raises(ModelLoadError, match=f"{broken}: .*missing metrics.json, model.safetensors"):
+        RewardModel.load(broken)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "garbage config", "garbage reward config"])
+def test_corrupt_model_directory_names_the_path(trained, tmp_path, damage):
+    broken = _copy(trained[2], tmp_path / "broken")
+    if damage == "truncated weights":
+        weights = broken / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "garbage config":
+        (broken / "config.json").write_text("{not json")
+    else:
+        (broken / "reward_config.json").write_text('{"epochs": -1}')
+    with pytest.raises(ModelLoadError, match=f"{broken}: corrupt reward model"):
+        RewardModel.load(broken)
+
+
+def test_no_usable_events_is_a_training_error(tiny_base, tmp_path):
+    with pytest.raises(TrainingError, match="no training examples"):
+        train_reward_model([{"bad": "event"}], RewardConfig(base_model=tiny_base), tmp_path / "rm")
+    assert not (tmp_path / "rm").exists()
