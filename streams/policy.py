@@ -59,6 +59,7 @@ class Head(BaseModel):
     model_version: str = ""
     training: Training | None = None
     trigger_offset: int = -1  # internal-topic offset of the record that emitted the last trigger
+    event_time: float = 0.0  # latest feedback timestamp seen (s): closes windows while a backlog is read
     windows: dict[int, dict[str, list[int]]] = {}  # window start (s) -> dims (json) -> [count, rating_sum, rating_count]
 
 
@@ -98,7 +99,8 @@ class PolicyLedger:
             self.state[f"trigger:{record.policy}"] = trigger.model_dump(mode="json")
             head.trigger_offset = offset
             effects.triggers.append(trigger)
-        effects.metrics = self._close_windows(head, now)
+        # Windows close on event time as feedback flows (a backlog still aggregates), on wall time when idle.
+        effects.metrics = self._close_windows(head, now if record.tick is not None else head.event_time)
         head.offset = offset
         self.state[f"head:{record.policy}"] = head.model_dump(mode="json")
         return effects
@@ -184,6 +186,7 @@ class PolicyLedger:
         )  # fmt: skip
 
     def _count(self, head: Head, a: Accepted) -> None:
+        head.event_time = max(head.event_time, a.timestamp.timestamp())
         start = int(a.timestamp.timestamp() // WINDOW_S * WINDOW_S)
         dims = json.dumps([a.model_version, a.experiment or "", a.variant or "", a.feedback_type])
         cell = head.windows.setdefault(start, {}).setdefault(dims, [0, 0, 0])
@@ -192,8 +195,8 @@ class PolicyLedger:
             cell[1] += a.rating
             cell[2] += 1
 
-    def _close_windows(self, head: Head, now: float) -> list[WindowMetrics]:
-        closed = sorted(start for start in head.windows if start + WINDOW_S + WINDOW_GRACE_S <= now)
+    def _close_windows(self, head: Head, until: float) -> list[WindowMetrics]:
+        closed = sorted(start for start in head.windows if start + WINDOW_S + WINDOW_GRACE_S <= until)
         metrics = []
         for start in closed:
             for dims, (count, rating_sum, rating_count) in head.windows.pop(start).items():
@@ -202,7 +205,6 @@ class PolicyLedger:
                     WindowMetrics(
                         window_start=_utc(start), window_end=_utc(start + WINDOW_S), model_version=model_version, experiment=experiment,
                         variant=variant, feedback_type=feedback_type, count=count, rating_sum=rating_sum, rating_count=rating_count,
-                        timestamp=_utc(now),
                     )
                 )  # fmt: skip
         return metrics

@@ -1,0 +1,66 @@
+"""The Faust agents under `agent.test_context()` with the memory store: no broker, no I/O.
+Sends to topics are captured instead of produced."""
+
+import asyncio
+import json
+from unittest.mock import AsyncMock
+
+import pytest
+
+from rlhf.config import Settings
+from schemas import DeadLetter, FeedbackEvent, TrainTrigger
+from streams.app import build
+from streams.records import PolicyRecord
+
+
+@pytest.fixture
+def streams(tmp_path):
+    settings = Settings(
+        home=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:1", "topic_prefix": "unit."}, continuous_learning={"train_threshold": 4, "buffer_size": 10}
+    )
+    built = build(settings)
+    for topic in built.topics.values():
+        topic.send = AsyncMock()
+    return built
+
+
+def feedback(n: int, **changes) -> bytes:
+    event = FeedbackEvent(event_id=f"e{n}", interaction_id=f"i{n}", user_id="u1", query="q?", response="a", model_version="v1", feedback_type="thumbs_up")
+    return json.dumps({**event.model_dump(mode="json"), **changes}).encode()
+
+
+def sent(streams, topic: str) -> list[dict]:
+    return [call.kwargs for call in streams.topics[topic].send.await_args_list]
+
+
+async def through_both_stages(streams, records: list[bytes]) -> None:
+    """Feed raw feedback to `validate`, then what it forwarded to `policies`, as the worker would."""
+    async with streams.validate.test_context() as validate:
+        for n, value in enumerate(records):
+            await validate.put(value, key=b"u1", partition=n % 3)
+    async with streams.policies.test_context() as policies:
+        for forwarded in sent(streams, "policy-events"):
+            await policies.put(forwarded["value"], key=forwarded["key"].encode())
+    await asyncio.sleep(0)
+
+
+def test_validation_dead_letters_bad_records_and_forwards_good_ones(streams):
+    records = [feedback(0), b"{oops", feedback(1, feedback_type="rating"), feedback(2, policy="search")]
+    asyncio.run(through_both_stages(streams, records))
+    dead = [DeadLetter.model_validate_json(call["value"]) for call in sent(streams, "feedback-dlq")]
+    assert [(d.origin_partition, d.origin_offset) for d in dead] == [(1, 1), (2, 2)]
+    assert "Invalid JSON" in dead[0].reason and "rating: required" in dead[1].reason
+    forwarded = [PolicyRecord.model_validate_json(call["value"]) for call in sent(streams, "policy-events")]
+    assert [(f.policy, f.accepted.event_id, f.accepted.partition, f.accepted.offset) for f in forwarded] == [("assistant", "e0", 0, 0), ("search", "e2", 0, 3)]
+    assert [call["key"] for call in sent(streams, "policy-events")] == ["assistant", "search"]
+
+
+def test_duplicates_are_dropped_and_threshold_triggers_once(streams):
+    records = [feedback(n) for n in range(3)] + [feedback(1), feedback(2)] + [feedback(n) for n in range(3, 8)]
+    asyncio.run(through_both_stages(streams, records))
+    triggers = [TrainTrigger.model_validate_json(call["value"]) for call in sent(streams, "train-triggers")]
+    assert len(triggers) == 1  # 8 accepted, threshold 4: the second crossing waits for the first training
+    assert triggers[0].event_ids == ("e0", "e1", "e2", "e3") and triggers[0].counts == {"thumbs_up": 4}
+    head = streams.ledger.head("assistant")
+    assert (head.accepted, head.duplicates, head.since_trigger) == (8, 2, 4)
+    assert streams.state["head:assistant"]["accepted"] == 8  # the Faust table holds the state
