@@ -123,7 +123,8 @@ class ModelRegistry:
                 raise
             return manifest
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            for leftover in staging.parent.glob(f"{staging.name}*"):  # the staging dir and whatever a builder put beside it
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def set_status(self, kind: Kind, version: str, status: Status, reason: str = "") -> Manifest:
         with self._locked():

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from consumers.registry import Manifest, ModelRegistry, code_version, version_for
@@ -24,6 +25,9 @@ from rlhf.hashing import stable_fraction
 from schemas import FeedbackEvent, ModelPublished, TrainTrigger
 
 BASE_VERSION = "base"
+
+
+Progress = Callable[..., None]  # progress(stage, metrics=None, message="")
 
 
 class JobAbandoned(RlhfError):
@@ -46,6 +50,17 @@ def ensure_base_policy(settings: Settings, policy: str = "assistant") -> str:
             raise TrainingError(f"ppo.base_model {settings.ppo.base_model!r}: the registry needs a local directory to copy as the base version")
         registry.register_base(policy, BASE_VERSION, lambda d: shutil.copytree(source, d, dirs_exist_ok=True))
     return registry.serving(policy) or BASE_VERSION
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested metrics as `a.b` keys (manifests and events carry flat floats)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
 
 
 def split_queries(events: list[FeedbackEvent], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
@@ -97,27 +112,34 @@ class TrainingJob:
         ), trigger.policy)  # fmt: skip
         emitter.status(trigger, "finished", stage=manifest.status, message=manifest.reason, metrics=manifest.metrics)
 
-    def _reward_model(self, trigger: TrainTrigger, events: list[FeedbackEvent], progress):
+    def _reward_model(self, trigger: TrainTrigger, events: list[FeedbackEvent], progress: Progress):
         from trainers.reward import RewardModel, train_reward_model
+        from trainers.reward_config import RewardConfig
 
         rm_version = f"rm-{trigger.trigger_id[:16]}"
         if not self.registry.exists("reward_models", rm_version):
 
+            def report(done: int, total: int, running: dict[str, float]) -> None:
+                if done % max(1, total // 5) == 0 or done == total:  # a status event per fifth, not per step
+                    progress("reward_model", {**running, "step": done, "steps": total})
+
             def build(directory: Path) -> Manifest:
-                _, metrics = train_reward_model(events, self.settings, directory, lineage=self._lineage(trigger), progress=progress)
+                config = RewardConfig.from_settings(self.settings)
+                _, metrics = train_reward_model(events, config, directory / "model", lineage=self._lineage(trigger), progress=report)
                 return Manifest(
                     version=rm_version, kind="reward_models", policy=trigger.policy, status="candidate", trigger_id=trigger.trigger_id,
-                    data_ranges=[r.model_dump() for r in trigger.ranges], metrics=metrics, config_hash=config_hash(self.settings),
+                    data_ranges=[r.model_dump() for r in trigger.ranges], metrics=flatten_metrics(metrics), config_hash=config_hash(self.settings),
                     code_version=code_version(),
                 )  # fmt: skip
 
             progress("reward_model")
             self.registry.publish("reward_models", rm_version, build)
         manifest = self.registry.manifest("reward_models", rm_version)
-        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version)), manifest.metrics
+        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics
 
-    def _policy(self, directory: Path, trigger, version, parent, reward, events, progress, emitter) -> Manifest:
+    def _policy(self, directory: Path, trigger, version, parent, reward, events, progress: Progress, emitter) -> Manifest:
         from trainers.ppo import optimise_policy
+        from trainers.ppo_config import PolicyOptConfig
 
         rm_version, reward_model, rm_metrics = reward
         train_queries, eval_queries = split_queries(events)
@@ -125,7 +147,7 @@ class TrainingJob:
         def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
             if state == "guardrail":
                 emitter.status(trigger, "guardrail", stage=stage, message=message, metrics=metrics)
-            else:  # progress also checks for shutdown, abandoning the job between PPO iterations
+            else:  # the job owns started/finished; progress also abandons the job on shutdown
                 progress(stage, metrics, message)
 
         def reward_fn(queries: list[str], responses: list[str]) -> list[float]:
@@ -133,10 +155,18 @@ class TrainingJob:
             # gains (the plan's "+15% mean reward") are well defined.
             return [1.0 / (1.0 + math.exp(-x)) for x in reward_model.predict(queries, responses)]
 
-        metrics = optimise_policy(
-            self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_fn,
-            train_queries, eval_queries, self.settings.ppo, directory, on_status=on_status, feedback_events=events,
+        lineage = dict(
+            version=version, kind="policies", policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
+            reward_model_version=rm_version, data_ranges=[r.model_dump() for r in trigger.ranges],
+            config_hash=config_hash(self.settings), code_version=code_version(),
         )  # fmt: skip
+        try:
+            metrics = optimise_policy(
+                self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_fn, train_queries, eval_queries,
+                PolicyOptConfig.from_settings(self.settings), directory, on_status=on_status, feedback_events=events,
+            )  # fmt: skip
+        except TrainingError as exc:  # a guardrail rejected the result: record it, it never serves
+            return Manifest(**lineage, status="rejected", metrics={f"rm_{k}": v for k, v in rm_metrics.items()}, reason=str(exc), guardrails_fired=["eval_after"])
         fired = list(metrics.pop("guardrails_fired", []))
         before, after = metrics["mean_reward_before"], metrics["mean_reward_after"]
         margin = self.settings.registry.promotion_margin
@@ -148,12 +178,9 @@ class TrainingJob:
             + (f"; guardrails fired: {', '.join(fired)}" if fired else "")
         )
         return Manifest(
-            version=version, kind="policies", policy=trigger.policy, status=status, trigger_id=trigger.trigger_id,
-            parent_version=parent, reward_model_version=rm_version, data_ranges=[r.model_dump() for r in trigger.ranges],
-            metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}},
-            guardrails_fired=fired,
-            config_hash=config_hash(self.settings), code_version=code_version(), reason=reason,
-        )  # fmt: skip
+            **lineage, status=status, reason=reason, guardrails_fired=fired,
+            metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **flatten_metrics(metrics)},
+        )
 
     @staticmethod
     def _lineage(trigger: TrainTrigger) -> dict:

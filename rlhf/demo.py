@@ -145,6 +145,7 @@ class Demo:
         self.supervisor.start("serve", "serve", "--port", str(self.serve_port))
         _wait_http(f"http://127.0.0.1:{self.serve_port}/healthz", 180, self.supervisor)
         _wait_http(f"http://127.0.0.1:{self.dashboard_port}/healthz", 180, self.supervisor)
+        print(f"dashboard: http://127.0.0.1:{self.dashboard_port}/   assistant: http://127.0.0.1:{self.serve_port}/versions   logs: {self.supervisor.log_dir}", flush=True)
         return settings
 
     def run(self) -> list[RoundResult]:
@@ -270,4 +271,5 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
         demo.stop()
         signal.signal(signal.SIGTERM, previous)
     (run_dir / "result.json").write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
+    (run_dir / "timeline.json").write_text(json.dumps(demo.timeline))
     return results

@@ -51,7 +51,7 @@ def figures_of(result: dict, truth: dict[str, float]) -> RoundFigures:
     lift = primary.get("lift") or {}
     return RoundFigures(
         candidate=result["candidate"], decision=result["decision"],
-        reward_accuracy=metrics.get("rm_pairwise_accuracy"),
+        reward_accuracy=metrics.get("rm_eval.pairwise_accuracy"),
         reward_before=metrics.get("mean_reward_before"), reward_after=metrics.get("mean_reward_after"),
         control_rate=(primary.get("control") or {}).get("estimate"), treatment_rate=(primary.get("treatment") or {}).get("estimate"),
         lift=lift.get("estimate"), lift_low=lift.get("low"), lift_high=lift.get("high"),
