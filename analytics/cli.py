@@ -99,11 +99,11 @@ def _sql(args: argparse.Namespace) -> None:
 
 
 def _ab_analyze(args: argparse.Namespace) -> None:
-    from analytics.decision import analyze
+    from analytics.decision import analyze, report
 
     settings = _settings(args)
-    decisions = through_owner(settings, "/api/ab", lambda j: j["decisions"],
-                              lambda wh: [{"summary": d.summary(), **d.as_dict()} for d in analyze(wh, settings)])  # fmt: skip
+    path = "/api/ab" + (f"?{urllib.parse.urlencode({'experiment': args.experiment})}" if args.experiment else "")
+    decisions = through_owner(settings, path, lambda j: j["decisions"], lambda wh: report(analyze(wh, settings, args.experiment))["decisions"])
     if args.json:
         print(json.dumps(decisions, indent=2))
         return
@@ -130,7 +130,7 @@ def _interval(iv: dict[str, float | None]) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     sink = group(sub, "sink", "ClickHouse sink: Kafka events into the analytics tables (serves the dashboard).")
     p = command(sink, "run", "Consume interactions, feedback, exposures, metrics, training status and publishes into ClickHouse.", _sink_run)
-    p.add_argument("--no-dashboard", action="store_true", help="Do not serve the dashboard and /sql (server mode only makes sense).")
+    p.add_argument("--no-dashboard", action="store_true", help="Do not serve the dashboard and /sql (sensible with a ClickHouse server, which other processes query directly).")
     p.add_argument("--port", type=int, help="Dashboard port (default: clickhouse.dashboard_port).")
     p.add_argument("--verbose", "-v", action="store_true", help="Log every batch.")
 
@@ -143,4 +143,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     ab = group(sub, "ab", "A/B experiment analysis.")
     p = command(ab, "analyze", "Statistics and the promote / rollback / keep-running decision for the configured experiment.", _ab_analyze)
     p.add_argument("--json", action="store_true", help="Print the decisions as JSON.")
+    p.add_argument("--experiment", help="Experiment name (default: ab_testing.experiment, or its latest `<experiment>:<candidate>`).")
     p.add_argument("--port", type=int, help="Port of a running sink to ask (default: clickhouse.dashboard_port).")

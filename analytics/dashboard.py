@@ -5,7 +5,9 @@ Routes:
                            decision, training runs (reward / KL), the per-day materialized view
     GET /sql/{name}?k=v    a named query (analytics.queries) as JSON {"columns": [...], "data": [[...]]}
     GET /api/queries       the named queries with their parameters
-    GET /api/ab            the A/B decisions for the configured experiment, as JSON
+    GET /                  ?experiment=NAME shows that experiment (default: the current one)
+    GET /api/ab            ?experiment=NAME: the A/B decisions as JSON, {"experiment", "decision",
+                           "reason", "samples": {variant: feedback}, "decisions": [...]}
     GET /healthz           {"status": "ok", "mode": "chdb" | "server"}
 
 Plots are server-rendered inline SVG, so the page works offline and needs no JavaScript.
@@ -25,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from analytics.clickhouse import Warehouse
-from analytics.decision import Decision, analyze
+from analytics.decision import Decision, analyze, current_experiment, report
 from analytics.errors import AnalyticsError, UnknownQueryError
 from analytics.queries import QUERIES, run_query
 from rlhf.config import Settings
@@ -69,13 +71,12 @@ def create_app(warehouse: Warehouse, settings: Settings) -> FastAPI:
         return frame_json(run_query(warehouse, name, dict(request.query_params)))
 
     @app.get("/api/ab")
-    def ab() -> dict:
-        decisions = analyze(warehouse, settings)
-        return {"experiment": settings.ab_testing.experiment, "decisions": [{"summary": d.summary(), **d.as_dict()} for d in decisions]}
+    def ab(experiment: str | None = None) -> dict:
+        return report(analyze(warehouse, settings, experiment))
 
     @app.get("/", response_class=HTMLResponse)
-    def page() -> str:
-        return render_page(warehouse, settings)
+    def page(experiment: str | None = None) -> str:
+        return render_page(warehouse, settings, experiment)
 
     return app
 
@@ -115,15 +116,15 @@ def _decision_html(decisions: tuple[Decision, ...]) -> str:
     return "".join(items)
 
 
-def build_panels(warehouse: Warehouse, settings: Settings) -> list[Panel]:
+def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | None = None) -> list[Panel]:
     from analytics import plots  # matplotlib is only needed when a page is rendered
 
-    experiment = settings.ab_testing.experiment
+    experiment = experiment or current_experiment(warehouse, settings.ab_testing)
     span = run_query(warehouse, "time_span").iloc[0]
     bucket = bucket_for((span["last"] - span["first"]).total_seconds()) if span["rows"] else 3600
     volume = run_query(warehouse, "feedback_volume", {"bucket_s": bucket})
     rate = run_query(warehouse, "positive_rate_over_time", {"experiment": experiment, "bucket_s": bucket})
-    decisions = analyze(warehouse, settings)
+    decisions = analyze(warehouse, settings, experiment)
     exposed = sum(decisions[0].srm.observed.values()) if decisions else 0  # users exposed, over all variants
     runs = run_query(warehouse, "training_runs")
     curve = run_query(warehouse, "training_curve")
@@ -153,9 +154,9 @@ table.data { border-collapse: collapse; font-size: 11px; } table.data td, table.
 """
 
 
-def render_page(warehouse: Warehouse, settings: Settings) -> str:
+def render_page(warehouse: Warehouse, settings: Settings, experiment: str | None = None) -> str:
     started = time.perf_counter()
-    panels = build_panels(warehouse, settings)
+    panels = build_panels(warehouse, settings, experiment)
     took = time.perf_counter() - started
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf-stream analytics</title><style>{_STYLE}</style></head>"

@@ -177,6 +177,23 @@ def load_summaries(runner: QueryRunner, experiment: str) -> list[VariantSummary]
     return [VariantSummary.from_row(row) for row in frame.to_dict("records")]
 
 
-def analyze(runner: QueryRunner, settings: Settings) -> tuple[Decision, ...]:
-    """Query the configured experiment's numbers and decide for each treatment."""
-    return decide(load_summaries(runner, settings.ab_testing.experiment), settings.ab_testing)
+def current_experiment(runner: QueryRunner, ab: ABTestingSettings) -> str:
+    """The configured experiment, or its most recently exposed `<experiment>:<candidate>` instance
+    (the assistant service starts one per candidate version)."""
+    seen = run_query(runner, "experiments")["experiment"].tolist()
+    return next((e for e in seen if e == ab.experiment or e.startswith(f"{ab.experiment}:")), ab.experiment)
+
+
+def analyze(runner: QueryRunner, settings: Settings, experiment: str | None = None) -> tuple[Decision, ...]:
+    """Decide for each treatment of `experiment` (default: the current one) with the configured variants."""
+    ab = settings.ab_testing.model_copy(update={"experiment": experiment or current_experiment(runner, settings.ab_testing)})
+    return decide(load_summaries(runner, ab.experiment), ab)
+
+
+def report(decisions: Sequence[Decision]) -> dict[str, Any]:
+    """The JSON form served at /api/ab: the first treatment's verdict on top (two-variant experiments
+    are the common case), feedback per variant, and every decision in full."""
+    first = decisions[0]
+    samples = {first.control: first.primary.n_control, **{d.treatment: d.primary.n_treatment for d in decisions}}
+    return {"experiment": first.experiment, "decision": first.action, "reason": first.summary(), "samples": samples,
+            "decisions": [{"summary": d.summary(), **d.as_dict()} for d in decisions]}  # fmt: skip

@@ -4,8 +4,8 @@ never drift. The committed file is docker/grafana/rlhf-analytics.json; regenerat
     python -m analytics.grafana > docker/grafana/rlhf-analytics.json
 
 Grafana's ClickHouse plugin has no server-side parameters, so each `{name:Type}` placeholder
-becomes a dashboard variable or macro: experiment -> '${experiment}', bucket_s -> $__interval_s,
-anything else -> its default. The A/B decision itself (statistics in Python) is only on the
+becomes a dashboard variable or macro: experiment -> '${experiment}' (a drop-down of the
+`experiments` query), bucket_s -> $__interval_s, anything else -> its default. The A/B decision itself (statistics in Python) is only on the
 built-in dashboard and `rlhf ab analyze`; Grafana shows the `ab_summary` numbers behind it.
 """
 
@@ -70,8 +70,10 @@ def dashboard() -> dict[str, Any]:
         "schemaVersion": 39,
         "time": {"from": "now-7d", "to": "now"},
         "refresh": "30s",
-        "templating": {"list": [{"name": "experiment", "label": "experiment", "type": "textbox", "query": "policy-ab",
-                                 "current": {"text": "policy-ab", "value": "policy-ab"}}]},
+        # The assistant starts one experiment per candidate (`policy-ab:<version>`): offer them, latest first.
+        "templating": {"list": [{"name": "experiment", "label": "experiment", "type": "query", "datasource": DATASOURCE,
+                                 "query": f"SELECT experiment FROM ({grafana_sql('experiments')})", "refresh": 2,
+                                 "sort": 0, "current": {}}]},
         "panels": panels,
     }  # fmt: skip
 

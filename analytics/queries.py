@@ -68,6 +68,16 @@ _QUERIES = (
         {"experiment": "policy-ab"},
     ),
     NamedQuery(
+        "experiments",
+        "Experiments seen in the exposures, most recently active first (the assistant names one per candidate).",
+        """
+        SELECT experiment, min(ts) AS first_exposure, max(ts) AS last_exposure, uniqExact(user_id) AS users,
+               groupUniqArray(variant) AS variants
+        FROM exposures FINAL WHERE experiment != '' GROUP BY experiment ORDER BY last_exposure DESC LIMIT {limit:UInt32}
+        """,
+        {"limit": 50},
+    ),
+    NamedQuery(
         "variant_daily",
         "The materialized view: per experiment, variant, model version and day, users exposed, interactions and feedback rates.",
         f"""

@@ -92,3 +92,19 @@ def test_grafana_queries_run_with_its_variables_filled_in(warehouse, warehouse_s
     for name, *_ in PANELS:
         sql = grafana_sql(name).replace("${experiment}", warehouse_settings.ab_testing.experiment).replace("$__interval_s", "3600")
         assert len(warehouse.query_df(sql)) > 0, name
+
+
+def test_current_experiment_is_the_latest_candidate_instance(warehouse, warehouse_settings):
+    from datetime import timedelta
+
+    from analytics.decision import current_experiment
+
+    world = build_world(warehouse_settings, users=20)
+    later = [e.model_copy(update={"experiment": "policy-ab:v2", "exposure_id": e.exposure_id + "-v2", "timestamp": e.timestamp + timedelta(days=9)})
+             for t, e in world.events if t == "exposures"]  # fmt: skip
+    insert_world(warehouse, warehouse_settings, world)
+    route = ROUTES["exposures"]
+    warehouse.insert_new("exposures", pa.Table.from_pylist([route.row(e, warehouse_settings) for e in later], schema=route.schema))
+    assert current_experiment(warehouse, warehouse_settings.ab_testing) == "policy-ab:v2"
+    other = warehouse_settings.ab_testing.model_copy(update={"experiment": "unrelated"})
+    assert current_experiment(warehouse, other) == "unrelated"

@@ -47,6 +47,9 @@ def test_dashboard_panels_render_with_data_in_headless_chromium(running_sink, tm
     assert set(rows) == set(PANELS) and all(int(n) > 0 for n in rows.values()), rows
     assert page.count("<svg") >= 4 and "no data yet" not in page
     assert "promote" in page  # the A/B panel shows the decision
+    ab = running_sink.get_json("/api/ab")
+    assert ab["decision"] == "promote" and set(ab["samples"]) == {"control", "variant_a"} and min(ab["samples"].values()) > 200
+    assert running_sink.get_json("/api/ab?experiment=policy-ab:unknown")["decision"] == "keep_running"
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"chromium not installed at {CHROMIUM} (apt-get install -y chromium); page checked over HTTP only")

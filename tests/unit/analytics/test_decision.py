@@ -62,3 +62,12 @@ def test_one_decision_per_treatment_and_missing_variants_count_as_empty():
     ds = decide([summary("c", users=100), summary("t1", users=100)], ab)
     assert [d.treatment for d in ds] == ["t1", "t2"]
     assert ds[1].treatment_model == "cand-2" and ds[1].action == "keep_running"
+
+
+def test_report_puts_the_first_verdict_on_top_for_the_registry_driver():
+    from analytics.decision import report
+
+    r = report(decide([summary("control"), summary("variant_a", positive_rate=0.65, thumbs_down_rate=0.19)], AB))
+    assert r["decision"] == "promote" and r["experiment"] == "exp" and r["reason"].startswith("exp: promote variant_a")
+    assert r["samples"] == {"control": 4000, "variant_a": 4000} and len(r["decisions"]) == 1
+    json.dumps(r, allow_nan=False)
