@@ -34,7 +34,7 @@ from analytics.errors import ClickHouseError
 from rlhf.config import Settings
 from rlhf.errors import DeliveryError, EventValidationError
 from rlhf.sdk import PRODUCER_DEFAULTS
-from rlhf.topics import TOPICS, topic_name
+from rlhf.topics import TOPICS, group_id, topic_name
 from schemas import (
     DeadLetter,
     ExposureEvent,
@@ -188,7 +188,7 @@ class Sink:
         self._prefix = settings.kafka.topic_prefix
         self._topics = {topic_name(self._prefix, name): name for name in ROUTES}
         self._consumer = Consumer({
-            "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": GROUP, "auto.offset.reset": "earliest",
+            "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, GROUP), "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             # A restarted sink should take its partitions back quickly, not after the default 45 s.
             "session.timeout.ms": 10_000, **(consumer_config or {}),

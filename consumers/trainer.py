@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from rlhf.config import Settings
 from rlhf.errors import EventValidationError, TrainingError
 from rlhf.sdk import PRODUCER_DEFAULTS
-from rlhf.topics import topic_name
+from rlhf.topics import group_id, topic_name
 from schemas import DeadLetter, Event, TrainingStatus, TrainTrigger, parse_event
 
 log = logging.getLogger("rlhf.trainer")
@@ -103,7 +103,7 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": GROUP, "client.id": "rlhf-trainer",
+        "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, GROUP), "client.id": "rlhf-trainer",
         "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
         "session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000,
     })  # fmt: skip

@@ -56,6 +56,12 @@ def topic_name(prefix: str, name: str) -> str:
     return f"{prefix}{name}"
 
 
+def group_id(prefix: str, name: str) -> str:
+    """Consumer groups carry the topic prefix too, so deployments (and test sessions) sharing a
+    cluster never join each other's groups."""
+    return f"{prefix}{name}"
+
+
 def partitions_of(spec: TopicSpec, keyed_partitions: int) -> int:
     return keyed_partitions if spec.keyed_partitions else 1
 

@@ -1,0 +1,120 @@
+"""Trainer consumer on the real broker: a stream-app trigger becomes one published, loadable version;
+re-delivery, SIGKILL mid-training and a corrupt trigger are each handled without a second version."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from consumers.registry import ModelRegistry, version_for
+from consumers.serve import load_policy
+from consumers.training_job import ensure_base_policy
+from rlhf.sdk import FeedbackClient
+from rlhf.supervisor import Supervisor
+from rlhf.topics import topic_name
+from schemas import DeadLetter, ModelPublished, OffsetRange, TrainingStatus, TrainTrigger, parse_event
+from trainers.synthetic import feedback_events, split_questions
+
+pytestmark = pytest.mark.integration
+
+# Small enough that one job takes well under a minute on 2 cores.
+FAST_TRAINING = {
+    "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": "100",
+    "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": "200",
+    "RLHF_REWARD_MODEL__TRAINING__EPOCHS": "1",
+    "RLHF_REWARD_MODEL__TRAINING__MAX_LENGTH": "48",
+    "RLHF_PPO__TRAINING__EPOCHS": "2",
+    "RLHF_PPO__TRAINING__BATCH_SIZE": "8",
+    "RLHF_PPO__TRAINING__MINI_BATCH_SIZE": "4",
+    "RLHF_PPO__TRAINING__MAX_NEW_TOKENS": "16",
+    "RLHF_REGISTRY__PROMOTION_MARGIN": "-1.0",  # any result passes the gate: this test is about delivery, not quality
+}
+
+
+class TopicTail:
+    """Everything on one topic, from the beginning, without a consumer group."""
+
+    def __init__(self, settings, name: str, model):
+        self.model = model
+        self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "tail", "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(topic_name(settings.kafka.topic_prefix, name), 0, 0)])
+        self.items: list = []
+
+    def until(self, predicate, timeout: float, services: Supervisor | None = None) -> list:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.items):
+            assert time.monotonic() < deadline, f"timed out; have {self.items[-5:]}"
+            if services is not None:
+                services.check()
+            for msg in self.consumer.consume(100, timeout=0.5):
+                if not msg.error():
+                    self.items.append(parse_event(self.model, msg.value()))
+        return self.items
+
+
+@pytest.fixture
+def stack(settings, tmp_path):
+    env = {**os.environ, **FAST_TRAINING, "RLHF_HOME": str(settings.home),
+           "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix}  # fmt: skip
+    ensure_base_policy(settings)
+    services = Supervisor(tmp_path / "logs", env)
+    services.start("streams", "streams", "worker")
+    services.start("trainer", "trainer", "run", "--backoff", "1")
+    yield services
+    services.stop_all()
+
+
+def produce_feedback(settings, n: int, seed: int) -> None:
+    train, _ = split_questions()
+    with FeedbackClient.from_settings(settings) as client:
+        client.collection_rate = 1.0
+        for event in feedback_events(train, n, seed=seed):
+            client.feedback(event)
+
+
+def test_trigger_to_published_version_with_faults(settings, stack):
+    registry = ModelRegistry(settings.registry_path)
+    triggers = TopicTail(settings, "train-triggers", TrainTrigger)
+    published = TopicTail(settings, "model-published", ModelPublished)
+    statuses = TopicTail(settings, "training-status", TrainingStatus)
+
+    # 1. A trigger from the stream app ends in a published, loadable version whose lineage names it.
+    produce_feedback(settings, 100, seed=1)
+    first = triggers.until(lambda t: len(t) >= 1, 120, stack)[0]
+    done = published.until(lambda p: len(p) >= 1, 400, stack)[0]
+    assert done.trigger_id == first.trigger_id and done.version == version_for(first.policy, first.trigger_id)
+    manifest = registry.manifest("policies", done.version)
+    assert manifest.trigger_id == first.trigger_id and manifest.parent_version == "base"
+    assert [OffsetRange(**r) for r in manifest.data_ranges] == list(first.ranges)
+    assert load_policy(registry, done.version).model is not None
+
+    # 2. The same trigger re-delivered produces no second version.
+    with FeedbackClient.from_settings(settings) as client:
+        client.send("train-triggers", first, key=first.policy)
+    statuses.until(lambda s: any(x.trigger_id == first.trigger_id and "already published" in x.message for x in s), 120, stack)
+
+    # 3. SIGKILL mid-training: the trigger is retried and exactly one version is published.
+    produce_feedback(settings, 100, seed=2)
+    second = triggers.until(lambda t: len(t) >= 2, 120, stack)[1]
+    statuses.until(lambda s: any(x.trigger_id == second.trigger_id and x.stage == "reward_model" for x in s), 120, stack)
+    stack.kill("trainer")
+    stack.check()  # restarts it
+    published.until(lambda p: any(x.trigger_id == second.trigger_id for x in p), 400, stack)
+
+    # 4. A trigger whose range is empty goes to the DLQ with a reason; the consumer goes on.
+    topic = topic_name(settings.kafka.topic_prefix, "feedback")
+    bogus = TrainTrigger(policy="assistant", model_version="base", ranges=(OffsetRange(topic=topic, partition=0, start=10_000, end=10_050),), event_ids=("nope",))
+    with FeedbackClient.from_settings(settings) as client:
+        client.send("train-triggers", bogus, key="assistant")
+        client.send("train-triggers", second, key=second.policy)  # after the bad one: must still be consumed
+    dlq = TopicTail(settings, "train-triggers-dlq", DeadLetter)
+    letter = dlq.until(lambda d: len(d) >= 1, 120, stack)[0]
+    assert "TrainingError" in letter.reason and bogus.trigger_id in letter.value
+    statuses.until(lambda s: any(x.trigger_id == second.trigger_id and "already published" in x.message for x in s), 120, stack)
+
+    versions = [m for m in registry.versions("policies") if m.status != "base"]
+    assert sorted(m.trigger_id for m in versions) == sorted([first.trigger_id, second.trigger_id])
+    assert len([p for p in published.items if p.trigger_id == second.trigger_id]) == 1
