@@ -8,7 +8,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from consumers.sink import GROUP, KILL_AFTER_INSERT_ENV
-from rlhf.topics import TOPICS, partitions_of, topic_name
+from rlhf.topics import TOPICS, group_id, partitions_of, topic_name
 from schemas import DeadLetter
 from tests.integration.analytics.conftest import SinkProcess, produce, rlhf
 from tests.integration.analytics.world import build_world
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def committed_offsets(settings, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": GROUP})
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, GROUP)})
     try:
         count = partitions_of(TOPICS[topic], settings.kafka.partitions)
         parts = [TopicPartition(topic_name(settings.kafka.topic_prefix, topic), p) for p in range(count)]
