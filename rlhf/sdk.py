@@ -44,7 +44,7 @@ class FeedbackClient:
 
     def __init__(self, bootstrap_servers: str, topic_prefix: str = "", collection_rate: float = 1.0, **producer_config: Any):
         self._producer = Producer({"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **producer_config})
-        self._topics = {name: topic_name(topic_prefix, name) for name in ("interactions", "feedback", "exposures")}
+        self.topic_prefix = topic_prefix
         self.collection_rate = collection_rate
         self._failures: list[str] = []
         self._queued = 0
@@ -78,8 +78,8 @@ class FeedbackClient:
         return True
 
     def send(self, topic: str, event: Event, key: str | None) -> None:
-        """Queue an already-validated event; blocks briefly if the local queue is full."""
-        self.send_bytes(self._topics[topic], event.to_bytes(), key)
+        """Queue an already-validated event on a registry topic; blocks briefly if the local queue is full."""
+        self.send_bytes(topic_name(self.topic_prefix, topic), event.to_bytes(), key)
 
     def send_bytes(self, full_topic: str, value: bytes, key: str | None) -> None:
         while True:

@@ -45,6 +45,7 @@ from rlhf.topics import topic_name
 from schemas import DeadLetter, TrainingStatus, parse_event
 from streams.policy import PolicyLedger
 from streams.records import Accepted, PolicyRecord
+from streams.recovery import SeekBeforeFlowTableManager
 from streams.validation import validate_feedback
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def build(settings: Settings) -> Streams:
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
+        TableManager=SeekBeforeFlowTableManager,  # see streams/recovery.py: no records skipped after a restart
     )
 
     def raw_topic(topic: str, **kw: Any) -> TopicT:

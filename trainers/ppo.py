@@ -17,7 +17,6 @@ into repetition; `on_status(state, stage, message, metrics)` reports every one o
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 import random
@@ -35,6 +34,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.errors import ModelLoadError, TrainingError
+from rlhf.hashing import stable_fraction
 from schemas.events import FeedbackEvent
 from trainers.ppo_config import PolicyOptConfig
 from trainers.tiny_policy import format_prompt, resolve_base_model
@@ -112,6 +112,14 @@ def value_loss(
     estimate in one update, the same trust region the policy gets."""
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || ref) measured on sampled tokens with the k3 estimator, (r - 1) - log r
+    for r = pi_ref / pi: never negative and low-variance (Schulman 2020), so a bound on it means
+    what it says. The reward penalty keeps the plain log-ratio, whose expectation is the KL."""
+    log_r = ref_logprobs - logprobs
+    return masked_mean(torch.expm1(log_r) - log_r, mask)
 
 
 class AdaptiveKLController:
@@ -251,7 +259,8 @@ def generate(
     is_eos = response == tokenizer.eos_token_id
     # A token is part of the answer if no EOS came strictly before it.
     mask = ((is_eos.cumsum(dim=1) - is_eos.long()) == 0).float()
-    texts = tokenizer.batch_decode(response * mask.long() + tokenizer.pad_token_id * (1 - mask.long()), skip_special_tokens=True)
+    kept = response * mask.long() + tokenizer.pad_token_id * (1 - mask.long())
+    texts = [t.strip() for t in tokenizer.batch_decode(kept, skip_special_tokens=True)]
     scores = torch.tensor(reward_fn(list(queries), texts), dtype=torch.float32, device=device)
     if scores.shape != (len(queries),):
         raise TrainingError(f"reward_fn returned {tuple(scores.shape)} scores for {len(queries)} responses")
@@ -266,7 +275,7 @@ def generate(
 class PPOResult:
     iterations: int
     rollbacks: int
-    guardrails_fired: list[str]
+    guardrails_fired: list[str]  # one name per rolled-back update's problem
     kl_coef: float
     mean_score_first: float
     mean_score_last: float
@@ -309,6 +318,53 @@ def _save_checkpoint(policy: PolicyWithValue, tokenizer: PreTrainedTokenizerBase
     return path
 
 
+def check_guardrails(stats: dict[str, float], start_length: float, config: PolicyOptConfig) -> list[str]:
+    """Names of the failure modes `stats` (kl, mean_length, repetition, ...) of a batch of answers
+    show; lengths are judged against the starting policy's `start_length`."""
+    problems = []
+    if not all(math.isfinite(v) for v in stats.values()):
+        problems.append("non_finite_rollout")
+    if stats["kl"] > config.kl_bound:
+        problems.append("kl_bound")
+    if stats["mean_length"] < config.min_length_ratio * start_length:
+        problems.append("length_collapse")
+    if stats["mean_length"] > config.max_length_ratio * start_length:
+        problems.append("length_blowup")
+    if stats["repetition"] > config.max_repetition:
+        problems.append("repetition_collapse")
+    return problems
+
+
+class _Rollbacks:
+    """The last parameters known to behave, and the count of updates thrown away. Training stops
+    after `limit` rollbacks with no kept update in between: the run is not converging."""
+
+    def __init__(self, policy: PolicyWithValue, optimizer: torch.optim.Optimizer, limit: int, on_status: StatusFn) -> None:
+        self.policy, self.optimizer, self.limit, self.on_status = policy, optimizer, limit, on_status
+        self.fired: list[str] = []
+        self.total = self.in_a_row = 0
+        self.last_good = _snapshot(policy, optimizer)
+
+    def remember(self) -> None:
+        """The current parameters just produced a healthy rollout."""
+        self.last_good = _snapshot(self.policy, self.optimizer)
+
+    def kept(self) -> None:
+        self.in_a_row = 0
+
+    def roll_back(self, problems: list[str], where: str, stats: dict[str, float]) -> bool:
+        """Restore the last good parameters; True when training should stop."""
+        _restore(self.policy, self.optimizer, self.last_good)
+        self.fired += problems
+        self.total += 1
+        self.in_a_row += 1
+        self.on_status("guardrail", "ppo", f"{where}: {', '.join(problems)}; rolled back to the last good policy", stats)
+        if self.in_a_row < self.limit:
+            return False
+        self.on_status("guardrail", "ppo", f"{self.in_a_row} rollbacks in a row: stopping with the last good policy", stats)
+        return True
+
+
 def train_ppo(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -340,40 +396,30 @@ def train_ppo(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device))
     sample = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p}
 
-    fired: list[str] = []
-    rollbacks = consecutive = 0
+    guard = _Rollbacks(policy, optimizer, config.max_consecutive_rollbacks, on_status)
     start_length: float | None = None
-    first_score = last_score = float("nan")
-    last_good = _snapshot(policy, optimizer)
+    scores: list[float] = []
     iteration = 0
     for iteration in range(1, config.epochs + 1):
         # 1. Rollout with the current policy, scored by the reward function.
-        policy.lm.eval()
         ro = generate(policy.lm, tokenizer, next(batches), reward_fn, **sample)
         with torch.no_grad(), autocast:
             old_logprobs, old_values = (t.float() for t in policy(ro.input_ids, ro.attention_mask, ro.response_len, config.temperature))
             ref_logprobs = reference.logprobs(ro.input_ids, ro.attention_mask, ro.response_len, config.temperature).float()
-        rollout_kl = masked_mean(old_logprobs - ref_logprobs, ro.mask).item()
+        rollout_kl = kl_estimate(old_logprobs, ref_logprobs, ro.mask).item()
         mean_length = ro.lengths().mean().item()
         start_length = start_length if start_length is not None else mean_length
         stats = {"iteration": float(iteration), "mean_score": ro.scores.mean().item(), "kl": rollout_kl, "kl_coef": kl_ctl.value,
                  "mean_length": mean_length, "repetition": ro.repetition()}  # fmt: skip
 
         # 2. Guardrails on what the last update produced: roll it back rather than learn from it.
-        problems = _rollout_problems(stats, start_length, config)
+        problems = check_guardrails(stats, start_length, config)
         if problems:
-            rollbacks, consecutive = rollbacks + 1, consecutive + 1
-            fired += problems
-            _restore(policy, optimizer, last_good)
-            on_status("guardrail", "ppo", f"iteration {iteration}: {'; '.join(problems)}; rolled back the last update", stats)
-            if consecutive >= config.max_consecutive_rollbacks:
-                on_status("guardrail", "ppo", f"{consecutive} rollbacks in a row: stopping with the last good policy", stats)
-                return _finish(policy, reference, fired, rollbacks, kl_ctl, first_score, last_score, iteration, stopped_early=True)
+            if guard.roll_back(problems, f"iteration {iteration}", stats):
+                return _finish(policy, reference, guard, kl_ctl, scores, iteration, stopped_early=True)
             continue
-        consecutive = 0
-        last_good = _snapshot(policy, optimizer)
-        first_score = stats["mean_score"] if math.isnan(first_score) else first_score
-        last_score = stats["mean_score"]
+        guard.remember()
+        scores.append(stats["mean_score"])
 
         # 3. KL-shaped per-token rewards, GAE, whitened advantages.
         rewards = kl_penalised_rewards(ro.scores, old_logprobs, ref_logprobs, ro.mask, kl_ctl.value)
@@ -389,8 +435,8 @@ def train_ppo(
                 pg_loss, clipfrac = policy_loss(logprobs.float(), old_logprobs[idx], advantages[idx], ro.mask[idx], config.cliprange)
                 vf_loss = value_loss(values.float(), old_values[idx], returns[idx], ro.mask[idx], config.cliprange_value)
                 loss = pg_loss + config.vf_coef * vf_loss
-                if not torch.isfinite(loss):
-                    non_finite = True
+                non_finite = not torch.isfinite(loss).item()
+                if non_finite:
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -400,43 +446,30 @@ def train_ppo(
                 break
         stats.update(pg_loss=pg_loss.item(), vf_loss=vf_loss.item(), clipfrac=clipfrac.item())
 
-        # 5. The update must be finite and stay within kl_bound of the reference on this batch.
-        new_kl = masked_mean(sequence_logprobs(policy.lm, ro.input_ids, ro.attention_mask, ro.response_len, config.temperature) - ref_logprobs, ro.mask).item()
-        problem = "non_finite_loss" if non_finite else ("kl_bound" if not new_kl <= config.kl_bound else None)
+        # 5. The update must be finite and keep this batch within kl_bound of the reference.
+        with autocast:
+            new_logprobs = sequence_logprobs(policy.lm, ro.input_ids, ro.attention_mask, ro.response_len, config.temperature).float()
+        stats["kl_after_update"] = kl_estimate(new_logprobs, ref_logprobs, ro.mask).item()
+        problem = "non_finite_loss" if non_finite else None if stats["kl_after_update"] <= config.kl_bound else "kl_bound"
         if problem:
-            rollbacks += 1
-            fired.append(problem)
-            _restore(policy, optimizer, last_good)
-            on_status("guardrail", "ppo", f"iteration {iteration}: {problem} (update KL {new_kl:.3f}, bound {config.kl_bound}); rolled back", stats)
+            if guard.roll_back([problem], f"iteration {iteration} update", stats):
+                return _finish(policy, reference, guard, kl_ctl, scores, iteration, stopped_early=True)
         else:
+            guard.kept()
             kl_ctl.update(rollout_kl, config.batch_size)
         on_status("progress", "ppo", f"iteration {iteration}/{config.epochs}", stats)
         if checkpoint_dir is not None and (iteration % config.checkpoint_every == 0 or iteration == config.epochs):
             _save_checkpoint(policy, tokenizer, checkpoint_dir, iteration, config.keep_checkpoints)
-    return _finish(policy, reference, fired, rollbacks, kl_ctl, first_score, last_score, iteration, stopped_early=False)
-
-
-def _rollout_problems(stats: dict[str, float], start_length: float, config: PolicyOptConfig) -> list[str]:
-    problems = []
-    if not all(math.isfinite(v) for v in stats.values()):
-        problems.append("non_finite_rollout")
-    if stats["kl"] > config.kl_bound:
-        problems.append("kl_bound")
-    if stats["mean_length"] < config.min_length_ratio * start_length:
-        problems.append("length_collapse")
-    if stats["mean_length"] > config.max_length_ratio * start_length:
-        problems.append("length_blowup")
-    if stats["repetition"] > config.max_repetition:
-        problems.append("repetition_collapse")
-    return problems
+    return _finish(policy, reference, guard, kl_ctl, scores, iteration, stopped_early=False)
 
 
 def _finish(
-    policy: PolicyWithValue, reference: Reference, fired: list[str], rollbacks: int, kl_ctl: AdaptiveKLController,
-    first_score: float, last_score: float, iterations: int, *, stopped_early: bool,
+    policy: PolicyWithValue, reference: Reference, guard: _Rollbacks, kl_ctl: AdaptiveKLController, scores: list[float],
+    iterations: int, *, stopped_early: bool,
 ) -> tuple[PreTrainedModel, PPOResult]:  # fmt: skip
     lm = policy.lm.merge_and_unload() if reference.copy is None else policy.lm
-    result = PPOResult(iterations, rollbacks, fired, kl_ctl.value, first_score, last_score, stopped_early)
+    nan = float("nan")
+    result = PPOResult(iterations, guard.total, guard.fired, kl_ctl.value, scores[0] if scores else nan, scores[-1] if scores else nan, stopped_early)
     return lm, result
 
 
@@ -484,10 +517,9 @@ def evaluate_policy(
             lengths += ro.lengths().tolist()
             reps.append(ro.repetition() * len(ro.queries))
             if reference is not None:
-                diff = sequence_logprobs(lm, ro.input_ids, ro.attention_mask, ro.response_len, temperature) - sequence_logprobs(
-                    reference, ro.input_ids, ro.attention_mask, ro.response_len, temperature
-                )
-                kls.append((masked_mean(diff, ro.mask).item(), ro.mask.sum().item()))
+                own = sequence_logprobs(lm, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
+                ref = sequence_logprobs(reference, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
+                kls.append((kl_estimate(own, ref, ro.mask).item(), ro.mask.sum().item()))
     kl = sum(k * n for k, n in kls) / sum(n for _, n in kls) if kls else 0.0
     return PolicyEval(sum(rewards) / len(rewards), kl, sum(lengths) / len(lengths), sum(reps) / len(repeated), len(repeated))
 
@@ -495,20 +527,14 @@ def evaluate_policy(
 # ----------------------------------------------------------------------------- the entry point
 
 
-def split_queries(queries: Iterable[str], eval_fraction: float = 0.2, salt: str = "policy-eval") -> tuple[list[str], list[str]]:
-    """Distinct queries split into (train, held-out) by a stable hash of the text, so a query stays
-    on the same side as the feedback grows and never leaks from evaluation into training."""
-    train, held_out = [], []
-    for q in dict.fromkeys(queries):
-        h = int.from_bytes(hashlib.blake2b(f"{salt}\x1f{q}".encode(), digest_size=8).digest(), "big") / 2**64
-        (held_out if h < eval_fraction else train).append(q)
-    return train, held_out
-
-
 def queries_from_feedback(events: Iterable[FeedbackEvent], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
-    """Every query users gave feedback on, whatever the verdict: a policy must learn to answer
-    the questions it answered badly too (the plan sampled only the positive ones)."""
-    return split_queries((e.query for e in events), eval_fraction)
+    """Every distinct query users gave feedback on, whatever the verdict (a policy must learn the
+    questions it answered badly too; the plan sampled only the positive ones), split into (train,
+    held-out) by a stable hash of the text, so a query never moves sides as feedback grows."""
+    queries = sorted({e.query for e in events})
+    held_out = [q for q in queries if stable_fraction("policy-eval", q) < eval_fraction]
+    train = [q for q in queries if stable_fraction("policy-eval", q) >= eval_fraction]
+    return train, held_out
 
 
 def load_policy(name_or_path: str, device: torch.device | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -596,7 +622,7 @@ def optimise_policy(
 
         after = evaluate(lm)
         # The whole job is one last update to check: an alternative has no per-step rollback.
-        problems = _rollout_problems(asdict(after), before.mean_length, config)
+        problems = check_guardrails(asdict(after), before.mean_length, config)
         metrics: dict[str, Any] = {
             "mean_reward_before": before.mean_reward, "mean_reward_after": after.mean_reward,
             "reward_gain": after.mean_reward / before.mean_reward - 1.0 if before.mean_reward else float("nan"),

@@ -29,7 +29,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from rlhf.config import cache_home
 from trainers.synthetic import warmup_corpus
 
-PROMPT_TEMPLATE = "Query: {query}\nResponse: "
+# The prompt ends at the colon and the completion starts with the space, GPT-2 style: byte-level
+# BPE merges a space into the word after it, so only this split makes the tokens of `prompt`
+# a prefix of the tokens of `prompt + completion`. Generation sees the prompt alone while TRL's
+# KTO/DPO tokenise the two joined; both must train the same context. The text as a whole is
+# `Query: {query}\nResponse: {response}`, what the reward model scores.
+PROMPT_TEMPLATE = "Query: {query}\nResponse:"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 TINY = "tiny"  # the config value of `ppo.base_model` that selects this model
@@ -51,8 +56,13 @@ DEFAULT_RECIPE = {
 
 
 def format_prompt(query: str) -> str:
-    """The prompt every policy in the project sees; the reward model scores `prompt + response`."""
+    """The prompt every policy in the project is given."""
     return PROMPT_TEMPLATE.format(query=query)
+
+
+def format_completion(response: str) -> str:
+    """A response as the policy writes it after the prompt (decoded completions are stripped)."""
+    return " " + response
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -74,7 +84,7 @@ def _sft_batches(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]
     for query, response in pairs:
         # Prompt and response are tokenised separately, exactly as generation sees them.
         p = tokenizer(format_prompt(query), add_special_tokens=False)["input_ids"]
-        r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        r = tokenizer(format_completion(response), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         examples.append((p + r, [-100] * len(p) + r))
     while True:
         rng.shuffle(examples)
@@ -101,7 +111,7 @@ def build_tiny_policy(out_dir: str | Path, **recipe_overrides: int | float) -> P
     torch.manual_seed(recipe["seed"])
 
     pairs = warmup_corpus(int(recipe["n_examples"]), seed=int(recipe["seed"]))
-    tokenizer = _train_tokenizer([format_prompt(q) + r for q, r in pairs], int(recipe["vocab_size"]))
+    tokenizer = _train_tokenizer([format_prompt(q) + format_completion(r) for q, r in pairs], int(recipe["vocab_size"]))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=int(recipe["hidden_size"]),

@@ -1,0 +1,125 @@
+"""Stream-app fixtures: a worker subprocess with its own config (topic prefix = app id, RLHF_HOME,
+thresholds through RLHF_* variables), a feedback producer, and readers of the output topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from rlhf.config import Settings
+from rlhf.sdk import FeedbackClient
+from rlhf.topics import topic_name
+from schemas import FeedbackEvent
+
+
+class Worker:
+    """`rlhf streams worker` in a subprocess, configured only through the environment."""
+
+    def __init__(self, settings: Settings, log: Path, **continuous_learning: object):
+        self.env = {
+            **os.environ,
+            "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+            "RLHF_HOME": str(settings.home),
+            **{f"RLHF_CONTINUOUS_LEARNING__{k.upper()}": str(v) for k, v in continuous_learning.items()},
+        }
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Worker":
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rlhf.cli", "streams", "worker"], env=self.env, cwd=self.log.parent, stdout=out, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def start(**continuous_learning: object) -> Worker:
+        workers.append(Worker(settings, tmp_path / "worker.log", **continuous_learning).start())
+        return workers[-1]
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+class Reader:
+    """Reads one topic from the beginning (partition 0 .. n) without a consumer group."""
+
+    def __init__(self, settings: Settings, name: str):
+        topic = topic_name(settings.kafka.topic_prefix, name)
+        self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "unused", "enable.auto.commit": False})
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        self.values: list[bytes] = []
+
+    def poll(self, seconds: float) -> list[bytes]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            msg = self.consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                self.values.append(msg.value())
+        return self.values
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        while len(self.values) < count and time.monotonic() < deadline:
+            self.poll(0.2)
+        assert len(self.values) >= count, f"expected {count} records, got {len(self.values)} in {timeout}s"
+        return self.values
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@pytest.fixture
+def reader(settings: Settings) -> Iterator[Callable[[str], Reader]]:
+    readers: list[Reader] = []
+
+    def make(name: str) -> Reader:
+        readers.append(Reader(settings, name))
+        return readers[-1]
+
+    yield make
+    for r in readers:
+        r.close()
+
+
+def feedback_event(n: int, **fields: object) -> FeedbackEvent:
+    kind = ("thumbs_up", "thumbs_down", "rating", "correction")[n % 4]
+    extra = {"rating": 1 + n % 5} if kind == "rating" else {"correction": f"fix {n}"} if kind == "correction" else {}
+    return FeedbackEvent(
+        interaction_id=f"i{n}", user_id=f"u{n % 7}", query=f"q {n}?", response=f"a {n}", model_version="v1", feedback_type=kind, **(extra | fields)
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[FeedbackClient]:
+    with FeedbackClient.from_settings(settings) as c:
+        c.collection_rate = 1.0
+        yield c

@@ -1,0 +1,109 @@
+"""250 valid feedback events, 20 invalid records and 30 duplicates through a real worker on the
+real broker, threshold 100: exactly 2 triggers, 20 dead letters with reasons, and each trigger's
+offset ranges replay to exactly the accepted events it names."""
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from rlhf.errors import TrainingError
+from rlhf.topics import topic_name
+from schemas import DeadLetter, OffsetRange, TrainingStatus, TrainTrigger, WindowMetrics
+from streams.replay import replay_trigger
+from tests.integration.streams.conftest import feedback_event
+
+pytestmark = pytest.mark.integration
+
+GOOD = feedback_event(0).model_dump(mode="json")
+INVALID = [
+    b"not json",
+    json.dumps({**GOOD, "feedback_type": "rating"}).encode(),  # rating missing
+    json.dumps({**GOOD, "query": "x" * 5_000}).encode(),  # oversize text
+    json.dumps({**GOOD, "schema_version": 2}).encode(),
+    json.dumps({**GOOD, "feedback_type": "rating", "rating": "five"}).encode(),
+]
+
+
+def send_batch(client, feedback_topic, valid, invalid, duplicates):
+    """Valid events with the invalid records and the duplicates (re-sent after their originals) spread between them."""
+    extras = [(feedback_topic, bad, "u-bad") for bad in invalid] + [(feedback_topic, e.to_bytes(), e.user_id) for e in duplicates]
+    every = max(1, len(valid) // max(1, len(extras)))
+    for n, event in enumerate(valid):
+        client.send("feedback", event, key=event.user_id)
+        if n % every == every - 1 and extras:
+            client.send_bytes(*extras.pop(0))
+    for extra in extras:
+        client.send_bytes(*extra)
+    client.flush()
+
+
+def test_triggers_dead_letters_and_replay(settings, start_worker, reader, client):
+    feedback_topic = topic_name(settings.kafka.topic_prefix, "feedback")
+    long_ago = datetime.now(timezone.utc) - timedelta(minutes=10)
+    valid = [feedback_event(n) for n in range(200)] + [feedback_event(n, timestamp=long_ago) for n in range(200, 250)]
+    invalid = [INVALID[n % len(INVALID)] for n in range(20)]
+    start_worker(train_threshold=100)
+    triggers, dlq, metrics = reader("train-triggers"), reader("feedback-dlq"), reader("metrics")
+
+    send_batch(client, feedback_topic, valid[:100], invalid[:7], valid[:10])
+    first = TrainTrigger.model_validate_json(triggers.wait_for(1)[0])
+    # The trainer's side: it finished, so the next threshold may trigger again.
+    done = TrainingStatus(trigger_id=first.trigger_id, policy=first.policy, state="finished")
+    client.send_bytes(topic_name(settings.kafka.topic_prefix, "training-status"), done.to_bytes(), first.policy)
+    send_batch(client, feedback_topic, valid[100:200], invalid[7:14], valid[:5] + valid[100:105])
+    second = TrainTrigger.model_validate_json(triggers.wait_for(2)[1])
+    send_batch(client, feedback_topic, valid[200:], invalid[14:], valid[195:205] + valid[:5])
+
+    dead = [DeadLetter.model_validate_json(v) for v in dlq.wait_for(20)]
+    triggers.poll(3.0)  # everything after the second crossing is in; nothing more may come
+    assert len(triggers.values) == 2 and len(dlq.poll(0.5)) == 20
+    assert Counter(d.value for d in dead) == Counter(bad.decode() for bad in invalid)
+    assert all(d.reason.startswith("invalid FeedbackEvent: ") and d.origin_topic == feedback_topic for d in dead)
+    assert len({(d.origin_partition, d.origin_offset) for d in dead}) == 20
+
+    assert set(first.event_ids) == {e.event_id for e in valid[:100]} and len(first.event_ids) == 100
+    assert set(second.event_ids) == {e.event_id for e in valid[:200]} and len(second.event_ids) == 200  # rolling buffer
+    assert first.counts == dict(Counter(e.feedback_type for e in valid[:100])) and first.model_version == "v1"
+    sent = {e.event_id: e for e in valid}
+    for trigger in (first, second):
+        assert replay_trigger(settings, trigger) == [sent[i] for i in trigger.event_ids]
+
+    # The old events' window (late by 10 minutes) is reported as deltas that add up to the batch.
+    late = [m for m in map(WindowMetrics.model_validate_json, metrics.poll(2.0)) if m.window_start <= long_ago < m.window_end]
+    by_type = Counter()
+    for m in late:
+        by_type[m.feedback_type] += m.count
+    assert by_type == Counter(e.feedback_type for e in valid[200:])
+    assert sum(m.rating_sum for m in late) == sum(e.rating or 0 for e in valid[200:])
+
+
+def test_replay_refuses_unreadable_or_incomplete_triggers(settings, client):
+    events = [feedback_event(n) for n in range(3)]
+    for event in events:
+        client.send("feedback", event, key="same-user")  # one key: one partition, offsets 0..2
+    client.flush()
+    topic = topic_name(settings.kafka.topic_prefix, "feedback")
+    partition = next(p for p in range(settings.kafka.partitions) if _high(settings, topic, p) == 3)
+
+    def trigger(start, end, ids):
+        return TrainTrigger(policy="assistant", model_version="v1", ranges=(OffsetRange(topic=topic, partition=partition, start=start, end=end),), event_ids=ids)
+
+    assert replay_trigger(settings.kafka.bootstrap_servers, trigger(0, 3, (events[2].event_id,))) == [events[2]]
+    with pytest.raises(TrainingError, match="empty range"):
+        replay_trigger(settings, trigger(1, 1, (events[0].event_id,)))
+    with pytest.raises(TrainingError, match=r"not readable: the partition now holds \[0, 3\)"):
+        replay_trigger(settings, trigger(0, 9, (events[0].event_id,)))
+    with pytest.raises(TrainingError, match="1 of 2 event ids are not in its ranges"):
+        replay_trigger(settings, trigger(1, 3, (events[0].event_id, events[1].event_id)))
+
+
+def _high(settings, topic, partition):
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "unused"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+    finally:
+        consumer.close()

@@ -1,0 +1,65 @@
+"""The tiny offline policy builder, on a micro recipe (a few seconds): the saved directory loads
+with `from_pretrained`, the prompt/completion split tokenises consistently, and the cache builds
+once."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainers import tiny_policy
+from trainers.tiny_policy import TINY, build_tiny_policy, ensure_tiny_policy, format_completion, format_prompt, resolve_base_model
+
+MICRO = {"n_examples": 300, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "warmup_steps": 20, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_policy(tmp_path_factory.mktemp("micro"), **MICRO)
+
+
+def test_build_saves_a_loadable_causal_lm(micro: Path):
+    tok = AutoTokenizer.from_pretrained(micro)
+    lm = AutoModelForCausalLM.from_pretrained(micro)
+    assert tok.eos_token == "<|endoftext|>" and tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
+    assert lm.config.hidden_size == 32 and lm.config.num_hidden_layers == 1
+    enc = tok([format_prompt("How do I reset my password in Mail?")], return_tensors="pt", add_special_tokens=False)
+    out = lm.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+    assert (micro / "tiny_policy.json").is_file()
+
+
+def test_prompt_tokens_are_a_prefix_of_prompt_plus_completion(micro: Path):
+    # TRL's KTO/DPO tokenise prompt+completion jointly; generation sees the prompt alone.
+    tok = AutoTokenizer.from_pretrained(micro)
+    prompt = format_prompt("Where can I export the history in Mail?")
+    joined = prompt + format_completion("Open Mail, go to Storage, select history, then press Export.")
+    p, j = tok(prompt, add_special_tokens=False)["input_ids"], tok(joined, add_special_tokens=False)["input_ids"]
+    assert j[: len(p)] == p
+    assert tok.decode(j[len(p) :]).strip().startswith("Open Mail")
+
+
+def test_warm_up_lowers_the_loss_below_chance(micro: Path):
+    tok = AutoTokenizer.from_pretrained(micro)
+    final_loss = json.loads((micro / "tiny_policy.json").read_text())["final_loss"]
+    assert final_loss < math.log(len(tok)) - 0.5  # chance is log |V|; the real recipe ends near 0.3
+
+
+def test_ensure_builds_once_and_resolve_maps_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    builds = []
+
+    def fake_build(out_dir, **_):
+        builds.append(out_dir)
+        return build_tiny_policy(out_dir, **MICRO)
+
+    monkeypatch.setattr(tiny_policy, "build_tiny_policy", fake_build)
+    first = ensure_tiny_policy(tmp_path)
+    second = ensure_tiny_policy(tmp_path)
+    assert first == second and len(builds) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no half-built leftovers
+    assert resolve_base_model(TINY, tmp_path) == str(first)
+    assert resolve_base_model("microsoft/phi-2", tmp_path) == "microsoft/phi-2"

@@ -1,0 +1,227 @@
+"""The policy-optimisation alternatives TRL still maintains, behind the same entry point as PPO
+(`trainers.ppo.optimise_policy`, `ppo.algorithm: grpo | rloo | kto | dpo` in the config):
+
+- GRPO / RLOO: online, `num_generations` samples per query scored by the reward function; the
+  group (GRPO) or leave-one-out (RLOO) mean is the baseline, so no value head is needed.
+- KTO: offline, straight from thumbs up / down (the natural fit for binary feedback).
+- DPO: offline, from preference pairs on the same query.
+
+KTO and DPO take their examples from feedback events when given; otherwise they label the
+starting policy's own samples with the reward function (above / below the median for KTO, best
+versus worst of a group for DPO), which keeps `optimise_policy` usable with a reward model alone.
+
+CPU runs fp32 without gradient checkpointing (TRL's bf16 / checkpointing defaults fail or crawl
+there, see ../shared/notes/ml-stack.md); a GPU runs bf16. The device is picked automatically.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from rlhf.errors import TrainingError
+from schemas.events import FeedbackEvent
+from trainers.ppo import RewardFn, StatusFn, generate, pick_device, use_bf16
+from trainers.ppo_config import PolicyOptConfig
+from trainers.tiny_policy import format_completion, format_prompt
+
+# Offline examples drawn per training query when KTO / DPO label the policy's own samples.
+SELF_LABEL_SAMPLES = 4
+
+
+def _no_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
+    return None
+
+
+class _StatusCallback(TrainerCallback):
+    """Forwards TRL's logs as progress and stops training on a non-finite loss (the guardrail
+    an offline trainer can apply mid-run; the whole result is then rejected)."""
+
+    def __init__(self, algorithm: str, on_status: StatusFn) -> None:
+        self.algorithm = algorithm
+        self.on_status = on_status
+        self.non_finite = False
+        self.last: dict[str, float] = {}
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.last = metrics or self.last
+        if "loss" in metrics and not math.isfinite(metrics["loss"]):
+            self.non_finite = True
+            control.should_training_stop = True
+            self.on_status("guardrail", self.algorithm, f"step {state.global_step}: non-finite loss; stopping", metrics)
+            return
+        self.on_status("progress", self.algorithm, f"step {state.global_step}/{state.max_steps}", metrics)
+
+
+def _reward_for_trl(reward_fn: RewardFn):
+    """TRL calls reward functions with the formatted prompts, the completions and every extra
+    dataset column as keyword arguments; the `query` column carries the raw query."""
+
+    def reward(prompts: list[str], completions: list[str], query: list[str], **_: Any) -> list[float]:
+        return [float(r) for r in reward_fn(list(query), [c.strip() for c in completions])]
+
+    return reward
+
+
+def _common_args(config: PolicyOptConfig, output_dir: str) -> dict[str, Any]:
+    device = pick_device()
+    return {
+        "output_dir": output_dir, "learning_rate": config.learning_rate, "max_grad_norm": config.max_grad_norm, "seed": config.seed,
+        "bf16": use_bf16(device), "use_cpu": device.type == "cpu", "gradient_checkpointing": False,
+        "logging_steps": 1, "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
+    }  # fmt: skip
+
+
+def _peft_config(config: PolicyOptConfig):
+    if not config.lora_r:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+# ----------------------------------------------------------------------------- data for KTO / DPO
+
+
+def judgements(events: Sequence[FeedbackEvent], min_rating: int) -> list[tuple[str, str, bool]]:
+    """(query, response, liked) from feedback: thumbs, ratings (>= min_rating is liked), and
+    corrections (the correction is liked, the answer it corrected is not)."""
+    out = []
+    for e in events:
+        if e.feedback_type == "correction" and e.correction:
+            out += [(e.query, e.correction, True), (e.query, e.response, False)]
+        elif e.feedback_type == "rating":
+            out.append((e.query, e.response, (e.rating or 0) >= min_rating))
+        else:
+            out.append((e.query, e.response, e.feedback_type == "thumbs_up"))
+    return out
+
+
+def kto_examples(events: Sequence[FeedbackEvent], min_rating: int) -> list[dict[str, Any]]:
+    """KTO rows (prompt, completion, label): one per judgement."""
+    return [{"prompt": format_prompt(q), "completion": format_completion(r), "label": liked} for q, r, liked in judgements(events, min_rating)]
+
+
+def dpo_pairs(events: Sequence[FeedbackEvent], min_rating: int) -> list[dict[str, str]]:
+    """DPO rows (prompt, chosen, rejected): every liked answer against every disliked answer to
+    the same query (so a correction is preferred over the answer it corrected)."""
+    liked: dict[str, dict[str, None]] = defaultdict(dict)  # dicts as ordered sets: stable, deduplicated
+    disliked: dict[str, dict[str, None]] = defaultdict(dict)
+    for q, r, good in judgements(events, min_rating):
+        (liked if good else disliked)[q][r] = None
+    return [
+        {"prompt": format_prompt(q), "chosen": format_completion(good), "rejected": format_completion(bad)}
+        for q, goods in liked.items() for good in goods for bad in disliked.get(q, {}) if good != bad
+    ]  # fmt: skip
+
+
+def _self_labelled(
+    lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, queries: Sequence[str], config: PolicyOptConfig
+) -> dict[str, list[tuple[str, float]]]:
+    """SELF_LABEL_SAMPLES scored samples of the starting policy per query."""
+    repeated = [q for q in queries for _ in range(SELF_LABEL_SAMPLES)]
+    scored: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    torch.manual_seed(config.seed)
+    for i in range(0, len(repeated), 64):
+        ro = generate(lm, tokenizer, repeated[i : i + 64], reward_fn,
+                      max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p)  # fmt: skip
+        for q, r, s in zip(ro.queries, ro.responses, ro.scores.tolist()):
+            scored[q].append((r, s))
+    return scored
+
+
+def _self_labelled_kto(scored: dict[str, list[tuple[str, float]]]) -> list[dict[str, Any]]:
+    # The median is scale-free: a reward model's scores have no fixed threshold of "good".
+    median = statistics.median(s for samples in scored.values() for _, s in samples)
+    return [{"prompt": format_prompt(q), "completion": format_completion(r), "label": s > median}
+            for q, samples in scored.items() for r, s in samples]  # fmt: skip
+
+
+def _self_labelled_dpo(scored: dict[str, list[tuple[str, float]]]) -> list[dict[str, str]]:
+    pairs = []
+    for q, samples in scored.items():
+        best, worst = max(samples, key=lambda x: x[1]), min(samples, key=lambda x: x[1])
+        if best[1] > worst[1]:
+            pairs.append({"prompt": format_prompt(q), "chosen": format_completion(best[0]), "rejected": format_completion(worst[0])})
+    return pairs
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_alternative(
+    algorithm: str,
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_fn: RewardFn,
+    train_queries: Sequence[str],
+    config: PolicyOptConfig,
+    *,
+    feedback_events: Sequence[FeedbackEvent] | None = None,
+    on_status: StatusFn = _no_status,
+) -> tuple[PreTrainedModel, dict[str, float]]:
+    """Train `lm` with TRL's `algorithm` (grpo, rloo, kto, dpo); returns the trained model (LoRA
+    merged) and a few figures (steps, final loss, examples used). Raises TrainingError when there
+    is nothing to learn from or the loss went non-finite."""
+    from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RLOOConfig, RLOOTrainer
+
+    if not train_queries and not feedback_events:
+        raise TrainingError(f"{algorithm}: no training queries or feedback")
+    callback = _StatusCallback(algorithm, on_status)
+    with tempfile.TemporaryDirectory(prefix=f"rlhf-{algorithm}-") as scratch:
+        common = _common_args(config, scratch)
+        if algorithm in ("grpo", "rloo"):
+            online = {
+                "per_device_train_batch_size": config.batch_size, "num_generations": config.num_generations,
+                "max_completion_length": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p,
+                "beta": config.init_kl_coef,
+                # `epochs` generation rounds, each optimised `ppo_epochs` times, as PPO does.
+                "num_iterations": config.ppo_epochs, "max_steps": config.epochs * config.ppo_epochs,
+            }  # fmt: skip
+            args_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
+            data = Dataset.from_dict({"prompt": [format_prompt(q) for q in train_queries], "query": list(train_queries)})
+            trainer = trainer_cls(
+                model=lm, reward_funcs=_reward_for_trl(reward_fn), args=args_cls(**common, **online), train_dataset=data,
+                processing_class=tokenizer, callbacks=[callback], peft_config=_peft_config(config),
+            )  # fmt: skip
+            n_examples = len(data)
+        elif algorithm in ("kto", "dpo"):
+            if feedback_events:
+                rows = kto_examples(feedback_events, config.min_rating) if algorithm == "kto" else dpo_pairs(feedback_events, config.min_rating)
+            else:
+                scored = _self_labelled(lm, tokenizer, reward_fn, train_queries, config)
+                rows = _self_labelled_kto(scored) if algorithm == "kto" else _self_labelled_dpo(scored)
+            if algorithm == "kto" and len({r["label"] for r in rows}) < 2:
+                raise TrainingError("kto: needs both desirable and undesirable examples")
+            if not rows:
+                raise TrainingError(f"{algorithm}: no usable examples in the feedback")
+            offline = {"per_device_train_batch_size": config.batch_size, "num_train_epochs": config.offline_epochs,
+                       "beta": config.preference_beta}  # fmt: skip
+            args_cls, trainer_cls = (KTOConfig, KTOTrainer) if algorithm == "kto" else (DPOConfig, DPOTrainer)
+            trainer = trainer_cls(
+                model=lm, args=args_cls(**common, **offline), train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                callbacks=[callback], peft_config=_peft_config(config),
+            )  # fmt: skip
+            n_examples = len(rows)
+        else:
+            raise TrainingError(f"unknown alternative algorithm {algorithm!r}")
+        trainer.remove_callback(PrinterCallback)  # progress goes through on_status, not stdout
+        on_status("progress", algorithm, f"{algorithm}: {n_examples} examples, {trainer.args.max_steps if trainer.args.max_steps > 0 else 'epochs'} steps", {})
+        trainer.train()
+    if callback.non_finite:
+        raise TrainingError(f"{algorithm}: non-finite loss at step {trainer.state.global_step}; result rejected")
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: hand back a plain model
+        model = model.merge_and_unload()
+    model.eval()
+    return model, {"steps": float(trainer.state.global_step), "examples": float(n_examples), "train_loss": callback.last.get("train_loss", float("nan"))}
