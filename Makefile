@@ -11,4 +11,4 @@ test: setup
 	.venv/bin/python -m pytest -q
 
 bench: setup
-	for b in bench/*.py; do .venv/bin/python $$b; done
+	for b in bench/[a-z]*.py; do .venv/bin/python -m bench.$$(basename $$b .py); done

@@ -50,11 +50,15 @@ def _models_show(args: argparse.Namespace) -> None:
 
 
 def _models_promote(args: argparse.Namespace) -> None:
-    print("serving", _registry(args).promote(args.policy, args.version, reason="promoted by hand"))
+    from consumers.decisions import apply_decision
+
+    print("serving", apply_decision(settings_of(args), _registry(args), args.policy, "promote", "promoted by hand", args.version))
 
 
 def _models_rollback(args: argparse.Namespace) -> None:
-    print("rolled back", _registry(args).rollback(args.policy, reason="rolled back by hand"))
+    from consumers.decisions import apply_decision
+
+    print("rolled back", apply_decision(settings_of(args), _registry(args), args.policy, "rollback", "rolled back by hand"))
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from consumers.decisions import AB_TEST_STAGE
 from consumers.registry import Manifest, ModelRegistry, code_version, version_for
 from consumers.trainer import StatusEmitter
 from rlhf.config import Settings
@@ -110,7 +111,10 @@ class TrainingJob:
             version=version, policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
             reward_model_version=rm_version, decision=manifest.status, metrics=manifest.metrics, reason=manifest.reason,
         ), trigger.policy)  # fmt: skip
-        emitter.status(trigger, "finished", stage=manifest.status, message=manifest.reason, metrics=manifest.metrics)
+        if manifest.status == "candidate":  # the round stays open until the A/B decision (consumers/decisions.py)
+            emitter.status(trigger, "progress", stage=AB_TEST_STAGE, message=manifest.reason, metrics=manifest.metrics)
+        else:
+            emitter.status(trigger, "finished", stage=manifest.status, message=manifest.reason, metrics=manifest.metrics)
 
     def _reward_model(self, trigger: TrainTrigger, events: list[FeedbackEvent], progress: Progress):
         from trainers.reward import RewardModel, train_reward_model

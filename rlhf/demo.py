@@ -25,19 +25,23 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
+from consumers.decisions import AB_TEST_STAGE, apply_decision
 from consumers.registry import ModelRegistry
+from consumers.sink import GROUP as SINK_GROUP
+from consumers.sink import ROUTES as SINK_ROUTES
 from consumers.training_job import ensure_base_policy
 from rlhf.config import Settings, load_settings
 from rlhf.errors import RlhfError
 from rlhf.kafka_local import LocalBroker, free_port
 from rlhf.sdk import FeedbackClient
 from rlhf.supervisor import Supervisor
-from rlhf.topics import create_topics, topic_name
+from rlhf.topics import GroupProgress, create_topics, group_id, group_progress, topic_name
 from rlhf.users import Population
 from schemas import ModelPublished, TrainingStatus, parse_event
 
 log = logging.getLogger("rlhf.demo")
 POLICY = "assistant"
+SINK_TOPICS = list(SINK_ROUTES)
 
 
 @dataclass(frozen=True)
@@ -75,12 +79,13 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
         "RLHF_FEEDBACK__COLLECTION_RATE": "1.0",
         "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": str(plan.train_threshold),
         "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": str(plan.train_threshold * 2),
-        "RLHF_CONTINUOUS_LEARNING__TRIGGER_TIMEOUT_S": "600",
+        "RLHF_CONTINUOUS_LEARNING__TRIGGER_TIMEOUT_S": str(int(plan.budget_s)),  # a round's A/B test may take a while
         "RLHF_AB_TESTING__MIN_SAMPLES_PER_VARIANT": str(plan.ab_samples_per_variant),
         "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
         "RLHF_DEMO_SERVE_PORT": str(serve_port),
     }
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}, **values}
+    # The user's own RLHF_* settings (and RLHF_CONFIG) reach every process; the demo's wiring wins.
+    return {**os.environ, **values}
 
 
 class StatusWatch:
@@ -103,7 +108,8 @@ class StatusWatch:
 
     @property
     def training_active(self) -> bool:
-        return self.training is not None and self.training.state in ("started", "progress", "guardrail")
+        t = self.training
+        return t is not None and t.state in ("started", "progress", "guardrail") and t.stage != AB_TEST_STAGE
 
     def close(self) -> None:
         self.consumer.close()
@@ -119,7 +125,8 @@ class Demo:
         self.supervisor = Supervisor(run_dir / "logs", self.env)
         self.results: list[RoundResult] = []
         self.timeline: list[dict] = []
-        self._drill_done: set[str] = set()
+        self.drills_done: set[str] = set()
+        self.feedback_sent = 0
 
     @property
     def settings(self) -> Settings:
@@ -157,7 +164,6 @@ class Demo:
         serve = httpx.Client(base_url=f"http://127.0.0.1:{self.serve_port}")
         analytics = httpx.Client(base_url=f"http://127.0.0.1:{self.dashboard_port}")
         bar = tqdm(total=self.plan.rounds, desc="RLHF rounds", unit="round", dynamic_ncols=True)
-        feedback_sent = 0
         try:
             with FeedbackClient.from_settings(settings) as client:
                 while len(self.results) < self.plan.rounds:
@@ -168,22 +174,22 @@ class Demo:
                     if watch.training_active:  # training owns the CPU; users wait instead of competing
                         t = watch.training
                         bar.set_postfix_str(f"training {t.stage or t.state} {_short(t.metrics)}")
-                        self._fault_drill("trainer", feedback_sent)
+                        self._fault_drill("trainer", self.feedback_sent)
                         time.sleep(1.0)
                         continue
                     self._settle_rejections(watch, registry)
                     stats = population.step(serve, client, self.plan.batch)
-                    feedback_sent += stats.feedback
-                    self.timeline.append({"t": time.time(), "feedback": feedback_sent, "positive": stats.positive, "n": stats.feedback})
-                    self._fault_drill("streams", feedback_sent)
-                    self._fault_drill("broker", feedback_sent)
+                    self.feedback_sent += stats.feedback
+                    self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
+                    self._fault_drill("streams", self.feedback_sent)
+                    self._fault_drill("broker", self.feedback_sent)
                     candidate = registry.candidate(POLICY)
                     if candidate is None:
-                        bar.set_postfix_str(f"collecting feedback: {feedback_sent} sent")
+                        bar.set_postfix_str(f"collecting feedback: {self.feedback_sent} sent")
                         continue
                     ab = self._analysis(analytics, settings, candidate)
                     bar.set_postfix_str(f"A/B {candidate}: {_ab_progress(ab)}")
-                    if self._decide(registry, candidate, ab, watch):
+                    if self._decide(settings, registry, candidate, ab, watch):
                         bar.update(1)
         finally:
             bar.close()
@@ -196,17 +202,15 @@ class Demo:
         response.raise_for_status()
         return response.json()
 
-    def _decide(self, registry: ModelRegistry, candidate: str, ab: dict, watch: StatusWatch) -> bool:
+    def _decide(self, settings: Settings, registry: ModelRegistry, candidate: str, ab: dict, watch: StatusWatch) -> bool:
         decision = ab.get("decision", "keep_running")
         exhausted = min(ab.get("samples", {}).values() or [0]) >= self.plan.ab_max_samples_per_variant
         if decision == "keep_running" and not exhausted:
             return False
         published = next((p.model_dump(mode="json") for p in watch.published if p.version == candidate), {})
-        if decision == "promote":
-            registry.promote(POLICY, candidate, reason=ab.get("reason", "A/B test promoted it"))
-        else:
-            registry.rollback(POLICY, reason=ab.get("reason", "A/B test did not show a gain"))
-            decision = "rollback"
+        decision = "promote" if decision == "promote" else "rollback"
+        reason = ab.get("reason") or ("the A/B test promoted it" if decision == "promote" else "the A/B test showed no gain")
+        apply_decision(settings, registry, POLICY, decision, reason, candidate)
         self.results.append(RoundResult(candidate, published.get("parent_version"), decision, published, ab))
         return True
 
@@ -219,20 +223,31 @@ class Demo:
 
     def _fault_drill(self, target: str, feedback_sent: int) -> None:
         """With --fault-drill: kill each of stream worker and trainer once, and bounce the broker once."""
-        if not self.plan.fault_drill or target in self._drill_done:
+        if not self.plan.fault_drill or target in self.drills_done:
             return
         if target == "streams" and feedback_sent >= self.plan.train_threshold // 2:
             self.supervisor.kill("streams")  # the supervisor restarts it on the next check
         elif target == "trainer":
             time.sleep(3)  # let it get into the training proper
             self.supervisor.kill("trainer")
-        elif target == "broker" and self.results:
+        elif target == "broker" and feedback_sent >= self.plan.train_threshold + self.plan.ab_samples_per_variant:  # during the A/B test
             self.broker.down()
             self.broker.up()
         else:
             return
         log.warning("fault drill: %s", target)
-        self._drill_done.add(target)
+        self.drills_done.add(target)
+
+    def drain(self, settings: Settings, timeout: float = 120.0) -> GroupProgress:
+        """Wait until the sink has committed everything produced, so ClickHouse holds it all."""
+        k = settings.kafka
+        deadline = time.monotonic() + timeout
+        while True:
+            progress = group_progress(k.bootstrap_servers, group_id(k.topic_prefix, SINK_GROUP), k.topic_prefix, SINK_TOPICS, k.partitions)
+            if progress.lag == 0 or time.monotonic() > deadline:
+                return progress
+            self.supervisor.check()
+            time.sleep(1.0)
 
     def stop(self) -> None:
         self.supervisor.stop_all()
@@ -262,14 +277,18 @@ def _ab_progress(ab: dict) -> str:
 
 
 def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
-    """Run the loop, always stopping every process; writes RUN/result.json."""
+    """Run the loop, let the sink catch up, always stop every process; writes RUN/result.json
+    (the rounds) and RUN/run.json (feedback sent, the sink's final lag)."""
     demo = Demo(plan, run_dir)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         results = demo.run()
+        sink = demo.drain(demo.settings)
     finally:
         demo.stop()
         signal.signal(signal.SIGTERM, previous)
     (run_dir / "result.json").write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
+    (run_dir / "run.json").write_text(json.dumps({"feedback_sent": demo.feedback_sent, "sink_committed": sink.committed, "sink_lag": sink.lag,
+                                                 "fault_drill": sorted(demo.drills_done)}))
     (run_dir / "timeline.json").write_text(json.dumps(demo.timeline))
     return results

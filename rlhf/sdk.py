@@ -36,7 +36,7 @@ POLL_EVERY = 256
 
 def is_sampled(interaction_id: str, collection_rate: float) -> bool:
     """Whether this interaction's events are collected: the same answer in every process."""
-    return stable_fraction("collect", interaction_id) < collection_rate
+    return collection_rate >= 1.0 or stable_fraction("collect", interaction_id) < collection_rate
 
 
 class FeedbackClient:

@@ -88,3 +88,27 @@ def create_topics(bootstrap_servers: str, prefix: str, keyed_partitions: int, ti
                     raise
                 result[name] = "exists"
     return result
+
+
+@dataclass(frozen=True)
+class GroupProgress:
+    committed: int  # records the group has committed, summed over partitions
+    end: int  # the topics' high watermarks, summed
+
+    @property
+    def lag(self) -> int:
+        return self.end - self.committed
+
+
+def group_progress(bootstrap_servers: str, group: str, prefix: str, names: list[str], keyed_partitions: int, timeout: float = 10.0) -> GroupProgress:
+    """How far consumer group `group` has committed into the registry topics `names`."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(topic_name(prefix, n), p) for n in names for p in range(partitions_of(TOPICS[n], keyed_partitions))]
+        committed = sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=timeout))
+        end = sum(consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in parts)
+        return GroupProgress(committed, end)
+    finally:
+        consumer.close()

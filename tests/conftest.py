@@ -68,3 +68,28 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     s = make_settings(kafka_bootstrap, tmp_path)
     create_topics(s.kafka.bootstrap_servers, s.kafka.topic_prefix, s.kafka.partitions)
     return s
+
+
+# A policy small enough to build in seconds: for tests of the machinery around policies.
+MICRO_POLICY = {"n_examples": 300, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "warmup_steps": 20, "batch_size": 16}
+
+
+@pytest.fixture(scope="session")
+def micro_policy(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from trainers.tiny_policy import build_tiny_policy
+
+    return str(build_tiny_policy(tmp_path_factory.mktemp("micro"), **MICRO_POLICY))
+
+
+# Training small enough that one job takes well under a minute on 2 cores, for tests about the
+# loop's delivery and bookkeeping rather than model quality.
+FAST_TRAINING = {
+    "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": "100",
+    "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": "200",
+    "RLHF_REWARD_MODEL__TRAINING__EPOCHS": "1",
+    "RLHF_REWARD_MODEL__TRAINING__MAX_LENGTH": "48",
+    "RLHF_PPO__TRAINING__EPOCHS": "2",
+    "RLHF_PPO__TRAINING__BATCH_SIZE": "8",
+    "RLHF_PPO__TRAINING__MINI_BATCH_SIZE": "4",
+    "RLHF_PPO__TRAINING__MAX_NEW_TOKENS": "16",
+}

@@ -5,10 +5,10 @@ import json
 import signal
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from consumers.sink import GROUP, KILL_AFTER_INSERT_ENV
-from rlhf.topics import TOPICS, group_id, partitions_of, topic_name
+from rlhf.topics import group_id, group_progress, topic_name
 from schemas import DeadLetter
 from tests.integration.analytics.conftest import SinkProcess, produce, rlhf
 from tests.integration.analytics.world import build_world
@@ -17,13 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def committed_offsets(settings, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, GROUP)})
-    try:
-        count = partitions_of(TOPICS[topic], settings.kafka.partitions)
-        parts = [TopicPartition(topic_name(settings.kafka.topic_prefix, topic), p) for p in range(count)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
-    finally:
-        consumer.close()
+    k = settings.kafka
+    return group_progress(k.bootstrap_servers, group_id(k.topic_prefix, GROUP), k.topic_prefix, [topic], k.partitions).committed
 
 
 def dead_letters(settings, expected: int) -> list[DeadLetter]:

@@ -16,23 +16,10 @@ from rlhf.sdk import FeedbackClient
 from rlhf.supervisor import Supervisor
 from rlhf.topics import topic_name
 from schemas import DeadLetter, ModelPublished, OffsetRange, TrainingStatus, TrainTrigger, parse_event
+from tests.conftest import FAST_TRAINING
 from trainers.synthetic import feedback_events, split_questions
 
 pytestmark = pytest.mark.integration
-
-# Small enough that one job takes well under a minute on 2 cores.
-FAST_TRAINING = {
-    "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": "100",
-    "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": "200",
-    "RLHF_REWARD_MODEL__TRAINING__EPOCHS": "1",
-    "RLHF_REWARD_MODEL__TRAINING__MAX_LENGTH": "48",
-    "RLHF_PPO__TRAINING__EPOCHS": "2",
-    "RLHF_PPO__TRAINING__BATCH_SIZE": "8",
-    "RLHF_PPO__TRAINING__MINI_BATCH_SIZE": "4",
-    "RLHF_PPO__TRAINING__MAX_NEW_TOKENS": "16",
-    "RLHF_REGISTRY__PROMOTION_MARGIN": "-1.0",  # any result passes the gate: this test is about delivery, not quality
-}
-
 
 class TopicTail:
     """Everything on one topic, from the beginning, without a consumer group."""
@@ -57,7 +44,7 @@ class TopicTail:
 
 @pytest.fixture
 def stack(settings, tmp_path):
-    env = {**os.environ, **FAST_TRAINING, "RLHF_HOME": str(settings.home),
+    env = {**os.environ, **FAST_TRAINING, "RLHF_REGISTRY__PROMOTION_MARGIN": "-1.0", "RLHF_HOME": str(settings.home),
            "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix}  # fmt: skip
     ensure_base_policy(settings)
     services = Supervisor(tmp_path / "logs", env)

@@ -5,9 +5,8 @@ accepted before the crash are still recognised after it)."""
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
-from rlhf.topics import topic_name
+from rlhf.topics import group_progress
 from schemas import TrainTrigger
 from streams.app import app_id
 from streams.replay import replay_trigger
@@ -18,13 +17,8 @@ pytestmark = pytest.mark.integration
 
 def committed(settings) -> int:
     """Feedback records the worker's consumer group has committed, over all partitions."""
-    topic = topic_name(settings.kafka.topic_prefix, "feedback")
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": app_id(settings)})
-    try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(settings.kafka.partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        consumer.close()
+    k = settings.kafka
+    return group_progress(k.bootstrap_servers, app_id(settings), k.topic_prefix, ["feedback"], k.partitions).committed
 
 
 def send(client, events):
