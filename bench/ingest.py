@@ -18,7 +18,6 @@ from confluent_kafka import Producer
 from bench._kafka import broker, median
 from rlhf.sdk import PRODUCER_DEFAULTS, FeedbackClient
 from rlhf.topics import create_topics, topic_name
-from schemas import FeedbackEvent
 
 
 def event_fields(n: int) -> list[dict]:
