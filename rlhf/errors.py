@@ -28,3 +28,7 @@ class ModelLoadError(RlhfError):
 
 class TrainingError(RlhfError):
     """A training job failed in a way that retrying will not fix (bad data range, guardrail abort)."""
+
+
+class ServiceError(RlhfError):
+    """A supervised service kept dying; the message names its log file."""

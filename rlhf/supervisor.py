@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhf.errors import ServiceError
+
 log = logging.getLogger("rlhf.supervisor")
 
 
@@ -28,10 +30,15 @@ class Service:
     started_at: float = field(default=0.0)
 
 
+# The checkout this process runs from: children import the same code even when the venv's
+# editable install points at another checkout (one venv is shared between clones).
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+
+
 class Supervisor:
     def __init__(self, log_dir: Path, env: dict[str, str], max_restarts: int = 5):
         self.log_dir = log_dir
-        self.env = env
+        self.env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (PROJECT_ROOT, env.get("PYTHONPATH")) if p)}
         self.max_restarts = max_restarts
         self.services: dict[str, Service] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +65,7 @@ class Supervisor:
         for service in self.services.values():
             if service.proc is not None and service.proc.poll() is not None:
                 if service.restarts >= self.max_restarts:
-                    raise RuntimeError(f"{service.name} keeps dying (exit {service.proc.returncode}); see {self.log_dir / service.name}.log")
+                    raise ServiceError(f"{service.name} keeps dying (exit {service.proc.returncode}); see {self.log_dir / service.name}.log")
                 service.restarts += 1
                 log.warning("%s exited with %s; restarting (%d)", service.name, service.proc.returncode, service.restarts)
                 self.start(service.name, *service.argv[3:])

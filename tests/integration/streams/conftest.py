@@ -1,12 +1,9 @@
-"""Stream-app fixtures: a worker subprocess with its own config (topic prefix = app id, RLHF_HOME,
+"""Stream-app fixtures: a supervised worker subprocess with its own config (topic prefix = app id, RLHF_HOME,
 thresholds through RLHF_* variables), a feedback producer, and readers of the output topics."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,56 +13,28 @@ from confluent_kafka import Consumer, TopicPartition
 
 from rlhf.config import Settings
 from rlhf.sdk import FeedbackClient
+from rlhf.supervisor import Supervisor
 from rlhf.topics import topic_name
 from schemas import FeedbackEvent
 
 
-class Worker:
-    """`rlhf streams worker` in a subprocess, configured only through the environment."""
-
-    def __init__(self, settings: Settings, log: Path, **continuous_learning: object):
-        self.env = {
-            **os.environ,
-            "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-            "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-            "RLHF_HOME": str(settings.home),
-            **{f"RLHF_CONTINUOUS_LEARNING__{k.upper()}": str(v) for k, v in continuous_learning.items()},
-        }
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Worker":
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rlhf.cli", "streams", "worker"], env=self.env, cwd=self.log.parent, stdout=out, stderr=subprocess.STDOUT
-            )
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    workers: list[Worker] = []
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
+    """`rlhf streams worker` as a supervised subprocess configured only through the environment;
+    `start_worker(train_threshold=100)` (re)starts it, `.kill("streams")` SIGKILLs it."""
+    k = settings.kafka
+    base = {**os.environ, "RLHF_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": k.topic_prefix, "RLHF_HOME": str(settings.home)}
+    services: list[Supervisor] = []
 
-    def start(**continuous_learning: object) -> Worker:
-        workers.append(Worker(settings, tmp_path / "worker.log", **continuous_learning).start())
-        return workers[-1]
+    def start(**continuous_learning: object) -> Supervisor:
+        env = {**base, **{f"RLHF_CONTINUOUS_LEARNING__{key.upper()}": str(v) for key, v in continuous_learning.items()}}
+        services.append(Supervisor(tmp_path / "logs", env))
+        services[-1].start("streams", "streams", "worker")
+        return services[-1]
 
     yield start
-    for worker in workers:
-        worker.stop()
+    for supervisor in services:
+        supervisor.stop_all()
 
 
 class Reader:

@@ -39,7 +39,7 @@ def test_sigkill_between_60_and_90_loses_nothing_and_counts_nothing_twice(settin
     assert committed(settings) == 60
     send(client, events[60:75])
     time.sleep(0.5)  # some of these are processed, and most likely not committed yet (commit every 2.8 s)
-    worker.kill()
+    worker.kill("streams")
     send(client, events[75:90])  # while the worker is down
 
     start_worker(train_threshold=100)
