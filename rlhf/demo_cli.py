@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from rlhf.cli import command
-
-
-def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int, samples: int = 2) -> dict[str, float]:
-    """Mean hidden preference of each version's answers to the held-out questions (ground truth)."""
-    from consumers.registry import ModelRegistry
-    from consumers.serve import generate, load_policy
-    from trainers.synthetic import quality, split_questions
-
-    registry = ModelRegistry(registry_root)
-    _, held_out = split_questions()
-    out = {}
-    for version in sorted(versions):
-        policy = load_policy(registry, version)
-        scores = []
-        for s in range(samples):
-            answers = generate(policy, [q.text for q in held_out], max_new_tokens, seed=s)
-            scores += [quality(q, a) for q, a in zip(held_out, answers)]
-        out[version] = sum(scores) / len(scores)
-    return out
+from rlhf.config import load_settings
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -38,19 +19,15 @@ def _demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_dir = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if args.config:  # every service of the demo reads the same file
+        os.environ["RLHF_CONFIG"] = str(Path(args.config).resolve())
     plan = DemoPlan(rounds=args.rounds, users=args.users, train_threshold=args.threshold, budget_s=args.budget * 60,
                     seed=args.seed, fault_drill=args.fault_drill)  # fmt: skip
     print(f"rlhf demo: {plan.rounds} rounds, logs and state in {run_dir}")
     started = time.monotonic()
     results = run_demo(plan, run_dir)
     elapsed = time.monotonic() - started
-    versions = {r.candidate for r in results} | {r.parent for r in results if r.parent}
-    truth = true_quality(run_dir / "state" / "registry", versions, max_new_tokens=32)
-    rounds = [report.figures_of(asdict(r), truth) for r in results]
-    html_path = run_dir / "report.html"
-    summary = report.terminal_summary(rounds, f"http://127.0.0.1:<dashboard port> (stopped with the demo; rerun `rlhf sink run` on {run_dir}/state)", html_path)
-    summary += f"  wall time: {elapsed / 60:.1f} min\n"
-    report.write_html(html_path, rounds, json.loads((run_dir / "timeline.json").read_text()) if (run_dir / "timeline.json").exists() else [], summary)
+    summary = report.write_report(run_dir, results, elapsed, max_new_tokens=load_settings(args.config).ppo.training.max_new_tokens)
     print(summary)
     return 0 if len(results) >= plan.rounds else 1
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -47,7 +49,8 @@ class RoundFigures:
 
 def figures_of(result: dict, truth: dict[str, float]) -> RoundFigures:
     metrics = result.get("published", {}).get("metrics", {})
-    primary = result.get("ab", {}).get("primary") or {}
+    decisions = result.get("ab", {}).get("decisions") or [{}]
+    primary = decisions[0].get("primary") or {}
     lift = primary.get("lift") or {}
     return RoundFigures(
         candidate=result["candidate"], decision=result["decision"],
@@ -137,3 +140,35 @@ def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], sum
         f"<h1>rlhf-stream demo</h1>{body}<pre>{html.escape(summary)}</pre>"
     )
     return path
+
+
+def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int, samples: int = 2) -> dict[str, float]:
+    """Mean hidden preference of each version's answers to the held-out questions (ground truth)."""
+    from consumers.registry import ModelRegistry
+    from consumers.serve import generate, load_policy
+    from trainers.synthetic import quality, split_questions
+
+    registry = ModelRegistry(registry_root)
+    _, held_out = split_questions()
+    out = {}
+    for version in sorted(versions):
+        policy = load_policy(registry, version)
+        scores = []
+        for s in range(samples):
+            answers = generate(policy, [q.text for q in held_out], max_new_tokens, seed=s)
+            scores += [quality(q, a) for q, a in zip(held_out, answers)]
+        out[version] = sum(scores) / len(scores)
+    return out
+
+
+def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_tokens: int) -> str:
+    """RUN/report.html and the terminal summary (returned) of a finished demo run."""
+    versions = {r.candidate for r in results} | {r.parent for r in results if r.parent}
+    truth = true_quality(run_dir / "state" / "registry", versions, max_new_tokens)
+    rounds = [figures_of(asdict(r), truth) for r in results]
+    html_path = run_dir / "report.html"
+    dashboard = f"rerun `RLHF_HOME={run_dir}/state rlhf sink run` to browse the dashboard again"
+    summary = terminal_summary(rounds, dashboard, html_path) + f"  wall time: {elapsed_s / 60:.1f} min\n"
+    timeline_file = run_dir / "timeline.json"
+    write_html(html_path, rounds, json.loads(timeline_file.read_text()) if timeline_file.exists() else [], summary)
+    return summary

@@ -11,6 +11,7 @@ import pytest
 
 from analytics.clickhouse import open_warehouse
 from rlhf.demo import Demo, DemoPlan, run_demo
+from rlhf.report import write_report
 from tests.conftest import FAST_TRAINING
 
 pytestmark = pytest.mark.integration
@@ -50,6 +51,8 @@ def test_the_loop_closes(fast, tmp_path):
     results = run_demo(SHORT, tmp_path)
     run = check_loop_closed(tmp_path, results)
     assert feedback_in_clickhouse(tmp_path, SHORT) == (run["feedback_sent"], run["feedback_sent"])
+    summary = write_report(tmp_path, results, elapsed_s=60, max_new_tokens=16)
+    assert f"round 1: {results[0].candidate}" in summary and (tmp_path / "report.html").stat().st_size > 10_000
 
 
 def test_fault_drill(fast, tmp_path):
