@@ -13,15 +13,23 @@ Training statuses and timer ticks are forwarded into the same internal topic, so
 everything about a policy in one order and its state needs no cross-partition reads.
 
 Processing guarantee: at-least-once. `exactly_once` was tried against Apache Kafka 4.1.1 with
-faust-streaming 0.15.3 / aiokafka 0.14: the worker runs and its tables come back right after a
-SIGKILL, but records the killed worker had sent to output topics stay visible to read_committed
-consumers and are sent again on replay (a 3,000-record SIGKILL drill gave 1,501 duplicate outputs):
-Faust picks the transactional producer by the *destination* partition (TransactionManager.send),
-so output writes are not in the transaction that commits the input offsets. It also crashes on
-shutdown ("Can't send messages while not in transaction"). So the app relies on at-least-once plus
-idempotence instead (see policy.py): a re-processed record changes no state, a trigger re-sent
-after a crash has the same deterministic trigger_id (trainers dedupe on it), and a dead letter or
-metrics record may repeat (DLQ readers key on origin topic/partition/offset).
+faust-streaming 0.15.3 / aiokafka 0.14 and is not reliable:
+  * Faust picks the transactional producer by the *destination* partition (TransactionManager.send),
+    so output writes are not in the transaction that commits the input offsets. An earlier
+    3,000-record SIGKILL drill gave 1,501 duplicate outputs visible to read_committed consumers.
+  * With this app's internal hop it is worse: with exactly_once, tests/integration/streams/
+    test_pipeline.py passed but test_crash.py failed in 2 of 2 runs (no trigger 90 s after restart).
+    Reading the topics afterwards: the feedback offsets had been committed up to event 60, yet none
+    of the 125 records on the internal policy-events topic (0 of 125) was readable with
+    read_committed, and both table changelogs were empty. The forwards were written in transactions
+    that never committed, but the input offsets that would have replayed them were committed. So
+    events are lost, not just duplicated.
+  * It also crashes on shutdown ("Can't send messages while not in transaction").
+So the app relies on at-least-once plus idempotence instead (see policy.py): a re-processed record
+changes no state, a trigger re-sent after a crash has the same deterministic trigger_id, and the
+trainer takes a trigger id it has already published as done (tests/unit/streams/
+test_redelivery.py; tests/integration/consumers/test_trainer.py re-delivers one for real). A dead
+letter or metrics record may repeat (DLQ readers key on origin topic/partition/offset).
 """
 
 from __future__ import annotations
@@ -36,7 +44,6 @@ import faust
 from confluent_kafka import KafkaError, KafkaException
 from faust.types import AgentT, StreamT, TableT, TopicT
 from mode.utils.times import want_seconds
-
 from pydantic import ValidationError
 
 from rlhf.config import Settings, load_settings

@@ -1,0 +1,54 @@
+"""At-least-once plus the trigger id makes duplicates harmless (streams/app.py says why the app is
+not exactly-once): a record the stream app processes again after a crash re-sends its trigger with
+the same trigger_id, and the trainer takes a trigger id it has already published as done, so the
+duplicate trains and publishes nothing. No broker: the ledger on dicts, the training job on a
+registry in tmp_path with an emitter that records what it would send."""
+
+import threading
+
+from consumers.registry import Manifest, ModelRegistry, version_for
+from consumers.training_job import TrainingJob
+from rlhf.config import Settings
+from tests.unit.streams.test_policy import Run, fb
+
+
+class RecordingEmitter:
+    def __init__(self):
+        self.statuses = []
+
+    def status(self, trigger, state, stage="", message="", metrics=None):
+        self.statuses.append((trigger.trigger_id, state, message))
+
+    def emit(self, topic, event, key):
+        raise AssertionError(f"a duplicate trigger must not emit {topic}")
+
+
+def test_trigger_resent_after_a_crash_is_a_no_op_for_the_trainer(tmp_path):
+    run = Run()
+    first = [e for n in range(3) for e in run.feed(fb(n)).triggers]
+    # The worker died before committing its input: the same internal records come again.
+    again = [e for n in range(3) for e in run.feed(fb(n), offset=n).triggers]
+    assert len(first) == len(again) == 1 and again[0].trigger_id == first[0].trigger_id
+
+    trigger = first[0]
+    settings = Settings(home=tmp_path)
+    registry = ModelRegistry(settings.registry_path)
+    version = version_for(trigger.policy, trigger.trigger_id)
+
+    def build(directory):
+        (directory / "weights.bin").write_bytes(b"w")
+        return Manifest(
+            version=version,
+            kind="policies",
+            policy=trigger.policy,
+            status="candidate",
+            trigger_id=trigger.trigger_id,
+            parent_version="base",
+        )
+
+    assert registry.publish("policies", version, build) is not None  # the first delivery was trained and published
+
+    emitter = RecordingEmitter()
+    TrainingJob(settings)(again[0], emitter, threading.Event())  # would replay from Kafka and train if it did not dedupe
+    assert emitter.statuses == [(trigger.trigger_id, "finished", f"already published as {version}; nothing to do")]
+    assert [m.version for m in registry.versions("policies")] == [version]
