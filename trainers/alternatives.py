@@ -7,8 +7,10 @@
 - DPO: offline, from preference pairs on the same query.
 
 KTO and DPO take their examples from feedback events when given; otherwise they label the
-starting policy's own samples with the reward function (above / below the median for KTO, best
-versus worst of a group for DPO), which keeps `optimise_policy` usable with a reward model alone.
+starting policy's own samples with the reward function (above / below the median for KTO; each
+sample preferred over the worse ones to the same query for DPO), which keeps `optimise_policy`
+usable with a reward model alone. Self-labelling draws `epochs * batch_size` samples, the rollout
+budget PPO gets, so the algorithms are compared at equal sampling cost.
 
 CPU runs fp32 without gradient checkpointing (TRL's bf16 / checkpointing defaults fail or crawl
 there, see ../shared/notes/ml-stack.md); a GPU runs bf16. The device is picked automatically.
@@ -17,6 +19,7 @@ there, see ../shared/notes/ml-stack.md); a GPU runs bf16. The device is picked a
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import tempfile
 from collections import defaultdict
@@ -128,8 +131,11 @@ def dpo_pairs(events: Sequence[FeedbackEvent], min_rating: int) -> list[dict[str
 def _self_labelled(
     lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, queries: Sequence[str], config: PolicyOptConfig
 ) -> dict[str, list[tuple[str, float]]]:
-    """SELF_LABEL_SAMPLES scored samples of the starting policy per query."""
-    repeated = [q for q in queries for _ in range(SELF_LABEL_SAMPLES)]
+    """SELF_LABEL_SAMPLES scored samples of the starting policy per query, for a seeded draw of
+    queries worth `epochs * batch_size` samples in all (PPO's rollout budget)."""
+    n_queries = max(1, config.epochs * config.batch_size // SELF_LABEL_SAMPLES)
+    drawn = random.Random(config.seed).sample(list(queries), min(n_queries, len(queries)))
+    repeated = [q for q in drawn for _ in range(SELF_LABEL_SAMPLES)]
     scored: dict[str, list[tuple[str, float]]] = defaultdict(list)
     torch.manual_seed(config.seed)
     for i in range(0, len(repeated), 64):
@@ -140,6 +146,16 @@ def _self_labelled(
     return scored
 
 
+def kto_weights(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """desirable_weight / undesirable_weight that make both sides weigh the same in the loss; the
+    KTO paper (and TRL's warning) want desirable x n_D / (undesirable x n_U) in [1, 4/3]."""
+    n_good = sum(1 for r in rows if r["label"])
+    n_bad = len(rows) - n_good
+    if n_good < n_bad:
+        return {"desirable_weight": n_bad / n_good, "undesirable_weight": 1.0}
+    return {"desirable_weight": 1.0, "undesirable_weight": n_good / n_bad}
+
+
 def _self_labelled_kto(scored: dict[str, list[tuple[str, float]]]) -> list[dict[str, Any]]:
     # The median is scale-free: a reward model's scores have no fixed threshold of "good".
     median = statistics.median(s for samples in scored.values() for _, s in samples)
@@ -148,12 +164,12 @@ def _self_labelled_kto(scored: dict[str, list[tuple[str, float]]]) -> list[dict[
 
 
 def _self_labelled_dpo(scored: dict[str, list[tuple[str, float]]]) -> list[dict[str, str]]:
-    pairs = []
-    for q, samples in scored.items():
-        best, worst = max(samples, key=lambda x: x[1]), min(samples, key=lambda x: x[1])
-        if best[1] > worst[1]:
-            pairs.append({"prompt": format_prompt(q), "chosen": format_completion(best[0]), "rejected": format_completion(worst[0])})
-    return pairs
+    # Every strictly better sample over every worse one of the same query: up to 6 pairs from 4
+    # samples rather than only best-versus-worst, which leaves DPO too few pairs to move.
+    return [
+        {"prompt": format_prompt(q), "chosen": format_completion(good), "rejected": format_completion(bad)}
+        for q, samples in scored.items() for good, s_good in samples for bad, s_bad in samples if s_good > s_bad and good != bad
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- training
@@ -196,17 +212,18 @@ def train_alternative(
             )  # fmt: skip
             n_examples = len(data)
         elif algorithm in ("kto", "dpo"):
+            source = "feedback" if feedback_events else "self-labelled samples"
             if feedback_events:
                 rows = kto_examples(feedback_events, config.min_rating) if algorithm == "kto" else dpo_pairs(feedback_events, config.min_rating)
             else:
                 scored = _self_labelled(lm, tokenizer, reward_fn, train_queries, config)
                 rows = _self_labelled_kto(scored) if algorithm == "kto" else _self_labelled_dpo(scored)
-            if algorithm == "kto" and len({r["label"] for r in rows}) < 2:
-                raise TrainingError("kto: needs both desirable and undesirable examples")
             if not rows:
-                raise TrainingError(f"{algorithm}: no usable examples in the feedback")
+                raise TrainingError(f"{algorithm}: no usable examples in the {source}" + (" (no query has a liked and a disliked answer)" if algorithm == "dpo" else ""))
+            if algorithm == "kto" and len({r["label"] for r in rows}) < 2:
+                raise TrainingError(f"kto: needs both desirable and undesirable examples; the {source} gave only {'desirable' if rows[0]['label'] else 'undesirable'} ones")
             offline = {"per_device_train_batch_size": config.batch_size, "num_train_epochs": config.offline_epochs,
-                       "beta": config.preference_beta}  # fmt: skip
+                       "beta": config.preference_beta, **(kto_weights(rows) if algorithm == "kto" else {})}  # fmt: skip
             args_cls, trainer_cls = (KTOConfig, KTOTrainer) if algorithm == "kto" else (DPOConfig, DPOTrainer)
             trainer = trainer_cls(
                 model=lm, args=args_cls(**common, **offline), train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -216,7 +233,7 @@ def train_alternative(
         else:
             raise TrainingError(f"unknown alternative algorithm {algorithm!r}")
         trainer.remove_callback(PrinterCallback)  # progress goes through on_status, not stdout
-        on_status("progress", algorithm, f"{algorithm}: {n_examples} examples, {trainer.args.max_steps if trainer.args.max_steps > 0 else 'epochs'} steps", {})
+        on_status("progress", algorithm, f"{algorithm}: {n_examples} examples", {"examples": float(n_examples)})
         trainer.train()
     if callback.non_finite:
         raise TrainingError(f"{algorithm}: non-finite loss at step {trainer.state.global_step}; result rejected")

@@ -24,7 +24,7 @@ class PolicyOptConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="Queries rolled out per PPO iteration; completions per GRPO/RLOO step.")
     mini_batch_size: int = Field(8, ge=1, description="Rollouts per PPO gradient step.")
     ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each PPO rollout batch.")
-    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate of the policy (and value head).")
+    learning_rate: float = Field(3e-5, gt=0, description="AdamW learning rate of the policy (and value head); also TRL's for the alternatives.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
     seed: int = Field(0, description="Seeds query order, sampling and the value head.")
 

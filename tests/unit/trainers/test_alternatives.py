@@ -1,0 +1,148 @@
+"""TRL's GRPO / RLOO / KTO / DPO behind `optimise_policy`, on the micro policy (a few steps each,
+seconds): metrics and a loadable saved model for every algorithm, KTO and DPO both from feedback
+events and from the policy's own samples, and the example builders with literal data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf.errors import TrainingError
+from rlhf.hashing import stable_fraction
+from schemas.events import FeedbackEvent
+from trainers.alternatives import _reward_for_trl, _self_labelled_dpo, _self_labelled_kto, dpo_pairs, kto_examples, kto_weights, train_alternative
+from trainers.ppo import load_policy, optimise_policy
+from trainers.ppo_config import PolicyOptConfig
+from trainers.synthetic import feedback_events, quality_reward, split_questions
+from trainers.tiny_policy import build_tiny_policy, format_completion, format_prompt
+
+MICRO = {"n_examples": 300, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "warmup_steps": 20, "batch_size": 16}
+FAST = {"epochs": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6, "num_generations": 2,
+        "learning_rate": 1e-3, "eval_samples_per_query": 1, "offline_epochs": 1}  # fmt: skip
+
+TRAIN_QS, HELD_OUT_QS = (qs[:8] for qs in split_questions())
+TRAIN, HELD_OUT = [q.text for q in TRAIN_QS], [q.text for q in HELD_OUT_QS]
+
+
+def varied_reward(queries: list[str], responses: list[str]) -> list[float]:
+    """The micro policy's answers all score 0 under the hidden preference; this one spreads them
+    over [0, 1) (a stable hash of the text) so self-labelling finds better and worse samples."""
+    return [stable_fraction("test-reward", r) for r in responses]
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_tiny_policy(tmp_path_factory.mktemp("micro"), **MICRO))
+
+
+def _event(i: int, query: str, response: str, feedback_type: str, **kw) -> FeedbackEvent:
+    return FeedbackEvent(event_id=f"e{i}", interaction_id=f"i{i}", user_id="u", query=query, response=response,
+                         model_version="v0", feedback_type=feedback_type, **kw)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- examples, literal data
+
+
+def test_kto_examples_and_dpo_pairs_from_feedback():
+    events = [
+        _event(1, "q1", "good", "thumbs_up"), _event(2, "q1", "bad", "thumbs_down"),
+        _event(3, "q2", "fine", "rating", rating=4), _event(4, "q2", "meh", "rating", rating=3),
+        _event(5, "q3", "wrong", "correction", correction="right"),
+    ]  # fmt: skip
+    kto = kto_examples(events, min_rating=4)
+    assert [(r["completion"], r["label"]) for r in kto] == [
+        (" good", True), (" bad", False), (" fine", True), (" meh", False), (" right", True), (" wrong", False),
+    ]  # fmt: skip
+    assert kto[0]["prompt"] == format_prompt("q1")
+    pairs = dpo_pairs(events, min_rating=4)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
+        (format_prompt("q1"), " good", " bad"), (format_prompt("q2"), " fine", " meh"), (format_prompt("q3"), " right", " wrong"),
+    ]  # fmt: skip
+
+
+def test_self_labelled_examples_split_at_the_median_and_pair_every_better_sample():
+    scored = {"q": [("a", 0.9), ("b", 0.5), ("c", 0.1), ("d", 0.5)]}
+    assert [(r["completion"], r["label"]) for r in _self_labelled_kto(scored)] == [(" a", True), (" b", False), (" c", False), (" d", False)]
+    pairs = {(p["chosen"], p["rejected"]) for p in _self_labelled_dpo(scored)}
+    assert pairs == {(" a", " b"), (" a", " c"), (" a", " d"), (" b", " c"), (" d", " c")}  # ties give no pair
+    assert _self_labelled_dpo({"q": [("a", 0.5), ("b", 0.5)]}) == []
+
+
+def test_kto_weights_balance_the_two_sides():
+    rows = [{"label": True}] + [{"label": False}] * 3
+    assert kto_weights(rows) == {"desirable_weight": 3.0, "undesirable_weight": 1.0}
+    assert kto_weights([{"label": True}] * 2 + [{"label": False}]) == {"desirable_weight": 1.0, "undesirable_weight": 2.0}
+
+
+def test_trl_reward_function_scores_the_raw_query_and_the_stripped_completion():
+    seen = []
+    reward = _reward_for_trl(lambda q, r: seen.append((q, r)) or [1.0] * len(q))
+    assert reward([format_prompt("q")], [" answer "], query=["q"], completion_ids=[[1]]) == [1.0]
+    assert seen == [(["q"], ["answer"])]
+
+
+# ----------------------------------------------------------------------------- training on the micro policy
+
+
+def _check(metrics: dict, out: Path, algorithm: str) -> None:
+    for key in ("mean_reward_before", "mean_reward_after", "reward_gain", "kl", "mean_length", "train_seconds", "steps", "examples"):
+        assert isinstance(metrics[key], float), key
+    assert metrics["algorithm"] == algorithm and metrics["guardrails_fired"] == [] and metrics["steps"] >= 1
+    lm = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert type(lm).__name__ == "LlamaForCausalLM" and tok.eos_token == "<|endoftext|>"
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_online_alternatives_train_evaluate_and_save(micro: str, tmp_path: Path, algorithm: str):
+    states = []
+    metrics = optimise_policy(algorithm, micro, varied_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "policy",
+                              on_status=lambda *a: states.append(a))  # fmt: skip
+    _check(metrics, tmp_path / "policy", algorithm)
+    assert metrics["steps"] == FAST["epochs"] * FAST["ppo_epochs"] and metrics["examples"] == len(TRAIN)
+    assert states[0][0] == "started" and states[-1][0] == "finished"
+    assert any(s[1] == algorithm and s[2].startswith("step ") for s in states)  # TRL's logs reach on_status
+
+
+@pytest.mark.parametrize("algorithm", ["kto", "dpo"])
+def test_offline_alternatives_learn_from_feedback_events(micro: str, tmp_path: Path, algorithm: str):
+    events = feedback_events(TRAIN_QS, 40, seed=3)
+    expected = len(kto_examples(events, 4)) if algorithm == "kto" else len(dpo_pairs(events, 4))
+    metrics = optimise_policy(algorithm, micro, quality_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "policy",
+                              feedback_events=events)  # fmt: skip
+    _check(metrics, tmp_path / "policy", algorithm)
+    assert metrics["examples"] == expected > 0
+
+
+@pytest.mark.parametrize("algorithm", ["kto", "dpo"])
+def test_offline_alternatives_label_the_policys_own_samples_without_feedback(micro: str, tmp_path: Path, algorithm: str):
+    metrics = optimise_policy(algorithm, micro, varied_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "policy")
+    _check(metrics, tmp_path / "policy", algorithm)
+    budget = FAST["epochs"] * FAST["batch_size"]  # PPO's rollout budget: 2 queries x 4 samples here
+    if algorithm == "kto":  # every sample, labelled against the median
+        assert metrics["examples"] == budget
+    else:  # at most 6 ordered pairs from 4 samples of a query
+        assert 0 < metrics["examples"] <= budget // 4 * 6
+
+
+def test_alternative_with_lora_returns_a_plain_model(micro: str):
+    lm, tok = load_policy(micro)
+    before = torch.cat([p.detach().flatten() for p in lm.parameters()]).clone()
+    trained, figures = train_alternative("grpo", lm, tok, varied_reward, TRAIN, PolicyOptConfig(**FAST, lora_r=4))
+    assert type(trained).__name__ == "LlamaForCausalLM" and figures["steps"] == 2
+    assert not torch.equal(before, torch.cat([p.detach().flatten() for p in trained.parameters()]))
+
+
+def test_offline_alternatives_refuse_one_sided_data(micro: str, tmp_path: Path):
+    liked = [_event(i, TRAIN[0], "Open Mail.", "thumbs_up") for i in range(3)]
+    with pytest.raises(TrainingError, match="only desirable"):
+        optimise_policy("kto", micro, quality_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "k", feedback_events=liked)
+    with pytest.raises(TrainingError, match="no usable examples in the feedback"):
+        optimise_policy("dpo", micro, quality_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "d", feedback_events=liked)
+    constant = lambda q, r: [0.5] * len(q)  # noqa: E731 - every sample ties: nothing to prefer
+    with pytest.raises(TrainingError, match="no usable examples in the self-labelled samples"):
+        optimise_policy("dpo", micro, constant, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "s")
+    assert not any(tmp_path.iterdir())
