@@ -8,8 +8,8 @@ algorithm (PPO here, GRPO / RLOO / KTO / DPO in `trainers.alternatives`).
 
 One PPO iteration: sample `batch_size` queries -> generate answers (top_p / temperature) ->
 score them with `reward_fn(queries, responses)` -> per-token reward = -kl_coef * KL(policy || ref)
-plus the score on the last token -> GAE -> `ppo_epochs` passes of clipped surrogate + clipped
-value loss over mini-batches -> adapt kl_coef towards `target_kl`. Guardrails roll back an update
+plus the score (over its running std) on the last token -> GAE -> `ppo_epochs` passes of clipped
+surrogate + clipped value loss over mini-batches -> adapt kl_coef towards `target_kl`. Guardrails roll back an update
 that pushes KL past `kl_bound`, produces a non-finite loss, or makes answers collapse in length or
 into repetition; `on_status(state, stage, message, metrics)` reports every one of them.
 """
@@ -135,6 +135,30 @@ class AdaptiveKLController:
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
         return self.value
+
+
+class RunningScoreScale:
+    """Running standard deviation of the reward-model scores (Welford, over every rollout so far;
+    TRL's old `use_score_scaling`). Dividing scores by it makes the KL penalty weigh the same
+    against any reward's scale: a reward model whose sigmoid scores span 0.50-0.55 would otherwise
+    be drowned by the penalty's noise after the first update."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, scores: torch.Tensor) -> None:
+        for x in scores.tolist():
+            self.count += 1
+            delta = x - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (x - self.mean)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+
+    def scale(self, scores: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+        return scores / max(self.std, eps)
 
 
 def repetition_share(tokens: Sequence[int]) -> float:
@@ -392,6 +416,7 @@ def train_ppo(
     reference = Reference(policy, None if config.lora_r else (reference if reference is not None else copy.deepcopy(lm)))
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate, eps=1e-5)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+    score_scale = RunningScoreScale()
     batches = _query_batches(train_queries, config.batch_size, random.Random(config.seed))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device))
     sample = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p}
@@ -421,8 +446,10 @@ def train_ppo(
         guard.remember()
         scores.append(stats["mean_score"])
 
-        # 3. KL-shaped per-token rewards, GAE, whitened advantages.
-        rewards = kl_penalised_rewards(ro.scores, old_logprobs, ref_logprobs, ro.mask, kl_ctl.value)
+        # 3. KL-shaped per-token rewards (scores in units of their running std), GAE, whitened advantages.
+        score_scale.update(ro.scores)
+        scores_for_rl = score_scale.scale(ro.scores) if config.score_scaling else ro.scores
+        rewards = kl_penalised_rewards(scores_for_rl, old_logprobs, ref_logprobs, ro.mask, kl_ctl.value)
         advantages, returns = compute_gae(rewards, old_values, ro.mask, config.gamma, config.lam)
         advantages = whiten(advantages, ro.mask)
 
@@ -456,7 +483,8 @@ def train_ppo(
                 return _finish(policy, reference, guard, kl_ctl, scores, iteration, stopped_early=True)
         else:
             guard.kept()
-            kl_ctl.update(rollout_kl, config.batch_size)
+            if config.adaptive_kl:
+                kl_ctl.update(rollout_kl, config.batch_size)
         on_status("progress", "ppo", f"iteration {iteration}/{config.epochs}", stats)
         if checkpoint_dir is not None and (iteration % config.checkpoint_every == 0 or iteration == config.epochs):
             _save_checkpoint(policy, tokenizer, checkpoint_dir, iteration, config.keep_checkpoints)
@@ -587,7 +615,8 @@ def optimise_policy(
 
     `feedback_events` feed KTO (thumbs) and DPO (pairs); without them those two label the
     starting policy's own samples with `reward_fn`. Returns floats (mean_reward_before/after,
-    reward_gain, kl, mean_length, ...) plus `guardrails_fired` (list of names) and `out_dir`.
+    reward_gain, kl, mean_length, rollbacks, ...) plus `guardrails_fired` (the problems that
+    stopped training early; empty when every rolled-back update was recovered from) and `out_dir`.
     Raises TrainingError when a guardrail rejects the whole result."""
     if algorithm not in ALGORITHMS:
         raise TrainingError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -612,7 +641,9 @@ def optimise_policy(
                 lm, tokenizer, reward_fn, train_queries, config, reference=reference, checkpoint_dir=checkpoints, on_status=status
             )
             extra = {"iterations": float(result.iterations), "rollbacks": float(result.rollbacks), "kl_coef": result.kl_coef}
-            fired = list(result.guardrails_fired)
+            # A rolled-back update is a guardrail that worked (counted in `rollbacks`); only a run
+            # the guardrails had to stop early leaves a policy the gate must not trust.
+            fired = list(result.guardrails_fired) if result.stopped_early else []
         else:
             from trainers.alternatives import train_alternative
 

@@ -24,7 +24,7 @@ class PolicyOptConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="Queries rolled out per PPO iteration; completions per GRPO/RLOO step.")
     mini_batch_size: int = Field(8, ge=1, description="Rollouts per PPO gradient step.")
     ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each PPO rollout batch.")
-    learning_rate: float = Field(3e-5, gt=0, description="AdamW learning rate of the policy (and value head); also TRL's for the alternatives.")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate of the policy (and value head); also TRL's for the alternatives.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
     seed: int = Field(0, description="Seeds query order, sampling and the value head.")
 
@@ -45,6 +45,7 @@ class PolicyOptConfig(BaseModel):
     target_kl: float = Field(0.1, gt=0, description="Per-token KL to the reference the adaptive controller steers towards.")
     kl_horizon: int = Field(100, ge=1, description="Controller horizon in rollouts: smaller reacts faster.")
     adaptive_kl: bool = Field(True, description="Adapt the KL coefficient (Ziegler et al. 2019); False keeps it fixed.")
+    score_scaling: bool = Field(True, description="PPO: divide scores by their running std, so the KL penalty weighs the same for any reward scale.")
 
     # --- guardrails
     kl_bound: float = Field(0.5, gt=0, description="Per-token KL to the reference above which an update is rolled back.")
