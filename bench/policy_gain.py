@@ -8,7 +8,9 @@ Rewards with a known preference: `quality` is the hidden preference of the gener
 (`trainers.synthetic.quality_reward`, in [0, 1]); `rm` is a MiniLM reward model trained here on
 simulated feedback that follows that preference (sigmoid of its score, as the trainer consumer
 uses it), so the policy is optimised against a learnt, imperfect reward; its figures are also
-scored with `quality` after training, the gain a user would see. KTO and DPO label the starting
+scored with `quality` after training, the gain a user would see, and the run prints the ceiling:
+the gain in the reward model's own scores of a policy that always answers helpfully (a reward
+model's sigmoid scores span a narrow range, which bounds the relative gain they can show). KTO and DPO label the starting
 policy's own samples with the reward (no feedback events are passed). The target is a gain of
 at least +15% with KL to the reference under `kl_bound`. Timings are wall-clock on this machine.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import random
 import statistics
 import tempfile
 import time
@@ -28,7 +31,7 @@ import torch
 from rlhf.config import load_settings
 from trainers.ppo import RewardFn, evaluate_policy, load_policy, optimise_policy
 from trainers.ppo_config import PolicyOptConfig
-from trainers.synthetic import feedback_events, quality_reward, split_questions
+from trainers.synthetic import answer, feedback_events, quality_reward, split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 
 TARGET_GAIN = 0.15
@@ -44,16 +47,16 @@ def quiet() -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
-def reward_model_fn(workdir: Path, threads: int) -> RewardFn:
-    """A MiniLM reward model trained on 400 simulated feedback events on the training questions."""
+def reward_model_fn(workdir: Path, threads: int, n_events: int, epochs: int) -> RewardFn:
+    """A MiniLM reward model trained on simulated feedback on the training questions."""
     from trainers.reward import train_reward_model
     from trainers.reward_config import RewardConfig
 
     train, _ = split_questions()
     started = time.monotonic()
-    rm, metrics = train_reward_model(feedback_events(train, 400, seed=1), RewardConfig.from_settings(load_settings(), num_threads=threads),
-                                     workdir / "rm", lineage={})  # fmt: skip
-    print(f"reward model: MiniLM, 400 feedback events, trained in {time.monotonic() - started:.0f} s, "
+    config = RewardConfig.from_settings(load_settings(), num_threads=threads, epochs=epochs)
+    rm, metrics = train_reward_model(feedback_events(train, n_events, seed=1), config, workdir / "rm", lineage={})
+    print(f"reward model: MiniLM, {n_events} feedback events, {epochs} epoch(s), trained in {time.monotonic() - started:.0f} s, "
           f"held-out pairwise accuracy {metrics['eval']['pairwise_accuracy'] or float('nan'):.3f}", flush=True)  # fmt: skip
 
     def reward(queries: list[str], responses: list[str]) -> list[float]:
@@ -62,12 +65,23 @@ def reward_model_fn(workdir: Path, threads: int) -> RewardFn:
     return reward
 
 
+def ceiling(reward_fn: RewardFn, before: float) -> float:
+    """The gain a policy answering every held-out question helpfully would show under `reward_fn`:
+    a reward model's scores span a limited range, which bounds any relative gain measured in them."""
+    rng = random.Random(0)
+    _, held_out = split_questions()
+    best = reward_fn([q.text for q in held_out], [answer(q, "helpful", rng) for q in held_out])
+    return statistics.mean(best) / before - 1.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", nargs="+", default=["ppo", "grpo", "kto"], choices=["ppo", "grpo", "rloo", "kto", "dpo"])
     parser.add_argument("--rewards", nargs="+", default=["quality"], choices=["quality", "rm"])
     parser.add_argument("--repeats", type=int, default=1, help="runs per algorithm and reward with seeds 0, 1, ...; the median is reported")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rm-events", type=int, default=800, help="simulated feedback events the `rm` reward model learns from")
+    parser.add_argument("--rm-epochs", type=int, default=3, help="its training epochs (the project default is 1)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -84,7 +98,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="policy-gain-") as scratch:
         work = Path(scratch)
         for reward_name in args.rewards:
-            reward_fn = quality_reward if reward_name == "quality" else reward_model_fn(work, args.threads)
+            reward_fn = quality_reward if reward_name == "quality" else reward_model_fn(work, args.threads, args.rm_events, args.rm_epochs)
+            first_before: float | None = None
             for algorithm in args.algorithms:
                 runs = []
                 for seed in range(args.repeats):
@@ -102,6 +117,10 @@ def main() -> None:
                         q1 = evaluate_policy(trained, tok, quality_reward, held_out, **ev).mean_reward
                         m["quality_gain"] = q1 / q0 - 1.0
                     runs.append(m)
+                    if first_before is None:
+                        first_before = m["mean_reward_before"]
+                        print(f"  {reward_name}: a policy answering every held-out question helpfully would gain "
+                              f"{ceiling(reward_fn, first_before):+.1%} in this reward (the ceiling)", flush=True)  # fmt: skip
                     extra = f"  quality {m['quality_gain']:+.1%}" if "quality_gain" in m else ""
                     print(f"  {reward_name:7s} {algorithm:4s} seed {seed}: reward {m['mean_reward_before']:.3f} -> {m['mean_reward_after']:.3f} "
                           f"({m['reward_gain']:+.1%}), KL {m['kl']:.4f}, length {m['mean_length_before']:.1f} -> {m['mean_length']:.1f}, "

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from schemas.events import FeedbackEvent
 from trainers.ppo import (
     AdaptiveKLController,
+    RunningScoreScale,
     check_guardrails,
     compute_gae,
     kl_estimate,
@@ -102,6 +103,16 @@ def test_adaptive_kl_controller_hand_computed():
     assert ctl.update(0.09, n_steps=16) == pytest.approx(0.2 * 1.032 * 0.984)  # error -0.1: x(1 - 0.1 * 0.16)
     assert ctl.update(0.0, n_steps=50) == pytest.approx(0.2 * 1.032 * 0.984 * 0.9)  # error -1 clipped to -0.2
     assert ctl.update(0.1, n_steps=16) == pytest.approx(0.2 * 1.032 * 0.984 * 0.9)  # on target: unchanged
+
+
+def test_running_score_scale_divides_by_the_std_of_every_score_so_far():
+    scale = RunningScoreScale()
+    assert scale.std == 1.0  # nothing seen: scores pass unchanged
+    scale.update(torch.tensor([0.50, 0.52]))
+    scale.update(torch.tensor([0.54, 0.56]))
+    expected = torch.tensor([0.50, 0.52, 0.54, 0.56]).std().item()  # 0.025820 (n - 1)
+    assert abs(scale.std - expected) < 1e-9
+    assert torch.allclose(scale.scale(torch.tensor([0.5, -1.0])), torch.tensor([0.5, -1.0]) / expected)
 
 
 def test_repetition_share():
