@@ -615,8 +615,8 @@ def optimise_policy(
 
     `feedback_events` feed KTO (thumbs) and DPO (pairs); without them those two label the
     starting policy's own samples with `reward_fn`. Returns floats (mean_reward_before/after,
-    reward_gain, kl, mean_length, rollbacks, ...) plus `guardrails_fired` (the problems that
-    stopped training early; empty when every rolled-back update was recovered from) and `out_dir`.
+    reward_gain, kl, mean_length, rollbacks, ...) plus `guardrails_fired` (empty: a final policy
+    that fails a guardrail raises instead) and `out_dir`.
     Raises TrainingError when a guardrail rejects the whole result."""
     if algorithm not in ALGORITHMS:
         raise TrainingError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -641,9 +641,11 @@ def optimise_policy(
                 lm, tokenizer, reward_fn, train_queries, config, reference=reference, checkpoint_dir=checkpoints, on_status=status
             )
             extra = {"iterations": float(result.iterations), "rollbacks": float(result.rollbacks), "kl_coef": result.kl_coef}
-            # A rolled-back update is a guardrail that worked (counted in `rollbacks`); only a run
-            # the guardrails had to stop early leaves a policy the gate must not trust.
-            fired = list(result.guardrails_fired) if result.stopped_early else []
+            # A rolled-back update is a guardrail that worked: training goes on (or stops early) from
+            # the last good policy, counted in `rollbacks`. What the gate must not trust is a final
+            # policy that fails the guardrails itself: checked on the evaluation below.
+            extra["stopped_early"] = float(result.stopped_early)
+            fired = []
         else:
             from trainers.alternatives import train_alternative
 
