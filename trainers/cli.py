@@ -46,6 +46,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
     from trainers.dataset import build_dataset, read_jsonl
     from trainers.reward import RewardModel, evaluate
 
@@ -54,7 +56,14 @@ def _eval(args: argparse.Namespace) -> None:
     # Everything in FILE is evaluated unless --held-out asks for the model's own eval split only.
     options = rm.config.dataset_options() if args.held_out else {**rm.config.dataset_options(), "eval_fraction": 1.0}
     data = build_dataset(read_jsonl(args.data), **options)
-    print(json.dumps({"model": args.model, "eval": evaluate(rm, data.eval_pairs, data.eval_points), "data": data.summary}, indent=2))
+    with tqdm(desc="scoring", unit="text") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        metrics = evaluate(rm, data.eval_pairs, data.eval_points, progress)
+    print(json.dumps({"model": args.model, "eval": metrics, "data": data.summary}, indent=2))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,10 +7,10 @@ Bradley-Terry loss on preference pairs and a BCE loss on unpaired (pointwise) fe
 
 CLI: `rlhf reward train --data FILE` and `rlhf reward eval --model DIR --data FILE`.
 
-The training loop is our own rather than TRL's RewardTrainer because it is faster on the same model
-and data (`python bench/reward.py`): the texts are tokenised once, batches are drawn from examples
-of similar length and padded only to their longest, and chosen and rejected go through one forward
-pass. A version directory is written to a temporary sibling and renamed into place, so a crash
+The training loop is our own rather than TRL's RewardTrainer because it is as fast or faster on the
+same model and data (`python -m bench.reward`): the texts are tokenised once, batches are drawn from
+examples of similar length and padded only to their longest, chosen and rejected go through one
+forward pass, and AdamW is the fused kernel. A version directory is written to a temporary sibling and renamed into place, so a crash
 never leaves a half-written version that loads.
 """
 
@@ -96,11 +96,17 @@ class RewardModel:
 
     @classmethod
     def create(cls, config: RewardConfig) -> "RewardModel":
-        """The base encoder with a freshly initialised scalar head, on the configured device."""
+        """The base encoder with a freshly initialised scalar head, on the configured device;
+        ModelLoadError naming the base model when it is missing or cannot be loaded."""
         source = resolve_base_model(config.base_model)
+        if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
+            raise ModelLoadError(f"{source}: no base model here (directory not found)")  # a path, not a Hub id: do not ask the Hub
         torch.manual_seed(config.seed)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+        except Exception as exc:  # a corrupt directory or an unknown Hub id: name it, keep the cause
+            raise ModelLoadError(f"{source}: cannot load base model: {type(exc).__name__}: {exc}") from exc
         if config.disable_dropout:
             for module in model.modules():
                 if isinstance(module, torch.nn.Dropout):
@@ -146,14 +152,14 @@ class RewardModel:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         return logits.squeeze(-1).float()
 
-    def predict(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
-        """The reward of each (query, response)."""
-        return self.predict_ids(self.encode(queries, responses))
+    def predict(self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None) -> list[float]:
+        """The reward of each (query, response); `progress(done, total)` after each batch if given."""
+        return self.predict_ids(self.encode(queries, responses), progress)
 
     def predict_reward(self, query: str, response: str) -> float:
         return self.predict([query], [response])[0]
 
-    def predict_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
+    def predict_ids(self, ids: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None) -> list[float]:
         out = [0.0] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
         was_training = self.model.training
@@ -163,6 +169,8 @@ class RewardModel:
                 chunk = order[start : start + self.config.eval_batch_size]
                 for i, score in zip(chunk, self.scores([ids[i] for i in chunk]).tolist(), strict=True):
                     out[i] = score
+                if progress is not None:
+                    progress(start + len(chunk), len(order))
         self.model.train(was_training)
         return out
 
@@ -238,7 +246,10 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
     pair_lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]
     steps_per_epoch = math.ceil(len(chosen) / cfg.batch_size) + math.ceil(len(point_ids) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(rm.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # Fused AdamW (as TRL's Trainer uses): one kernel over all parameters. On 2 CPU cores the default
+    # per-tensor loop took ~1.1-1.7 s per MiniLM step against ~0.1 s fused.
+    fused = rm.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(rm.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
     warmup = int(total * cfg.warmup_ratio)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else (total - s) / max(1, total - warmup))
 
@@ -271,11 +282,12 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
     }  # fmt: skip
 
 
-def evaluate(rm: RewardModel, pairs: Dataset, points: Dataset) -> dict[str, Any]:
-    """Pairwise accuracy, ROC-AUC of pointwise labels and the reward distribution per feedback kind."""
+def evaluate(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Pairwise accuracy, ROC-AUC of pointwise labels and the reward distribution per feedback kind;
+    `progress(texts scored, total)` as scoring goes, if given."""
     texts = sorted({(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"]) for r in (c, j)}
                    | set(zip(points["query"], points["response"])))  # fmt: skip
-    reward = dict(zip(texts, rm.predict([q for q, _ in texts], [r for _, r in texts]), strict=True))
+    reward = dict(zip(texts, rm.predict([q for q, _ in texts], [r for _, r in texts], progress), strict=True))
 
     by_kind: dict[str, list[float]] = defaultdict(list)
     margins = []

@@ -166,6 +166,16 @@ def test_corrupt_model_directory_names_the_path(trained, tmp_path, damage):
         RewardModel.load(broken)
 
 
+def test_missing_or_corrupt_base_model_names_the_path(tmp_path):
+    with pytest.raises(ModelLoadError, match=f"{tmp_path / 'nope'}: no base model here"):
+        RewardModel.create(RewardConfig(base_model=str(tmp_path / "nope")))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match=f"{corrupt}: cannot load base model"):
+        RewardModel.create(RewardConfig(base_model=str(corrupt)))
+
+
 def test_no_usable_events_is_a_training_error(tiny_base, tmp_path):
     with pytest.raises(TrainingError, match="no training examples"):
         train_reward_model([{"bad": "event"}], RewardConfig(base_model=tiny_base), tmp_path / "rm")
