@@ -171,18 +171,13 @@ class TrainingJob:
             )  # fmt: skip
         except TrainingError as exc:  # a guardrail rejected the result: record it, it never serves
             return Manifest(**lineage, status="rejected", metrics={f"rm_{k}": v for k, v in rm_metrics.items()}, reason=str(exc), guardrails_fired=["eval_after"])
-        fired = list(metrics.pop("guardrails_fired", []))
+        metrics.pop("guardrails_fired")  # empty: a policy failing a guardrail raised TrainingError above
         before, after = metrics["mean_reward_before"], metrics["mean_reward_after"]
         margin = self.settings.registry.promotion_margin
         improved = after > before + abs(before) * margin
-        status = "candidate" if improved and not fired else "rejected"
-        reason = (
-            f"held-out mean reward {before:.3f} -> {after:.3f}"
-            + ("" if improved else f": not better than the parent by the {margin:.0%} margin")
-            + (f"; guardrails fired: {', '.join(fired)}" if fired else "")
-        )
+        reason = f"held-out mean reward {before:.3f} -> {after:.3f}" + ("" if improved else f": not better than the parent by the {margin:.0%} margin")
         return Manifest(
-            **lineage, status=status, reason=reason, guardrails_fired=fired,
+            **lineage, status="candidate" if improved else "rejected", reason=reason,
             metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **flatten_metrics(metrics)},
         )
 

@@ -174,15 +174,15 @@ class Demo:
                     if watch.training_active:  # training owns the CPU; users wait instead of competing
                         t = watch.training
                         bar.set_postfix_str(f"training {t.stage or t.state} {_short(t.metrics)}")
-                        self._fault_drill("trainer", self.feedback_sent)
+                        self._fault_drill("trainer")
                         time.sleep(1.0)
                         continue
                     self._settle_rejections(watch, registry)
                     stats = population.step(serve, client, self.plan.batch)
                     self.feedback_sent += stats.feedback
                     self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
-                    self._fault_drill("streams", self.feedback_sent)
-                    self._fault_drill("broker", self.feedback_sent)
+                    self._fault_drill("streams")
+                    self._fault_drill("broker")
                     candidate = registry.candidate(POLICY)
                     if candidate is None:
                         bar.set_postfix_str(f"collecting feedback: {self.feedback_sent} sent")
@@ -221,16 +221,16 @@ class Demo:
             if p.decision == "rejected" and p.version not in done:
                 self.results.append(RoundResult(p.version, p.parent_version, "rejected", p.model_dump(mode="json")))
 
-    def _fault_drill(self, target: str, feedback_sent: int) -> None:
+    def _fault_drill(self, target: str) -> None:
         """With --fault-drill: kill each of stream worker and trainer once, and bounce the broker once."""
         if not self.plan.fault_drill or target in self.drills_done:
             return
-        if target == "streams" and feedback_sent >= self.plan.train_threshold // 2:
+        if target == "streams" and self.feedback_sent >= self.plan.train_threshold // 2:
             self.supervisor.kill("streams")  # the supervisor restarts it on the next check
         elif target == "trainer":
             time.sleep(3)  # let it get into the training proper
             self.supervisor.kill("trainer")
-        elif target == "broker" and feedback_sent >= self.plan.train_threshold + self.plan.ab_samples_per_variant:  # during the A/B test
+        elif target == "broker" and self.feedback_sent >= self.plan.train_threshold + self.plan.ab_samples_per_variant:  # during the A/B test
             self.broker.down()
             self.broker.up()
         else:

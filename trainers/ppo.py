@@ -645,12 +645,10 @@ def optimise_policy(
             # the last good policy, counted in `rollbacks`. What the gate must not trust is a final
             # policy that fails the guardrails itself: checked on the evaluation below.
             extra["stopped_early"] = float(result.stopped_early)
-            fired = []
         else:
             from trainers.alternatives import train_alternative
 
             lm, extra = train_alternative(algorithm, lm, tokenizer, reward_fn, train_queries, config, feedback_events=feedback_events, on_status=status)
-            fired = []
         train_seconds = time.monotonic() - train_started
 
         after = evaluate(lm)
@@ -663,11 +661,10 @@ def optimise_policy(
             "repetition": after.repetition, "eval_samples": float(after.n), "train_seconds": train_seconds, **extra,
         }  # fmt: skip
         if problems:
-            fired += problems
             status("guardrail", "eval_after", f"trained policy rejected: {'; '.join(problems)}", _floats(metrics))
             raise TrainingError(f"{algorithm}: trained policy failed guardrails {problems} (kl {after.kl:.3f}, length {after.mean_length:.1f})")
         save_atomically(lm, tokenizer, out_dir)
-        metrics.update(guardrails_fired=fired, out_dir=str(out_dir), algorithm=algorithm, wall_seconds=time.monotonic() - started)
+        metrics.update(guardrails_fired=[], out_dir=str(out_dir), algorithm=algorithm, wall_seconds=time.monotonic() - started)
         status("finished", "save", f"{algorithm}: mean reward {before.mean_reward:.4f} -> {after.mean_reward:.4f}", _floats(metrics))
         return metrics
     except Exception as exc:

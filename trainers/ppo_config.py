@@ -8,28 +8,28 @@ the controller, the guardrail and the reports alike, so they do not move with re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-if TYPE_CHECKING:
-    from rlhf.config import Settings
+from rlhf.config import PPOTrainingSettings, Settings
+
+# The knobs `rlhf.yaml` exposes take their defaults from there, so the two never drift apart.
+_YAML = PPOTrainingSettings()
 
 
 class PolicyOptConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # --- schedule
-    epochs: int = Field(20, ge=1, description="PPO iterations (one rollout batch + its update); GRPO/RLOO optimiser steps.")
-    batch_size: int = Field(16, ge=1, description="Queries rolled out per PPO iteration; completions per GRPO/RLOO step.")
-    mini_batch_size: int = Field(8, ge=1, description="Rollouts per PPO gradient step.")
-    ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each PPO rollout batch.")
-    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate of the policy (and value head); also TRL's for the alternatives.")
+    epochs: int = Field(_YAML.epochs, ge=1, description="PPO iterations (one rollout batch + its update); GRPO/RLOO optimiser steps.")
+    batch_size: int = Field(_YAML.batch_size, ge=1, description="Queries rolled out per PPO iteration; completions per GRPO/RLOO step.")
+    mini_batch_size: int = Field(_YAML.mini_batch_size, ge=1, description="Rollouts per PPO gradient step.")
+    ppo_epochs: int = Field(_YAML.ppo_epochs, ge=1, description="Optimisation passes over each PPO rollout batch.")
+    learning_rate: float = Field(_YAML.learning_rate, gt=0, description="AdamW learning rate of the policy (and value head); also TRL's for the alternatives.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
     seed: int = Field(0, description="Seeds query order, sampling and the value head.")
 
     # --- sampling (the plan's values)
-    max_new_tokens: int = Field(32, ge=1, description="Tokens generated per rollout and per evaluation answer.")
+    max_new_tokens: int = Field(_YAML.max_new_tokens, ge=1, description="Tokens generated per rollout and per evaluation answer.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature of rollouts and evaluation.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass of rollouts and evaluation.")
 
@@ -41,8 +41,8 @@ class PolicyOptConfig(BaseModel):
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
 
     # --- KL control
-    init_kl_coef: float = Field(0.2, ge=0, description="Initial per-token KL penalty coefficient (GRPO/RLOO: their beta).")
-    target_kl: float = Field(0.1, gt=0, description="Per-token KL to the reference the adaptive controller steers towards.")
+    init_kl_coef: float = Field(_YAML.kl_coef, ge=0, description="Initial per-token KL penalty coefficient (GRPO/RLOO: their beta).")
+    target_kl: float = Field(_YAML.target_kl, gt=0, description="Per-token KL to the reference the adaptive controller steers towards.")
     kl_horizon: int = Field(100, ge=1, description="Controller horizon in rollouts: smaller reacts faster.")
     adaptive_kl: bool = Field(True, description="Adapt the KL coefficient (Ziegler et al. 2019); False keeps it fixed.")
     score_scaling: bool = Field(True, description="PPO: divide scores by their running std, so the KL penalty weighs the same for any reward scale.")
@@ -78,7 +78,7 @@ class PolicyOptConfig(BaseModel):
         return self
 
     @classmethod
-    def from_settings(cls, settings: "Settings", **overrides: object) -> "PolicyOptConfig":
+    def from_settings(cls, settings: Settings, **overrides: object) -> "PolicyOptConfig":
         """The `ppo:` and `feedback:` blocks of the project settings, then `overrides`."""
         t = settings.ppo.training
         values: dict[str, object] = {

@@ -6,6 +6,7 @@ and ClickHouse must hold every feedback event the users sent, exactly once."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_the_loop_closes(fast, tmp_path):
 
 
 def test_fault_drill(fast, tmp_path):
-    plan = DemoPlan(**{**SHORT.__dict__, "fault_drill": True})
+    plan = replace(SHORT, fault_drill=True)
     results = run_demo(plan, tmp_path)
     run = check_loop_closed(tmp_path, results)
     assert run["fault_drill"] == ["broker", "streams", "trainer"]
