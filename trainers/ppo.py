@@ -361,10 +361,15 @@ def check_guardrails(stats: dict[str, float], start_length: float, config: Polic
 
 class _Rollbacks:
     """The last parameters known to behave, and the count of updates thrown away. Training stops
-    after `limit` rollbacks with no kept update in between: the run is not converging."""
+    after `limit` rollbacks with no kept update in between: the run is not converging.
 
-    def __init__(self, policy: PolicyWithValue, optimizer: torch.optim.Optimizer, limit: int, on_status: StatusFn) -> None:
-        self.policy, self.optimizer, self.limit, self.on_status = policy, optimizer, limit, on_status
+    A step that overshoots `kl_bound` is retried smaller: each kl_bound rollback multiplies the
+    learning rate by `kl_backoff`, for the rest of the run (a policy that an earlier round already
+    moved is steeper, and the same step size would overshoot again and again)."""
+
+    def __init__(self, policy: PolicyWithValue, optimizer: torch.optim.Optimizer, config: PolicyOptConfig, on_status: StatusFn) -> None:
+        self.policy, self.optimizer, self.on_status = policy, optimizer, on_status
+        self.limit, self.kl_backoff, self.learning_rate = config.max_consecutive_rollbacks, config.kl_backoff, config.learning_rate
         self.fired: list[str] = []
         self.total = self.in_a_row = 0
         self.last_good = _snapshot(policy, optimizer)
@@ -379,10 +384,14 @@ class _Rollbacks:
     def roll_back(self, problems: list[str], where: str, stats: dict[str, float]) -> bool:
         """Restore the last good parameters; True when training should stop."""
         _restore(self.policy, self.optimizer, self.last_good)
+        if "kl_bound" in problems:
+            self.learning_rate *= self.kl_backoff
+        for group in self.optimizer.param_groups:  # the snapshot carries the rate it was taken with
+            group["lr"] = self.learning_rate
         self.fired += problems
         self.total += 1
         self.in_a_row += 1
-        self.on_status("guardrail", "ppo", f"{where}: {', '.join(problems)}; rolled back to the last good policy", stats)
+        self.on_status("guardrail", "ppo", f"{where}: {', '.join(problems)}; rolled back to the last good policy, lr {self.learning_rate:.2g}", stats)
         if self.in_a_row < self.limit:
             return False
         self.on_status("guardrail", "ppo", f"{self.in_a_row} rollbacks in a row: stopping with the last good policy", stats)
@@ -421,7 +430,7 @@ def train_ppo(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device))
     sample = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p}
 
-    guard = _Rollbacks(policy, optimizer, config.max_consecutive_rollbacks, on_status)
+    guard = _Rollbacks(policy, optimizer, config, on_status)
     start_length: float | None = None
     scores: list[float] = []
     iteration = 0

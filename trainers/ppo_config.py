@@ -52,6 +52,7 @@ class PolicyOptConfig(BaseModel):
     min_length_ratio: float = Field(0.5, gt=0, description="Roll back when mean response length falls below this x the start.")
     max_length_ratio: float = Field(2.0, gt=1, description="Roll back when mean response length grows past this x the start.")
     max_repetition: float = Field(0.5, gt=0, le=1, description="Roll back when the repeated-bigram share of responses exceeds this.")
+    kl_backoff: float = Field(0.5, gt=0, le=1, description="Multiply the learning rate by this after each update rolled back for kl_bound.")
     max_consecutive_rollbacks: int = Field(3, ge=1, description="Stop training (keeping the last good policy) after this many in a row.")
 
     # --- checkpoints and evaluation

@@ -56,6 +56,7 @@ def test_an_update_past_the_kl_bound_is_rolled_back_and_training_stops(micro: st
     assert torch.equal(before, _params(trained))  # every update was undone
     assert result.guardrails_fired == ["kl_bound"] * 3 and result.stopped_early and result.iterations == 3
     assert [s[0] for s in seen].count("guardrail") == 4 and "stopping" in seen[-1][2]
+    assert [s[2].rsplit(" lr ", 1)[1] for s in seen if "rolled back" in s[2]] == ["0.25", "0.12", "0.062"]  # each retry steps smaller
 
 
 def test_a_non_finite_reward_never_reaches_the_weights(micro: str):
