@@ -163,7 +163,8 @@ def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int, s
 
 def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_tokens: int) -> str:
     """RUN/report.html and the terminal summary (returned) of a finished demo run."""
-    versions = {r.candidate for r in results} | {r.parent for r in results if r.parent}
+    # A rejected candidate is a manifest without weights: it never answered anyone.
+    versions = {r.candidate for r in results if r.decision != "rejected"} | {r.parent for r in results if r.parent}
     truth = true_quality(run_dir / "state" / "registry", versions, max_new_tokens)
     rounds = [figures_of(asdict(r), truth) for r in results]
     html_path = run_dir / "report.html"
