@@ -10,8 +10,10 @@ One PPO iteration: sample `batch_size` queries -> generate answers (top_p / temp
 score them with `reward_fn(queries, responses)` -> per-token reward = -kl_coef * KL(policy || ref)
 plus the score (over its running std) on the last token -> GAE -> `ppo_epochs` passes of clipped
 surrogate + clipped value loss over mini-batches -> adapt kl_coef towards `target_kl`. Guardrails roll back an update
-that pushes KL past `kl_bound`, produces a non-finite loss, or makes answers collapse in length or
-into repetition; `on_status(state, stage, message, metrics)` reports every one of them.
+that pushes KL past `kl_bound` (the next try takes a smaller step), produces a non-finite loss, or
+makes answers collapse in length or into repetition, judged on the next rollout (one more rollout
+after the last update checks that one too); `on_status(state, stage, message, metrics)` reports
+every one of them.
 """
 
 from __future__ import annotations
@@ -434,7 +436,9 @@ def train_ppo(
     start_length: float | None = None
     scores: list[float] = []
     iteration = 0
-    for iteration in range(1, config.epochs + 1):
+    # One rollout more than there are updates: the last one only checks the last update, which
+    # (like every other) must pass the guardrails on answers sampled from the updated policy.
+    for iteration in range(1, config.epochs + 2):
         # 1. Rollout with the current policy, scored by the reward function.
         ro = generate(policy.lm, tokenizer, next(batches), reward_fn, **sample)
         with torch.no_grad(), autocast:
@@ -450,9 +454,11 @@ def train_ppo(
         problems = check_guardrails(stats, start_length, config)
         if problems:
             if guard.roll_back(problems, f"iteration {iteration}", stats):
-                return _finish(policy, reference, guard, kl_ctl, scores, iteration, stopped_early=True)
+                return _finish(policy, reference, guard, kl_ctl, scores, min(iteration, config.epochs), stopped_early=True)
             continue
         guard.remember()
+        if iteration > config.epochs:
+            break
         scores.append(stats["mean_score"])
 
         # 3. KL-shaped per-token rewards (scores in units of their running std), GAE, whitened advantages.
@@ -497,7 +503,7 @@ def train_ppo(
         on_status("progress", "ppo", f"iteration {iteration}/{config.epochs}", stats)
         if checkpoint_dir is not None and (iteration % config.checkpoint_every == 0 or iteration == config.epochs):
             _save_checkpoint(policy, tokenizer, checkpoint_dir, iteration, config.keep_checkpoints)
-    return _finish(policy, reference, guard, kl_ctl, scores, iteration, stopped_early=False)
+    return _finish(policy, reference, guard, kl_ctl, scores, config.epochs, stopped_early=False)
 
 
 def _finish(

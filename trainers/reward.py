@@ -283,17 +283,19 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
 
 
 def evaluate(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Pairwise accuracy, ROC-AUC of pointwise labels and the reward distribution per feedback kind;
+    """Pairwise accuracy (overall and per pairing rule), ROC-AUC of pointwise labels and the reward distribution per feedback kind;
     `progress(texts scored, total)` as scoring goes, if given."""
     texts = sorted({(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"]) for r in (c, j)}
                    | set(zip(points["query"], points["response"])))  # fmt: skip
     reward = dict(zip(texts, rm.predict([q for q, _ in texts], [r for _, r in texts], progress), strict=True))
 
     by_kind: dict[str, list[float]] = defaultdict(list)
+    right_by_source: dict[str, list[bool]] = defaultdict(list)  # thumbs pairs carry users' coin flips; corrections do not
     margins = []
     for row in pairs:
         good, bad = reward[row["query"], row["chosen"]], reward[row["query"], row["rejected"]]
         margins.append(good - bad)
+        right_by_source[row["source"]].append(good > bad)
         by_kind[row["chosen_kind"]].append(good)
         by_kind[row["rejected_kind"]].append(bad)
     point_scores = [reward[q, r] for q, r in zip(points["query"], points["response"])]
@@ -304,6 +306,7 @@ def evaluate(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Callabl
         "pairs": len(margins),
         "pairwise_accuracy": float(np.mean(np.array(margins) > 0)) if margins else None,
         "mean_margin": float(np.mean(margins)) if margins else None,
+        "accuracy_by_source": {source: float(np.mean(right)) for source, right in sorted(right_by_source.items())},
         "points": len(point_scores),
         "roc_auc": roc_auc(points["label"], point_scores),
         "reward_by_kind": {kind: _describe(values) for kind, values in sorted(by_kind.items())},

@@ -59,6 +59,21 @@ def test_an_update_past_the_kl_bound_is_rolled_back_and_training_stops(micro: st
     assert [s[2].rsplit(" lr ", 1)[1] for s in seen if "rolled back" in s[2]] == ["0.25", "0.12", "0.062"]  # each retry steps smaller
 
 
+def test_the_last_update_is_checked_on_a_fresh_rollout_too(micro: str):
+    lm, tok = load_policy(micro)
+    before = _params(lm)
+    calls = []
+
+    def reward_going_bad(queries: list[str], responses: list[str]) -> list[float]:
+        calls.append(len(queries))
+        return quality_reward(queries, responses) if len(calls) == 1 else [math.nan] * len(queries)
+
+    trained, result = train_ppo(lm, tok, reward_going_bad, TRAIN, PolicyOptConfig(**{**FAST, "epochs": 1}))
+    assert len(calls) == 2  # one update, then one rollout that only checks it
+    assert torch.equal(before, _params(trained))  # it failed the check: back to the starting weights
+    assert (result.iterations, result.rollbacks, result.guardrails_fired) == (1, 1, ["non_finite_rollout"])
+
+
 def test_a_non_finite_reward_never_reaches_the_weights(micro: str):
     lm, tok = load_policy(micro)
     before = _params(lm)

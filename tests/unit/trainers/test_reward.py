@@ -99,6 +99,7 @@ def test_smoke_train_writes_a_complete_version(trained):
     assert metrics["data"]["events"]["accepted"] == 80
     ev = metrics["eval"]
     assert 0.0 <= ev["pairwise_accuracy"] <= 1.0 and ev["pairs"] == metrics["data"]["splits"]["eval_pairs"]
+    assert set(ev["accuracy_by_source"]) <= {"thumbs", "rating", "correction"} and ev["accuracy_by_source"]
     assert set(ev["reward_by_kind"]) <= {"thumbs_up", "thumbs_down", "correction", "corrected", *(f"rating_{r}" for r in range(1, 6))}
 
 
