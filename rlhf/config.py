@@ -51,7 +51,7 @@ class FeedbackSettings(Section):
 
 
 class RewardTrainingSettings(Section):
-    epochs: int = Field(1, ge=1, description="Passes over the preference data (one, as InstructGPT did: more overfits the pairs and is slow on CPU).")
+    epochs: int = Field(2, ge=1, description="Passes over the preference data (a trigger's buffer is small: one pass underfits it, more overfit the pairs).")
     batch_size: int = Field(16, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate.")
     max_length: int = Field(128, ge=8, description="Tokens of `Query: ...\\nResponse: ...` kept.")

@@ -21,8 +21,9 @@ def _demo(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     if args.config:  # every service of the demo reads the same file
         os.environ["RLHF_CONFIG"] = str(Path(args.config).resolve())
-    plan = DemoPlan(rounds=args.rounds, users=args.users, train_threshold=args.threshold, budget_s=args.budget * 60,
-                    seed=args.seed, fault_drill=args.fault_drill)  # fmt: skip
+    given = {"rounds": args.rounds, "users": args.users, "train_threshold": args.threshold, "seed": args.seed,
+             "budget_s": args.budget and args.budget * 60}  # fmt: skip
+    plan = DemoPlan(**{k: v for k, v in given.items() if v is not None}, fault_drill=args.fault_drill)  # the rest: DemoPlan's defaults
     print(f"rlhf demo: {plan.rounds} rounds, logs and state in {run_dir}")
     started = time.monotonic()
     results = run_demo(plan, run_dir)
@@ -34,10 +35,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "demo", "Run the whole closed loop on this machine with simulated users, then print and write a report.", _demo)
-    p.add_argument("--rounds", type=int, default=2, help="RLHF rounds (trigger -> train -> A/B -> decision) to complete")
-    p.add_argument("--users", type=int, default=500, help="size of the simulated user population")
-    p.add_argument("--threshold", type=int, default=400, help="feedback events per train trigger")
-    p.add_argument("--budget", type=float, default=14.0, help="minutes before the demo gives up")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, help="RLHF rounds (trigger -> train -> A/B -> decision) to complete (default 2)")
+    p.add_argument("--users", type=int, help="size of the simulated user population (default 500)")
+    p.add_argument("--threshold", type=int, help="feedback events per train trigger (default 800)")
+    p.add_argument("--budget", type=float, help="minutes before the demo gives up (default 14)")
+    p.add_argument("--seed", type=int, help="seed of the simulated users (default 0)")
     p.add_argument("--fault-drill", action="store_true", help="SIGKILL the stream worker and the trainer once, restart the broker once")
     p.add_argument("--out", help="run directory (default runs/demo-TIMESTAMP)")
