@@ -46,17 +46,17 @@ _QUERIES = (
     NamedQuery(
         "ab_summary",
         "Per variant of one experiment: users exposed (SRM), feedback counts and the moments the statistics need.",
-        f"""
+        """
         WITH exp AS (
             SELECT variant, uniqExact(user_id) AS users_exposed, count() AS exposures, argMax(model_version, ts) AS exposed_model
-            FROM exposures FINAL WHERE experiment = {{experiment:String}} GROUP BY variant
+            FROM exposures FINAL WHERE experiment = {experiment:String} GROUP BY variant
         ), fb AS (
             SELECT variant, count() AS feedback, sum(positive) AS positives,
                    countIf(feedback_type = 'thumbs_up') AS thumbs_up, countIf(feedback_type = 'thumbs_down') AS thumbs_down,
                    countIf(rating IS NOT NULL) AS ratings, avgIf(rating, rating IS NOT NULL) AS rating_mean,
                    varSampIf(rating, rating IS NOT NULL) AS rating_var, avg(reward) AS reward_mean, varSamp(reward) AS reward_var,
                    argMax(model_version, ts) AS feedback_model, argMax(policy, ts) AS policy
-            FROM feedback FINAL WHERE experiment = {{experiment:String}} GROUP BY variant
+            FROM feedback FINAL WHERE experiment = {experiment:String} GROUP BY variant
         )
         SELECT if(exp.variant != '', exp.variant, fb.variant) AS variant,
                if(exposed_model != '', exposed_model, feedback_model) AS model_version, policy,
