@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per algorithm and reward with seeds 0, 1, ...; the median is reported")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rm-events", type=int, default=800, help="simulated feedback events the `rm` reward model learns from")
-    parser.add_argument("--rm-epochs", type=int, default=3, help="its training epochs (the project default is 1)")
+    parser.add_argument("--rm-epochs", type=int, default=3, help="its training epochs (the project default is 2)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

@@ -49,7 +49,7 @@ class DemoPlan:
     rounds: int = 2
     users: int = 500
     batch: int = 32  # questions asked per simulation step
-    train_threshold: int = 800
+    train_threshold: int = 1200
     ab_samples_per_variant: int = 150
     ab_max_samples_per_variant: int = 600
     budget_s: float = 14 * 60

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(sub, "demo", "Run the whole closed loop on this machine with simulated users, then print and write a report.", _demo)
     p.add_argument("--rounds", type=int, help="RLHF rounds (trigger -> train -> A/B -> decision) to complete (default 2)")
     p.add_argument("--users", type=int, help="size of the simulated user population (default 500)")
-    p.add_argument("--threshold", type=int, help="feedback events per train trigger (default 800)")
+    p.add_argument("--threshold", type=int, help="feedback events per train trigger (default 1200)")
     p.add_argument("--budget", type=float, help="minutes before the demo gives up (default 14)")
     p.add_argument("--seed", type=int, help="seed of the simulated users (default 0)")
     p.add_argument("--fault-drill", action="store_true", help="SIGKILL the stream worker and the trainer once, restart the broker once")

@@ -36,7 +36,8 @@ from streams.records import Accepted, PolicyRecord
 
 WINDOW_S = 60
 WINDOW_GRACE_S = 5.0  # an event this late still joins its window; a later one is reported as a delta
-ACTIVE_STATES = frozenset({"started", "progress"})
+# A guardrail event reports a rolled-back update; the training goes on (only finished/failed end it).
+ACTIVE_STATES = frozenset({"started", "progress", "guardrail"})
 
 
 def _utc(seconds: float) -> datetime:

@@ -62,6 +62,7 @@ def test_active_training_blocks_until_it_finishes_then_buffer_is_covered():
     assert not [t for n in range(3, 7) for t in run.feed(fb(n)).triggers]  # 4 more: blocked
     assert run.feed(status("someone-else", "finished")).outcome == "status-ignored"
     assert run.feed(status(first.trigger_id, "progress")).triggers == []
+    assert run.feed(status(first.trigger_id, "guardrail")).triggers == []  # an update rolled back: still training
     second = run.feed(status(first.trigger_id, "finished")).triggers
     assert len(second) == 1 and second[0].event_ids == ("e2", "e3", "e4", "e5", "e6")  # the rolling buffer: last 5
     assert second[0].trigger_id != first.trigger_id
