@@ -1,7 +1,7 @@
 """`rlhf demo`: the whole closed loop on one machine, driven by simulated users.
 
-    rlhf demo                      # two rounds, ~10 minutes on 2 CPU cores; report in runs/demo-*/
-    rlhf demo --rounds 3 --keep    # leave the run directory's services' logs and state for a look
+    rlhf demo                          # two rounds, ~3 minutes on an idle 2-core machine; report in runs/demo-*/
+    rlhf demo --rounds 3 --seed 1      # one round more, another population of users
 
 It starts a private Kafka broker, creates the topics, registers the tiny starting policy, and runs
 the stream worker, the sink (+ dashboard, embedded ClickHouse), the trainer consumer and the

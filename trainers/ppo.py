@@ -363,7 +363,8 @@ def check_guardrails(stats: dict[str, float], start_length: float, config: Polic
 
 class _Rollbacks:
     """The last parameters known to behave, and the count of updates thrown away. Training stops
-    after `limit` rollbacks with no kept update in between: the run is not converging.
+    after `limit` rollbacks with no update kept in between: the run is not converging. An update
+    is kept once the rollout after it passes the guardrails.
 
     A step that overshoots `kl_bound` is retried smaller: each kl_bound rollback multiplies the
     learning rate by `kl_backoff`, for the rest of the run (a policy that an earlier round already
@@ -374,18 +375,23 @@ class _Rollbacks:
         self.limit, self.kl_backoff, self.learning_rate = config.max_consecutive_rollbacks, config.kl_backoff, config.learning_rate
         self.fired: list[str] = []
         self.total = self.in_a_row = 0
+        self.unchecked_update = False
         self.last_good = _snapshot(policy, optimizer)
+
+    def updated(self) -> None:
+        """The parameters changed; the next rollout judges them."""
+        self.unchecked_update = True
 
     def remember(self) -> None:
         """The current parameters just produced a healthy rollout."""
         self.last_good = _snapshot(self.policy, self.optimizer)
-
-    def kept(self) -> None:
-        self.in_a_row = 0
+        if self.unchecked_update:
+            self.in_a_row, self.unchecked_update = 0, False
 
     def roll_back(self, problems: list[str], where: str, stats: dict[str, float]) -> bool:
         """Restore the last good parameters; True when training should stop."""
         _restore(self.policy, self.optimizer, self.last_good)
+        self.unchecked_update = False
         if "kl_bound" in problems:
             self.learning_rate *= self.kl_backoff
         for group in self.optimizer.param_groups:  # the snapshot carries the rate it was taken with
@@ -488,16 +494,14 @@ def train_ppo(
                 break
         stats.update(pg_loss=pg_loss.item(), vf_loss=vf_loss.item(), clipfrac=clipfrac.item())
 
-        # 5. The update must be finite and keep this batch within kl_bound of the reference.
-        with autocast:
-            new_logprobs = sequence_logprobs(policy.lm, ro.input_ids, ro.attention_mask, ro.response_len, config.temperature).float()
-        stats["kl_after_update"] = kl_estimate(new_logprobs, ref_logprobs, ro.mask).item()
-        problem = "non_finite_loss" if non_finite else None if stats["kl_after_update"] <= config.kl_bound else "kl_bound"
-        if problem:
-            if guard.roll_back([problem], f"iteration {iteration} update", stats):
+        # 5. A non-finite loss is undone at once. KL, length and repetition are judged on the next
+        #    rollout, sampled from the updated policy: on this batch's samples the KL estimate is
+        #    off-policy and inflates every token the update pushed down (k3 grows with pi_ref / pi).
+        if non_finite:
+            if guard.roll_back(["non_finite_loss"], f"iteration {iteration} update", stats):
                 return _finish(policy, reference, guard, kl_ctl, scores, iteration, stopped_early=True)
         else:
-            guard.kept()
+            guard.updated()
             if config.adaptive_kl:
                 kl_ctl.update(rollout_kl, config.batch_size)
         on_status("progress", "ppo", f"iteration {iteration}/{config.epochs}", stats)
