@@ -25,6 +25,7 @@ class PolicyOptConfig(BaseModel):
     mini_batch_size: int = Field(_YAML.mini_batch_size, ge=1, description="Rollouts per PPO gradient step.")
     ppo_epochs: int = Field(_YAML.ppo_epochs, ge=1, description="Optimisation passes over each PPO rollout batch.")
     learning_rate: float = Field(_YAML.learning_rate, gt=0, description="AdamW learning rate of the policy (and value head); also TRL's for the alternatives.")
+    lr_warmup_updates: int = Field(5, ge=1, description="PPO updates over which the learning rate ramps up linearly from 1/N of its value.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
     seed: int = Field(0, description="Seeds query order, sampling and the value head.")
 
