@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from rlhf.config import load_settings
+from rlhf.errors import TrainingError
 from trainers.ppo import RewardFn, evaluate_policy, load_policy, optimise_policy
 from trainers.ppo_config import PolicyOptConfig
 from trainers.synthetic import answer, feedback_events, quality_reward, split_questions
@@ -106,7 +107,11 @@ def main() -> None:
                     cfg = config.model_copy(update={"seed": seed})
                     out = work / f"{reward_name}-{algorithm}-{seed}"
                     started = time.monotonic()
-                    m = optimise_policy(algorithm, base, reward_fn, train, held_out, cfg, out)
+                    try:
+                        m = optimise_policy(algorithm, base, reward_fn, train, held_out, cfg, out)
+                    except TrainingError as exc:  # the final policy failed a guardrail: the trainer would reject it too
+                        print(f"  {reward_name:7s} {algorithm:4s} seed {seed}: REJECTED ({exc})", flush=True)
+                        continue
                     m["job_seconds"] = time.monotonic() - started
                     if reward_name == "rm":  # what the learnt reward's optimisation bought in the true preference
                         lm, tok = load_policy(base)
@@ -125,15 +130,18 @@ def main() -> None:
                     print(f"  {reward_name:7s} {algorithm:4s} seed {seed}: reward {m['mean_reward_before']:.3f} -> {m['mean_reward_after']:.3f} "
                           f"({m['reward_gain']:+.1%}), KL {m['kl']:.4f}, length {m['mean_length_before']:.1f} -> {m['mean_length']:.1f}, "
                           f"train {m['train_seconds']:.0f} s, job {m['job_seconds']:.0f} s{extra}", flush=True)  # fmt: skip
+                if not runs:
+                    rows.append((reward_name, algorithm, *[float("nan")] * 7, None))
+                    continue
                 med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
                 rows.append((reward_name, algorithm, med("mean_reward_before"), med("mean_reward_after"), med("reward_gain"), med("kl"),
                              med("mean_length"), med("train_seconds"), med("job_seconds"),
                              med("quality_gain") if reward_name == "rm" else None))  # fmt: skip
 
-    print(f"\nmedian of {args.repeats} run(s) per row; PASS = gain >= +{TARGET_GAIN:.0%} and KL < {config.kl_bound}")
+    print(f"\nmedian of the {args.repeats} run(s) per row the guardrails accepted; PASS = gain >= +{TARGET_GAIN:.0%} and KL < {config.kl_bound}")
     print(f"{'reward':7s} {'algo':4s} {'before':>7s} {'after':>7s} {'gain':>7s} {'KL':>7s} {'length':>6s} {'train s':>7s} {'job s':>6s} {'quality':>7s}  verdict")
     for reward_name, algorithm, before, after, gain, kl, length, train_s, job_s, quality_gain in rows:
-        verdict = "PASS" if gain >= TARGET_GAIN and kl < config.kl_bound else "FAIL"
+        verdict = "REJECTED" if math.isnan(gain) else "PASS" if gain >= TARGET_GAIN and kl < config.kl_bound else "FAIL"
         q = f"{quality_gain:+7.1%}" if quality_gain is not None else f"{'':7s}"
         print(f"{reward_name:7s} {algorithm:4s} {before:7.3f} {after:7.3f} {gain:+7.1%} {kl:7.4f} {length:6.1f} {train_s:7.0f} {job_s:6.0f} {q}  {verdict}")
 

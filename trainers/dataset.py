@@ -21,7 +21,6 @@ with `rating >= min_rating`, so a thumbs_up, which carries no rating, came out n
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass

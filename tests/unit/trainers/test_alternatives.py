@@ -17,7 +17,7 @@ from trainers.alternatives import _reward_for_trl, _self_labelled_dpo, _self_lab
 from trainers.ppo import load_policy, optimise_policy
 from trainers.ppo_config import PolicyOptConfig
 from trainers.synthetic import feedback_events, quality_reward, split_questions
-from trainers.tiny_policy import build_tiny_policy, format_completion, format_prompt
+from trainers.tiny_policy import build_tiny_policy, format_prompt
 
 MICRO = {"n_examples": 300, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "warmup_steps": 20, "batch_size": 16}
 FAST = {"epochs": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6, "num_generations": 2,
