@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import load_settings
+from rlhf.config import RewardTrainingSettings, load_settings
 from rlhf.errors import TrainingError
 from trainers.ppo import RewardFn, evaluate_policy, load_policy, optimise_policy
 from trainers.ppo_config import PolicyOptConfig
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per algorithm and reward with seeds 0, 1, ...; the median is reported")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rm-events", type=int, default=800, help="simulated feedback events the `rm` reward model learns from")
-    parser.add_argument("--rm-epochs", type=int, default=3, help="its training epochs (the project default is 2)")
+    parser.add_argument("--rm-epochs", type=int, default=RewardTrainingSettings().epochs, help="its training epochs (default: the project's)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
