@@ -508,8 +508,10 @@ def train_ppo(
             if config.adaptive_kl:
                 kl_ctl.update(rollout_kl, config.batch_size)
         on_status("progress", "ppo", f"iteration {iteration}/{config.epochs}", stats)
-        if checkpoint_dir is not None and (iteration % config.checkpoint_every == 0 or iteration == config.epochs):
+        if checkpoint_dir is not None and iteration % config.checkpoint_every == 0 and iteration < config.epochs:
             _save_checkpoint(policy, tokenizer, checkpoint_dir, iteration, config.keep_checkpoints)
+    if checkpoint_dir is not None:  # the end: after the last update's check, so what is saved is what is returned
+        _save_checkpoint(policy, tokenizer, checkpoint_dir, config.epochs, config.keep_checkpoints)
     return _finish(policy, reference, guard, kl_ctl, scores, config.epochs, stopped_early=False)
 
 
