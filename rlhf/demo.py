@@ -109,7 +109,7 @@ class StatusWatch:
     @property
     def training_active(self) -> bool:
         t = self.training
-        return t is not None and t.state in ("started", "progress", "guardrail") and t.stage != AB_TEST_STAGE
+        return t is not None and t.active and t.stage != AB_TEST_STAGE
 
     def close(self) -> None:
         self.consumer.close()

@@ -26,6 +26,8 @@ Response = Annotated[str, StringConstraints(max_length=MAX_RESPONSE_CHARS)]
 MetadataValue = str | int | float | bool | None
 FeedbackType = Literal["thumbs_up", "thumbs_down", "rating", "correction"]
 TrainingState = Literal["started", "progress", "finished", "failed", "guardrail"]
+# A guardrail event reports a rolled-back update: the training goes on. Only finished / failed end it.
+ACTIVE_TRAINING_STATES = frozenset({"started", "progress", "guardrail"})
 PublishDecision = Literal["candidate", "rejected", "promoted", "rolled_back"]
 
 
@@ -155,6 +157,11 @@ class TrainingStatus(Event):
     stage: str = Field("", max_length=64)
     message: str = Field("", max_length=4_000)
     metrics: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        """The training is still running, so it holds back the policy's next trigger."""
+        return self.state in ACTIVE_TRAINING_STATES
 
 
 class ModelPublished(Event):

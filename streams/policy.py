@@ -36,8 +36,6 @@ from streams.records import Accepted, PolicyRecord
 
 WINDOW_S = 60
 WINDOW_GRACE_S = 5.0  # an event this late still joins its window; a later one is reported as a delta
-# A guardrail event reports a rolled-back update; the training goes on (only finished/failed end it).
-ACTIVE_STATES = frozenset({"started", "progress", "guardrail"})
 
 
 def _utc(seconds: float) -> datetime:
@@ -153,7 +151,7 @@ class PolicyLedger:
         # Only the training we triggered last counts: a late word from a superseded one is ignored.
         if head.training is None or status.trigger_id != head.training.trigger_id:
             return "status-ignored"
-        if status.state in ACTIVE_STATES:
+        if status.active:
             head.training.last_seen = max(head.training.last_seen, status.timestamp.timestamp())
         else:
             head.training = None

@@ -439,7 +439,7 @@ def train_ppo(
     guard = _Rollbacks(policy, optimizer, config, on_status)
     start_length: float | None = None
     scores: list[float] = []
-    iteration = updates = 0
+    iteration = 0
     # One rollout more than there are updates: the last one only checks the last update, which
     # (like every other) must pass the guardrails on answers sampled from the updated policy.
     for iteration in range(1, config.epochs + 2):
@@ -475,9 +475,8 @@ def train_ppo(
         # 4. ppo_epochs passes of clipped policy + value loss over shuffled mini-batches, at a rate
         #    that ramps up over the first updates: Adam's first steps are full-size whatever the
         #    gradient, and one full step can collapse a policy an earlier round already sharpened.
-        updates += 1
-        for group in optimizer.param_groups:
-            group["lr"] = guard.learning_rate * min(1.0, updates / config.lr_warmup_updates)
+        for group in optimizer.param_groups:  # len(scores): this update's number, as every kept rollout is trained on
+            group["lr"] = guard.learning_rate * min(1.0, len(scores) / config.lr_warmup_updates)
         non_finite = False
         for _ in range(config.ppo_epochs):
             for idx in torch.randperm(len(ro.queries), device=device).split(config.mini_batch_size):
