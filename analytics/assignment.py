@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from itertools import accumulate
 
 from analytics.errors import ExperimentConfigError
-from rlhf.config import ABTestingSettings
-from rlhf.hashing import stable_fraction
+from core.settings import ABTestingSettings
+from core.hashing import stable_fraction
 
 # Namespaces the hash so assignment never correlates with other stable_fraction uses (sampling).
 _NAMESPACE = "ab-assign"

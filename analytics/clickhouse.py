@@ -27,7 +27,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
-from rlhf.config import Settings
+from core.settings import Settings
 
 Mode = Literal["chdb", "server"]
 
@@ -47,7 +47,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             interaction_id String, user_id String, {_AB_COLUMNS}, latency_ms Float64,
             query String, response String, {_EVENT_COLUMNS}
         ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(ts) ORDER BY interaction_id""",
-        # positive and reward are derived once, at ingestion (see consumers.sink.feedback_row).
+        # positive and reward are derived once, at ingestion (see consumers.sink.consumer.feedback_row).
         f"""CREATE TABLE IF NOT EXISTS feedback (
             event_id String, interaction_id String, user_id String, {_AB_COLUMNS}, policy LowCardinality(String),
             feedback_type LowCardinality(String), rating Nullable(UInt8), correction String, positive UInt8, reward Float64,

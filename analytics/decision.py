@@ -23,7 +23,7 @@ from typing import Any, Literal
 from analytics import stats
 from analytics.assignment import expected_shares, variants_of
 from analytics.queries import QueryRunner, run_query
-from rlhf.config import ABTestingSettings, Settings
+from core.settings import ABTestingSettings, Settings
 
 Action = Literal["promote", "rollback", "keep_running"]
 

@@ -1,6 +1,6 @@
 """Errors of the analytics package; all derive from the project root `RlhfError`."""
 
-from rlhf.errors import RlhfError
+from core.errors import RlhfError
 
 
 class AnalyticsError(RlhfError):

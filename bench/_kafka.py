@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from rlhf.kafka_local import LocalBroker, free_port
+from devtools.kafka_local import LocalBroker, free_port
 
 
 @contextlib.contextmanager

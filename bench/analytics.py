@@ -38,10 +38,11 @@ import pyarrow as pa
 from analytics.clickhouse import Warehouse, open_warehouse
 from analytics.queries import run_query
 from bench._kafka import broker, median
-from consumers.sink import ROUTES, Sink
-from rlhf.config import Settings, load_settings
-from rlhf.sdk import FeedbackClient
-from rlhf.topics import create_topics, topic_name
+from consumers.sink.consumer import ROUTES, Sink
+from core.settings import Settings, load_settings
+from sdk.client import FeedbackClient
+from schemas.topics import topic_name
+from sdk.admin import create_topics
 from schemas import ExposureEvent, FeedbackEvent, InteractionEvent
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)

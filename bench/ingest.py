@@ -18,8 +18,9 @@ import uuid
 from confluent_kafka import Producer
 
 from bench._kafka import broker, median
-from rlhf.sdk import PRODUCER_DEFAULTS, FeedbackClient
-from rlhf.topics import create_topics, topic_name
+from sdk.client import PRODUCER_DEFAULTS, FeedbackClient
+from schemas.topics import topic_name
+from sdk.admin import create_topics
 
 
 def event_fields(n: int) -> list[dict]:

@@ -29,7 +29,7 @@ import trainers.ppo as ppo
 from bench.policy_gain import quiet
 from trainers.alternatives import _common_args, _reward_for_trl
 from trainers.ppo import load_policy, train_ppo
-from trainers.ppo_config import PolicyOptConfig
+from trainers.policy_config import PolicyOptConfig
 from trainers.synthetic import quality_reward, split_questions
 from trainers.tiny_policy import ensure_tiny_policy, format_prompt
 

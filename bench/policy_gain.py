@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from rlhf.config import RewardTrainingSettings, load_settings
-from rlhf.errors import TrainingError
+from core.settings import RewardTrainingSettings, load_settings
+from core.errors import TrainingError
 from trainers.ppo import RewardFn, evaluate_policy, load_policy, optimise_policy
-from trainers.ppo_config import PolicyOptConfig
+from trainers.policy_config import PolicyOptConfig
 from trainers.synthetic import answer, feedback_events, quality_reward, split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 

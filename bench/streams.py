@@ -45,8 +45,9 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench._kafka import broker, median
-from rlhf.sdk import PRODUCER_DEFAULTS
-from rlhf.topics import create_topics, topic_name
+from sdk.client import PRODUCER_DEFAULTS
+from schemas.topics import topic_name
+from sdk.admin import create_topics
 from schemas import FeedbackEvent, TrainingStatus, TrainTrigger
 
 PARTITIONS = 3

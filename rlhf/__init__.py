@@ -1,3 +1,1 @@
-"""rlhf-stream: continuous RLHF from a chat assistant's own users' feedback, over Kafka."""
-
-__version__ = "0.1.0"
+"""The `rlhf` command line: one entry point (`rlhf.cli`) and its command groups (`rlhf/commands/`)."""

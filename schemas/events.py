@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from rlhf.errors import EventValidationError
+from core.errors import EventValidationError
 
 MAX_QUERY_CHARS = 4_000
 MAX_RESPONSE_CHARS = 16_000
@@ -77,6 +77,9 @@ class InteractionEvent(Event):
     latency_ms: float = Field(ge=0, le=3_600_000)
 
 
+DEFAULT_POLICY = "assistant"  # the model family a deployment trains unless events name another
+
+
 class FeedbackEvent(Event):
     """A user's judgement of one interaction."""
 
@@ -86,7 +89,7 @@ class FeedbackEvent(Event):
     query: Query
     response: Response
     model_version: Id
-    policy: Id = Field("assistant", description="Model family the feedback trains.")
+    policy: Id = Field(DEFAULT_POLICY, description="Model family the feedback trains.")
     experiment: Id | None = None
     variant: Id | None = None
     feedback_type: FeedbackType
@@ -107,6 +110,20 @@ class FeedbackEvent(Event):
         if len(self.metadata) > MAX_METADATA_KEYS:
             raise ValueError(f"metadata: at most {MAX_METADATA_KEYS} keys, got {len(self.metadata)}")
         return self
+
+    def is_positive(self, min_rating: int) -> bool:
+        """The one rule for "positive feedback": a thumbs up, or a rating of at least `min_rating`.
+        A thumbs down, a lower rating and a correction (the user had to fix the answer) are not."""
+        return self.feedback_type == "thumbs_up" or (self.rating is not None and self.rating >= min_rating)
+
+    @property
+    def reward(self) -> float:
+        """The feedback as a reward in [0, 1]: thumbs up 1, thumbs down 0, rating 1..5 -> 0..1, a correction 0."""
+        if self.feedback_type == "thumbs_up":
+            return 1.0
+        if self.rating is not None:
+            return (self.rating - 1) / 4
+        return 0.0
 
 
 class ExposureEvent(Event):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlhf.topics import TOPICS
+from schemas.topics import TOPICS
 
 
 def export_json_schemas(directory: Path) -> list[Path]:

@@ -46,11 +46,11 @@ from faust.types import AgentT, StreamT, TableT, TopicT
 from mode.utils.times import want_seconds
 from pydantic import ValidationError
 
-from rlhf.config import Settings, load_settings
-from rlhf.errors import BrokerError, EventValidationError
-from rlhf.topics import topic_name
+from core.settings import Settings, load_settings
+from core.errors import BrokerError, EventValidationError
+from schemas.topics import topic_name
 from schemas import DeadLetter, TrainingStatus, parse_event
-from streams.policy import PolicyLedger
+from streams.ledger import PolicyLedger
 from streams.records import Accepted, PolicyRecord
 from streams.recovery import SeekBeforeFlowTableManager
 from streams.validation import validate_feedback

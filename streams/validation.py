@@ -7,7 +7,7 @@ caller never sees an exception for bad input.
 
 from __future__ import annotations
 
-from rlhf.errors import EventValidationError
+from core.errors import EventValidationError
 from schemas import DeadLetter, FeedbackEvent, parse_event
 
 

@@ -1,7 +1,7 @@
 """Session-scoped real services for integration tests.
 
 Kafka: `KAFKA_BOOTSTRAP_SERVERS` if set; else testcontainers' Kafka module when a Docker engine
-answers; else the project's own local broker (`rlhf.kafka_local`) on free ports in a temp dir.
+answers; else the project's own local broker (`devtools.kafka_local`) on free ports in a temp dir.
 Each test session uses its own topic prefix, so a developer's broker can be reused safely.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import Settings, load_settings
-from rlhf.kafka_local import LocalBroker, free_port
-from rlhf.topics import create_topics
+from core.settings import Settings, load_settings
+from devtools.kafka_local import LocalBroker, free_port
+from sdk.admin import create_topics
 
 
 def _docker_answers() -> bool:

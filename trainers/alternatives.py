@@ -31,10 +31,10 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from rlhf.errors import TrainingError
+from core.errors import TrainingError
 from schemas.events import FeedbackEvent
 from trainers.ppo import RewardFn, StatusFn, generate, pick_device, use_bf16
-from trainers.ppo_config import PolicyOptConfig
+from trainers.policy_config import PolicyOptConfig
 from trainers.tiny_policy import format_completion, format_prompt
 
 # Offline examples drawn per training query when KTO / DPO label the policy's own samples.

@@ -30,8 +30,8 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
-from rlhf.errors import EventValidationError, RlhfError
-from rlhf.hashing import stable_fraction, stable_hash64
+from core.errors import EventValidationError, RlhfError
+from core.hashing import stable_fraction, stable_hash64
 from schemas.events import FeedbackEvent, parse_event, validate_event
 
 PAIR_FEATURES = Features(

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf.errors import ModelLoadError, TrainingError
-from rlhf.hashing import stable_fraction
+from core.errors import ModelLoadError, TrainingError
+from core.hashing import stable_fraction
 from schemas.events import FeedbackEvent
-from trainers.ppo_config import PolicyOptConfig
+from trainers.policy_config import PolicyOptConfig
 from trainers.tiny_policy import format_prompt, resolve_base_model
 
 RewardFn = Callable[[list[str], list[str]], list[float]]

@@ -38,7 +38,7 @@ from pydantic_core import to_jsonable_python
 from scipy.stats import rankdata
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf.errors import ModelLoadError, RlhfError, TrainingError
+from core.errors import ModelLoadError, RlhfError, TrainingError
 from schemas.events import FeedbackEvent
 from trainers.dataset import RewardData, build_dataset
 from trainers.reward_config import RewardConfig

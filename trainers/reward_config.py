@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlhf.config import FeedbackSettings, RewardModelSettings, Settings
+from core.settings import FeedbackSettings, RewardModelSettings, Settings
 
 _MODEL = RewardModelSettings()
 _TRAIN = _MODEL.training

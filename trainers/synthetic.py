@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rlhf.hashing import stable_fraction
+from core.hashing import stable_fraction
 
 APPS = ("Mail", "Calendar", "Photos", "Drive", "Notes", "Maps", "Music", "Wallet", "Chat", "Docs")
 MENUS = ("Settings", "Account", "Privacy", "Sharing", "Storage", "Display", "Sync", "Security")

@@ -26,7 +26,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlhf.config import cache_home
+from core.settings import cache_home
 from trainers.synthetic import warmup_corpus
 
 # The prompt ends at the colon and the completion starts with the space, GPT-2 style: byte-level

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from analytics.clickhouse import Warehouse, open_warehouse
-from rlhf.config import Settings, load_settings
-from rlhf.kafka_local import free_port
-from rlhf.sdk import FeedbackClient
-from rlhf.topics import topic_name
+from core.settings import Settings, load_settings
+from devtools.kafka_local import free_port
+from sdk.client import FeedbackClient
+from schemas.topics import topic_name
 from tests.integration.analytics.world import World
 
 REPO = Path(__file__).resolve().parents[3]

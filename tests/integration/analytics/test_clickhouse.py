@@ -8,7 +8,7 @@ from analytics.clickhouse import MIGRATIONS, apply_migrations, get_client
 from analytics.decision import analyze
 from analytics.errors import ClickHouseError
 from analytics.queries import QUERIES, run_query
-from consumers.sink import ROUTES
+from consumers.sink.consumer import ROUTES
 from tests.integration.analytics.world import build_world
 
 pytestmark = pytest.mark.integration

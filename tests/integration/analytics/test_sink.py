@@ -7,8 +7,9 @@ import signal
 import pytest
 from confluent_kafka import Consumer
 
-from consumers.sink import GROUP, KILL_AFTER_INSERT_ENV
-from rlhf.topics import group_id, group_progress, topic_name
+from consumers.sink.consumer import GROUP, KILL_AFTER_INSERT_ENV
+from schemas.topics import group_id, topic_name
+from sdk.admin import group_progress
 from schemas import DeadLetter
 from tests.integration.analytics.conftest import SinkProcess, produce, rlhf
 from tests.integration.analytics.world import build_world

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from analytics.assignment import assign_from_settings
-from rlhf.config import Settings
+from core.settings import Settings
 from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
 
 START = datetime(2025, 3, 1, tzinfo=timezone.utc)

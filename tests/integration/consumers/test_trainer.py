@@ -9,12 +9,12 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from consumers.registry import ModelRegistry, version_for
-from consumers.serve import load_policy
-from consumers.training_job import ensure_base_policy
-from rlhf.sdk import FeedbackClient
-from rlhf.supervisor import Supervisor
-from rlhf.topics import topic_name
+from registry.store import ModelRegistry, version_for
+from assistant.service import load_policy
+from consumers.trainer.job import ensure_base_policy
+from sdk.client import FeedbackClient
+from demo.supervisor import Supervisor
+from schemas.topics import topic_name
 from schemas import DeadLetter, ModelPublished, OffsetRange, TrainingStatus, TrainTrigger, parse_event
 from tests.conftest import FAST_TRAINING
 from trainers.synthetic import feedback_events, split_questions

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from rlhf.config import Settings
-from rlhf.sdk import FeedbackClient
-from rlhf.supervisor import Supervisor
-from rlhf.topics import topic_name
+from core.settings import Settings
+from sdk.client import FeedbackClient
+from demo.supervisor import Supervisor
+from schemas.topics import topic_name
 from schemas import FeedbackEvent
 
 

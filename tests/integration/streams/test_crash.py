@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from rlhf.topics import group_progress
+from sdk.admin import group_progress
 from schemas import TrainTrigger
 from streams.app import app_id
-from streams.replay import replay_trigger
+from trainers.replay import replay_trigger
 from tests.integration.streams.conftest import feedback_event
 
 pytestmark = pytest.mark.integration

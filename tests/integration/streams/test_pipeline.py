@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from rlhf.errors import TrainingError
-from rlhf.topics import topic_name
+from core.errors import TrainingError
+from schemas.topics import topic_name
 from schemas import DeadLetter, OffsetRange, TrainingStatus, TrainTrigger, WindowMetrics
-from streams.replay import replay_trigger
+from trainers.replay import replay_trigger
 from tests.integration.streams.conftest import feedback_event
 
 pytestmark = pytest.mark.integration

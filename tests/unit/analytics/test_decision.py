@@ -1,7 +1,7 @@
 import json
 
 from analytics.decision import VariantSummary, decide
-from rlhf.config import ABTestingSettings, VariantSettings
+from core.settings import ABTestingSettings, VariantSettings
 
 AB = ABTestingSettings(experiment="exp", min_samples_per_variant=200)
 

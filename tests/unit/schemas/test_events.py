@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhf.errors import EventValidationError
+from core.errors import EventValidationError
 from schemas import FeedbackEvent, InteractionEvent, TrainTrigger, parse_event, validate_event
 from schemas.events import MAX_QUERY_CHARS
 

@@ -7,7 +7,7 @@ from unittest.mock import AsyncMock
 
 import pytest
 
-from rlhf.config import Settings
+from core.settings import Settings
 from schemas import DeadLetter, FeedbackEvent, TrainTrigger
 from streams.app import build
 from streams.records import PolicyRecord

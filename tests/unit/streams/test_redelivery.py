@@ -6,10 +6,10 @@ registry in tmp_path with an emitter that records what it would send."""
 
 import threading
 
-from consumers.registry import Manifest, ModelRegistry, version_for
-from consumers.training_job import TrainingJob
-from rlhf.config import Settings
-from tests.unit.streams.test_policy import Run, fb
+from registry.store import Manifest, ModelRegistry, version_for
+from consumers.trainer.job import TrainingJob
+from core.settings import Settings
+from tests.unit.streams.test_ledger import Run, fb
 
 
 class RecordingEmitter:

@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf.errors import TrainingError
-from rlhf.hashing import stable_fraction
+from core.errors import TrainingError
+from core.hashing import stable_fraction
 from schemas.events import FeedbackEvent
 from trainers.alternatives import _reward_for_trl, _self_labelled_dpo, _self_labelled_kto, dpo_pairs, kto_examples, kto_weights, train_alternative
 from trainers.ppo import load_policy, optimise_policy
-from trainers.ppo_config import PolicyOptConfig
+from trainers.policy_config import PolicyOptConfig
 from trainers.synthetic import feedback_events, quality_reward, split_questions
 from trainers.tiny_policy import build_tiny_policy, format_prompt
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rlhf.errors import RlhfError
+from core.errors import RlhfError
 from schemas.events import FeedbackEvent
 from trainers.dataset import build_dataset, query_key, read_jsonl
 

@@ -24,7 +24,7 @@ from trainers.ppo import (
     value_loss,
     whiten,
 )
-from trainers.ppo_config import PolicyOptConfig
+from trainers.policy_config import PolicyOptConfig
 
 T = torch.tensor
 
@@ -153,7 +153,7 @@ def test_queries_from_feedback_keeps_every_verdict_and_never_leaks():
 
 
 def test_config_validates_batches_and_maps_settings():
-    from rlhf.config import load_settings
+    from core.settings import load_settings
 
     with pytest.raises(ValidationError, match="mini_batch_size"):
         PolicyOptConfig(batch_size=4, mini_batch_size=8)

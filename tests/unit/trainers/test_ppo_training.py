@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhf.errors import TrainingError
+from core.errors import TrainingError
 from trainers.ppo import evaluate_policy, load_policy, optimise_policy, train_ppo
-from trainers.ppo_config import PolicyOptConfig
+from trainers.policy_config import PolicyOptConfig
 from trainers.synthetic import quality_reward, split_questions
 from trainers.tiny_policy import build_tiny_policy
 

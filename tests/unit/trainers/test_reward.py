@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from rlhf.config import Settings
-from rlhf.errors import ModelLoadError, TrainingError
+from core.settings import Settings
+from core.errors import ModelLoadError, TrainingError
 from trainers.reward import (RewardModel, VersionExistsError, format_input, length_batches, pad_batch, pairwise_loss, pointwise_loss,
                              resolve_base_model, roc_auc, train_reward_model)  # fmt: skip
 from trainers.reward_config import RewardConfig

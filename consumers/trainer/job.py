@@ -1,0 +1,186 @@
+"""One training job: trigger -> exact dataset -> reward model -> policy -> evaluated, gated version.
+
+Called by the trainer consumer for each TrainTrigger. Idempotent by trigger id: the policy
+version id derives from it, so a re-delivered trigger whose version exists is a no-op.
+
+Lineage written into each manifest: trigger id and offset ranges -> reward-model version ->
+parent policy -> metrics -> gate decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from consumers.decider.decisions import AB_TEST_STAGE
+from registry.store import Manifest, ModelRegistry, code_version, version_for
+from consumers.trainer.consumer import StatusEmitter
+from core.settings import Settings
+from core.errors import RlhfError, TrainingError
+from core.hashing import stable_fraction
+from schemas import FeedbackEvent, ModelPublished, TrainTrigger
+
+BASE_VERSION = "base"
+
+
+Progress = Callable[..., None]  # progress(stage, metrics=None, message="")
+
+
+class JobAbandoned(RlhfError):
+    """The trainer is shutting down; the trigger stays uncommitted and will be retried."""
+
+
+def config_hash(settings: Settings) -> str:
+    training = {k: settings.model_dump(mode="json")[k] for k in ("reward_model", "ppo", "feedback")}
+    return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_base_policy(settings: Settings, policy: str = "assistant") -> str:
+    """Register the configured starting policy (`ppo.base_model`) as serving if nothing serves yet."""
+    from trainers.tiny_policy import resolve_base_model
+
+    registry = ModelRegistry(settings.registry_path)
+    if registry.serving(policy) is None:
+        source = Path(resolve_base_model(settings.ppo.base_model))
+        if not source.is_dir():
+            raise TrainingError(f"ppo.base_model {settings.ppo.base_model!r}: the registry needs a local directory to copy as the base version")
+        registry.register_base(policy, BASE_VERSION, lambda d: shutil.copytree(source, d, dirs_exist_ok=True))
+    return registry.serving(policy) or BASE_VERSION
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested metrics as `a.b` keys (manifests and events carry flat floats)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def split_queries(events: list[FeedbackEvent], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """All distinct queries (positive and negative feedback alike), split by a stable hash."""
+    queries = sorted({e.query for e in events})
+    train = [q for q in queries if stable_fraction("policy-eval", q) >= eval_fraction]
+    held_out = [q for q in queries if stable_fraction("policy-eval", q) < eval_fraction]
+    if not train or not held_out:
+        raise TrainingError(f"need queries on both sides of the train/eval split, got {len(train)} train and {len(held_out)} held-out")
+    return train, held_out
+
+
+class TrainingJob:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.registry = ModelRegistry(settings.registry_path)
+
+    def __call__(self, trigger: TrainTrigger, emitter: StatusEmitter, stop: threading.Event) -> None:
+        from trainers.replay import replay_trigger
+
+        version = version_for(trigger.policy, trigger.trigger_id)
+        if self.registry.exists("policies", version):
+            emitter.status(trigger, "finished", message=f"already published as {version}; nothing to do")
+            return
+        emitter.status(trigger, "started", stage="replay")
+        events = replay_trigger(self.settings, trigger)
+        if not events:
+            raise TrainingError(f"trigger {trigger.trigger_id}: its offset ranges hold no accepted feedback")
+        parent = self.registry.serving(trigger.policy) or ensure_base_policy(self.settings, trigger.policy)
+
+        def progress(stage: str, metrics: dict[str, float] | None = None, message: str = "") -> None:
+            if stop.is_set():
+                raise JobAbandoned("shutdown requested")
+            emitter.status(trigger, "progress", stage=stage, message=message, metrics=metrics or {})
+
+        rm_version, reward_model, rm_metrics = self._reward_model(trigger, events, progress)
+        progress("policy", rm_metrics)
+        manifest = self.registry.publish(
+            "policies", version, lambda d: self._policy(d, trigger, version, parent, (rm_version, reward_model, rm_metrics), events, progress, emitter)
+        )
+        if manifest is None:  # another trainer published this trigger meanwhile
+            emitter.status(trigger, "finished", message=f"already published as {version}")
+            return
+        if manifest.status == "candidate":
+            self.registry.offer_candidate(trigger.policy, version)
+        emitter.emit("model-published", ModelPublished(
+            version=version, policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
+            reward_model_version=rm_version, decision=manifest.status, metrics=manifest.metrics, reason=manifest.reason,
+        ), trigger.policy)  # fmt: skip
+        if manifest.status == "candidate":  # the round stays open until the A/B decision (consumers/decider/decisions.py)
+            emitter.status(trigger, "progress", stage=AB_TEST_STAGE, message=manifest.reason, metrics=manifest.metrics)
+        else:
+            emitter.status(trigger, "finished", stage=manifest.status, message=manifest.reason, metrics=manifest.metrics)
+
+    def _reward_model(self, trigger: TrainTrigger, events: list[FeedbackEvent], progress: Progress):
+        from trainers.reward import RewardModel, train_reward_model
+        from trainers.reward_config import RewardConfig
+
+        rm_version = f"rm-{trigger.trigger_id[:16]}"
+        if not self.registry.exists("reward_models", rm_version):
+
+            def report(done: int, total: int, running: dict[str, float]) -> None:
+                if done % max(1, total // 5) == 0 or done == total:  # a status event per fifth, not per step
+                    progress("reward_model", {**running, "step": done, "steps": total})
+
+            def build(directory: Path) -> Manifest:
+                config = RewardConfig.from_settings(self.settings)
+                _, metrics = train_reward_model(events, config, directory / "model", lineage=self._lineage(trigger), progress=report)
+                return Manifest(
+                    version=rm_version, kind="reward_models", policy=trigger.policy, status="candidate", trigger_id=trigger.trigger_id,
+                    data_ranges=[r.model_dump() for r in trigger.ranges], metrics=flatten_metrics(metrics), config_hash=config_hash(self.settings),
+                    code_version=code_version(),
+                )  # fmt: skip
+
+            progress("reward_model")
+            self.registry.publish("reward_models", rm_version, build)
+        manifest = self.registry.manifest("reward_models", rm_version)
+        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics
+
+    def _policy(self, directory: Path, trigger, version, parent, reward, events, progress: Progress, emitter) -> Manifest:
+        from trainers.ppo import optimise_policy
+        from trainers.policy_config import PolicyOptConfig
+
+        rm_version, reward_model, rm_metrics = reward
+        train_queries, eval_queries = split_queries(events)
+
+        def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
+            if state == "guardrail":
+                emitter.status(trigger, "guardrail", stage=stage, message=message, metrics=metrics)
+            else:  # the job owns started/finished; progress also abandons the job on shutdown
+                progress(stage, metrics, message)
+
+        def reward_fn(queries: list[str], responses: list[str]) -> list[float]:
+            # The Bradley-Terry score is a logit; its sigmoid is a reward in (0, 1), so relative
+            # gains (the plan's "+15% mean reward") are well defined.
+            return [1.0 / (1.0 + math.exp(-x)) for x in reward_model.predict(queries, responses)]
+
+        lineage = dict(
+            version=version, kind="policies", policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
+            reward_model_version=rm_version, data_ranges=[r.model_dump() for r in trigger.ranges],
+            config_hash=config_hash(self.settings), code_version=code_version(),
+        )  # fmt: skip
+        try:
+            metrics = optimise_policy(
+                self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_fn, train_queries, eval_queries,
+                PolicyOptConfig.from_settings(self.settings), directory, on_status=on_status, feedback_events=events,
+            )  # fmt: skip
+        except TrainingError as exc:  # a guardrail rejected the result: record it, it never serves
+            return Manifest(**lineage, status="rejected", metrics={f"rm_{k}": v for k, v in rm_metrics.items()}, reason=str(exc), guardrails_fired=["eval_after"])
+        metrics.pop("guardrails_fired")  # empty: a policy failing a guardrail raised TrainingError above
+        before, after = metrics["mean_reward_before"], metrics["mean_reward_after"]
+        margin = self.settings.registry.promotion_margin
+        improved = after > before + abs(before) * margin
+        reason = f"held-out mean reward {before:.3f} -> {after:.3f}" + ("" if improved else f": not better than the parent by the {margin:.0%} margin")
+        return Manifest(
+            **lineage, status="candidate" if improved else "rejected", reason=reason,
+            metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **flatten_metrics(metrics)},
+        )
+
+    @staticmethod
+    def _lineage(trigger: TrainTrigger) -> dict:
+        return {"trigger_id": trigger.trigger_id, "policy": trigger.policy, "ranges": [r.model_dump() for r in trigger.ranges]}

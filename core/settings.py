@@ -1,0 +1,212 @@
+"""Configuration: one YAML file (`rlhf.yaml`, the plan's `rlhf:` block) loaded into frozen
+pydantic-settings models, overridable by environment variables.
+
+Precedence, highest first: environment (`RLHF_PPO__TRAINING__BATCH_SIZE=16`), the YAML file
+(`$RLHF_CONFIG` or `./rlhf.yaml`), the defaults below. `rlhf config show` prints the result.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "rlhf.yaml"
+Algorithm = Literal["ppo", "grpo", "rloo", "kto", "dpo"]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+
+
+def data_home() -> Path:
+    """Where persistent state lives (broker data, registry, ClickHouse) unless configured."""
+    return Path(os.environ.get("RLHF_HOME", Path.home() / ".local" / "share" / "rlhf-stream"))
+
+
+def cache_home() -> Path:
+    """Where downloaded artefacts (the Kafka jars) are cached."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlhf-stream"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated.")
+    topic_prefix: str = Field("rlhf.", description="Prefix of every topic name, so several deployments share a cluster.")
+    version: str = Field("4.1.1", description="Apache Kafka version of the local broker (`rlhf kafka up`).")
+    port: int = Field(9092, ge=1, le=65535, description="Local broker's client port (127.0.0.1 only).")
+    controller_port: int = Field(9093, ge=1, le=65535, description="Local broker's KRaft controller port.")
+    data_dir: Path | None = Field(None, description="Local broker's data directory; default under RLHF_HOME.")
+    partitions: int = Field(3, ge=1, description="Partitions of the keyed event topics.")
+
+
+class FeedbackSettings(Section):
+    collection_rate: float = Field(0.3, ge=0.0, le=1.0, description="Share of interactions whose events are sent (stable per interaction).")
+    min_rating: int = Field(4, ge=1, le=5, description="A rating at or above this counts as positive.")
+
+
+class RewardTrainingSettings(Section):
+    epochs: int = Field(2, ge=1, description="Passes over the preference data (a trigger's buffer is small: one pass underfits it, more overfit the pairs).")
+    batch_size: int = Field(16, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate.")
+    max_length: int = Field(128, ge=8, description="Tokens of `Query: ...\\nResponse: ...` kept.")
+    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of queries (by stable hash) held out for evaluation.")
+
+
+class RewardModelSettings(Section):
+    base_model: str = Field("minilm", description="Hub id or local path; `minilm` is the offline encoder shipped on PyPI.")
+    training: RewardTrainingSettings = RewardTrainingSettings()
+
+
+class PPOTrainingSettings(Section):
+    epochs: int = Field(20, ge=1, description="PPO iterations (rollout + update) per training job.")
+    batch_size: int = Field(16, ge=1, description="Queries rolled out per iteration.")
+    mini_batch_size: int = Field(8, ge=1, description="Rollouts per gradient step.")
+    ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each rollout batch.")
+    learning_rate: float = Field(2e-4, gt=0, description="Policy learning rate (PPO and the TRL alternatives; the tiny policy takes large steps, the KL bound and rollbacks keep them safe).")
+    kl_coef: float = Field(0.2, ge=0, description="Initial KL penalty coefficient (the plan's init_kl_coef).")
+    target_kl: float = Field(0.1, gt=0, description="KL the adaptive controller steers towards.")
+    max_new_tokens: int = Field(32, ge=1, description="Tokens generated per rollout.")
+
+
+class PPOSettings(Section):
+    base_model: str = Field("tiny", description="Hub id or local path of the policy; `tiny` is the locally built assistant.")
+    algorithm: Algorithm = Field("ppo", description="Policy optimisation algorithm.")
+    training: PPOTrainingSettings = PPOTrainingSettings()
+
+
+class ContinuousLearningSettings(Section):
+    buffer_size: int = Field(1000, ge=1, description="Accepted feedback events kept per policy in the rolling buffer.")
+    train_threshold: int = Field(100, ge=1, description="New accepted events that trigger a training.")
+    trigger_timeout_s: float = Field(1800.0, gt=0, description="A training silent this long is considered dead.")
+    dedupe_horizon_s: float = Field(3600.0, gt=0, description="Window within which a repeated event_id is a duplicate.")
+
+    @model_validator(mode="after")
+    def _threshold_fits_buffer(self) -> "ContinuousLearningSettings":
+        if self.train_threshold > self.buffer_size:
+            raise ValueError(f"train_threshold ({self.train_threshold}) must not exceed buffer_size ({self.buffer_size})")
+        return self
+
+
+class VariantSettings(Section):
+    name: str
+    model: str = Field(description="Model version id in the registry, or `serving`/`candidate`.")
+    weight: float = Field(1.0, gt=0, description="Relative traffic weight.")
+
+
+class ABTestingSettings(Section):
+    enabled: bool = True
+    experiment: str = Field("policy-ab", description="Experiment name recorded on exposures.")
+    salt: str = Field("rlhf-ab-1", description="Assignment salt; change it to reshuffle users.")
+    variants: tuple[VariantSettings, ...] = (
+        VariantSettings(name="control", model="serving"),
+        VariantSettings(name="variant_a", model="candidate"),
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the tests and intervals.")
+    min_lift: float = Field(0.0, description="Relative lift of the positive rate a treatment must beat to be promoted.")
+    min_samples_per_variant: int = Field(200, ge=1, description="Feedback events per variant before a decision is made.")
+
+    @model_validator(mode="after")
+    def _unique_variants(self) -> "ABTestingSettings":
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise ValueError(f"variants need at least two distinct names, got {names}")
+        return self
+
+
+class ClickHouseSettings(Section):
+    url: SecretStr | None = Field(None, description="ClickHouse server URL (http://user:pass@host:8123/db); unset = embedded chdb.")
+    path: Path | None = Field(None, description="Embedded chdb data directory; default under RLHF_HOME.")
+    database: str = Field("rlhf", description="Database holding the tables.")
+    batch_rows: int = Field(5000, ge=1, description="The sink inserts a batch once it holds this many events ...")
+    batch_seconds: float = Field(1.0, gt=0, description="... or once its oldest event has waited this long.")
+    dashboard_host: str = Field("127.0.0.1", description="Interface of the dashboard and /sql endpoint (served by the sink).")
+    dashboard_port: int = Field(8321, ge=1, le=65535, description="Port of the dashboard and /sql endpoint.")
+
+
+class RegistrySettings(Section):
+    path: Path | None = Field(None, description="Model registry directory; default under RLHF_HOME.")
+    promotion_margin: float = Field(0.0, description="Relative held-out reward gain over the parent a candidate needs.")
+
+
+class Settings(BaseSettings):
+    """Everything configurable, one frozen object."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", env_prefix="RLHF_", env_nested_delimiter="__", nested_model_default_partial_update=True
+    )
+
+    home: Path = Field(default_factory=data_home, description="Root of persistent state.")
+    kafka: KafkaSettings = KafkaSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    reward_model: RewardModelSettings = RewardModelSettings()
+    ppo: PPOSettings = PPOSettings()
+    continuous_learning: ContinuousLearningSettings = ContinuousLearningSettings()
+    ab_testing: ABTestingSettings = ABTestingSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    registry: RegistrySettings = RegistrySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, env_settings: PydanticBaseSettingsSource, **_: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment over the YAML file (passed as init values); pydantic-settings deep-merges them.
+        return (env_settings, init_settings)
+
+    @property
+    def kafka_data_dir(self) -> Path:
+        return self.kafka.data_dir or self.home / "kafka"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.registry.path or self.home / "registry"
+
+    @property
+    def clickhouse_path(self) -> Path:
+        return self.clickhouse.path or self.home / "clickhouse"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    # The plan nests everything under `rlhf:`; accept the bare form too.
+    body = raw.get("rlhf", raw)
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: key 'rlhf' must be a mapping, got {type(body).__name__}")
+    return body
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: `source: dotted.key: reason (got value)`."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") and "input" in err else ""
+        reason = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{source}: {key}: {reason}{got}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load the YAML file (explicit path, $RLHF_CONFIG, or ./rlhf.yaml if present) under env overrides."""
+    chosen = path or os.environ.get("RLHF_CONFIG")
+    file = Path(chosen) if chosen else Path(DEFAULT_CONFIG_FILE)
+    if chosen and not file.is_file():
+        raise ConfigError(f"{file}: config file not found")
+    values = _read_yaml(file) if file.is_file() else {}
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        source = f"{file} or RLHF_* environment" if file.is_file() else "RLHF_* environment"
+        raise ConfigError(describe_validation_error(exc, source)) from None

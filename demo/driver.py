@@ -1,0 +1,295 @@
+"""`rlhf demo`: the whole closed loop on one machine, driven by simulated users.
+
+    rlhf demo                          # two rounds, ~3 minutes on an idle 2-core machine; report in runs/demo-*/
+    rlhf demo --rounds 3 --seed 1      # one round more, another population of users
+
+It starts a private Kafka broker, creates the topics, registers the tiny starting policy, and runs
+the stream worker, the sink (+ dashboard, embedded ClickHouse), the trainer consumer and the
+assistant service as supervised processes (logs in RUN/logs). Simulated users then chat and give
+feedback; the loop runs on its own: feedback -> Faust buffer -> train trigger -> reward model ->
+policy update -> gated publish -> A/B test -> ClickHouse analysis -> promote or roll back -> again.
+The driver only plays the users and applies the A/B decision the analytics compute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+from tqdm import tqdm
+
+from consumers.decider.decisions import AB_TEST_STAGE, apply_decision
+from registry.store import ModelRegistry
+from consumers.sink.consumer import GROUP as SINK_GROUP
+from consumers.sink.consumer import ROUTES as SINK_ROUTES
+from consumers.trainer.job import ensure_base_policy
+from core.settings import Settings, load_settings
+from core.errors import RlhfError
+from devtools.kafka_local import LocalBroker, free_port
+from sdk.client import FeedbackClient
+from demo.supervisor import Supervisor
+from schemas.topics import group_id, topic_name
+from sdk.admin import GroupProgress, create_topics, group_progress
+from demo.users import Population
+from schemas import ModelPublished, TrainingStatus, parse_event
+
+log = logging.getLogger("demo.driver")
+POLICY = "assistant"
+SINK_TOPICS = list(SINK_ROUTES)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    rounds: int = 2
+    users: int = 500
+    batch: int = 32  # questions asked per simulation step
+    train_threshold: int = 1200
+    ab_samples_per_variant: int = 150
+    ab_max_samples_per_variant: int = 600
+    budget_s: float = 14 * 60
+    seed: int = 0
+    fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
+
+
+@dataclass
+class RoundResult:
+    candidate: str
+    parent: str | None
+    decision: str
+    published: dict = field(default_factory=dict)
+    ab: dict = field(default_factory=dict)
+
+
+class DemoError(RlhfError):
+    """The demo could not complete (a service kept dying, or the time budget ran out)."""
+
+
+def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboard_port: int, serve_port: int) -> dict[str, str]:
+    """Every child process gets the same configuration, through RLHF_* variables."""
+    values = {
+        "RLHF_HOME": str(run_dir / "state"),
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "RLHF_KAFKA__TOPIC_PREFIX": "demo.",
+        "RLHF_FEEDBACK__COLLECTION_RATE": "1.0",
+        "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": str(plan.train_threshold),
+        "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": str(plan.train_threshold * 2),
+        "RLHF_CONTINUOUS_LEARNING__TRIGGER_TIMEOUT_S": str(int(plan.budget_s)),  # a round's A/B test may take a while
+        "RLHF_AB_TESTING__MIN_SAMPLES_PER_VARIANT": str(plan.ab_samples_per_variant),
+        "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
+        "RLHF_DEMO_SERVE_PORT": str(serve_port),
+    }
+    # The user's own RLHF_* settings (and RLHF_CONFIG) reach every process; the demo's wiring wins.
+    return {**os.environ, **values}
+
+
+class StatusWatch:
+    """Reads training-status and model-published as they happen (no group, from the start)."""
+
+    def __init__(self, settings: Settings):
+        self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "demo-driver", "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(topic_name(settings.kafka.topic_prefix, t), 0, 0) for t in ("training-status", "model-published")])
+        self.training: TrainingStatus | None = None
+        self.published: list[ModelPublished] = []
+
+    def poll(self) -> None:
+        for msg in self.consumer.consume(500, timeout=0.05):
+            if msg.error():
+                continue
+            if msg.topic().endswith("model-published"):
+                self.published.append(parse_event(ModelPublished, msg.value()))
+            else:
+                self.training = parse_event(TrainingStatus, msg.value())
+
+    @property
+    def training_active(self) -> bool:
+        t = self.training
+        return t is not None and t.active and t.stage != AB_TEST_STAGE
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Demo:
+    def __init__(self, plan: DemoPlan, run_dir: Path):
+        self.plan = plan
+        self.run_dir = run_dir
+        self.broker = LocalBroker(run_dir / "kafka", port=free_port(), controller_port=free_port())
+        self.dashboard_port, self.serve_port = free_port(), free_port()
+        self.env = demo_environment(run_dir, self.broker, plan, self.dashboard_port, self.serve_port)
+        self.supervisor = Supervisor(run_dir / "logs", self.env)
+        self.results: list[RoundResult] = []
+        self.timeline: list[dict] = []
+        self.drills_done: set[str] = set()
+        self.feedback_sent = 0
+
+    @property
+    def settings(self) -> Settings:
+        saved = {k: os.environ.get(k) for k in self.env if k.startswith("RLHF_")}
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("RLHF_")})
+        try:
+            return load_settings(None)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def start(self) -> Settings:
+        self.broker.up()
+        settings = self.settings
+        create_topics(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.kafka.partitions)
+        ensure_base_policy(settings, POLICY)
+        self.supervisor.start("streams", "streams", "worker")
+        self.supervisor.start("sink", "sink", "run")
+        self.supervisor.start("trainer", "trainer", "run", "--backoff", "2")
+        self.supervisor.start("serve", "serve", "--port", str(self.serve_port))
+        _wait_http(f"http://127.0.0.1:{self.serve_port}/healthz", 180, self.supervisor)
+        _wait_http(f"http://127.0.0.1:{self.dashboard_port}/healthz", 180, self.supervisor)
+        print(f"dashboard: http://127.0.0.1:{self.dashboard_port}/   assistant: http://127.0.0.1:{self.serve_port}/versions   logs: {self.supervisor.log_dir}", flush=True)
+        return settings
+
+    def run(self) -> list[RoundResult]:
+        settings = self.start()
+        registry = ModelRegistry(settings.registry_path)
+        population = Population(self.plan.users, seed=self.plan.seed)
+        watch = StatusWatch(settings)
+        deadline = time.monotonic() + self.plan.budget_s
+        serve = httpx.Client(base_url=f"http://127.0.0.1:{self.serve_port}")
+        analytics = httpx.Client(base_url=f"http://127.0.0.1:{self.dashboard_port}")
+        bar = tqdm(total=self.plan.rounds, desc="RLHF rounds", unit="round", dynamic_ncols=True)
+        try:
+            with FeedbackClient.from_settings(settings) as client:
+                while len(self.results) < self.plan.rounds:
+                    if time.monotonic() > deadline:
+                        raise DemoError(f"time budget of {self.plan.budget_s:.0f}s ran out after {len(self.results)} rounds")
+                    self.supervisor.check()
+                    watch.poll()
+                    if watch.training_active:  # training owns the CPU; users wait instead of competing
+                        t = watch.training
+                        bar.set_postfix_str(f"training {t.stage or t.state} {_short(t.metrics)}")
+                        self._fault_drill("trainer")
+                        time.sleep(1.0)
+                        continue
+                    self._settle_rejections(watch, registry)
+                    stats = population.step(serve, client, self.plan.batch)
+                    self.feedback_sent += stats.feedback
+                    self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
+                    self._fault_drill("streams")
+                    self._fault_drill("broker")
+                    candidate = registry.candidate(POLICY)
+                    if candidate is None:
+                        bar.set_postfix_str(f"collecting feedback: {self.feedback_sent} sent")
+                        continue
+                    ab = self._analysis(analytics, settings, candidate)
+                    bar.set_postfix_str(f"A/B {candidate}: {_ab_progress(ab)}")
+                    if self._decide(settings, registry, candidate, ab, watch):
+                        bar.update(1)
+        finally:
+            bar.close()
+            watch.close()
+        return self.results
+
+    def _analysis(self, http: httpx.Client, settings: Settings, candidate: str) -> dict:
+        experiment = f"{settings.ab_testing.experiment}:{candidate}"
+        response = http.get("/api/ab", params={"experiment": experiment}, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    def _decide(self, settings: Settings, registry: ModelRegistry, candidate: str, ab: dict, watch: StatusWatch) -> bool:
+        decision = ab.get("decision", "keep_running")
+        exhausted = min(ab.get("samples", {}).values() or [0]) >= self.plan.ab_max_samples_per_variant
+        if decision == "keep_running" and not exhausted:
+            return False
+        published = next((p.model_dump(mode="json") for p in watch.published if p.version == candidate), {})
+        decision = "promote" if decision == "promote" else "rollback"
+        reason = ab.get("reason") or ("the A/B test promoted it" if decision == "promote" else "the A/B test showed no gain")
+        apply_decision(settings, registry, POLICY, decision, reason, candidate)
+        self.results.append(RoundResult(candidate, published.get("parent_version"), decision, published, ab))
+        return True
+
+    def _settle_rejections(self, watch: StatusWatch, registry: ModelRegistry) -> None:
+        """A candidate the gate rejected is a finished round too (it never reaches users)."""
+        done = {r.candidate for r in self.results}
+        for p in watch.published:
+            if p.decision == "rejected" and p.version not in done:
+                self.results.append(RoundResult(p.version, p.parent_version, "rejected", p.model_dump(mode="json")))
+
+    def _fault_drill(self, target: str) -> None:
+        """With --fault-drill: kill each of stream worker and trainer once, and bounce the broker once."""
+        if not self.plan.fault_drill or target in self.drills_done:
+            return
+        if target == "streams" and self.feedback_sent >= self.plan.train_threshold // 2:
+            self.supervisor.kill("streams")  # the supervisor restarts it on the next check
+        elif target == "trainer":
+            time.sleep(3)  # let it get into the training proper
+            self.supervisor.kill("trainer")
+        elif target == "broker" and self.feedback_sent >= self.plan.train_threshold + self.plan.ab_samples_per_variant:  # during the A/B test
+            self.broker.down()
+            self.broker.up()
+        else:
+            return
+        log.warning("fault drill: %s", target)
+        self.drills_done.add(target)
+
+    def drain(self, settings: Settings, timeout: float = 120.0) -> GroupProgress:
+        """Wait until the sink has committed everything produced, so ClickHouse holds it all."""
+        k = settings.kafka
+        deadline = time.monotonic() + timeout
+        while True:
+            progress = group_progress(k.bootstrap_servers, group_id(k.topic_prefix, SINK_GROUP), k.topic_prefix, SINK_TOPICS, k.partitions)
+            if progress.lag == 0 or time.monotonic() > deadline:
+                return progress
+            self.supervisor.check()
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+        self.broker.down()
+
+
+def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        supervisor.check()
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise DemoError(f"{url} did not answer within {timeout:.0f}s; see {supervisor.log_dir}")
+
+
+def _short(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3g}" for k, v in list(metrics.items())[:3])
+
+
+def _ab_progress(ab: dict) -> str:
+    samples = ab.get("samples", {})
+    return " ".join(f"{k}={v}" for k, v in samples.items()) + f" -> {ab.get('decision', '?')}"
+
+
+def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
+    """Run the loop, let the sink catch up, always stop every process; writes RUN/result.json
+    (the rounds) and RUN/run.json (feedback sent, the sink's final lag)."""
+    demo = Demo(plan, run_dir)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        results = demo.run()
+        sink = demo.drain(demo.settings)
+    finally:
+        demo.stop()
+        signal.signal(signal.SIGTERM, previous)
+    (run_dir / "result.json").write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
+    (run_dir / "run.json").write_text(json.dumps({"feedback_sent": demo.feedback_sent, "sink_committed": sink.committed, "sink_lag": sink.lag,
+                                                 "fault_drill": sorted(demo.drills_done)}))
+    (run_dir / "timeline.json").write_text(json.dumps(demo.timeline))
+    return results

@@ -1,0 +1,233 @@
+"""Model registry: versioned reward models and policies on a local directory, with lineage.
+
+Layout under the registry root:
+
+    policies/<version>/          weights + tokenizer + manifest.json
+    reward_models/<version>/     weights + tokenizer + manifest.json
+    pointers.json                per policy: which version serves, which is the A/B candidate, history
+
+A version directory appears atomically (staged in `.staging/`, then renamed), so a crash never
+leaves a half-written version that loads. Version ids derive from the trigger id, so publishing
+the same trigger twice is recognised and is never a second version. Pointer changes are
+serialised with a file lock and written by rename.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from core.errors import ModelLoadError, RlhfError
+
+Kind = Literal["policies", "reward_models"]
+Status = Literal["base", "candidate", "rejected", "promoted", "rolled_back"]
+MANIFEST = "manifest.json"
+
+
+class RegistryError(RlhfError):
+    """A registry operation is not allowed (unknown version, promoting a rejected candidate...)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything needed to trace a version back to the feedback it learned from."""
+
+    version: str
+    kind: Kind
+    policy: str
+    status: Status
+    trigger_id: str | None = None
+    parent_version: str | None = None
+    reward_model_version: str | None = None
+    data_ranges: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    guardrails_fired: list[str] = field(default_factory=list)
+    config_hash: str = ""
+    code_version: str = ""
+    reason: str = ""
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+
+def version_for(policy: str, trigger_id: str) -> str:
+    """Deterministic version id: the same trigger always names the same version."""
+    return f"{policy}-{trigger_id[:16]}"
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        if sha.returncode == 0:
+            return sha.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    from core import __version__
+
+    return __version__
+
+
+class ModelRegistry:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        for sub in ("policies", "reward_models", ".staging"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # ---- versions -------------------------------------------------------------------------
+    def path(self, kind: Kind, version: str) -> Path:
+        return self.root / kind / version
+
+    def exists(self, kind: Kind, version: str) -> bool:
+        return (self.path(kind, version) / MANIFEST).is_file()
+
+    def manifest(self, kind: Kind, version: str) -> Manifest:
+        file = self.path(kind, version) / MANIFEST
+        try:
+            return Manifest(**json.loads(file.read_text()))
+        except FileNotFoundError:
+            raise ModelLoadError(f"{self.path(kind, version)}: no such {kind[:-1].replace('_', ' ')} version in the registry") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelLoadError(f"{file}: corrupt manifest ({exc})") from None
+
+    def versions(self, kind: Kind) -> list[Manifest]:
+        found = [self.manifest(kind, p.name) for p in (self.root / kind).iterdir() if (p / MANIFEST).is_file()]
+        return sorted(found, key=lambda m: m.created_at)
+
+    def publish(self, kind: Kind, version: str, build: Callable[[Path], Manifest]) -> Manifest | None:
+        """Stage `build(dir)` (writes the files, returns the manifest), then rename into place.
+
+        Returns None, without building, if the version already exists (a re-delivered trigger)."""
+        if self.exists(kind, version):
+            return None
+        staging = self.root / ".staging" / f"{version}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            manifest = build(staging)
+            if (manifest.kind, manifest.version) != (kind, version):
+                raise RegistryError(f"build returned a manifest for {manifest.kind}/{manifest.version}, expected {kind}/{version}")
+            (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+            _fsync_dir(staging)
+            try:
+                os.rename(staging, self.path(kind, version))
+            except OSError:
+                if self.exists(kind, version):  # a concurrent publisher won with the same trigger
+                    return None
+                raise
+            return manifest
+        finally:
+            for leftover in staging.parent.glob(f"{staging.name}*"):  # the staging dir and whatever a builder put beside it
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def set_status(self, kind: Kind, version: str, status: Status, reason: str = "") -> Manifest:
+        with self._locked():
+            updated = Manifest(**{**asdict(self.manifest(kind, version)), "status": status, "reason": reason or self.manifest(kind, version).reason})
+            _write_atomically(self.path(kind, version) / MANIFEST, json.dumps(asdict(updated), indent=2))
+        return updated
+
+    # ---- pointers: what serves -----------------------------------------------------------
+    def pointers(self) -> dict[str, dict[str, Any]]:
+        file = self.root / "pointers.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    def serving(self, policy: str) -> str | None:
+        return self.pointers().get(policy, {}).get("serving")
+
+    def candidate(self, policy: str) -> str | None:
+        """The A/B candidate, never a rejected version."""
+        version = self.pointers().get(policy, {}).get("candidate")
+        if version is None or self.manifest("policies", version).status == "rejected":
+            return None
+        return version
+
+    def register_base(self, policy: str, version: str, write: Callable[[Path], None]) -> None:
+        """Publish the starting policy and make it serve, if the policy has nothing serving yet."""
+        def build(directory: Path) -> Manifest:
+            write(directory)
+            return Manifest(version=version, kind="policies", policy=policy, status="base", code_version=code_version())
+
+        self.publish("policies", version, build)
+        with self._pointer_update() as pointers:
+            entry = pointers.setdefault(policy, {"serving": None, "candidate": None, "history": []})
+            if entry["serving"] is None:
+                entry["serving"] = version
+                entry["history"].append(version)
+
+    def offer_candidate(self, policy: str, version: str) -> None:
+        """Put a published, non-rejected policy version into the A/B test as the candidate."""
+        if self.manifest("policies", version).status == "rejected":
+            raise RegistryError(f"{version} was rejected by the promotion gate and can never serve")
+        with self._pointer_update() as pointers:
+            pointers.setdefault(policy, {"serving": None, "candidate": None, "history": []})["candidate"] = version
+
+    def promote(self, policy: str, version: str | None = None, reason: str = "") -> str:
+        """Make `version` (default: the current candidate) serve; the candidate slot empties."""
+        version = version or self.candidate(policy)
+        if version is None:
+            raise RegistryError(f"policy {policy!r} has no candidate to promote")
+        if self.manifest("policies", version).status == "rejected":
+            raise RegistryError(f"{version} was rejected by the promotion gate and can never serve")
+        with self._pointer_update() as pointers:
+            entry = pointers.setdefault(policy, {"serving": None, "candidate": None, "history": []})
+            entry["serving"] = version
+            entry["history"].append(version)
+            if entry.get("candidate") == version:
+                entry["candidate"] = None
+        self.set_status("policies", version, "promoted", reason)
+        return version
+
+    def rollback(self, policy: str, reason: str = "") -> str | None:
+        """Drop the candidate if there is one; otherwise go back to the previously serving version."""
+        with self._pointer_update() as pointers:
+            entry = pointers.get(policy)
+            if entry is None:
+                raise RegistryError(f"policy {policy!r} has nothing serving")
+            dropped = entry.get("candidate")
+            if dropped is not None:
+                entry["candidate"] = None
+            elif len(entry["history"]) > 1:
+                dropped = entry["history"].pop()
+                entry["serving"] = entry["history"][-1]
+            else:
+                raise RegistryError(f"policy {policy!r} has no earlier version to roll back to")
+        self.set_status("policies", dropped, "rolled_back", reason)
+        return dropped
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _pointer_update(self) -> Iterator[dict[str, dict[str, Any]]]:
+        with self._locked():
+            pointers = self.pointers()
+            yield pointers
+            _write_atomically(self.root / "pointers.json", json.dumps(pointers, indent=2))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    for file in directory.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,93 @@
+"""Topics as code: every topic's name, key, value schema, retention, DLQ, and who produces and consumes
+it: the path of any event is readable from the `TOPICS` table. `sdk.admin.create_topics` creates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from schemas import (
+    DeadLetter,
+    ExposureEvent,
+    FeedbackEvent,
+    InteractionEvent,
+    ModelPublished,
+    TrainingStatus,
+    TrainTrigger,
+    WindowMetrics,
+)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    value_schema: type[BaseModel]
+    producers: tuple[str, ...]  # processes that write it (see the README's process map)
+    consumers: tuple[str, ...]  # processes (consumer groups) that read it
+    keyed_partitions: bool = True  # False: one partition, total order (see `why_one_partition`)
+    config: dict[str, str] = field(default_factory=dict)
+    dlq: str | None = None
+    why_one_partition: str = ""
+
+
+@dataclass(frozen=True)
+class InternalTopic:
+    """A topic the stream worker's framework creates and owns (name under the app id `{prefix}streams`)."""
+
+    name: str
+    key: str
+    value: str
+    purpose: str
+
+
+# Processes: "assistant" (HTTP service), "sdk" (any Python app), "streams" (Faust worker),
+# "trainer", "decider" (applies A/B decisions: `rlhf models promote|rollback` today), "sink", "demo" (driver).
+TOPICS: dict[str, TopicSpec] = {
+    spec.name: spec
+    for spec in (
+        TopicSpec("interactions", "user_id", InteractionEvent, ("assistant", "sdk"), ("sink",), config={"retention.ms": str(30 * DAY_MS)}),
+        # Feedback is the training source of truth: keep it long enough to replay any trigger.
+        TopicSpec("feedback", "user_id", FeedbackEvent, ("assistant", "sdk"), ("streams", "trainer", "sink"),
+                  config={"retention.ms": str(365 * DAY_MS)}, dlq="feedback-dlq"),  # fmt: skip
+        TopicSpec("feedback-dlq", "none", DeadLetter, ("streams", "sink"), ("operators",), keyed_partitions=False,
+                  config={"retention.ms": str(90 * DAY_MS)}, why_one_partition="low volume; operators read it in arrival order"),  # fmt: skip
+        TopicSpec("exposures", "user_id", ExposureEvent, ("assistant", "sdk"), ("sink",), config={"retention.ms": str(90 * DAY_MS)}),
+        TopicSpec("train-triggers", "policy", TrainTrigger, ("streams",), ("trainer",), keyed_partitions=False, dlq="train-triggers-dlq",
+                  why_one_partition="one total order of trainings across policies; the trainer also works with several partitions, one job at a time"),  # fmt: skip
+        TopicSpec("train-triggers-dlq", "none", DeadLetter, ("trainer",), ("operators",), keyed_partitions=False, why_one_partition="low volume"),
+        TopicSpec("training-status", "policy", TrainingStatus, ("trainer", "decider"), ("streams", "sink", "demo"), keyed_partitions=False,
+                  why_one_partition="a round's statuses are read in the order they were written, by readers without a group"),  # fmt: skip
+        TopicSpec("model-published", "policy", ModelPublished, ("trainer", "decider"), ("sink", "demo"), keyed_partitions=False,
+                  why_one_partition="the version history of every policy in one order"),  # fmt: skip
+        TopicSpec("metrics", "window", WindowMetrics, ("streams",), ("sink",)),
+    )
+}
+
+# The stream worker's own topics (Faust creates them; `create_topics` leaves them alone).
+INTERNAL_TOPICS: tuple[InternalTopic, ...] = (
+    InternalTopic("streams-policy-events", "policy", "streams.records.PolicyRecord",
+                  "accepted feedback, training statuses and timer ticks of one policy, in one order"),  # fmt: skip
+    InternalTopic("streams-policy-state-changelog", "policy", "streams.ledger state", "the rolling buffer, counters and trigger gate"),
+    InternalTopic("streams-seen-changelog", "event_id", "first-seen time", "dedupe marks (compacted, deleted after twice the horizon)"),
+)
+
+
+def topic_name(prefix: str, name: str) -> str:
+    if name not in TOPICS:
+        raise KeyError(f"unknown topic {name!r}; known: {', '.join(TOPICS)}")
+    return f"{prefix}{name}"
+
+
+def group_id(prefix: str, name: str) -> str:
+    """Consumer groups carry the topic prefix too, so deployments (and test sessions) sharing a
+    cluster never join each other's groups."""
+    return f"{prefix}{name}"
+
+
+def partitions_of(spec: TopicSpec, keyed_partitions: int) -> int:
+    return keyed_partitions if spec.keyed_partitions else 1

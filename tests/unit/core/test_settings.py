@@ -1,0 +1,40 @@
+import pytest
+
+from core.settings import load_settings
+from core.errors import ConfigError
+
+
+def test_plan_shaped_yaml_loads(tmp_path):
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text("rlhf:\n  ppo:\n    training:\n      batch_size: 4\n  continuous_learning:\n    train_threshold: 50\n")
+    s = load_settings(cfg)
+    assert s.ppo.training.batch_size == 4 and s.ppo.training.mini_batch_size == 8
+    assert s.continuous_learning.train_threshold == 50
+
+
+def test_environment_overrides_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text("rlhf:\n  ppo:\n    training:\n      batch_size: 4\n")
+    monkeypatch.setenv("RLHF_PPO__TRAINING__BATCH_SIZE", "9")
+    assert load_settings(cfg).ppo.training.batch_size == 9
+
+
+def test_bad_value_names_key_and_reason(tmp_path):
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text("rlhf:\n  feedback:\n    collection_rate: 1.5\n  bogus: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert "feedback.collection_rate: Input should be less than or equal to 1 (got 1.5)" in str(info.value)
+    assert "bogus: unknown key" in str(info.value)
+
+
+def test_cross_field_rule_and_missing_file(tmp_path):
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text("rlhf:\n  continuous_learning:\n    buffer_size: 10\n    train_threshold: 20\n")
+    with pytest.raises(ConfigError, match="train_threshold \\(20\\) must not exceed buffer_size"):
+        load_settings(cfg)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.yaml")
+    (tmp_path / "broken.yaml").write_text("rlhf: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(tmp_path / "broken.yaml")

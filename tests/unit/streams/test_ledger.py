@@ -1,0 +1,157 @@
+"""The per-policy rules on plain dicts: threshold, rolling buffer, dedupe, the training gate,
+crash re-processing and metric windows."""
+
+from datetime import datetime, timezone
+
+from core.settings import ContinuousLearningSettings
+from schemas import TrainingStatus
+from streams.ledger import WINDOW_GRACE_S, WINDOW_S, PolicyLedger
+from streams.records import Accepted, PolicyRecord
+
+T0 = 1_800_000_000.0  # wall clock of the tests (seconds); a multiple of 60
+
+
+class Run:
+    """A ledger fed like the agent feeds it: one internal-topic offset per record."""
+
+    def __init__(self, **limits):
+        self.settings = ContinuousLearningSettings(**{"buffer_size": 5, "train_threshold": 3, **limits})
+        self.state, self.seen = {}, {}
+        self.ledger = PolicyLedger(self.state, self.seen, self.settings, "t.feedback")
+        self.offset = -1
+        self.now = T0
+
+    def feed(self, record, offset=None):
+        if offset is None:
+            self.offset += 1
+            offset = self.offset
+        return self.ledger.apply(record, offset, self.now)
+
+    def head(self):
+        return self.ledger.head("assistant")
+
+
+def fb(n, partition=0, offset=None, event_id=None, record_ts=T0, **fields):
+    accepted = Accepted(
+        event_id=event_id or f"e{n}", policy="assistant", model_version=fields.get("model_version", "v1"),
+        experiment=fields.get("experiment"), variant=fields.get("variant"), feedback_type=fields.get("feedback_type", "thumbs_up"),
+        rating=fields.get("rating"), timestamp=fields.get("timestamp", datetime.fromtimestamp(T0, timezone.utc)),
+        partition=partition, offset=n if offset is None else offset, record_ts=record_ts,
+    )  # fmt: skip
+    return PolicyRecord(policy="assistant", accepted=accepted)
+
+
+def status(trigger_id, state, at=T0):
+    return PolicyRecord(policy="assistant", status=TrainingStatus(trigger_id=trigger_id, policy="assistant", state=state, timestamp=datetime.fromtimestamp(at, timezone.utc)))
+
+
+def test_threshold_emits_one_trigger_covering_exact_offsets():
+    run = Run()
+    effects = [run.feed(fb(n, partition=n % 2)) for n in range(3)]
+    assert [e.outcome for e in effects] == ["accepted"] * 3
+    assert [len(e.triggers) for e in effects] == [0, 0, 1]
+    trigger = effects[2].triggers[0]
+    assert trigger.event_ids == ("e0", "e1", "e2") and trigger.counts == {"thumbs_up": 3} and trigger.model_version == "v1"
+    assert [(r.topic, r.partition, r.start, r.end) for r in trigger.ranges] == [("t.feedback", 0, 0, 3), ("t.feedback", 1, 1, 2)]
+    assert run.head().since_trigger == 0 and run.head().training.trigger_id == trigger.trigger_id
+
+
+def test_active_training_blocks_until_it_finishes_then_buffer_is_covered():
+    run = Run()
+    first = [t for n in range(3) for t in run.feed(fb(n)).triggers][0]
+    assert not [t for n in range(3, 7) for t in run.feed(fb(n)).triggers]  # 4 more: blocked
+    assert run.feed(status("someone-else", "finished")).outcome == "status-ignored"
+    assert run.feed(status(first.trigger_id, "progress")).triggers == []
+    assert run.feed(status(first.trigger_id, "guardrail")).triggers == []  # an update rolled back: still training
+    second = run.feed(status(first.trigger_id, "finished")).triggers
+    assert len(second) == 1 and second[0].event_ids == ("e2", "e3", "e4", "e5", "e6")  # the rolling buffer: last 5
+    assert second[0].trigger_id != first.trigger_id
+    assert sum(k.startswith("slot:") for k in run.state) == 5  # older slots are deleted
+
+
+def test_silent_training_is_dead_after_timeout_and_a_tick_triggers():
+    run = Run(trigger_timeout_s=30)
+    first = [t for n in range(3) for t in run.feed(fb(n)).triggers][0]
+    [run.feed(fb(n)) for n in range(3, 6)]
+    run.now = T0 + 20
+    run.feed(status(first.trigger_id, "started", at=T0 + 20))  # still alive: refreshes last_seen
+    run.now = T0 + 45
+    assert list(run.ledger.due(run.now)) == []
+    run.now = T0 + 51
+    assert list(run.ledger.due(run.now)) == ["assistant"]
+    tick = run.feed(PolicyRecord(policy="assistant", tick=run.now))
+    assert tick.outcome == "tick" and len(tick.triggers) == 1
+    assert run.feed(status(first.trigger_id, "finished")).outcome == "status-ignored"  # superseded
+
+
+def test_duplicates_within_horizon_do_not_count():
+    run = Run(dedupe_horizon_s=60)
+    assert run.feed(fb(0, event_id="x", record_ts=T0)).outcome == "accepted"
+    assert run.feed(fb(1, event_id="x", record_ts=T0 + 5)).outcome == "duplicate"  # producer retry, later offset
+    assert run.feed(fb(0, partition=1, event_id="x", record_ts=T0 + 6)).outcome == "duplicate"  # same id, other partition
+    assert run.feed(fb(2, event_id="x", record_ts=T0 + 61)).outcome == "accepted"  # beyond the horizon: new
+    assert (run.head().accepted, run.head().duplicates) == (2, 2)
+
+
+def test_validation_stage_reforwarding_is_ignored():
+    run = Run()
+    run.feed(fb(0))
+    run.feed(fb(1))
+    assert run.feed(fb(1)).outcome == "reforwarded"  # same origin offset, new internal offset
+    assert run.feed(fb(2)).outcome == "accepted" and run.head().accepted == 3
+
+
+def test_reprocessing_after_crash_changes_nothing_and_resends_the_trigger():
+    run = Run()
+    sent = [run.feed(fb(n)) for n in range(3)]
+    before = (dict(run.state), dict(run.seen))
+    replayed = [run.feed(fb(n), offset=n) for n in range(3)]  # offsets 0..2 again: input was not committed
+    assert [e.outcome for e in replayed] == ["replayed"] * 3
+    assert (dict(run.state), dict(run.seen)) == before
+    assert replayed[2].triggers[0].to_bytes() == sent[2].triggers[0].to_bytes()
+
+
+def test_mark_that_outlived_its_head_does_not_reject_the_event():
+    run = Run()
+    run.feed(fb(0))
+    state_before = dict(run.state)
+    run.feed(fb(1))
+    run.state.clear()
+    run.state.update(state_before)  # crash: the head's changelog lost record 1, the seen table kept its mark
+    assert run.feed(fb(1), offset=1).outcome == "accepted" and run.head().accepted == 2
+
+
+def test_lost_mark_is_rewritten_when_the_record_is_reprocessed():
+    run = Run()
+    run.feed(fb(0))
+    run.seen.clear()  # crash: the head landed, the mark did not
+    assert run.feed(fb(0), offset=0).outcome == "replayed"
+    assert run.feed(fb(5, event_id="e0")).outcome == "duplicate"
+
+
+def test_minute_windows_close_after_grace_with_counts_and_rating_sums():
+    run = Run(train_threshold=100, buffer_size=100)
+    at = datetime.fromtimestamp(T0 + 10, timezone.utc)
+    for n, rating in enumerate([5, 4, 1]):
+        run.feed(fb(n, feedback_type="rating", rating=rating, timestamp=at, experiment="ab", variant="a"))
+    run.feed(fb(3, timestamp=at, model_version="v2"))
+    run.now = T0 + WINDOW_S + WINDOW_GRACE_S - 1
+    assert run.feed(PolicyRecord(policy="assistant", tick=run.now)).metrics == []
+    run.now = T0 + WINDOW_S + WINDOW_GRACE_S
+    assert list(run.ledger.due(run.now)) == ["assistant"]
+    metrics = sorted(run.feed(PolicyRecord(policy="assistant", tick=run.now)).metrics, key=lambda m: m.model_version)
+    assert [(m.model_version, m.experiment, m.variant, m.feedback_type, m.count, m.rating_sum, m.rating_count) for m in metrics] == [
+        ("v1", "ab", "a", "rating", 3, 10, 3),
+        ("v2", "", "", "thumbs_up", 1, 0, 0),
+    ]
+    assert metrics[0].window_start.timestamp() == T0 and metrics[0].window_end.timestamp() == T0 + WINDOW_S
+    assert run.head().windows == {}
+
+
+def test_backlog_windows_close_on_event_time_aggregated():
+    run = Run(train_threshold=100, buffer_size=100)
+    run.now = T0 + 3600  # catching up an hour later: every window is long past on the wall clock
+    minute = [datetime.fromtimestamp(T0 + s, timezone.utc) for s in (1, 30, 59, WINDOW_S + WINDOW_GRACE_S)]
+    effects = [run.feed(fb(n, timestamp=at)) for n, at in enumerate(minute)]
+    assert [len(e.metrics) for e in effects] == [0, 0, 0, 1]
+    assert effects[3].metrics[0].count == 3 and effects[3].metrics[0].window_start.timestamp() == T0

@@ -1,0 +1,94 @@
+"""Rebuild the exact dataset a `TrainTrigger` names, from the feedback topic.
+
+    from trainers.replay import replay_trigger
+    events = replay_trigger(settings, trigger)   # list[FeedbackEvent] in trigger.event_ids order
+
+The trigger's offset ranges also hold records the stream app did not accept (dead letters,
+duplicates, other policies' feedback); `event_ids` says which were. Of several copies of one event
+id the first by (partition, offset) is kept: copies are producer retries of the same event.
+The consumer is assigned the exact offsets and never commits, so replays leave no trace.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from core.settings import Settings
+from core.errors import EventValidationError, TrainingError
+from schemas import FeedbackEvent, OffsetRange, TrainTrigger, parse_event
+
+
+def _check_readable(consumer: Consumer, trigger: TrainTrigger, r: OffsetRange, timeout: float) -> None:
+    where = f"trigger {trigger.trigger_id}: {r.topic}[{r.partition}] [{r.start}, {r.end})"
+    if r.end <= r.start:
+        raise TrainingError(f"{where} is an empty range")
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(r.topic, r.partition), timeout=timeout)
+    except Exception as exc:  # KafkaException: unknown topic or partition, broker unreachable
+        raise TrainingError(f"{where} cannot be read: {exc}") from None
+    if r.start < low or r.end > high:
+        raise TrainingError(f"{where} is not readable: the partition now holds [{low}, {high}) (retention, or a different cluster?)")
+
+
+def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger, timeout: float = 30.0) -> list[FeedbackEvent]:
+    """The accepted feedback events `trigger` covers, in `trigger.event_ids` order.
+
+    Raises TrainingError when a range is empty or unreadable, reading takes longer than `timeout`
+    seconds, or any of the trigger's event ids is not found in its ranges.
+    """
+    bootstrap = settings_or_bootstrap if isinstance(settings_or_bootstrap, str) else settings_or_bootstrap.kafka.bootstrap_servers
+    if not trigger.ranges or not trigger.event_ids:
+        raise TrainingError(f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})")
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"replay-{uuid.uuid4().hex}",  # required by the client; never joined or committed
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+    })  # fmt: skip
+    wanted = set(trigger.event_ids)
+    found: dict[str, tuple[int, int, FeedbackEvent]] = {}  # event_id -> (partition, offset, event), first copy
+    try:
+        for r in trigger.ranges:
+            _check_readable(consumer, trigger, r, timeout)
+        consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in trigger.ranges])
+        ends = {(r.topic, r.partition): r.end for r in trigger.ranges}
+        deadline = time.monotonic() + timeout
+        while ends:
+            if time.monotonic() > deadline:
+                raise TrainingError(f"trigger {trigger.trigger_id}: timed out after {timeout}s with {sorted(ends)} not read to their ends")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            tp = (msg.topic(), msg.partition())
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    raise TrainingError(f"trigger {trigger.trigger_id}: reading {tp}: {msg.error().str()}")
+                # The end of the log before the range's end: offsets the log no longer has (compaction).
+                if tp in ends and msg.offset() >= ends[tp]:
+                    del ends[tp]
+                continue
+            end = ends.get(tp)
+            if end is None:
+                continue
+            if msg.offset() >= end - 1:
+                del ends[tp]
+                consumer.pause([TopicPartition(*tp)])
+            if msg.offset() >= end:
+                continue
+            try:
+                event = parse_event(FeedbackEvent, msg.value())
+            except EventValidationError:
+                continue  # a dead letter in the range: never part of the dataset
+            first = found.get(event.event_id)
+            if event.event_id in wanted and (first is None or (msg.partition(), msg.offset()) < first[:2]):
+                found[event.event_id] = (msg.partition(), msg.offset(), event)
+    finally:
+        consumer.close()
+    missing = [event_id for event_id in trigger.event_ids if event_id not in found]
+    if missing:
+        raise TrainingError(f"trigger {trigger.trigger_id}: {len(missing)} of {len(wanted)} event ids are not in its ranges (first: {missing[0]})")
+    return [found[event_id][2] for event_id in trigger.event_ids]
