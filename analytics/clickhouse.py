@@ -1,9 +1,9 @@
-"""The ClickHouse connection and schema: one clickhouse-connect `Client` for both deployments.
+"""The ClickHouse connection and migrations: one clickhouse-connect `Client` for both deployments.
 
 Embedded (default): the chdb engine in-process on `settings.clickhouse_path`. chdb lets only one
 process open a path, so in embedded mode the sink process owns it and serves the dashboard and
-`/sql`; everything else asks that process. Server: `clickhouse.url` (or `$CLICKHOUSE_URL`) names
-a ClickHouse server and any process may connect. The SQL is the same for both.
+`/sql`; everything else asks that process. Server: `clickhouse.url` (`RLHF_CLICKHOUSE__URL` or the
+yaml) names a ClickHouse server and any process may connect. The SQL is the same for both.
 
 Migrations are code (`MIGRATIONS`), applied in order at connect; every statement is idempotent
 (`IF NOT EXISTS`) and applied ids are recorded, so a crash half-way is repaired by the next start.
@@ -15,7 +15,6 @@ materialized views, which see every inserted block, count each event once.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
+from analytics.tables import EVENT_TABLES, Table
 from core.settings import Settings
 
 Mode = Literal["chdb", "server"]
@@ -38,40 +38,10 @@ class Migration:
     statements: tuple[str, ...]
 
 
-_EVENT_COLUMNS = "ts DateTime64(3, 'UTC'), ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)"
-_AB_COLUMNS = "model_version LowCardinality(String), experiment LowCardinality(String), variant LowCardinality(String)"
-
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration("0001_event_tables", (
-        f"""CREATE TABLE IF NOT EXISTS interactions (
-            interaction_id String, user_id String, {_AB_COLUMNS}, latency_ms Float64,
-            query String, response String, {_EVENT_COLUMNS}
-        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(ts) ORDER BY interaction_id""",
-        # positive and reward are derived once, at ingestion (see consumers.sink.consumer.feedback_row).
-        f"""CREATE TABLE IF NOT EXISTS feedback (
-            event_id String, interaction_id String, user_id String, {_AB_COLUMNS}, policy LowCardinality(String),
-            feedback_type LowCardinality(String), rating Nullable(UInt8), correction String, positive UInt8, reward Float64,
-            query String, response String, metadata String, {_EVENT_COLUMNS}
-        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(ts) ORDER BY event_id""",
-        f"""CREATE TABLE IF NOT EXISTS exposures (
-            exposure_id String, user_id String, {_AB_COLUMNS}, interaction_id String, {_EVENT_COLUMNS}
-        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(ts) ORDER BY exposure_id""",
-        # A window may be re-emitted with late events: the latest emission (ts) replaces the earlier.
-        f"""CREATE TABLE IF NOT EXISTS metrics (
-            window_start DateTime64(3, 'UTC'), window_end DateTime64(3, 'UTC'), {_AB_COLUMNS},
-            feedback_type LowCardinality(String), count UInt64, rating_sum UInt64, rating_count UInt64, {_EVENT_COLUMNS}
-        ) ENGINE = ReplacingMergeTree(ts) ORDER BY (window_start, window_end, model_version, experiment, variant, feedback_type)""",
-        # Status and publish events carry no id of their own; the full identifying tuple is the key.
-        f"""CREATE TABLE IF NOT EXISTS training_status (
-            trigger_id String, policy LowCardinality(String), state LowCardinality(String), stage String,
-            message String, metrics Map(String, Float64), {_EVENT_COLUMNS}
-        ) ENGINE = ReplacingMergeTree ORDER BY (policy, trigger_id, ts, state, stage)""",
-        f"""CREATE TABLE IF NOT EXISTS model_published (
-            version String, policy LowCardinality(String), trigger_id String, parent_version String,
-            reward_model_version String, decision LowCardinality(String), metrics Map(String, Float64), reason String,
-            {_EVENT_COLUMNS}
-        ) ENGINE = ReplacingMergeTree ORDER BY (policy, version, decision, ts)""",
-    )),
+    # Created as analytics.tables declares them. A later column change needs its own migration
+    # (ALTER ... IF NOT EXISTS), which a fresh database, created in the new shape here, passes through.
+    Migration("0001_event_tables", tuple(table.ddl() for table in EVENT_TABLES)),
     Migration("0002_variant_daily", (
         # One row per (experiment, variant, model version, day), fed by three views; a view
         # leaves the columns it does not produce at their zero state.
@@ -110,10 +80,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
 )
 
-# Tables whose rows are keyed by one id column: the sink skips ids already stored there.
-ID_COLUMNS: Mapping[str, str] = {"interactions": "interaction_id", "feedback": "event_id", "exposures": "exposure_id"}
-
-
 @dataclass
 class Warehouse:
     """A migrated client plus the lock that serialises it: the sink and the dashboard threads share one."""
@@ -132,22 +98,22 @@ class Warehouse:
         with self.locked() as c:
             return c.query_df(sql, parameters=dict(parameters or {}))
 
-    def insert_new(self, table: str, rows: pa.Table) -> int:
+    def insert_new(self, table: Table, rows: pa.Table) -> int:
         """Insert the rows whose id is not stored yet; returns how many were inserted.
 
         The check matters after a crash between insert and commit: the redelivered batch is
         skipped here, so the materialized views never see an event twice.
         """
-        id_col = ID_COLUMNS.get(table)
+        id_col = table.id_column
         with self.locked() as c:
             if id_col is not None and rows.num_rows:
                 ids = rows.column(id_col).to_pylist()
-                stored = {r[0] for r in c.query(f"SELECT DISTINCT {id_col} FROM {table} WHERE {id_col} IN {{ids:Array(String)}}",
+                stored = {r[0] for r in c.query(f"SELECT DISTINCT {id_col} FROM {table.name} WHERE {id_col} IN {{ids:Array(String)}}",
                                                 parameters={"ids": ids}).result_rows}
                 if stored:
                     rows = rows.filter(pa.array([i not in stored for i in ids]))
             if rows.num_rows:
-                c.insert_arrow(table, rows)
+                c.insert_arrow(table.name, rows)
         return rows.num_rows
 
     def close(self) -> None:
@@ -157,7 +123,7 @@ class Warehouse:
 
 def server_url(settings: Settings) -> str | None:
     url = settings.clickhouse.url
-    return url.get_secret_value() if url is not None else os.environ.get("CLICKHOUSE_URL") or None
+    return url.get_secret_value() if url is not None else None
 
 
 def mode_of(settings: Settings) -> Mode:

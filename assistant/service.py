@@ -1,8 +1,9 @@
 """The assistant service (`rlhf serve`): answers chat requests with the A/B variant each user is
 assigned to, and logs interactions and exposures through the producer SDK.
 
-Control is the registry's serving version; the treatment is the registry's current candidate
-(never a rejected version). Each candidate is its own experiment (`<experiment>:<candidate>`),
+Each variant serves the model its config names (`ab_testing.variants[].model`): by default control
+the registry's serving version and the treatment its current candidate (never a rejected version).
+Each candidate is its own experiment (`<experiment>:<candidate>`),
 so analyses never mix rounds. A background thread watches the registry pointers and loads new
 versions before swapping them in, so a promotion never drops or stalls a request.
 
@@ -24,14 +25,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from analytics.assignment import assign_from_settings
 from registry.store import ModelRegistry
-from core.settings import Settings
+from core.settings import ABTestingSettings, Settings
 from core.errors import ModelLoadError
 from sdk.client import FeedbackClient
-from schemas.events import MAX_QUERY_CHARS, new_id
+from schemas.events import DEFAULT_POLICY, MAX_QUERY_CHARS, new_id
 from trainers.tiny_policy import format_prompt
 
 log = logging.getLogger("rlhf.serve")
-POLICY = "assistant"
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,31 @@ def generate(policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed
 
 
 class PolicyPool:
-    """Serving and candidate policies, refreshed from the registry and swapped atomically."""
+    """The policy versions the experiment's variants name, refreshed from the registry and swapped
+    atomically. A variant's `model` is `serving`, `candidate` or a registry version id."""
 
-    def __init__(self, registry: ModelRegistry, policy: str = POLICY):
+    def __init__(self, registry: ModelRegistry, ab: ABTestingSettings, policy: str = DEFAULT_POLICY):
         self.registry = registry
         self.policy = policy
+        self.specs = tuple(dict.fromkeys(["serving", *(v.model for v in ab.variants)]))
         self._loaded: dict[str, LoadedPolicy] = {}
-        self.serving: LoadedPolicy | None = None
-        self.candidate: LoadedPolicy | None = None
+        self.by_spec: dict[str, LoadedPolicy | None] = {}
         self.refresh()
+
+    @property
+    def serving(self) -> LoadedPolicy | None:
+        return self.by_spec.get("serving")
+
+    @property
+    def candidate(self) -> LoadedPolicy | None:
+        return self.by_spec.get("candidate")
+
+    def _version_of(self, spec: str) -> str | None:
+        if spec == "serving":
+            return self.registry.serving(self.policy)
+        if spec == "candidate":
+            return self.registry.candidate(self.policy)  # None for rejected versions
+        return spec
 
     def _get(self, version: str | None) -> LoadedPolicy | None:
         if version is None:
@@ -85,11 +101,10 @@ class PolicyPool:
         return self._loaded[version]
 
     def refresh(self) -> None:
-        serving = self._get(self.registry.serving(self.policy))
-        candidate = self._get(self.registry.candidate(self.policy))  # None for rejected versions
-        # Swap both references only once both are loaded: requests see old or new, never half.
-        self.serving, self.candidate = serving, candidate
-        keep = {p.version for p in (serving, candidate) if p}
+        by_spec = {spec: self._get(self._version_of(spec)) for spec in self.specs}
+        # Swap the whole mapping only once every version is loaded: requests see old or new, never half.
+        self.by_spec = by_spec
+        keep = {p.version for p in by_spec.values() if p}
         self._loaded = {v: p for v, p in self._loaded.items() if v in keep}
 
     def watch(self, stop: threading.Event, interval: float = 1.0) -> None:
@@ -122,15 +137,19 @@ class Assistant:
         self.client = client
 
     def route(self, user_id: str) -> tuple[LoadedPolicy, str | None, str | None]:
-        serving, candidate = self.pool.serving, self.pool.candidate
+        """(policy, experiment, variant) for this user. The experiment runs while every variant's
+        model resolves (a `candidate` variant needs a candidate); otherwise everyone gets serving."""
+        by_spec, ab = self.pool.by_spec, self.settings.ab_testing
+        serving = by_spec.get("serving")
         if serving is None:
             raise HTTPException(503, "no policy version is serving yet")
-        ab = self.settings.ab_testing
-        if candidate is None or not ab.enabled:
+        models = {v.name: by_spec.get(v.model) for v in ab.variants}
+        if not ab.enabled or any(m is None for m in models.values()):
             return serving, None, None
         variant = assign_from_settings(ab, user_id)
-        treatment = variant != ab.variants[0].name
-        return (candidate if treatment else serving), f"{ab.experiment}:{candidate.version}", variant
+        # Each set of treatment versions is its own experiment, so analyses never mix rounds.
+        treatments = "+".join(dict.fromkeys(m.version for name, m in models.items() if name != ab.variants[0].name))  # type: ignore[union-attr]
+        return models[variant], f"{ab.experiment}:{treatments}", variant  # type: ignore[return-value]
 
     def chat(self, requests: list[ChatRequest]) -> list[ChatReply]:
         routed = [self.route(r.user_id) for r in requests]
@@ -157,7 +176,7 @@ class Assistant:
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
     registry = registry or ModelRegistry(settings.registry_path)
-    pool = PolicyPool(registry)
+    pool = PolicyPool(registry, settings.ab_testing)
     assistant = Assistant(settings, pool, FeedbackClient.from_settings(settings))
     stop = threading.Event()
     app = FastAPI(title="rlhf-stream assistant", on_shutdown=[stop.set, assistant.client.close])

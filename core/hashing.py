@@ -1,7 +1,7 @@
 """Stable hashing for decisions that must agree across processes and restarts.
 
-Python's `hash()` is salted per process (PYTHONHASHSEED), so the plan's `hash(user_id) % 2`
-assigns a user differently in every worker. Everything here uses BLAKE2b of the UTF-8 parts.
+Python's `hash()` is salted per process (PYTHONHASHSEED), so `hash(user_id) % 2` would assign
+a user differently in every worker. Everything here uses BLAKE2b of the UTF-8 parts.
 """
 
 from __future__ import annotations

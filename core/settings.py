@@ -1,4 +1,4 @@
-"""Configuration: one YAML file (`rlhf.yaml`, the plan's `rlhf:` block) loaded into frozen
+"""Configuration: one YAML file (`rlhf.yaml`, everything under an `rlhf:` key) loaded into frozen
 pydantic-settings models, overridable by environment variables.
 
 Precedence, highest first: environment (`RLHF_PPO__TRAINING__BATCH_SIZE=16`), the YAML file
@@ -70,7 +70,7 @@ class PPOTrainingSettings(Section):
     mini_batch_size: int = Field(8, ge=1, description="Rollouts per gradient step.")
     ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each rollout batch.")
     learning_rate: float = Field(2e-4, gt=0, description="Policy learning rate (PPO and the TRL alternatives; the tiny policy takes large steps, the KL bound and rollbacks keep them safe).")
-    kl_coef: float = Field(0.2, ge=0, description="Initial KL penalty coefficient (the plan's init_kl_coef).")
+    kl_coef: float = Field(0.2, ge=0, description="Initial KL penalty coefficient (TRL's init_kl_coef).")
     target_kl: float = Field(0.1, gt=0, description="KL the adaptive controller steers towards.")
     max_new_tokens: int = Field(32, ge=1, description="Tokens generated per rollout.")
 

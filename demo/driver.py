@@ -25,7 +25,7 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
-from consumers.decider.decisions import AB_TEST_STAGE, apply_decision
+from consumers.decider.decisions import apply_decision
 from registry.store import ModelRegistry
 from consumers.sink.consumer import GROUP as SINK_GROUP
 from consumers.sink.consumer import ROUTES as SINK_ROUTES
@@ -39,9 +39,10 @@ from schemas.topics import group_id, topic_name
 from sdk.admin import GroupProgress, create_topics, group_progress
 from demo.users import Population
 from schemas import ModelPublished, TrainingStatus, parse_event
+from schemas.events import AB_TEST_STAGE, DEFAULT_POLICY
 
 log = logging.getLogger("demo.driver")
-POLICY = "assistant"
+
 SINK_TOPICS = list(SINK_ROUTES)
 
 
@@ -83,7 +84,6 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
         "RLHF_CONTINUOUS_LEARNING__TRIGGER_TIMEOUT_S": str(int(plan.budget_s)),  # a round's A/B test may take a while
         "RLHF_AB_TESTING__MIN_SAMPLES_PER_VARIANT": str(plan.ab_samples_per_variant),
         "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
-        "RLHF_DEMO_SERVE_PORT": str(serve_port),
     }
     # The user's own RLHF_* settings (and RLHF_CONFIG) reach every process; the demo's wiring wins.
     return {**os.environ, **values}
@@ -146,7 +146,7 @@ class Demo:
         self.broker.up()
         settings = self.settings
         create_topics(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.kafka.partitions)
-        ensure_base_policy(settings, POLICY)
+        ensure_base_policy(settings, DEFAULT_POLICY)
         self.supervisor.start("streams", "streams", "worker")
         self.supervisor.start("sink", "sink", "run")
         self.supervisor.start("trainer", "trainer", "run", "--backoff", "2")
@@ -184,7 +184,7 @@ class Demo:
                     self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
                     self._fault_drill("streams")
                     self._fault_drill("broker")
-                    candidate = registry.candidate(POLICY)
+                    candidate = registry.candidate(DEFAULT_POLICY)
                     if candidate is None:
                         bar.set_postfix_str(f"collecting feedback: {self.feedback_sent} sent")
                         continue
@@ -211,7 +211,7 @@ class Demo:
         published = next((p.model_dump(mode="json") for p in watch.published if p.version == candidate), {})
         decision = "promote" if decision == "promote" else "rollback"
         reason = ab.get("reason") or ("the A/B test promoted it" if decision == "promote" else "the A/B test showed no gain")
-        apply_decision(settings, registry, POLICY, decision, reason, candidate)
+        apply_decision(settings, registry, DEFAULT_POLICY, decision, reason, candidate)
         self.results.append(RoundResult(candidate, published.get("parent_version"), decision, published, ab))
         return True
 

@@ -165,6 +165,11 @@ class TrainTrigger(Event):
     event_ids: tuple[Id, ...] = Field(default=(), description="Accepted event ids in the ranges (duplicates excluded).")
 
 
+# The stage of a `progress` status while the round's candidate is in its A/B test: the round stays
+# open (no next trigger) until the decision closes it with a `finished` status.
+AB_TEST_STAGE = "ab_test"
+
+
 class TrainingStatus(Event):
     """Progress of a training job; the stream app blocks re-triggering while one is active."""
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 from typing import Literal
 
 from registry.store import ModelRegistry
-from consumers.trainer.consumer import StatusEmitter
+from consumers.emitter import EventEmitter
 from core.settings import Settings
 from schemas import ModelPublished, TrainingStatus
 
-AB_TEST_STAGE = "ab_test"
 Decision = Literal["promote", "rollback"]
 
 
@@ -28,7 +27,7 @@ def apply_decision(settings: Settings, registry: ModelRegistry, policy: str, dec
     else:
         acted, status = registry.rollback(policy, reason=reason), "rolled_back"
     manifest = registry.manifest("policies", acted)
-    emitter = StatusEmitter(settings)
+    emitter = EventEmitter(settings)
     emitter.emit("model-published", ModelPublished(
         version=acted, policy=policy, trigger_id=manifest.trigger_id or acted, parent_version=manifest.parent_version,
         reward_model_version=manifest.reward_model_version, decision=status, metrics=manifest.metrics, reason=reason[:4000],

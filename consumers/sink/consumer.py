@@ -10,12 +10,12 @@ already holds and the tables are ReplacingMergeTree on the event id, so nothing 
 counted twice. Records that fail their schema go to the DLQ with topic/partition/offset and the
 reason, never into a table.
 
-In embedded mode this process owns the chdb path, so it also serves the dashboard and `/sql`.
+The sink takes an open `Warehouse` rather than opening one: in embedded mode only one process may
+open the chdb path, so `rlhf sink run` serves the dashboard and `/sql` on the same warehouse.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -25,26 +25,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from pydantic import BaseModel
 
-from analytics.clickhouse import ID_COLUMNS, Warehouse, open_warehouse
+from analytics.clickhouse import Warehouse
 from analytics.errors import ClickHouseError
-from core.settings import Settings
+from consumers.dead_letters import dead_letter_of
+from consumers.sink.rows import ROUTES
 from core.errors import DeliveryError, EventValidationError
-from sdk.client import PRODUCER_DEFAULTS
+from core.settings import Settings
+from schemas import parse_event
 from schemas.topics import TOPICS, group_id, topic_name
-from schemas import (
-    DeadLetter,
-    ExposureEvent,
-    FeedbackEvent,
-    InteractionEvent,
-    ModelPublished,
-    TrainingStatus,
-    WindowMetrics,
-    parse_event,
-)
+from sdk.client import PRODUCER_DEFAULTS
 
 log = logging.getLogger("rlhf.sink")
 
@@ -53,80 +44,6 @@ GROUP = "sink"
 KILL_AFTER_INSERT_ENV = "SINK_TEST_KILL_AFTER_INSERT"
 # Topics without a DLQ of their own dead-letter into the feedback DLQ, the events' generic one.
 DEFAULT_DLQ = "feedback-dlq"
-
-_TS = pa.timestamp("ms", tz="UTC")
-_STR = pa.string()
-_METRICS = pa.map_(pa.string(), pa.float64())
-
-
-def _ab(event: InteractionEvent | FeedbackEvent | ExposureEvent | WindowMetrics) -> dict[str, Any]:
-    return {"model_version": event.model_version, "experiment": event.experiment or "", "variant": event.variant or ""}
-
-
-def interaction_row(e: InteractionEvent, _: Settings) -> dict[str, Any]:
-    return {"interaction_id": e.interaction_id, "user_id": e.user_id, **_ab(e), "latency_ms": e.latency_ms,
-            "query": e.query, "response": e.response, "ts": e.timestamp}  # fmt: skip
-
-
-def feedback_row(e: FeedbackEvent, settings: Settings) -> dict[str, Any]:
-    return {"event_id": e.event_id, "interaction_id": e.interaction_id, "user_id": e.user_id, **_ab(e), "policy": e.policy,
-            "feedback_type": e.feedback_type, "rating": e.rating, "correction": e.correction or "", "positive": int(e.is_positive(settings.feedback.min_rating)),
-            "reward": e.reward, "query": e.query, "response": e.response, "metadata": json.dumps(e.metadata),
-            "ts": e.timestamp}  # fmt: skip
-
-
-def exposure_row(e: ExposureEvent, _: Settings) -> dict[str, Any]:
-    return {"exposure_id": e.exposure_id, "user_id": e.user_id, **_ab(e), "interaction_id": e.interaction_id or "", "ts": e.timestamp}
-
-
-def metrics_row(e: WindowMetrics, _: Settings) -> dict[str, Any]:
-    return {"window_start": e.window_start, "window_end": e.window_end, **_ab(e), "feedback_type": e.feedback_type,
-            "count": e.count, "rating_sum": e.rating_sum, "rating_count": e.rating_count, "ts": e.timestamp}  # fmt: skip
-
-
-def status_row(e: TrainingStatus, _: Settings) -> dict[str, Any]:
-    return {"trigger_id": e.trigger_id, "policy": e.policy, "state": e.state, "stage": e.stage, "message": e.message,
-            "metrics": list(e.metrics.items()), "ts": e.timestamp}  # fmt: skip
-
-
-def published_row(e: ModelPublished, _: Settings) -> dict[str, Any]:
-    return {"version": e.version, "policy": e.policy, "trigger_id": e.trigger_id, "parent_version": e.parent_version or "",
-            "reward_model_version": e.reward_model_version or "", "decision": e.decision, "metrics": list(e.metrics.items()),
-            "reason": e.reason, "ts": e.timestamp}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one topic's events go: the schema they must pass, the table, and the row they become."""
-
-    model: type[BaseModel]
-    table: str
-    row: Callable[[Any, Settings], dict[str, Any]]
-    schema: pa.Schema
-
-
-_AB_FIELDS = [("model_version", _STR), ("experiment", _STR), ("variant", _STR)]
-
-ROUTES: Mapping[str, Route] = {
-    "interactions": Route(InteractionEvent, "interactions", interaction_row, pa.schema(
-        [("interaction_id", _STR), ("user_id", _STR), *_AB_FIELDS, ("latency_ms", pa.float64()), ("query", _STR),
-         ("response", _STR), ("ts", _TS)])),
-    "feedback": Route(FeedbackEvent, "feedback", feedback_row, pa.schema(
-        [("event_id", _STR), ("interaction_id", _STR), ("user_id", _STR), *_AB_FIELDS, ("policy", _STR), ("feedback_type", _STR),
-         ("rating", pa.uint8()), ("correction", _STR), ("positive", pa.uint8()), ("reward", pa.float64()), ("query", _STR),
-         ("response", _STR), ("metadata", _STR), ("ts", _TS)])),
-    "exposures": Route(ExposureEvent, "exposures", exposure_row, pa.schema(
-        [("exposure_id", _STR), ("user_id", _STR), *_AB_FIELDS, ("interaction_id", _STR), ("ts", _TS)])),
-    "metrics": Route(WindowMetrics, "metrics", metrics_row, pa.schema(
-        [("window_start", _TS), ("window_end", _TS), *_AB_FIELDS, ("feedback_type", _STR), ("count", pa.uint64()),
-         ("rating_sum", pa.uint64()), ("rating_count", pa.uint64()), ("ts", _TS)])),
-    "training-status": Route(TrainingStatus, "training_status", status_row, pa.schema(
-        [("trigger_id", _STR), ("policy", _STR), ("state", _STR), ("stage", _STR), ("message", _STR), ("metrics", _METRICS),
-         ("ts", _TS)])),
-    "model-published": Route(ModelPublished, "model_published", published_row, pa.schema(
-        [("version", _STR), ("policy", _STR), ("trigger_id", _STR), ("parent_version", _STR), ("reward_model_version", _STR),
-         ("decision", _STR), ("metrics", _METRICS), ("reason", _STR), ("ts", _TS)])),
-}  # fmt: skip
 
 
 @dataclass
@@ -147,7 +64,7 @@ class Batch:
         self.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
         if route is None or row is None:
             return
-        id_col = ID_COLUMNS.get(ROUTES[route].table)
+        id_col = ROUTES[route].table.id_column
         if id_col is not None:
             key = (route, row[id_col])
             if key in self.seen:
@@ -220,10 +137,7 @@ class Sink:
         self._batch.add(msg, name, route.row(event, self.settings))
 
     def _dead_letter(self, msg: Message, name: str, reason: str) -> None:
-        letter = DeadLetter(
-            reason=f"sink: {reason}"[:4000], origin_topic=msg.topic(), origin_partition=msg.partition(), origin_offset=msg.offset(),
-            key=msg.key().decode(errors="replace") if msg.key() else None, value=(msg.value() or b"").decode(errors="replace"),
-        )  # fmt: skip
+        letter = dead_letter_of(msg, f"sink: {reason}")
         self._dlq.produce(topic_name(self._prefix, TOPICS[name].dlq or DEFAULT_DLQ), value=letter.to_bytes(), on_delivery=self._on_dlq_delivery)
         self._dlq.poll(0)
         self.stats.dead_letters += 1
@@ -238,9 +152,9 @@ class Sink:
         if not batch.messages:
             return
         for name, rows in batch.rows.items():
-            route = ROUTES[name]
-            arrow = pa.Table.from_pylist(rows, schema=route.schema)
-            self.stats.inserted += _with_retries(lambda: self.warehouse.insert_new(route.table, arrow))
+            table = ROUTES[name].table
+            arrow = table.to_arrow(rows)
+            self.stats.inserted += _with_retries(lambda: self.warehouse.insert_new(table, arrow))
         remaining, failures = self._dlq.flush(30), self._dlq_failures
         self._dlq_failures = []
         if remaining or failures:
@@ -274,31 +188,3 @@ def _with_retries(insert: Callable[[], int], attempts: int = 3, backoff_s: float
                 raise ClickHouseError(f"insert failed after {attempts} attempts: {exc}") from exc
             log.warning("insert failed (%s); retrying", exc)
             time.sleep(backoff_s * 2 ** (attempt - 1))
-
-
-def run_sink(settings: Settings, stop: threading.Event | None = None, dashboard: bool = True) -> SinkStats:
-    """Open the warehouse, serve the dashboard on it (same process, so embedded chdb works) and run the sink.
-
-    SIGTERM / SIGINT stop it cleanly (the last batch is inserted and committed) when called from
-    the main thread.
-    """
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    warehouse = open_warehouse(settings)
-    server = None
-    try:
-        if dashboard:
-            from analytics.dashboard import serve_dashboard
-
-            server = serve_dashboard(warehouse, settings)
-            print(f"dashboard: {server.url}", flush=True)
-        sink = Sink(settings, warehouse)
-        print(f"sink: group {GROUP!r} on {settings.kafka.bootstrap_servers}, ClickHouse {warehouse.mode}", flush=True)
-        sink.run(stop)
-        return sink.stats
-    finally:
-        if server is not None:
-            server.stop()
-        warehouse.close()

@@ -1,9 +1,9 @@
 """Trainer consumer (`rlhf trainer run`): group "trainers" on the train-trigger topic.
 
 For each trigger the job (consumers/trainer/job.py) runs in a worker thread while this loop
-keeps polling with the partition paused, so a long training never gets the consumer thrown out
+keeps polling with its partitions paused (one job at a time, any number of partitions), so a long training never gets the consumer thrown out
 of its group. The offset is committed only after the outcome is recorded (published, rejected,
-or dead-lettered): at-least-once. A re-delivered trigger is recognised by its trigger id in the
+or dead-lettered) and the broker has acknowledged its events: at-least-once. A re-delivered trigger is recognised by its trigger id in the
 registry and is not trained twice. Retryable failures back off and retry a bounded number of
 times, then the trigger goes to the DLQ with the error. SIGTERM abandons the current job without
 committing, so another trainer (or this one, restarted) retries it.
@@ -17,44 +17,23 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from consumers.dead_letters import dead_letter_of
+from consumers.emitter import EventEmitter
+from core.errors import DeliveryError, EventValidationError, TrainingError
 from core.settings import Settings
-from core.errors import EventValidationError, TrainingError
-from sdk.client import PRODUCER_DEFAULTS
+from schemas import TrainTrigger, parse_event
 from schemas.topics import group_id, topic_name
-from schemas import DeadLetter, Event, TrainingStatus, TrainTrigger, parse_event
 
 log = logging.getLogger("rlhf.trainer")
 
 GROUP = "trainers"
+Job = Callable[[TrainTrigger, EventEmitter, threading.Event], None]
 
 
-class StatusEmitter:
-    """Writes TrainingStatus / ModelPublished events, keyed by policy, and waits for the ack."""
-
-    def __init__(self, settings: Settings):
-        self._producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **PRODUCER_DEFAULTS, "linger.ms": 0})
-        self._prefix = settings.kafka.topic_prefix
-
-    def emit(self, topic: str, event: Event, key: str) -> None:
-        self._producer.produce(topic_name(self._prefix, topic), value=event.to_bytes(), key=key)
-        self._producer.flush(30)
-
-    def status(self, trigger: TrainTrigger, state: str, stage: str = "", message: str = "", metrics: dict[str, float] | None = None) -> None:
-        event = TrainingStatus(trigger_id=trigger.trigger_id, policy=trigger.policy, state=state, stage=stage, message=message[:4000], metrics=metrics or {})
-        self.emit("training-status", event, trigger.policy)
-
-    def dead_letter(self, msg: Message, reason: str) -> None:
-        letter = DeadLetter(
-            reason=reason[:4000], origin_topic=msg.topic(), origin_partition=msg.partition(), origin_offset=msg.offset(),
-            key=msg.key().decode(errors="replace") if msg.key() else None, value=(msg.value() or b"").decode(errors="replace"),
-        )  # fmt: skip
-        self._producer.produce(topic_name(self._prefix, "train-triggers-dlq"), value=letter.to_bytes())
-        self._producer.flush(30)
-
-
-Job = Callable[[TrainTrigger, StatusEmitter, threading.Event], None]
+def dead_letter(emitter: EventEmitter, msg: Message, reason: str) -> None:
+    emitter.emit("train-triggers-dlq", dead_letter_of(msg, reason))
 
 
 @dataclass
@@ -66,12 +45,22 @@ class RetryPolicy:
         return self.first_backoff_s * 2**attempt
 
 
-def handle_trigger(msg: Message, job: Job, emitter: StatusEmitter, stop: threading.Event, retry: RetryPolicy) -> bool:
-    """Run one trigger to an outcome. True if the outcome is recorded (commit), False if abandoned."""
+def handle_trigger(msg: Message, job: Job, emitter: EventEmitter, stop: threading.Event, retry: RetryPolicy) -> bool:
+    """Run one trigger to an outcome. True if the outcome is recorded (commit), False if abandoned
+    or if the broker did not acknowledge the outcome's events (the trigger is then consumed again)."""
+    try:
+        return _run_to_outcome(msg, job, emitter, stop, retry)
+    except DeliveryError as exc:
+        log.error("trigger at offset %d: outcome not acknowledged (%s); left uncommitted for retry", msg.offset(), exc)
+        stop.wait(retry.first_backoff_s)
+        return False
+
+
+def _run_to_outcome(msg: Message, job: Job, emitter: EventEmitter, stop: threading.Event, retry: RetryPolicy) -> bool:
     try:
         trigger = parse_event(TrainTrigger, msg.value())
     except EventValidationError as exc:
-        emitter.dead_letter(msg, str(exc))
+        dead_letter(emitter, msg, str(exc))
         return True
     for attempt in range(retry.attempts):
         try:
@@ -80,7 +69,7 @@ def handle_trigger(msg: Message, job: Job, emitter: StatusEmitter, stop: threadi
         except TrainingError as exc:  # bad data: retrying cannot help
             log.error("trigger %s failed permanently: %s", trigger.trigger_id, exc)
             emitter.status(trigger, "failed", message=str(exc))
-            emitter.dead_letter(msg, f"TrainingError: {exc}")
+            dead_letter(emitter, msg, f"TrainingError: {exc}")
             return True
         except Exception as exc:
             if stop.is_set():
@@ -88,7 +77,7 @@ def handle_trigger(msg: Message, job: Job, emitter: StatusEmitter, stop: threadi
             log.exception("trigger %s attempt %d/%d failed", trigger.trigger_id, attempt + 1, retry.attempts)
             if attempt + 1 == retry.attempts:
                 emitter.status(trigger, "failed", message=f"{type(exc).__name__}: {exc}")
-                emitter.dead_letter(msg, f"failed after {retry.attempts} attempts: {type(exc).__name__}: {exc}")
+                dead_letter(emitter, msg, f"failed after {retry.attempts} attempts: {type(exc).__name__}: {exc}")
                 return True
             emitter.status(trigger, "progress", stage="retry", message=f"attempt {attempt + 1} failed: {exc}; retrying")
             if stop.wait(retry.backoff(attempt)):
@@ -108,7 +97,7 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
         "session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000,
     })  # fmt: skip
     consumer.subscribe([topic_name(settings.kafka.topic_prefix, "train-triggers")])
-    emitter = StatusEmitter(settings)
+    emitter = EventEmitter(settings)
     current: tuple[Message, threading.Thread, list[bool]] | None = None
     log.info("trainer consuming %s", topic_name(settings.kafka.topic_prefix, "train-triggers"))
     try:
@@ -122,8 +111,13 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", msg.error())
                 continue
-            partition = TopicPartition(msg.topic(), msg.partition())
-            consumer.pause([partition])  # one job at a time; un-fetched triggers wait on the broker
+            if current is not None:  # a partition assigned mid-job delivered a trigger: it waits its turn
+                consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                consumer.pause(consumer.assignment())
+                continue
+            # One job at a time, whatever the number of partitions: every assigned partition pauses
+            # (un-fetched triggers wait on the broker) and polling goes on for the group heartbeat.
+            consumer.pause(consumer.assignment())
             outcome: list[bool] = []
             worker = threading.Thread(target=lambda m=msg, o=outcome: o.append(handle_trigger(m, job, emitter, stop, retry)), daemon=True)
             worker.start()
@@ -140,10 +134,10 @@ def _finish_if_done(consumer: Consumer, current: tuple[Message, threading.Thread
     if worker.is_alive():
         return current
     partition = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
-    if outcome and outcome[0]:
+    if outcome and outcome[0]:  # the outcome's events are acknowledged (EventEmitter.emit)
         consumer.commit(offsets=[partition], asynchronous=False)
-    else:  # abandoned: rewind so the trigger is consumed again
+    else:  # abandoned, or its outcome could not be recorded: rewind so the trigger is consumed again
         consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
-    consumer.resume([TopicPartition(msg.topic(), msg.partition())])
+    consumer.resume(consumer.assignment())
     return None
 

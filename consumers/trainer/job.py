@@ -17,13 +17,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from consumers.decider.decisions import AB_TEST_STAGE
 from registry.store import Manifest, ModelRegistry, code_version, version_for
-from consumers.trainer.consumer import StatusEmitter
+from consumers.emitter import EventEmitter
 from core.settings import Settings
 from core.errors import RlhfError, TrainingError
 from core.hashing import stable_fraction
 from schemas import FeedbackEvent, ModelPublished, TrainTrigger
+from schemas.events import AB_TEST_STAGE, DEFAULT_POLICY
 
 BASE_VERSION = "base"
 
@@ -40,7 +40,7 @@ def config_hash(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def ensure_base_policy(settings: Settings, policy: str = "assistant") -> str:
+def ensure_base_policy(settings: Settings, policy: str = DEFAULT_POLICY) -> str:
     """Register the configured starting policy (`ppo.base_model`) as serving if nothing serves yet."""
     from trainers.tiny_policy import resolve_base_model
 
@@ -79,7 +79,7 @@ class TrainingJob:
         self.settings = settings
         self.registry = ModelRegistry(settings.registry_path)
 
-    def __call__(self, trigger: TrainTrigger, emitter: StatusEmitter, stop: threading.Event) -> None:
+    def __call__(self, trigger: TrainTrigger, emitter: EventEmitter, stop: threading.Event) -> None:
         from trainers.replay import replay_trigger
 
         version = version_for(trigger.policy, trigger.trigger_id)

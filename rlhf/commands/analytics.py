@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -62,10 +65,29 @@ def through_owner(settings: Settings, path: str, remote: Callable[[Any], T], loc
 
 
 def _sink_run(args: argparse.Namespace) -> None:
-    from consumers.sink.consumer import run_sink
+    from analytics.clickhouse import open_warehouse
+    from consumers.sink.consumer import GROUP, Sink
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    stats = run_sink(_settings(args), dashboard=not args.no_dashboard)
+    settings = _settings(args)
+    # Set before anything opens, so a stop during start-up still ends in a clean, committed exit.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with ExitStack() as started:
+        warehouse = open_warehouse(settings)
+        started.callback(warehouse.close)
+        if not args.no_dashboard:
+            from analytics.dashboard import serve_dashboard
+
+            # Embedded chdb admits one process per path: the dashboard and /sql share the sink's warehouse.
+            server = serve_dashboard(warehouse, settings)
+            started.callback(server.stop)
+            print(f"dashboard: {server.url}", flush=True)
+        sink = Sink(settings, warehouse)
+        print(f"sink: group {GROUP!r} on {settings.kafka.bootstrap_servers}, ClickHouse {warehouse.mode}", flush=True)
+        sink.run(stop)
+    stats = sink.stats
     print(f"sink stopped: {stats.messages} messages in {stats.batches} batches, {stats.inserted} rows stored, {stats.dead_letters} dead letters")
 
 

@@ -8,8 +8,8 @@ import json
 import logging
 from dataclasses import asdict
 
-from rlhf.arguments import command, group
-from rlhf.arguments import settings_of
+from rlhf.arguments import command, group, settings_of
+from schemas.events import DEFAULT_POLICY
 
 
 def _registry(args: argparse.Namespace):
@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, func, help in (("promote", _models_promote, "Make VERSION (default: the A/B candidate) serve."),
                              ("rollback", _models_rollback, "Drop the candidate, or return to the previous serving version.")):  # fmt: skip
         p = command(models, name, help, func)
-        p.add_argument("--policy", default="assistant")
+        p.add_argument("--policy", default=DEFAULT_POLICY)
         if name == "promote":
             p.add_argument("version", nargs="?")
 

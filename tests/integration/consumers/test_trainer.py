@@ -4,6 +4,7 @@ re-delivery, SIGKILL mid-training and a corrupt trigger are each handled without
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -14,7 +15,8 @@ from assistant.service import load_policy
 from consumers.trainer.job import ensure_base_policy
 from sdk.client import FeedbackClient
 from demo.supervisor import Supervisor
-from schemas.topics import topic_name
+from schemas.topics import group_id, topic_name
+from sdk.admin import create_topics
 from schemas import DeadLetter, ModelPublished, OffsetRange, TrainingStatus, TrainTrigger, parse_event
 from tests.conftest import FAST_TRAINING
 from trainers.synthetic import feedback_events, split_questions
@@ -106,3 +108,55 @@ def test_trigger_to_published_version_with_faults(settings, stack):
     versions = [m for m in registry.versions("policies") if m.status != "base"]
     assert sorted(m.trigger_id for m in versions) == sorted([first.trigger_id, second.trigger_id])
     assert len([p for p in published.items if p.trigger_id == second.trigger_id]) == 1
+
+
+def committed(settings, partitions: int) -> int:
+    """Offsets the trainers' group has committed on train-triggers, summed over its partitions."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, "trainers")})
+    try:
+        parts = [TopicPartition(topic_name(settings.kafka.topic_prefix, "train-triggers"), p) for p in range(partitions)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
+    finally:
+        consumer.close()
+
+
+def test_one_job_at_a_time_on_a_multi_partition_trigger_topic(kafka_bootstrap, tmp_path):
+    """With train-triggers spread over three partitions, every trigger runs once, never two at a
+    time, and the group's committed offsets reach the end of every partition."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from consumers.trainer.consumer import run
+    from tests.conftest import make_settings
+
+    settings = make_settings(kafka_bootstrap, tmp_path)
+    prefix = settings.kafka.topic_prefix
+    AdminClient({"bootstrap.servers": kafka_bootstrap}).create_topics([NewTopic(topic_name(prefix, "train-triggers"), 3, 1)])[topic_name(prefix, "train-triggers")].result()
+    create_topics(kafka_bootstrap, prefix, settings.kafka.partitions)  # the rest; train-triggers exists with 3
+    running, seen, overlaps = [], [], []
+    lock = threading.Lock()
+
+    def job(trigger, emitter, stop):
+        with lock:
+            overlaps.append(len(running))
+            running.append(trigger.trigger_id)
+        time.sleep(0.2)
+        with lock:
+            running.remove(trigger.trigger_id)
+            seen.append(trigger.trigger_id)
+
+    triggers = [TrainTrigger(policy=f"p{i}", model_version="base", ranges=(OffsetRange(topic="f", partition=0, start=i, end=i + 1),), event_ids=(f"e{i}",))
+                for i in range(6)]  # fmt: skip
+    with FeedbackClient.from_settings(settings) as client:
+        for t in triggers:
+            client.send("train-triggers", t, key=t.policy)
+    stop = threading.Event()
+    consumer = threading.Thread(target=run, args=(settings, job), kwargs={"stop": stop}, daemon=True)
+    consumer.start()
+    deadline = time.monotonic() + 90
+    while len(seen) < len(triggers) or committed(settings, 3) < len(triggers):
+        assert time.monotonic() < deadline, f"ran {len(seen)} of {len(triggers)}"
+        time.sleep(0.5)
+    stop.set()
+    consumer.join(timeout=15)
+    assert sorted(seen) == sorted(t.trigger_id for t in triggers)
+    assert set(overlaps) == {0}

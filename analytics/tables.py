@@ -1,0 +1,114 @@
+"""The event tables, each declared once: its columns give both the CREATE TABLE statement the
+warehouse migrates with and the Arrow schema the sink inserts with, so the two cannot drift.
+
+Every event table ends with `ts` (the event's time) and `ingested_at`, which ClickHouse fills
+itself and the sink therefore never sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    sql: str
+    arrow: pa.DataType
+
+    @property
+    def nullable(self) -> bool:
+        return self.sql.startswith("Nullable(")
+
+
+TEXT = ColumnType("String", pa.string())
+LABEL = ColumnType("LowCardinality(String)", pa.string())  # few distinct values: versions, variants, kinds
+FLOAT = ColumnType("Float64", pa.float64())
+FLAG = ColumnType("UInt8", pa.uint8())
+RATING = ColumnType("Nullable(UInt8)", pa.uint8())
+COUNT = ColumnType("UInt64", pa.uint64())
+TIME = ColumnType("DateTime64(3, 'UTC')", pa.timestamp("ms", tz="UTC"))
+METRICS = ColumnType("Map(String, Float64)", pa.map_(pa.string(), pa.float64()))
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    default: str | None = None  # a ClickHouse expression; such a column is filled by ClickHouse, not sent
+
+    @property
+    def ddl(self) -> str:
+        return f"{self.name} {self.type.sql}" + (f" DEFAULT {self.default}" if self.default else "")
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    order_by: tuple[str, ...]
+    engine: str = "ReplacingMergeTree"
+    partition_by: str | None = None
+
+    @property
+    def id_column(self) -> str | None:
+        """The event's own id when the table is keyed by it alone: the sink skips ids already stored."""
+        return self.order_by[0] if len(self.order_by) == 1 else None
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the rows the sink sends: every column without a default."""
+        return pa.schema([pa.field(c.name, c.type.arrow, nullable=c.type.nullable) for c in self.columns if c.default is None])
+
+    def to_arrow(self, rows: list[dict[str, Any]]) -> pa.Table:
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+    def ddl(self) -> str:
+        partition = f" PARTITION BY {self.partition_by}" if self.partition_by else ""
+        return (f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(c.ddl for c in self.columns)}) "
+                f"ENGINE = {self.engine}{partition} ORDER BY ({', '.join(self.order_by)})")  # fmt: skip
+
+
+def _columns(*pairs: tuple[str, ColumnType]) -> tuple[Column, ...]:
+    return (*(Column(name, kind) for name, kind in pairs), Column("ts", TIME), Column("ingested_at", TIME, default="now64(3)"))
+
+
+# Experiment and variant are '' outside an experiment, never NULL: the views GROUP BY them.
+_AB = (("model_version", LABEL), ("experiment", LABEL), ("variant", LABEL))
+_MONTHLY = "toYYYYMM(ts)"
+
+INTERACTIONS = Table("interactions", _columns(
+    ("interaction_id", TEXT), ("user_id", TEXT), *_AB, ("latency_ms", FLOAT), ("query", TEXT), ("response", TEXT),
+), order_by=("interaction_id",), partition_by=_MONTHLY)  # fmt: skip
+
+# positive and reward are derived once, at ingestion (consumers.sink.rows.feedback_row).
+FEEDBACK = Table("feedback", _columns(
+    ("event_id", TEXT), ("interaction_id", TEXT), ("user_id", TEXT), *_AB, ("policy", LABEL), ("feedback_type", LABEL),
+    ("rating", RATING), ("correction", TEXT), ("positive", FLAG), ("reward", FLOAT), ("query", TEXT), ("response", TEXT),
+    ("metadata", TEXT),
+), order_by=("event_id",), partition_by=_MONTHLY)  # fmt: skip
+
+EXPOSURES = Table("exposures", _columns(
+    ("exposure_id", TEXT), ("user_id", TEXT), *_AB, ("interaction_id", TEXT),
+), order_by=("exposure_id",), partition_by=_MONTHLY)  # fmt: skip
+
+# A window may be re-emitted with late events: the latest emission (ts) replaces the earlier.
+WINDOW_METRICS = Table("metrics", _columns(
+    ("window_start", TIME), ("window_end", TIME), *_AB, ("feedback_type", LABEL), ("count", COUNT), ("rating_sum", COUNT),
+    ("rating_count", COUNT),
+), order_by=("window_start", "window_end", "model_version", "experiment", "variant", "feedback_type"),
+   engine="ReplacingMergeTree(ts)")  # fmt: skip
+
+# Status and publish events carry no id of their own; the full identifying tuple is the key.
+TRAINING_STATUS = Table("training_status", _columns(
+    ("trigger_id", TEXT), ("policy", LABEL), ("state", LABEL), ("stage", TEXT), ("message", TEXT), ("metrics", METRICS),
+), order_by=("policy", "trigger_id", "ts", "state", "stage"))  # fmt: skip
+
+MODEL_PUBLISHED = Table("model_published", _columns(
+    ("version", TEXT), ("policy", LABEL), ("trigger_id", TEXT), ("parent_version", TEXT), ("reward_model_version", TEXT),
+    ("decision", LABEL), ("metrics", METRICS), ("reason", TEXT),
+), order_by=("policy", "version", "decision", "ts"))  # fmt: skip
+
+EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_METRICS, TRAINING_STATUS, MODEL_PUBLISHED)

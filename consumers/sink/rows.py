@@ -1,0 +1,73 @@
+"""Event -> table row: which table each topic's events go to and the row each event becomes.
+
+The row's columns are the table's (analytics.tables); optional fields become '' so the columns
+the views GROUP BY are never NULL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from analytics.tables import EXPOSURES, FEEDBACK, INTERACTIONS, MODEL_PUBLISHED, TRAINING_STATUS, WINDOW_METRICS, Table
+from core.settings import Settings
+from schemas import ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
+
+
+def _ab(event: InteractionEvent | FeedbackEvent | ExposureEvent | WindowMetrics) -> dict[str, Any]:
+    return {"model_version": event.model_version, "experiment": event.experiment or "", "variant": event.variant or ""}
+
+
+def interaction_row(e: InteractionEvent, _: Settings) -> dict[str, Any]:
+    return {"interaction_id": e.interaction_id, "user_id": e.user_id, **_ab(e), "latency_ms": e.latency_ms,
+            "query": e.query, "response": e.response, "ts": e.timestamp}  # fmt: skip
+
+
+def feedback_row(e: FeedbackEvent, settings: Settings) -> dict[str, Any]:
+    return {"event_id": e.event_id, "interaction_id": e.interaction_id, "user_id": e.user_id, **_ab(e), "policy": e.policy,
+            "feedback_type": e.feedback_type, "rating": e.rating, "correction": e.correction or "", "positive": int(e.is_positive(settings.feedback.min_rating)),
+            "reward": e.reward, "query": e.query, "response": e.response, "metadata": json.dumps(e.metadata),
+            "ts": e.timestamp}  # fmt: skip
+
+
+def exposure_row(e: ExposureEvent, _: Settings) -> dict[str, Any]:
+    return {"exposure_id": e.exposure_id, "user_id": e.user_id, **_ab(e), "interaction_id": e.interaction_id or "", "ts": e.timestamp}
+
+
+def metrics_row(e: WindowMetrics, _: Settings) -> dict[str, Any]:
+    return {"window_start": e.window_start, "window_end": e.window_end, **_ab(e), "feedback_type": e.feedback_type,
+            "count": e.count, "rating_sum": e.rating_sum, "rating_count": e.rating_count, "ts": e.timestamp}  # fmt: skip
+
+
+def status_row(e: TrainingStatus, _: Settings) -> dict[str, Any]:
+    return {"trigger_id": e.trigger_id, "policy": e.policy, "state": e.state, "stage": e.stage, "message": e.message,
+            "metrics": list(e.metrics.items()), "ts": e.timestamp}  # fmt: skip
+
+
+def published_row(e: ModelPublished, _: Settings) -> dict[str, Any]:
+    return {"version": e.version, "policy": e.policy, "trigger_id": e.trigger_id, "parent_version": e.parent_version or "",
+            "reward_model_version": e.reward_model_version or "", "decision": e.decision, "metrics": list(e.metrics.items()),
+            "reason": e.reason, "ts": e.timestamp}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one topic's events go: the schema they must pass, the table, and the row they become."""
+
+    model: type[BaseModel]
+    table: Table
+    row: Callable[[Any, Settings], dict[str, Any]]
+
+
+ROUTES: Mapping[str, Route] = {
+    "interactions": Route(InteractionEvent, INTERACTIONS, interaction_row),
+    "feedback": Route(FeedbackEvent, FEEDBACK, feedback_row),
+    "exposures": Route(ExposureEvent, EXPOSURES, exposure_row),
+    "metrics": Route(WindowMetrics, WINDOW_METRICS, metrics_row),
+    "training-status": Route(TrainingStatus, TRAINING_STATUS, status_row),
+    "model-published": Route(ModelPublished, MODEL_PUBLISHED, published_row),
+}
