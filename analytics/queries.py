@@ -38,9 +38,17 @@ class NamedQuery:
 
 # `experiment = ''` selects every experiment.
 _EXPERIMENT_FILTER = "({experiment:String} = '' OR experiment = {experiment:String})"
-# Trainers name their metrics differently (PPO reports `reward`, some jobs `mean_reward`).
-_REWARD = "coalesce(if(mapContains(metrics, 'reward'), metrics['reward'], NULL), if(mapContains(metrics, 'mean_reward'), metrics['mean_reward'], NULL))"
-_KL = "coalesce(if(mapContains(metrics, 'kl'), metrics['kl'], NULL), if(mapContains(metrics, 'mean_kl'), metrics['mean_kl'], NULL))"
+
+
+def _metric(*keys: str) -> str:
+    """The first of `keys` a status's metrics map holds, else NULL (a missing key would read as 0)."""
+    return f"coalesce({', '.join(f'if(mapContains(metrics, {k!r}), metrics[{k!r}], NULL)' for k in keys)})"
+
+
+# Trainers name the reward of their rollouts differently: PPO's progress reports `mean_score`,
+# TRL's GRPO and RLOO log `reward`; all three report `kl`.
+_REWARD = _metric("mean_score", "reward")
+_KL = _metric("kl")
 
 _QUERIES = (
     NamedQuery(

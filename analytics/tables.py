@@ -67,8 +67,10 @@ class Table:
 
     def ddl(self) -> str:
         partition = f" PARTITION BY {self.partition_by}" if self.partition_by else ""
+        # A single key stays bare: ClickHouse would record `(id)` as a different sorting key than `id`.
+        order = self.order_by[0] if len(self.order_by) == 1 else f"({', '.join(self.order_by)})"
         return (f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(c.ddl for c in self.columns)}) "
-                f"ENGINE = {self.engine}{partition} ORDER BY ({', '.join(self.order_by)})")  # fmt: skip
+                f"ENGINE = {self.engine}{partition} ORDER BY {order}")  # fmt: skip
 
 
 def _columns(*pairs: tuple[str, ColumnType]) -> tuple[Column, ...]:

@@ -21,17 +21,17 @@ from dataclasses import dataclass
 import torch
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from analytics.assignment import assign_from_settings
 from registry.store import ModelRegistry
 from core.settings import ABTestingSettings, Settings
-from core.errors import ModelLoadError
 from sdk.client import FeedbackClient
 from schemas.events import DEFAULT_POLICY, MAX_QUERY_CHARS, new_id
-from trainers.tiny_policy import format_prompt
+from trainers import policy as policies
 
 log = logging.getLogger("rlhf.serve")
+TEMPERATURE, TOP_P = 0.8, 0.95  # PolicyTrainingConfig's defaults: users get the answers the gate measured
 
 
 @dataclass(frozen=True)
@@ -42,28 +42,16 @@ class LoadedPolicy:
 
 
 def load_policy(registry: ModelRegistry, version: str) -> LoadedPolicy:
-    path = registry.path("policies", version)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot load policy version {version!r}: {exc}") from None
-    tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
-    return LoadedPolicy(version, model, tokenizer)
+    """A registry version, loaded as training loads it; ModelLoadError naming its path if it cannot be."""
+    model, tokenizer = policies.load_policy(str(registry.path("policies", version)))
+    return LoadedPolicy(version, model.eval(), tokenizer)
 
 
-@torch.inference_mode()
 def generate(policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed: int | None = None) -> list[str]:
-    """Sample answers with the plan's settings (top_p 0.95, temperature 0.8)."""
-    tok = policy.tokenizer
-    batch = tok([format_prompt(q) for q in queries], return_tensors="pt", padding=True)
+    """Sampled answers (a given `seed` repeats them) with the sampling settings of training and evaluation."""
     if seed is not None:
         torch.manual_seed(seed)
-    out = policy.model.generate(
-        **batch, do_sample=True, top_p=0.95, temperature=0.8, max_new_tokens=max_new_tokens,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
-    return [text.strip() for text in tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
+    return policies.sample(policy.model, policy.tokenizer, queries, max_new_tokens=max_new_tokens, temperature=TEMPERATURE, top_p=TOP_P).responses
 
 
 class PolicyPool:

@@ -37,8 +37,9 @@ import pyarrow as pa
 
 from analytics.clickhouse import Warehouse, open_warehouse
 from analytics.queries import run_query
+from analytics.tables import EXPOSURES, FEEDBACK, Table
 from bench._kafka import broker, median
-from consumers.sink.consumer import ROUTES, Sink
+from consumers.sink.consumer import Sink
 from core.settings import Settings, load_settings
 from sdk.client import FeedbackClient
 from schemas.topics import topic_name
@@ -113,12 +114,11 @@ def synthetic_tables(rows: int, seed: int = 1) -> tuple[pa.Table, pa.Table]:
         "correction": np.full(n_fb, ""), "positive": positive.astype(np.uint8), "reward": reward, "query": np.full(n_fb, ""),
         "response": np.full(n_fb, ""), "metadata": np.full(n_fb, "{}"), "ts": ts_exp[who] + pd.Timedelta(minutes=5),
     }  # fmt: skip
-    return _arrow(exposures, "exposures"), _arrow(feedback, "feedback")
+    return _arrow(exposures, EXPOSURES), _arrow(feedback, FEEDBACK)
 
 
-def _arrow(columns: dict, route: str) -> pa.Table:
-    table = pa.Table.from_pydict({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in columns.items()})
-    return table.cast(ROUTES[route].schema)
+def _arrow(columns: dict, table: Table) -> pa.Table:
+    return pa.Table.from_pydict({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in columns.items()}).cast(table.schema)
 
 
 def pandas_ab_summary(exposures: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:

@@ -28,13 +28,15 @@ from datasets import Dataset
 import trainers.ppo as ppo
 from bench.policy_gain import quiet
 from trainers.alternatives import _common_args, _reward_for_trl
-from trainers.ppo import load_policy, train_ppo
-from trainers.policy_config import PolicyOptConfig
+from trainers.device import pick_device
+from trainers.policy import Rollout, load_policy
+from trainers.policy_config import PolicyTrainingConfig
+from trainers.ppo import train_ppo
 from trainers.synthetic import quality_reward, split_questions
 from trainers.tiny_policy import ensure_tiny_policy, format_prompt
 
 
-def run_project(base: str, queries: list[str], config: PolicyOptConfig) -> dict[str, float]:
+def run_project(base: str, queries: list[str], config: PolicyTrainingConfig) -> dict[str, float]:
     """Step times of train_ppo, split by wrapping its rollout function."""
     lm, tok = load_policy(base)
     gen_seconds: list[float] = []
@@ -42,7 +44,7 @@ def run_project(base: str, queries: list[str], config: PolicyOptConfig) -> dict[
     step_ends: list[float] = []
     real_generate = ppo.generate
 
-    def timed_generate(*args: Any, **kwargs: Any) -> ppo.Rollout:
+    def timed_generate(*args: Any, **kwargs: Any) -> Rollout:
         started = time.perf_counter()
         ro = real_generate(*args, **kwargs)
         gen_seconds.append(time.perf_counter() - started)
@@ -65,7 +67,7 @@ def run_project(base: str, queries: list[str], config: PolicyOptConfig) -> dict[
     return _figures(steps, gen_seconds, tokens)
 
 
-def run_trl(base: str, queries: list[str], config: PolicyOptConfig) -> dict[str, float]:
+def run_trl(base: str, queries: list[str], config: PolicyTrainingConfig) -> dict[str, float]:
     """Step times of GRPOTrainer with one gradient pass per generation, split the same way."""
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
@@ -131,11 +133,11 @@ def main() -> None:
     base = str(ensure_tiny_policy())
     train, _ = split_questions()
     queries = [q.text for q in train]
-    config = PolicyOptConfig(
+    config = PolicyTrainingConfig(
         epochs=args.steps, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size or args.batch_size, ppo_epochs=args.ppo_epochs,
         max_new_tokens=args.max_new_tokens, num_generations=4, kl_bound=1e9, max_length_ratio=1e9, min_length_ratio=1e-9, max_repetition=1.0,
     )  # fmt: skip  (guardrails off: a rolled-back step would not be a like-for-like step)
-    device = ppo.pick_device()
+    device = pick_device()
     print(f"tiny policy ({sum(p.numel() for p in load_policy(base)[0].parameters()) / 1e6:.2f}M params) on {device}, "
           f"{torch.get_num_threads()} threads; {args.batch_size} completions x <= {args.max_new_tokens} tokens per step, "
           f"PPO {args.ppo_epochs} epoch(s) x {args.batch_size // config.mini_batch_size} mini-batch(es), GRPO 1 pass; {args.steps - 1} timed steps")  # fmt: skip

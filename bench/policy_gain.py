@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 
-from core.settings import RewardTrainingSettings, load_settings
-from core.errors import TrainingError
-from trainers.ppo import RewardFn, evaluate_policy, load_policy, optimise_policy
-from trainers.policy_config import PolicyOptConfig
+from core.settings import ALGORITHMS, RewardTrainingSettings, load_settings
+from core.errors import GuardrailRejection
+from trainers.optimise import optimise_policy
+from trainers.policy import RewardFn, evaluate_policy, load_policy
+from trainers.policy_config import PolicyTrainingConfig
 from trainers.synthetic import answer, feedback_events, quality_reward, split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 
@@ -59,11 +60,7 @@ def reward_model_fn(workdir: Path, threads: int, n_events: int, epochs: int) -> 
     rm, metrics = train_reward_model(feedback_events(train, n_events, seed=1), config, workdir / "rm", lineage={})
     print(f"reward model: MiniLM, {n_events} feedback events, {epochs} epoch(s), trained in {time.monotonic() - started:.0f} s, "
           f"held-out pairwise accuracy {metrics['eval']['pairwise_accuracy'] or float('nan'):.3f}", flush=True)  # fmt: skip
-
-    def reward(queries: list[str], responses: list[str]) -> list[float]:
-        return [1.0 / (1.0 + math.exp(-x)) for x in rm.predict(queries, responses)]
-
-    return reward
+    return rm.reward
 
 
 def ceiling(reward_fn: RewardFn, before: float) -> float:
@@ -77,7 +74,7 @@ def ceiling(reward_fn: RewardFn, before: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algorithms", nargs="+", default=["ppo", "grpo", "kto"], choices=["ppo", "grpo", "rloo", "kto", "dpo"])
+    parser.add_argument("--algorithms", nargs="+", default=["ppo", "grpo", "kto"], choices=ALGORITHMS)
     parser.add_argument("--rewards", nargs="+", default=["quality"], choices=["quality", "rm"])
     parser.add_argument("--repeats", type=int, default=1, help="runs per algorithm and reward with seeds 0, 1, ...; the median is reported")
     parser.add_argument("--threads", type=int, default=2)
@@ -90,7 +87,7 @@ def main() -> None:
     base = str(ensure_tiny_policy())
     train, held_out = ([q.text for q in qs] for qs in split_questions())
     settings = load_settings()
-    config = PolicyOptConfig.from_settings(settings)
+    config = PolicyTrainingConfig.from_settings(settings)
     print(f"tiny policy {base}; {len(train)} training / {len(held_out)} held-out queries; {torch.get_num_threads()} threads")
     print(f"settings: epochs {config.epochs}, batch {config.batch_size}, lr {config.learning_rate:g}, max_new_tokens {config.max_new_tokens}, "
           f"kl_bound {config.kl_bound}, target gain +{TARGET_GAIN:.0%}")  # fmt: skip
@@ -109,7 +106,7 @@ def main() -> None:
                     started = time.monotonic()
                     try:
                         m = optimise_policy(algorithm, base, reward_fn, train, held_out, cfg, out)
-                    except TrainingError as exc:  # the final policy failed a guardrail: the trainer would reject it too
+                    except GuardrailRejection as exc:  # the trainer would record this policy as rejected too
                         print(f"  {reward_name:7s} {algorithm:4s} seed {seed}: REJECTED ({exc})", flush=True)
                         continue
                     m["job_seconds"] = time.monotonic() - started

@@ -28,7 +28,7 @@ from trl import RewardConfig as TrlRewardConfig
 from trl import RewardTrainer
 
 from trainers.dataset import POINT_FEATURES
-from trainers.reward import RewardModel, fit, pairwise_loss
+from trainers.reward import RewardModel, fit, format_input, pairwise_loss
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import preference_pairs, split_questions
 
@@ -74,7 +74,7 @@ def run_naive(cfg: RewardConfig, pairs: Dataset) -> float:
         batch = pairs[i : i + cfg.batch_size]
         scores = []
         for side in ("chosen", "rejected"):
-            texts = [f"Query: {q}\nResponse: {r}" for q, r in zip(batch["query"], batch[side])]
+            texts = [format_input(q, r) for q, r in zip(batch["query"], batch[side])]
             enc = rm.tokenizer(texts, truncation=True, max_length=cfg.max_length, padding="max_length", return_tensors="pt")
             scores.append(rm.model(**enc).logits.squeeze(-1))
         pairwise_loss(*scores).backward()

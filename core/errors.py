@@ -27,7 +27,13 @@ class ModelLoadError(RlhfError):
 
 
 class TrainingError(RlhfError):
-    """A training job failed in a way that retrying will not fix (bad data range, guardrail abort)."""
+    """A training job failed in a way that retrying will not fix (bad data range, nothing to learn from)."""
+
+
+class GuardrailRejection(RlhfError):
+    """Training ran, but a guardrail rejected the trained policy (KL past its bound, collapsed or
+    repetitive answers, a non-finite loss). An outcome to record, not a failure: deliberately not a
+    TrainingError, so whoever catches one cannot mistake it for the other."""
 
 
 class ServiceError(RlhfError):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from consumers.decider.decisions import apply_decision
 from registry.store import ModelRegistry
 from consumers.sink.consumer import GROUP as SINK_GROUP
-from consumers.sink.consumer import ROUTES as SINK_ROUTES
+from consumers.sink.rows import ROUTES as SINK_ROUTES
 from consumers.trainer.job import ensure_base_policy
 from core.settings import Settings, load_settings
 from core.errors import RlhfError

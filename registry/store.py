@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.errors import ModelLoadError, RlhfError
+from core.files import write_atomically
 
 Kind = Literal["policies", "reward_models"]
 Status = Literal["base", "candidate", "rejected", "promoted", "rolled_back"]
@@ -107,24 +107,20 @@ class ModelRegistry:
         Returns None, without building, if the version already exists (a re-delivered trigger)."""
         if self.exists(kind, version):
             return None
-        staging = self.root / ".staging" / f"{version}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
-        try:
-            manifest = build(staging)
+
+        def stage(directory: Path) -> Manifest:
+            manifest = build(directory)
             if (manifest.kind, manifest.version) != (kind, version):
                 raise RegistryError(f"build returned a manifest for {manifest.kind}/{manifest.version}, expected {kind}/{version}")
-            (staging / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
-            _fsync_dir(staging)
-            try:
-                os.rename(staging, self.path(kind, version))
-            except OSError:
-                if self.exists(kind, version):  # a concurrent publisher won with the same trigger
-                    return None
-                raise
+            (directory / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
             return manifest
-        finally:
-            for leftover in staging.parent.glob(f"{staging.name}*"):  # the staging dir and whatever a builder put beside it
-                shutil.rmtree(leftover, ignore_errors=True)
+
+        try:  # staged in .staging/, not beside the versions, where `versions()` would list it
+            return write_atomically(self.path(kind, version), stage, scratch=self.root / ".staging")
+        except FileExistsError:
+            if self.exists(kind, version):  # a concurrent publisher won with the same trigger
+                return None
+            raise
 
     def set_status(self, kind: Kind, version: str, status: Status, reason: str = "") -> Manifest:
         with self._locked():
@@ -224,10 +220,3 @@ def _write_atomically(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    for file in directory.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())

@@ -12,24 +12,8 @@ Two stages, one worker:
 Training statuses and timer ticks are forwarded into the same internal topic, so one agent sees
 everything about a policy in one order and its state needs no cross-partition reads.
 
-Processing guarantee: at-least-once. `exactly_once` was tried against Apache Kafka 4.1.1 with
-faust-streaming 0.15.3 / aiokafka 0.14 and is not reliable:
-  * Faust picks the transactional producer by the *destination* partition (TransactionManager.send),
-    so output writes are not in the transaction that commits the input offsets. An earlier
-    3,000-record SIGKILL drill gave 1,501 duplicate outputs visible to read_committed consumers.
-  * With this app's internal hop it is worse: with exactly_once, tests/integration/streams/
-    test_pipeline.py passed but test_crash.py failed in 2 of 2 runs (no trigger 90 s after restart).
-    Reading the topics afterwards: the feedback offsets had been committed up to event 60, yet none
-    of the 125 records on the internal policy-events topic (0 of 125) was readable with
-    read_committed, and both table changelogs were empty. The forwards were written in transactions
-    that never committed, but the input offsets that would have replayed them were committed. So
-    events are lost, not just duplicated.
-  * It also crashes on shutdown ("Can't send messages while not in transaction").
-So the app relies on at-least-once plus idempotence instead (see policy.py): a re-processed record
-changes no state, a trigger re-sent after a crash has the same deterministic trigger_id, and the
-trainer takes a trigger id it has already published as done (tests/unit/streams/
-test_redelivery.py; tests/integration/consumers/test_trainer.py re-delivers one for real). A dead
-letter or metrics record may repeat (DLQ readers key on origin topic/partition/offset).
+Processing guarantee: at-least-once, made harmless by idempotent effects (streams/ledger.py); why
+not exactly-once: docs/decisions/0001-streams-at-least-once.md.
 """
 
 from __future__ import annotations
@@ -50,7 +34,7 @@ from core.settings import Settings, load_settings
 from core.errors import BrokerError, EventValidationError
 from schemas.topics import topic_name
 from schemas import DeadLetter, TrainingStatus, parse_event
-from streams.ledger import PolicyLedger
+from streams.ledger import DedupeMark, PolicyLedger
 from streams.records import Accepted, PolicyRecord
 from streams.recovery import SeekBeforeFlowTableManager
 from streams.validation import validate_feedback
@@ -161,8 +145,8 @@ def build(settings: Settings) -> Streams:
     async def sweep_seen() -> None:
         # Straight on the store, not the table: forgetting locally must not write tombstones.
         horizon_start = time.time() - cl.dedupe_horizon_s
-        for key, mark in list(seen.data.items()):
-            if mark[2] < horizon_start:
+        for key, raw in list(seen.data.items()):
+            if DedupeMark(*raw).record_ts < horizon_start:
                 del seen.data[key]
 
     app.timer(TICK_S, name="tick")(tick)

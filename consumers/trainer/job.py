@@ -20,8 +20,7 @@ from pathlib import Path
 from registry.store import Manifest, ModelRegistry, code_version, version_for
 from consumers.emitter import EventEmitter
 from core.settings import Settings
-from core.errors import RlhfError, TrainingError
-from core.hashing import stable_fraction
+from core.errors import GuardrailRejection, RlhfError, TrainingError
 from schemas import FeedbackEvent, ModelPublished, TrainTrigger
 from schemas.events import AB_TEST_STAGE, DEFAULT_POLICY
 
@@ -42,7 +41,7 @@ def config_hash(settings: Settings) -> str:
 
 def ensure_base_policy(settings: Settings, policy: str = DEFAULT_POLICY) -> str:
     """Register the configured starting policy (`ppo.base_model`) as serving if nothing serves yet."""
-    from trainers.tiny_policy import resolve_base_model
+    from trainers.base_models import resolve_base_model
 
     registry = ModelRegistry(settings.registry_path)
     if registry.serving(policy) is None:
@@ -62,16 +61,6 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             flat[f"{prefix}{key}"] = float(value)
     return flat
-
-
-def split_queries(events: list[FeedbackEvent], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
-    """All distinct queries (positive and negative feedback alike), split by a stable hash."""
-    queries = sorted({e.query for e in events})
-    train = [q for q in queries if stable_fraction("policy-eval", q) >= eval_fraction]
-    held_out = [q for q in queries if stable_fraction("policy-eval", q) < eval_fraction]
-    if not train or not held_out:
-        raise TrainingError(f"need queries on both sides of the train/eval split, got {len(train)} train and {len(held_out)} held-out")
-    return train, held_out
 
 
 class TrainingJob:
@@ -142,22 +131,18 @@ class TrainingJob:
         return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics
 
     def _policy(self, directory: Path, trigger, version, parent, reward, events, progress: Progress, emitter) -> Manifest:
-        from trainers.ppo import optimise_policy
-        from trainers.policy_config import PolicyOptConfig
+        from trainers.dataset import split_policy_queries
+        from trainers.optimise import optimise_policy
+        from trainers.policy_config import PolicyTrainingConfig
 
         rm_version, reward_model, rm_metrics = reward
-        train_queries, eval_queries = split_queries(events)
+        train_queries, eval_queries = split_policy_queries(events)
 
         def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
             if state == "guardrail":
                 emitter.status(trigger, "guardrail", stage=stage, message=message, metrics=metrics)
             else:  # the job owns started/finished; progress also abandons the job on shutdown
                 progress(stage, metrics, message)
-
-        def reward_fn(queries: list[str], responses: list[str]) -> list[float]:
-            # The Bradley-Terry score is a logit; its sigmoid is a reward in (0, 1), so relative
-            # gains (the plan's "+15% mean reward") are well defined.
-            return [1.0 / (1.0 + math.exp(-x)) for x in reward_model.predict(queries, responses)]
 
         lineage = dict(
             version=version, kind="policies", policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
@@ -166,12 +151,12 @@ class TrainingJob:
         )  # fmt: skip
         try:
             metrics = optimise_policy(
-                self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_fn, train_queries, eval_queries,
-                PolicyOptConfig.from_settings(self.settings), directory, on_status=on_status, feedback_events=events,
+                self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_model.reward, train_queries, eval_queries,
+                PolicyTrainingConfig.from_settings(self.settings), directory, on_status=on_status, feedback_events=events,
             )  # fmt: skip
-        except TrainingError as exc:  # a guardrail rejected the result: record it, it never serves
+        except GuardrailRejection as exc:  # an outcome: record it, it never serves. A TrainingError fails the trigger.
             return Manifest(**lineage, status="rejected", metrics={f"rm_{k}": v for k, v in rm_metrics.items()}, reason=str(exc), guardrails_fired=["eval_after"])
-        metrics.pop("guardrails_fired")  # empty: a policy failing a guardrail raised TrainingError above
+        metrics.pop("guardrails_fired")  # empty: a policy failing a guardrail raised GuardrailRejection above
         before, after = metrics["mean_reward_before"], metrics["mean_reward_after"]
         margin = self.settings.registry.promotion_margin
         improved = after > before + abs(before) * margin

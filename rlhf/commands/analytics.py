@@ -3,6 +3,7 @@
 In embedded mode only one process may open the chdb path, and a running sink owns it: `sql` and
 `ab analyze` ask that sink over HTTP (`clickhouse.dashboard_host:dashboard_port`) and open the
 path themselves only when no sink answers. With a ClickHouse server they query it directly.
+`sink run` is where the sink and the dashboard meet: it opens the warehouse once and hands it to both.
 """
 
 from __future__ import annotations

@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.arguments import command, group, settings_of
-from core.errors import ConfigError, ModelLoadError, RlhfError
-
-ALGORITHMS = ("ppo", "grpo", "rloo", "kto", "dpo")
+from core.errors import ConfigError, ModelLoadError, RlhfError, TrainingError
+from core.settings import ALGORITHMS
 _STEP = re.compile(r"(?:step|iteration) (\d+)/(\d+)")
 
 
@@ -54,7 +53,9 @@ def _existing(path: str, what: str, *, directory: bool) -> Path:
 def _policy_path(name_or_path: str, what: str) -> str:
     """`tiny`, an existing directory, or something shaped like a Hub id (`org/name`); a path that
     does not exist is an error here rather than a confusing Hub lookup."""
-    if name_or_path == "tiny" or Path(name_or_path).is_dir():
+    from trainers.base_models import TINY
+
+    if name_or_path == TINY or Path(name_or_path).is_dir():
         return name_or_path
     looks_like_hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path) is not None
     if looks_like_hub_id and not Path(name_or_path.split("/")[0]).exists():  # `runs/missing` is a path, not an org
@@ -89,26 +90,23 @@ def _task(args: argparse.Namespace, eval_fraction: float) -> dict[str, Any]:
         return {"reward_fn": quality_reward, "train": train, "held_out": held_out, "events": None, "reward": "synthetic hidden preference"}
     if not args.reward_model or not args.data:
         raise ConfigError("give --synthetic, or both --reward-model DIR and --data FILE")
-    from trainers.ppo import queries_from_feedback
+    from trainers.dataset import split_policy_queries
     from trainers.reward import RewardModel
 
     rm = RewardModel.load(_existing(args.reward_model, "reward model", directory=True))
     events = _events(_existing(args.data, "feedback file", directory=False))
-    train, held_out = queries_from_feedback(events, eval_fraction)
-    if not train or not held_out:
-        raise ConfigError(f"{args.data}: need queries on both sides of the train / held-out split, got {len(train)} and {len(held_out)}")
-
-    def reward_fn(queries: list[str], responses: list[str]) -> list[float]:
-        return [1.0 / (1.0 + math.exp(-x)) for x in rm.predict(queries, responses)]
-
-    return {"reward_fn": reward_fn, "train": train, "held_out": held_out, "events": events, "reward": f"reward model {args.reward_model}"}
+    try:
+        train, held_out = split_policy_queries(events, eval_fraction)
+    except TrainingError as exc:  # the file's fault: say which file
+        raise ConfigError(f"{args.data}: {exc}") from None
+    return {"reward_fn": rm.reward, "train": train, "held_out": held_out, "events": events, "reward": f"reward model {args.reward_model}"}
 
 
 def _train(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from trainers.ppo import optimise_policy
-    from trainers.policy_config import PolicyOptConfig
+    from trainers.optimise import optimise_policy
+    from trainers.policy_config import PolicyTrainingConfig
 
     settings = settings_of(args)
     algorithm = args.algorithm or settings.ppo.algorithm
@@ -117,7 +115,7 @@ def _train(args: argparse.Namespace) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: already exists and is not an empty directory; choose another --out")
     overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None}
-    config = PolicyOptConfig.from_settings(settings, **overrides)
+    config = PolicyTrainingConfig.from_settings(settings, **overrides)
     task = _task(args, settings.reward_model.training.eval_fraction)
     _quiet()
     print(f"{algorithm}: {base}, {len(task['train'])} training / {len(task['held_out'])} held-out queries, reward: {task['reward']}")
@@ -156,11 +154,11 @@ def summary(m: dict[str, Any], kl_bound: float) -> str:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from trainers.ppo import evaluate_policy, load_policy
-    from trainers.policy_config import PolicyOptConfig
+    from trainers.policy import evaluate_policy, load_policy
+    from trainers.policy_config import PolicyTrainingConfig
 
     settings = settings_of(args)
-    config = PolicyOptConfig.from_settings(settings)
+    config = PolicyTrainingConfig.from_settings(settings)
     model = _policy_path(args.model, "policy")
     reference = _policy_path(args.reference, "reference policy") if args.reference else None
     task = _task(args, settings.reward_model.training.eval_fraction)

@@ -1,14 +1,14 @@
 """The embedded warehouse: migrations are idempotent, redelivery never double counts (tables and
 materialized views), and every named query runs on an empty and on a filled database."""
 
-import pyarrow as pa
 import pytest
 
 from analytics.clickhouse import MIGRATIONS, apply_migrations, get_client
 from analytics.decision import analyze
 from analytics.errors import ClickHouseError
 from analytics.queries import QUERIES, run_query
-from consumers.sink.consumer import ROUTES
+from analytics.tables import EVENT_TABLES
+from consumers.sink.rows import ROUTES
 from tests.integration.analytics.world import build_world
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ def insert_world(warehouse, settings, world) -> dict[str, int]:
     rows: dict[str, list] = {}
     for topic, event in world.events:
         rows.setdefault(topic, []).append(ROUTES[topic].row(event, settings))
-    return {t: warehouse.insert_new(ROUTES[t].table, pa.Table.from_pylist(r, schema=ROUTES[t].schema)) for t, r in rows.items()}
+    return {t: warehouse.insert_new(ROUTES[t].table, ROUTES[t].table.to_arrow(r)) for t, r in rows.items()}
 
 
 def test_migrations_are_idempotent(warehouse, warehouse_settings):
@@ -27,6 +27,13 @@ def test_migrations_are_idempotent(warehouse, warehouse_settings):
         client.command("DELETE FROM schema_migrations WHERE id = {id:String}", parameters={"id": MIGRATIONS[-1].id})
         assert apply_migrations(client) == [MIGRATIONS[-1].id]  # statements are IF NOT EXISTS: re-running is harmless
     assert {r[0] for r in warehouse.client.query("SELECT id FROM schema_migrations FINAL").result_rows} == {m.id for m in MIGRATIONS}
+
+
+def test_the_migrated_tables_are_as_declared(warehouse):
+    for table in EVENT_TABLES:
+        stored = warehouse.query_df("SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String} "
+                                    "ORDER BY position", {"t": table.name})  # fmt: skip
+        assert list(stored.itertuples(index=False, name=None)) == [(c.name, c.type.sql) for c in table.columns], table.name
 
 
 def test_every_named_query_runs_on_an_empty_database(warehouse):
@@ -72,7 +79,7 @@ def test_a_re_emitted_window_replaces_the_earlier_one(warehouse, warehouse_setti
     later = window.model_copy(update={"count": 99, "timestamp": window.timestamp.replace(second=30)})
     route = ROUTES["metrics"]
     for event in (window, later):
-        warehouse.insert_new("metrics", pa.Table.from_pylist([route.row(event, warehouse_settings)], schema=route.schema))
+        warehouse.insert_new(route.table, route.table.to_arrow([route.row(event, warehouse_settings)]))
     rows = warehouse.query_df("SELECT count FROM metrics FINAL WHERE window_start = {s:DateTime64(3, 'UTC')}", {"s": window.window_start})
     assert rows["count"].tolist() == [99]
 
@@ -104,7 +111,7 @@ def test_current_experiment_is_the_latest_candidate_instance(warehouse, warehous
              for t, e in world.events if t == "exposures"]  # fmt: skip
     insert_world(warehouse, warehouse_settings, world)
     route = ROUTES["exposures"]
-    warehouse.insert_new("exposures", pa.Table.from_pylist([route.row(e, warehouse_settings) for e in later], schema=route.schema))
+    warehouse.insert_new(route.table, route.table.to_arrow([route.row(e, warehouse_settings) for e in later]))
     assert current_experiment(warehouse, warehouse_settings.ab_testing) == "policy-ab:v2"
     other = warehouse_settings.ab_testing.model_copy(update={"experiment": "unrelated"})
     assert current_experiment(warehouse, other) == "unrelated"

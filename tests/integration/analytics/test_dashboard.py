@@ -50,6 +50,11 @@ def test_dashboard_panels_render_with_data_in_headless_chromium(running_sink, tm
     ab = running_sink.get_json("/api/ab")
     assert ab["decision"] == "promote" and set(ab["samples"]) == {"control", "variant_a"} and min(ab["samples"].values()) > 200
     assert running_sink.get_json("/api/ab?experiment=policy-ab:unknown")["decision"] == "keep_running"
+    for query in ("training_runs", "training_curve"):  # the training panel reads the keys PPO really reports
+        frame = running_sink.get_json(f"/sql/{query}")
+        for column in ("reward", "kl"):
+            values = [row[frame["columns"].index(column)] for row in frame["data"]]
+            assert values and None not in values, (query, column, frame)
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"chromium not installed at {CHROMIUM} (apt-get install -y chromium); page checked over HTTP only")

@@ -53,7 +53,9 @@ def build_world(settings: Settings, users: int = 400, days: int = 3, positive: d
     for j, trigger in enumerate(("trigger-a", "trigger-b")):
         for step in range(8):
             at = START + timedelta(days=j + 1, minutes=5 * step)
-            metrics = {"reward": 0.2 + 0.05 * step + 0.1 * j + rng.uniform(-0.02, 0.02), "kl": 0.01 * step + rng.uniform(0, 0.005)}
+            # The keys trainers.ppo reports with each iteration's progress.
+            metrics = {"iteration": float(step + 1), "mean_score": 0.2 + 0.05 * step + 0.1 * j + rng.uniform(-0.02, 0.02),
+                       "kl": 0.01 * step + rng.uniform(0, 0.005), "kl_coef": 0.05, "mean_length": 24.0, "repetition": 0.02}  # fmt: skip
             events.append(("training-status", TrainingStatus(timestamp=at, trigger_id=trigger, policy="assistant",
                                                              state="progress", stage="ppo", metrics=metrics)))  # fmt: skip
         events.append(("model-published", ModelPublished(timestamp=at, version=f"assistant-{trigger}", policy="assistant",

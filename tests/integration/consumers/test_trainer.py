@@ -130,7 +130,8 @@ def test_one_job_at_a_time_on_a_multi_partition_trigger_topic(kafka_bootstrap, t
 
     settings = make_settings(kafka_bootstrap, tmp_path)
     prefix = settings.kafka.topic_prefix
-    AdminClient({"bootstrap.servers": kafka_bootstrap}).create_topics([NewTopic(topic_name(prefix, "train-triggers"), 3, 1)])[topic_name(prefix, "train-triggers")].result()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})  # kept referenced until the future resolves
+    admin.create_topics([NewTopic(topic_name(prefix, "train-triggers"), 3, 1)])[topic_name(prefix, "train-triggers")].result()
     create_topics(kafka_bootstrap, prefix, settings.kafka.partitions)  # the rest; train-triggers exists with 3
     running, seen, overlaps = [], [], []
     lock = threading.Lock()

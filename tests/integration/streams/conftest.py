@@ -4,6 +4,7 @@ thresholds through RLHF_* variables), a feedback producer, and readers of the ou
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from core.settings import Settings
 from sdk.client import FeedbackClient
-from demo.supervisor import Supervisor
+from demo.supervisor import Service, Supervisor
 from schemas.topics import topic_name
 from schemas import FeedbackEvent
 
@@ -21,16 +22,23 @@ from schemas import FeedbackEvent
 @pytest.fixture
 def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
     """`rlhf streams worker` as a supervised subprocess configured only through the environment;
-    `start_worker(train_threshold=100)` (re)starts it, `.kill("streams")` SIGKILLs it."""
+    `start_worker(train_threshold=100)` (re)starts it, `.kill("streams")` SIGKILLs it, and
+    `start_worker(die_after_accepting=70, ...)` runs it through `crashing_worker`, which SIGKILLs
+    itself right after accepting its 70th feedback event."""
     k = settings.kafka
     base = {**os.environ, "RLHF_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": k.topic_prefix, "RLHF_HOME": str(settings.home)}
     services: list[Supervisor] = []
 
-    def start(**continuous_learning: object) -> Supervisor:
+    def start(die_after_accepting: int | None = None, **continuous_learning: object) -> Supervisor:
         env = {**base, **{f"RLHF_CONTINUOUS_LEARNING__{key.upper()}": str(v) for key, v in continuous_learning.items()}}
-        services.append(Supervisor(tmp_path / "logs", env))
-        services[-1].start("streams", "streams", "worker")
-        return services[-1]
+        supervisor = Supervisor(tmp_path / "logs", env)
+        if die_after_accepting is not None:
+            # A service registered before `start` keeps its own command line instead of `rlhf.cli`'s.
+            launcher = [sys.executable, "-m", "tests.integration.streams.crashing_worker", str(die_after_accepting), "streams", "worker"]
+            supervisor.services["streams"] = Service("streams", launcher)
+        services.append(supervisor)
+        supervisor.start("streams", "streams", "worker")
+        return supervisor
 
     yield start
     for supervisor in services:

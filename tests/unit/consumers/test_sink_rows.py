@@ -1,13 +1,14 @@
 """The sink's pure parts: event -> row (positive, reward), batching and in-batch dedupe. No I/O."""
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
-import pyarrow as pa
 import pytest
 
-from consumers.sink.consumer import ROUTES, Batch, feedback_row
+from consumers.sink.consumer import Batch
+from consumers.sink.rows import ROUTES, feedback_row
 from core.settings import load_settings
-from schemas import FeedbackEvent
+from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
 
 SETTINGS = load_settings(None)
 
@@ -54,11 +55,37 @@ def test_positive_follows_configured_min_rating():
     assert feedback_row(fb(feedback_type="rating", rating=4), strict)["positive"] == 0
 
 
-def test_every_route_row_fits_its_arrow_schema():
-    row = feedback_row(fb(feedback_type="rating", rating=2, metadata={"k": 1}), SETTINGS)
-    table = pa.Table.from_pylist([row], schema=ROUTES["feedback"].schema)
-    assert table.num_rows == 1 and table.column("rating").to_pylist() == [2]
-    assert set(row) == set(ROUTES["feedback"].schema.names)
+# One real event per route, optional fields left unset where the row must fill them in.
+START = datetime(2025, 3, 1, tzinfo=timezone.utc)
+SAMPLES: dict[str, Event] = {
+    "interactions": InteractionEvent(user_id="u1", query="q?", response="a", model_version="v1", latency_ms=12.5),
+    "feedback": fb(feedback_type="rating", rating=2, metadata={"k": 1}),
+    "exposures": ExposureEvent(user_id="u1", experiment="policy-ab", variant="control", model_version="v1"),
+    "metrics": WindowMetrics(window_start=START, window_end=START.replace(minute=1), model_version="v1", feedback_type="rating",
+                             count=3, rating_sum=11, rating_count=3),
+    "training-status": TrainingStatus(trigger_id="t1", policy="assistant", state="progress", stage="ppo",
+                                      metrics={"mean_score": 0.4, "kl": 0.01}),
+    "model-published": ModelPublished(version="assistant-v2", policy="assistant", trigger_id="t1", decision="candidate",
+                                      metrics={"mean_reward_after": 0.5}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ROUTES)
+def test_every_route_row_fits_its_arrow_schema(name):
+    assert name in SAMPLES, f"route {name!r} has no sample event here: add one"
+    route, event = ROUTES[name], SAMPLES[name]
+    assert isinstance(event, route.model)
+    row = route.row(event, SETTINGS)
+    schema = route.table.schema
+    assert set(row) == set(schema.names)  # from_pylist would drop an extra key and NULL a missing one
+    table = route.table.to_arrow([row])  # raises on a value of the wrong type
+    assert table.num_rows == 1
+    assert all(table.column(f.name).null_count == 0 for f in schema if not f.nullable), table.to_pylist()
+
+
+def test_feedback_row_keeps_the_rating():
+    row = feedback_row(SAMPLES["feedback"], SETTINGS)
+    assert ROUTES["feedback"].table.to_arrow([row]).column("rating").to_pylist() == [2]
 
 
 def test_batch_dedupes_ids_and_tracks_next_offsets():

@@ -29,6 +29,8 @@ def test_publish_is_idempotent_per_version(registry):
     assert registry.publish("policies", v, build(v)) is not None
     assert registry.publish("policies", v, build(v)) is None
     assert [m.version for m in registry.versions("policies")] == ["base", v]
+    assert (registry.path("policies", v) / "weights.bin").read_bytes() == b"w" * 100
+    assert not any((registry.root / ".staging").iterdir())
 
 
 def test_crash_mid_publish_leaves_nothing_loadable(registry):

@@ -11,18 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel
 
 from rlhf.cli import main
-from trainers.reward import resolve_base_model, train_reward_model
+from trainers.base_models import resolve_base_model
+from trainers.reward import train_reward_model
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, split_questions
-from trainers.tiny_policy import build_tiny_policy
 
-MICRO = {"n_examples": 300, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "warmup_steps": 20, "batch_size": 16}
 SMALL = {"EPOCHS": "2", "BATCH_SIZE": "4", "MINI_BATCH_SIZE": "2", "PPO_EPOCHS": "1", "MAX_NEW_TOKENS": "6", "LEARNING_RATE": "0.001"}
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(build_tiny_policy(tmp_path_factory.mktemp("micro"), **MICRO))
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +44,9 @@ def small_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv(f"RLHF_PPO__TRAINING__{key}", value)
 
 
-def test_train_synthetic_prints_the_summary_and_saves_a_loadable_policy(micro: str, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_train_synthetic_prints_the_summary_and_saves_a_loadable_policy(micro_policy: str, tmp_path: Path, capsys: pytest.CaptureFixture):
     out = tmp_path / "ppo"
-    assert main(["policy", "train", "--algorithm", "ppo", "--synthetic", "--base-model", micro, "--out", str(out)]) == 0
+    assert main(["policy", "train", "--algorithm", "ppo", "--synthetic", "--base-model", micro_policy, "--out", str(out)]) == 0
     printed = capsys.readouterr()
     for line in ("mean reward", "gain", "KL to start", "length", "guardrails  none"):
         assert line in printed.out, line
@@ -60,15 +54,15 @@ def test_train_synthetic_prints_the_summary_and_saves_a_loadable_policy(micro: s
     assert "ppo" in printed.err  # the progress bar
     AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
 
-    assert main(["policy", "eval", "--model", str(out), "--reference", micro, "--synthetic"]) == 0
+    assert main(["policy", "eval", "--model", str(out), "--reference", micro_policy, "--synthetic"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["eval"]["samples"] == 2 * 135 and report["eval"]["kl"] >= 0 and 0 <= report["eval"]["mean_reward"] <= 1
 
 
-def test_train_kto_from_a_reward_model_and_feedback_file(micro: str, feedback: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_train_kto_from_a_reward_model_and_feedback_file(micro_policy: str, feedback: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
     rm, data = feedback
     out = tmp_path / "kto"
-    argv = ["policy", "train", "--algorithm", "kto", "--reward-model", str(rm), "--data", str(data), "--base-model", micro, "--out", str(out)]
+    argv = ["policy", "train", "--algorithm", "kto", "--reward-model", str(rm), "--data", str(data), "--base-model", micro_policy, "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "skipped 1 invalid line" in printed.err and "reward model" in printed.out and "gain" in printed.out
@@ -90,7 +84,7 @@ def test_train_kto_from_a_reward_model_and_feedback_file(micro: str, feedback: t
         (["policy", "eval", "--model", "/no/such/policy", "--synthetic"], "/no/such/policy: policy not found"),
     ],
 )
-def test_bad_paths_are_one_clear_error(argv: list[str], message: str, micro: str, feedback: tuple[Path, Path], tmp_path: Path,
+def test_bad_paths_are_one_clear_error(argv: list[str], message: str, micro_policy: str, feedback: tuple[Path, Path], tmp_path: Path,
                                        capsys: pytest.CaptureFixture):  # fmt: skip
     (tmp_path / "runs").mkdir()  # so `runs/missing` is a missing path here, not a Hub id
     taken = tmp_path / "taken"
@@ -98,7 +92,7 @@ def test_bad_paths_are_one_clear_error(argv: list[str], message: str, micro: str
     (taken / "file").write_text("x")
     argv = [a.format(rm=feedback[0], taken=taken) for a in argv]
     if "--base-model" not in argv and argv[1] == "train":
-        argv += ["--base-model", micro]
+        argv += ["--base-model", micro_policy]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("rlhf: error: ") and message in err and "Traceback" not in err

@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from core.errors import EventValidationError
 from schemas import FeedbackEvent, InteractionEvent, TrainTrigger, parse_event, validate_event
@@ -45,7 +46,7 @@ def test_unknown_schema_version_and_fields_rejected():
 
 def test_events_are_frozen_and_round_trip():
     ev = validate_event(FeedbackEvent, {**BASE, "feedback_type": "thumbs_up"})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         ev.rating = 3  # type: ignore[misc]
     assert parse_event(FeedbackEvent, ev.to_bytes()) == ev
 
@@ -53,7 +54,8 @@ def test_events_are_frozen_and_round_trip():
 def test_naive_timestamp_rejected():
     with pytest.raises(EventValidationError, match="timezone"):
         validate_event(InteractionEvent, {**BASE, "latency_ms": 1, "timestamp": datetime(2026, 1, 1)})
-    assert validate_event(InteractionEvent, {**BASE, "latency_ms": 1, "timestamp": datetime(2026, 1, 1, tzinfo=timezone.utc)})
+    aware = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert validate_event(InteractionEvent, {**BASE, "latency_ms": 1, "timestamp": aware}).timestamp == aware
 
 
 def test_offset_range_must_be_ordered():

@@ -61,6 +61,6 @@ def test_duplicates_are_dropped_and_threshold_triggers_once(streams):
     triggers = [TrainTrigger.model_validate_json(call["value"]) for call in sent(streams, "train-triggers")]
     assert len(triggers) == 1  # 8 accepted, threshold 4: the second crossing waits for the first training
     assert triggers[0].event_ids == ("e0", "e1", "e2", "e3") and triggers[0].counts == {"thumbs_up": 4}
-    head = streams.ledger.head("assistant")
-    assert (head.accepted, head.duplicates, head.since_trigger) == (8, 2, 4)
-    assert streams.state["head:assistant"]["accepted"] == 8  # the Faust table holds the state
+    ps = streams.ledger.policy_state("assistant")
+    assert (ps.accepted, ps.duplicates, ps.accepted_since_trigger) == (8, 2, 4)
+    assert streams.state["policy:assistant"]["accepted"] == 8  # the Faust table holds the state

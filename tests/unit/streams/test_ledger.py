@@ -1,14 +1,30 @@
-"""The per-policy rules on plain dicts: threshold, rolling buffer, dedupe, the training gate,
-crash re-processing and metric windows."""
+"""The per-policy rules on dicts that hold what a changelog would (every value goes through JSON):
+threshold, rolling buffer, dedupe, the training gate, crash re-processing and metric windows."""
 
+import json
+from collections import UserDict
 from datetime import datetime, timezone
+
+import pytest
+from pydantic import ValidationError
 
 from core.settings import ContinuousLearningSettings
 from schemas import TrainingStatus
-from streams.ledger import WINDOW_GRACE_S, WINDOW_S, PolicyLedger
+from streams.ledger import WINDOW_GRACE_S, WINDOW_S, BufferedEvent, DedupeMark, PolicyLedger, PolicyState, WindowCount
 from streams.records import Accepted, PolicyRecord
 
 T0 = 1_800_000_000.0  # wall clock of the tests (seconds); a multiple of 60
+
+
+class Changelog(UserDict):
+    """A table whose values are stored as JSON text and read back decoded, like Faust's json codec:
+    state that does not round-trip through the changelog fails here."""
+
+    def __setitem__(self, key, value):
+        self.data[key] = json.dumps(value)
+
+    def __getitem__(self, key):
+        return json.loads(self.data[key])
 
 
 class Run:
@@ -16,7 +32,7 @@ class Run:
 
     def __init__(self, **limits):
         self.settings = ContinuousLearningSettings(**{"buffer_size": 5, "train_threshold": 3, **limits})
-        self.state, self.seen = {}, {}
+        self.state, self.seen = Changelog(), Changelog()
         self.ledger = PolicyLedger(self.state, self.seen, self.settings, "t.feedback")
         self.offset = -1
         self.now = T0
@@ -27,8 +43,8 @@ class Run:
             offset = self.offset
         return self.ledger.apply(record, offset, self.now)
 
-    def head(self):
-        return self.ledger.head("assistant")
+    def policy_state(self):
+        return self.ledger.policy_state("assistant")
 
 
 def fb(n, partition=0, offset=None, event_id=None, record_ts=T0, **fields):
@@ -53,7 +69,7 @@ def test_threshold_emits_one_trigger_covering_exact_offsets():
     trigger = effects[2].triggers[0]
     assert trigger.event_ids == ("e0", "e1", "e2") and trigger.counts == {"thumbs_up": 3} and trigger.model_version == "v1"
     assert [(r.topic, r.partition, r.start, r.end) for r in trigger.ranges] == [("t.feedback", 0, 0, 3), ("t.feedback", 1, 1, 2)]
-    assert run.head().since_trigger == 0 and run.head().training.trigger_id == trigger.trigger_id
+    assert run.policy_state().accepted_since_trigger == 0 and run.policy_state().training.trigger_id == trigger.trigger_id
 
 
 def test_active_training_blocks_until_it_finishes_then_buffer_is_covered():
@@ -66,7 +82,7 @@ def test_active_training_blocks_until_it_finishes_then_buffer_is_covered():
     second = run.feed(status(first.trigger_id, "finished")).triggers
     assert len(second) == 1 and second[0].event_ids == ("e2", "e3", "e4", "e5", "e6")  # the rolling buffer: last 5
     assert second[0].trigger_id != first.trigger_id
-    assert sum(k.startswith("slot:") for k in run.state) == 5  # older slots are deleted
+    assert sum(k.startswith("buffered:") for k in run.state) == 5  # older buffered events are deleted
 
 
 def test_silent_training_is_dead_after_timeout_and_a_tick_triggers():
@@ -90,7 +106,7 @@ def test_duplicates_within_horizon_do_not_count():
     assert run.feed(fb(1, event_id="x", record_ts=T0 + 5)).outcome == "duplicate"  # producer retry, later offset
     assert run.feed(fb(0, partition=1, event_id="x", record_ts=T0 + 6)).outcome == "duplicate"  # same id, other partition
     assert run.feed(fb(2, event_id="x", record_ts=T0 + 61)).outcome == "accepted"  # beyond the horizon: new
-    assert (run.head().accepted, run.head().duplicates) == (2, 2)
+    assert (run.policy_state().accepted, run.policy_state().duplicates) == (2, 2)
 
 
 def test_validation_stage_reforwarding_is_ignored():
@@ -98,7 +114,7 @@ def test_validation_stage_reforwarding_is_ignored():
     run.feed(fb(0))
     run.feed(fb(1))
     assert run.feed(fb(1)).outcome == "reforwarded"  # same origin offset, new internal offset
-    assert run.feed(fb(2)).outcome == "accepted" and run.head().accepted == 3
+    assert run.feed(fb(2)).outcome == "accepted" and run.policy_state().accepted == 3
 
 
 def test_reprocessing_after_crash_changes_nothing_and_resends_the_trigger():
@@ -111,20 +127,20 @@ def test_reprocessing_after_crash_changes_nothing_and_resends_the_trigger():
     assert replayed[2].triggers[0].to_bytes() == sent[2].triggers[0].to_bytes()
 
 
-def test_mark_that_outlived_its_head_does_not_reject_the_event():
+def test_mark_that_outlived_its_policy_state_does_not_reject_the_event():
     run = Run()
     run.feed(fb(0))
     state_before = dict(run.state)
     run.feed(fb(1))
     run.state.clear()
-    run.state.update(state_before)  # crash: the head's changelog lost record 1, the seen table kept its mark
-    assert run.feed(fb(1), offset=1).outcome == "accepted" and run.head().accepted == 2
+    run.state.update(state_before)  # crash: the policy state lost record 1, the seen table kept its mark
+    assert run.feed(fb(1), offset=1).outcome == "accepted" and run.policy_state().accepted == 2
 
 
 def test_lost_mark_is_rewritten_when_the_record_is_reprocessed():
     run = Run()
     run.feed(fb(0))
-    run.seen.clear()  # crash: the head landed, the mark did not
+    run.seen.clear()  # crash: the policy state landed, the mark did not
     assert run.feed(fb(0), offset=0).outcome == "replayed"
     assert run.feed(fb(5, event_id="e0")).outcome == "duplicate"
 
@@ -145,7 +161,7 @@ def test_minute_windows_close_after_grace_with_counts_and_rating_sums():
         ("v2", "", "", "thumbs_up", 1, 0, 0),
     ]
     assert metrics[0].window_start.timestamp() == T0 and metrics[0].window_end.timestamp() == T0 + WINDOW_S
-    assert run.head().windows == {}
+    assert run.policy_state().open_windows == {}
 
 
 def test_backlog_windows_close_on_event_time_aggregated():
@@ -155,3 +171,18 @@ def test_backlog_windows_close_on_event_time_aggregated():
     effects = [run.feed(fb(n, timestamp=at)) for n, at in enumerate(minute)]
     assert [len(e.metrics) for e in effects] == [0, 0, 0, 1]
     assert effects[3].metrics[0].count == 3 and effects[3].metrics[0].window_start.timestamp() == T0
+
+
+def test_state_is_stored_as_named_records_in_layout_2():
+    run = Run()
+    run.feed(fb(0, partition=1, offset=7, feedback_type="rating", rating=4))
+    stored = json.loads(run.state.data["policy:assistant"])  # the JSON text the changelog carries
+    assert stored["layout"] == 2 and stored["last_applied_offset"] == 0 and stored["last_origin_offsets"] == {"1": 7}
+    assert json.loads(run.state.data["buffered:assistant:0"]) == [1, 7, "e0", "rating"]  # BufferedEvent's field order
+    assert json.loads(run.seen.data["assistant/e0"]) == [1, 7, T0]  # DedupeMark's field order
+    ps = run.policy_state()
+    assert run.ledger.buffered("assistant", ps) == [BufferedEvent(partition=1, offset=7, event_id="e0", feedback_type="rating")]
+    assert run.ledger.mark("assistant", "e0") == DedupeMark(partition=1, offset=7, record_ts=T0)
+    assert ps.open_windows == {int(T0): {'["v1", "", "", "rating"]': WindowCount(count=1, rating_sum=4, rating_count=1)}}
+    with pytest.raises(ValidationError, match="layout"):
+        PolicyState.model_validate({**stored, "layout": 1})

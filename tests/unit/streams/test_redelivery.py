@@ -1,4 +1,4 @@
-"""At-least-once plus the trigger id makes duplicates harmless (streams/app.py says why the app is
+"""At-least-once plus the trigger id makes duplicates harmless (docs/decisions/0001 says why the app is
 not exactly-once): a record the stream app processes again after a crash re-sends its trigger with
 the same trigger_id, and the trainer takes a trigger id it has already published as done, so the
 duplicate trains and publishes nothing. No broker: the ledger on dicts, the training job on a

@@ -14,12 +14,12 @@ from core.errors import TrainingError
 from core.hashing import stable_fraction
 from schemas.events import FeedbackEvent
 from trainers.alternatives import _reward_for_trl, _self_labelled_dpo, _self_labelled_kto, dpo_pairs, kto_examples, kto_weights, train_alternative
-from trainers.ppo import load_policy, optimise_policy
-from trainers.policy_config import PolicyOptConfig
+from trainers.optimise import optimise_policy
+from trainers.policy import load_policy
+from trainers.policy_config import PolicyTrainingConfig
 from trainers.synthetic import feedback_events, quality_reward, split_questions
-from trainers.tiny_policy import build_tiny_policy, format_prompt
+from trainers.tiny_policy import format_prompt
 
-MICRO = {"n_examples": 300, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "warmup_steps": 20, "batch_size": 16}
 FAST = {"epochs": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6, "num_generations": 2,
         "learning_rate": 1e-3, "eval_samples_per_query": 1, "offline_epochs": 1}  # fmt: skip
 
@@ -31,11 +31,6 @@ def varied_reward(queries: list[str], responses: list[str]) -> list[float]:
     """The micro policy's answers all score 0 under the hidden preference; this one spreads them
     over [0, 1) (a stable hash of the text) so self-labelling finds better and worse samples."""
     return [stable_fraction("test-reward", r) for r in responses]
-
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(build_tiny_policy(tmp_path_factory.mktemp("micro"), **MICRO))
 
 
 def _event(i: int, query: str, response: str, feedback_type: str, **kw) -> FeedbackEvent:
@@ -97,9 +92,9 @@ def _check(metrics: dict, out: Path, algorithm: str) -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_online_alternatives_train_evaluate_and_save(micro: str, tmp_path: Path, algorithm: str):
+def test_online_alternatives_train_evaluate_and_save(micro_policy: str, tmp_path: Path, algorithm: str):
     states = []
-    metrics = optimise_policy(algorithm, micro, varied_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "policy",
+    metrics = optimise_policy(algorithm, micro_policy, varied_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "policy",
                               on_status=lambda *a: states.append(a))  # fmt: skip
     _check(metrics, tmp_path / "policy", algorithm)
     assert metrics["steps"] == FAST["epochs"] * FAST["ppo_epochs"] and metrics["examples"] == len(TRAIN)
@@ -108,18 +103,18 @@ def test_online_alternatives_train_evaluate_and_save(micro: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize("algorithm", ["kto", "dpo"])
-def test_offline_alternatives_learn_from_feedback_events(micro: str, tmp_path: Path, algorithm: str):
+def test_offline_alternatives_learn_from_feedback_events(micro_policy: str, tmp_path: Path, algorithm: str):
     events = feedback_events(TRAIN_QS, 40, seed=3)
     expected = len(kto_examples(events, 4)) if algorithm == "kto" else len(dpo_pairs(events, 4))
-    metrics = optimise_policy(algorithm, micro, quality_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "policy",
+    metrics = optimise_policy(algorithm, micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "policy",
                               feedback_events=events)  # fmt: skip
     _check(metrics, tmp_path / "policy", algorithm)
     assert metrics["examples"] == expected > 0
 
 
 @pytest.mark.parametrize("algorithm", ["kto", "dpo"])
-def test_offline_alternatives_label_the_policys_own_samples_without_feedback(micro: str, tmp_path: Path, algorithm: str):
-    metrics = optimise_policy(algorithm, micro, varied_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "policy")
+def test_offline_alternatives_label_the_policys_own_samples_without_feedback(micro_policy: str, tmp_path: Path, algorithm: str):
+    metrics = optimise_policy(algorithm, micro_policy, varied_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "policy")
     _check(metrics, tmp_path / "policy", algorithm)
     budget = FAST["epochs"] * FAST["batch_size"]  # PPO's rollout budget: 2 queries x 4 samples here
     if algorithm == "kto":  # every sample, labelled against the median
@@ -128,21 +123,21 @@ def test_offline_alternatives_label_the_policys_own_samples_without_feedback(mic
         assert 0 < metrics["examples"] <= budget // 4 * 6
 
 
-def test_alternative_with_lora_returns_a_plain_model(micro: str):
-    lm, tok = load_policy(micro)
+def test_alternative_with_lora_returns_a_plain_model(micro_policy: str):
+    lm, tok = load_policy(micro_policy)
     before = torch.cat([p.detach().flatten() for p in lm.parameters()]).clone()
-    trained, figures = train_alternative("grpo", lm, tok, varied_reward, TRAIN, PolicyOptConfig(**FAST, lora_r=4))
+    trained, figures = train_alternative("grpo", lm, tok, varied_reward, TRAIN, PolicyTrainingConfig(**FAST, lora_r=4))
     assert type(trained).__name__ == "LlamaForCausalLM" and figures["steps"] == 2
     assert not torch.equal(before, torch.cat([p.detach().flatten() for p in trained.parameters()]))
 
 
-def test_offline_alternatives_refuse_one_sided_data(micro: str, tmp_path: Path):
+def test_offline_alternatives_refuse_one_sided_data(micro_policy: str, tmp_path: Path):
     liked = [_event(i, TRAIN[0], "Open Mail.", "thumbs_up") for i in range(3)]
     with pytest.raises(TrainingError, match="only desirable"):
-        optimise_policy("kto", micro, quality_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "k", feedback_events=liked)
+        optimise_policy("kto", micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "k", feedback_events=liked)
     with pytest.raises(TrainingError, match="no usable examples in the feedback"):
-        optimise_policy("dpo", micro, quality_reward, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "d", feedback_events=liked)
+        optimise_policy("dpo", micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "d", feedback_events=liked)
     constant = lambda q, r: [0.5] * len(q)  # noqa: E731 - every sample ties: nothing to prefer
     with pytest.raises(TrainingError, match="no usable examples in the self-labelled samples"):
-        optimise_policy("dpo", micro, constant, TRAIN, HELD_OUT, PolicyOptConfig(**FAST), tmp_path / "s")
+        optimise_policy("dpo", micro_policy, constant, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "s")
     assert not any(tmp_path.iterdir())

@@ -1,4 +1,5 @@
-"""The reward dataset builder on hand-made feedback: pairing rules, labels, dedupe, drops, split."""
+"""The reward dataset builder on hand-made feedback: pairing rules, labels, dedupe, drops, split;
+and the policy's query split."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 
 import pytest
 
-from core.errors import RlhfError
+from core.errors import RlhfError, TrainingError
 from schemas.events import FeedbackEvent
-from trainers.dataset import build_dataset, query_key, read_jsonl
+from trainers.dataset import build_dataset, query_key, read_jsonl, split_policy_queries
 
 _ids = itertools.count()
 Q = "How do I reset my password in Mail?"
@@ -175,3 +176,20 @@ def test_read_jsonl_skips_blank_lines_and_counts_bad_ones(tmp_path):
     assert data.summary["events"] == {"accepted": 1, "invalid": 2, "by_type": {"thumbs_up": 1}}
     with pytest.raises(RlhfError, match="missing.jsonl"):
         build(read_jsonl(tmp_path / "missing.jsonl"))
+
+
+def test_policy_queries_keep_every_verdict_and_never_leak():
+    events = [ev("r", "thumbs_down" if i % 2 else "thumbs_up", query=f"q{i}") for i in range(200)] + [ev("r", "thumbs_up", query="q1")]
+    train, held_out = split_policy_queries(events)
+    assert sorted(train + held_out) == sorted({e.query for e in events})  # negatives included, deduplicated
+    assert not set(train) & set(held_out)
+    assert 20 <= len(held_out) <= 60
+    more_train, more_held = split_policy_queries(events + [ev("r", "thumbs_up", query="new")])
+    assert set(held_out) <= set(more_held) and set(train) <= set(more_train)  # stable as feedback grows
+
+
+def test_policy_queries_need_both_sides_of_the_split():
+    with pytest.raises(TrainingError, match="got 1 train and 0 held-out"):
+        split_policy_queries([ev("r", "thumbs_up", query="q0")], eval_fraction=0.0)
+    with pytest.raises(TrainingError, match="got 0 train and 0 held-out"):
+        split_policy_queries([])

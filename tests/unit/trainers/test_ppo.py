@@ -1,5 +1,5 @@
-"""PPO maths against hand-computed values (literal tensors), the guardrail checks, the query split
-and the config's validation. No model, no I/O."""
+"""PPO maths against hand-computed values (literal tensors), the guardrail checks and the config's
+validation. No model, no I/O."""
 
 from __future__ import annotations
 
@@ -9,22 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from schemas.events import FeedbackEvent
-from trainers.ppo import (
-    AdaptiveKLController,
-    RunningScoreScale,
-    check_guardrails,
-    compute_gae,
-    kl_estimate,
-    kl_penalised_rewards,
-    masked_mean,
-    policy_loss,
-    queries_from_feedback,
-    repetition_share,
-    value_loss,
-    whiten,
-)
-from trainers.policy_config import PolicyOptConfig
+from trainers.policy import kl_estimate, masked_mean, repetition_share
+from trainers.policy_config import PolicyTrainingConfig
+from trainers.ppo import AdaptiveKLController, RunningScoreScale, check_guardrails, compute_gae, kl_penalised_rewards, policy_loss, value_loss, whiten
 
 T = torch.tensor
 
@@ -135,29 +122,15 @@ def test_repetition_share():
 )
 def test_guardrails(change, expected):
     stats = {"mean_score": 0.4, "kl": 0.1, "mean_length": 10.0, "repetition": 0.05, **change}
-    assert check_guardrails(stats, start_length=10.0, config=PolicyOptConfig()) == expected
-
-
-def _event(query: str, kind: str) -> FeedbackEvent:
-    return FeedbackEvent(interaction_id="i", user_id="u", query=query, response="r", model_version="v", feedback_type=kind)
-
-
-def test_queries_from_feedback_keeps_every_verdict_and_never_leaks():
-    events = [_event(f"q{i}", "thumbs_down" if i % 2 else "thumbs_up") for i in range(200)] + [_event("q1", "thumbs_up")]
-    train, held_out = queries_from_feedback(events)
-    assert sorted(train + held_out) == sorted({e.query for e in events})  # negatives included, deduplicated
-    assert not set(train) & set(held_out)
-    assert 20 <= len(held_out) <= 60
-    more_train, more_held = queries_from_feedback(events + [_event("new", "thumbs_up")])
-    assert set(held_out) <= set(more_held) and set(train) <= set(more_train)  # stable as feedback grows
+    assert check_guardrails(stats, start_length=10.0, config=PolicyTrainingConfig()) == expected
 
 
 def test_config_validates_batches_and_maps_settings():
     from core.settings import load_settings
 
     with pytest.raises(ValidationError, match="mini_batch_size"):
-        PolicyOptConfig(batch_size=4, mini_batch_size=8)
+        PolicyTrainingConfig(batch_size=4, mini_batch_size=8)
     with pytest.raises(ValidationError, match="num_generations"):
-        PolicyOptConfig(batch_size=6, mini_batch_size=2, num_generations=4)
-    cfg = PolicyOptConfig.from_settings(load_settings(None), learning_rate=5e-5)
+        PolicyTrainingConfig(batch_size=6, mini_batch_size=2, num_generations=4)
+    cfg = PolicyTrainingConfig.from_settings(load_settings(None), learning_rate=5e-5)
     assert (cfg.epochs, cfg.batch_size, cfg.init_kl_coef, cfg.target_kl, cfg.learning_rate) == (20, 16, 0.2, 0.1, 5e-5)

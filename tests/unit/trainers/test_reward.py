@@ -13,8 +13,9 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from core.settings import Settings
 from core.errors import ModelLoadError, TrainingError
-from trainers.reward import (RewardModel, VersionExistsError, format_input, length_batches, pad_batch, pairwise_loss, pointwise_loss,
-                             resolve_base_model, roc_auc, train_reward_model)  # fmt: skip
+from trainers.base_models import resolve_base_model
+from trainers.reward import (RewardModel, VersionExistsError, format_input, length_batches, pad_batch, pairwise_loss, pointwise_loss, roc_auc,
+                             train_reward_model)  # fmt: skip
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, split_questions
 
@@ -113,6 +114,14 @@ def test_saved_version_loads_and_predicts_the_same(trained):
     assert loaded.metrics["eval"] == metrics["eval"]
     assert loaded.config == rm.config
     assert loaded.predict([], []) == []
+
+
+def test_reward_is_the_sigmoid_of_the_score(trained):
+    rm = trained[0]
+    queries, responses = ["How do I clear my cache in Maps?", "q", "q"], ["Open Maps, go to Storage, select cache, then press Clear.", "", "x"]
+    rewards = rm.reward(queries, responses)
+    assert rewards == pytest.approx([1 / (1 + math.exp(-x)) for x in rm.predict(queries, responses)], abs=1e-12)
+    assert all(0.0 < r < 1.0 for r in rewards) and rm.reward([], []) == []
 
 
 def test_versions_are_never_overwritten(trained):

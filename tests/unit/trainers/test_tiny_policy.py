@@ -1,25 +1,25 @@
-"""The tiny offline policy builder, on a micro recipe (a few seconds): the saved directory loads
-with `from_pretrained`, the prompt/completion split tokenises consistently, and the cache builds
-once."""
+"""The tiny offline policy builder, on the micro recipe (a few seconds): the saved directory loads
+with `from_pretrained`, the prompt/completion split tokenises consistently, the cache builds
+once, and `tiny` resolves to it."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers import tiny_policy
-from trainers.tiny_policy import TINY, build_tiny_policy, ensure_tiny_policy, format_completion, format_prompt, resolve_base_model
+from trainers.base_models import TINY, resolve_base_model
+from trainers.tiny_policy import ensure_tiny_policy, format_completion, format_prompt
 
-MICRO = {"n_examples": 300, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "warmup_steps": 20, "batch_size": 16}
 
-
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_policy(tmp_path_factory.mktemp("micro"), **MICRO)
+@pytest.fixture
+def micro(micro_policy: str) -> Path:
+    return Path(micro_policy)
 
 
 def test_build_saves_a_loadable_causal_lm(micro: Path):
@@ -49,17 +49,19 @@ def test_warm_up_lowers_the_loss_below_chance(micro: Path):
     assert final_loss < math.log(len(tok)) - 0.5  # chance is log |V|; the real recipe ends near 0.3
 
 
-def test_ensure_builds_once_and_resolve_maps_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_ensure_builds_once_and_resolve_maps_tiny(micro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     builds = []
 
-    def fake_build(out_dir, **_):
+    def fake_build(out_dir: Path) -> Path:  # the micro policy stands in for the 30-second build
         builds.append(out_dir)
-        return build_tiny_policy(out_dir, **MICRO)
+        return Path(shutil.copytree(micro, out_dir, dirs_exist_ok=True))
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(tiny_policy, "build_tiny_policy", fake_build)
-    first = ensure_tiny_policy(tmp_path)
-    second = ensure_tiny_policy(tmp_path)
-    assert first == second and len(builds) == 1
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no half-built leftovers
-    assert resolve_base_model(TINY, tmp_path) == str(first)
-    assert resolve_base_model("microsoft/phi-2", tmp_path) == "microsoft/phi-2"
+    first = ensure_tiny_policy()
+    second = ensure_tiny_policy()
+    assert first == second and len(builds) == 1 and first.is_relative_to(tmp_path)
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no half-built leftovers
+    assert resolve_base_model(TINY) == str(first)
+    assert resolve_base_model("microsoft/phi-2") == "microsoft/phi-2"
+    assert resolve_base_model("/some/local/dir") == "/some/local/dir"

@@ -1,0 +1,60 @@
+"""The policy step of a training job, with a stub optimiser (no model, no broker): a guardrail
+rejection is an outcome recorded as a rejected version; a TrainingError fails the job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import trainers.optimise
+from consumers.trainer.job import TrainingJob
+from core.errors import GuardrailRejection, TrainingError
+from core.settings import load_settings
+from schemas import FeedbackEvent, OffsetRange, TrainTrigger
+
+TRIGGER = TrainTrigger(policy="assistant", model_version="base", ranges=(OffsetRange(topic="f", partition=0, start=0, end=200),))
+EVENTS = [FeedbackEvent(interaction_id=f"i{n}", user_id="u", query=f"question {n}", response="r", model_version="base", feedback_type="thumbs_up")
+          for n in range(50)]  # fmt: skip
+
+
+class StubRewardModel:
+    def reward(self, queries: list[str], responses: list[str]) -> list[float]:
+        return [0.5] * len(queries)
+
+
+def run_policy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimise) -> object:
+    monkeypatch.setattr(trainers.optimise, "optimise_policy", optimise)
+    monkeypatch.delenv("RLHF_CONFIG", raising=False)
+    job = TrainingJob(load_settings(None, home=tmp_path))
+    reward = ("rm-1", StubRewardModel(), {"eval.pairwise_accuracy": 0.8})
+    return job._policy(tmp_path / "staging", TRIGGER, "assistant-v1", "base", reward, EVENTS, lambda *a, **k: None, emitter=None)
+
+
+def test_a_guardrail_rejection_is_recorded_as_a_rejected_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def rejecting(*args, **kwargs):
+        raise GuardrailRejection("ppo: trained policy failed guardrails ['kl_bound']")
+
+    manifest = run_policy_step(tmp_path, monkeypatch, rejecting)
+    assert manifest.status == "rejected" and "kl_bound" in manifest.reason
+    assert manifest.metrics == {"rm_eval.pairwise_accuracy": 0.8} and manifest.reward_model_version == "rm-1"
+
+
+def test_a_training_error_fails_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def failing(*args, **kwargs):
+        raise TrainingError("kto: no usable examples in the feedback")
+
+    with pytest.raises(TrainingError, match="no usable examples"):
+        run_policy_step(tmp_path, monkeypatch, failing)
+
+
+def test_a_trained_policy_is_a_candidate_only_past_the_margin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    seen = {}
+
+    def improving(algorithm, base, reward_fn, train, held_out, config, out_dir, **kwargs):
+        seen.update(reward=reward_fn(["q"], ["a"]), split=(len(train), len(held_out)))
+        return {"mean_reward_before": 0.4, "mean_reward_after": 0.6, "guardrails_fired": []}
+
+    manifest = run_policy_step(tmp_path, monkeypatch, improving)
+    assert manifest.status == "candidate" and manifest.metrics["mean_reward_after"] == 0.6
+    assert seen["reward"] == [0.5] and sum(seen["split"]) == len(EVENTS) and min(seen["split"]) > 0

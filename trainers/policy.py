@@ -1,0 +1,209 @@
+"""The policy side every algorithm, the evaluation and the assistant service share: load a causal
+LM, sample answers to queries, score them, and measure a policy on held-out queries.
+
+    lm, tokenizer = load_policy("tiny")                        # a Hub id, a local directory, or `tiny`
+    answers = sample(lm, tokenizer, queries, max_new_tokens=32, temperature=0.8, top_p=0.95).responses
+    rollout = generate(lm, tokenizer, queries, reward_fn, max_new_tokens=32, temperature=0.8, top_p=0.95)
+    evaluate_policy(lm, tokenizer, reward_fn, held_out, reference=start)   # mean reward, KL, length
+
+A reward function takes the raw queries and the answers and returns one float per answer; a status
+function receives `(state, stage, message, metrics)` as training goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from core.errors import ModelLoadError, TrainingError
+from trainers.base_models import resolve_base_model
+from trainers.device import pick_device, use_bf16
+from trainers.tiny_policy import format_prompt
+
+RewardFn = Callable[[list[str], list[str]], list[float]]
+StatusFn = Callable[[str, str, str, dict[str, float]], None]
+
+
+def no_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
+    """The status function of a caller that does not listen."""
+
+
+def load_policy(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A Hub id, a local directory, or `tiny` (built locally on first use), in fp32 on the GPU if
+    there is one; ModelLoadError naming the path when it cannot be loaded."""
+    path = resolve_base_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: cannot load policy: {exc}") from None
+    if tokenizer.pad_token is None:  # many causal LMs ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return lm.to(pick_device()), tokenizer
+
+
+# ----------------------------------------------------------------------------- measures of answers
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the response tokens of the whole batch (token-level, as in InstructGPT)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || ref) measured on sampled tokens with the k3 estimator, (r - 1) - log r
+    for r = pi_ref / pi: never negative and low-variance (Schulman 2020), so a bound on it means
+    what it says. The PPO reward penalty keeps the plain log-ratio, whose expectation is the KL."""
+    log_r = ref_logprobs - logprobs
+    return masked_mean(torch.expm1(log_r) - log_r, mask)
+
+
+def repetition_share(tokens: Sequence[int]) -> float:
+    """Share of a response's bigrams that already occurred earlier in it (0: none repeat)."""
+    bigrams = list(zip(tokens, tokens[1:]))
+    return 1.0 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Prompts are left-padded; positions must count real tokens only, as `generate` does.
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_len: int, temperature: float) -> torch.Tensor:
+    # Scored at the sampling temperature: the ratio and KL are between the distributions we sample from.
+    logits = logits[:, -response_len - 1 : -1].float() / temperature
+    return torch.gather(F.log_softmax(logits, dim=-1), 2, input_ids[:, -response_len:].unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def sequence_logprobs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int, temperature: float) -> torch.Tensor:
+    logits = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).logits
+    return response_logprobs(logits, input_ids, response_len, temperature)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class Samples:
+    queries: list[str]
+    responses: list[str]
+    input_ids: torch.Tensor  # (B, P + R): left-padded prompt, then the response, right-padded
+    attention_mask: torch.Tensor  # (B, P + R)
+    mask: torch.Tensor  # (B, R) float: 1 on response tokens up to and including EOS
+
+    @property
+    def response_len(self) -> int:
+        return self.mask.shape[1]
+
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+    def repetition(self) -> float:
+        ids = self.input_ids[:, -self.response_len :]
+        return sum(repetition_share(row[: int(n)].tolist()) for row, n in zip(ids, self.lengths())) / len(ids)
+
+
+@dataclass
+class Rollout(Samples):
+    scores: torch.Tensor  # (B,): the reward function's score of each response
+
+
+@torch.no_grad()
+def sample(
+    lm: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool = False,
+) -> Samples:
+    """Answer `queries` (nucleus sampling, or `greedy`); the tokens after EOS are masked out."""
+    device = next(lm.parameters()).device
+    tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
+    enc = tokenizer([format_prompt(q) for q in queries], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device)):
+        out = lm.generate(
+            **enc, do_sample=not greedy, temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,
+            top_k=0 if not greedy else None, max_new_tokens=max_new_tokens, min_new_tokens=1,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+    response = out[:, enc["input_ids"].shape[1] :]
+    is_eos = response == tokenizer.eos_token_id
+    # A token is part of the answer if no EOS came strictly before it.
+    mask = ((is_eos.cumsum(dim=1) - is_eos.long()) == 0).float()
+    kept = response * mask.long() + tokenizer.pad_token_id * (1 - mask.long())
+    texts = [t.strip() for t in tokenizer.batch_decode(kept, skip_special_tokens=True)]
+    attention_mask = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+    return Samples(list(queries), texts, out, attention_mask, mask)
+
+
+@torch.no_grad()
+def generate(
+    lm: nn.Module, tokenizer: PreTrainedTokenizerBase, queries: list[str], reward_fn: RewardFn, *,
+    max_new_tokens: int, temperature: float, top_p: float, greedy: bool = False,
+) -> Rollout:  # fmt: skip
+    """Answer `queries` and score the answers with `reward_fn`."""
+    s = sample(lm, tokenizer, queries, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
+    scores = torch.tensor(reward_fn(s.queries, s.responses), dtype=torch.float32, device=s.mask.device)
+    if scores.shape != (len(queries),):
+        raise TrainingError(f"reward_fn returned {tuple(scores.shape)} scores for {len(queries)} responses")
+    return Rollout(s.queries, s.responses, s.input_ids, s.attention_mask, s.mask, scores)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class PolicyEval:
+    mean_reward: float
+    kl: float  # mean per-token KL to the reference on the policy's own samples, nats
+    mean_length: float  # response tokens, EOS included
+    repetition: float
+    n: int
+
+
+@torch.no_grad()
+def evaluate_policy(
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_fn: RewardFn,
+    queries: Sequence[str],
+    *,
+    reference: PreTrainedModel | None = None,
+    max_new_tokens: int = 32,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    samples_per_query: int = 2,
+    seed: int = 1234,
+    batch_size: int = 64,
+) -> PolicyEval:
+    """Mean reward of `lm` on held-out `queries` with fixed-seed sampling (the same draws before
+    and after training), its per-token KL to `reference` (0 without one), and answer length."""
+    if not queries:
+        raise TrainingError("evaluation needs at least one held-out query")
+    lm.eval()
+    device = next(lm.parameters()).device
+    repeated = [q for q in queries for _ in range(samples_per_query)]
+    rewards, kls, lengths, reps = [], [], [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, len(repeated), batch_size):
+            ro = generate(lm, tokenizer, repeated[i : i + batch_size], reward_fn,
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)  # fmt: skip
+            rewards += ro.scores.tolist()
+            lengths += ro.lengths().tolist()
+            reps.append(ro.repetition() * len(ro.queries))
+            if reference is not None:
+                own = sequence_logprobs(lm, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
+                ref = sequence_logprobs(reference, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
+                kls.append((kl_estimate(own, ref, ro.mask).item(), ro.mask.sum().item()))
+    kl = sum(k * n for k, n in kls) / sum(n for _, n in kls) if kls else 0.0
+    return PolicyEval(sum(rewards) / len(rewards), kl, sum(lengths) / len(lengths), sum(reps) / len(repeated), len(repeated))
