@@ -301,6 +301,7 @@ def _rollout(
     policy: PolicyWithValue, reference: Reference, tokenizer: PreTrainedTokenizerBase, queries: list[str], reward_fn: RewardFn,
     config: PolicyTrainingConfig, autocast: torch.autocast,
 ) -> _Batch:  # fmt: skip
+    """Sample and score answers to `queries`, and the log-probs and values the update starts from."""
     ro = generate(policy.lm, tokenizer, queries, reward_fn, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p)
     with torch.no_grad(), autocast:
         logprobs, values = (t.float() for t in policy(ro.input_ids, ro.attention_mask, ro.response_len, config.temperature))
