@@ -11,7 +11,8 @@ changelog-backed tables (Faust tables in the worker, dicts in unit tests), as JS
 
 PolicyState is a JSON object carrying its `layout` number; the small records are JSON lists in
 their NamedTuple's field order (the order is the format: append fields, never reorder). Layout 1
-used the keys head:/slot:/trigger: and is not read.
+(keys head:/slot:/trigger:) is not read: a worker upgraded over such a changelog starts each
+policy's counters and buffer afresh; dedupe marks kept their format and still count.
 
 Why this survives a crash under at-least-once delivery (docs/decisions/0001 says why not
 exactly-once): all of a policy's `state` writes go to one changelog partition in order (buffered
@@ -189,7 +190,7 @@ class PolicyLedger:
                 if closable or (ps.accepted_since_trigger >= self.settings.train_threshold and not self._blocked(ps, now)):
                     yield key.removeprefix(POLICY_KEY_PREFIX)
 
-    def mark(self, policy: str, event_id: str) -> DedupeMark | None:
+    def dedupe_mark(self, policy: str, event_id: str) -> DedupeMark | None:
         raw = self.seen.get(mark_key(policy, event_id))
         return None if raw is None else DedupeMark(*raw)
 
@@ -206,7 +207,7 @@ class PolicyLedger:
         return Effects("replayed")
 
     def _live_mark(self, a: Accepted) -> DedupeMark | None:
-        mark = self.mark(a.policy, a.event_id)
+        mark = self.dedupe_mark(a.policy, a.event_id)
         if mark is None or abs(a.record_ts - mark.record_ts) > self.settings.dedupe_horizon_s:
             return None
         return mark
@@ -251,7 +252,7 @@ class PolicyLedger:
         ps.training = Training(trigger_id=trigger.trigger_id, last_seen=now)
         return trigger
 
-    def buffered(self, policy: str, ps: PolicyState) -> list[BufferedEvent]:
+    def buffered_events(self, policy: str, ps: PolicyState) -> list[BufferedEvent]:
         """The rolling buffer: the last `buffer_size` accepted events, oldest first."""
         first = max(0, ps.accepted - self.settings.buffer_size)
         raws = (self.state.get(buffered_key(policy, seq)) for seq in range(first, ps.accepted))
@@ -259,7 +260,7 @@ class PolicyLedger:
 
     def _trigger(self, policy: str, ps: PolicyState, now: float) -> TrainTrigger:
         """A trigger covering the rolling buffer."""
-        events = self.buffered(policy, ps)
+        events = self.buffered_events(policy, ps)
         bounds: dict[int, tuple[int, int]] = {}
         for e in events:
             lo, hi = bounds.get(e.partition, (e.offset, e.offset))

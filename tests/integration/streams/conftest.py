@@ -34,8 +34,8 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., S
         supervisor = Supervisor(tmp_path / "logs", env)
         if die_after_accepting is not None:
             # A service registered before `start` keeps its own command line instead of `rlhf.cli`'s.
-            launcher = [sys.executable, "-m", "tests.integration.streams.crashing_worker", str(die_after_accepting), "streams", "worker"]
-            supervisor.services["streams"] = Service("streams", launcher)
+            launcher = [sys.executable, "-m", "tests.integration.streams.crashing_worker", str(die_after_accepting)]
+            supervisor.services["streams"] = Service("streams", [*launcher, "streams", "worker"])
         services.append(supervisor)
         supervisor.start("streams", "streams", "worker")
         return supervisor

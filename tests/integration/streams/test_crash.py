@@ -17,7 +17,7 @@ from tests.integration.streams.conftest import feedback_event
 pytestmark = pytest.mark.integration
 
 
-COORDINATOR_NOT_READY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE)
+NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
 
 
 def committed(settings) -> int:
@@ -27,7 +27,7 @@ def committed(settings) -> int:
     try:
         return group_progress(k.bootstrap_servers, app_id(settings), k.topic_prefix, ["feedback"], k.partitions).committed
     except KafkaException as exc:
-        if exc.args[0].code() in COORDINATOR_NOT_READY:
+        if exc.args[0].code() in NOT_READY:
             return -1
         raise
 

@@ -181,8 +181,8 @@ def test_state_is_stored_as_named_records_in_layout_2():
     assert json.loads(run.state.data["buffered:assistant:0"]) == [1, 7, "e0", "rating"]  # BufferedEvent's field order
     assert json.loads(run.seen.data["assistant/e0"]) == [1, 7, T0]  # DedupeMark's field order
     ps = run.policy_state()
-    assert run.ledger.buffered("assistant", ps) == [BufferedEvent(partition=1, offset=7, event_id="e0", feedback_type="rating")]
-    assert run.ledger.mark("assistant", "e0") == DedupeMark(partition=1, offset=7, record_ts=T0)
+    assert run.ledger.buffered_events("assistant", ps) == [BufferedEvent(partition=1, offset=7, event_id="e0", feedback_type="rating")]
+    assert run.ledger.dedupe_mark("assistant", "e0") == DedupeMark(partition=1, offset=7, record_ts=T0)
     assert ps.open_windows == {int(T0): {'["v1", "", "", "rating"]': WindowCount(count=1, rating_sum=4, rating_count=1)}}
     with pytest.raises(ValidationError, match="layout"):
         PolicyState.model_validate({**stored, "layout": 1})
