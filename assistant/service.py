@@ -145,7 +145,7 @@ class Assistant:
         for policy in {id(p): p for p, _, _ in routed}.values():
             idx = [i for i, (p, _, _) in enumerate(routed) if p is policy]
             start = time.perf_counter()
-            answers = generate(policy, [requests[i].query for i in idx], self.settings.ppo.training.max_new_tokens)
+            answers = generate(policy, [requests[i].query for i in idx], self.settings.policy.training.max_new_tokens)
             latency_ms = (time.perf_counter() - start) * 1000 / len(idx)
             for i, text in zip(idx, answers):
                 _, experiment, variant = routed[i]

@@ -1,6 +1,6 @@
 """The acceptance figure of policy optimisation: held-out mean reward of the trained policy versus
 the starting one, per algorithm, on the tiny local policy, with the project's settings (the
-`ppo:` block of rlhf.yaml, as the demo and the trainer consumer use them).
+`policy:` block of rlhf.yaml, as the demo and the trainer consumer use them).
 
     python -m bench.policy_gain [--algorithms ppo grpo kto] [--rewards quality rm] [--repeats 1] [--threads 2]
 

@@ -1,7 +1,7 @@
 """Configuration: one YAML file (`rlhf.yaml`, everything under an `rlhf:` key) loaded into frozen
 pydantic-settings models, overridable by environment variables.
 
-Precedence, highest first: environment (`RLHF_PPO__TRAINING__BATCH_SIZE=16`), the YAML file
+Precedence, highest first: environment (`RLHF_POLICY__TRAINING__BATCH_SIZE=16`), the YAML file
 (`$RLHF_CONFIG` or `./rlhf.yaml`), the defaults below. `rlhf config show` prints the result.
 """
 
@@ -64,8 +64,8 @@ class RewardModelSettings(Section):
     training: RewardTrainingSettings = RewardTrainingSettings()
 
 
-class PPOTrainingSettings(Section):
-    epochs: int = Field(20, ge=1, description="PPO iterations (rollout + update) per training job.")
+class PolicyTrainingSettings(Section):
+    epochs: int = Field(20, ge=1, description="PPO iterations (one rollout batch + its update); GRPO/RLOO optimiser steps.")
     batch_size: int = Field(16, ge=1, description="Queries rolled out per iteration.")
     mini_batch_size: int = Field(8, ge=1, description="Rollouts per gradient step.")
     ppo_epochs: int = Field(4, ge=1, description="Optimisation passes over each rollout batch.")
@@ -75,10 +75,10 @@ class PPOTrainingSettings(Section):
     max_new_tokens: int = Field(32, ge=1, description="Tokens generated per rollout.")
 
 
-class PPOSettings(Section):
+class PolicySettings(Section):
     base_model: str = Field("tiny", description="Hub id or local path of the policy; `tiny` is the locally built assistant.")
     algorithm: Algorithm = Field("ppo", description="Policy optimisation algorithm.")
-    training: PPOTrainingSettings = PPOTrainingSettings()
+    training: PolicyTrainingSettings = PolicyTrainingSettings()
 
 
 class ContinuousLearningSettings(Section):
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     reward_model: RewardModelSettings = RewardModelSettings()
-    ppo: PPOSettings = PPOSettings()
+    policy: PolicySettings = PolicySettings()
     continuous_learning: ContinuousLearningSettings = ContinuousLearningSettings()
     ab_testing: ABTestingSettings = ABTestingSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()

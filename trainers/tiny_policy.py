@@ -9,7 +9,7 @@ mixes helpful, dodging, echoing and wrong answers and RLHF has room to improve.
     rlhf policy build-tiny --out /tmp/tiny          # or: ensure_tiny_policy() (cached, built once)
 
 Everything round-trips through `save_pretrained` / `from_pretrained(path)`, so the rest of the
-project treats it exactly like a Hub model; `ppo.base_model: tiny` in the config selects it
+project treats it exactly like a Hub model; `policy.base_model: tiny` in the config selects it
 (`trainers.base_models`).
 """
 

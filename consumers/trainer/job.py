@@ -35,19 +35,19 @@ class JobAbandoned(RlhfError):
 
 
 def config_hash(settings: Settings) -> str:
-    training = {k: settings.model_dump(mode="json")[k] for k in ("reward_model", "ppo", "feedback")}
+    training = {k: settings.model_dump(mode="json")[k] for k in ("reward_model", "policy", "feedback")}
     return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def ensure_base_policy(settings: Settings, policy: str = DEFAULT_POLICY) -> str:
-    """Register the configured starting policy (`ppo.base_model`) as serving if nothing serves yet."""
+    """Register the configured starting policy (`policy.base_model`) as serving if nothing serves yet."""
     from trainers.base_models import resolve_base_model
 
     registry = ModelRegistry(settings.registry_path)
     if registry.serving(policy) is None:
-        source = Path(resolve_base_model(settings.ppo.base_model))
+        source = Path(resolve_base_model(settings.policy.base_model))
         if not source.is_dir():
-            raise TrainingError(f"ppo.base_model {settings.ppo.base_model!r}: the registry needs a local directory to copy as the base version")
+            raise TrainingError(f"policy.base_model {settings.policy.base_model!r}: the registry needs a local directory to copy as the base version")
         registry.register_base(policy, BASE_VERSION, lambda d: shutil.copytree(source, d, dirs_exist_ok=True))
     return registry.serving(policy) or BASE_VERSION
 
@@ -151,7 +151,7 @@ class TrainingJob:
         )  # fmt: skip
         try:
             metrics = optimise_policy(
-                self.settings.ppo.algorithm, str(self.registry.path("policies", parent)), reward_model.reward, train_queries, eval_queries,
+                self.settings.policy.algorithm, str(self.registry.path("policies", parent)), reward_model.reward, train_queries, eval_queries,
                 PolicyTrainingConfig.from_settings(self.settings), directory, on_status=on_status, feedback_events=events,
             )  # fmt: skip
         except GuardrailRejection as exc:  # an outcome: record it, it never serves. A TrainingError fails the trigger.

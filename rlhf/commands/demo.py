@@ -27,7 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     results = run_demo(plan, run_dir)
     elapsed = time.monotonic() - started
-    summary = report.write_report(run_dir, results, elapsed, max_new_tokens=settings_of(args).ppo.training.max_new_tokens)
+    summary = report.write_report(run_dir, results, elapsed, max_new_tokens=settings_of(args).policy.training.max_new_tokens)
     print(summary)
     return 0 if len(results) >= plan.rounds else 1
 

@@ -11,7 +11,7 @@ the tiny offline policy.
 policy's own samples. `--reward-model DIR --data FILE` uses a reward model saved by `rlhf reward
 train` (its sigmoid, as the trainer consumer does) and the queries of FILE (JSONL, one
 FeedbackEvent per line), split train / held-out by a stable hash; KTO and DPO learn from FILE's
-thumbs, ratings and corrections. Hyperparameters come from `ppo:` in rlhf.yaml (RLHF_PPO__*).
+thumbs, ratings and corrections. Hyperparameters come from `policy:` in rlhf.yaml (RLHF_POLICY__*).
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def _train(args: argparse.Namespace) -> None:
     from trainers.policy_config import PolicyTrainingConfig
 
     settings = settings_of(args)
-    algorithm = args.algorithm or settings.ppo.algorithm
-    base = _policy_path(args.base_model or settings.ppo.base_model, "base policy")
+    algorithm = args.algorithm or settings.policy.algorithm
+    base = _policy_path(args.base_model or settings.policy.base_model, "base policy")
     out = Path(args.out) if args.out else settings.home / "policies" / datetime.now(timezone.utc).strftime(f"{algorithm}-%Y%m%dT%H%M%SZ")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: already exists and is not an empty directory; choose another --out")
@@ -194,11 +194,11 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     policy = group(sub, "policy", "Policy: optimise with PPO / GRPO / RLOO / KTO / DPO, evaluate, build the tiny offline policy.")
     p = command(policy, "train", "Train a policy against a reward and save it; prints held-out reward before and after.", _train)
-    p.add_argument("--algorithm", choices=ALGORITHMS, help="default: ppo.algorithm of the config")
+    p.add_argument("--algorithm", choices=ALGORITHMS, help="default: policy.algorithm of the config")
     _add_task_options(p)
-    p.add_argument("--base-model", metavar="PATH", help="starting policy: `tiny`, a directory, or a Hub id (default: ppo.base_model)")
+    p.add_argument("--base-model", metavar="PATH", help="starting policy: `tiny`, a directory, or a Hub id (default: policy.base_model)")
     p.add_argument("--out", metavar="DIR", help="directory to create (default: RLHF_HOME/policies/<algorithm>-<UTC time>)")
-    p.add_argument("--epochs", type=int, help="override ppo.training.epochs (PPO iterations / GRPO-RLOO rounds)")
+    p.add_argument("--epochs", type=int, help="override policy.training.epochs (PPO iterations / GRPO-RLOO rounds)")
     p.add_argument("--seed", type=int, help="override the training seed")
     p = command(policy, "eval", "Held-out mean reward, length and (with --reference) KL of a saved policy.", _eval)
     p.add_argument("--model", required=True, metavar="PATH", help="policy directory (or `tiny`)")

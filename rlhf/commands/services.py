@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backoff", type=float, default=5.0, help="seconds before the first retry (doubles each time)")
 
     models = group(sub, "models", "The model registry: versions, lineage, promotion.")
-    command(models, "init", "Register the starting policy (ppo.base_model) as the serving version if none serves.", _models_init)
+    command(models, "init", "Register the starting policy (policy.base_model) as the serving version if none serves.", _models_init)
     command(models, "list", "List policy and reward-model versions with status and lineage.", _models_list)
     p = command(models, "show", "Print one version's manifest (lineage, metrics, config hash).", _models_show)
     p.add_argument("version")

@@ -26,7 +26,7 @@ SHORT = DemoPlan(rounds=1, users=120, batch=32, train_threshold=100, ab_samples_
 def fast(monkeypatch):
     # Fast reward model, but enough PPO iterations that the gate (margin 0, as configured by
     # default) usually passes the candidate on to its A/B test; either outcome is checked below.
-    for key, value in {**FAST_TRAINING, "RLHF_PPO__TRAINING__EPOCHS": "8"}.items():
+    for key, value in {**FAST_TRAINING, "RLHF_POLICY__TRAINING__EPOCHS": "8"}.items():
         monkeypatch.setenv(key, value)
 
 

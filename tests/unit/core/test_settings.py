@@ -6,17 +6,17 @@ from core.errors import ConfigError
 
 def test_plan_shaped_yaml_loads(tmp_path):
     cfg = tmp_path / "rlhf.yaml"
-    cfg.write_text("rlhf:\n  ppo:\n    training:\n      batch_size: 4\n  continuous_learning:\n    train_threshold: 50\n")
+    cfg.write_text("rlhf:\n  policy:\n    training:\n      batch_size: 4\n  continuous_learning:\n    train_threshold: 50\n")
     s = load_settings(cfg)
-    assert s.ppo.training.batch_size == 4 and s.ppo.training.mini_batch_size == 8
+    assert s.policy.training.batch_size == 4 and s.policy.training.mini_batch_size == 8
     assert s.continuous_learning.train_threshold == 50
 
 
 def test_environment_overrides_file(tmp_path, monkeypatch):
     cfg = tmp_path / "rlhf.yaml"
-    cfg.write_text("rlhf:\n  ppo:\n    training:\n      batch_size: 4\n")
-    monkeypatch.setenv("RLHF_PPO__TRAINING__BATCH_SIZE", "9")
-    assert load_settings(cfg).ppo.training.batch_size == 9
+    cfg.write_text("rlhf:\n  policy:\n    training:\n      batch_size: 4\n")
+    monkeypatch.setenv("RLHF_POLICY__TRAINING__BATCH_SIZE", "9")
+    assert load_settings(cfg).policy.training.batch_size == 9
 
 
 def test_bad_value_names_key_and_reason(tmp_path):

@@ -41,7 +41,7 @@ def small_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("RLHF_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./rlhf.yaml
     for key, value in SMALL.items():
-        monkeypatch.setenv(f"RLHF_PPO__TRAINING__{key}", value)
+        monkeypatch.setenv(f"RLHF_POLICY__TRAINING__{key}", value)
 
 
 def test_train_synthetic_prints_the_summary_and_saves_a_loadable_policy(micro_policy: str, tmp_path: Path, capsys: pytest.CaptureFixture):
