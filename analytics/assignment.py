@@ -1,6 +1,6 @@
 """Deterministic A/B assignment: the same (salt, user) lands in the same variant in every process.
 
-The plan's `hash(user_id) % 2` changes with PYTHONHASHSEED, so workers disagree; here a stable
+`hash(user_id) % 2` changes with PYTHONHASHSEED, so workers disagree; here a stable
 BLAKE2b fraction of (salt, user id) is cut into buckets proportional to the variant weights.
 Changing the salt reshuffles every user, which is how a new experiment gets a fresh split.
 

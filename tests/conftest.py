@@ -31,14 +31,14 @@ _ISOLATION = pytest.StashKey[tuple[pytest.MonkeyPatch, Path]]()
 
 
 def isolate_from_user_config(mp: pytest.MonkeyPatch, directory: Path) -> Path:
-    """Drop every RLHF_* variable, point RLHF_CONFIG at an empty YAML file in `directory` and
-    RLHF_HOME inside it, so no test reads the developer's configuration or writes into their state."""
+    """Drop every RLHF_* variable and point RLHF_CONFIG at an empty YAML file in `directory`.
+    (Not RLHF_HOME: environment beats explicit values in `load_settings`, so a global RLHF_HOME would
+    override the per-test `home` every fixture sets.)"""
     config = directory / "rlhf.yaml"
     config.write_text("")
     for name in [n for n in os.environ if n.startswith("RLHF_")]:
         mp.delenv(name)
     mp.setenv("RLHF_CONFIG", str(config))
-    mp.setenv("RLHF_HOME", str(directory / "home"))
     return config
 
 

@@ -69,7 +69,7 @@ def test_same_query_ignores_case_and_whitespace():
 
 
 def test_thumbs_up_without_rating_is_positive_whatever_min_rating():
-    # The plan's bug: `rating >= min_rating` on a thumbs_up (rating None) labelled it negative.
+    # A tempting bug: `rating >= min_rating` on a thumbs_up (rating None) labels it negative.
     for min_rating in (1, 4, 5):
         data = build([ev("A", "thumbs_up")], min_rating=min_rating)
         assert points_of(data) == {("A", 1.0, "thumbs_up")}

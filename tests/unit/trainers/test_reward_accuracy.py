@@ -1,4 +1,4 @@
-"""The plan's success metric: the MiniLM reward model, trained on simulated feedback about the
+"""A success metric (accuracy >= 85%): the MiniLM reward model, trained on simulated feedback about the
 training questions, ranks a helpful answer above a dodge, echo or wrong answer on questions it
 never saw (held out by `split_questions`, new app/action combinations) at least 85% of the time.
 
