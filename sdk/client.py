@@ -14,7 +14,7 @@ Delivery failures are collected and raised from `flush()` (and so from the conte
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -35,6 +35,7 @@ PRODUCER_DEFAULTS = {
     "delivery.report.only.error": True,
 }
 POLL_EVERY = 256
+E = TypeVar("E", InteractionEvent, FeedbackEvent)
 
 
 def is_sampled(interaction_id: str, collection_rate: float) -> bool:
@@ -67,17 +68,17 @@ class FeedbackClient:
         return is_sampled(interaction_id, self.collection_rate)
 
     def interaction(self, event: InteractionEvent | None = None, /, **fields: Any) -> InteractionEvent | None:
-        ev = validate_event(InteractionEvent, event or fields)
-        if not self.sampled(ev.interaction_id):
-            return None
-        self.send("interactions", ev, key=ev.user_id)
-        return ev
+        return self._send_sampled(InteractionEvent, "interactions", event or fields)
 
     def feedback(self, event: FeedbackEvent | None = None, /, **fields: Any) -> FeedbackEvent | None:
-        ev = validate_event(FeedbackEvent, event or fields)
-        if not self.sampled(ev.interaction_id):
+        return self._send_sampled(FeedbackEvent, "feedback", event or fields)
+
+    def _send_sampled(self, model: type[E], topic: str, event: E | dict[str, Any]) -> E | None:
+        """Validate, then send only if the interaction is sampled (the same choice in every process)."""
+        ev = validate_event(model, event)
+        if not self.sampled(ev.interaction_id):  # type: ignore[attr-defined]
             return None
-        self.send("feedback", ev, key=ev.user_id)
+        self.send(topic, ev, key=ev.user_id)  # type: ignore[attr-defined]
         return ev
 
     def exposure(self, event: ExposureEvent | None = None, /, **fields: Any) -> ExposureEvent:
