@@ -41,13 +41,13 @@ class LoadedPolicy:
     tokenizer: PreTrainedTokenizerBase
 
 
-def load_policy(registry: ModelRegistry, version: str) -> LoadedPolicy:
+def load_version(registry: ModelRegistry, version: str) -> LoadedPolicy:
     """A registry version, loaded as training loads it; ModelLoadError naming its path if it cannot be."""
     model, tokenizer = policies.load_policy(str(registry.path("policies", version)))
     return LoadedPolicy(version, model.eval(), tokenizer)
 
 
-def generate(policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed: int | None = None) -> list[str]:
+def answer(policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed: int | None = None) -> list[str]:
     """Sampled answers (a given `seed` repeats them) with the sampling settings of training and evaluation."""
     if seed is not None:
         torch.manual_seed(seed)
@@ -85,7 +85,7 @@ class PolicyPool:
         if version is None:
             return None
         if version not in self._loaded:
-            self._loaded[version] = load_policy(self.registry, version)
+            self._loaded[version] = load_version(self.registry, version)
         return self._loaded[version]
 
     def refresh(self) -> None:
@@ -145,7 +145,7 @@ class Assistant:
         for policy in {id(p): p for p, _, _ in routed}.values():
             idx = [i for i, (p, _, _) in enumerate(routed) if p is policy]
             start = time.perf_counter()
-            answers = generate(policy, [requests[i].query for i in idx], self.settings.policy.training.max_new_tokens)
+            answers = answer(policy, [requests[i].query for i in idx], self.settings.policy.training.max_new_tokens)
             latency_ms = (time.perf_counter() - start) * 1000 / len(idx)
             for i, text in zip(idx, answers):
                 _, experiment, variant = routed[i]

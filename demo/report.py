@@ -146,17 +146,17 @@ def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], sum
 def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int, samples: int = 2) -> dict[str, float]:
     """Mean hidden preference of each version's answers to the held-out questions (ground truth)."""
     from registry.store import ModelRegistry
-    from assistant.service import generate, load_policy
+    from assistant.service import answer, load_version
     from trainers.synthetic import quality, split_questions
 
     registry = ModelRegistry(registry_root)
     _, held_out = split_questions()
     out = {}
     for version in sorted(versions):
-        policy = load_policy(registry, version)
+        policy = load_version(registry, version)
         scores = []
         for s in range(samples):
-            answers = generate(policy, [q.text for q in held_out], max_new_tokens, seed=s)
+            answers = answer(policy, [q.text for q in held_out], max_new_tokens, seed=s)
             scores += [quality(q, a) for q, a in zip(held_out, answers)]
         out[version] = sum(scores) / len(scores)
     return out

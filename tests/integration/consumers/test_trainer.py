@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from registry.store import ModelRegistry, version_for
-from assistant.service import load_policy
+from assistant.service import load_version
 from consumers.trainer.job import ensure_base_policy
 from sdk.client import FeedbackClient
 from demo.supervisor import Supervisor
@@ -78,7 +78,7 @@ def test_trigger_to_published_version_with_faults(settings, stack):
     manifest = registry.manifest("policies", done.version)
     assert manifest.trigger_id == first.trigger_id and manifest.parent_version == "base"
     assert [OffsetRange(**r) for r in manifest.data_ranges] == list(first.ranges)
-    assert load_policy(registry, done.version).model is not None
+    assert load_version(registry, done.version).model is not None
 
     # 2. The same trigger re-delivered produces no second version.
     with FeedbackClient.from_settings(settings) as client:
