@@ -8,11 +8,12 @@ Precedence, highest first: environment (`RLHF_POLICY__TRAINING__BATCH_SIZE=16`),
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -100,17 +101,28 @@ class VariantSettings(Section):
     weight: float = Field(1.0, gt=0, description="Relative traffic weight.")
 
 
+def _variants_from_names(value: Any) -> Any:
+    """`variants: [control, variant_a]` (names only) means: equal weights, the first serves the
+    serving version (control), the others the candidate. The detailed form passes through."""
+    if isinstance(value, (list, tuple)):
+        return tuple({"name": v, "model": "serving" if i == 0 else "candidate"} if isinstance(v, str) else v for i, v in enumerate(value))
+    return value
+
+
 class ABTestingSettings(Section):
     enabled: bool = True
-    experiment: str = Field("policy-ab", description="Experiment name recorded on exposures.")
+    experiment: str = Field("policy-ab", description="Experiment name; each candidate's experiment id is `<experiment>:<candidate version>`.")
     salt: str = Field("rlhf-ab-1", description="Assignment salt; change it to reshuffle users.")
-    variants: tuple[VariantSettings, ...] = (
+    variants: Annotated[tuple[VariantSettings, ...], BeforeValidator(_variants_from_names)] = (
         VariantSettings(name="control", model="serving"),
         VariantSettings(name="variant_a", model="candidate"),
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the tests and intervals.")
     min_lift: float = Field(0.0, description="Relative lift of the positive rate a treatment must beat to be promoted.")
-    min_samples_per_variant: int = Field(200, ge=1, description="Feedback events per variant before a decision is made.")
+    min_users_per_variant: int = Field(100, ge=1, description="Users with feedback per variant before any decision is made.")
+    horizon_users: int = Field(2000, ge=1, description="Exposed users per variant at which an undecided experiment ends (control kept).")
+    horizon_s: float = Field(7 * 24 * 3600.0, gt=0, description="Seconds after which an undecided experiment ends (control kept).")
+    decide_every_s: float = Field(30.0, gt=0, description="How often the decider analyses each open experiment.")
 
     @model_validator(mode="after")
     def _unique_variants(self) -> "ABTestingSettings":
@@ -179,10 +191,35 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    # The plan nests everything under `rlhf:`; accept the bare form too.
+    # The block is nested under `rlhf:`; accept the bare form too.
     body = raw.get("rlhf", raw)
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: key 'rlhf' must be a mapping, got {type(body).__name__}")
+    return _accept_first_config_form(body, path)
+
+
+def _accept_first_config_form(body: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Read the project's first configuration block as written: `ppo:` is the old name of
+    `policy:`; `enabled: true`, `continuous_learning.enabled: true` and `feedback.storage` said
+    what is always so here (the loop runs while its services run; the feedback topic is the
+    store) and are dropped. `enabled: false` cannot be honoured by a config file: refuse it."""
+    body = dict(body)
+    if "ppo" in body:
+        if "policy" in body:
+            raise ConfigError(f"{path}: 'ppo' and 'policy' both given; 'ppo' is the old name of 'policy', keep one")
+        body["policy"] = body.pop("ppo")
+    for section, key in ((None, "enabled"), ("continuous_learning", "enabled"), ("feedback", "storage")):
+        holder = body if section is None else body.get(section)
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        name = key if section is None else f"{section}.{key}"
+        if key == "enabled" and holder[key] is not True:
+            raise ConfigError(f"{path}: {name}: only `true` is supported (got {holder[key]!r}); stop the services to stop the loop")
+        if key == "storage":
+            print(f"rlhf: {path}: feedback.storage ({holder[key]!r}) ignored: the feedback topic is the store", file=sys.stderr)
+        if section is not None:
+            body[section] = holder = dict(holder)
+        del holder[key]
     return body
 
 

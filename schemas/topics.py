@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from schemas.experiments import ExperimentEvent
 from schemas import (
     DeadLetter,
     ExposureEvent,
@@ -46,7 +47,7 @@ class InternalTopic:
 
 
 # Processes: "assistant" (HTTP service), "sdk" (any Python app), "streams" (Faust worker),
-# "trainer", "decider" (applies A/B decisions: `rlhf models promote|rollback` today), "sink", "demo" (driver).
+# "trainer", "decider" (`rlhf decider run`, and `rlhf models promote|rollback` by hand), "sink", "demo" (driver).
 TOPICS: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
@@ -64,6 +65,9 @@ TOPICS: dict[str, TopicSpec] = {
                   why_one_partition="a round's statuses are read in the order they were written, by readers without a group"),  # fmt: skip
         TopicSpec("model-published", "policy", ModelPublished, ("trainer", "decider"), ("sink", "demo"), keyed_partitions=False,
                   why_one_partition="the version history of every policy in one order"),  # fmt: skip
+        TopicSpec("experiments", "policy", ExperimentEvent, ("trainer", "decider"), ("streams", "assistant", "decider", "sink", "demo"),
+                  keyed_partitions=False, config={"retention.ms": str(365 * DAY_MS)},
+                  why_one_partition="an experiment's start and decision in one order; one active decider (the partition's owner) at a time"),  # fmt: skip
         TopicSpec("metrics", "window", WindowMetrics, ("streams",), ("sink",)),
     )
 }

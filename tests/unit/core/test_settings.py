@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from core.settings import load_settings
@@ -38,3 +40,24 @@ def test_cross_field_rule_and_missing_file(tmp_path):
     (tmp_path / "broken.yaml").write_text("rlhf: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(tmp_path / "broken.yaml")
+
+
+FIRST_CONFIG = Path(__file__).with_name("first_config.yaml")  # the project's original configuration block, verbatim
+
+
+def test_the_first_config_block_loads_verbatim(capsys):
+    s = load_settings(FIRST_CONFIG)
+    assert s.policy.base_model == "microsoft/phi-2" and s.policy.training.epochs == 100  # `ppo:` is the old name of `policy:`
+    assert s.reward_model.training.learning_rate == 2e-5 and s.feedback.collection_rate == 0.3
+    assert [(v.name, v.model, v.weight) for v in s.ab_testing.variants] == [("control", "serving", 1.0), ("variant_a", "candidate", 1.0)]
+    assert "feedback.storage ('data/feedback.jsonl') ignored" in capsys.readouterr().err
+
+
+def test_a_disabled_switch_is_refused_not_ignored(tmp_path):
+    cfg = tmp_path / "rlhf.yaml"
+    cfg.write_text("rlhf:\n  continuous_learning:\n    enabled: false\n")
+    with pytest.raises(ConfigError, match="continuous_learning.enabled: only `true` is supported"):
+        load_settings(cfg)
+    cfg.write_text("rlhf:\n  ppo: {algorithm: grpo}\n  policy: {algorithm: ppo}\n")
+    with pytest.raises(ConfigError, match="'ppo' and 'policy' both given"):
+        load_settings(cfg)

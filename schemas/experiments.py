@@ -1,0 +1,81 @@
+"""The experiment lifecycle on the `experiments` topic, keyed by policy.
+
+A round's candidate is offered to users by `ExperimentStarted` (written by the trainer once the
+gate passes it) and ended by exactly one `ExperimentDecided` (written by the decider). While an
+experiment is open the stream worker holds the policy's next trigger back and the assistant
+routes the experiment's variants; the decision releases both.
+
+    event = parse_event(ExperimentEvent, raw).root     # an ExperimentStarted or an ExperimentDecided
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+
+from schemas.events import Event, Id, utc_now
+
+ExperimentOutcome = Literal["promote", "rollback", "expired"]
+
+
+def experiment_id_for(experiment: str, candidate_version: str) -> str:
+    """Each candidate is its own experiment, so analyses never mix rounds (and the id is stable
+    across redeliveries: the candidate's version derives from its trigger id)."""
+    return f"{experiment}:{candidate_version}"
+
+
+class Arm(BaseModel):
+    """One variant of an experiment: its name, the model version it serves, its traffic weight."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Id
+    model_version: Id
+    weight: float = Field(gt=0)
+
+
+class ExperimentStarted(Event):
+    """A candidate is offered: who is compared with whom, how traffic splits, and when it must end."""
+
+    kind: Literal["started"] = "started"
+    experiment_id: Id
+    policy: Id
+    trigger_id: Id = Field(description="The training round whose candidate this is.")
+    control_version: Id
+    treatment_version: Id
+    arms: tuple[Arm, ...] = Field(min_length=2, description="Variants in config order; the first is the control.")
+    salt: str = Field(min_length=1, max_length=128, description="Assignment salt (analytics.assignment).")
+    started_at: datetime = Field(default_factory=utc_now)
+    horizon_users: int = Field(ge=1, description="Exposed users per variant at which the experiment ends undecided.")
+    horizon_s: float = Field(gt=0, description="Duration after which the experiment ends undecided.")
+
+    @model_validator(mode="after")
+    def _arms_are_distinct(self) -> "ExperimentStarted":
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names must be distinct, got {names}")
+        return self
+
+
+class ExperimentDecided(Event):
+    """The one decision of an experiment, the statistics it rested on, and what serves afterwards."""
+
+    kind: Literal["decided"] = "decided"
+    experiment_id: Id
+    policy: Id
+    trigger_id: Id
+    outcome: ExperimentOutcome = Field(description="promote; rollback (significantly worse or a guardrail); expired (horizon reached without a win: control kept).")
+    serving_version: Id = Field(description="The version serving after the decision.")
+    statistics: dict[str, float] = Field(default_factory=dict)
+    reason: str = Field("", max_length=4_000)
+
+
+class ExperimentEvent(RootModel[Annotated[ExperimentStarted | ExperimentDecided, Field(discriminator="kind")]]):
+    """The value of the `experiments` topic: either step, told apart by `kind`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.root.to_bytes()
