@@ -26,7 +26,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
-from analytics.tables import EVENT_TABLES, Table
+from analytics.tables import EVENT_TABLES, EXPERIMENTS, Table
 from core.settings import Settings
 
 Mode = Literal["chdb", "server"]
@@ -78,6 +78,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                    sum(reward) AS reward_sum
             FROM feedback GROUP BY experiment, variant, model_version, day""",
     )),
+    Migration("0003_experiments", (EXPERIMENTS.ddl(),)),
 )
 
 @dataclass

@@ -2,15 +2,19 @@
 
 Routes:
     GET /                  HTML page: feedback volume, positive rate by variant, A/B results and
-                           decision, training runs (reward / KL), the per-day materialized view
+                           decision, experiments (open and decided, with their intervals), training
+                           runs (reward / KL), the per-day materialized view
     GET /sql/{name}?k=v    a named query (analytics.queries) as JSON {"columns": [...], "data": [[...]]}
     GET /api/queries       the named queries with their parameters
     GET /                  ?experiment=NAME shows that experiment (default: the current one)
-    GET /api/ab            ?experiment=NAME: the A/B decisions as JSON, {"experiment", "decision",
-                           "reason", "samples": {variant: feedback}, "decisions": [...]}
+    GET /api/ab            ?experiment=NAME: analytics.decision.report as JSON, {"experiment",
+                           "decision" (promote | rollback | keep_running | no_data), "reason",
+                           "users": {variant: exposed users}, "statistics": {name: number}, "decisions": [...]}
     GET /healthz           {"status": "ok", "mode": "chdb" | "server"}
 
-Plots are server-rendered inline SVG, so the page works offline and needs no JavaScript.
+Plots are server-rendered inline SVG, so the page works offline and needs no JavaScript. Consumer
+lag and dead letters are not shown: the sink stores neither in ClickHouse (dead letters go to the
+DLQ topics, lag lives in Kafka), and this package does not talk to Kafka.
 """
 
 from __future__ import annotations
@@ -103,15 +107,16 @@ def _table(frame: pd.DataFrame, max_rows: int = 30) -> str:
 def _decision_html(decisions: tuple[Decision, ...]) -> str:
     items = []
     for d in decisions:
-        p, (down, rating) = d.primary, d.guardrails
+        p, (down, rating), e = d.primary, d.guardrails, d.per_event
         items.append(
             f'<div class="decision {d.action}"><b>{html.escape(d.treatment)} vs {html.escape(d.control)}: {d.action.replace("_", " ")}</b>'
             f" &mdash; {html.escape('; '.join(d.reasons))}<br>"
-            f"positive rate {p.control.estimate:.3f} &rarr; {p.treatment.estimate:.3f}, lift {p.lift.estimate:+.1%} "
-            f"[{p.lift.low:+.1%}, {p.lift.high:+.1%}], z-test p={p.p_value:.3g}, always-valid p={p.sequential_p:.3g}; "
-            f"thumbs-down {down.control.estimate:.3f} &rarr; {down.treatment.estimate:.3f} (p={down.sequential_p:.3g}); "
-            f"mean rating {rating.control.estimate:.2f} &rarr; {rating.treatment.estimate:.2f} (Welch p={rating.p_value:.3g}); "
-            f"SRM p={d.srm.p_value:.3g}; detectable rise {d.mde_abs:.3f}</div>"
+            f"per user: positive rate {p.control.estimate:.3f} &rarr; {p.treatment.estimate:.3f} ({p.n_control:.0f} / {p.n_treatment:.0f} users), "
+            f"lift {p.lift.estimate:+.1%} [{p.lift.low:+.1%}, {p.lift.high:+.1%}], z-test p={p.p_value:.3g}, always-valid p={p.sequential_p:.3g}, "
+            f"CUPED variance &times;{d.cuped_variance_ratio:.2f}; thumbs-down {down.control.estimate:.3f} &rarr; {down.treatment.estimate:.3f} "
+            f"(p={down.sequential_p:.3g}); mean rating {rating.control.estimate:.2f} &rarr; {rating.treatment.estimate:.2f} "
+            f"(p={rating.sequential_p:.3g}); SRM p={d.srm.p_value:.3g}; detectable rise {d.mde_abs:.3f}. "
+            f"Per event (descriptive, ignores users): {e.n_control:.0f} / {e.n_treatment:.0f} events, z-test p={e.p_value:.3g}</div>"
         )  # fmt: skip
     return "".join(items)
 
@@ -126,14 +131,17 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
     rate = run_query(warehouse, "positive_rate_over_time", {"experiment": experiment, "bucket_s": bucket})
     decisions = analyze(warehouse, settings, experiment)
     exposed = sum(decisions[0].srm.observed.values()) if decisions else 0  # users exposed, over all variants
+    lifecycle = run_query(warehouse, "experiment_lifecycle")
     runs = run_query(warehouse, "training_runs")
     curve = run_query(warehouse, "training_curve")
     daily = run_query(warehouse, "variant_daily", {"experiment": experiment})
     return [
         Panel("feedback_volume", f"Feedback volume (per {_duration(bucket)})", len(volume), plots.feedback_volume(volume, bucket) if len(volume) else ""),
         Panel("positive_rate", f"Positive rate over time by variant ({experiment})", len(rate), plots.positive_rate(rate) if len(rate) else ""),
-        Panel("ab_results", f"A/B results: {experiment}", exposed,
+        Panel("ab_results", f"A/B results per user: {experiment}", exposed,
               plots.ab_intervals(decisions, settings.ab_testing.alpha) + _decision_html(decisions) if exposed else ""),
+        Panel("experiments", "Experiments: open, and decided with the lift they were decided on", len(lifecycle),
+              (plots.experiment_lifts(lifecycle) if lifecycle["lift"].notna().any() else "") + _table(lifecycle) if len(lifecycle) else ""),
         Panel("training_runs", "Training runs: reward and KL", len(runs),
               (plots.training(curve) if len(curve) else "") + _table(runs) if len(runs) else ""),
         Panel("variant_daily", "Per experiment, variant, model version and day (materialized view)", len(daily), _table(daily), wide=True),

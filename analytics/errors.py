@@ -20,3 +20,8 @@ class UnknownQueryError(AnalyticsError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class OwnerUnreachableError(AnalyticsError):
+    """The embedded warehouse's owner (the sink, serving the dashboard) did not answer; the message
+    names the address and what to start or configure."""

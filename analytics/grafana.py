@@ -6,7 +6,9 @@ never drift. The committed file is docker/grafana/rlhf-analytics.json; regenerat
 Grafana's ClickHouse plugin has no server-side parameters, so each `{name:Type}` placeholder
 becomes a dashboard variable or macro: experiment -> '${experiment}' (a drop-down of the
 `experiments` query), bucket_s -> $__interval_s, anything else -> its default. The A/B decision itself (statistics in Python) is only on the
-built-in dashboard and `rlhf ab analyze`; Grafana shows the `ab_summary` numbers behind it.
+built-in dashboard and `rlhf ab analyze`; Grafana shows the per-user sums behind it (`ab_users`)
+and the decisions made (`experiment_lifecycle`). Consumer lag and dead letters are not in
+ClickHouse, so not here either.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ _TIME_SERIES, _TABLE = 0, 1  # the plugin's `format` values
 PANELS: tuple[tuple[str, str, str, int, int], ...] = (
     ("feedback_volume", "Feedback volume by type", "timeseries", 12, 8),
     ("positive_rate_over_time", "Positive rate over time by variant", "timeseries", 12, 8),
-    ("ab_summary", "A/B summary per variant (inputs of the decision)", "table", 24, 6),
+    ("ab_users", "A/B per-user sums per variant (inputs of the decision)", "table", 24, 6),
+    ("experiment_lifecycle", "Experiments: open, and decided with their lift and interval", "table", 24, 8),
     ("training_curve", "Training runs: reward and KL", "timeseries", 12, 8),
     ("training_runs", "Training runs", "table", 12, 8),
     ("variant_daily", "Per experiment, variant, model version and day (materialized view)", "table", 24, 9),

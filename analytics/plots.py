@@ -71,7 +71,7 @@ def ab_intervals(decisions: Sequence[Decision], alpha: float) -> str:
         err = [[arm[pick].estimate - arm[pick].low for arm in arms], [arm[pick].high - arm[pick].estimate for arm in arms]]
         rates.errorbar(xs, est, yerr=err, fmt="o", capsize=4, color=colour, label=label)
     rates.set_xticks(range(len(arms)), [arm[0] for arm in arms])
-    rates.set_ylabel(f"rate ({1 - alpha:.0%} CI)")
+    rates.set_ylabel(f"rate per user ({1 - alpha:.0%} CI)")
     rates.legend(fontsize=8)
     lifts = [d.primary.lift for d in decisions]
     colours = {"promote": "#2e7d32", "rollback": "#c62828", "keep_running": "#757575"}
@@ -81,6 +81,21 @@ def ab_intervals(decisions: Sequence[Decision], alpha: float) -> str:
     lift.axhline(0, color="black", linewidth=0.8)
     lift.set_xticks(range(len(decisions)), [f"{d.treatment} vs {d.control}: {d.action}" for d in decisions])
     lift.set_ylabel("relative lift of\npositive rate (%)")
+    return _svg(fig)
+
+
+def experiment_lifts(lifecycle: pd.DataFrame) -> str:
+    """Per decided experiment (the `experiment_lifecycle` query): the lift it was decided on, with its interval."""
+    fig, (ax,) = _figure()
+    decided = lifecycle[lifecycle["lift"].notna()].iloc[::-1]  # oldest on the left
+    colours = {"promote": "#2e7d32", "rollback": "#c62828"}
+    for i, row in enumerate(decided.itertuples(index=False)):
+        low, high = (row.lift_low, row.lift_high) if pd.notna(row.lift_low) and pd.notna(row.lift_high) else (row.lift, row.lift)
+        ax.errorbar([i], [row.lift * 100], yerr=[[(row.lift - low) * 100], [(high - row.lift) * 100]], fmt="s", capsize=5,
+                    color=colours.get(row.state, "#757575"))  # fmt: skip
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(decided)), [f"{str(e).rsplit(':', 1)[-1][:16]}\n{s}" for e, s in zip(decided["experiment_id"], decided["state"])], fontsize=7)
+    ax.set_ylabel("relative lift of\npositive rate (%)")
     return _svg(fig)
 
 

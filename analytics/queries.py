@@ -40,9 +40,9 @@ class NamedQuery:
 _EXPERIMENT_FILTER = "({experiment:String} = '' OR experiment = {experiment:String})"
 
 
-def _metric(*keys: str) -> str:
-    """The first of `keys` a status's metrics map holds, else NULL (a missing key would read as 0)."""
-    return f"coalesce({', '.join(f'if(mapContains(metrics, {k!r}), metrics[{k!r}], NULL)' for k in keys)})"
+def _metric(*keys: str, column: str = "metrics") -> str:
+    """The first of `keys` a Map column holds, else NULL (a missing key would read as 0)."""
+    return f"coalesce({', '.join(f'if(mapContains({column}, {k!r}), {column}[{k!r}], NULL)' for k in keys)})"
 
 
 # Trainers name the reward of their rollouts differently: PPO's progress reports `mean_score`,
@@ -50,27 +50,57 @@ def _metric(*keys: str) -> str:
 _REWARD = _metric("mean_score", "reward")
 _KL = _metric("kl")
 
+
+def _decided(key: str) -> str:
+    """A statistic (analytics.decision.Decision.statistics) of an experiment's decision; NULL while open."""
+    return f"argMaxIf({_metric(key, column='statistics')}, ts, kind = 'decided') AS {key}"
+
 _QUERIES = (
     NamedQuery(
-        "ab_summary",
-        "Per variant of one experiment: users exposed (SRM), feedback counts and the moments the statistics need.",
+        "ab_users",
+        "Per variant of one experiment, summed over its users (the unit of randomisation): exposed users (SRM); users with "
+        "feedback and the sums of each user's feedback, positives, thumbs-down, their squares and cross-products; the same "
+        "for ratings over users who rated; and each user's pre-experiment positive rate (feedback before their first "
+        "exposure) as the CUPED covariate: users with history, sum of rates, of squares, and their products with "
+        "positives and feedback. analytics.decision reads these columns.",
         """
-        WITH exp AS (
-            SELECT variant, uniqExact(user_id) AS users_exposed, count() AS exposures, argMax(model_version, ts) AS exposed_model
-            FROM exposures FINAL WHERE experiment = {experiment:String} GROUP BY variant
-        ), fb AS (
-            SELECT variant, count() AS feedback, sum(positive) AS positives,
-                   countIf(feedback_type = 'thumbs_up') AS thumbs_up, countIf(feedback_type = 'thumbs_down') AS thumbs_down,
-                   countIf(rating IS NOT NULL) AS ratings, avgIf(rating, rating IS NOT NULL) AS rating_mean,
-                   varSampIf(rating, rating IS NOT NULL) AS rating_var, avg(reward) AS reward_mean, varSamp(reward) AS reward_var,
-                   argMax(model_version, ts) AS feedback_model, argMax(policy, ts) AS policy
-            FROM feedback FINAL WHERE experiment = {experiment:String} GROUP BY variant
+        WITH exposed AS (
+            SELECT user_id, argMin(variant, ts) AS variant, min(ts) AS first_exposure, argMax(model_version, ts) AS model_version
+            FROM exposures FINAL WHERE experiment = {experiment:String} GROUP BY user_id
+        ), during AS (
+            SELECT variant, user_id, count() AS f, sum(positive) AS p, countIf(feedback_type = 'thumbs_down') AS d,
+                   countIf(rating IS NOT NULL) AS r, sum(ifNull(rating, 0)) AS s,
+                   argMax(model_version, ts) AS model_version, argMax(policy, ts) AS policy
+            FROM feedback FINAL WHERE experiment = {experiment:String} GROUP BY variant, user_id
+        ), history AS (
+            SELECT fb.user_id AS user_id, count() AS pre_f, sum(fb.positive) AS pre_p
+            FROM feedback AS fb FINAL INNER JOIN exposed ON fb.user_id = exposed.user_id
+            WHERE fb.ts < exposed.first_exposure GROUP BY fb.user_id
+        ), users AS (  -- one row per user and variant; without history h = x = 0
+            SELECT during.*, toFloat64(pre_f > 0) AS h, if(pre_f > 0, pre_p / pre_f, 0) AS x
+            FROM during LEFT JOIN history ON during.user_id = history.user_id
+        ), per_variant AS (
+            SELECT variant, count() AS users, sum(f) AS feedback, sum(f * f) AS feedback_sq,
+                   sum(p) AS positives, sum(p * p) AS positives_sq, sum(p * f) AS positives_feedback,
+                   sum(d) AS thumbs_down, sum(d * d) AS thumbs_down_sq, sum(d * f) AS thumbs_down_feedback,
+                   countIf(r > 0) AS rating_users, sum(r) AS ratings, sum(r * r) AS ratings_sq,
+                   sum(s) AS rating_sum, sum(s * s) AS rating_sum_sq, sum(s * r) AS rating_sum_ratings,
+                   sum(h) AS history_users, sum(x) AS history_rate, sum(x * x) AS history_rate_sq,
+                   sum(h * p) AS history_positives, sum(x * p) AS history_rate_positives,
+                   sum(h * f) AS history_feedback, sum(x * f) AS history_rate_feedback,
+                   argMax(model_version, f) AS feedback_model, argMax(policy, f) AS policy
+            FROM users GROUP BY variant
+        ), exposed_per_variant AS (
+            SELECT variant, count() AS users_exposed, argMax(model_version, first_exposure) AS exposed_model
+            FROM exposed GROUP BY variant
         )
-        SELECT if(exp.variant != '', exp.variant, fb.variant) AS variant,
-               if(exposed_model != '', exposed_model, feedback_model) AS model_version, policy,
-               users_exposed, exposures, feedback, positives, thumbs_up, thumbs_down, ratings, rating_mean, rating_var,
-               reward_mean, reward_var
-        FROM exp FULL OUTER JOIN fb ON exp.variant = fb.variant
+        SELECT if(e.variant != '', e.variant, v.variant) AS variant,
+               if(exposed_model != '', exposed_model, feedback_model) AS model_version, policy, users_exposed,
+               users, feedback, feedback_sq, positives, positives_sq, positives_feedback,
+               thumbs_down, thumbs_down_sq, thumbs_down_feedback, rating_users, ratings, ratings_sq,
+               rating_sum, rating_sum_sq, rating_sum_ratings, history_users, history_rate, history_rate_sq,
+               history_positives, history_rate_positives, history_feedback, history_rate_feedback
+        FROM exposed_per_variant AS e FULL OUTER JOIN per_variant AS v ON e.variant = v.variant
         ORDER BY variant
         """,
         {"experiment": "policy-ab"},
@@ -82,6 +112,22 @@ _QUERIES = (
         SELECT experiment, min(ts) AS first_exposure, max(ts) AS last_exposure, uniqExact(user_id) AS users,
                groupUniqArray(variant) AS variants
         FROM exposures FINAL WHERE experiment != '' GROUP BY experiment ORDER BY last_exposure DESC LIMIT {limit:UInt32}
+        """,
+        {"limit": 50},
+    ),
+    NamedQuery(
+        "experiment_lifecycle",
+        "Experiments from the experiments topic, latest started first: versions compared, state (open, or the "
+        "decision's outcome), what serves since, and the decision's lift with its interval and always-valid p-value.",
+        f"""
+        SELECT experiment_id, any(policy) AS policy, minIf(ts, kind = 'started') AS started,
+               anyIf(control_version, kind = 'started') AS control_version, anyIf(treatment_version, kind = 'started') AS treatment_version,
+               if(countIf(kind = 'decided') > 0, argMaxIf(outcome, ts, kind = 'decided'), 'open') AS state,
+               if(countIf(kind = 'decided') > 0, maxIf(ts, kind = 'decided'), NULL) AS decided,
+               argMaxIf(serving_version, ts, kind = 'decided') AS serving_version,
+               {_decided('lift')}, {_decided('lift_low')}, {_decided('lift_high')}, {_decided('sequential_p')},
+               {_decided('users_control')}, {_decided('users_treatment')}, argMaxIf(reason, ts, kind = 'decided') AS reason
+        FROM experiments FINAL GROUP BY experiment_id ORDER BY started DESC LIMIT {{limit:UInt32}}
         """,
         {"limit": 50},
     ),
@@ -166,6 +212,7 @@ _QUERIES = (
             UNION ALL SELECT 'metrics', count() FROM metrics FINAL
             UNION ALL SELECT 'training_status', count() FROM training_status FINAL
             UNION ALL SELECT 'model_published', count() FROM model_published FINAL
+            UNION ALL SELECT 'experiments', count() FROM experiments FINAL
         ) ORDER BY table
         """,
     ),

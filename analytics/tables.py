@@ -113,4 +113,11 @@ MODEL_PUBLISHED = Table("model_published", _columns(
     ("decision", LABEL), ("metrics", METRICS), ("reason", TEXT),
 ), order_by=("policy", "version", "decision", "ts"))  # fmt: skip
 
-EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_METRICS, TRAINING_STATUS, MODEL_PUBLISHED)
+# The experiment lifecycle (schemas.experiments): one row per event, `kind` started or decided;
+# the columns the other kind lacks are ''. The events carry no id: the full tuple is the key.
+EXPERIMENTS = Table("experiments", _columns(
+    ("kind", LABEL), ("experiment_id", TEXT), ("policy", LABEL), ("trigger_id", TEXT), ("control_version", TEXT),
+    ("treatment_version", TEXT), ("outcome", LABEL), ("serving_version", TEXT), ("reason", TEXT), ("statistics", METRICS),
+), order_by=("experiment_id", "kind", "ts"))  # fmt: skip
+
+EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_METRICS, TRAINING_STATUS, MODEL_PUBLISHED, EXPERIMENTS)

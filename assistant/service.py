@@ -1,11 +1,13 @@
 """The assistant service (`rlhf serve`): answers chat requests with the A/B variant each user is
 assigned to, and logs interactions and exposures through the producer SDK.
 
-Each variant serves the model its config names (`ab_testing.variants[].model`): by default control
-the registry's serving version and the treatment its current candidate (never a rejected version).
-Each candidate is its own experiment (`<experiment>:<candidate>`),
-so analyses never mix rounds. A background thread watches the registry pointers and loads new
-versions before swapping them in, so a promotion never drops or stalls a request.
+The experiments topic says what is tested: while the policy's experiment is open (from its
+`ExperimentStarted` to its `ExperimentDecided`), users are assigned to its arms by its own salt and
+weights and answered by the arm's model version, their interactions and exposures labelled with the
+experiment id and arm name (assistant/routing.py); otherwise everyone gets the registry's serving
+version, unlabelled. A background consumer follows the topic (assistant/experiments.py) and another
+thread watches the registry's serving pointer; versions are loaded before they are swapped in, so
+neither a promotion nor an experiment's start drops or stalls a request.
 
     rlhf serve --port 8300        POST /chat {"user_id": "u1", "query": "..."}   GET /versions
 """
@@ -16,22 +18,26 @@ import argparse
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from analytics.assignment import assign_from_settings
+from assistant.experiments import ExperimentBook, ExperimentFollower
+from assistant.routing import Route, route, routed_experiment
 from registry.store import ModelRegistry
-from core.settings import ABTestingSettings, Settings
+from core.errors import ModelLoadError
+from core.settings import Settings
 from sdk.client import FeedbackClient
 from schemas.events import DEFAULT_POLICY, MAX_QUERY_CHARS, new_id
 from trainers import policy as policies
 
 log = logging.getLogger("rlhf.serve")
 TEMPERATURE, TOP_P = 0.8, 0.95  # PolicyTrainingConfig's defaults: users get the answers the gate measured
+CATCH_UP_S = 10.0  # how long startup waits for the experiments topic to be read before answering anyway
 
 
 @dataclass(frozen=True)
@@ -54,46 +60,45 @@ def answer(policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed: 
     return policies.sample(policy.model, policy.tokenizer, queries, max_new_tokens=max_new_tokens, temperature=TEMPERATURE, top_p=TOP_P).responses
 
 
-class PolicyPool:
-    """The policy versions the experiment's variants name, refreshed from the registry and swapped
-    atomically. A variant's `model` is `serving`, `candidate` or a registry version id."""
+@dataclass(frozen=True)
+class Served:
+    """The loaded versions one request is routed over: the serving one and any other it may need."""
 
-    def __init__(self, registry: ModelRegistry, ab: ABTestingSettings, policy: str = DEFAULT_POLICY):
+    serving: LoadedPolicy | None = None
+    versions: Mapping[str, LoadedPolicy] = field(default_factory=dict)
+
+
+class PolicyPool:
+    """The serving version and the versions of the policy's open experiment, loaded from the
+    registry and swapped in together."""
+
+    def __init__(self, registry: ModelRegistry, experiments: ExperimentBook, policy: str = DEFAULT_POLICY):
         self.registry = registry
+        self.experiments = experiments
         self.policy = policy
-        self.specs = tuple(dict.fromkeys(["serving", *(v.model for v in ab.variants)]))
-        self._loaded: dict[str, LoadedPolicy] = {}
-        self.by_spec: dict[str, LoadedPolicy | None] = {}
+        self.served = Served()
+        self._unloadable: set[str] = set()  # arm versions whose load failed, so it is logged once
         self.refresh()
 
-    @property
-    def serving(self) -> LoadedPolicy | None:
-        return self.by_spec.get("serving")
-
-    @property
-    def candidate(self) -> LoadedPolicy | None:
-        return self.by_spec.get("candidate")
-
-    def _version_of(self, spec: str) -> str | None:
-        if spec == "serving":
-            return self.registry.serving(self.policy)
-        if spec == "candidate":
-            return self.registry.candidate(self.policy)  # None for rejected versions
-        return spec
-
-    def _get(self, version: str | None) -> LoadedPolicy | None:
-        if version is None:
-            return None
-        if version not in self._loaded:
-            self._loaded[version] = load_version(self.registry, version)
-        return self._loaded[version]
-
     def refresh(self) -> None:
-        by_spec = {spec: self._get(self._version_of(spec)) for spec in self.specs}
-        # Swap the whole mapping only once every version is loaded: requests see old or new, never half.
-        self.by_spec = by_spec
-        keep = {p.version for p in by_spec.values() if p}
-        self._loaded = {v: p for v, p in self._loaded.items() if v in keep}
+        serving = self.registry.serving(self.policy)
+        experiment = self.experiments.open(self.policy)
+        previous = self.served.versions
+        # A serving version that does not load raises: the watch logs it and the previous set stays.
+        versions = {serving: previous.get(serving) or load_version(self.registry, serving)} if serving else {}
+        for arm in experiment.arms if experiment else ():
+            version = arm.model_version
+            if version in versions:
+                continue
+            try:
+                versions[version] = previous.get(version) or load_version(self.registry, version)
+            except ModelLoadError:
+                # Routing leaves the experiment out until every arm loads; serving goes on.
+                if version not in self._unloadable:
+                    log.exception("cannot load %s, an arm of the open experiment; serving outside it", version)
+                self._unloadable.add(version)
+        # Swap only once every version is loaded: requests see old or new, never half.
+        self.served = Served(versions[serving] if serving else None, versions)
 
     def watch(self, stop: threading.Event, interval: float = 1.0) -> None:
         while not stop.wait(interval):
@@ -117,57 +122,58 @@ class ChatReply(BaseModel):
 
 
 class Assistant:
-    """Routes each user to a variant, answers, and logs interaction + exposure."""
+    """Routes each user (assistant/routing.py), answers, and logs interaction + exposure."""
 
     def __init__(self, settings: Settings, pool: PolicyPool, client: FeedbackClient):
         self.settings = settings
         self.pool = pool
         self.client = client
 
-    def route(self, user_id: str) -> tuple[LoadedPolicy, str | None, str | None]:
-        """(policy, experiment, variant) for this user. The experiment runs while every variant's
-        model resolves (a `candidate` variant needs a candidate); otherwise everyone gets serving."""
-        by_spec, ab = self.pool.by_spec, self.settings.ab_testing
-        serving = by_spec.get("serving")
-        if serving is None:
+    def route(self, user_id: str) -> tuple[LoadedPolicy, Route]:
+        served = self.pool.served
+        if served.serving is None:
             raise HTTPException(503, "no policy version is serving yet")
-        models = {v.name: by_spec.get(v.model) for v in ab.variants}
-        if not ab.enabled or any(m is None for m in models.values()):
-            return serving, None, None
-        variant = assign_from_settings(ab, user_id)
-        # Each set of treatment versions is its own experiment, so analyses never mix rounds.
-        treatments = "+".join(dict.fromkeys(m.version for name, m in models.items() if name != ab.variants[0].name))  # type: ignore[union-attr]
-        return models[variant], f"{ab.experiment}:{treatments}", variant  # type: ignore[return-value]
+        routed = route(user_id, served.serving.version, self.pool.experiments.open(self.pool.policy), served.versions)
+        return served.versions[routed.model_version], routed
 
     def chat(self, requests: list[ChatRequest]) -> list[ChatReply]:
         routed = [self.route(r.user_id) for r in requests]
         replies: list[ChatReply | None] = [None] * len(requests)
-        for policy in {id(p): p for p, _, _ in routed}.values():
-            idx = [i for i, (p, _, _) in enumerate(routed) if p is policy]
+        for policy in {id(p): p for p, _ in routed}.values():
+            idx = [i for i, (p, _) in enumerate(routed) if p is policy]
             start = time.perf_counter()
             answers = answer(policy, [requests[i].query for i in idx], self.settings.policy.training.max_new_tokens)
             latency_ms = (time.perf_counter() - start) * 1000 / len(idx)
             for i, text in zip(idx, answers):
-                _, experiment, variant = routed[i]
+                labels = {"experiment": routed[i][1].experiment, "variant": routed[i][1].variant}
                 interaction_id = new_id()  # returned even when the SDK samples the event out
                 self.client.interaction(
                     interaction_id=interaction_id, user_id=requests[i].user_id, query=requests[i].query, response=text, model_version=policy.version,
-                    experiment=experiment, variant=variant, latency_ms=latency_ms,
+                    latency_ms=latency_ms, **labels,
                 )  # fmt: skip
-                if experiment is not None:
-                    self.client.exposure(user_id=requests[i].user_id, experiment=experiment, variant=variant,
-                                         model_version=policy.version, interaction_id=interaction_id)  # fmt: skip
-                replies[i] = ChatReply(interaction_id=interaction_id, response=text, model_version=policy.version, experiment=experiment, variant=variant)
+                if labels["experiment"] is not None:
+                    self.client.exposure(user_id=requests[i].user_id, model_version=policy.version, interaction_id=interaction_id, **labels)
+                replies[i] = ChatReply(interaction_id=interaction_id, response=text, model_version=policy.version, **labels)
         self.client.flush()
         return [r for r in replies if r is not None]
 
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
     registry = registry or ModelRegistry(settings.registry_path)
-    pool = PolicyPool(registry, settings.ab_testing)
+    book = ExperimentBook()
+    follower = ExperimentFollower(settings, book)
+    pool = PolicyPool(registry, book)
     assistant = Assistant(settings, pool, FeedbackClient.from_settings(settings))
     stop = threading.Event()
-    app = FastAPI(title="rlhf-stream assistant", on_shutdown=[stop.set, assistant.client.close])
+
+    def catch_up() -> None:
+        # A user answered before the open experiment is known would be served outside it.
+        if not follower.caught_up.wait(CATCH_UP_S):
+            log.warning("the experiments topic was not read within %.0f s; answering meanwhile", CATCH_UP_S)
+        pool.refresh()
+
+    app = FastAPI(title="rlhf-stream assistant", on_startup=[catch_up], on_shutdown=[stop.set, assistant.client.close])
+    threading.Thread(target=follower.run, args=(stop,), daemon=True, name="experiments-follow").start()
     threading.Thread(target=pool.watch, args=(stop,), daemon=True, name="registry-watch").start()
     lock = threading.Lock()  # one generation at a time: torch already uses every core
 
@@ -183,11 +189,18 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
 
     @app.get("/versions")
     def versions() -> dict[str, str | None]:
-        return {"serving": pool.serving.version if pool.serving else None, "candidate": pool.candidate.version if pool.candidate else None}
+        """The serving version and, while an experiment is routed, its id and treatment version."""
+        served = pool.served
+        experiment = routed_experiment(book.open(pool.policy), served.versions)
+        return {
+            "serving": served.serving.version if served.serving else None,
+            "experiment": experiment.experiment_id if experiment else None,
+            "candidate": experiment.treatment_version if experiment else None,
+        }
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
-        return {"status": "ok" if pool.serving else "no-policy"}
+        return {"status": "ok" if pool.served.serving else "no-policy"}
 
     return app
 

@@ -1,17 +1,20 @@
-"""Analytics benchmark: sink throughput, and the A/B analysis query over 10 million rows next to
-the same aggregation in pandas on the same data, in one run.
+"""Analytics benchmark: sink throughput, and the per-user A/B analysis over 10 million feedback rows
+next to the same per-user aggregation in pandas on the same data, in one run.
 
-    python bench/analytics.py [--events 100000] [--rows 10000000] [--repeats 3] [--skip-sink] [--skip-query]
+    python -m bench.analytics [--events 100000] [--rows 10000000] [--repeats 3] [--skip-sink] [--skip-query]
 
 Sink: `--events` events (feedback, exposures, interactions) are produced to a broker (yours via
 KAFKA_BOOTSTRAP_SERVERS, or a throwaway local one), then the real `Sink` drains them into embedded
 chdb; rows/s is measured from its first commit to its last (so the group join is not counted).
 
-Query: `--rows` rows (a quarter exposures, the rest feedback) are inserted into embedded chdb;
-the `ab_summary` named query (deduplicated with FINAL, per variant: exposed users, counts,
-rating and reward moments) is timed against pandas doing the same work on the same rows
-(drop duplicate ids, group by variant, nunique users, means, variances). Text columns are left
-empty in both: the aggregation never reads them. Medians of `--repeats` runs.
+Analysis: `--rows` feedback rows from `--rows / 4` users (a heavy-tailed number each; a fifth of the
+rows are feedback from before the user's exposure, the CUPED history) and one exposure per user
+are inserted into embedded chdb. The `ab_users` named query (deduplicated with FINAL; per user
+and variant, then per variant: the sums analytics.decision reads, with each user's pre-experiment
+positive rate) is timed against pandas doing the same work on the same rows (drop duplicate ids,
+first exposure per user, history before it, per-user then per-variant sums); both results must
+agree column by column and give the same decision. Text columns the aggregation never reads are
+left empty in both. Medians of `--repeats` runs.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 
 from analytics.clickhouse import Warehouse, open_warehouse
+from analytics.decision import SUM_COLUMNS, Arm, decide
 from analytics.queries import run_query
 from analytics.tables import EXPOSURES, FEEDBACK, Table
 from bench._kafka import broker, median
@@ -88,31 +92,37 @@ def sink_rate(settings: Settings, warehouse: Warehouse, payload: list[tuple[str,
     return (len(payload) - first[1]) / (end - first[0])
 
 
-# --- A/B query vs pandas -------------------------------------------------------------------
+# --- per-user A/B analysis vs pandas ------------------------------------------------------
 
 def synthetic_tables(rows: int, seed: int = 1) -> tuple[pa.Table, pa.Table]:
-    """Exposures (a quarter of the rows) and feedback with a small planted effect, as Arrow."""
+    """Exposures (one per user, `rows` // 4 users) and `rows` feedback rows, as Arrow: heavy users
+    give much of the feedback, a fifth of it from before their exposure (outside the experiment),
+    and the treatment has a small planted effect on ratings."""
     rng = np.random.default_rng(seed)
-    n_exp, n_fb = rows // 4, rows - rows // 4
-    users = np.char.add("user-", np.arange(n_exp).astype(str))
-    user_variant = rng.integers(0, 2, n_exp)
-    ts_exp = START + pd.to_timedelta(rng.integers(0, 14 * 86_400, n_exp), unit="s")
+    n_users, n_fb = rows // 4, rows
+    users = np.char.add("user-", np.arange(n_users).astype(str))
+    user_variant = rng.integers(0, 2, n_users)
+    ts_exp = START + pd.to_timedelta(rng.integers(7 * 86_400, 21 * 86_400, n_users), unit="s")
     exposures = {
-        "exposure_id": np.char.add("e-", np.arange(n_exp).astype(str)), "user_id": users, "model_version": np.char.add(VARIANTS[user_variant], "-v1"),
-        "experiment": np.full(n_exp, "policy-ab"), "variant": VARIANTS[user_variant], "interaction_id": np.full(n_exp, ""), "ts": ts_exp,
+        "exposure_id": np.char.add("e-", np.arange(n_users).astype(str)), "user_id": users, "model_version": np.char.add(VARIANTS[user_variant], "-v1"),
+        "experiment": np.full(n_users, "policy-ab"), "variant": VARIANTS[user_variant], "interaction_id": np.full(n_users, ""), "ts": ts_exp,
     }  # fmt: skip
-    who = rng.integers(0, n_exp, n_fb)
+    who = np.minimum(rng.zipf(1.5, n_fb), n_users) - 1  # user 0 is the heaviest
+    who = rng.permutation(n_users)[who]
+    before = rng.random(n_fb) < 0.2
     variant = user_variant[who]
     kind = rng.choice(np.array(["thumbs_up", "thumbs_down", "rating", "correction"]), n_fb, p=[0.35, 0.2, 0.35, 0.1])
     rating = np.where(kind == "rating", rng.integers(1, 6, n_fb) + (variant & (rng.random(n_fb) < 0.05)), 0).clip(0, 5)
     positive = (kind == "thumbs_up") | (rating >= 4)
     reward = np.select([kind == "thumbs_up", kind == "rating"], [1.0, (rating - 1) / 4], 0.0)
+    shift = np.where(before, -pd.to_timedelta(rng.integers(60, 7 * 86_400, n_fb), unit="s"), pd.Timedelta(minutes=5))
     feedback = {
         "event_id": np.char.add("f-", np.arange(n_fb).astype(str)), "interaction_id": np.full(n_fb, ""), "user_id": users[who],
-        "model_version": np.char.add(VARIANTS[variant], "-v1"), "experiment": np.full(n_fb, "policy-ab"), "variant": VARIANTS[variant],
-        "policy": np.full(n_fb, "assistant"), "feedback_type": kind, "rating": pa.array(rating.astype(np.uint8), mask=kind != "rating"),
-        "correction": np.full(n_fb, ""), "positive": positive.astype(np.uint8), "reward": reward, "query": np.full(n_fb, ""),
-        "response": np.full(n_fb, ""), "metadata": np.full(n_fb, "{}"), "ts": ts_exp[who] + pd.Timedelta(minutes=5),
+        "model_version": np.char.add(VARIANTS[variant], "-v1"), "experiment": np.where(before, "", "policy-ab"),
+        "variant": np.where(before, "", VARIANTS[variant]), "policy": np.full(n_fb, "assistant"), "feedback_type": kind,
+        "rating": pa.array(rating.astype(np.uint8), mask=kind != "rating"), "correction": np.full(n_fb, ""),
+        "positive": positive.astype(np.uint8), "reward": reward, "query": np.full(n_fb, ""), "response": np.full(n_fb, ""),
+        "metadata": np.full(n_fb, "{}"), "ts": ts_exp[who] + shift,
     }  # fmt: skip
     return _arrow(exposures, EXPOSURES), _arrow(feedback, FEEDBACK)
 
@@ -121,16 +131,30 @@ def _arrow(columns: dict, table: Table) -> pa.Table:
     return pa.Table.from_pydict({k: v if isinstance(v, pa.Array) else pa.array(v) for k, v in columns.items()}).cast(table.schema)
 
 
-def pandas_ab_summary(exposures: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
-    """What the `ab_summary` query computes, in pandas: dedupe ids (FINAL), then per-variant aggregates."""
-    exp = exposures[exposures["experiment"] == "policy-ab"].drop_duplicates("exposure_id", keep="last")
-    fb = feedback[feedback["experiment"] == "policy-ab"].drop_duplicates("event_id", keep="last")
-    e = exp.groupby("variant").agg(users_exposed=("user_id", "nunique"), exposures=("exposure_id", "size"))
-    g = fb.assign(thumbs_down=fb["feedback_type"] == "thumbs_down", thumbs_up=fb["feedback_type"] == "thumbs_up").groupby("variant")
-    f = g.agg(feedback=("event_id", "size"), positives=("positive", "sum"), thumbs_up=("thumbs_up", "sum"), thumbs_down=("thumbs_down", "sum"),
-              ratings=("rating", "count"), rating_mean=("rating", "mean"), rating_var=("rating", "var"),
-              reward_mean=("reward", "mean"), reward_var=("reward", "var"))  # fmt: skip
-    return e.join(f, how="outer").reset_index()
+def pandas_ab_users(exposures: pd.DataFrame, feedback: pd.DataFrame, experiment: str = "policy-ab") -> pd.DataFrame:
+    """What the `ab_users` query computes, in pandas: dedupe ids (FINAL), each user's first exposure
+    and their feedback before it, per-user sums in the experiment, then per-variant sums."""
+    exp = exposures[exposures["experiment"] == experiment].drop_duplicates("exposure_id", keep="last").sort_values("ts")
+    fb = feedback.drop_duplicates("event_id", keep="last")
+    first = exp.groupby("user_id").agg(variant=("variant", "first"), first_exposure=("ts", "first"))
+    during = fb[fb["experiment"] == experiment]
+    during = during.assign(d=during["feedback_type"] == "thumbs_down", r=during["rating"].notna(), s=during["rating"].fillna(0))
+    u = during.groupby(["variant", "user_id"]).agg(f=("event_id", "size"), p=("positive", "sum"), d=("d", "sum"), r=("r", "sum"), s=("s", "sum"))
+    seen = fb.merge(first[["first_exposure"]], left_on="user_id", right_index=True)
+    history = seen[seen["ts"] < seen["first_exposure"]].groupby("user_id").agg(pre_f=("event_id", "size"), pre_p=("positive", "sum"))
+    u = u.reset_index().merge(history, on="user_id", how="left").fillna({"pre_f": 0, "pre_p": 0}).astype({"f": float, "p": float, "d": float, "r": float, "s": float})
+    f, p, d, r, s = u["f"], u["p"], u["d"], u["r"], u["s"]
+    h = (u["pre_f"] > 0).astype(float)
+    x = (u["pre_p"] / u["pre_f"].where(u["pre_f"] > 0)).fillna(0.0)
+    sums = pd.DataFrame({
+        "variant": u["variant"], "users": 1.0, "feedback": f, "feedback_sq": f * f, "positives": p, "positives_sq": p * p,
+        "positives_feedback": p * f, "thumbs_down": d, "thumbs_down_sq": d * d, "thumbs_down_feedback": d * f,
+        "rating_users": (r > 0).astype(float), "ratings": r, "ratings_sq": r * r, "rating_sum": s, "rating_sum_sq": s * s,
+        "rating_sum_ratings": s * r, "history_users": h, "history_rate": x, "history_rate_sq": x * x, "history_positives": h * p,
+        "history_rate_positives": x * p, "history_feedback": h * f, "history_rate_feedback": x * f,
+    }).groupby("variant").sum()  # fmt: skip
+    exposed = first.groupby("variant").size().rename("users_exposed")
+    return sums.join(exposed, how="outer").fillna(0).reset_index()
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -142,7 +166,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return median(times), result
 
 
-def bench_query(warehouse: Warehouse, rows: int, repeats: int) -> None:
+def bench_query(warehouse: Warehouse, settings: Settings, rows: int, repeats: int) -> None:
     start = time.perf_counter()
     exposures, feedback = synthetic_tables(rows)
     print(f"generated {exposures.num_rows:,} exposures + {feedback.num_rows:,} feedback rows in {time.perf_counter() - start:.1f} s")
@@ -151,23 +175,29 @@ def bench_query(warehouse: Warehouse, rows: int, repeats: int) -> None:
         for chunk in table.to_batches(max_chunksize=1_000_000):
             with warehouse.locked() as client:
                 client.insert_arrow(name, pa.Table.from_batches([chunk]))
-    print(f"inserted into chdb in {time.perf_counter() - start:.1f} s ({rows / (time.perf_counter() - start):,.0f} rows/s, insert_arrow)")
-    ch_s, ch = timed(lambda: run_query(warehouse, "ab_summary", {"experiment": "policy-ab"}), repeats)
-    exp_df, fb_df = exposures.to_pandas(), feedback.to_pandas()
-    pd_s, pdf = timed(lambda: pandas_ab_summary(exp_df, fb_df), repeats)
+    took = time.perf_counter() - start
+    print(f"inserted into chdb in {took:.1f} s ({(exposures.num_rows + feedback.num_rows) / took:,.0f} rows/s, insert_arrow)")
+    ch_s, ch = timed(lambda: run_query(warehouse, "ab_users", {"experiment": "policy-ab"}), repeats)
+    needed = ["event_id", "user_id", "experiment", "variant", "feedback_type", "rating", "positive", "ts"]
+    exp_df, fb_df = exposures.to_pandas(), feedback.select(needed).to_pandas()
+    del exposures, feedback
+    pd_s, pdf = timed(lambda: pandas_ab_users(exp_df, fb_df), repeats)
     ours, theirs = ch.set_index("variant").sort_index(), pdf.set_index("variant").sort_index()
-    for column in ("users_exposed", "feedback", "positives", "thumbs_down", "ratings"):
-        assert np.array_equal(ours[column].to_numpy(np.int64), theirs[column].to_numpy(np.int64)), column
-    for column in ("rating_mean", "rating_var", "reward_mean", "reward_var"):
-        assert np.allclose(ours[column].to_numpy(float), theirs[column].to_numpy(float)), column
-    print(f"A/B analysis over {rows:,} rows, median of {repeats}: ClickHouse (chdb, FINAL) {ch_s:.2f} s, "
-          f"pandas on the same data {pd_s:.2f} s, ratio pandas/ClickHouse {pd_s / ch_s:.1f}x (same per-variant numbers)")
+    for column in SUM_COLUMNS:
+        assert np.allclose(ours[column].to_numpy(float), theirs[column].to_numpy(float), rtol=1e-9), column
+    decided = [decide([Arm.from_sums(v, frame.loc[v]) for v in frame.index], settings.ab_testing)[0] for frame in (ours, theirs)]
+    figures = [d.statistics() for d in decided]
+    assert decided[0].action == decided[1].action and figures[0].keys() == figures[1].keys()
+    assert np.allclose([figures[0][k] for k in figures[0]], [figures[1][k] for k in figures[0]], rtol=1e-6)
+    print(f"per-user A/B analysis over {len(fb_df):,} feedback rows ({len(exp_df):,} users), median of {repeats}: "
+          f"ClickHouse (chdb, FINAL) {ch_s:.2f} s, pandas on the same data {pd_s:.2f} s, ratio pandas/ClickHouse {pd_s / ch_s:.1f}x "
+          f"(same per-variant sums; decision: {decided[0].summary()})")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, default=10_000_000, help="Feedback rows of the analysis (users: a quarter of it).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-sink", action="store_true")
     parser.add_argument("--skip-query", action="store_true")
@@ -188,7 +218,7 @@ def main() -> None:
                     print(f"sink run {r + 1}: {rates[-1]:,.0f} rows/s ({len(payload):,} events, batch {settings.clickhouse.batch_rows})")
             print(f"sink, median of {args.repeats}: {median(rates):,.0f} rows/s (Kafka -> validate -> Arrow -> chdb, commit after insert)\n")
         if not args.skip_query:
-            bench_query(warehouse, args.rows, args.repeats)
+            bench_query(warehouse, base, args.rows, args.repeats)
 
 
 if __name__ == "__main__":

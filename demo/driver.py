@@ -4,11 +4,12 @@
     rlhf demo --rounds 3 --seed 1      # one round more, another population of users
 
 It starts a private Kafka broker, creates the topics, registers the tiny starting policy, and runs
-the stream worker, the sink (+ dashboard, embedded ClickHouse), the trainer consumer and the
-assistant service as supervised processes (logs in RUN/logs). Simulated users then chat and give
-feedback; the loop runs on its own: feedback -> Faust buffer -> train trigger -> reward model ->
-policy update -> gated publish -> A/B test -> ClickHouse analysis -> promote or roll back -> again.
-The driver only plays the users and applies the A/B decision the analytics compute.
+the stream worker, the sink (+ dashboard, embedded ClickHouse), the trainer consumer, the decider
+and the assistant service as supervised processes (logs in RUN/logs). Simulated users then chat and
+give feedback; the loop runs on its own: feedback -> Faust buffer -> train trigger -> reward model
+-> policy update -> gated publish -> experiment started -> per-user A/B analysis in ClickHouse ->
+the decider promotes, rolls back or expires it -> again. The driver only plays the users and reads
+what the services decided.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 
-from consumers.decider.decisions import apply_decision
-from registry.store import ModelRegistry
 from consumers.sink.consumer import GROUP as SINK_GROUP
 from consumers.sink.rows import ROUTES as SINK_ROUTES
 from consumers.trainer.job import ensure_base_policy
@@ -39,7 +38,8 @@ from schemas.topics import group_id, topic_name
 from sdk.admin import GroupProgress, create_topics, group_progress
 from demo.users import Population
 from schemas import ModelPublished, TrainingStatus, parse_event
-from schemas.events import AB_TEST_STAGE, DEFAULT_POLICY
+from schemas.events import DEFAULT_POLICY
+from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 log = logging.getLogger("demo.driver")
 
@@ -52,8 +52,8 @@ class DemoPlan:
     users: int = 500
     batch: int = 32  # questions asked per simulation step
     train_threshold: int = 1200
-    ab_samples_per_variant: int = 150
-    ab_max_samples_per_variant: int = 600
+    ab_min_users_per_variant: int = 60  # users with feedback per variant before the decider may decide
+    ab_horizon_s: float = 240.0  # an experiment still undecided after this ends with control kept
     budget_s: float = 14 * 60
     seed: int = 0
     fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
@@ -82,7 +82,9 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
         "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": str(plan.train_threshold),
         "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": str(plan.train_threshold * 2),
         "RLHF_CONTINUOUS_LEARNING__TRIGGER_TIMEOUT_S": str(int(plan.budget_s)),  # a round's A/B test may take a while
-        "RLHF_AB_TESTING__MIN_SAMPLES_PER_VARIANT": str(plan.ab_samples_per_variant),
+        "RLHF_AB_TESTING__MIN_USERS_PER_VARIANT": str(plan.ab_min_users_per_variant),
+        "RLHF_AB_TESTING__HORIZON_S": str(plan.ab_horizon_s),
+        "RLHF_AB_TESTING__DECIDE_EVERY_S": "5",
         "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
     }
     # The user's own RLHF_* settings (and RLHF_CONFIG) reach every process; the demo's wiring wins.
@@ -90,13 +92,17 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
 
 
 class StatusWatch:
-    """Reads training-status and model-published as they happen (no group, from the start)."""
+    """Reads training-status, model-published and experiments as they happen (no group, from the start)."""
+
+    TOPICS = ("training-status", "model-published", "experiments")
 
     def __init__(self, settings: Settings):
         self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "demo-driver", "enable.auto.commit": False})
-        self.consumer.assign([TopicPartition(topic_name(settings.kafka.topic_prefix, t), 0, 0) for t in ("training-status", "model-published")])
+        self.consumer.assign([TopicPartition(topic_name(settings.kafka.topic_prefix, t), 0, 0) for t in self.TOPICS])
         self.training: TrainingStatus | None = None
         self.published: list[ModelPublished] = []
+        self.started: dict[str, ExperimentStarted] = {}
+        self.decided: dict[str, ExperimentDecided] = {}
 
     def poll(self) -> None:
         for msg in self.consumer.consume(500, timeout=0.05):
@@ -104,13 +110,18 @@ class StatusWatch:
                 continue
             if msg.topic().endswith("model-published"):
                 self.published.append(parse_event(ModelPublished, msg.value()))
+            elif msg.topic().endswith("experiments"):
+                event = parse_event(ExperimentEvent, msg.value()).root
+                (self.started if isinstance(event, ExperimentStarted) else self.decided).setdefault(event.experiment_id, event)  # type: ignore[arg-type]
             else:
                 self.training = parse_event(TrainingStatus, msg.value())
 
     @property
     def training_active(self) -> bool:
-        t = self.training
-        return t is not None and t.active and t.stage != AB_TEST_STAGE
+        return self.training is not None and self.training.active
+
+    def open_experiment(self) -> str | None:
+        return next((i for i in self.started if i not in self.decided), None)
 
     def close(self) -> None:
         self.consumer.close()
@@ -150,6 +161,7 @@ class Demo:
         self.supervisor.start("streams", "streams", "worker")
         self.supervisor.start("sink", "sink", "run")
         self.supervisor.start("trainer", "trainer", "run", "--backoff", "2")
+        self.supervisor.start("decider", "decider", "run")
         self.supervisor.start("serve", "serve", "--port", str(self.serve_port))
         _wait_http(f"http://127.0.0.1:{self.serve_port}/healthz", 180, self.supervisor)
         _wait_http(f"http://127.0.0.1:{self.dashboard_port}/healthz", 180, self.supervisor)
@@ -158,12 +170,10 @@ class Demo:
 
     def run(self) -> list[RoundResult]:
         settings = self.start()
-        registry = ModelRegistry(settings.registry_path)
         population = Population(self.plan.users, seed=self.plan.seed)
         watch = StatusWatch(settings)
         deadline = time.monotonic() + self.plan.budget_s
         serve = httpx.Client(base_url=f"http://127.0.0.1:{self.serve_port}")
-        analytics = httpx.Client(base_url=f"http://127.0.0.1:{self.dashboard_port}")
         bar = tqdm(total=self.plan.rounds, desc="RLHF rounds", unit="round", dynamic_ncols=True)
         try:
             with FeedbackClient.from_settings(settings) as client:
@@ -178,44 +188,34 @@ class Demo:
                         self._fault_drill("trainer")
                         time.sleep(1.0)
                         continue
-                    self._settle_rejections(watch, registry)
+                    self._settle_rejections(watch)
                     stats = population.step(serve, client, self.plan.batch)
                     self.feedback_sent += stats.feedback
                     self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
                     self._fault_drill("streams")
                     self._fault_drill("broker")
-                    candidate = registry.candidate(DEFAULT_POLICY)
-                    if candidate is None:
-                        bar.set_postfix_str(f"collecting feedback: {self.feedback_sent} sent")
-                        continue
-                    ab = self._analysis(analytics, settings, candidate)
-                    bar.set_postfix_str(f"A/B {candidate}: {_ab_progress(ab)}")
-                    if self._decide(settings, registry, candidate, ab, watch):
-                        bar.update(1)
+                    self._record_decisions(watch)
+                    bar.update(len(self.results) - bar.n)
+                    experiment = watch.open_experiment()
+                    bar.set_postfix_str(f"A/B test {experiment} (the decider decides)" if experiment else f"collecting feedback: {self.feedback_sent} sent")
         finally:
             bar.close()
             watch.close()
         return self.results
 
-    def _analysis(self, http: httpx.Client, settings: Settings, candidate: str) -> dict:
-        experiment = f"{settings.ab_testing.experiment}:{candidate}"
-        response = http.get("/api/ab", params={"experiment": experiment}, timeout=60)
-        response.raise_for_status()
-        return response.json()
+    def _record_decisions(self, watch: StatusWatch) -> None:
+        """A round whose experiment the decider closed is done; the demo only reads the decision."""
+        done = {r.candidate for r in self.results}
+        for decided in watch.decided.values():
+            started = watch.started.get(decided.experiment_id)
+            if started is None or started.treatment_version in done:
+                continue
+            published = next((p.model_dump(mode="json") for p in watch.published if p.version == started.treatment_version and p.decision == "candidate"), {})
+            ab = {"experiment": decided.experiment_id, "outcome": decided.outcome, "reason": decided.reason, "statistics": decided.statistics,
+                  "decided_at": decided.timestamp.isoformat()}  # fmt: skip
+            self.results.append(RoundResult(started.treatment_version, started.control_version, decided.outcome, published, ab))
 
-    def _decide(self, settings: Settings, registry: ModelRegistry, candidate: str, ab: dict, watch: StatusWatch) -> bool:
-        decision = ab.get("decision", "keep_running")
-        exhausted = min(ab.get("samples", {}).values() or [0]) >= self.plan.ab_max_samples_per_variant
-        if decision == "keep_running" and not exhausted:
-            return False
-        published = next((p.model_dump(mode="json") for p in watch.published if p.version == candidate), {})
-        decision = "promote" if decision == "promote" else "rollback"
-        reason = ab.get("reason") or ("the A/B test promoted it" if decision == "promote" else "the A/B test showed no gain")
-        apply_decision(settings, registry, DEFAULT_POLICY, decision, reason, candidate)
-        self.results.append(RoundResult(candidate, published.get("parent_version"), decision, published, ab))
-        return True
-
-    def _settle_rejections(self, watch: StatusWatch, registry: ModelRegistry) -> None:
+    def _settle_rejections(self, watch: StatusWatch) -> None:
         """A candidate the gate rejected is a finished round too (it never reaches users)."""
         done = {r.candidate for r in self.results}
         for p in watch.published:
@@ -231,7 +231,7 @@ class Demo:
         elif target == "trainer":
             time.sleep(3)  # let it get into the training proper
             self.supervisor.kill("trainer")
-        elif target == "broker" and self.feedback_sent >= self.plan.train_threshold + self.plan.ab_samples_per_variant:  # during the A/B test
+        elif target == "broker" and self.feedback_sent >= self.plan.train_threshold + 300:  # during the A/B test
             self.broker.down()
             self.broker.up()
         else:
@@ -270,11 +270,6 @@ def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> None:
 
 def _short(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3g}" for k, v in list(metrics.items())[:3])
-
-
-def _ab_progress(ab: dict) -> str:
-    samples = ab.get("samples", {})
-    return " ".join(f"{k}={v}" for k, v in samples.items()) + f" -> {ab.get('decision', '?')}"
 
 
 def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:

@@ -58,6 +58,20 @@ class Manifest:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """An experiment's decision as the registry applied it."""
+
+    experiment_id: str
+    candidate: str
+    outcome: str
+    serving: str | None
+    reason: str
+    statistics: dict[str, float]
+    decided_at: str
+    first: bool  # True for the call that made the decision
+
+
 def version_for(policy: str, trigger_id: str) -> str:
     """Deterministic version id: the same trigger always names the same version."""
     return f"{policy}-{trigger_id[:16]}"
@@ -195,6 +209,35 @@ class ModelRegistry:
                 raise RegistryError(f"policy {policy!r} has no earlier version to roll back to")
         self.set_status("policies", dropped, "rolled_back", reason)
         return dropped
+
+    def decide_experiment(self, policy: str, experiment_id: str, candidate: str, outcome: str, reason: str,
+                          statistics: dict[str, float] | None = None) -> "ExperimentRecord":
+        """Apply an experiment's one decision, once: `promote` makes `candidate` serve; `rollback` and
+        `expired` keep control (the candidate slot empties if it still holds `candidate`).
+
+        The pointer move and the decision record are one atomic write of pointers.json, under the
+        lock, so a second decider, or a decider re-run after a crash, finds the recorded decision and
+        gets it back unchanged (`first=False`) instead of deciding again."""
+        with self._pointer_update() as pointers:
+            entry = pointers.setdefault(policy, {"serving": None, "candidate": None, "history": []})
+            decided = entry.setdefault("decisions", {})
+            first = experiment_id not in decided
+            if first:
+                if outcome == "promote":
+                    entry["serving"] = candidate
+                    entry["history"].append(candidate)
+                if entry.get("candidate") == candidate:
+                    entry["candidate"] = None
+                decided[experiment_id] = {"experiment_id": experiment_id, "candidate": candidate, "outcome": outcome, "serving": entry["serving"],
+                                          "reason": reason, "statistics": dict(statistics or {}), "decided_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+            record = ExperimentRecord(**decided[experiment_id], first=first)
+        # Repeated by a re-run too: a crash between the pointer write and this one is repaired.
+        self.set_status("policies", candidate, "promoted" if record.outcome == "promote" else "rolled_back", record.reason)
+        return record
+
+    def experiment_decision(self, policy: str, experiment_id: str) -> "ExperimentRecord | None":
+        record = self.pointers().get(policy, {}).get("decisions", {}).get(experiment_id)
+        return None if record is None else ExperimentRecord(**record, first=False)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

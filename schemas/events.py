@@ -165,9 +165,10 @@ class TrainTrigger(Event):
     event_ids: tuple[Id, ...] = Field(default=(), description="Accepted event ids in the ranges (duplicates excluded).")
 
 
-# The stage of a `progress` status while the round's candidate is in its A/B test: the round stays
-# open (no next trigger) until the decision closes it with a `finished` status.
-AB_TEST_STAGE = "ab_test"
+# The stage of the `finished` status of a training whose version passed the gate: the round stays
+# open (no next trigger) until its experiment is decided (schemas/experiments.py), whichever of the
+# two the stream worker reads first.
+CANDIDATE_STAGE = "candidate"
 
 
 class TrainingStatus(Event):

@@ -75,7 +75,7 @@ TOPICS: dict[str, TopicSpec] = {
 # The stream worker's own topics (Faust creates them; `create_topics` leaves them alone).
 INTERNAL_TOPICS: tuple[InternalTopic, ...] = (
     InternalTopic("streams-policy-events", "policy", "streams.records.PolicyRecord",
-                  "accepted feedback, training statuses and timer ticks of one policy, in one order"),  # fmt: skip
+                  "accepted feedback, training statuses, experiment starts and decisions, and timer ticks of one policy, in one order"),  # fmt: skip
     InternalTopic("streams-policy-state-changelog", "policy:<p> | buffered:<p>:<seq> | last-trigger:<p>",
                   "streams.ledger PolicyState | BufferedEvent | TrainTrigger", "the rolling buffer, counters and trigger gate of each policy"),  # fmt: skip
     InternalTopic("streams-seen-changelog", "<policy>/<event_id>", "streams.ledger DedupeMark",

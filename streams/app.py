@@ -9,8 +9,9 @@ Two stages, one worker:
              accepted events are forwarded, slimmed, to an internal topic keyed by policy.
   policies   internal topic -> `PolicyLedger` (dedupe, rolling buffer, trigger gate, windows)
              -> TrainTrigger on train-triggers, WindowMetrics on metrics.
-Training statuses and timer ticks are forwarded into the same internal topic, so one agent sees
-everything about a policy in one order and its state needs no cross-partition reads.
+Training statuses, experiment starts and decisions (they hold the next trigger back) and timer
+ticks are forwarded into the same internal topic, so one agent sees everything about a policy in
+one order and its state needs no cross-partition reads.
 
 Processing guarantee: at-least-once, made harmless by idempotent effects (streams/ledger.py); why
 not exactly-once: docs/decisions/0001-streams-at-least-once.md.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +36,9 @@ from core.settings import Settings, load_settings
 from core.errors import BrokerError, EventValidationError
 from schemas.topics import topic_name
 from schemas import DeadLetter, TrainingStatus, parse_event
+from schemas.experiments import ExperimentEvent
 from streams.ledger import DedupeMark, PolicyLedger
-from streams.records import Accepted, PolicyRecord
+from streams.records import Accepted, ExperimentStep, PolicyRecord
 from streams.recovery import SeekBeforeFlowTableManager
 from streams.validation import validate_feedback
 
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0  # how often due policies get a tick (window close, a dead training's held-back trigger)
 SWEEP_S = 60.0  # how often expired dedupe marks leave memory (the changelog's retention drops them on disk)
 INTERNAL_RETENTION_S = 7 * 24 * 3600.0
+
+AgentBody = Callable[[StreamT], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Streams:
     seen: TableT
     validate: AgentT
     forward_status: AgentT
+    forward_experiments: AgentT
     policies: AgentT
 
 
@@ -89,7 +95,8 @@ def build(settings: Settings) -> Streams:
     def raw_topic(topic: str, **kw: Any) -> TopicT:
         return app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw)
 
-    topics = {n: raw_topic(topic_name(k.topic_prefix, n)) for n in ("feedback", "feedback-dlq", "training-status", "train-triggers", "metrics")}
+    external = ("feedback", "feedback-dlq", "training-status", "experiments", "train-triggers", "metrics")
+    topics = {n: raw_topic(topic_name(k.topic_prefix, n)) for n in external}
     topics["policy-events"] = raw_topic(f"{name}-policy-events", internal=True, partitions=k.partitions, retention=INTERNAL_RETENTION_S)
     state = app.Table("policy-state", key_type=str, partitions=k.partitions)
     # Marks older than the horizon are never consulted again; let the broker delete them.
@@ -111,16 +118,22 @@ def build(settings: Settings) -> Streams:
                 accepted = Accepted.of(checked, msg.partition, msg.offset, msg.timestamp)
                 await policy_events.send(key=checked.policy, value=PolicyRecord(policy=checked.policy, accepted=accepted).to_bytes())
 
-    async def forward_status(stream: StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            try:
-                status = parse_event(TrainingStatus, event.value)
-            except EventValidationError as exc:
-                # training-status has no DLQ of its own: log and go on, a bad status must not stop triggering.
-                log.error("ignoring invalid training status %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc)
-                continue
-            await policy_events.send(key=status.policy, value=PolicyRecord(policy=status.policy, status=status).to_bytes())
+    def forwarder(field: str, parse: Callable[[bytes], TrainingStatus | ExperimentStep]) -> AgentBody:
+        """An agent body forwarding each record of a topic, parsed, as the `field` of a policy record."""
+
+        async def forward(stream: StreamT) -> None:
+            async for event in stream.events():
+                msg = event.message
+                try:
+                    parsed = parse(event.value)
+                except EventValidationError as exc:
+                    # Neither topic has a DLQ of its own: log and go on, a bad record must not stop triggering.
+                    log.error("ignoring invalid %s record %s[%d]@%d: %s", field, msg.topic, msg.partition, msg.offset, exc)
+                    continue
+                record = PolicyRecord.model_validate({"policy": parsed.policy, field: parsed})
+                await policy_events.send(key=parsed.policy, value=record.to_bytes())
+
+        return forward
 
     async def policies(stream: StreamT) -> None:
         async for event in stream.events():
@@ -154,7 +167,12 @@ def build(settings: Settings) -> Streams:
     return Streams(
         app=app, settings=settings, ledger=ledger, topics=topics, state=state, seen=seen,
         validate=app.agent(topics["feedback"], name="validate")(validate),
-        forward_status=app.agent(topics["training-status"], name="forward_status")(forward_status),
+        forward_status=app.agent(topics["training-status"], name="forward_status")(
+            forwarder("status", lambda raw: parse_event(TrainingStatus, raw))
+        ),
+        forward_experiments=app.agent(topics["experiments"], name="forward_experiments")(
+            forwarder("experiment", lambda raw: parse_event(ExperimentEvent, raw).root)
+        ),
         policies=app.agent(policy_events, name="policies")(policies),
     )  # fmt: skip
 

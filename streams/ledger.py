@@ -1,10 +1,11 @@
 """Per-policy state of the stream app and the rules that change it: dedupe, the rolling buffer,
-the trigger counter, the training gate and the open one-minute metric windows.
+the trigger counter, the trigger gate (a running training, an open experiment) and the open
+one-minute metric windows.
 
 "Policy" is the model-family key of the feedback (`FeedbackEvent.policy`). Its state lives in two
 changelog-backed tables (Faust tables in the worker, dicts in unit tests), as JSON values:
 
-    state["policy:<policy>"]           PolicyState: watermarks, counters, training gate, open windows
+    state["policy:<policy>"]           PolicyState: watermarks, counters, trigger gate, open windows
     state["buffered:<policy>:<seq>"]   BufferedEvent: the seq-th accepted event of the rolling buffer
     state["last-trigger:<policy>"]     the last TrainTrigger emitted, to re-send it verbatim after a crash
     seen["<policy>/<event_id>"]        DedupeMark: where the accepted copy of an event sits, and when
@@ -23,6 +24,15 @@ internal topic: a record at or below it was applied, only its trigger is re-sent
 `last_origin_offsets` (per feedback partition: the validation stage re-forwarding records after its
 own crash). A dedupe mark names the copy it accepted, so a mark written just before a crash (the
 other table's changelog is not ordered with PolicyState) does not reject that copy.
+
+The gate holds the next trigger back while the last one's training runs (until it finishes, fails
+or falls silent for `trigger_timeout_s`) and while an experiment of the policy is open: from its
+`ExperimentStarted` to its `ExperimentDecided`, however long that takes (the decider ends an
+experiment at its horizon; silence does not). Experiments are tracked by the trigger id of the
+round whose candidate they test, one experiment per round. The trainer writes a round's
+`ExperimentStarted` before its `finished` status at stage `candidate`, but the two topics reach
+this stage in no fixed order, so that status holds the round open too, until its decision.
+The latest decided rounds are remembered, so a re-delivered start or status does not re-open one.
 """
 
 from __future__ import annotations
@@ -39,14 +49,19 @@ from pydantic import BaseModel
 
 from core.settings import ContinuousLearningSettings
 from schemas import OffsetRange, TrainingStatus, TrainTrigger, WindowMetrics
-from schemas.events import FeedbackType
-from streams.records import Accepted, PolicyRecord
+from schemas.events import CANDIDATE_STAGE, FeedbackType
+from schemas.experiments import ExperimentStarted
+from streams.records import Accepted, ExperimentStep, PolicyRecord
 
 WINDOW_S = 60
 WINDOW_GRACE_S = 5.0  # an event this late still joins its window; a later one is reported as a delta
 POLICY_KEY_PREFIX = "policy:"
+# Far more decided rounds than a re-forwarded backlog of the experiments topic could repeat.
+DECIDED_MEMORY = 32
 
-Outcome = Literal["accepted", "duplicate", "reforwarded", "status", "status-ignored", "tick", "replayed"]
+Outcome = Literal[
+    "accepted", "duplicate", "reforwarded", "status", "status-ignored", "experiment", "experiment-ignored", "tick", "replayed"
+]
 
 
 def policy_key(policy: str) -> str:
@@ -134,6 +149,9 @@ class PolicyState(BaseModel):
     accepted_since_trigger: int = 0
     model_version: str = ""  # of the latest accepted event
     training: Training | None = None
+    # Open experiments: trigger id of the round -> experiment id ("" until its ExperimentStarted is read).
+    experiments: dict[str, str] = {}
+    decided: list[str] = []  # trigger ids of the latest decided experiments, oldest first
     last_trigger_offset: int = -1  # internal-topic offset of the record that emitted the last trigger
     latest_event_time: float = 0.0  # latest feedback timestamp seen (s): closes windows while a backlog is read
     open_windows: dict[int, dict[str, WindowCount]] = {}  # window start (s) -> WindowDims.key() -> count
@@ -168,6 +186,8 @@ class PolicyLedger:
             effects = Effects(self._feedback(ps, record.accepted))
         elif record.status is not None:
             effects = Effects(self._status(ps, record.status))
+        elif record.experiment is not None:
+            effects = Effects(self._experiment(ps, record.experiment))
         else:
             effects = Effects("tick")
         trigger = self._maybe_trigger(record.policy, ps, now)
@@ -182,7 +202,8 @@ class PolicyLedger:
         return effects
 
     def due(self, now: float) -> Iterator[str]:
-        """Policies that need a tick: a metric window to close, or a trigger a dead training held back."""
+        """Policies that need a tick: a metric window to close, or a trigger a dead training held back.
+        (A decision releases its held-back trigger as it is applied.)"""
         for key in list(self.state.keys()):
             if key.startswith(POLICY_KEY_PREFIX):
                 ps = PolicyState.model_validate(self.state[key])
@@ -237,12 +258,25 @@ class PolicyLedger:
             return "status-ignored"
         if status.active:
             ps.training.last_seen = max(ps.training.last_seen, status.timestamp.timestamp())
-        else:
-            ps.training = None
+            return "status"
+        ps.training = None
+        if status.stage == CANDIDATE_STAGE and status.trigger_id not in ps.decided:
+            ps.experiments.setdefault(status.trigger_id, "")  # its ExperimentStarted may not have been read yet
         return "status"
 
+    def _experiment(self, ps: PolicyState, step: ExperimentStep) -> Outcome:
+        if step.trigger_id in ps.decided:
+            return "experiment-ignored"  # a re-delivered start or decision of a decided round
+        if isinstance(step, ExperimentStarted):
+            ps.experiments[step.trigger_id] = step.experiment_id
+        else:
+            ps.experiments.pop(step.trigger_id, None)
+            ps.decided = [*ps.decided, step.trigger_id][-DECIDED_MEMORY:]
+        return "experiment"
+
     def _blocked(self, ps: PolicyState, now: float) -> bool:
-        return ps.training is not None and now - ps.training.last_seen <= self.settings.trigger_timeout_s
+        training = ps.training is not None and now - ps.training.last_seen <= self.settings.trigger_timeout_s
+        return training or bool(ps.experiments)
 
     def _maybe_trigger(self, policy: str, ps: PolicyState, now: float) -> TrainTrigger | None:
         if ps.accepted_since_trigger < self.settings.train_threshold or self._blocked(ps, now):

@@ -1,18 +1,22 @@
 """The stream app's internal wire format: what the validation stage hands to the per-policy stage.
 
-Accepted feedback, training-status updates and timer ticks for one policy travel through one
-internal topic keyed by policy, so a single agent applies them in one order and owns all of that
+Accepted feedback, training-status updates, experiment starts and decisions, and timer ticks for
+one policy travel through one internal topic keyed by policy, so a single agent applies them in one order and owns all of that
 policy's state. Only the fields the policy stage needs are carried (not the query/response text).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import FeedbackEvent, TrainingStatus
 from schemas.events import FeedbackType
+from schemas.experiments import ExperimentDecided, ExperimentStarted
+
+ExperimentStep = Annotated[ExperimentStarted | ExperimentDecided, Field(discriminator="kind")]
 
 
 class Record(BaseModel):
@@ -47,9 +51,11 @@ class Accepted(Record):
 
 
 class PolicyRecord(Record):
-    """Exactly one of: accepted feedback, a training status, or a tick at wall time `tick`."""
+    """Exactly one of: accepted feedback, a training status, an experiment's start or decision, or a
+    tick at wall time `tick`."""
 
     policy: str
     accepted: Accepted | None = None
     status: TrainingStatus | None = None
+    experiment: ExperimentStep | None = None
     tick: float | None = None

@@ -1,39 +1,58 @@
-"""Applying an A/B decision: the registry pointer moves, and the rest of the loop hears about it.
+"""Applying a decision: the registry pointer moves once, and the rest of the loop hears about it.
 
-A published candidate keeps its round open: the training job reports it as `progress` at stage
-`ab_test`, so the stream app holds the policy's next trigger back (as it does during training)
-and the next round trains on top of the decided version rather than beside an undecided one.
-Promoting or rolling back here closes the round: `ModelPublished(decision=promoted|rolled_back)`
-and a `finished` TrainingStatus for the candidate's trigger. Were no decision ever made, the
-stream app's `trigger_timeout` would release the policy anyway.
+An experiment's decision (by the decider, or by hand with `rlhf models promote|rollback`) goes
+through `close_experiment`: `ModelRegistry.decide_experiment` applies it once and records it, then
+`ModelPublished(decision=promoted|rolled_back)` and `ExperimentDecided` announce it. The stream
+worker releases the policy's next trigger on `ExperimentDecided`, and the assistant stops routing
+the experiment. Announcing again after a crash is harmless: readers key on the experiment id.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from registry.store import ModelRegistry
 from consumers.emitter import EventEmitter
 from core.settings import Settings
-from schemas import ModelPublished, TrainingStatus
+from registry.store import ExperimentRecord, Manifest, ModelRegistry
+from schemas import ModelPublished
+from schemas.experiments import ExperimentDecided, ExperimentOutcome, experiment_id_for
 
-Decision = Literal["promote", "rollback"]
+ManualDecision = Literal["promote", "rollback"]
 
 
-def apply_decision(settings: Settings, registry: ModelRegistry, policy: str, decision: Decision, reason: str, version: str | None = None) -> str:
-    """Promote `version` (default: the candidate) or roll back; returns the version acted on."""
-    if decision == "promote":
-        acted, status = registry.promote(policy, version, reason=reason), "promoted"
-    else:
-        acted, status = registry.rollback(policy, reason=reason), "rolled_back"
-    manifest = registry.manifest("policies", acted)
-    emitter = EventEmitter(settings)
-    emitter.emit("model-published", ModelPublished(
-        version=acted, policy=policy, trigger_id=manifest.trigger_id or acted, parent_version=manifest.parent_version,
-        reward_model_version=manifest.reward_model_version, decision=status, metrics=manifest.metrics, reason=reason[:4000],
+def close_experiment(
+    emitter: EventEmitter, registry: ModelRegistry, policy: str, experiment_id: str, candidate: str,
+    outcome: ExperimentOutcome, reason: str, statistics: dict[str, float] | None = None,
+) -> ExperimentRecord:  # fmt: skip
+    """Decide `experiment_id` (or find it decided) and announce the recorded decision."""
+    record = registry.decide_experiment(policy, experiment_id, candidate, outcome, reason[:4000], statistics)
+    manifest = registry.manifest("policies", candidate)
+    emitter.emit("model-published", published(manifest, record.outcome == "promote", record.reason), policy)
+    emitter.emit("experiments", ExperimentDecided(
+        experiment_id=experiment_id, policy=policy, trigger_id=manifest.trigger_id or candidate, outcome=record.outcome,  # type: ignore[arg-type]
+        serving_version=record.serving or candidate, statistics=record.statistics, reason=record.reason,
     ), policy)  # fmt: skip
-    if manifest.trigger_id:
-        emitter.emit("training-status", TrainingStatus(
-            trigger_id=manifest.trigger_id, policy=policy, state="finished", stage=status, message=reason[:4000],
-        ), policy)  # fmt: skip
+    return record
+
+
+def decide_by_hand(settings: Settings, registry: ModelRegistry, policy: str, decision: ManualDecision, reason: str, version: str | None = None) -> str:
+    """`rlhf models promote|rollback`: the candidate's experiment is closed like the decider would;
+    promoting another version, or rolling back with no candidate, moves the pointer directly."""
+    emitter = EventEmitter(settings)
+    candidate = registry.candidate(policy)
+    if candidate is not None and version in (None, candidate):
+        experiment_id = experiment_id_for(settings.ab_testing.experiment, candidate)
+        close_experiment(emitter, registry, policy, experiment_id, candidate, decision, reason)
+        return candidate
+    acted = registry.promote(policy, version, reason=reason) if decision == "promote" else registry.rollback(policy, reason=reason)
+    emitter.emit("model-published", published(registry.manifest("policies", acted), decision == "promote", reason), policy)
     return acted
+
+
+def published(manifest: Manifest, promoted: bool, reason: str) -> ModelPublished:
+    """The announcement of a version's new status, with its lineage from the manifest."""
+    return ModelPublished(
+        version=manifest.version, policy=manifest.policy, trigger_id=manifest.trigger_id or manifest.version, parent_version=manifest.parent_version,
+        reward_model_version=manifest.reward_model_version, decision="promoted" if promoted else "rolled_back", metrics=manifest.metrics,
+        reason=reason[:4000],
+    )  # fmt: skip

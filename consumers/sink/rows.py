@@ -13,9 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from analytics.tables import EXPOSURES, FEEDBACK, INTERACTIONS, MODEL_PUBLISHED, TRAINING_STATUS, WINDOW_METRICS, Table
+from analytics.tables import EXPERIMENTS, EXPOSURES, FEEDBACK, INTERACTIONS, MODEL_PUBLISHED, TRAINING_STATUS, WINDOW_METRICS, Table
 from core.settings import Settings
 from schemas import ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
+from schemas.experiments import ExperimentEvent, ExperimentStarted
 
 
 def _ab(event: InteractionEvent | FeedbackEvent | ExposureEvent | WindowMetrics) -> dict[str, Any]:
@@ -54,6 +55,16 @@ def published_row(e: ModelPublished, _: Settings) -> dict[str, Any]:
             "reason": e.reason, "ts": e.timestamp}  # fmt: skip
 
 
+def experiment_row(e: ExperimentEvent, _: Settings) -> dict[str, Any]:
+    event = e.root
+    started = isinstance(event, ExperimentStarted)
+    return {"kind": event.kind, "experiment_id": event.experiment_id, "policy": event.policy, "trigger_id": event.trigger_id,
+            "control_version": event.control_version if started else "", "treatment_version": event.treatment_version if started else "",
+            "outcome": "" if started else event.outcome, "serving_version": "" if started else event.serving_version,
+            "reason": "" if started else event.reason, "statistics": [] if started else list(event.statistics.items()),
+            "ts": event.timestamp}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Route:
     """Where one topic's events go: the schema they must pass, the table, and the row they become."""
@@ -70,4 +81,5 @@ ROUTES: Mapping[str, Route] = {
     "metrics": Route(WindowMetrics, WINDOW_METRICS, metrics_row),
     "training-status": Route(TrainingStatus, TRAINING_STATUS, status_row),
     "model-published": Route(ModelPublished, MODEL_PUBLISHED, published_row),
+    "experiments": Route(ExperimentEvent, EXPERIMENTS, experiment_row),
 }

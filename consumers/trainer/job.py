@@ -18,11 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from registry.store import Manifest, ModelRegistry, code_version, version_for
+from consumers.decider.decisions import published
 from consumers.emitter import EventEmitter
 from core.settings import Settings
 from core.errors import GuardrailRejection, RlhfError, TrainingError
 from schemas import FeedbackEvent, ModelPublished, TrainTrigger
-from schemas.events import AB_TEST_STAGE, DEFAULT_POLICY
+from schemas.events import CANDIDATE_STAGE, DEFAULT_POLICY
+from schemas.experiments import Arm, ExperimentStarted, experiment_id_for
 
 BASE_VERSION = "base"
 
@@ -73,6 +75,11 @@ class TrainingJob:
 
         version = version_for(trigger.policy, trigger.trigger_id)
         if self.registry.exists("policies", version):
+            # A crash may have come between publishing and offering: an undecided candidate's
+            # experiment is (re)started; readers key on its id, so a second start is harmless.
+            existing = self.registry.manifest("policies", version)
+            if existing.status == "candidate" and existing.parent_version:
+                self._start_experiment(trigger, version, existing.parent_version, emitter)
             emitter.status(trigger, "finished", message=f"already published as {version}; nothing to do")
             return
         emitter.status(trigger, "started", stage="replay")
@@ -94,16 +101,33 @@ class TrainingJob:
         if manifest is None:  # another trainer published this trigger meanwhile
             emitter.status(trigger, "finished", message=f"already published as {version}")
             return
-        if manifest.status == "candidate":
-            self.registry.offer_candidate(trigger.policy, version)
         emitter.emit("model-published", ModelPublished(
             version=version, policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
             reward_model_version=rm_version, decision=manifest.status, metrics=manifest.metrics, reason=manifest.reason,
         ), trigger.policy)  # fmt: skip
-        if manifest.status == "candidate":  # the round stays open until the A/B decision (consumers/decider/decisions.py)
-            emitter.status(trigger, "progress", stage=AB_TEST_STAGE, message=manifest.reason, metrics=manifest.metrics)
-        else:
-            emitter.status(trigger, "finished", stage=manifest.status, message=manifest.reason, metrics=manifest.metrics)
+        stage = manifest.status
+        if manifest.status == "candidate" and self.settings.ab_testing.enabled:  # the round stays open until its experiment is decided
+            self._start_experiment(trigger, version, parent, emitter)
+            stage = CANDIDATE_STAGE
+        elif manifest.status == "candidate":  # A/B testing switched off: the gate's verdict is final
+            promoted = self.registry.promote(trigger.policy, version, reason=f"{manifest.reason}; ab_testing.enabled is false")
+            emitter.emit("model-published", published(self.registry.manifest("policies", promoted), True, "ab_testing.enabled is false"), trigger.policy)
+            stage = "promoted"
+        emitter.status(trigger, "finished", stage=stage, message=manifest.reason, metrics=manifest.metrics)
+
+    def _start_experiment(self, trigger: TrainTrigger, candidate: str, control: str, emitter: EventEmitter) -> None:
+        """Offer the candidate to users: its experiment opens before the training's `finished`
+        status is written, so the policy's trigger gate never sees a gap between the two."""
+        if self.registry.experiment_decision(trigger.policy, experiment_id_for(self.settings.ab_testing.experiment, candidate)):
+            return  # decided already: a redelivered trigger must not reopen it
+        ab = self.settings.ab_testing
+        self.registry.offer_candidate(trigger.policy, candidate)
+        by_spec = {"serving": control, "candidate": candidate}
+        emitter.emit("experiments", ExperimentStarted(
+            experiment_id=experiment_id_for(ab.experiment, candidate), policy=trigger.policy, trigger_id=trigger.trigger_id,
+            control_version=control, treatment_version=candidate, salt=ab.salt, horizon_users=ab.horizon_users, horizon_s=ab.horizon_s,
+            arms=tuple(Arm(name=v.name, model_version=by_spec.get(v.model, v.model), weight=v.weight) for v in ab.variants),
+        ), trigger.policy)  # fmt: skip
 
     def _reward_model(self, trigger: TrainTrigger, events: list[FeedbackEvent], progress: Progress):
         from trainers.reward import RewardModel, train_reward_model

@@ -1,5 +1,5 @@
-"""Subcommands of the trainer consumer, the model registry and the assistant service:
-`rlhf trainer run`, `rlhf models list|show|promote|rollback|init`, `rlhf serve`."""
+"""Subcommands of the trainer consumer, the decider, the model registry and the assistant service:
+`rlhf trainer run`, `rlhf decider run`, `rlhf models list|show|promote|rollback|init`, `rlhf serve`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def _trainer_run(args: argparse.Namespace) -> None:
     trainer.run(settings, TrainingJob(settings), trainer.RetryPolicy(attempts=args.attempts, first_backoff_s=args.backoff))
 
 
+def _decider_run(args: argparse.Namespace) -> None:
+    from consumers.decider import service
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    service.run(settings_of(args))
+
+
 def _models_init(args: argparse.Namespace) -> None:
     from consumers.trainer.job import ensure_base_policy
 
@@ -50,15 +57,15 @@ def _models_show(args: argparse.Namespace) -> None:
 
 
 def _models_promote(args: argparse.Namespace) -> None:
-    from consumers.decider.decisions import apply_decision
+    from consumers.decider.decisions import decide_by_hand
 
-    print("serving", apply_decision(settings_of(args), _registry(args), args.policy, "promote", "promoted by hand", args.version))
+    print("serving", decide_by_hand(settings_of(args), _registry(args), args.policy, "promote", "promoted by hand", args.version))
 
 
 def _models_rollback(args: argparse.Namespace) -> None:
-    from consumers.decider.decisions import apply_decision
+    from consumers.decider.decisions import decide_by_hand
 
-    print("rolled back", apply_decision(settings_of(args), _registry(args), args.policy, "rollback", "rolled back by hand"))
+    print("rolled back", decide_by_hand(settings_of(args), _registry(args), args.policy, "rollback", "rolled back by hand"))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -75,6 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(trainer, "run", "Consume train triggers: replay data, train reward model + policy, evaluate, publish.", _trainer_run)
     p.add_argument("--attempts", type=int, default=3, help="tries per trigger before it goes to the DLQ")
     p.add_argument("--backoff", type=float, default=5.0, help="seconds before the first retry (doubles each time)")
+
+    decider = group(sub, "decider", "The decider (group 'decider'): closes each A/B experiment with one decision.")
+    command(decider, "run", "Analyse every open experiment per user on a timer; promote, roll back, or expire it at its horizon "
+            "(ab_testing.horizon_users / horizon_s), through the registry, once.", _decider_run)  # fmt: skip
 
     models = group(sub, "models", "The model registry: versions, lineage, promotion.")
     command(models, "init", "Register the starting policy (policy.base_model) as the serving version if none serves.", _models_init)

@@ -1,5 +1,7 @@
-"""The assistant service on the real broker: every user gets a served version, never a rejected
-candidate; an offered candidate gets the treatment share, and a promotion is picked up live."""
+"""The assistant service on the real broker: users follow the experiments topic (an experiment's
+start routes its arms by its own salt, its decision ends it), a promotion is picked up live, only
+the versions named are served (never the registry's rejected one), and a service started later
+rebuilds the open experiment from the topic."""
 
 from __future__ import annotations
 
@@ -9,10 +11,22 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from registry.store import Manifest, ModelRegistry
+from analytics.assignment import assign
 from assistant.service import create_app
+from registry.store import Manifest, ModelRegistry
+from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
+from sdk.client import FeedbackClient
 
 pytestmark = pytest.mark.integration
+
+EXPERIMENT = "policy-ab:v-good"
+START = ExperimentStarted(
+    experiment_id=EXPERIMENT, policy="assistant", trigger_id="t" * 20, control_version="base", treatment_version="v-good",
+    arms=(Arm(name="control", model_version="base", weight=1.0), Arm(name="variant_a", model_version="v-good", weight=1.0)),
+    salt="salt-it", horizon_users=100, horizon_s=3600.0,
+)  # fmt: skip
+DECISION = ExperimentDecided(experiment_id=EXPERIMENT, policy="assistant", trigger_id="t" * 20, outcome="promote", serving_version="v-good")
+
 
 @pytest.fixture
 def registry(settings, micro_policy) -> ModelRegistry:
@@ -25,31 +39,48 @@ def registry(settings, micro_policy) -> ModelRegistry:
     return registry
 
 
+def produce(settings, *events) -> None:
+    with FeedbackClient.from_settings(settings) as client:
+        for event in events:
+            client.send("experiments", event, key=event.policy)
+
+
 def chat(client: TestClient, users: int) -> list[dict]:
     response = client.post("/chat/batch", json=[{"user_id": f"u{n}", "query": "How do I reset my password?"} for n in range(users)])
     assert response.status_code == 200
     return response.json()
 
 
-def test_a_rejected_candidate_is_never_served(settings, registry):
-    with TestClient(create_app(settings, registry)) as client:
-        assert client.get("/versions").json() == {"serving": "base", "candidate": None}
-        assert {r["model_version"] for r in chat(client, 40)} == {"base"}
+def in_experiment(replies: list[dict]) -> None:
+    for n, reply in enumerate(replies):
+        arm = assign(START.salt, f"u{n}", [(a.name, a.weight) for a in START.arms])
+        assert (reply["experiment"], reply["variant"], reply["model_version"]) == (EXPERIMENT, arm, {"control": "base", "variant_a": "v-good"}[arm])
+    assert {r["model_version"] for r in replies} == {"base", "v-good"}
 
-        registry.offer_candidate("assistant", "v-good")
-        replies = _after_refresh(client, lambda: client.get("/versions").json()["candidate"] == "v-good", 40)
-        assert {r["model_version"] for r in replies} == {"base", "v-good"}
-        assert all(r["experiment"] == f"{settings.ab_testing.experiment}:v-good" for r in replies)
+
+def test_users_follow_the_experiment_from_its_start_to_its_decision(settings, registry):
+    with TestClient(create_app(settings, registry)) as client:
+        assert client.get("/versions").json() == {"serving": "base", "experiment": None, "candidate": None}
+        assert {(r["model_version"], r["experiment"]) for r in chat(client, 40)} == {("base", None)}
+
+        produce(settings, START)
+        in_experiment(_after(client, lambda: client.get("/versions").json()["experiment"] == EXPERIMENT, 40))
 
         registry.promote("assistant", "v-good")
-        replies = _after_refresh(client, lambda: client.get("/versions").json() == {"serving": "v-good", "candidate": None}, 40)
-        assert {r["model_version"] for r in replies} == {"v-good"}
-        assert "v-rejected" not in {r["model_version"] for r in replies}
+        produce(settings, DECISION)
+        replies = _after(client, lambda: client.get("/versions").json() == {"serving": "v-good", "experiment": None, "candidate": None}, 40)
+        assert {(r["model_version"], r["experiment"], r["variant"]) for r in replies} == {("v-good", None, None)}
 
 
-def _after_refresh(client: TestClient, ready, users: int) -> list[dict]:
+def test_a_service_started_during_an_experiment_routes_it_from_its_first_request(settings, registry):
+    produce(settings, START.model_copy(update={"experiment_id": "policy-ab:old"}), DECISION.model_copy(update={"experiment_id": "policy-ab:old"}), START)
+    with TestClient(create_app(settings, registry)) as client:
+        in_experiment(chat(client, 40))
+
+
+def _after(client: TestClient, ready, users: int) -> list[dict]:
     deadline = time.monotonic() + 30
     while not ready():
-        assert time.monotonic() < deadline, "the service never picked up the registry change"
+        assert time.monotonic() < deadline, "the service never picked up the change"
         time.sleep(0.2)
     return chat(client, users)

@@ -1,5 +1,6 @@
 """250 valid feedback events, 20 invalid records and 30 duplicates through a real worker on the
-real broker, threshold 100: exactly 2 triggers, 20 dead letters with reasons, and each trigger's
+real broker, threshold 100: exactly 2 triggers (the second held back while the first round's
+experiment is open, released by its decision), 20 dead letters with reasons, and each trigger's
 offset ranges replay to exactly the accepted events it names."""
 
 import json
@@ -11,6 +12,7 @@ import pytest
 from core.errors import TrainingError
 from schemas.topics import topic_name
 from schemas import DeadLetter, OffsetRange, TrainingStatus, TrainTrigger, WindowMetrics
+from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
 from trainers.replay import replay_trigger
 from tests.integration.streams.conftest import feedback_event
 
@@ -49,10 +51,14 @@ def test_triggers_dead_letters_and_replay(settings, start_worker, reader, client
 
     send_batch(client, feedback_topic, valid[:100], invalid[:7], valid[:10])
     first = TrainTrigger.model_validate_json(triggers.wait_for(1)[0])
-    # The trainer's side: it finished, so the next threshold may trigger again.
-    done = TrainingStatus(trigger_id=first.trigger_id, policy=first.policy, state="finished")
-    client.send_bytes(topic_name(settings.kafka.topic_prefix, "training-status"), done.to_bytes(), first.policy)
+    # The trainer's side: its candidate goes to an experiment, which holds the next trigger back ...
+    start, decision = experiment(first)
+    client.send("experiments", start, key=first.policy)
+    client.send("training-status", TrainingStatus(trigger_id=first.trigger_id, policy=first.policy, state="finished", stage="candidate"), first.policy)
     send_batch(client, feedback_topic, valid[100:200], invalid[7:14], valid[:5] + valid[100:105])
+    assert len(triggers.poll(3.0)) == 1
+    client.send("experiments", decision, key=first.policy)  # ... until the decider's word
+    client.flush()
     second = TrainTrigger.model_validate_json(triggers.wait_for(2)[1])
     send_batch(client, feedback_topic, valid[200:], invalid[14:], valid[195:205] + valid[:5])
 
@@ -77,6 +83,13 @@ def test_triggers_dead_letters_and_replay(settings, start_worker, reader, client
         by_type[m.feedback_type] += m.count
     assert by_type == Counter(e.feedback_type for e in valid[200:])
     assert sum(m.rating_sum for m in late) == sum(e.rating or 0 for e in valid[200:])
+
+
+def experiment(trigger: TrainTrigger) -> tuple[ExperimentStarted, ExperimentDecided]:
+    ids = {"experiment_id": f"policy-ab:v-{trigger.trigger_id}", "policy": trigger.policy, "trigger_id": trigger.trigger_id}
+    arms = (Arm(name="control", model_version="v1", weight=1.0), Arm(name="variant_a", model_version="v2", weight=1.0))
+    start = ExperimentStarted(**ids, control_version="v1", treatment_version="v2", arms=arms, salt="s1", horizon_users=10, horizon_s=60.0)
+    return start, ExperimentDecided(**ids, outcome="rollback", serving_version="v1")
 
 
 def test_replay_refuses_unreadable_or_incomplete_triggers(settings, client):

@@ -1,53 +1,75 @@
-"""A/B routing follows the variants' configured models (`ab_testing.variants[].model`)."""
+"""Routing follows the policy's open experiment (its salt, arms and weights), and the book of open
+experiments follows the experiments topic's starts and decisions. Pure: no Kafka, no models."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from collections import Counter
 
-import pytest
-from fastapi import HTTPException
+from analytics.assignment import assign
+from assistant.experiments import ExperimentBook
+from assistant.routing import Route, route
+from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
 
-from analytics.assignment import assign_from_settings
-from assistant.service import Assistant
-from core.settings import ABTestingSettings, Settings, VariantSettings
-
-USERS = [f"u{i}" for i in range(200)]
+USERS = [f"u{i}" for i in range(2000)]
 
 
-def assistant(by_spec: dict, variants: tuple[VariantSettings, ...] | None = None) -> Assistant:
-    ab = ABTestingSettings() if variants is None else ABTestingSettings(variants=variants)
-    settings = Settings(ab_testing=ab)
-    return Assistant(settings, SimpleNamespace(by_spec=by_spec), client=None)  # route() needs only the pool
+def started(candidate: str = "v2", policy: str = "assistant", salt: str = "salt-1", weights: tuple[float, float] = (1.0, 1.0)) -> ExperimentStarted:
+    arms = (Arm(name="control", model_version="v1", weight=weights[0]), Arm(name="variant_a", model_version=candidate, weight=weights[1]))
+    return ExperimentStarted(
+        experiment_id=f"policy-ab:{candidate}", policy=policy, trigger_id=f"trg-{candidate}", control_version="v1",
+        treatment_version=candidate, arms=arms, salt=salt, horizon_users=100, horizon_s=3600.0,
+    )  # fmt: skip
 
 
-def version(v: str) -> SimpleNamespace:
-    return SimpleNamespace(version=v)
+def decided(candidate: str = "v2", policy: str = "assistant") -> ExperimentDecided:
+    return ExperimentDecided(
+        experiment_id=f"policy-ab:{candidate}", policy=policy, trigger_id=f"trg-{candidate}", outcome="promote", serving_version=candidate
+    )
 
 
-def test_default_variants_send_treatment_users_to_the_candidate():
-    a = assistant({"serving": version("v1"), "candidate": version("v2")})
-    routed = {u: a.route(u) for u in USERS}
-    for user, (policy, experiment, variant) in routed.items():
-        assert variant == assign_from_settings(a.settings.ab_testing, user)
-        assert policy.version == ("v1" if variant == "control" else "v2")
-        assert experiment == "policy-ab:v2"
-    assert {p.version for p, _, _ in routed.values()} == {"v1", "v2"}
+def test_without_an_experiment_everyone_gets_serving_unlabelled():
+    assert {route(u, "v1", None, {"v1"}) for u in USERS} == {Route("v1")}
 
 
-def test_without_a_candidate_everyone_gets_serving_outside_any_experiment():
-    a = assistant({"serving": version("v1"), "candidate": None})
-    assert {(p.version, e, v) for p, e, v in (a.route(u) for u in USERS)} == {("v1", None, None)}
+def test_an_open_experiment_assigns_by_its_own_salt_and_serves_each_arm_its_version():
+    experiment = started()
+    for user in USERS[:200]:
+        r = route(user, "v1", experiment, {"v1", "v2"})
+        arm = assign("salt-1", user, [("control", 1.0), ("variant_a", 1.0)])
+        assert r == Route({"control": "v1", "variant_a": "v2"}[arm], "policy-ab:v2", arm)
+    reshuffled = started(salt="salt-2")
+    assert [route(u, "v1", experiment, {"v1", "v2"}).variant for u in USERS] != [route(u, "v1", reshuffled, {"v1", "v2"}).variant for u in USERS]
 
 
-def test_a_variant_naming_a_version_serves_that_version():
-    variants = (VariantSettings(name="control", model="serving"), VariantSettings(name="old", model="v0"), VariantSettings(name="new", model="candidate"))
-    a = assistant({"serving": version("v1"), "v0": version("v0"), "candidate": version("v2")}, variants)
-    served = {v: p.version for p, _, v in (a.route(u) for u in USERS)}
-    assert served == {"control": "v1", "old": "v0", "new": "v2"}
-    assert a.route("u1")[1] == "policy-ab:v0+v2"
+def test_arm_weights_set_the_traffic_split():
+    shares = Counter(route(u, "v1", started(weights=(3.0, 1.0)), {"v1", "v2"}).variant for u in USERS)
+    assert 0.70 < shares["control"] / len(USERS) < 0.80
 
 
-def test_no_serving_version_is_a_503():
-    with pytest.raises(HTTPException) as err:
-        assistant({"serving": None, "candidate": None}).route("u1")
-    assert err.value.status_code == 503
+def test_until_every_arm_is_loaded_the_experiment_is_not_routed():
+    assert {route(u, "v1", started(), {"v1"}) for u in USERS} == {Route("v1")}
+
+
+def opened(book: ExperimentBook, policy: str = "assistant") -> str | None:
+    experiment = book.open(policy)
+    return None if experiment is None else experiment.experiment_id
+
+
+def test_a_start_opens_its_policys_experiment_and_its_decision_closes_it():
+    book = ExperimentBook()
+    book.apply(started())
+    book.apply(started("s2", policy="search"))
+    assert (opened(book), opened(book, "search")) == ("policy-ab:v2", "policy-ab:s2")
+    book.apply(decided("other"))  # another experiment's decision leaves this one open
+    assert opened(book) == "policy-ab:v2"
+    book.apply(decided())
+    assert (opened(book), opened(book, "search")) == (None, "policy-ab:s2")
+
+
+def test_a_start_read_again_after_its_decision_does_not_reopen_it():
+    book = ExperimentBook()
+    for step in (started(), decided(), started()):
+        book.apply(step)
+    assert opened(book) is None
+    book.apply(started("v3"))  # the next round's experiment
+    assert opened(book) == "policy-ab:v3"

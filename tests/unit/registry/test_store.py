@@ -88,3 +88,26 @@ def test_manifest_carries_lineage(registry):
     registry.publish("policies", "v1", build("v1"))
     data = json.loads((registry.path("policies", "v1") / "manifest.json").read_text())
     assert data["trigger_id"] == "t" * 20 and data["parent_version"] == "base"
+
+
+def test_an_experiment_is_decided_once_whoever_asks_again(tmp_path):
+    from registry.store import ModelRegistry
+
+    registry = ModelRegistry(tmp_path)
+    registry.register_base("assistant", "base", lambda d: (d / "w").write_text("base"))
+    for version in ("v1", "v2"):
+        registry.publish("policies", version, lambda d, v=version: Manifest(version=v, kind="policies", policy="assistant", status="candidate"))
+    registry.offer_candidate("assistant", "v1")
+    first = registry.decide_experiment("assistant", "exp:v1", "v1", "promote", "lift +20%")
+    assert first.first and first.serving == "v1" and registry.serving("assistant") == "v1" and registry.candidate("assistant") is None
+    # A second decider (or a re-run after a crash) gets the recorded decision back, whatever it would decide now.
+    again = registry.decide_experiment("assistant", "exp:v1", "v1", "rollback", "someone else's view")
+    assert not again.first and again.outcome == "promote" and registry.serving("assistant") == "v1"
+    assert registry.pointers()["assistant"]["history"] == ["base", "v1"]
+    # Keeping control never rolls back past the serving version, however often it is applied.
+    registry.offer_candidate("assistant", "v2")
+    for _ in range(2):
+        kept = registry.decide_experiment("assistant", "exp:v2", "v2", "expired", "horizon reached")
+    assert kept.outcome == "expired" and registry.serving("assistant") == "v1" and registry.candidate("assistant") is None
+    assert registry.manifest("policies", "v2").status == "rolled_back"
+    assert registry.experiment_decision("assistant", "exp:v2").serving == "v1"

@@ -8,7 +8,8 @@ from unittest.mock import AsyncMock
 import pytest
 
 from core.settings import Settings
-from schemas import DeadLetter, FeedbackEvent, TrainTrigger
+from schemas import DeadLetter, FeedbackEvent, TrainingStatus, TrainTrigger
+from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
 from streams.app import build
 from streams.records import PolicyRecord
 
@@ -64,3 +65,57 @@ def test_duplicates_are_dropped_and_threshold_triggers_once(streams):
     ps = streams.ledger.policy_state("assistant")
     assert (ps.accepted, ps.duplicates, ps.accepted_since_trigger) == (8, 2, 4)
     assert streams.state["policy:assistant"]["accepted"] == 8  # the Faust table holds the state
+
+
+def experiment_step(kind: str, trigger_id: str) -> bytes:
+    ids = {"experiment_id": f"policy-ab:v-{trigger_id}", "policy": "assistant", "trigger_id": trigger_id}
+    if kind == "decided":
+        return ExperimentDecided(**ids, outcome="promote", serving_version=f"v-{trigger_id}").to_bytes()
+    arms = (Arm(name="control", model_version="v1", weight=1.0), Arm(name="variant_a", model_version=f"v-{trigger_id}", weight=1.0))
+    return ExperimentStarted(
+        **ids, control_version="v1", treatment_version=f"v-{trigger_id}", arms=arms, salt="s1", horizon_users=10, horizon_s=60.0
+    ).to_bytes()
+
+
+def finished(trigger_id: str, stage: str) -> bytes:
+    return TrainingStatus(trigger_id=trigger_id, policy="assistant", state="finished", stage=stage).to_bytes()
+
+
+def test_an_open_experiment_holds_the_next_trigger_until_its_decision(streams):
+    """The trainer's round as the worker reads it: trigger, experiment start, candidate status; the
+    decision releases the held trigger, and a re-delivered start of that experiment holds nothing."""
+
+    async def run() -> list[TrainTrigger]:
+        async with (
+            streams.validate.test_context() as validate,
+            streams.forward_status.test_context() as status,
+            streams.forward_experiments.test_context() as experiments,
+            streams.policies.test_context() as policies,
+        ):
+
+            async def put(stage, value: bytes) -> list[TrainTrigger]:
+                before = len(sent(streams, "policy-events"))
+                await stage.put(value, key=b"assistant")
+                for forwarded in sent(streams, "policy-events")[before:]:
+                    await policies.put(forwarded["value"], key=forwarded["key"].encode())
+                return [TrainTrigger.model_validate_json(call["value"]) for call in sent(streams, "train-triggers")]
+
+            for n in range(4):
+                triggers = await put(validate, feedback(n))
+            first = triggers[0].trigger_id
+            await put(experiments, experiment_step("started", first))
+            await put(status, finished(first, "candidate"))
+            await put(experiments, b"{oops")  # not forwarded: the next record is still read
+            for n in range(4, 10):
+                assert len(await put(validate, feedback(n))) == 1  # held: the experiment is open
+            triggers = await put(experiments, experiment_step("decided", first))
+            assert len(triggers) == 2 and triggers[1].event_ids == tuple(f"e{n}" for n in range(10))  # released
+            await put(experiments, experiment_step("started", first))  # a re-delivered start: already decided
+            await put(status, finished(triggers[1].trigger_id, "rejected"))
+            for n in range(10, 14):
+                triggers = await put(validate, feedback(n))
+            return triggers
+
+    triggers = asyncio.run(run())
+    assert len(triggers) == 3 and triggers[2].event_ids == tuple(f"e{n}" for n in range(4, 14))
+    assert streams.ledger.policy_state("assistant").experiments == {}

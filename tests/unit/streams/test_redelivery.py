@@ -1,7 +1,8 @@
 """At-least-once plus the trigger id makes duplicates harmless (docs/decisions/0001 says why the app is
 not exactly-once): a record the stream app processes again after a crash re-sends its trigger with
 the same trigger_id, and the trainer takes a trigger id it has already published as done, so the
-duplicate trains and publishes nothing. No broker: the ledger on dicts, the training job on a
+duplicate trains and publishes nothing (it only starts the candidate's experiment again, under the
+same id, until that is decided: readers key on the id). No broker: the ledger on dicts, the training job on a
 registry in tmp_path with an emitter that records what it would send."""
 
 import threading
@@ -9,18 +10,20 @@ import threading
 from registry.store import Manifest, ModelRegistry, version_for
 from consumers.trainer.job import TrainingJob
 from core.settings import Settings
+from schemas.experiments import experiment_id_for
 from tests.unit.streams.test_ledger import Run, fb
 
 
 class RecordingEmitter:
     def __init__(self):
         self.statuses = []
+        self.emitted = []
 
     def status(self, trigger, state, stage="", message="", metrics=None):
         self.statuses.append((trigger.trigger_id, state, message))
 
     def emit(self, topic, event, key):
-        raise AssertionError(f"a duplicate trigger must not emit {topic}")
+        self.emitted.append((topic, event.experiment_id if topic == "experiments" else event))
 
 
 def test_trigger_resent_after_a_crash_is_a_no_op_for_the_trainer(tmp_path):
@@ -51,4 +54,5 @@ def test_trigger_resent_after_a_crash_is_a_no_op_for_the_trainer(tmp_path):
     emitter = RecordingEmitter()
     TrainingJob(settings)(again[0], emitter, threading.Event())  # would replay from Kafka and train if it did not dedupe
     assert emitter.statuses == [(trigger.trigger_id, "finished", f"already published as {version}; nothing to do")]
+    assert emitter.emitted == [("experiments", experiment_id_for(settings.ab_testing.experiment, version))]
     assert [m.version for m in registry.versions("policies")] == [version]

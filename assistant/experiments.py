@@ -1,0 +1,117 @@
+"""The open experiment of each policy, as the assistant service learns it from the `experiments` topic.
+
+`ExperimentBook` folds the topic's events (pure, no I/O): an `ExperimentStarted` opens its policy's
+experiment, its `ExperimentDecided` closes it, and a decided experiment never opens again (a
+producer's retry may write a start twice). `ExperimentFollower` feeds it from a background thread:
+a plain consumer assigned to the topic's partitions from the beginning, without a consumer group,
+so every start of the service rebuilds the book and no offsets are committed.
+
+    book = ExperimentBook()
+    follower = ExperimentFollower(settings, book)
+    threading.Thread(target=follower.run, args=(stop,), daemon=True).start()
+    follower.caught_up.wait(10)          # the topic was read to its end once
+    book.open("assistant")               # ExperimentStarted | None
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from core.errors import EventValidationError
+from core.settings import Settings
+from schemas import parse_event
+from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentStarted
+from schemas.topics import group_id, topic_name
+
+log = logging.getLogger("rlhf.serve")
+POLL_S = 0.5
+METADATA_TIMEOUT_S = 10.0
+
+
+class ExperimentBook:
+    """Written by one thread, read by many: every change swaps in a new mapping, so a reader sees
+    the state before or after it, never half of it."""
+
+    def __init__(self) -> None:
+        self._open: Mapping[str, ExperimentStarted] = {}
+        self._decided: set[str] = set()  # experiment ids; one per round, so it stays small
+
+    def open(self, policy: str) -> ExperimentStarted | None:
+        return self._open.get(policy)
+
+    def apply(self, step: ExperimentStarted | ExperimentDecided) -> None:
+        if step.experiment_id in self._decided:
+            return
+        if isinstance(step, ExperimentStarted):
+            # One experiment per policy at a time (the stream worker holds the next round back until
+            # the decision); were another started anyway, the newer one is routed.
+            self._open = {**self._open, step.policy: step}
+            return
+        self._decided.add(step.experiment_id)
+        current = self._open.get(step.policy)
+        if current is not None and current.experiment_id == step.experiment_id:
+            self._open = {policy: e for policy, e in self._open.items() if policy != step.policy}
+
+
+class ExperimentFollower:
+    """Reads the experiments topic into `book` until `stop`; `caught_up` is set once every
+    partition has been read to the end it had when reached."""
+
+    def __init__(self, settings: Settings, book: ExperimentBook):
+        self.bootstrap_servers = settings.kafka.bootstrap_servers
+        self.topic = topic_name(settings.kafka.topic_prefix, "experiments")
+        # The client insists on a group id; no group is joined (partitions are assigned) and nothing is committed.
+        self.group = group_id(settings.kafka.topic_prefix, "assistant-experiments")
+        self.book = book
+        self.caught_up = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = Consumer({
+            "bootstrap.servers": self.bootstrap_servers, "group.id": self.group,
+            "enable.auto.commit": False, "enable.partition.eof": True,
+        })  # fmt: skip
+        try:
+            partitions = self._partitions(consumer, stop)
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            at_end: set[int] = set()
+            while not stop.is_set():
+                msg = consumer.poll(POLL_S)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is None:
+                    self._apply(msg)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                    if at_end >= set(partitions):
+                        self.caught_up.set()
+                else:
+                    log.warning("reading %s: %s", self.topic, error)
+        finally:
+            consumer.close()
+
+    def _partitions(self, consumer: Consumer, stop: threading.Event) -> list[int]:
+        """The topic's partitions, waiting (and saying so once) while the topic does not exist."""
+        warned = False
+        while not stop.is_set():
+            metadata = consumer.list_topics(self.topic, timeout=METADATA_TIMEOUT_S).topics.get(self.topic)
+            if metadata is not None and metadata.error is None and metadata.partitions:
+                return sorted(metadata.partitions)
+            if not warned:
+                log.warning("topic %s is not there yet (`rlhf topics create`); serving without experiments meanwhile", self.topic)
+                warned = True
+            stop.wait(1.0)
+        return []
+
+    def _apply(self, msg: Message) -> None:
+        try:
+            step = parse_event(ExperimentEvent, msg.value()).root
+        except EventValidationError as exc:
+            # The topic has no DLQ: a record no experiment can be read from changes no routing.
+            log.error("ignoring invalid experiment record %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            return
+        self.book.apply(step)

@@ -1,0 +1,154 @@
+"""The decider (`rlhf decider run`): consumer group "decider" on the experiments topic.
+
+For every open experiment it asks the A/B analysis (`analytics.remote.ab_report`, per-user
+statistics over ClickHouse) every `ab_testing.decide_every_s`. A verdict (promote or rollback),
+or the horizon reached without one (`expired`: control kept), is applied once through the
+registry and announced (consumers/decider/decisions.py).
+
+One decider acts at a time: the topic has one partition and the group gives it to one member;
+other members wait as standbys and take over when it dies. On every assignment the owner rebuilds
+the open experiments from the beginning of the topic, and it decides only once it has read to the
+end, so it never decides an experiment whose decision is already on the topic. A decider killed
+mid-decision leaves either nothing behind (the next owner decides afresh) or the registry's record
+(the next owner announces that same decision): exactly one decision per experiment id.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from analytics.remote import ab_report
+from consumers.decider.decisions import close_experiment
+from consumers.emitter import EventEmitter
+from core.errors import EventValidationError, RlhfError
+from core.settings import Settings
+from registry.store import ModelRegistry
+from schemas import parse_event
+from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentOutcome, ExperimentStarted
+from schemas.topics import group_id, topic_name
+
+log = logging.getLogger("rlhf.decider")
+
+GROUP = "decider"
+Analysis = Callable[[Settings, str], dict[str, Any]]
+
+
+@dataclass
+class Experiments:
+    """Open experiments as read from the topic: started and not yet decided."""
+
+    started: dict[str, ExperimentStarted] = field(default_factory=dict)
+    decided: set[str] = field(default_factory=set)
+
+    def apply(self, event: ExperimentStarted | ExperimentDecided) -> None:
+        if isinstance(event, ExperimentStarted):
+            self.started.setdefault(event.experiment_id, event)
+        else:
+            self.decided.add(event.experiment_id)
+
+    def open(self) -> list[ExperimentStarted]:
+        return [s for i, s in self.started.items() if i not in self.decided]
+
+
+def verdict(started: ExperimentStarted, report: dict[str, Any] | None, now: datetime) -> tuple[ExperimentOutcome, str] | None:
+    """What to do with an experiment given its latest analysis (None when none could be had)."""
+    report = report or {}
+    if report.get("decision") in ("promote", "rollback"):
+        return report["decision"], report.get("reason") or f"the A/B analysis says {report['decision']}"
+    users = sum((report.get("users") or {}).values())
+    if users >= started.horizon_users * len(started.arms):
+        return "expired", f"horizon: {users} exposed users without a significant result; control kept"
+    elapsed = (now - started.started_at).total_seconds()
+    if elapsed >= started.horizon_s:
+        return "expired", f"horizon: {elapsed:.0f} s without a significant result; control kept"
+    return None
+
+
+class Decider:
+    def __init__(self, settings: Settings, analysis: Analysis = ab_report, emitter: EventEmitter | None = None):
+        self.settings = settings
+        self.analysis = analysis
+        self.registry = ModelRegistry(settings.registry_path)
+        self.emitter = emitter or EventEmitter(settings)
+        self.experiments = Experiments()
+        self.last_look: dict[str, float] = {}
+
+    def look_at_open_experiments(self) -> None:
+        """Analyse each open experiment that is due, and decide those with a verdict."""
+        for started in self.experiments.open():
+            if time.monotonic() - self.last_look.get(started.experiment_id, -1e9) < self.settings.ab_testing.decide_every_s:
+                continue
+            self.last_look[started.experiment_id] = time.monotonic()
+            report = self._report(started.experiment_id)
+            found = verdict(started, report, datetime.now(timezone.utc))
+            if found is not None:
+                self.decide(started, *found, statistics=(report or {}).get("statistics", {}))
+
+    def decide(self, started: ExperimentStarted, outcome: ExperimentOutcome, reason: str, statistics: dict[str, float]) -> None:
+        record = close_experiment(self.emitter, self.registry, started.policy, started.experiment_id, started.treatment_version, outcome, reason, statistics)
+        log.info("%s: %s (%s)%s", started.experiment_id, record.outcome, record.reason, "" if record.first else " [recorded earlier]")
+        self.experiments.decided.add(started.experiment_id)
+
+    def _report(self, experiment_id: str) -> dict[str, Any] | None:
+        try:
+            return self.analysis(self.settings, experiment_id)
+        except RlhfError as exc:  # the analysis is unavailable for now: only the duration horizon can end it
+            log.warning("%s: no analysis this time: %s", experiment_id, exc)
+            return None
+
+
+def caught_up(consumer: Consumer) -> bool:
+    """Whether every assigned partition has been read to its end (nothing assigned: not caught up)."""
+    assigned = consumer.assignment()
+    if not assigned:
+        return False
+    for tp in consumer.position(assigned):
+        low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        if (tp.offset if tp.offset >= 0 else low) < high:
+            return False
+    return True
+
+
+def run(settings: Settings, decider: Decider | None = None, stop: threading.Event | None = None) -> None:
+    """Decide experiments until `stop` is set (SIGTERM/SIGINT set it when run from the main thread)."""
+    decider = decider or Decider(settings)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    topic = topic_name(settings.kafka.topic_prefix, "experiments")
+    consumer = Consumer({
+        "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, GROUP), "client.id": "rlhf-decider",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6_000, "heartbeat.interval.ms": 1_000,
+    })  # fmt: skip
+
+    def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
+        decider.experiments = Experiments()  # rebuilt from the beginning: the state is the topic
+        c.assign([TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions])
+
+    consumer.subscribe([topic], on_assign=on_assign)
+    log.info("decider consuming %s", topic)
+    try:
+        while not stop.is_set():
+            for msg in consumer.consume(100, timeout=0.5):
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error: %s", msg.error())
+                    continue
+                try:
+                    decider.experiments.apply(parse_event(ExperimentEvent, msg.value()).root)
+                except EventValidationError as exc:  # written by the project's own services only: a bug, said loudly
+                    log.error("experiments record at offset %d unreadable, skipped: %s", msg.offset(), exc)
+            if caught_up(consumer):
+                decider.look_at_open_experiments()
+    finally:
+        consumer.close()
