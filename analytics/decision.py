@@ -52,6 +52,20 @@ SUM_COLUMNS = (
 )  # fmt: skip
 
 
+def user_terms(feedback: Any, positives: Any, thumbs_down: Any, ratings: Any, rating_sum: Any, history: Any, history_rate: Any) -> dict[str, Any]:
+    """Each user's terms whose sums over users are the SUM_COLUMNS but `users_exposed`, as the
+    `ab_users` query forms them in SQL: for per-user figures held in numpy or pandas (simulations,
+    checks). `history` is 1 for a user with pre-experiment feedback, `history_rate` its positive rate (else 0)."""
+    f, p, d, r, s, h, x = feedback, positives, thumbs_down, ratings, rating_sum, history, history_rate
+    return {
+        "users": f * 0 + 1, "feedback": f, "feedback_sq": f * f, "positives": p, "positives_sq": p * p, "positives_feedback": p * f,
+        "thumbs_down": d, "thumbs_down_sq": d * d, "thumbs_down_feedback": d * f, "rating_users": (r > 0) * 1.0, "ratings": r,
+        "ratings_sq": r * r, "rating_sum": s, "rating_sum_sq": s * s, "rating_sum_ratings": s * r, "history_users": h,
+        "history_rate": x, "history_rate_sq": x * x, "history_positives": h * p, "history_rate_positives": x * p,
+        "history_feedback": h * f, "history_rate_feedback": x * f,
+    }  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Arm:
     """One variant's per-user sums: a row of the `ab_users` query, or many simulated experiments' at once."""
@@ -258,7 +272,8 @@ def load_arms(runner: QueryRunner, experiment: str) -> list[Arm]:
 def current_experiment(runner: QueryRunner, ab: ABTestingSettings) -> str:
     """The configured experiment, or its most recently exposed `<experiment>:<candidate>` instance
     (one per candidate version)."""
-    seen = run_query(runner, "experiments")["experiment"].tolist()
+    frame = run_query(runner, "experiments")
+    seen = frame["experiment"].tolist() if "experiment" in frame else []  # no rows: chdb returns no columns either
     return next((e for e in seen if e == ab.experiment or e.startswith(f"{ab.experiment}:")), ab.experiment)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from analytics.decision import ACTIONS, Arm, compare_arms, rule_of
+from analytics.decision import ACTIONS, Arm, compare_arms, rule_of, user_terms
 from core.settings import ABTestingSettings
 
 Sums = Mapping[str, npt.NDArray[np.float64]]
@@ -95,13 +95,8 @@ def _arm_sums(rng: np.random.Generator, size: int, users: int, lift: float, pop:
     before = np.where(rng.random(shape) < pop.history_share, np.minimum(rng.zipf(pop.zipf, shape), pop.max_events), 0)
     h = (before > 0).astype(np.float64)
     x = np.divide(rng.binomial(before, propensity), before, out=np.zeros(shape), where=before > 0)
-    d, one = f - p, np.ones(shape)
-    per_user = {
-        "users_exposed": one, "users": one, "feedback": f, "feedback_sq": f * f, "positives": p, "positives_sq": p * p,
-        "positives_feedback": p * f, "thumbs_down": d, "thumbs_down_sq": d * d, "thumbs_down_feedback": d * f,
-        "history_users": h, "history_rate": x, "history_rate_sq": x * x, "history_positives": h * p,
-        "history_rate_positives": x * p, "history_feedback": h * f, "history_rate_feedback": x * f,
-    }  # fmt: skip
+    none = np.zeros(shape)  # no ratings
+    per_user = {"users_exposed": np.ones(shape), **user_terms(f, p, f - p, none, none, h, x)}
     return {k: np.cumsum(v, axis=1)[:, looks - 1] for k, v in per_user.items()}
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 
 from analytics.clickhouse import Warehouse, open_warehouse
-from analytics.decision import SUM_COLUMNS, Arm, decide
+from analytics.decision import SUM_COLUMNS, Arm, decide, user_terms
 from analytics.queries import run_query
 from analytics.tables import EXPOSURES, FEEDBACK, Table
 from bench._kafka import broker, median
@@ -115,7 +115,7 @@ def synthetic_tables(rows: int, seed: int = 1) -> tuple[pa.Table, pa.Table]:
     rating = np.where(kind == "rating", rng.integers(1, 6, n_fb) + (variant & (rng.random(n_fb) < 0.05)), 0).clip(0, 5)
     positive = (kind == "thumbs_up") | (rating >= 4)
     reward = np.select([kind == "thumbs_up", kind == "rating"], [1.0, (rating - 1) / 4], 0.0)
-    shift = np.where(before, -pd.to_timedelta(rng.integers(60, 7 * 86_400, n_fb), unit="s"), pd.Timedelta(minutes=5))
+    shift = pd.to_timedelta(np.where(before, -rng.integers(60, 7 * 86_400, n_fb), 300), unit="s")
     feedback = {
         "event_id": np.char.add("f-", np.arange(n_fb).astype(str)), "interaction_id": np.full(n_fb, ""), "user_id": users[who],
         "model_version": np.char.add(VARIANTS[variant], "-v1"), "experiment": np.where(before, "", "policy-ab"),
@@ -143,16 +143,9 @@ def pandas_ab_users(exposures: pd.DataFrame, feedback: pd.DataFrame, experiment:
     seen = fb.merge(first[["first_exposure"]], left_on="user_id", right_index=True)
     history = seen[seen["ts"] < seen["first_exposure"]].groupby("user_id").agg(pre_f=("event_id", "size"), pre_p=("positive", "sum"))
     u = u.reset_index().merge(history, on="user_id", how="left").fillna({"pre_f": 0, "pre_p": 0}).astype({"f": float, "p": float, "d": float, "r": float, "s": float})
-    f, p, d, r, s = u["f"], u["p"], u["d"], u["r"], u["s"]
     h = (u["pre_f"] > 0).astype(float)
     x = (u["pre_p"] / u["pre_f"].where(u["pre_f"] > 0)).fillna(0.0)
-    sums = pd.DataFrame({
-        "variant": u["variant"], "users": 1.0, "feedback": f, "feedback_sq": f * f, "positives": p, "positives_sq": p * p,
-        "positives_feedback": p * f, "thumbs_down": d, "thumbs_down_sq": d * d, "thumbs_down_feedback": d * f,
-        "rating_users": (r > 0).astype(float), "ratings": r, "ratings_sq": r * r, "rating_sum": s, "rating_sum_sq": s * s,
-        "rating_sum_ratings": s * r, "history_users": h, "history_rate": x, "history_rate_sq": x * x, "history_positives": h * p,
-        "history_rate_positives": x * p, "history_feedback": h * f, "history_rate_feedback": x * f,
-    }).groupby("variant").sum()  # fmt: skip
+    sums = pd.DataFrame({"variant": u["variant"], **user_terms(u["f"], u["p"], u["d"], u["r"], u["s"], h, x)}).groupby("variant").sum()
     exposed = first.groupby("variant").size().rename("users_exposed")
     return sums.join(exposed, how="outer").fillna(0).reset_index()
 

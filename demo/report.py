@@ -1,8 +1,8 @@
 """The demo's report: the success metrics per round (reward-model accuracy > 85%,
 policy reward +15%, positive feedback +20%), in the terminal and as HTML with plots.
 
-Figures come from what the system itself recorded (the trainer's published metrics, the A/B
-decision computed from ClickHouse); the hidden user preference is used only for the "ground
+Figures come from what the system itself recorded (the trainer's published metrics, the decider's
+ExperimentDecided with the per-user statistics it rested on); the hidden user preference is used only for the "ground
 truth" column, which the system never sees.
 """
 
@@ -38,6 +38,9 @@ class RoundFigures:
     lift: float | None
     lift_low: float | None
     lift_high: float | None
+    users_control: float | None = None
+    users_treatment: float | None = None
+    decision_reason: str = ""
     true_quality_parent: float | None = None
     true_quality_candidate: float | None = None
 
@@ -49,16 +52,17 @@ class RoundFigures:
 
 
 def figures_of(result: dict, truth: dict[str, float]) -> RoundFigures:
+    """The round's figures: the trainer's published metrics and the decider's recorded statistics."""
     metrics = result.get("published", {}).get("metrics", {})
-    decisions = result.get("ab", {}).get("decisions") or [{}]
-    primary = decisions[0].get("primary") or {}
-    lift = primary.get("lift") or {}
+    stats = result.get("ab", {}).get("statistics", {})
     return RoundFigures(
         candidate=result["candidate"], decision=result["decision"],
         reward_accuracy=metrics.get("rm_eval.pairwise_accuracy"),
         reward_before=metrics.get("mean_reward_before"), reward_after=metrics.get("mean_reward_after"),
-        control_rate=(primary.get("control") or {}).get("estimate"), treatment_rate=(primary.get("treatment") or {}).get("estimate"),
-        lift=lift.get("estimate"), lift_low=lift.get("low"), lift_high=lift.get("high"),
+        control_rate=stats.get("positive_rate_control"), treatment_rate=stats.get("positive_rate_treatment"),
+        lift=stats.get("lift"), lift_low=stats.get("lift_low"), lift_high=stats.get("lift_high"),
+        users_control=stats.get("users_control"), users_treatment=stats.get("users_treatment"),
+        decision_reason=result.get("ab", {}).get("reason", ""),
         true_quality_parent=truth.get(result.get("parent") or ""), true_quality_candidate=truth.get(result["candidate"]),
     )  # fmt: skip
 
@@ -79,7 +83,10 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
             f"  round {n}: {r.candidate} -> {r.decision.upper()}",
             f"    reward model held-out pairwise accuracy  {_num(r.reward_accuracy, '.1%')}",
             f"    policy mean reward (reward model)        {_num(r.reward_before)} -> {_num(r.reward_after)}  ({_pct(r.policy_reward_gain)})",
-            f"    positive-feedback rate control/treatment {_num(r.control_rate)} / {_num(r.treatment_rate)}  lift {_pct(r.lift)} {interval}",
+            f"    positive-feedback rate control/treatment {_num(r.control_rate)} / {_num(r.treatment_rate)}  lift {_pct(r.lift)} {interval}"
+            f"  (per user; {_num(r.users_control, '.0f')} / {_num(r.users_treatment, '.0f')} users)",
+            f"    decision                                 " + ("the gate rejected it before any user saw it" if r.decision == "rejected"
+                                                              else f"the decider: {r.decision} ({r.decision_reason or 'no reason recorded'})"),
             f"    hidden user preference (ground truth)    {_num(r.true_quality_parent)} -> {_num(r.true_quality_candidate)}",
         ]
     lines += [f"  report: {html_path}", f"  dashboard (while running): {dashboard_url}", ""]

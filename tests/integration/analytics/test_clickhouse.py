@@ -1,10 +1,11 @@
 """The embedded warehouse: migrations are idempotent, redelivery never double counts (tables and
 materialized views), and every named query runs on an empty and on a filled database."""
 
+import pandas as pd
 import pytest
 
 from analytics.clickhouse import MIGRATIONS, apply_migrations, get_client
-from analytics.decision import analyze
+from analytics.decision import analyze, report
 from analytics.errors import ClickHouseError
 from analytics.queries import QUERIES, run_query
 from analytics.tables import EVENT_TABLES
@@ -57,20 +58,45 @@ def test_redelivered_batches_count_once_in_tables_and_views(warehouse, warehouse
     assert daily["users_exposed"].sum() == world.count("exposures")
 
 
-def test_view_and_summary_agree_with_the_raw_events(warehouse, warehouse_settings):
+def test_per_user_sums_agree_with_the_raw_events(warehouse, warehouse_settings):
     world = build_world(warehouse_settings, users=300)
     insert_world(warehouse, warehouse_settings, world)
+    ab = warehouse_settings.ab_testing
+    exposed = {e.user_id: e for t, e in world.events if t == "exposures"}
     feedback = [e for t, e in world.events if t == "feedback"]
-    summary = run_query(warehouse, "ab_summary", {"experiment": warehouse_settings.ab_testing.experiment}).set_index("variant")
-    for variant in summary.index:
+    sums = run_query(warehouse, "ab_users", {"experiment": ab.experiment}).set_index("variant")
+    for variant in sums.index:
         mine = [e for e in feedback if e.variant == variant]
-        ratings = [e.rating for e in mine if e.rating is not None]
-        assert summary.loc[variant, "feedback"] == len(mine)
-        assert summary.loc[variant, "thumbs_down"] == sum(e.feedback_type == "thumbs_down" for e in mine)
-        assert summary.loc[variant, "positives"] == sum(e.feedback_type == "thumbs_up" or (e.rating or 0) >= 4 for e in mine)
-        assert summary.loc[variant, "rating_mean"] == pytest.approx(sum(ratings) / len(ratings))
+        users = {e.user_id for e in mine}
+        per_user = {u: [e for e in mine if e.user_id == u] for u in users}
+        positives = {u: sum(e.is_positive(warehouse_settings.feedback.min_rating) for e in es) for u, es in per_user.items()}
+        before = {u: [e for e in feedback if e.user_id == u and e.timestamp < exposed[u].timestamp] for u in users}
+        rate = {u: sum(e.is_positive(warehouse_settings.feedback.min_rating) for e in b) / len(b) for u, b in before.items() if b}
+        row = sums.loc[variant]
+        assert row["users_exposed"] == sum(e.variant == variant for e in exposed.values()) and row["users"] == len(users)
+        assert row["feedback"] == len(mine) and row["feedback_sq"] == sum(len(es) ** 2 for es in per_user.values())
+        assert row["positives_feedback"] == sum(positives[u] * len(es) for u, es in per_user.items())
+        assert row["thumbs_down"] == sum(e.feedback_type == "thumbs_down" for e in mine)
+        assert row["rating_sum"] == sum(e.rating or 0 for e in mine) and row["rating_users"] == sum(any(e.rating for e in es) for es in per_user.values())
+        assert row["history_users"] == len(rate) > 0
+        assert row["history_rate_positives"] == pytest.approx(sum(rate[u] * positives[u] for u in rate))
     decisions = analyze(warehouse, warehouse_settings)
     assert [d.action for d in decisions] == ["promote"], decisions[0].summary()
+    assert decisions[0].cuped_variance_ratio < 1  # the history was used
+
+
+def test_an_empty_warehouse_reports_no_data(warehouse, warehouse_settings):
+    r = report(analyze(warehouse, warehouse_settings))
+    assert r["decision"] == "no_data" and r["users"] == {"control": 0, "variant_a": 0} and r["statistics"]["srm_p"] == 1.0
+
+
+def test_the_experiment_lifecycle_shows_open_and_decided_experiments(warehouse, warehouse_settings):
+    insert_world(warehouse, warehouse_settings, build_world(warehouse_settings, users=5))
+    frame = run_query(warehouse, "experiment_lifecycle").set_index("experiment_id")
+    earlier, current = "policy-ab:assistant-trigger-a", "policy-ab:assistant-trigger-b"
+    assert frame.loc[earlier, "state"] == "promote" and frame.loc[earlier, "lift_low"] == 0.03
+    assert frame.loc[current, "state"] == "open" and pd.isna(frame.loc[current, "lift"]) and pd.isna(frame.loc[current, "decided"])
+    assert list(frame.index) == [current, earlier]  # latest started first
 
 
 def test_a_re_emitted_window_replaces_the_earlier_one(warehouse, warehouse_settings):

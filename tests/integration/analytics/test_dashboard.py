@@ -1,6 +1,7 @@
 """The dashboard served by the sink: events go through Kafka and the sink, the page is opened in
 headless Chromium, every panel renders with data, and the screenshot is kept as an artifact
-(artifacts/dashboard.png)."""
+(artifacts/dashboard.png). On a brand-new warehouse the page, /api/ab and `rlhf ab analyze` say
+"no data yet"."""
 
 import re
 import shutil
@@ -10,14 +11,18 @@ from pathlib import Path
 import pytest
 from matplotlib import image
 
-from tests.integration.analytics.conftest import REPO, SinkProcess, produce
+from fastapi.testclient import TestClient
+
+from analytics.dashboard import create_app
+from devtools.kafka_local import free_port
+from tests.integration.analytics.conftest import REPO, SinkProcess, produce, rlhf
 from tests.integration.analytics.world import build_world
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"
-PANELS = ("feedback_volume", "positive_rate", "ab_results", "training_runs", "variant_daily")
+PANELS = ("feedback_volume", "positive_rate", "ab_results", "experiments", "training_runs", "variant_daily")
 
 
 def screenshot(url: str, out: Path, profile: Path) -> None:
@@ -35,7 +40,7 @@ def running_sink(settings):
     sink = SinkProcess(settings)
     try:
         sink.wait_ready()
-        sink.wait_counts({"feedback": world.count("feedback"), "training_status": world.count("training-status")})
+        sink.wait_counts({"feedback": world.count("feedback"), "training_status": world.count("training-status"), "experiments": world.count("experiments")})
         yield sink
     finally:
         sink.stop()
@@ -48,8 +53,9 @@ def test_dashboard_panels_render_with_data_in_headless_chromium(running_sink, tm
     assert page.count("<svg") >= 4 and "no data yet" not in page
     assert "promote" in page  # the A/B panel shows the decision
     ab = running_sink.get_json("/api/ab")
-    assert ab["decision"] == "promote" and set(ab["samples"]) == {"control", "variant_a"} and min(ab["samples"].values()) > 200
-    assert running_sink.get_json("/api/ab?experiment=policy-ab:unknown")["decision"] == "keep_running"
+    assert ab["decision"] == "promote" and set(ab["users"]) == {"control", "variant_a"} and min(ab["users"].values()) > 150
+    assert ab["statistics"]["lift_low"] > 0 and ab["statistics"]["users_treatment"] == ab["users"]["variant_a"]
+    assert running_sink.get_json("/api/ab?experiment=policy-ab:unknown")["decision"] == "no_data"
     for query in ("training_runs", "training_curve"):  # the training panel reads the keys PPO really reports
         frame = running_sink.get_json(f"/sql/{query}")
         for column in ("reward", "kl"):
@@ -66,3 +72,20 @@ def test_dashboard_panels_render_with_data_in_headless_chromium(running_sink, tm
     # Plots put many distinct colours on screen; a blank or error page has a handful.
     colours = {tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}
     assert len(colours) > 200, f"{len(colours)} colours: the page looks empty"
+
+
+def test_a_brand_new_warehouse_shows_no_data_yet(warehouse, warehouse_settings):
+    client = TestClient(create_app(warehouse, warehouse_settings))
+    ab = client.get("/api/ab")
+    assert ab.status_code == 200 and ab.json()["decision"] == "no_data", ab.text
+    page = client.get("/")
+    assert page.status_code == 200 and "no data yet" in page.text
+    rows = dict(re.findall(r'data-panel="(\w+)" data-rows="(\d+)"', page.text))
+    assert set(rows) == set(PANELS) and set(rows.values()) == {"0"}
+
+
+def test_ab_analyze_on_a_brand_new_warehouse_says_no_data(warehouse_settings):
+    done = rlhf(warehouse_settings, free_port(), "ab", "analyze")  # no sink answers: opens a fresh chdb path of its own
+    assert done.returncode == 0 and "no data yet" in done.stdout and "Traceback" not in done.stderr, done.stdout + done.stderr
+    as_json = rlhf(warehouse_settings, free_port(), "ab", "analyze", "--json")
+    assert as_json.returncode == 0 and '"decision": "no_data"' in as_json.stdout, as_json.stderr

@@ -46,7 +46,8 @@ def test_sigkill_between_insert_and_commit_loses_and_duplicates_nothing(settings
     world = build_world(settings, users=300)
     produce(settings, world, duplicates=150, bad=6)
     expected = {t: world.count(t) for t in ("interactions", "feedback", "exposures")}
-    expected |= {"training_status": world.count("training-status"), "model_published": world.count("model-published"), "metrics": world.count("metrics")}
+    expected |= {"training_status": world.count("training-status"), "model_published": world.count("model-published"), "metrics": world.count("metrics"),
+                 "experiments": world.count("experiments")}
     produced = len(world.events) + 150 + 6
 
     # 1. A sink that kills itself (SIGKILL) after inserting its first batch, before committing it.
@@ -80,7 +81,7 @@ def test_sigkill_between_insert_and_commit_loses_and_duplicates_nothing(settings
         assert analyzed.returncode == 0 and "promote variant_a" in analyzed.stdout, analyzed.stdout + analyzed.stderr
     finally:
         assert sink.stop() == 0, sink.output()
-    consumed = sum(committed_offsets(settings, t) for t in ("interactions", "feedback", "exposures", "training-status", "model-published", "metrics"))
+    consumed = sum(committed_offsets(settings, t) for t in ("interactions", "feedback", "exposures", "training-status", "model-published", "metrics", "experiments"))
     assert consumed == produced
     alone = rlhf(settings, sink.port, "sql", "table_counts", "--format", "json")
     assert {r["table"]: r["rows"] for r in json.loads(alone.stdout)} == counts

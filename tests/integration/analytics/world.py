@@ -1,5 +1,7 @@
 """A small A/B world for the integration tests: users assigned by the real `assign`, exposures,
-interactions, feedback whose positive rate depends on the variant, and training progress."""
+interactions, feedback whose positive rate depends on the variant (and, for some users, feedback
+from before the experiment: the CUPED history), training progress, and the experiment lifecycle
+(an earlier experiment decided, the current one open)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ from datetime import datetime, timedelta, timezone
 from analytics.assignment import assign_from_settings
 from core.settings import Settings
 from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
+from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 START = datetime(2025, 3, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
 class World:
-    events: list[tuple[str, Event]]  # (topic, event)
+    events: list[tuple[str, Event | ExperimentEvent]]  # (topic, event)
 
     def count(self, topic: str) -> int:
         """Distinct events on a topic (the world itself holds no duplicates)."""
@@ -29,12 +32,17 @@ def build_world(settings: Settings, users: int = 400, days: int = 3, positive: d
     ab = settings.ab_testing
     models = {v.name: f"{v.name}-v1" for v in ab.variants}
     positive = positive or {ab.variants[0].name: 0.55, **{v.name: 0.7 for v in ab.variants[1:]}}
-    events: list[tuple[str, Event]] = []
+    events: list[tuple[str, Event | ExperimentEvent]] = []
     for u in range(users):
         user = f"user-{u}"
         variant = assign_from_settings(ab, user)
         common = dict(user_id=user, experiment=ab.experiment, variant=variant, model_version=models[variant])
         when = START + timedelta(seconds=rng.uniform(0, days * 86_400))
+        for k in range(rng.choice([0, 0, 1, 3])):  # before the experiment: no experiment, the serving model
+            good = rng.random() < 0.6
+            events.append(("feedback", FeedbackEvent(timestamp=START - timedelta(days=1, minutes=k), interaction_id=f"pre-{u}-{k}", user_id=user,
+                                                     query="earlier", response="an answer", model_version="serving-v0",
+                                                     feedback_type="thumbs_up" if good else "thumbs_down")))  # fmt: skip
         events.append(("exposures", ExposureEvent(timestamp=when, **common)))
         for k in range(rng.randint(1, 4)):
             at = when + timedelta(minutes=10 * k)
@@ -64,4 +72,20 @@ def build_world(settings: Settings, users: int = 400, days: int = 3, positive: d
         start = START + timedelta(minutes=minute)
         events.append(("metrics", WindowMetrics(timestamp=start + timedelta(minutes=1), window_start=start, window_end=start + timedelta(minutes=1),
                                                 model_version=models[ab.variants[0].name], feedback_type="thumbs_up", count=minute + 1)))  # fmt: skip
+    events += [("experiments", ExperimentEvent(e)) for e in lifecycle(settings)]
     return World(events)
+
+
+def lifecycle(settings: Settings) -> list[ExperimentStarted | ExperimentDecided]:
+    """An earlier experiment, started and promoted, and the current one, started (open)."""
+    ab, out = settings.ab_testing, []
+    for j, (trigger, control) in enumerate((("trigger-a", "assistant-v0"), ("trigger-b", "assistant-trigger-a"))):
+        candidate = f"assistant-{trigger}"
+        arms = tuple(Arm(name=v.name, model_version=control if i == 0 else candidate, weight=v.weight) for i, v in enumerate(ab.variants))
+        out.append(ExperimentStarted(timestamp=START + timedelta(days=j), experiment_id=f"{ab.experiment}:{candidate}", policy="assistant",
+                                     trigger_id=trigger, control_version=control, treatment_version=candidate, arms=arms, salt=ab.salt,
+                                     horizon_users=ab.horizon_users, horizon_s=ab.horizon_s))  # fmt: skip
+    out.append(ExperimentDecided(timestamp=START + timedelta(days=1), experiment_id=out[0].experiment_id, policy="assistant", trigger_id="trigger-a",
+                                 outcome="promote", serving_version=out[0].treatment_version, reason="positive rate rose",
+                                 statistics={"lift": 0.12, "lift_low": 0.03, "lift_high": 0.21, "sequential_p": 0.01}))  # fmt: skip
+    return out

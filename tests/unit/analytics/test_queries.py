@@ -16,7 +16,7 @@ def test_parameters_are_cast_to_their_default_types():
 
 
 def test_unknown_query_lists_the_known_ones():
-    with pytest.raises(UnknownQueryError, match="ab_summary"):
+    with pytest.raises(UnknownQueryError, match="ab_users"):
         get_query("nope")
 
 

@@ -1,70 +1,126 @@
-"""The statistics against SciPy / statsmodels on the same numbers, and the sequential test's
-false-positive rate under A/A with peeking. Each test seeds its own generator, so results do not
-depend on which tests run."""
+"""The per-user statistics on literal numbers and against statsmodels on the same data: the delta
+method is the cluster-robust variance of the event-level mean with users as clusters, and CUPED's
+pooled coefficient is ANCOVA's. Each test seeds its own generator."""
+
+import math
 
 import numpy as np
 import pytest
+import statsmodels.api as sm
 from scipy import stats as sps
-from statsmodels.stats.proportion import (
-    confint_proportions_2indep,
-    proportion_confint,
-    proportions_ztest,
-    samplesize_proportions_2indep_onetail,
-)
 
 from analytics import stats
 from analytics.assignment import assign, expected_shares
 
+NO_HISTORY = stats.history_covariates(0, 0, 0, 0, 0, 0, 0)
 
 
-@pytest.mark.parametrize("x_t,n_t,x_c,n_c", [(620, 1000, 580, 1000), (31, 200, 52, 260), (4_980, 10_000, 5_020, 10_000)])
-def test_two_proportion_ztest_matches_statsmodels(x_t, n_t, x_c, n_c):
-    ours = stats.two_proportion_ztest(x_t, n_t, x_c, n_c)
-    z, p = proportions_ztest([x_t, x_c], [n_t, n_c])
-    assert ours.statistic == pytest.approx(z, rel=1e-12) and ours.p_value == pytest.approx(p, rel=1e-10)
+def moments(y: np.ndarray, w: np.ndarray) -> stats.RatioMoments:
+    return stats.RatioMoments(len(y), y.sum(), w.sum(), (y * y).sum(), (w * w).sum(), (y * w).sum())
 
 
-@pytest.mark.parametrize("x,n", [(620, 1000), (0, 50), (3, 40), (199, 200)])
-def test_wilson_interval_matches_statsmodels(x, n):
-    ours = stats.wilson_interval(x, n, 0.05)
-    low, high = proportion_confint(x, n, alpha=0.05, method="wilson")
-    assert (ours.low, ours.high) == pytest.approx((low, high), abs=1e-12)
+def users(rng: np.random.Generator, n: int, rate: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """(positives, feedback) per user: heavy-tailed counts, propensities that differ between users."""
+    w = np.minimum(rng.zipf(1.8, n), 60)
+    return rng.binomial(w, rng.beta(3 * rate / 0.6, 2, n).clip(0, 1)), w
 
 
-def test_relative_lift_interval_matches_statsmodels_log_ratio():
-    ours = stats.relative_lift_proportions(620, 1000, 580, 1000, 0.05)
-    low, high = confint_proportions_2indep(620, 1000, 580, 1000, method="log", compare="ratio", alpha=0.05)
-    assert (ours.low, ours.high) == pytest.approx((low - 1, high - 1), rel=1e-10)
-    assert ours.estimate == pytest.approx(0.62 / 0.58 - 1)
+def event_level(y: np.ndarray, w: np.ndarray, first_user: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One 0/1 outcome per event, and its user: what an event-level regression sees."""
+    outcome = np.concatenate([np.r_[np.ones(k), np.zeros(n - k)] for k, n in zip(y, w)])
+    return outcome, np.repeat(np.arange(len(w)) + first_user, w)
 
 
-@pytest.mark.parametrize("sizes", [(300, 250), (40, 900)])
-def test_welch_and_mean_interval_match_scipy(sizes):
+def test_delta_method_on_literal_numbers():
+    # Four users (positives, feedback): (1, 2), (0, 1), (3, 4), (2, 2). r = 6/9; y - r w = -1/3, -2/3, 1/3, 2/3.
+    e = stats.ratio(moments(np.array([1, 0, 3, 2]), np.array([2, 1, 4, 2])))
+    assert e.value == pytest.approx(6 / 9, rel=1e-12) and e.n == 4
+    assert e.variance == pytest.approx((10 / 9) / (9 / 4) ** 2 / (3 * 4), rel=1e-12)
+    assert stats.ratio(moments(np.array([1]), np.array([2]))).variance == math.inf  # one user says nothing of the spread
+
+
+def test_delta_method_is_statsmodels_cluster_robust_ols_by_user():
     rng = np.random.default_rng(20240611)
-    a, b = rng.normal(3.6, 1.1, sizes[0]), rng.normal(3.4, 1.6, sizes[1])
-    ours = stats.welch_ttest(a.mean(), a.var(ddof=1), len(a), b.mean(), b.var(ddof=1), len(b))
-    ref = sps.ttest_ind(a, b, equal_var=False)
-    assert (ours.statistic, ours.p_value, ours.df) == pytest.approx((ref.statistic, ref.pvalue, ref.df), rel=1e-10)
-    interval = stats.mean_interval(a.mean(), a.var(ddof=1), len(a), 0.05)
-    assert (interval.low, interval.high) == pytest.approx(sps.t.interval(0.95, len(a) - 1, loc=a.mean(), scale=sps.sem(a)), rel=1e-12)
+    (yt, wt), (yc, wc) = users(rng, 700), users(rng, 900, rate=0.55)
+    t, c = stats.ratio(moments(yt, wt)), stats.ratio(moments(yc, wc))
+    # Per arm: the mean of the events with users as clusters (G / (G - 1) correction: the sample variance's n - 1).
+    outcome, cluster = event_level(yt, wt)
+    fit = sm.OLS(outcome, np.ones_like(outcome)).fit(cov_type="cluster", cov_kwds={"groups": cluster})
+    assert (t.value, t.variance) == pytest.approx((fit.params[0], fit.bse[0] ** 2), rel=1e-10)
+    # The difference: the event outcome on a treatment dummy, clustered by user.
+    outcome_c, cluster_c = event_level(yc, wc, first_user=10_000)
+    x = sm.add_constant(np.r_[np.ones_like(outcome), np.zeros_like(outcome_c)])
+    fit = sm.OLS(np.r_[outcome, outcome_c], x).fit(cov_type="cluster", cov_kwds={"groups": np.r_[cluster, cluster_c], "use_correction": False})
+    assert t.value - c.value == pytest.approx(fit.params[1], rel=1e-10)
+    # Without statsmodels' small-sample correction its variance is ours with n in place of n - 1.
+    assert t.variance * (t.n - 1) / t.n + c.variance * (c.n - 1) / c.n == pytest.approx(fit.bse[1] ** 2, rel=1e-10)
+    diff = stats.interval(stats.Estimate(t.value - c.value, t.variance + c.variance, t.n), 0.05)
+    low, high = fit.conf_int(0.05)[1]
+    assert (diff.low, diff.high) == pytest.approx((low, high), rel=2e-3)
 
 
-def test_relative_lift_of_means_covers_the_truth():
-    rng = np.random.default_rng(20240611)
-    # Delta-method interval: check its coverage instead of a library (none computes it from moments).
-    hits = 0
-    for _ in range(400):
-        a, b = rng.normal(3.3, 1.2, 400), rng.normal(3.0, 1.2, 400)
-        iv = stats.relative_lift_means(a.mean(), a.var(ddof=1), 400, b.mean(), b.var(ddof=1), 400, 0.05)
-        hits += iv.low <= 3.3 / 3.0 - 1 <= iv.high
-    assert 0.92 <= hits / 400 <= 0.98
+def test_per_event_moments_give_the_binomial_variance():
+    e = stats.ratio(stats.events_as_units(600, 1000))
+    assert e.value == 0.6 and e.variance == pytest.approx(0.6 * 0.4 / 999, rel=1e-12)
 
 
-def test_sample_size_and_mde_match_statsmodels():
-    ours = stats.sample_size_proportions(0.30, 0.02, alpha=0.05, power=0.8)
-    assert ours == pytest.approx(samplesize_proportions_2indep_onetail(0.02, 0.30, 0.8, alpha=0.05), abs=1)
-    mde = stats.mde_proportions(0.30, ours, alpha=0.05, power=0.8)
-    assert mde == pytest.approx(0.02, abs=1e-4)
+def test_functions_take_arrays_of_experiments_as_well():
+    rng = np.random.default_rng(7)
+    arms = [users(rng, 300) for _ in range(4)]
+    one_by_one = [stats.ratio(moments(y, w)) for y, w in arms]
+    together = stats.ratio(stats.RatioMoments(*(np.array([getattr(moments(y, w), f) for y, w in arms]) for f in ("n", "y", "w", "yy", "ww", "yw"))))
+    assert np.allclose(together.value, [e.value for e in one_by_one]) and np.allclose(together.variance, [e.variance for e in one_by_one])
+    assert isinstance(one_by_one[0].value, float)  # one experiment: plain floats, JSON-safe
+
+
+def test_cuped_without_history_is_the_plain_ratio():
+    rng = np.random.default_rng(3)
+    t, c = moments(*users(rng, 400)), moments(*users(rng, 400))
+    adjusted = stats.cuped(t, c, NO_HISTORY, NO_HISTORY)
+    assert adjusted == (stats.ratio(t), stats.ratio(c))
+
+
+def test_cuped_is_ancova_for_a_per_user_mean_and_reduces_its_variance():
+    rng = np.random.default_rng(11)
+    n_t, n_c = 500, 600
+    x_t, x_c = rng.beta(3, 2, n_t), rng.beta(3, 2, n_c)  # pre-experiment rate; everyone has history here
+    y_t, y_c = 2 * x_t + 0.1 + rng.normal(0, 0.3, n_t), 2 * x_c + rng.normal(0, 0.3, n_c)
+    ones_t, ones_c = np.ones(n_t), np.ones(n_c)
+
+    def covariates(x: np.ndarray, y: np.ndarray) -> stats.Covariates:
+        return stats.history_covariates(len(x), x.sum(), (x * x).sum(), y.sum(), (x * y).sum(), len(x), x.sum())
+
+    t, c = stats.cuped(moments(y_t, ones_t), moments(y_c, ones_c), covariates(x_t, y_t), covariates(x_c, y_c))
+    fit = sm.OLS(np.r_[y_t, y_c], np.column_stack([np.ones(n_t + n_c), np.r_[ones_t, 0 * ones_c], np.r_[x_t, x_c]])).fit(cov_type="HC0")
+    assert t.value - c.value == pytest.approx(fit.params[1], rel=1e-10)
+    assert t.variance + c.variance == pytest.approx(fit.bse[1] ** 2, rel=0.02)
+    plain = stats.ratio(moments(y_t, ones_t)).variance + stats.ratio(moments(y_c, ones_c)).variance
+    assert t.variance + c.variance < 0.5 * plain
+
+
+def test_interval_z_test_lift_and_mde_on_literal_numbers():
+    t, c = stats.Estimate(0.62, 1e-4, 500), stats.Estimate(0.60, 1e-4, 500)
+    z = 0.02 / math.sqrt(2e-4)
+    assert stats.z_test(t, c) == pytest.approx(2 * sps.norm.sf(z), rel=1e-12)
+    assert stats.interval(t, 0.05).low == pytest.approx(0.62 - 1.959963984540054 * 0.01, rel=1e-12)
+    lift, q = stats.relative_lift(t, c, 0.05), 0.62 / 0.60
+    half = 1.959963984540054 * math.sqrt(1e-4 / 0.36 + q * q * 1e-4 / 0.36)
+    assert (lift.estimate, lift.low, lift.high) == pytest.approx((q - 1, q - 1 - half, q - 1 + half), rel=1e-12)
+    assert stats.mde(t, c, 0.05, 0.8) == pytest.approx((1.959963984540054 + 0.8416212335729143) * math.sqrt(2e-4), rel=1e-12)
+
+
+def test_msprt_on_literal_numbers_and_without_information():
+    # tau^2 sigma^2 = 0.0025: log LR = ln(1e-4 / 0.0026) / 2 + 0.0025 * 0.03^2 / (2 * 1e-4 * 0.0026)
+    log_lr = 0.5 * math.log(1e-4 / 0.0026) + 0.0025 * 0.03**2 / (2 * 1e-4 * 0.0026)
+    result = stats.msprt(0.03, 1e-4, 0.25, tau=0.1)
+    assert result.likelihood_ratio == pytest.approx(math.exp(log_lr), rel=1e-12) and result.p_value == pytest.approx(math.exp(-log_lr), rel=1e-12)
+    assert stats.sequential(stats.Estimate(0.7, math.inf, 1), stats.Estimate(0.5, math.inf, 1)).p_value == 1.0
+
+
+def test_sequential_p_is_never_below_the_fixed_horizon_p():
+    rng = np.random.default_rng(5)
+    t, c = stats.ratio(moments(*users(rng, 3000, rate=0.62))), stats.ratio(moments(*users(rng, 3000)))
+    assert stats.sequential(t, c).p_value >= stats.z_test(t, c)
 
 
 def test_srm_matches_scipy_and_fires_on_a_planted_52_48_split():
@@ -74,38 +130,6 @@ def test_srm_matches_scipy_and_fires_on_a_planted_52_48_split():
     assert planted.mismatch and planted.p_value < 1e-7
     # The real assignment of 20k users passes.
     variants = [("control", 1.0), ("variant_a", 1.0)]
-    users = [assign("rlhf-ab-1", f"user-{n}", variants) for n in range(20_000)]
-    fair = stats.srm_check({name: users.count(name) for name, _ in variants}, expected_shares(variants))
+    assigned = [assign("rlhf-ab-1", f"user-{n}", variants) for n in range(20_000)]
+    fair = stats.srm_check({name: assigned.count(name) for name, _ in variants}, expected_shares(variants))
     assert not fair.mismatch, fair
-
-
-def _ever_rejects(p_values_at_peeks: np.ndarray, alpha: float) -> float:
-    return float((p_values_at_peeks <= alpha).any(axis=1).mean())
-
-
-def test_sequential_test_false_positive_rate_under_aa_with_peeking_stays_below_alpha():
-    rng = np.random.default_rng(20240611)
-    sims, peeks, step, alpha = 1_000, 50, 200, 0.05
-    x_t = rng.binomial(step, 0.3, size=(sims, peeks)).cumsum(axis=1)
-    x_c = rng.binomial(step, 0.3, size=(sims, peeks)).cumsum(axis=1)
-    n = step * np.arange(1, peeks + 1)
-    seq = np.array([[stats.msprt_proportions(int(x_t[s, k]), int(n[k]), int(x_c[s, k]), int(n[k])).p_value for k in range(peeks)] for s in range(sims)])
-    naive = np.array([[stats.two_proportion_ztest(int(x_t[s, k]), int(n[k]), int(x_c[s, k]), int(n[k])).p_value for k in range(peeks)] for s in range(sims)])
-    fpr_seq, fpr_naive = _ever_rejects(seq, alpha), _ever_rejects(naive, alpha)
-    print(f"A/A, {sims} runs x {peeks} peeks: mSPRT false-positive rate {fpr_seq:.3f}, peeking z-test {fpr_naive:.3f}, alpha {alpha}")
-    assert fpr_seq <= alpha
-    assert fpr_naive > 2 * alpha  # what the sequential test protects against
-
-
-def test_sequential_test_detects_a_real_effect():
-    n = 20_000
-    result = stats.msprt_proportions(int(0.33 * n), n, int(0.30 * n), n)
-    assert result.p_value < 0.001 and result.likelihood_ratio > 1000
-
-
-def test_sequential_means_agree_in_direction_with_welch():
-    rng = np.random.default_rng(20240611)
-    a, b = rng.normal(3.5, 1.0, 3000), rng.normal(3.3, 1.0, 3000)
-    seq = stats.msprt_means(a.mean(), a.var(ddof=1), 3000, b.mean(), b.var(ddof=1), 3000)
-    assert seq.p_value < 0.05
-    assert seq.p_value >= stats.welch_ttest(a.mean(), a.var(ddof=1), 3000, b.mean(), b.var(ddof=1), 3000).p_value

@@ -8,7 +8,8 @@ import pytest
 from consumers.sink.consumer import Batch
 from consumers.sink.rows import ROUTES, feedback_row
 from core.settings import load_settings
-from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
+from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics, parse_event
+from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 SETTINGS = load_settings(None)
 
@@ -67,6 +68,11 @@ SAMPLES: dict[str, Event] = {
                                       metrics={"mean_score": 0.4, "kl": 0.01}),
     "model-published": ModelPublished(version="assistant-v2", policy="assistant", trigger_id="t1", decision="candidate",
                                       metrics={"mean_reward_after": 0.5}),
+    "experiments": ExperimentEvent(ExperimentStarted(
+        experiment_id="policy-ab:assistant-v2", policy="assistant", trigger_id="t1", control_version="assistant-v1",
+        treatment_version="assistant-v2", salt="s", horizon_users=2000, horizon_s=3600.0,
+        arms=(Arm(name="control", model_version="assistant-v1", weight=1), Arm(name="variant_a", model_version="assistant-v2", weight=1)),
+    )),
 }  # fmt: skip
 
 
@@ -81,6 +87,17 @@ def test_every_route_row_fits_its_arrow_schema(name):
     table = route.table.to_arrow([row])  # raises on a value of the wrong type
     assert table.num_rows == 1
     assert all(table.column(f.name).null_count == 0 for f in schema if not f.nullable), table.to_pylist()
+
+
+def test_experiment_rows_keep_each_kind_and_the_decision_statistics():
+    decided = ExperimentDecided(experiment_id="policy-ab:assistant-v2", policy="assistant", trigger_id="t1", outcome="promote",
+                                serving_version="assistant-v2", statistics={"lift": 0.12, "sequential_p": 0.01}, reason="lift +12%")  # fmt: skip
+    route = ROUTES["experiments"]
+    rows = [route.row(parse_event(ExperimentEvent, e.to_bytes()), SETTINGS) for e in (SAMPLES["experiments"].root, decided)]
+    stored = route.table.to_arrow(rows).to_pylist()
+    assert [r["kind"] for r in stored] == ["started", "decided"]
+    assert stored[0]["treatment_version"] == "assistant-v2" and stored[0]["outcome"] == "" and stored[0]["statistics"] == []
+    assert stored[1]["outcome"] == "promote" and dict(stored[1]["statistics"]) == {"lift": 0.12, "sequential_p": 0.01}
 
 
 def test_feedback_row_keeps_the_rating():

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from registry.store import ModelRegistry
+from registry.store import Manifest, ModelRegistry
 from demo.driver import RoundResult
 from demo.report import write_report
 
@@ -17,3 +17,18 @@ def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_p
 
     assert "assistant-trg-1" in summary and "rejected" in summary
     assert (tmp_path / "report.html").read_text().count("<img") == 3
+
+
+def test_a_decided_round_reports_the_deciders_statistics(tmp_path: Path, micro_policy: str):
+    registry = ModelRegistry(tmp_path / "state" / "registry")
+    registry.register_base("assistant", "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
+    registry.publish("policies", "v1", lambda d: (shutil.copytree(micro_policy, d, dirs_exist_ok=True),
+                                                   Manifest(version="v1", kind="policies", policy="assistant", status="candidate"))[1])  # fmt: skip
+    ab = {"outcome": "promote", "reason": "positive rate up", "statistics": {"positive_rate_control": 0.4, "positive_rate_treatment": 0.5,
+          "lift": 0.25, "lift_low": 0.1, "lift_high": 0.4, "users_control": 120, "users_treatment": 118}}  # fmt: skip
+    promoted = RoundResult("v1", "base", "promote", {"metrics": {"mean_reward_before": 0.3, "mean_reward_after": 0.5}}, ab)
+
+    summary = write_report(tmp_path, [promoted], elapsed_s=60.0, max_new_tokens=8)
+
+    assert "lift +25.0% [+10.0%, +40.0%]" in summary and "120 / 118 users" in summary
+    assert "the decider: promote (positive rate up)" in summary
