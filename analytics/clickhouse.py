@@ -26,7 +26,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
-from analytics.tables import EVENT_TABLES, EXPERIMENTS, Table
+from analytics.tables import CONSUMER_LAG, DEAD_LETTERS, EVENT_TABLES, EXPERIMENTS, Table
 from core.settings import Settings
 
 Mode = Literal["chdb", "server"]
@@ -79,6 +79,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             FROM feedback GROUP BY experiment, variant, model_version, day""",
     )),
     Migration("0003_experiments", (EXPERIMENTS.ddl(),)),
+    Migration("0004_dead_letters_and_lag", (DEAD_LETTERS.ddl(), CONSUMER_LAG.ddl())),
 )
 
 @dataclass

@@ -135,6 +135,8 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
     runs = run_query(warehouse, "training_runs")
     curve = run_query(warehouse, "training_curve")
     daily = run_query(warehouse, "variant_daily", {"experiment": experiment})
+    lag = run_query(warehouse, "consumer_lag")
+    letters = run_query(warehouse, "dead_letters_by_topic")
     return [
         Panel("feedback_volume", f"Feedback volume (per {_duration(bucket)})", len(volume), plots.feedback_volume(volume, bucket) if len(volume) else ""),
         Panel("positive_rate", f"Positive rate over time by variant ({experiment})", len(rate), plots.positive_rate(rate) if len(rate) else ""),
@@ -144,6 +146,8 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
               (plots.experiment_lifts(lifecycle) if lifecycle["lift"].notna().any() else "") + _table(lifecycle) if len(lifecycle) else ""),
         Panel("training_runs", "Training runs: reward and KL", len(runs),
               (plots.training(curve) if len(curve) else "") + _table(runs) if len(runs) else ""),
+        Panel("consumer_lag", "Consumer lag per group and topic (sampled by the sink)", len(lag), _table(lag)),
+        Panel("dead_letters", "Dead letters per DLQ and origin topic", len(letters), _table(letters)),
         Panel("variant_daily", "Per experiment, variant, model version and day (materialized view)", len(daily), _table(daily), wide=True),
     ]  # fmt: skip
 

@@ -202,6 +202,23 @@ _QUERIES = (
         {"limit": 50},
     ),
     NamedQuery(
+        "dead_letters_by_topic",
+        "Dead letters per DLQ and origin topic: how many, the latest reason, when.",
+        """
+        SELECT dlq, origin_topic, count() AS letters, argMax(reason, ts) AS latest_reason, max(ts) AS latest
+        FROM dead_letters FINAL GROUP BY dlq, origin_topic ORDER BY letters DESC
+        """,
+    ),
+    NamedQuery(
+        "consumer_lag",
+        "Each consumer group's latest sampled lag per topic (records behind the end), as the sink last saw it.",
+        """
+        SELECT consumer_group, topic, argMax(lag, ts) AS lag, argMax(committed_offset, ts) AS committed, argMax(end_offset, ts) AS end,
+               max(ts) AS sampled
+        FROM consumer_lag GROUP BY consumer_group, topic ORDER BY consumer_group, topic
+        """,
+    ),
+    NamedQuery(
         "table_counts",
         "Distinct rows per table (FINAL: after redelivery dedupe).",
         """
@@ -213,6 +230,7 @@ _QUERIES = (
             UNION ALL SELECT 'training_status', count() FROM training_status FINAL
             UNION ALL SELECT 'model_published', count() FROM model_published FINAL
             UNION ALL SELECT 'experiments', count() FROM experiments FINAL
+            UNION ALL SELECT 'dead_letters', count() FROM dead_letters FINAL
         ) ORDER BY table
         """,
     ),

@@ -29,6 +29,7 @@ FLOAT = ColumnType("Float64", pa.float64())
 FLAG = ColumnType("UInt8", pa.uint8())
 RATING = ColumnType("Nullable(UInt8)", pa.uint8())
 COUNT = ColumnType("UInt64", pa.uint64())
+SIGNED = ColumnType("Int64", pa.int64())
 TIME = ColumnType("DateTime64(3, 'UTC')", pa.timestamp("ms", tz="UTC"))
 METRICS = ColumnType("Map(String, Float64)", pa.map_(pa.string(), pa.float64()))
 
@@ -120,4 +121,14 @@ EXPERIMENTS = Table("experiments", _columns(
     ("treatment_version", TEXT), ("outcome", LABEL), ("serving_version", TEXT), ("reason", TEXT), ("statistics", METRICS),
 ), order_by=("experiment_id", "kind", "ts"))  # fmt: skip
 
-EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_METRICS, TRAINING_STATUS, MODEL_PUBLISHED, EXPERIMENTS)
+# Dead letters of every DLQ topic (`dlq` names which); redelivery of one letter is the same row.
+DEAD_LETTERS = Table("dead_letters", _columns(
+    ("dlq", LABEL), ("origin_topic", LABEL), ("origin_partition", COUNT), ("origin_offset", COUNT), ("key", TEXT), ("reason", TEXT),
+    ("value", TEXT),
+), order_by=("dlq", "origin_topic", "origin_partition", "origin_offset"))  # fmt: skip
+EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_METRICS, TRAINING_STATUS, MODEL_PUBLISHED, EXPERIMENTS, DEAD_LETTERS)
+
+# Not an event table: the sink samples every consumer group's lag into it (consumers/sink/lag.py).
+CONSUMER_LAG = Table("consumer_lag", _columns(
+    ("consumer_group", LABEL), ("topic", LABEL), ("committed_offset", SIGNED), ("end_offset", SIGNED), ("lag", SIGNED),
+), order_by=("consumer_group", "topic", "ts"), engine="MergeTree")  # fmt: skip

@@ -55,12 +55,12 @@ TOPICS: dict[str, TopicSpec] = {
         # Feedback is the training source of truth: keep it long enough to replay any trigger.
         TopicSpec("feedback", "user_id", FeedbackEvent, ("assistant", "sdk"), ("streams", "trainer", "sink"),
                   config={"retention.ms": str(365 * DAY_MS)}, dlq="feedback-dlq"),  # fmt: skip
-        TopicSpec("feedback-dlq", "none", DeadLetter, ("streams", "sink"), ("operators",), keyed_partitions=False,
+        TopicSpec("feedback-dlq", "none", DeadLetter, ("streams", "sink"), ("sink", "operators"), keyed_partitions=False,
                   config={"retention.ms": str(90 * DAY_MS)}, why_one_partition="low volume; operators read it in arrival order"),  # fmt: skip
         TopicSpec("exposures", "user_id", ExposureEvent, ("assistant", "sdk"), ("sink",), config={"retention.ms": str(90 * DAY_MS)}),
         TopicSpec("train-triggers", "policy", TrainTrigger, ("streams",), ("trainer",), keyed_partitions=False, dlq="train-triggers-dlq",
                   why_one_partition="one total order of trainings across policies; the trainer also works with several partitions, one job at a time"),  # fmt: skip
-        TopicSpec("train-triggers-dlq", "none", DeadLetter, ("trainer",), ("operators",), keyed_partitions=False, why_one_partition="low volume"),
+        TopicSpec("train-triggers-dlq", "none", DeadLetter, ("trainer",), ("sink", "operators"), keyed_partitions=False, why_one_partition="low volume"),
         TopicSpec("training-status", "policy", TrainingStatus, ("trainer", "decider"), ("streams", "sink", "demo"), keyed_partitions=False,
                   why_one_partition="a round's statuses are read in the order they were written, by readers without a group"),  # fmt: skip
         TopicSpec("model-published", "policy", ModelPublished, ("trainer", "decider"), ("sink", "demo"), keyed_partitions=False,
@@ -71,6 +71,9 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("metrics", "window", WindowMetrics, ("streams",), ("sink",)),
     )
 }
+
+# Each consuming process's consumer group (before the deployment's prefix): `group_id(prefix, ...)`.
+CONSUMER_GROUPS: dict[str, str] = {"streams": "streams", "trainer": "trainers", "decider": "decider", "sink": "sink"}
 
 # The stream worker's own topics (Faust creates them; `create_topics` leaves them alone).
 INTERNAL_TOPICS: tuple[InternalTopic, ...] = (

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from core.settings import Settings, load_settings
 from core.errors import BrokerError, EventValidationError
-from schemas.topics import topic_name
+from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
 from schemas import DeadLetter, TrainingStatus, parse_event
 from schemas.experiments import ExperimentEvent
 from streams.ledger import DedupeMark, PolicyLedger
@@ -69,7 +69,7 @@ class Streams:
 
 def app_id(settings: Settings) -> str:
     """Faust app id = consumer group = prefix of internal topics; the topic prefix keeps deployments apart."""
-    return f"{settings.kafka.topic_prefix}streams"
+    return group_id(settings.kafka.topic_prefix, CONSUMER_GROUPS["streams"])
 
 
 def build(settings: Settings) -> Streams:

@@ -24,21 +24,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from analytics.remote import ab_report
 from consumers.decider.decisions import close_experiment
 from consumers.emitter import EventEmitter
-from core.errors import EventValidationError, RlhfError
+from core.errors import DeliveryError, EventValidationError, RlhfError
 from core.settings import Settings
 from registry.store import ModelRegistry
 from schemas import parse_event
 from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentOutcome, ExperimentStarted
-from schemas.topics import group_id, topic_name
+from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
 
 log = logging.getLogger("rlhf.decider")
 
-GROUP = "decider"
+GROUP = CONSUMER_GROUPS["decider"]
 Analysis = Callable[[Settings, str], dict[str, Any]]
 
 
@@ -90,8 +90,12 @@ class Decider:
             self.last_look[started.experiment_id] = time.monotonic()
             report = self._report(started.experiment_id)
             found = verdict(started, report, datetime.now(timezone.utc))
-            if found is not None:
+            if found is None:
+                continue
+            try:
                 self.decide(started, *found, statistics=(report or {}).get("statistics", {}))
+            except DeliveryError as exc:  # recorded but not announced: the next look announces the recorded decision
+                log.warning("%s: decision not announced yet: %s", started.experiment_id, exc)
 
     def decide(self, started: ExperimentStarted, outcome: ExperimentOutcome, reason: str, statistics: dict[str, float]) -> None:
         record = close_experiment(self.emitter, self.registry, started.policy, started.experiment_id, started.treatment_version, outcome, reason, statistics)
@@ -111,10 +115,14 @@ def caught_up(consumer: Consumer) -> bool:
     assigned = consumer.assignment()
     if not assigned:
         return False
-    for tp in consumer.position(assigned):
-        low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-        if (tp.offset if tp.offset >= 0 else low) < high:
-            return False
+    try:
+        for tp in consumer.position(assigned):
+            low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            if (tp.offset if tp.offset >= 0 else low) < high:
+                return False
+    except KafkaException as exc:  # the broker is away: not knowing the end is not being caught up
+        log.warning("cannot read the end of the experiments topic: %s", exc)
+        return False
     return True
 
 

@@ -8,7 +8,9 @@ At-least-once with idempotent effects: a batch (by `clickhouse.batch_rows` or
 committed. A crash between insert and commit re-delivers the batch; the warehouse skips ids it
 already holds and the tables are ReplacingMergeTree on the event id, so nothing is lost or
 counted twice. Records that fail their schema go to the DLQ with topic/partition/offset and the
-reason, never into a table.
+reason, never into a table. The DLQ topics themselves are stored too (`dead_letters`), and a
+background thread samples every consumer group's lag into `consumer_lag` (consumers/sink/lag.py),
+so the dashboard shows both.
 
 The sink takes an open `Warehouse` rather than opening one: in embedded mode only one process may
 open the chdb path, so `rlhf sink run` serves the dashboard and `/sql` on the same warehouse.
@@ -17,8 +19,6 @@ open the chdb path, so `rlhf sink run` serves the dashboard and `/sql` on the sa
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,19 +29,19 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from analytics.clickhouse import Warehouse
 from analytics.errors import ClickHouseError
+from analytics.tables import CONSUMER_LAG
 from consumers.dead_letters import dead_letter_of
+from consumers.sink.lag import SAMPLE_EVERY_S, lag_rows
 from consumers.sink.rows import ROUTES
 from core.errors import DeliveryError, EventValidationError
 from core.settings import Settings
 from schemas import parse_event
-from schemas.topics import TOPICS, group_id, topic_name
+from schemas.topics import CONSUMER_GROUPS, TOPICS, group_id, topic_name
 from sdk.client import PRODUCER_DEFAULTS
 
 log = logging.getLogger("rlhf.sink")
 
-GROUP = "sink"
-# Test hook: SIGKILL this process after the Nth batch's inserts, before its commit.
-KILL_AFTER_INSERT_ENV = "SINK_TEST_KILL_AFTER_INSERT"
+GROUP = CONSUMER_GROUPS["sink"]
 # Topics without a DLQ of their own dead-letter into the feedback DLQ, the events' generic one.
 DEFAULT_DLQ = "feedback-dlq"
 
@@ -102,11 +102,11 @@ class Sink:
         self._dlq = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **PRODUCER_DEFAULTS})
         self._batch = Batch()
         self._dlq_failures: list[str] = []
-        self._kill_after = int(os.environ.get(KILL_AFTER_INSERT_ENV, "0"))
 
     def run(self, stop: threading.Event) -> None:
         c = self.settings.clickhouse
         self._consumer.subscribe(list(self._topics), on_revoke=self._on_revoke, on_lost=self._on_lost)
+        threading.Thread(target=self._sample_lag, args=(stop,), daemon=True, name="lag-sampler").start()
         try:
             while not stop.is_set():
                 for msg in self._consumer.consume(num_messages=min(c.batch_rows, 10_000), timeout=min(c.batch_seconds, 0.5)):
@@ -117,6 +117,15 @@ class Sink:
         finally:
             self._consumer.close()
             self._dlq.flush(10)
+
+    def _sample_lag(self, stop: threading.Event) -> None:
+        """Every SAMPLE_EVERY_S, each consumer group's lag into `consumer_lag` (a view for people: a
+        failed sample is logged and the next one tries again)."""
+        while not stop.wait(SAMPLE_EVERY_S):
+            try:
+                self.warehouse.insert_new(CONSUMER_LAG, CONSUMER_LAG.to_arrow(lag_rows(self.settings)))
+            except Exception as exc:  # noqa: BLE001 (Kafka or ClickHouse away: the batches report those loudly)
+                log.warning("consumer lag not sampled: %s", exc)
 
     def _take(self, msg: Message) -> None:
         err = msg.error()
@@ -160,8 +169,6 @@ class Sink:
         if remaining or failures:
             raise DeliveryError(f"dead letters not acknowledged ({remaining} queued, errors: {failures[:3]}); not committing")
         self.stats.batches += 1
-        if self._kill_after and self.stats.batches >= self._kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
         self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()], asynchronous=False)
         self.stats.messages += batch.messages
         log.info("batch %d: %d messages, %d rows stored", self.stats.batches, batch.messages, self.stats.inserted)

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from analytics.tables import EXPERIMENTS, EXPOSURES, FEEDBACK, INTERACTIONS, MODEL_PUBLISHED, TRAINING_STATUS, WINDOW_METRICS, Table
+from analytics.tables import DEAD_LETTERS, EXPERIMENTS, EXPOSURES, FEEDBACK, INTERACTIONS, MODEL_PUBLISHED, TRAINING_STATUS, WINDOW_METRICS, Table
 from core.settings import Settings
-from schemas import ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
+from schemas import DeadLetter, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
 from schemas.experiments import ExperimentEvent, ExperimentStarted
 
 
@@ -65,6 +65,16 @@ def experiment_row(e: ExperimentEvent, _: Settings) -> dict[str, Any]:
             "ts": event.timestamp}  # fmt: skip
 
 
+def dead_letter_row(dlq: str) -> Callable[[DeadLetter, Settings], dict[str, Any]]:
+    """The row of a letter on the DLQ topic `dlq` (one table holds every DLQ's letters)."""
+
+    def row(e: DeadLetter, _: Settings) -> dict[str, Any]:
+        return {"dlq": dlq, "origin_topic": e.origin_topic, "origin_partition": e.origin_partition, "origin_offset": e.origin_offset,
+                "key": e.key or "", "reason": e.reason, "value": e.value, "ts": e.timestamp}  # fmt: skip
+
+    return row
+
+
 @dataclass(frozen=True)
 class Route:
     """Where one topic's events go: the schema they must pass, the table, and the row they become."""
@@ -82,4 +92,6 @@ ROUTES: Mapping[str, Route] = {
     "training-status": Route(TrainingStatus, TRAINING_STATUS, status_row),
     "model-published": Route(ModelPublished, MODEL_PUBLISHED, published_row),
     "experiments": Route(ExperimentEvent, EXPERIMENTS, experiment_row),
+    "feedback-dlq": Route(DeadLetter, DEAD_LETTERS, dead_letter_row("feedback-dlq")),
+    "train-triggers-dlq": Route(DeadLetter, DEAD_LETTERS, dead_letter_row("train-triggers-dlq")),
 }

@@ -24,11 +24,11 @@ from consumers.emitter import EventEmitter
 from core.errors import DeliveryError, EventValidationError, TrainingError
 from core.settings import Settings
 from schemas import TrainTrigger, parse_event
-from schemas.topics import group_id, topic_name
+from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
 
 log = logging.getLogger("rlhf.trainer")
 
-GROUP = "trainers"
+GROUP = CONSUMER_GROUPS["trainer"]
 Job = Callable[[TrainTrigger, EventEmitter, threading.Event], None]
 
 

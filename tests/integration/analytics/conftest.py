@@ -59,15 +59,16 @@ def produce(settings: Settings, world: World, duplicates: int = 0, bad: int = 0)
 
 
 class SinkProcess:
-    """`rlhf sink run` as a subprocess configured by environment, with its dashboard port."""
+    """`rlhf sink run` as a subprocess configured by environment, with its dashboard port (`launcher`:
+    the module it runs through, e.g. tests.integration.analytics.dying_sink)."""
 
-    def __init__(self, settings: Settings, port: int | None = None, **env: str):
+    def __init__(self, settings: Settings, port: int | None = None, launcher: str = "rlhf.cli", **env: str):
         self.settings = settings
         self.port = port or free_port()
         self.env = {**os.environ, **cli_env(settings, self.port), **env}
         self.log = settings.home / f"sink-{time.time_ns()}.log"
         self._out = self.log.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rlhf.cli", "sink", "run"], cwd=REPO, env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", launcher, "sink", "run"], cwd=REPO, env=self.env,
                                      stdout=self._out, stderr=subprocess.STDOUT)  # fmt: skip
 
     @property

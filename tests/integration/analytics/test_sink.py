@@ -7,7 +7,7 @@ import signal
 import pytest
 from confluent_kafka import Consumer
 
-from consumers.sink.consumer import GROUP, KILL_AFTER_INSERT_ENV
+from consumers.sink.consumer import GROUP
 from schemas.topics import group_id, topic_name
 from sdk.admin import group_progress
 from schemas import DeadLetter
@@ -51,7 +51,7 @@ def test_sigkill_between_insert_and_commit_loses_and_duplicates_nothing(settings
     produced = len(world.events) + 150 + 6
 
     # 1. A sink that kills itself (SIGKILL) after inserting its first batch, before committing it.
-    crashing = SinkProcess(settings, **{KILL_AFTER_INSERT_ENV: "1"})
+    crashing = SinkProcess(settings, launcher="tests.integration.analytics.dying_sink")
     assert crashing.proc.wait(120) == -signal.SIGKILL, crashing.output()
     after_crash = rlhf(settings, crashing.port, "sql", "table_counts", "--format", "json")  # no sink: opens the chdb path itself
     assert after_crash.returncode == 0, after_crash.stderr

@@ -8,7 +8,7 @@ import pytest
 from consumers.sink.consumer import Batch
 from consumers.sink.rows import ROUTES, feedback_row
 from core.settings import load_settings
-from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics, parse_event
+from schemas import DeadLetter, Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics, parse_event
 from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 SETTINGS = load_settings(None)
@@ -73,6 +73,10 @@ SAMPLES: dict[str, Event] = {
         treatment_version="assistant-v2", salt="s", horizon_users=2000, horizon_s=3600.0,
         arms=(Arm(name="control", model_version="assistant-v1", weight=1), Arm(name="variant_a", model_version="assistant-v2", weight=1)),
     )),
+    "feedback-dlq": DeadLetter(reason="invalid FeedbackEvent: rating: required", origin_topic="rlhf.feedback", origin_partition=2,
+                               origin_offset=41, key="u1", value="{not json"),
+    "train-triggers-dlq": DeadLetter(reason="TrainingError: no accepted feedback", origin_topic="rlhf.train-triggers", origin_partition=0,
+                                     origin_offset=7, value="{}"),
 }  # fmt: skip
 
 
@@ -116,3 +120,9 @@ def test_batch_dedupes_ids_and_tracks_next_offsets():
     assert batch.offsets == {("t.feedback", 0): 12, ("t.feedback", 1): 7}
     assert batch.due(max_rows=4, max_seconds=60) and not batch.due(max_rows=5, max_seconds=60)
     assert not Batch().due(max_rows=1, max_seconds=0)
+
+
+def test_a_dead_letter_row_names_its_dlq():
+    rows = [ROUTES[name].row(SAMPLES[name], SETTINGS) for name in ("feedback-dlq", "train-triggers-dlq")]
+    assert [(r["dlq"], r["origin_topic"], r["origin_offset"]) for r in rows] == [
+        ("feedback-dlq", "rlhf.feedback", 41), ("train-triggers-dlq", "rlhf.train-triggers", 7)]
