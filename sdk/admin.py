@@ -5,6 +5,7 @@ Topics are created up front by `rlhf topics create` (idempotent); no app relies 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from schemas.topics import TOPICS, partitions_of, topic_name
@@ -46,12 +47,22 @@ class GroupProgress:
 
 def group_progress(bootstrap_servers: str, group: str, prefix: str, names: list[str], keyed_partitions: int, timeout: float = 10.0) -> GroupProgress:
     """How far consumer group `group` has committed into the registry topics `names`."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+    # A group the broker has not seen yet gets its coordinator assigned on first use: until then the
+    # broker answers "not coordinator" or "loading", which only means "ask again in a moment".
+    settling = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(topic_name(prefix, n), p) for n in names for p in range(partitions_of(TOPICS[n], keyed_partitions))]
-        committed = sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=timeout))
+        for attempt in range(10):
+            try:
+                committed = sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=timeout))
+                break
+            except KafkaException as exc:
+                if exc.args[0].code() not in settling or attempt == 9:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         end = sum(consumer.get_watermark_offsets(tp, timeout=timeout)[1] for tp in parts)
         return GroupProgress(committed, end)
     finally:

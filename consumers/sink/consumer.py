@@ -119,13 +119,15 @@ class Sink:
             self._dlq.flush(10)
 
     def _sample_lag(self, stop: threading.Event) -> None:
-        """Every SAMPLE_EVERY_S, each consumer group's lag into `consumer_lag` (a view for people: a
-        failed sample is logged and the next one tries again)."""
-        while not stop.wait(SAMPLE_EVERY_S):
+        """At start and every SAMPLE_EVERY_S, each consumer group's lag into `consumer_lag` (a view for
+        people: a failed sample is logged and the next one tries again)."""
+        while True:
             try:
                 self.warehouse.insert_new(CONSUMER_LAG, CONSUMER_LAG.to_arrow(lag_rows(self.settings)))
             except Exception as exc:  # noqa: BLE001 (Kafka or ClickHouse away: the batches report those loudly)
                 log.warning("consumer lag not sampled: %s", exc)
+            if stop.wait(SAMPLE_EVERY_S):
+                return
 
     def _take(self, msg: Message) -> None:
         err = msg.error()

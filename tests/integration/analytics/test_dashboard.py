@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"
-PANELS = ("feedback_volume", "positive_rate", "ab_results", "experiments", "training_runs", "variant_daily")
+PANELS = ("feedback_volume", "positive_rate", "ab_results", "experiments", "training_runs", "consumer_lag", "dead_letters", "variant_daily")
 
 
 def screenshot(url: str, out: Path, profile: Path) -> None:
@@ -36,11 +36,12 @@ def screenshot(url: str, out: Path, profile: Path) -> None:
 @pytest.fixture
 def running_sink(settings):
     world = build_world(settings, users=400)
-    produce(settings, world)
+    produce(settings, world, bad=3)  # three undecodable records: the dead-letter panel has rows
     sink = SinkProcess(settings)
     try:
         sink.wait_ready()
-        sink.wait_counts({"feedback": world.count("feedback"), "training_status": world.count("training-status"), "experiments": world.count("experiments")})
+        sink.wait_counts({"feedback": world.count("feedback"), "training_status": world.count("training-status"), "experiments": world.count("experiments"),
+                          "dead_letters": 3})  # fmt: skip
         yield sink
     finally:
         sink.stop()

@@ -6,7 +6,6 @@ import signal
 import time
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
 
 from sdk.admin import group_progress
 from schemas import TrainTrigger
@@ -17,19 +16,10 @@ from tests.integration.streams.conftest import feedback_event
 pytestmark = pytest.mark.integration
 
 
-NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
-
-
 def committed(settings) -> int:
-    """Feedback records the worker's consumer group has committed, over all partitions; -1 while
-    the group's coordinator cannot answer yet (a broker started for this session is still loading it)."""
+    """Feedback records the worker's consumer group has committed, over all partitions."""
     k = settings.kafka
-    try:
-        return group_progress(k.bootstrap_servers, app_id(settings), k.topic_prefix, ["feedback"], k.partitions).committed
-    except KafkaException as exc:
-        if exc.args[0].code() in NOT_READY:
-            return -1
-        raise
+    return group_progress(k.bootstrap_servers, app_id(settings), k.topic_prefix, ["feedback"], k.partitions).committed
 
 
 def send(client, events):
