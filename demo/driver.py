@@ -182,20 +182,24 @@ class Demo:
                         raise DemoError(f"time budget of {self.plan.budget_s:.0f}s ran out after {len(self.results)} rounds")
                     self.supervisor.check()
                     watch.poll()
+                    # A round ends when the gate rejects it or the decider decides it: recorded as
+                    # soon as seen, so the next round's training cannot hide it until later.
+                    self._settle_rejections(watch)
+                    self._record_decisions(watch)
+                    bar.update(len(self.results) - bar.n)
+                    if len(self.results) >= self.plan.rounds:
+                        break
                     if watch.training_active:  # training owns the CPU; users wait instead of competing
                         t = watch.training
                         bar.set_postfix_str(f"training {t.stage or t.state} {_short(t.metrics)}")
                         self._fault_drill("trainer")
                         time.sleep(1.0)
                         continue
-                    self._settle_rejections(watch)
                     stats = population.step(serve, client, self.plan.batch)
                     self.feedback_sent += stats.feedback
                     self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
                     self._fault_drill("streams")
                     self._fault_drill("broker")
-                    self._record_decisions(watch)
-                    bar.update(len(self.results) - bar.n)
                     experiment = watch.open_experiment()
                     bar.set_postfix_str(f"A/B test {experiment} (the decider decides)" if experiment else f"collecting feedback: {self.feedback_sent} sent")
         finally:
