@@ -147,6 +147,15 @@ class RegistrySettings(Section):
     promotion_margin: float = Field(0.0, description="Relative held-out reward gain over the parent a candidate needs.")
 
 
+class AssistantSettings(Section):
+    api_keys: tuple[SecretStr, ...] = Field((), description="Bearer keys of /v1/chat/completions and /v1/models; none configured = the API is open to anyone who reaches it.")
+    feedback_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the per-interaction feedback tokens; unset = a random one per start (tokens die with the process).")
+    feedback_token_ttl_s: float = Field(24 * 3600.0, gt=0, description="How long a feedback token, and the served interaction it names, stays valid.")
+    recent_interactions: int = Field(100_000, ge=1, description="Served interactions kept in memory for feedback; the oldest are forgotten first.")
+    cors_origins: tuple[str, ...] = Field((), description="Browser origins allowed to call the API (e.g. https://chat.example.com); none = same origin only.")
+    max_tokens: int = Field(256, ge=1, description="Largest `max_tokens` a completion may ask for.")
+
+
 class Settings(BaseSettings):
     """Everything configurable, one frozen object."""
 
@@ -163,6 +172,7 @@ class Settings(BaseSettings):
     ab_testing: ABTestingSettings = ABTestingSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     registry: RegistrySettings = RegistrySettings()
+    assistant: AssistantSettings = AssistantSettings()
 
     @classmethod
     def settings_customise_sources(

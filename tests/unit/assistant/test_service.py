@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 from fastapi import HTTPException
 
-import assistant.service as service
+import assistant.answering as service
 from assistant.experiments import ExperimentBook
-from assistant.service import Assistant, ChatRequest, PolicyPool
+from assistant.answering import Assistant, ChatRequest, PolicyPool
 from core.errors import ModelLoadError
 from core.settings import Settings
 from tests.unit.assistant.test_routing import decided, started
@@ -29,8 +29,14 @@ class Client:
         self.interactions: list[dict] = []
         self.exposures: list[dict] = []
 
+        self.feedbacks: list = []
+
     def interaction(self, **event):
         self.interactions.append(event)
+
+    def feedback(self, event):
+        self.feedbacks.append(event)
+        return event
 
     def exposure(self, **event):
         self.exposures.append(event)
@@ -51,7 +57,7 @@ def loads(monkeypatch) -> list[str]:
         return SimpleNamespace(version=version)
 
     monkeypatch.setattr(service, "load_version", load_version)
-    monkeypatch.setattr(service, "answer", lambda policy, queries, max_new_tokens: [f"{policy.version}: {q}" for q in queries])
+    monkeypatch.setattr(service, "answer", lambda policy, queries, max_new_tokens, **sampling: [f"{policy.version}: {q}" for q in queries])
     return loaded
 
 

@@ -1,0 +1,179 @@
+"""Answering chat requests: the loaded policy versions (`PolicyPool`, hot-swapped from the
+registry and the open experiment), and `Assistant`, which routes each user to a version
+(assistant/routing.py), generates, logs the interaction and exposure through the producer SDK,
+remembers what it served (assistant/recent.py) and signs a feedback token for it (assistant/tokens.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from fastapi import HTTPException
+from pydantic import BaseModel, Field
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from assistant.experiments import ExperimentBook
+from assistant.recent import RecentInteractions, ServedInteraction
+from assistant.routing import Route, route
+from assistant.tokens import FeedbackTokens
+from registry.store import ModelRegistry
+from core.errors import ModelLoadError
+from core.settings import Settings
+from sdk.client import FeedbackClient
+from schemas.events import DEFAULT_POLICY, MAX_QUERY_CHARS, new_id
+from trainers import policy as policies
+
+log = logging.getLogger("rlhf.serve")
+TEMPERATURE, TOP_P = 0.8, 0.95  # PolicyTrainingConfig's defaults: users get the answers the gate measured
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    version: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
+def load_version(registry: ModelRegistry, version: str) -> LoadedPolicy:
+    """A registry version, loaded as training loads it; ModelLoadError naming its path if it cannot be."""
+    model, tokenizer = policies.load_policy(str(registry.path("policies", version)))
+    return LoadedPolicy(version, model.eval(), tokenizer)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one request's answers are generated; temperature 0 is greedy decoding."""
+
+    max_new_tokens: int
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
+
+
+def answer(
+    policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed: int | None = None, temperature: float = TEMPERATURE, top_p: float = TOP_P
+) -> list[str]:
+    """Sampled answers (a given `seed` repeats them); by default with the sampling settings of training and evaluation."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return policies.sample(
+        policy.model, policy.tokenizer, queries, max_new_tokens=max_new_tokens, temperature=temperature or 1.0, top_p=top_p, greedy=temperature == 0
+    ).responses
+
+
+@dataclass(frozen=True)
+class Served:
+    """The loaded versions one request is routed over: the serving one and any other it may need."""
+
+    serving: LoadedPolicy | None = None
+    versions: Mapping[str, LoadedPolicy] = field(default_factory=dict)
+
+
+class PolicyPool:
+    """The serving version and the versions of the policy's open experiment, loaded from the
+    registry and swapped in together."""
+
+    def __init__(self, registry: ModelRegistry, experiments: ExperimentBook, policy: str = DEFAULT_POLICY):
+        self.registry = registry
+        self.experiments = experiments
+        self.policy = policy
+        self.served = Served()
+        self._unloadable: set[str] = set()  # arm versions whose load failed, so it is logged once
+        self.refresh()
+
+    def refresh(self) -> None:
+        serving = self.registry.serving(self.policy)
+        experiment = self.experiments.open(self.policy)
+        previous = self.served.versions
+        # A serving version that does not load raises: the watch logs it and the previous set stays.
+        versions = {serving: previous.get(serving) or load_version(self.registry, serving)} if serving else {}
+        for arm in experiment.arms if experiment else ():
+            version = arm.model_version
+            if version in versions:
+                continue
+            try:
+                versions[version] = previous.get(version) or load_version(self.registry, version)
+            except ModelLoadError:
+                # Routing leaves the experiment out until every arm loads; serving goes on.
+                if version not in self._unloadable:
+                    log.exception("cannot load %s, an arm of the open experiment; serving outside it", version)
+                self._unloadable.add(version)
+        # Swap only once every version is loaded: requests see old or new, never half.
+        self.served = Served(versions[serving] if serving else None, versions)
+
+    def watch(self, stop: threading.Event, interval: float = 1.0) -> None:
+        while not stop.wait(interval):
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("registry refresh failed; still serving the previous versions")
+
+
+class ChatRequest(BaseModel):
+    user_id: str = Field(min_length=1, max_length=128)
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+
+
+class ChatReply(BaseModel):
+    interaction_id: str
+    user_id: str
+    response: str
+    model_version: str
+    experiment: str | None
+    variant: str | None
+    feedback_token: str = Field(description="Lets whoever holds it post feedback on this interaction (POST /v1/feedback), until it expires.")
+
+
+class Assistant:
+    """Routes each user (assistant/routing.py), answers, and logs interaction + exposure."""
+
+    def __init__(self, settings: Settings, pool: PolicyPool, client: FeedbackClient):
+        self.settings = settings
+        self.pool = pool
+        self.client = client
+        a = settings.assistant
+        # An unset secret gets a random one: tokens then die with the process, as the held interactions do.
+        secret = a.feedback_secret.get_secret_value().encode() if a.feedback_secret else secrets.token_bytes(32)
+        self.tokens = FeedbackTokens(secret, a.feedback_token_ttl_s)
+        self.recent = RecentInteractions(a.recent_interactions, a.feedback_token_ttl_s)
+
+    def route(self, user_id: str) -> tuple[LoadedPolicy, Route]:
+        served = self.pool.served
+        if served.serving is None:
+            raise HTTPException(503, "no policy version is serving yet")
+        routed = route(user_id, served.serving.version, self.pool.experiments.open(self.pool.policy), served.versions)
+        return served.versions[routed.model_version], routed
+
+    def chat(self, requests: list[ChatRequest], sampling: Sampling | None = None) -> list[ChatReply]:
+        sampling = sampling or Sampling(self.settings.policy.training.max_new_tokens)
+        routed = [self.route(r.user_id) for r in requests]
+        replies: list[ChatReply | None] = [None] * len(requests)
+        for policy in {id(p): p for p, _ in routed}.values():
+            idx = [i for i, (p, _) in enumerate(routed) if p is policy]
+            start = time.perf_counter()
+            answers = answer(policy, [requests[i].query for i in idx], sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
+            latency_ms = (time.perf_counter() - start) * 1000 / len(idx)
+            for i, text in zip(idx, answers):
+                labels = {"experiment": routed[i][1].experiment, "variant": routed[i][1].variant}
+                interaction_id = new_id()  # returned even when the SDK samples the event out
+                self.client.interaction(
+                    interaction_id=interaction_id, user_id=requests[i].user_id, query=requests[i].query, response=text, model_version=policy.version,
+                    latency_ms=latency_ms, **labels,
+                )  # fmt: skip
+                if labels["experiment"] is not None:
+                    self.client.exposure(user_id=requests[i].user_id, model_version=policy.version, interaction_id=interaction_id, **labels)
+                user_id = requests[i].user_id
+                self.recent.add(ServedInteraction(interaction_id, user_id, requests[i].query, text, policy.version, **labels))
+                replies[i] = ChatReply(
+                    interaction_id=interaction_id, user_id=user_id, response=text, model_version=policy.version,
+                    feedback_token=self.tokens.issue(interaction_id, user_id), **labels,
+                )  # fmt: skip
+        self.client.flush()
+        return [r for r in replies if r is not None]
+
+

@@ -1,0 +1,120 @@
+"""`POST /v1/feedback`: a user's verdict on one answer, over HTTP, into the `feedback` topic.
+
+The request names the interaction and the verdict; the server fills in what it served (query,
+response, model version, experiment, variant, user: assistant/recent.py), so a client cannot
+forge them, and produces the `FeedbackEvent` through the SDK, flushed: a 2xx means Kafka has it
+(or, `recorded: false`, that the interaction was sampled out at `feedback.collection_rate`).
+
+Who may post: an API key holder, or whoever holds the interaction's feedback token (Bearer or a
+`token` field: a browser needs no key); with no key configured, anyone. A token is checked even
+then: expired or forged is a 401, issued for another interaction or user a 403.
+
+One event id per interaction (derived from the interaction id): a double click is the same event
+twice, and every consumer dedupes by event id, so it counts once. A change of mind (thumbs up,
+then down) is also the same id, and today every consumer keeps the FIRST copy: the stream worker
+within its dedupe horizon (so the trainers see the first verdict) and the ClickHouse sink, which
+inserts only ids not stored yet (so the A/B analysis sees it too). Counting the latest verdict
+needs those two to replace rather than skip a known id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from assistant.answering import Assistant
+from assistant.auth import WWW_AUTHENTICATE, ApiKeys, bearer
+from assistant.recent import ExpiredInteraction, ServedInteraction, UnknownInteraction
+from assistant.tokens import Claims, TokenError
+from core.errors import DeliveryError, EventValidationError
+from schemas.events import MAX_RESPONSE_CHARS, FeedbackEvent, FeedbackType, Id, validate_event
+
+MAX_COMMENT_CHARS = 2_000
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interaction_id: Id
+    type: FeedbackType
+    rating: int | None = Field(None, ge=1, le=5)
+    correction: str | None = Field(None, min_length=1, max_length=MAX_RESPONSE_CHARS)
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+    token: str | None = Field(None, description="The interaction's feedback token, when not sent as `Authorization: Bearer`.")
+    user: Id | None = Field(None, description="If given, must be the user the interaction was served to.")
+
+
+class FeedbackReceipt(BaseModel):
+    event_id: str
+    interaction_id: str
+    recorded: bool = Field(description="False when the interaction is sampled out (`feedback.collection_rate`): nothing was sent.")
+
+
+def feedback_event_id(interaction_id: str) -> str:
+    """One id per interaction, the same in every process: every verdict on an answer is one event."""
+    return "fb-" + hashlib.sha256(f"feedback:{interaction_id}".encode()).hexdigest()[:32]
+
+
+def authorise(body: FeedbackRequest, credential: str | None, keys: ApiKeys, assistant: Assistant) -> Claims | None:
+    """The token's claims (None for a key holder or an open API); 401/403 saying why not."""
+    if credential is not None and keys.matches(credential):
+        return None
+    if credential is None:
+        if keys.open:
+            return None
+        missing = "missing credentials: send the interaction's feedback token (Authorization: Bearer or `token`) or an API key"
+        raise HTTPException(401, missing, headers=WWW_AUTHENTICATE)
+    try:
+        claims = assistant.tokens.verify(credential)
+    except TokenError as exc:
+        raise HTTPException(401, f"{exc}" if keys.open else f"not an API key, and {exc}", headers=WWW_AUTHENTICATE) from None
+    if claims.interaction_id != body.interaction_id:
+        raise HTTPException(403, f"feedback token was issued for interaction {claims.interaction_id}, not {body.interaction_id}")
+    return claims
+
+
+def served_interaction(body: FeedbackRequest, claims: Claims | None, assistant: Assistant) -> ServedInteraction:
+    try:
+        served = assistant.recent.get(body.interaction_id)
+    except UnknownInteraction as exc:
+        # A valid token proves the answer was given: it is gone (restart, or forgotten for room), not unknown.
+        raise HTTPException(404 if claims is None else 410, str(exc)) from None
+    except ExpiredInteraction as exc:
+        raise HTTPException(410, str(exc)) from None
+    for who in (claims.user_id if claims else None, body.user):
+        if who is not None and who != served.user_id:
+            raise HTTPException(403, f"interaction {body.interaction_id} was served to another user than {who!r}")
+    return served
+
+
+def event_of(body: FeedbackRequest, served: ServedInteraction) -> FeedbackEvent:
+    fields = {
+        "event_id": feedback_event_id(served.interaction_id), "interaction_id": served.interaction_id, "user_id": served.user_id,
+        "query": served.query, "response": served.response, "model_version": served.model_version, "experiment": served.experiment,
+        "variant": served.variant, "feedback_type": body.type, "rating": body.rating, "correction": body.correction,
+        "metadata": {"source": "http", **({"comment": body.comment} if body.comment else {})},
+    }  # fmt: skip
+    return validate_event(FeedbackEvent, fields)  # the event's own rules (a rating only with type rating, ...) name the field
+
+
+def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:
+    api = APIRouter(prefix="/v1")
+
+    @api.post("/feedback", response_model=FeedbackReceipt)
+    def feedback(body: FeedbackRequest, request: Request) -> FeedbackReceipt:
+        claims = authorise(body, body.token or bearer(request), keys, assistant)
+        served = served_interaction(body, claims, assistant)
+        try:
+            event = event_of(body, served)
+        except EventValidationError as exc:
+            raise HTTPException(400, str(exc)) from None
+        try:
+            sent = assistant.client.feedback(event)
+            assistant.client.flush()  # a 2xx means the broker acknowledged it
+        except DeliveryError as exc:
+            raise HTTPException(503, f"feedback not delivered, send it again: {exc}") from None
+        return FeedbackReceipt(event_id=event.event_id, interaction_id=event.interaction_id, recorded=sent is not None)
+
+    return api

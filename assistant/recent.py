@@ -1,0 +1,68 @@
+"""What the service served, kept so that feedback names an interaction and the server fills in
+the rest (query, response, version, experiment, variant, user): a client cannot forge them.
+
+Bounded twice: at most `capacity` interactions (the oldest forgotten first) and each one only for
+`ttl_s` seconds (as long as its feedback token). An id never served, or already forgotten for
+room, is unknown; one still held but older than `ttl_s` has expired.
+
+    recent = RecentInteractions(capacity=100_000, ttl_s=86_400)
+    recent.add(ServedInteraction(...))
+    recent.get("i-1")        # ServedInteraction | raises UnknownInteraction / ExpiredInteraction
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from core.errors import RlhfError
+
+
+class UnknownInteraction(RlhfError):
+    """No interaction with this id is held: never served here, or forgotten for room."""
+
+
+class ExpiredInteraction(RlhfError):
+    """The interaction is older than the feedback window."""
+
+
+@dataclass(frozen=True)
+class ServedInteraction:
+    interaction_id: str
+    user_id: str
+    query: str
+    response: str
+    model_version: str
+    experiment: str | None
+    variant: str | None
+    served_at: float = field(default_factory=time.time)
+
+
+class RecentInteractions:
+    """Thread-safe: request handlers add and read concurrently."""
+
+    def __init__(self, capacity: int, ttl_s: float):
+        self.capacity = capacity
+        self.ttl_s = ttl_s
+        self._held: OrderedDict[str, ServedInteraction] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, served: ServedInteraction) -> None:
+        with self._lock:
+            self._held[served.interaction_id] = served
+            while len(self._held) > self.capacity:
+                self._held.popitem(last=False)
+
+    def get(self, interaction_id: str, now: float | None = None) -> ServedInteraction:
+        with self._lock:
+            served = self._held.get(interaction_id)
+        if served is None:
+            raise UnknownInteraction(f"interaction_id: {interaction_id!r} is not a recent interaction of this server (unknown, or forgotten)")
+        if (time.time() if now is None else now) - served.served_at > self.ttl_s:
+            raise ExpiredInteraction(f"interaction_id: {interaction_id!r} was served more than {self.ttl_s:.0f} s ago; feedback on it is closed")
+        return served

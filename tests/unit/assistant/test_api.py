@@ -1,0 +1,158 @@
+"""The HTTP API over an Assistant with stand-in models and producer: the OpenAI-compatible
+completions (plain and streamed), the errors' shape, API keys, CORS, and feedback with tokens."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from assistant.answering import Assistant, PolicyPool
+from assistant.experiments import ExperimentBook
+from assistant.feedback import feedback_event_id
+from assistant.service import build_app
+from core.settings import AssistantSettings, Settings
+from tests.unit.assistant.test_service import Client, Registry, loads  # noqa: F401 (a fixture)
+
+KEY = "sk-test-1"
+ASK = {"model": "assistant", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I reset my password?"}], "user": "u-1"}
+
+
+def make(loads, **assistant_settings) -> tuple[TestClient, Assistant, Client]:  # noqa: F811
+    producer = Client()
+    settings = Settings(assistant=AssistantSettings(**assistant_settings))
+    assistant = Assistant(settings, PolicyPool(Registry("v1"), ExperimentBook()), producer)
+    return TestClient(build_app(settings, assistant)), assistant, producer
+
+
+@pytest.fixture
+def api(loads):  # noqa: F811
+    return make(loads)
+
+
+def test_a_completion_answers_the_last_user_turn_and_names_its_interaction_and_version(api):
+    client, assistant, producer = api
+    r = client.post("/v1/chat/completions", json=ASK)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["model"] == "v1"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "v1: How do I reset my password?"}
+    assert r.headers["x-feedback-token"] == body["feedback_token"]
+    assert assistant.tokens.verify(body["feedback_token"]).interaction_id == body["id"]
+    assert [(e["interaction_id"], e["user_id"], e["query"]) for e in producer.interactions] == [(body["id"], "u-1", "How do I reset my password?")]
+
+
+def test_a_streamed_completion_is_openai_chunks_ending_with_done(api):
+    client, _, _ = api
+    with client.stream("POST", "/v1/chat/completions", json={**ASK, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and len({c["id"] for c in chunks}) == 1
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "v1: How do I reset my password?"
+    assert chunks[0]["feedback_token"] and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_without_a_user_each_request_is_a_new_anonymous_user(api):
+    client, _, producer = api
+    for _ in range(2):
+        client.post("/v1/chat/completions", json={k: v for k, v in ASK.items() if k != "user"})
+    users = [e["user_id"] for e in producer.interactions]
+    assert len(set(users)) == 2 and all(u.startswith("anon-") for u in users)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "a."}]}, "messages.1.role"),
+    ({"messages": [{"role": "robot", "content": "q?"}]}, "messages.0.role"),
+    ({"messages": [{"role": "user", "content": "x" * 4001}]}, "messages.0.content"),
+    ({"temperature": 3}, "temperature"),
+    ({"max_tokens": 100_000}, "max_tokens"),
+    ({"n": 2}, "n"),
+])  # fmt: skip
+def test_bad_requests_are_400s_in_openai_shape_naming_the_field(api, change, field):
+    r = api[0].post("/v1/chat/completions", json={**ASK, **change})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"].startswith(f"{field}:"), error
+
+
+def test_models_lists_the_served_versions(api):
+    assert [m["id"] for m in api[0].get("/v1/models").json()["data"]] == ["v1"]
+
+
+def test_api_keys_guard_the_api(loads):  # noqa: F811
+    client, _, _ = make(loads, api_keys=(SecretStr(KEY),))
+    for path, call in (("/v1/models", client.get), ("/v1/chat/completions", lambda p, **kw: client.post(p, json=ASK, **kw))):
+        assert call(path).status_code == 401 and "missing API key" in call(path).json()["error"]["message"]
+        assert call(path, headers={"Authorization": "Bearer nope"}).json()["error"]["message"] == "invalid API key"
+        assert call(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert client.post("/chat", json={"user_id": "u", "query": "q?"}).status_code == 401
+
+
+def test_cors_lets_the_configured_origin_in(loads):  # noqa: F811
+    client, _, _ = make(loads, cors_origins=("https://chat.example",))
+    preflight = {"Origin": "https://chat.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    assert client.options("/v1/feedback", headers=preflight).headers["access-control-allow-origin"] == "https://chat.example"
+    assert "access-control-allow-origin" not in client.options("/v1/feedback", headers={**preflight, "Origin": "https://evil.example"}).headers
+
+
+def answered(client: TestClient, user: str = "u-1") -> dict:
+    return client.post("/v1/chat/completions", json={**ASK, "user": user}, headers={"Authorization": f"Bearer {KEY}"}).json()
+
+
+def post_feedback(client: TestClient, bearer: str | None, **body) -> dict:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    r = client.post("/v1/feedback", json=body, headers=headers)
+    return {"status": r.status_code, **r.json()}
+
+
+def message(reply: dict) -> str:
+    return reply["error"]["message"]
+
+
+def test_feedback_with_the_token_is_filled_from_what_was_served_under_one_id_per_interaction(loads):  # noqa: F811
+    client, _, producer = make(loads, api_keys=(SecretStr(KEY),))
+    a = answered(client)
+    up = post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up", comment="nice")
+    assert up == {"status": 200, "event_id": feedback_event_id(a["id"]), "interaction_id": a["id"], "recorded": True}
+    down = post_feedback(client, None, interaction_id=a["id"], type="rating", rating=2, token=a["feedback_token"])
+    assert down["event_id"] == up["event_id"]  # a change of mind is the same event, newer
+    first, second = producer.feedbacks
+    assert (first.query, first.response, first.model_version, first.user_id) == ("How do I reset my password?", a["choices"][0]["message"]["content"], "v1", "u-1")
+    assert (first.feedback_type, first.metadata, second.feedback_type, second.rating) == ("thumbs_up", {"source": "http", "comment": "nice"}, "rating", 2)
+
+
+def test_feedback_access_and_errors(loads):  # noqa: F811
+    client, assistant, _ = make(loads, api_keys=(SecretStr(KEY),))
+    a, b = answered(client), answered(client, "u-2")
+    assert post_feedback(client, None, interaction_id=a["id"], type="thumbs_up")["status"] == 401
+    assert "forged" in message(post_feedback(client, "bogus.token", interaction_id=a["id"], type="thumbs_up"))
+    expired = assistant.tokens.issue(a["id"], "u-1", now=time.time() - assistant.tokens.ttl_s - 1)
+    assert (r := post_feedback(client, expired, interaction_id=a["id"], type="thumbs_up"))["status"] == 401 and "expired" in message(r)
+    assert (r := post_feedback(client, b["feedback_token"], interaction_id=a["id"], type="thumbs_up"))["status"] == 403 and b["id"] in message(r)
+    assert post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up", user="u-2")["status"] == 403
+    assert post_feedback(client, KEY, interaction_id="never-served", type="thumbs_up")["status"] == 404
+    assistant.recent = type(assistant.recent)(1, 60)  # forgotten, e.g. by a restart: the token proves it was served
+    assert post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up")["status"] == 410
+    c = answered(client)
+    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="rating", rating=7))["status"] == 400 and message(r).startswith("rating:")
+    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="rating"))["status"] == 400 and "rating: required" in message(r)
+    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="correction"))["status"] == 400 and "correction: required" in message(r)
+    assert post_feedback(client, KEY, interaction_id=c["id"], type="thumbs_down")["status"] == 200
+
+
+def test_with_no_keys_configured_feedback_is_open_but_a_presented_token_is_still_checked(api):
+    client, _, _ = api
+    a = answered(client)
+    assert post_feedback(client, None, interaction_id=a["id"], type="thumbs_down")["status"] == 200
+    assert post_feedback(client, "bogus.token", interaction_id=a["id"], type="thumbs_down")["status"] == 401
+
+
+def test_the_chat_page_is_served(api):
+    r = api[0].get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
