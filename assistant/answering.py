@@ -2,6 +2,7 @@
 registry and the open experiment), and `Assistant`, which routes each user to a version
 (assistant/routing.py), generates, logs the interaction and exposure through the producer SDK,
 remembers what it served (assistant/recent.py) and signs a feedback token for it (assistant/tokens.py).
+Generation goes through the micro-batcher (assistant/batcher.py): concurrent requests share calls.
 """
 
 from __future__ import annotations
@@ -18,19 +19,20 @@ from fastapi import HTTPException
 from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from assistant.batcher import Batcher
 from assistant.experiments import ExperimentBook
 from assistant.recent import RecentInteractions, ServedInteraction
 from assistant.routing import Route, route
 from assistant.tokens import FeedbackTokens
 from registry.store import ModelRegistry
 from core.errors import ModelLoadError
-from core.settings import Settings
+from core.settings import AssistantSettings, Settings
 from sdk.client import FeedbackClient
 from schemas.events import DEFAULT_POLICY, MAX_QUERY_CHARS, new_id
 from trainers import policy as policies
 
 log = logging.getLogger("rlhf.serve")
-TEMPERATURE, TOP_P = 0.8, 0.95  # PolicyTrainingConfig's defaults: users get the answers the gate measured
+DEFAULTS = AssistantSettings()  # the sampling `answer` uses when its caller (the demo's report) names none
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,23 @@ class Sampling:
     """How one request's answers are generated; temperature 0 is greedy decoding."""
 
     max_new_tokens: int
-    temperature: float = TEMPERATURE
-    top_p: float = TOP_P
+    temperature: float
+    top_p: float
+
+    @classmethod
+    def configured(cls, settings: Settings) -> Sampling:
+        """What a request that sets nothing gets."""
+        return cls(settings.policy.training.max_new_tokens, settings.assistant.temperature, settings.assistant.top_p)
 
 
 def answer(
-    policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed: int | None = None, temperature: float = TEMPERATURE, top_p: float = TOP_P
+    policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed: int | None = None, temperature: float | None = None, top_p: float | None = None
 ) -> list[str]:
-    """Sampled answers (a given `seed` repeats them); by default with the sampling settings of training and evaluation."""
+    """Sampled answers (a given `seed` repeats them); by default with the assistant's default sampling settings."""
     if seed is not None:
         torch.manual_seed(seed)
+    temperature = DEFAULTS.temperature if temperature is None else temperature
+    top_p = DEFAULTS.top_p if top_p is None else top_p
     return policies.sample(
         policy.model, policy.tokenizer, queries, max_new_tokens=max_new_tokens, temperature=temperature or 1.0, top_p=top_p, greedy=temperature == 0
     ).responses
@@ -141,6 +150,10 @@ class Assistant:
         secret = a.feedback_secret.get_secret_value().encode() if a.feedback_secret else secrets.token_bytes(32)
         self.tokens = FeedbackTokens(secret, a.feedback_token_ttl_s)
         self.recent = RecentInteractions(a.recent_interactions, a.feedback_token_ttl_s)
+        self.batcher = Batcher(_generate, a.max_batch, a.batch_wait_ms / 1000, a.queue_size)
+
+    def close(self) -> None:
+        self.batcher.close()
 
     def route(self, user_id: str) -> tuple[LoadedPolicy, Route]:
         served = self.pool.served
@@ -150,14 +163,18 @@ class Assistant:
         return served.versions[routed.model_version], routed
 
     def chat(self, requests: list[ChatRequest], sampling: Sampling | None = None) -> list[ChatReply]:
-        sampling = sampling or Sampling(self.settings.policy.training.max_new_tokens)
+        sampling = sampling or Sampling.configured(self.settings)
         routed = [self.route(r.user_id) for r in requests]
         replies: list[ChatReply | None] = [None] * len(requests)
+        start = time.perf_counter()
+        # Every version's queries are queued before any is awaited, so they can share one batch.
+        pending = []
         for policy in {id(p): p for p, _ in routed}.values():
             idx = [i for i, (p, _) in enumerate(routed) if p is policy]
-            start = time.perf_counter()
-            answers = answer(policy, [requests[i].query for i in idx], sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
-            latency_ms = (time.perf_counter() - start) * 1000 / len(idx)
+            pending.append((policy, idx, self.batcher.submit(policy, [requests[i].query for i in idx], sampling)))
+        for policy, idx, future in pending:
+            answers = future.result()
+            latency_ms = (time.perf_counter() - start) * 1000 / len(idx)  # queueing included: what the user waited
             for i, text in zip(idx, answers):
                 labels = {"experiment": routed[i][1].experiment, "variant": routed[i][1].variant}
                 interaction_id = new_id()  # returned even when the SDK samples the event out
@@ -177,3 +194,6 @@ class Assistant:
         return [r for r in replies if r is not None]
 
 
+def _generate(policy: LoadedPolicy, queries: list[str], sampling: Sampling) -> list[str]:
+    # Looks `answer` up at each call, so tests can stand a fake in for the model.
+    return answer(policy, queries, sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p)

@@ -16,14 +16,13 @@ A request without `user` counts as a new anonymous user (one request each), neve
 which would put every anonymous request in the same arm.
 
 `stream: true` answers in server-sent events in OpenAI's chunk format ending with `data: [DONE]`;
-the answer is generated first (one batched call), then sent in word-sized chunks.
+the answer is generated first (micro-batched with concurrent requests), then sent in word-sized chunks.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from typing import Annotated, Literal
@@ -86,7 +85,7 @@ def prompt_of(messages: list[Message]) -> str:
 
 
 def sampling_of(request: CompletionRequest, assistant: Assistant) -> Sampling:
-    default = Sampling(assistant.settings.policy.training.max_new_tokens)
+    default = Sampling.configured(assistant.settings)
     limit = assistant.settings.assistant.max_tokens
     max_tokens = request.max_completion_tokens or request.max_tokens or default.max_new_tokens
     if max_tokens > limit:
@@ -114,15 +113,14 @@ def chunks(reply: ChatReply, created: int) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def router(assistant: Assistant, lock: threading.Lock, keys: ApiKeys) -> APIRouter:
+def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:
     api = APIRouter(prefix="/v1", dependencies=[Depends(keys.require)])
 
     @api.post("/chat/completions", response_model=None)
     def chat_completions(request: CompletionRequest) -> JSONResponse | StreamingResponse:
         query, sampling = prompt_of(request.messages), sampling_of(request, assistant)
         user = request.user or f"anon-{new_id()}"
-        with lock:
-            reply = assistant.chat([ChatRequest(user_id=user, query=query)], sampling)[0]
+        reply = assistant.chat([ChatRequest(user_id=user, query=query)], sampling)[0]
         created, headers = int(time.time()), {FEEDBACK_TOKEN_HEADER: reply.feedback_token}
         if request.stream:
             return StreamingResponse(chunks(reply, created), media_type="text/event-stream", headers=headers)

@@ -12,7 +12,8 @@ neither a promotion nor an experiment's start drops or stalls a request.
 Routes: the OpenAI-compatible API (assistant/openai_api.py), feedback over HTTP with signed
 per-interaction tokens (assistant/feedback.py), the chat page at `/` (assistant/static/chat.html),
 and the original single-turn routes, which the demo's users call. API keys (assistant/auth.py)
-guard every route that generates; with none configured the service is open.
+guard every route that generates; with none configured the service is open. Concurrent requests
+are micro-batched (assistant/batcher.py): one generate call per version and sampling setting.
 
     rlhf serve --port 8300        POST /v1/chat/completions   GET /v1/models   POST /v1/feedback   GET /
                                   POST /chat {"user_id": "u1", "query": "..."}   GET /versions
@@ -62,7 +63,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
 
     app = build_app(settings, assistant)
     app.router.on_startup.append(catch_up)
-    app.router.on_shutdown.extend([stop.set, assistant.client.close])
+    app.router.on_shutdown.extend([stop.set, assistant.close, assistant.client.close])
     threading.Thread(target=follower.run, args=(stop,), daemon=True, name="experiments-follow").start()
     threading.Thread(target=pool.watch, args=(stop,), daemon=True, name="registry-watch").start()
     return app
@@ -72,7 +73,6 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
     """The routes over an `Assistant`, without the background threads that keep it current."""
     app = FastAPI(title="rlhf-stream assistant")
     pool = assistant.pool
-    lock = threading.Lock()  # one generation at a time: torch already uses every core
     keys = ApiKeys(settings.assistant.api_keys)
     if settings.assistant.cors_origins:
         app.add_middleware(
@@ -80,7 +80,7 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"], expose_headers=[FEEDBACK_TOKEN_HEADER],
         )  # fmt: skip
     install_error_shape(app)
-    app.include_router(openai_api.router(assistant, lock, keys))
+    app.include_router(openai_api.router(assistant, keys))
     app.include_router(feedback.router(assistant, keys))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -89,13 +89,11 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
 
     @app.post("/chat", response_model=ChatReply, dependencies=[Depends(keys.require)])
     def chat(request: ChatRequest) -> ChatReply:
-        with lock:
-            return assistant.chat([request])[0]
+        return assistant.chat([request])[0]
 
     @app.post("/chat/batch", response_model=list[ChatReply], dependencies=[Depends(keys.require)])
     def chat_batch(requests: list[ChatRequest]) -> list[ChatReply]:
-        with lock:
-            return assistant.chat(requests)
+        return assistant.chat(requests)
 
     @app.get("/versions")
     def versions() -> dict[str, str | None]:

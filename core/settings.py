@@ -154,6 +154,11 @@ class AssistantSettings(Section):
     recent_interactions: int = Field(100_000, ge=1, description="Served interactions kept in memory for feedback; the oldest are forgotten first.")
     cors_origins: tuple[str, ...] = Field((), description="Browser origins allowed to call the API (e.g. https://chat.example.com); none = same origin only.")
     max_tokens: int = Field(256, ge=1, description="Largest `max_tokens` a completion may ask for.")
+    temperature: float = Field(0.8, ge=0, le=2, description="Sampling temperature of answers whose request sets none (0 = greedy); the policy's evaluation setting, so users get the answers the gate measured.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass of answers whose request sets none; the policy's evaluation setting.")
+    max_batch: int = Field(32, ge=1, description="Most queued requests answered together (one generate call per version and sampling setting); 1 = one at a time.")
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long the first queued request waits for others to join its batch.")
+    queue_size: int = Field(256, ge=1, description="Requests waiting for generation beyond which new ones are refused with 503.")
 
 
 class Settings(BaseSettings):

@@ -4,12 +4,14 @@ completions (plain and streamed), the errors' shape, API keys, CORS, and feedbac
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+import assistant.answering as answering
 from assistant.answering import Assistant, PolicyPool
 from assistant.experiments import ExperimentBook
 from assistant.feedback import feedback_event_id
@@ -156,3 +158,26 @@ def test_with_no_keys_configured_feedback_is_open_but_a_presented_token_is_still
 def test_the_chat_page_is_served(api):
     r = api[0].get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+
+
+def test_requests_beyond_the_queue_are_503s_and_sampling_comes_from_the_settings(loads, monkeypatch):  # noqa: F811
+    entered, release, seen = threading.Event(), threading.Event(), []
+
+    def held(policy, queries, max_new_tokens, **sampling):
+        seen.append((max_new_tokens, sampling))
+        entered.set()
+        release.wait(10)
+        return [f"{policy.version}: {q}" for q in queries]
+
+    monkeypatch.setattr(answering, "answer", held)
+    client, assistant, _ = make(loads, max_batch=1, queue_size=1, temperature=0.5, top_p=0.7)
+    policy, _ = assistant.route("u-1")
+    sampling = answering.Sampling.configured(assistant.settings)
+    busy = [assistant.batcher.submit(policy, ["generating"], sampling)]
+    assert entered.wait(10)  # the worker has taken it: the next one waits in the queue, and fills it
+    busy.append(assistant.batcher.submit(policy, ["queued"], sampling))
+    r = client.post("/v1/chat/completions", json=ASK)
+    assert r.status_code == 503 and "busy" in r.json()["error"]["message"] and r.headers["retry-after"] == "1"
+    release.set()
+    assert [f.result(10) for f in busy] == [["v1: generating"], ["v1: queued"]]
+    assert seen[0] == (assistant.settings.policy.training.max_new_tokens, {"temperature": 0.5, "top_p": 0.7})

@@ -1,0 +1,105 @@
+"""The micro-batcher without a model: a fake generate records the batches it is given."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import pytest
+from fastapi import HTTPException
+
+from assistant.batcher import Batcher
+
+V1, V2 = SimpleNamespace(version="v1"), SimpleNamespace(version="v2")
+
+
+class Generate:
+    """Answers `version: query`; holds each call until `release` is set, and fails on `boom`."""
+
+    def __init__(self, held: bool = False):
+        self.calls: list[tuple[str, list[str], object]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not held:
+            self.release.set()
+
+    def __call__(self, policy, queries, sampling):
+        self.calls.append((policy.version, list(queries), sampling))
+        self.entered.set()
+        self.release.wait(10)
+        if "boom" in queries:
+            raise ValueError("the model fell over")
+        return [f"{policy.version}: {q}" for q in queries]
+
+
+def test_concurrent_requests_share_generate_calls():
+    generate = Generate(held=True)  # the model is busy until every request has been submitted
+    batcher = Batcher(generate, max_batch=32, wait_s=0.05, queue_size=100)
+    with ThreadPoolExecutor(16) as pool:
+        futures = list(pool.map(lambda n: batcher.submit(V1, [f"q{n}"], "s"), range(16)))
+    generate.release.set()
+    assert [f.result(10) for f in futures] == [[f"v1: q{n}"] for n in range(16)]
+    assert len(generate.calls) <= 2 and sorted(q for _, qs, _ in generate.calls for q in qs) == sorted(f"q{n}" for n in range(16))
+
+
+def test_requests_queued_during_a_generation_are_answered_together_grouped_by_version_and_sampling():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=32, wait_s=0, queue_size=100)
+    first = batcher.submit(V1, ["first"], "s")
+    assert generate.entered.wait(10)  # the worker is busy: what comes now waits for the next batch
+    futures = [batcher.submit(p, [q], s) for p, q, s in [(V1, "a", "s"), (V2, "b", "s"), (V1, "c", "s"), (V1, "d", "greedy")]]
+    futures.append(batcher.submit(V2, ["e", "f"], "s"))
+    generate.release.set()
+    assert [f.result(10) for f in futures] == [["v1: a"], ["v2: b"], ["v1: c"], ["v1: d"], ["v2: e", "v2: f"]]
+    assert first.result(10) == ["v1: first"]
+    assert generate.calls[1:] == [("v1", ["a", "c"], "s"), ("v2", ["b", "e", "f"], "s"), ("v1", ["d"], "greedy")]
+
+
+def test_max_batch_one_answers_one_request_per_call():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=1, wait_s=0, queue_size=100)
+    futures = [batcher.submit(V1, [f"q{n}"], "s") for n in range(4)]
+    generate.release.set()
+    assert [f.result(10) for f in futures] == [[f"v1: q{n}"] for n in range(4)]
+    assert [q for _, q, _ in generate.calls] == [[f"q{n}"] for n in range(4)]
+
+
+def test_a_full_queue_is_a_503():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=1, wait_s=0, queue_size=2)
+    batcher.submit(V1, ["generating"], "s")
+    assert generate.entered.wait(10)
+    waiting = [batcher.submit(V1, [f"q{n}"], "s") for n in range(2)]
+    with pytest.raises(HTTPException) as err:
+        batcher.submit(V1, ["one too many"], "s")
+    assert err.value.status_code == 503 and "busy" in err.value.detail
+    generate.release.set()
+    assert [f.result(10) for f in waiting] == [["v1: q0"], ["v1: q1"]]
+
+
+def test_a_failed_generation_reaches_every_request_of_its_batch_and_the_worker_goes_on():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=32, wait_s=0, queue_size=100)
+    batcher.submit(V1, ["first"], "s")
+    assert generate.entered.wait(10)
+    failing = [batcher.submit(V1, ["boom"], "s"), batcher.submit(V1, ["fine"], "s")]
+    other = batcher.submit(V2, ["other"], "s")  # another version: its own call, unharmed
+    generate.release.set()
+    for future in failing:
+        with pytest.raises(ValueError, match="fell over"):
+            future.result(10)
+    assert other.result(10) == ["v2: other"]
+    assert batcher.submit(V1, ["later"], "s").result(10) == ["v1: later"]
+
+
+def test_after_close_requests_are_refused_and_queued_ones_still_answered():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=1, wait_s=0, queue_size=10)
+    queued = [batcher.submit(V1, [f"q{n}"], "s") for n in range(3)]
+    batcher.close()
+    with pytest.raises(HTTPException) as err:
+        batcher.submit(V1, ["late"], "s")
+    assert err.value.status_code == 503
+    generate.release.set()
+    assert [f.result(10) for f in queued] == [[f"v1: q{n}"] for n in range(3)]
