@@ -1,6 +1,6 @@
 """`rlhf demo`: the whole closed loop on one machine, driven by simulated users.
 
-    rlhf demo                          # two rounds, 3-8 minutes on an idle 2-core machine (an undecided A/B test runs to its 4-minute horizon); report in runs/demo-*/
+    rlhf demo                          # two rounds, 3-8 min on 2 cores (an undecided A/B test runs to its horizon)
     rlhf demo --rounds 3 --seed 1      # one round more, another population of users
 
 It starts a private Kafka broker, creates the topics, registers the tiny starting policy, and runs
