@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from assistant.batcher import Batcher
-from assistant.experiments import ExperimentBook
+from schemas.experiments import ExperimentBook
 from assistant.recent import RecentInteractions, ServedInteraction
 from assistant.routing import Route, route
 from assistant.tokens import FeedbackTokens

@@ -1,8 +1,6 @@
 """The open experiment of each policy, as the assistant service learns it from the `experiments` topic.
 
-`ExperimentBook` folds the topic's events (pure, no I/O): an `ExperimentStarted` opens its policy's
-experiment, its `ExperimentDecided` closes it, and a decided experiment never opens again (a
-producer's retry may write a start twice). `ExperimentFollower` feeds it from a background thread:
+The events are folded by `schemas.experiments.ExperimentBook`; `ExperimentFollower` feeds one from a background thread:
 a plain consumer assigned to the topic's partitions from the beginning, without a consumer group,
 so every start of the service rebuilds the book and no offsets are committed.
 
@@ -17,44 +15,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from core.errors import EventValidationError
 from core.settings import Settings
 from schemas import parse_event
-from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentStarted
+from schemas.experiments import ExperimentBook, ExperimentEvent
 from schemas.topics import group_id, topic_name
 
 log = logging.getLogger("rlhf.serve")
 POLL_S = 0.5
 METADATA_TIMEOUT_S = 10.0
-
-
-class ExperimentBook:
-    """Written by one thread, read by many: every change swaps in a new mapping, so a reader sees
-    the state before or after it, never half of it."""
-
-    def __init__(self) -> None:
-        self._open: Mapping[str, ExperimentStarted] = {}
-        self._decided: set[str] = set()  # experiment ids; one per round, so it stays small
-
-    def open(self, policy: str) -> ExperimentStarted | None:
-        return self._open.get(policy)
-
-    def apply(self, step: ExperimentStarted | ExperimentDecided) -> None:
-        if step.experiment_id in self._decided:
-            return
-        if isinstance(step, ExperimentStarted):
-            # One experiment per policy at a time (the stream worker holds the next round back until
-            # the decision); were another started anyway, the newer one is routed.
-            self._open = {**self._open, step.policy: step}
-            return
-        self._decided.add(step.experiment_id)
-        current = self._open.get(step.policy)
-        if current is not None and current.experiment_id == step.experiment_id:
-            self._open = {policy: e for policy, e in self._open.items() if policy != step.policy}
 
 
 class ExperimentFollower:

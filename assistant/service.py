@@ -34,7 +34,8 @@ from fastapi.responses import HTMLResponse
 from assistant import feedback, openai_api
 from assistant.answering import Assistant, ChatReply, ChatRequest, PolicyPool, answer, load_version
 from assistant.auth import ApiKeys
-from assistant.experiments import ExperimentBook, ExperimentFollower
+from assistant.experiments import ExperimentFollower
+from schemas.experiments import ExperimentBook
 from assistant.openai_api import FEEDBACK_TOKEN_HEADER, install_error_shape
 from assistant.routing import routed_experiment
 from registry.store import ModelRegistry

@@ -30,7 +30,7 @@ import torch
 import uvicorn
 
 from assistant.answering import Assistant, PolicyPool
-from assistant.experiments import ExperimentBook
+from schemas.experiments import ExperimentBook
 from assistant.service import build_app
 from bench.policy_gain import quiet
 from core.settings import AssistantSettings, Settings

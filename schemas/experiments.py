@@ -11,6 +11,7 @@ routes the experiment's variants; the decision releases both.
 from __future__ import annotations
 
 from datetime import datetime
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
@@ -79,3 +80,35 @@ class ExperimentEvent(RootModel[Annotated[ExperimentStarted | ExperimentDecided,
 
     def to_bytes(self) -> bytes:
         return self.root.to_bytes()
+
+
+class ExperimentBook:
+    """The open experiments, folded from the topic's events (pure, no I/O): an `ExperimentStarted`
+    opens its experiment, its `ExperimentDecided` closes it, and a decided experiment never opens
+    again (a producer's retry may write a start twice). The decider and the assistant both read the
+    topic into one of these.
+
+    Written by one thread, read by many: every change swaps in a new mapping, so a reader sees the
+    state before or after it, never half of it."""
+
+    def __init__(self) -> None:
+        self._open: Mapping[str, ExperimentStarted] = {}  # by experiment id, in the order started
+        self._decided: set[str] = set()  # experiment ids; one per round, so it stays small
+
+    def apply(self, step: ExperimentStarted | ExperimentDecided) -> None:
+        if step.experiment_id in self._decided:
+            return
+        if isinstance(step, ExperimentStarted):
+            if step.experiment_id not in self._open:
+                self._open = {**self._open, step.experiment_id: step}
+            return
+        self._decided.add(step.experiment_id)
+        self._open = {i: s for i, s in self._open.items() if i != step.experiment_id}
+
+    def all_open(self) -> list[ExperimentStarted]:
+        return list(self._open.values())
+
+    def open(self, policy: str) -> ExperimentStarted | None:
+        """The policy's open experiment. There is one at a time (the stream worker holds the next
+        round back until the decision); were another started anyway, the newer one is routed."""
+        return next((s for s in reversed(list(self._open.values())) if s.policy == policy), None)

@@ -15,6 +15,7 @@ from consumers.emitter import EventEmitter
 from core.settings import Settings
 from registry.store import ExperimentRecord, Manifest, ModelRegistry
 from schemas import ModelPublished
+from schemas.events import PublishDecision
 from schemas.experiments import ExperimentDecided, ExperimentOutcome, experiment_id_for
 
 ManualDecision = Literal["promote", "rollback"]
@@ -23,16 +24,18 @@ ManualDecision = Literal["promote", "rollback"]
 def close_experiment(
     emitter: EventEmitter, registry: ModelRegistry, policy: str, experiment_id: str, candidate: str,
     outcome: ExperimentOutcome, reason: str, statistics: dict[str, float] | None = None,
-) -> ExperimentRecord:  # fmt: skip
-    """Decide `experiment_id` (or find it decided) and announce the recorded decision."""
+) -> tuple[ExperimentRecord, ExperimentDecided]:  # fmt: skip
+    """Decide `experiment_id` (or find it decided) and announce the recorded decision; returns the
+    record and the announcement."""
     record = registry.decide_experiment(policy, experiment_id, candidate, outcome, reason[:4000], statistics)
     manifest = registry.manifest("policies", candidate)
-    emitter.emit("model-published", published(manifest, record.outcome == "promote", record.reason), policy)
-    emitter.emit("experiments", ExperimentDecided(
+    emitter.emit("model-published", published(manifest, "promoted" if record.outcome == "promote" else "rolled_back", record.reason), policy)
+    announced = ExperimentDecided(
         experiment_id=experiment_id, policy=policy, trigger_id=manifest.trigger_id or candidate, outcome=record.outcome,  # type: ignore[arg-type]
         serving_version=record.serving or candidate, statistics=record.statistics, reason=record.reason,
-    ), policy)  # fmt: skip
-    return record
+    )  # fmt: skip
+    emitter.emit("experiments", announced, policy)
+    return record, announced
 
 
 def decide_by_hand(settings: Settings, registry: ModelRegistry, policy: str, decision: ManualDecision, reason: str, version: str | None = None) -> str:
@@ -45,14 +48,14 @@ def decide_by_hand(settings: Settings, registry: ModelRegistry, policy: str, dec
         close_experiment(emitter, registry, policy, experiment_id, candidate, decision, reason)
         return candidate
     acted = registry.promote(policy, version, reason=reason) if decision == "promote" else registry.rollback(policy, reason=reason)
-    emitter.emit("model-published", published(registry.manifest("policies", acted), decision == "promote", reason), policy)
+    emitter.emit("model-published", published(registry.manifest("policies", acted), "promoted" if decision == "promote" else "rolled_back", reason), policy)
     return acted
 
 
-def published(manifest: Manifest, promoted: bool, reason: str) -> ModelPublished:
-    """The announcement of a version's new status, with its lineage from the manifest."""
+def published(manifest: Manifest, decision: PublishDecision, reason: str) -> ModelPublished:
+    """The announcement of a version's new status (the gate's, or a later decision), with its lineage from the manifest."""
     return ModelPublished(
         version=manifest.version, policy=manifest.policy, trigger_id=manifest.trigger_id or manifest.version, parent_version=manifest.parent_version,
-        reward_model_version=manifest.reward_model_version, decision="promoted" if promoted else "rolled_back", metrics=manifest.metrics,
+        reward_model_version=manifest.reward_model_version, decision=decision, metrics=manifest.metrics,
         reason=reason[:4000],
     )  # fmt: skip

@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -33,30 +32,13 @@ from core.errors import DeliveryError, EventValidationError, RlhfError
 from core.settings import Settings
 from registry.store import ModelRegistry
 from schemas import parse_event
-from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentOutcome, ExperimentStarted
+from schemas.experiments import ExperimentBook, ExperimentEvent, ExperimentOutcome, ExperimentStarted
 from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
 
 log = logging.getLogger("rlhf.decider")
 
 GROUP = CONSUMER_GROUPS["decider"]
 Analysis = Callable[[Settings, str], dict[str, Any]]
-
-
-@dataclass
-class Experiments:
-    """Open experiments as read from the topic: started and not yet decided."""
-
-    started: dict[str, ExperimentStarted] = field(default_factory=dict)
-    decided: set[str] = field(default_factory=set)
-
-    def apply(self, event: ExperimentStarted | ExperimentDecided) -> None:
-        if isinstance(event, ExperimentStarted):
-            self.started.setdefault(event.experiment_id, event)
-        else:
-            self.decided.add(event.experiment_id)
-
-    def open(self) -> list[ExperimentStarted]:
-        return [s for i, s in self.started.items() if i not in self.decided]
 
 
 def verdict(started: ExperimentStarted, report: dict[str, Any] | None, now: datetime) -> tuple[ExperimentOutcome, str] | None:
@@ -79,12 +61,12 @@ class Decider:
         self.analysis = analysis
         self.registry = ModelRegistry(settings.registry_path)
         self.emitter = emitter or EventEmitter(settings)
-        self.experiments = Experiments()
+        self.experiments = ExperimentBook()
         self.last_look: dict[str, float] = {}
 
     def look_at_open_experiments(self) -> None:
         """Analyse each open experiment that is due, and decide those with a verdict."""
-        for started in self.experiments.open():
+        for started in self.experiments.all_open():
             if time.monotonic() - self.last_look.get(started.experiment_id, -1e9) < self.settings.ab_testing.decide_every_s:
                 continue
             self.last_look[started.experiment_id] = time.monotonic()
@@ -98,9 +80,10 @@ class Decider:
                 log.warning("%s: decision not announced yet: %s", started.experiment_id, exc)
 
     def decide(self, started: ExperimentStarted, outcome: ExperimentOutcome, reason: str, statistics: dict[str, float]) -> None:
-        record = close_experiment(self.emitter, self.registry, started.policy, started.experiment_id, started.treatment_version, outcome, reason, statistics)
+        record, announced = close_experiment(self.emitter, self.registry, started.policy, started.experiment_id, started.treatment_version,
+                                             outcome, reason, statistics)  # fmt: skip
         log.info("%s: %s (%s)%s", started.experiment_id, record.outcome, record.reason, "" if record.first else " [recorded earlier]")
-        self.experiments.decided.add(started.experiment_id)
+        self.experiments.apply(announced)  # closed here before its own event is read back
 
     def _report(self, experiment_id: str) -> dict[str, Any] | None:
         try:
@@ -140,7 +123,7 @@ def run(settings: Settings, decider: Decider | None = None, stop: threading.Even
     })  # fmt: skip
 
     def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
-        decider.experiments = Experiments()  # rebuilt from the beginning: the state is the topic
+        decider.experiments = ExperimentBook()  # rebuilt from the beginning: the state is the topic
         c.assign([TopicPartition(p.topic, p.partition, OFFSET_BEGINNING) for p in partitions])
 
     consumer.subscribe([topic], on_assign=on_assign)

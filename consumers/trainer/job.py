@@ -22,7 +22,7 @@ from consumers.decider.decisions import published
 from consumers.emitter import EventEmitter
 from core.settings import Settings
 from core.errors import GuardrailRejection, RlhfError, TrainingError
-from schemas import FeedbackEvent, ModelPublished, TrainTrigger
+from schemas import FeedbackEvent, TrainTrigger
 from schemas.events import CANDIDATE_STAGE, DEFAULT_POLICY
 from schemas.experiments import Arm, ExperimentStarted, experiment_id_for
 
@@ -101,17 +101,14 @@ class TrainingJob:
         if manifest is None:  # another trainer published this trigger meanwhile
             emitter.status(trigger, "finished", message=f"already published as {version}")
             return
-        emitter.emit("model-published", ModelPublished(
-            version=version, policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
-            reward_model_version=rm_version, decision=manifest.status, metrics=manifest.metrics, reason=manifest.reason,
-        ), trigger.policy)  # fmt: skip
+        emitter.emit("model-published", published(manifest, manifest.status, manifest.reason), trigger.policy)  # type: ignore[arg-type]
         stage = manifest.status
         if manifest.status == "candidate" and self.settings.ab_testing.enabled:  # the round stays open until its experiment is decided
             self._start_experiment(trigger, version, parent, emitter)
             stage = CANDIDATE_STAGE
         elif manifest.status == "candidate":  # A/B testing switched off: the gate's verdict is final
             promoted = self.registry.promote(trigger.policy, version, reason=f"{manifest.reason}; ab_testing.enabled is false")
-            emitter.emit("model-published", published(self.registry.manifest("policies", promoted), True, "ab_testing.enabled is false"), trigger.policy)
+            emitter.emit("model-published", published(self.registry.manifest("policies", promoted), "promoted", "ab_testing.enabled is false"), trigger.policy)
             stage = "promoted"
         emitter.status(trigger, "finished", stage=stage, message=manifest.reason, metrics=manifest.metrics)
 

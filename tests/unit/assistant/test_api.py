@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 import assistant.answering as answering
 from assistant.answering import Assistant, PolicyPool
-from assistant.experiments import ExperimentBook
+from schemas.experiments import ExperimentBook
 from assistant.feedback import feedback_event_id
 from assistant.service import build_app
 from core.settings import AssistantSettings, Settings

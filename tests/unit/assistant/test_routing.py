@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from analytics.assignment import assign
-from assistant.experiments import ExperimentBook
+from schemas.experiments import ExperimentBook
 from assistant.routing import Route, route
 from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
 

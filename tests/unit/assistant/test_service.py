@@ -9,7 +9,7 @@ import pytest
 from fastapi import HTTPException
 
 import assistant.answering as service
-from assistant.experiments import ExperimentBook
+from schemas.experiments import ExperimentBook
 from assistant.answering import Assistant, ChatRequest, PolicyPool
 from core.errors import ModelLoadError
 from core.settings import Settings

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from consumers.decider.service import Decider, Experiments, verdict
+from consumers.decider.service import Decider, verdict
 from core.settings import Settings
 from registry.store import Manifest, ModelRegistry
 from schemas import ModelPublished
-from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
+from schemas.experiments import Arm, ExperimentBook, ExperimentDecided, ExperimentStarted
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STARTED = ExperimentStarted(experiment_id="policy-ab:v1", policy="assistant", trigger_id="t1", control_version="base", treatment_version="v1",
@@ -28,12 +28,12 @@ def test_a_verdict_ends_the_experiment_and_no_verdict_waits_for_the_horizon():
 
 
 def test_experiments_state_follows_the_topic():
-    state = Experiments()
+    state = ExperimentBook()
     state.apply(STARTED)
-    assert [s.experiment_id for s in state.open()] == ["policy-ab:v1"]
+    assert [s.experiment_id for s in state.all_open()] == ["policy-ab:v1"]
     state.apply(ExperimentDecided(experiment_id="policy-ab:v1", policy="assistant", trigger_id="t1", outcome="expired", serving_version="base"))
     state.apply(STARTED)  # redelivered after its decision: stays closed
-    assert state.open() == []
+    assert state.all_open() == []
 
 
 class Recorder:
