@@ -3,7 +3,9 @@
 `rlhf sql NAME [-p key=value]` runs one; the dashboard, `rlhf ab analyze`, the Grafana JSON
 (docker/grafana/) and the benchmark use the same text. Parameters are ClickHouse server-side
 placeholders (`{experiment:String}`), never string formatting; each query declares its defaults.
-Event tables are read with FINAL so a redelivered event is counted once.
+Event tables are read with FINAL so a redelivered event is counted once; the A/B analysis and the
+positive rate read each answer's latest verdict (`_verdicts`), while volumes and the `variant_daily`
+view count every verdict event (a user who changed their mind shows there as two).
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ _REWARD = _metric("mean_score", "reward")
 _KL = _metric("kl")
 
 
+def _verdicts(where: str) -> str:
+    """The feedback rows matching `where`, the latest verdict per answer: a user who changed their
+    mind (thumbs up, then down) counts once, with the later one; a correction is kept beside the
+    verdict (schemas.events.FeedbackEvent.verdict_key, the trainers' rule). Filtering before the
+    LIMIT BY is sound only on columns every verdict on one answer shares (experiment, user)."""
+    return (f"(SELECT * FROM feedback FINAL WHERE {where} "
+            "ORDER BY ts DESC, event_id DESC LIMIT 1 BY interaction_id, feedback_type = 'correction')")
+
+
+_EXPERIMENT_VERDICTS = _verdicts("experiment = {experiment:String}")
+_EXPOSED_USERS_VERDICTS = _verdicts("user_id IN (SELECT user_id FROM exposed)")
+
+
 def _decided(key: str) -> str:
     """A statistic (analytics.decision.Decision.statistics) of an experiment's decision; NULL while open."""
     return f"argMaxIf({_metric(key, column='statistics')}, ts, kind = 'decided') AS {key}"
@@ -62,19 +77,19 @@ _QUERIES = (
         "feedback and the sums of each user's feedback, positives, thumbs-down, their squares and cross-products; the same "
         "for ratings over users who rated; and each user's pre-experiment positive rate (feedback before their first "
         "exposure) as the CUPED covariate: users with history, sum of rates, of squares, and their products with "
-        "positives and feedback. analytics.decision reads these columns.",
-        """
+        "positives and feedback. Each answer counts its latest verdict (a changed mind once). analytics.decision reads these columns.",
+        f"""
         WITH exposed AS (
             SELECT user_id, argMin(variant, ts) AS variant, min(ts) AS first_exposure, argMax(model_version, ts) AS model_version
-            FROM exposures FINAL WHERE experiment = {experiment:String} GROUP BY user_id
+            FROM exposures FINAL WHERE experiment = {{experiment:String}} GROUP BY user_id
         ), during AS (
             SELECT variant, user_id, count() AS f, sum(positive) AS p, countIf(feedback_type = 'thumbs_down') AS d,
                    countIf(rating IS NOT NULL) AS r, sum(ifNull(rating, 0)) AS s,
                    argMax(model_version, ts) AS model_version, argMax(policy, ts) AS policy
-            FROM feedback FINAL WHERE experiment = {experiment:String} GROUP BY variant, user_id
+            FROM {_EXPERIMENT_VERDICTS} GROUP BY variant, user_id
         ), history AS (
             SELECT fb.user_id AS user_id, count() AS pre_f, sum(fb.positive) AS pre_p
-            FROM feedback AS fb FINAL INNER JOIN exposed ON fb.user_id = exposed.user_id
+            FROM {_EXPOSED_USERS_VERDICTS} AS fb INNER JOIN exposed ON fb.user_id = exposed.user_id
             WHERE fb.ts < exposed.first_exposure GROUP BY fb.user_id
         ), users AS (  -- one row per user and variant; without history h = x = 0
             SELECT during.*, toFloat64(pre_f > 0) AS h, if(pre_f > 0, pre_p / pre_f, 0) AS x
@@ -159,11 +174,11 @@ _QUERIES = (
     ),
     NamedQuery(
         "positive_rate_over_time",
-        "Share of positive feedback (thumbs up, or rating at or above feedback.min_rating) per time bucket and variant.",
+        "Share of positive feedback (thumbs up, or rating at or above feedback.min_rating; each answer's latest verdict) per time bucket and variant.",
         f"""
         SELECT toStartOfInterval(ts, toIntervalSecond({{bucket_s:UInt32}})) AS bucket, variant,
                count() AS feedback, avg(positive) AS positive_rate
-        FROM feedback FINAL WHERE {_EXPERIMENT_FILTER}
+        FROM {_verdicts(_EXPERIMENT_FILTER)}
         GROUP BY bucket, variant ORDER BY bucket, variant
         """,
         {"experiment": "", "bucket_s": 3600},

@@ -9,12 +9,13 @@ Who may post: an API key holder, or whoever holds the interaction's feedback tok
 `token` field: a browser needs no key); with no key configured, anyone. A token is checked even
 then: expired or forged is a 401, issued for another interaction or user a 403.
 
-One event id per interaction (derived from the interaction id): a double click is the same event
-twice, and every consumer dedupes by event id, so it counts once. A change of mind (thumbs up,
-then down) is also the same id, and today every consumer keeps the FIRST copy: the stream worker
-within its dedupe horizon (so the trainers see the first verdict) and the ClickHouse sink, which
-inserts only ids not stored yet (so the A/B analysis sees it too). Counting the latest verdict
-needs those two to replace rather than skip a known id.
+One event id per verdict: the interaction id, the slot (a verdict, or a correction:
+`FeedbackEvent.verdict_key`) and the verdict's number among this user's verdicts on the answer
+(`RecentInteractions.verdict_number`). A double click repeats the last verdict: the same id, and
+every consumer dedupes by event id, so it counts once. A change of mind (thumbs up, then down) is a
+new event; the trainers (`schemas.events.latest_verdicts`) and the A/B analysis and positive rate in
+ClickHouse (`analytics.queries._verdicts`) count each answer's latest verdict only. The feedback
+table keeps both events, and volumes and `variant_daily` count both.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.answering import Assistant
 from assistant.auth import WWW_AUTHENTICATE, ApiKeys, bearer
-from assistant.recent import ExpiredInteraction, ServedInteraction, UnknownInteraction
+from assistant.recent import ExpiredInteraction, RecentInteractions, ServedInteraction, UnknownInteraction
 from assistant.tokens import Claims, TokenError
 from core.errors import DeliveryError, EventValidationError
 from schemas.events import MAX_RESPONSE_CHARS, FeedbackEvent, FeedbackType, Id, validate_event
@@ -52,9 +53,10 @@ class FeedbackReceipt(BaseModel):
     recorded: bool = Field(description="False when the interaction is sampled out (`feedback.collection_rate`): nothing was sent.")
 
 
-def feedback_event_id(interaction_id: str) -> str:
-    """One id per interaction, the same in every process: every verdict on an answer is one event."""
-    return "fb-" + hashlib.sha256(f"feedback:{interaction_id}".encode()).hexdigest()[:32]
+def feedback_event_id(verdict_key: tuple[str, str], number: int) -> str:
+    """One id per distinct verdict on an answer, the same in every process (see the module docstring)."""
+    interaction_id, slot = verdict_key
+    return "fb-" + hashlib.sha256(f"feedback:{interaction_id}:{slot}:{number}".encode()).hexdigest()[:32]
 
 
 def authorise(body: FeedbackRequest, credential: str | None, keys: ApiKeys, assistant: Assistant) -> Claims | None:
@@ -89,14 +91,16 @@ def served_interaction(body: FeedbackRequest, claims: Claims | None, assistant: 
     return served
 
 
-def event_of(body: FeedbackRequest, served: ServedInteraction) -> FeedbackEvent:
+def event_of(body: FeedbackRequest, served: ServedInteraction, recent: RecentInteractions) -> FeedbackEvent:
     fields = {
-        "event_id": feedback_event_id(served.interaction_id), "interaction_id": served.interaction_id, "user_id": served.user_id,
+        "interaction_id": served.interaction_id, "user_id": served.user_id,
         "query": served.query, "response": served.response, "model_version": served.model_version, "experiment": served.experiment,
         "variant": served.variant, "feedback_type": body.type, "rating": body.rating, "correction": body.correction,
         "metadata": {"source": "http", **({"comment": body.comment} if body.comment else {})},
     }  # fmt: skip
-    return validate_event(FeedbackEvent, fields)  # the event's own rules (a rating only with type rating, ...) name the field
+    event = validate_event(FeedbackEvent, fields)  # the event's own rules (a rating only with type rating, ...) name the field
+    number = recent.verdict_number(event.verdict_key, (body.type, body.rating, body.correction))
+    return event.model_copy(update={"event_id": feedback_event_id(event.verdict_key, number)})
 
 
 def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:
@@ -107,7 +111,7 @@ def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:
         claims = authorise(body, body.token or bearer(request), keys, assistant)
         served = served_interaction(body, claims, assistant)
         try:
-            event = event_of(body, served)
+            event = event_of(body, served, assistant.recent)
         except EventValidationError as exc:
             raise HTTPException(400, str(exc)) from None
         try:

@@ -8,6 +8,7 @@ room, is unknown; one still held but older than `ttl_s` has expired.
     recent = RecentInteractions(capacity=100_000, ttl_s=86_400)
     recent.add(ServedInteraction(...))
     recent.get("i-1")        # ServedInteraction | raises UnknownInteraction / ExpiredInteraction
+    recent.verdict_number(("i-1", "verdict"), ("thumbs_up", None))   # 0; a change of mind gets 1
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from core.errors import RlhfError
@@ -47,6 +49,7 @@ class RecentInteractions:
         self.capacity = capacity
         self.ttl_s = ttl_s
         self._held: OrderedDict[str, ServedInteraction] = OrderedDict()
+        self._verdicts: dict[str, dict[str, tuple[Hashable, int]]] = {}  # interaction -> slot -> (last verdict, its number)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -56,7 +59,20 @@ class RecentInteractions:
         with self._lock:
             self._held[served.interaction_id] = served
             while len(self._held) > self.capacity:
-                self._held.popitem(last=False)
+                forgotten, _ = self._held.popitem(last=False)
+                self._verdicts.pop(forgotten, None)
+
+    def verdict_number(self, key: tuple[str, str], verdict: Hashable) -> int:
+        """The number of `verdict` among the user's verdicts under `key` (FeedbackEvent.verdict_key:
+        interaction id and slot), 0, 1, ...: the last number again when it repeats the last verdict
+        (a double click, a retry after a 503), the next one when it differs (a change of mind)."""
+        interaction_id, slot = key
+        with self._lock:
+            slots = self._verdicts.setdefault(interaction_id, {})
+            last = slots.get(slot)
+            number = 0 if last is None else last[1] + (last[0] != verdict)
+            slots[slot] = (verdict, number)
+            return number
 
     def get(self, interaction_id: str, now: float | None = None) -> ServedInteraction:
         with self._lock:

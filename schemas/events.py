@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -124,6 +125,24 @@ class FeedbackEvent(Event):
         if self.rating is not None:
             return (self.rating - 1) / 4
         return 0.0
+
+    @property
+    def verdict_key(self) -> tuple[str, str]:
+        """What a later event on the same answer replaces: a user's verdict (thumbs or rating; a
+        change of mind replaces it) and, separately, their correction (a demonstration, not a verdict)."""
+        return self.interaction_id, "correction" if self.feedback_type == "correction" else "verdict"
+
+
+def latest_verdicts(events: Iterable[FeedbackEvent]) -> list[FeedbackEvent]:
+    """One event per `verdict_key`, the latest (by timestamp; of equal timestamps the later one
+    given), in the order the kept events were given. A user who changes their mind (thumbs up,
+    then down) counts once, with the latest verdict; analytics.queries does the same in SQL."""
+    latest: dict[tuple[str, str], tuple[int, FeedbackEvent]] = {}
+    for n, event in enumerate(events):
+        held = latest.get(event.verdict_key)
+        if held is None or event.timestamp >= held[1].timestamp:
+            latest[event.verdict_key] = (n, event)
+    return [event for _, event in sorted(latest.values(), key=lambda kept: kept[0])]
 
 
 class ExposureEvent(Event):

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from transformers.trainer_callback import PrinterCallback
 
 from core.errors import GuardrailRejection, TrainingError
-from schemas.events import FeedbackEvent
+from schemas.events import FeedbackEvent, latest_verdicts
 from trainers.device import pick_device, use_bf16
 from trainers.policy import RewardFn, StatusFn, generate, no_status
 from trainers.policy_config import PolicyTrainingConfig
@@ -96,9 +96,9 @@ def _peft_config(config: PolicyTrainingConfig):
 def judgements(events: Sequence[FeedbackEvent], min_rating: int) -> list[tuple[str, str, bool]]:
     """(query, response, liked) from feedback: thumbs and ratings liked when positive
     (`FeedbackEvent.is_positive`), and corrections (the correction is liked, the answer it
-    corrected is not)."""
+    corrected is not); of a user's changed mind, the latest verdict."""
     out = []
-    for e in events:
+    for e in latest_verdicts(events):
         if e.feedback_type == "correction" and e.correction:
             out += [(e.query, e.correction, True), (e.query, e.response, False)]
         else:

@@ -10,6 +10,8 @@ the policy: the queries users gave feedback on, split the same way (`split_polic
 Input is any iterable of `FeedbackEvent`s, or of raw records (dicts, JSON text or bytes) that are
 validated here: a trigger's replayed offset range, a JSONL file, a ClickHouse query. A record that
 fails validation is counted under `invalid` in the summary, never raised.
+Of several verdicts on one answer (a user who changed their mind) only the latest counts
+(`schemas.events.latest_verdicts`; a correction is kept beside the verdict).
 
 Pairing rules, within one query (compared after collapsing whitespace and case):
 - ratings: a response rated higher is preferred over one rated lower;
@@ -33,7 +35,7 @@ from datasets import Dataset, Features, Value
 
 from core.errors import EventValidationError, RlhfError, TrainingError
 from core.hashing import stable_fraction, stable_hash64
-from schemas.events import FeedbackEvent, parse_event, validate_event
+from schemas.events import FeedbackEvent, latest_verdicts, parse_event, validate_event
 
 PAIR_FEATURES = Features(
     {name: Value("string") for name in ("query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")}
@@ -168,7 +170,8 @@ def build_dataset(
 
 
 def _accepted_events(records: Iterable[Any], max_chars: int, dropped: Counter[str], invalid: list[str]) -> list[FeedbackEvent]:
-    """Valid, unique (by event_id, as redelivery repeats them) events with usable text."""
+    """Valid, unique (by event_id, as redelivery repeats them) events with usable text, the latest
+    verdict per answer (`latest_verdicts`)."""
     seen: set[str] = set()
     out = []
     for record in records:
@@ -186,7 +189,10 @@ def _accepted_events(records: Iterable[Any], max_chars: int, dropped: Counter[st
             dropped[reason] += 1
             continue
         out.append(event)
-    return out
+    kept = latest_verdicts(out)
+    if len(kept) < len(out):
+        dropped["superseded_verdict"] += len(out) - len(kept)  # a change of mind: the latest verdict counts
+    return kept
 
 
 def _unusable_text(event: FeedbackEvent, max_chars: int) -> str | None:

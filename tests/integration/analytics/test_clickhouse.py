@@ -1,6 +1,8 @@
 """The embedded warehouse: migrations are idempotent, redelivery never double counts (tables and
 materialized views), and every named query runs on an empty and on a filled database."""
 
+from datetime import timedelta
+
 import pandas as pd
 import pytest
 
@@ -10,7 +12,8 @@ from analytics.errors import ClickHouseError
 from analytics.queries import QUERIES, run_query
 from analytics.tables import EVENT_TABLES
 from consumers.sink.rows import ROUTES
-from tests.integration.analytics.world import build_world
+from schemas.events import latest_verdicts
+from tests.integration.analytics.world import World, build_world
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +61,23 @@ def test_redelivered_batches_count_once_in_tables_and_views(warehouse, warehouse
     assert daily["users_exposed"].sum() == world.count("exposures")
 
 
-def test_per_user_sums_agree_with_the_raw_events(warehouse, warehouse_settings):
-    world = build_world(warehouse_settings, users=300)
+def changed_minds(world: World, every: int = 5) -> World:
+    """Every `every`-th thumb answered again a minute later with the other thumb (a new event id)."""
+    flip = {"thumbs_up": "thumbs_down", "thumbs_down": "thumbs_up"}
+    thumbs = [e for t, e in world.events if t == "feedback" and e.feedback_type in flip][::every]
+    later = [("feedback", e.model_copy(update={"event_id": f"{e.event_id}-changed", "feedback_type": flip[e.feedback_type],
+                                               "timestamp": e.timestamp + timedelta(minutes=1)})) for e in thumbs]  # fmt: skip
+    return World(world.events + later)
+
+
+def test_per_user_sums_agree_with_the_raw_events_counting_each_answers_latest_verdict(warehouse, warehouse_settings):
+    world = changed_minds(build_world(warehouse_settings, users=300))
     insert_world(warehouse, warehouse_settings, world)
     ab = warehouse_settings.ab_testing
     exposed = {e.user_id: e for t, e in world.events if t == "exposures"}
-    feedback = [e for t, e in world.events if t == "feedback"]
+    every_verdict = [e for t, e in world.events if t == "feedback"]
+    feedback = latest_verdicts(every_verdict)
+    assert len(feedback) < len(every_verdict)
     sums = run_query(warehouse, "ab_users", {"experiment": ab.experiment}).set_index("variant")
     for variant in sums.index:
         mine = [e for e in feedback if e.variant == variant]

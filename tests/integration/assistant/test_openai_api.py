@@ -1,6 +1,7 @@
 """The OpenAI-compatible API and HTTP feedback on the real broker, driven by the official `openai`
 client as a chat app would: a chat and a streamed chat inside an experiment, the client's errors,
-and feedback posted with the returned token, which lands in Kafka attributed to the user's arm."""
+and feedback posted with the returned token, which lands in Kafka and, through the sink, in
+ClickHouse, attributed to the user's arm."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from assistant.service import create_app
 from core.settings import AssistantSettings, FeedbackSettings
 from schemas import ExposureEvent, FeedbackEvent, InteractionEvent, parse_event
 from schemas.topics import topic_name
+from tests.integration.analytics.conftest import SinkProcess
 from tests.integration.assistant.test_service import START, produce, registry  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
@@ -74,10 +76,10 @@ def test_a_chat_app_on_the_openai_client_chats_streams_and_sends_feedback(app_se
         with pytest.raises(openai.AuthenticationError, match="invalid API key"):
             openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=http, max_retries=0).models.list()
 
-        # Feedback as a browser sends it: the token, no key. Up then down on the first answer: one event id.
-        for verdict in ("thumbs_up", "thumbs_down"):
+        # Feedback as a browser sends it: the token, no key. Up (clicked twice), then down on the first answer.
+        for n, verdict in [(0, "thumbs_up"), (0, "thumbs_up"), (1, "thumbs_down")]:
             r = http.post("/v1/feedback", json={"interaction_id": reply.id, "type": verdict, "token": reply.model_extra["feedback_token"]})
-            assert r.status_code == 200 and r.json()["event_id"] == feedback_event_id(reply.id), r.text
+            assert r.status_code == 200 and r.json()["event_id"] == feedback_event_id((reply.id, "verdict"), n), r.text
         r = http.post("/v1/feedback", json={"interaction_id": streamed[0].id, "type": "rating", "rating": 5}, headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
 
@@ -85,9 +87,23 @@ def test_a_chat_app_on_the_openai_client_chats_streams_and_sends_feedback(app_se
     assert {(i.interaction_id, i.query, i.model_version, i.variant) for i in interactions} == {
         (reply.id, QUESTION, version, arm), (streamed[0].id, QUESTION, version, arm)}  # fmt: skip
     assert len(read(app_settings, "exposures", ExposureEvent, 2)) == 2
-    feedback = read(app_settings, "feedback", FeedbackEvent, 3)
+    feedback = read(app_settings, "feedback", FeedbackEvent, 4)
     assert [(f.interaction_id, f.feedback_type, f.variant, f.experiment, f.user_id) for f in feedback] == [
-        (reply.id, "thumbs_up", arm, START.experiment_id, "u-7"), (reply.id, "thumbs_down", arm, START.experiment_id, "u-7"),
-        (streamed[0].id, "rating", arm, START.experiment_id, "u-7"),
+        (reply.id, "thumbs_up", arm, START.experiment_id, "u-7"), (reply.id, "thumbs_up", arm, START.experiment_id, "u-7"),
+        (reply.id, "thumbs_down", arm, START.experiment_id, "u-7"), (streamed[0].id, "rating", arm, START.experiment_id, "u-7"),
     ]  # fmt: skip
     assert feedback[0].event_id == feedback[1].event_id and feedback[0].response == reply.choices[0].message.content
+
+    # Through the sink into ClickHouse: three distinct events (the double click is one); the A/B
+    # analysis counts the user once, in their arm, with each answer's latest verdict.
+    sink = SinkProcess(app_settings)
+    try:
+        sink.wait_ready()
+        sink.wait_counts({"feedback": 3, "exposures": 2, "interactions": 2})
+        ab = sink.get_json(f"/sql/ab_users?experiment={START.experiment_id}")
+        rows = {row[ab["columns"].index("variant")]: dict(zip(ab["columns"], row)) for row in ab["data"]}
+        assert {k: rows[arm][k] for k in ("users_exposed", "users", "feedback", "positives", "thumbs_down", "ratings")} == {
+            "users_exposed": 1, "users": 1, "feedback": 2, "positives": 1, "thumbs_down": 1, "ratings": 1}  # fmt: skip
+        assert rows[arm]["model_version"] == version
+    finally:
+        assert sink.stop() == 0, sink.output()

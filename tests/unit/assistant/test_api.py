@@ -15,6 +15,7 @@ import assistant.answering as answering
 from assistant.answering import Assistant, PolicyPool
 from schemas.experiments import ExperimentBook
 from assistant.feedback import feedback_event_id
+from schemas.events import latest_verdicts
 from assistant.service import build_app
 from core.settings import AssistantSettings, Settings
 from tests.unit.assistant.test_service import Client, Registry, loads  # noqa: F401 (a fixture)
@@ -117,16 +118,24 @@ def message(reply: dict) -> str:
     return reply["error"]["message"]
 
 
-def test_feedback_with_the_token_is_filled_from_what_was_served_under_one_id_per_interaction(loads):  # noqa: F811
+def test_feedback_with_the_token_is_filled_from_what_was_served_one_id_per_distinct_verdict(loads):  # noqa: F811
     client, _, producer = make(loads, api_keys=(SecretStr(KEY),))
     a = answered(client)
     up = post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up", comment="nice")
-    assert up == {"status": 200, "event_id": feedback_event_id(a["id"]), "interaction_id": a["id"], "recorded": True}
+    assert up == {"status": 200, "event_id": feedback_event_id((a["id"], "verdict"), 0), "interaction_id": a["id"], "recorded": True}
+    again = post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up", comment="nice")
+    assert again["event_id"] == up["event_id"]  # a double click: the same event, deduped downstream
     down = post_feedback(client, None, interaction_id=a["id"], type="rating", rating=2, token=a["feedback_token"])
-    assert down["event_id"] == up["event_id"]  # a change of mind is the same event, newer
-    first, second = producer.feedbacks
+    assert down["event_id"] == feedback_event_id((a["id"], "verdict"), 1)  # a change of mind: a new, later event
+    fix = post_feedback(client, KEY, interaction_id=a["id"], type="correction", correction="Open Settings > Security.")
+    assert fix["event_id"] == feedback_event_id((a["id"], "correction"), 0)  # beside the verdict, not replacing it
+    back = post_feedback(client, KEY, interaction_id=a["id"], type="thumbs_up")
+    assert back["event_id"] == feedback_event_id((a["id"], "verdict"), 2)  # up, down, up again: the third verdict, not the first
+    first, repeat, second, correction, third = producer.feedbacks
     assert (first.query, first.response, first.model_version, first.user_id) == ("How do I reset my password?", a["choices"][0]["message"]["content"], "v1", "u-1")
     assert (first.feedback_type, first.metadata, second.feedback_type, second.rating) == ("thumbs_up", {"source": "http", "comment": "nice"}, "rating", 2)
+    assert repeat.event_id == first.event_id and third.event_id not in {first.event_id, second.event_id}
+    assert [e.feedback_type for e in latest_verdicts(producer.feedbacks)] == ["correction", "thumbs_up"]
 
 
 def test_feedback_access_and_errors(loads):  # noqa: F811

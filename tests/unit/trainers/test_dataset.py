@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import timedelta
 
 import pytest
 
@@ -105,11 +106,23 @@ def test_empty_oversize_and_unchanged_text_is_dropped_with_a_reason():
     assert data.summary["events"]["accepted"] == 1
 
 
+def test_a_changed_mind_counts_once_with_the_latest_verdict_and_a_correction_beside_it():
+    up = ev("A", "thumbs_up")
+    t = up.timestamp
+    down = up.model_copy(update={"event_id": "later", "feedback_type": "thumbs_down", "timestamp": t + timedelta(seconds=5)})
+    fix = up.model_copy(update={"event_id": "fix", "feedback_type": "correction", "correction": "B", "timestamp": t + timedelta(seconds=1)})
+    data = build([down, up, fix])  # arrival order does not matter: the later timestamp wins
+    assert data.summary["dropped"] == {"superseded_verdict": 1}
+    assert data.summary["events"]["by_type"] == {"thumbs_down": 1, "correction": 1}
+    assert [(p["chosen"], p["rejected"]) for p in data.train_pairs] == [("B", "A")]
+    assert [(p["response"], p["label"]) for p in data.train_points] == [("A", 0.0)]
+
+
 def test_bad_records_are_counted_not_raised():
     good = ev("A", "thumbs_up")
     records = [
         good.model_dump(),  # a valid dict
-        good.model_copy(update={"event_id": "other"}).to_bytes(),  # valid JSON bytes
+        good.model_copy(update={"event_id": "other", "interaction_id": "i-other"}).to_bytes(),  # valid JSON bytes
         {"query": Q},  # missing fields
         {**good.model_dump(), "event_id": "x", "feedback_type": "rating"},  # rating type without a rating
         {**good.model_dump(), "event_id": "y", "feedback_type": "rating", "rating": 9},
