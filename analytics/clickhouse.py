@@ -26,7 +26,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
-from analytics.tables import CONSUMER_LAG, DEAD_LETTERS, EVENT_TABLES, EXPERIMENTS, Table
+from analytics.tables import CONSUMER_LAG, DEAD_LETTERS, ERASURES, EVENT_TABLES, EXPERIMENTS, USER_TABLES, Table
 from core.settings import Settings
 
 Mode = Literal["chdb", "server"]
@@ -80,6 +80,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     )),
     Migration("0003_experiments", (EXPERIMENTS.ddl(),)),
     Migration("0004_dead_letters_and_lag", (DEAD_LETTERS.ddl(), CONSUMER_LAG.ddl())),
+    Migration("0005_erasures", (ERASURES.ddl(),)),
 )
 
 @dataclass
@@ -117,6 +118,21 @@ class Warehouse:
             if rows.num_rows:
                 c.insert_arrow(table.name, rows)
         return rows.num_rows
+
+    def erased_users(self) -> set[str]:
+        with self.locked() as c:
+            return {r[0] for r in c.query(f"SELECT user_id FROM {ERASURES.name} FINAL").result_rows}
+
+    def forget_users(self, users: list[str]) -> int:
+        """Delete every row of `users`: their events, and dead letters whose text names them as
+        `"user_id": "..."` (a letter is the raw record, which may not parse). Idempotent; returns
+        how many users."""
+        with self.locked() as c:
+            for table in USER_TABLES:
+                c.command(f"DELETE FROM {table.name} WHERE user_id IN {{users:Array(String)}}", parameters={"users": users})
+            named = "arrayExists(u -> position(value, concat('\"user_id\":\"', u, '\"')) > 0 OR position(value, concat('\"user_id\": \"', u, '\"')) > 0, {users:Array(String)})"
+            c.command(f"DELETE FROM {DEAD_LETTERS.name} WHERE {named}", parameters={"users": users})
+        return len(users)
 
     def close(self) -> None:
         with self.locked() as c:

@@ -184,6 +184,19 @@ _QUERIES = (
         {"experiment": "", "bucket_s": 3600},
     ),
     NamedQuery(
+        "user_rows",
+        "Rows each table holds for one user, dead letters naming them included: what `rlhf privacy forget` must bring to 0.",
+        """
+        SELECT 'interactions' AS table, count() AS rows FROM interactions WHERE user_id = {user:String}
+        UNION ALL SELECT 'feedback', count() FROM feedback WHERE user_id = {user:String}
+        UNION ALL SELECT 'exposures', count() FROM exposures WHERE user_id = {user:String}
+        UNION ALL SELECT 'dead_letters', count() FROM dead_letters WHERE position(value, concat('"user_id":"', {user:String}, '"')) > 0
+                                                                  OR position(value, concat('"user_id": "', {user:String}, '"')) > 0
+        UNION ALL SELECT 'erasures', count() FROM erasures WHERE user_id = {user:String}
+        """,
+        {"user": ""},
+    ),
+    NamedQuery(
         "time_span",
         "First and last feedback timestamps (the dashboard sizes its time buckets from them).",
         "SELECT min(ts) AS first, max(ts) AS last, count() AS rows FROM feedback",

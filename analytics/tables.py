@@ -126,7 +126,12 @@ DEAD_LETTERS = Table("dead_letters", _columns(
     ("dlq", LABEL), ("origin_topic", LABEL), ("origin_partition", COUNT), ("origin_offset", COUNT), ("key", TEXT), ("reason", TEXT),
     ("value", TEXT),
 ), order_by=("dlq", "origin_topic", "origin_partition", "origin_offset"))  # fmt: skip
-EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_METRICS, TRAINING_STATUS, MODEL_PUBLISHED, EXPERIMENTS, DEAD_LETTERS)
+# Users who asked to be forgotten (`rlhf privacy forget`): the sink deletes their rows and stores none again.
+ERASURES = Table("erasures", _columns(("user_id", TEXT), ("reason", TEXT)), order_by=("user_id",))
+EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_METRICS, TRAINING_STATUS, MODEL_PUBLISHED, EXPERIMENTS, DEAD_LETTERS,
+                                   ERASURES)  # fmt: skip
+# The tables that hold a user's own events; a user's dead letters are found by the id in their text.
+USER_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES)
 
 # Not an event table: the sink samples every consumer group's lag into it (consumers/sink/lag.py).
 CONSUMER_LAG = Table("consumer_lag", _columns(

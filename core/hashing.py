@@ -19,3 +19,9 @@ def stable_hash64(*parts: str) -> int:
 def stable_fraction(*parts: str) -> float:
     """A number in [0, 1) that depends only on `parts`."""
     return stable_hash64(*parts) / _SCALE
+
+
+def user_fingerprint(user_id: str) -> str:
+    """What a model version records about whose data it learned from: a one-way digest, so a
+    manifest names no user, yet `rlhf privacy forget USER` finds the versions that had theirs."""
+    return hashlib.blake2b(f"user\x1f{user_id}".encode(), digest_size=16).hexdigest()

@@ -32,7 +32,6 @@ from consumers.trainer.job import ensure_base_policy
 from core.settings import Settings, load_settings
 from core.errors import RlhfError
 from devtools.kafka_local import LocalBroker, free_port
-from sdk.client import FeedbackClient
 from demo.supervisor import Supervisor
 from schemas.topics import group_id, topic_name
 from sdk.admin import GroupProgress, create_topics, group_progress
@@ -176,32 +175,31 @@ class Demo:
         serve = httpx.Client(base_url=f"http://127.0.0.1:{self.serve_port}")
         bar = tqdm(total=self.plan.rounds, desc="RLHF rounds", unit="round", dynamic_ncols=True)
         try:
-            with FeedbackClient.from_settings(settings) as client:
-                while len(self.results) < self.plan.rounds:
-                    if time.monotonic() > deadline:
-                        raise DemoError(f"time budget of {self.plan.budget_s:.0f}s ran out after {len(self.results)} rounds")
-                    self.supervisor.check()
-                    watch.poll()
-                    # A round ends when the gate rejects it or the decider decides it: recorded as
-                    # soon as seen, so the next round's training cannot hide it until later.
-                    self._settle_rejections(watch)
-                    self._record_decisions(watch)
-                    bar.update(len(self.results) - bar.n)
-                    if len(self.results) >= self.plan.rounds:
-                        break
-                    if watch.training_active:  # training owns the CPU; users wait instead of competing
-                        t = watch.training
-                        bar.set_postfix_str(f"training {t.stage or t.state} {_short(t.metrics)}")
-                        self._fault_drill("trainer")
-                        time.sleep(1.0)
-                        continue
-                    stats = population.step(serve, client, self.plan.batch)
-                    self.feedback_sent += stats.feedback
-                    self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
-                    self._fault_drill("streams")
-                    self._fault_drill("broker")
-                    experiment = watch.open_experiment()
-                    bar.set_postfix_str(f"A/B test {experiment} (the decider decides)" if experiment else f"collecting feedback: {self.feedback_sent} sent")
+            while len(self.results) < self.plan.rounds:
+                if time.monotonic() > deadline:
+                    raise DemoError(f"time budget of {self.plan.budget_s:.0f}s ran out after {len(self.results)} rounds")
+                self.supervisor.check()
+                watch.poll()
+                # A round ends when the gate rejects it or the decider decides it: recorded as
+                # soon as seen, so the next round's training cannot hide it until later.
+                self._settle_rejections(watch)
+                self._record_decisions(watch)
+                bar.update(len(self.results) - bar.n)
+                if len(self.results) >= self.plan.rounds:
+                    break
+                if watch.training_active:  # training owns the CPU; users wait instead of competing
+                    t = watch.training
+                    bar.set_postfix_str(f"training {t.stage or t.state} {_short(t.metrics)}")
+                    self._fault_drill("trainer")
+                    time.sleep(1.0)
+                    continue
+                stats = population.step(serve, self.plan.batch)
+                self.feedback_sent += stats.feedback
+                self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
+                self._fault_drill("streams")
+                self._fault_drill("broker")
+                experiment = watch.open_experiment()
+                bar.set_postfix_str(f"A/B test {experiment} (the decider decides)" if experiment else f"collecting feedback: {self.feedback_sent} sent")
         finally:
             bar.close()
             watch.close()
@@ -235,7 +233,8 @@ class Demo:
         elif target == "trainer":
             time.sleep(3)  # let it get into the training proper
             self.supervisor.kill("trainer")
-        elif target == "broker" and self.feedback_sent >= self.plan.train_threshold + 300:  # during the A/B test
+        # Once a trigger's worth of feedback is in: whatever the gate then decides, the bounce has happened.
+        elif target == "broker" and self.feedback_sent >= self.plan.train_threshold:
             self.broker.down()
             self.broker.up()
         else:

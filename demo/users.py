@@ -1,20 +1,39 @@
 """A simulated population of chat users for `rlhf demo` and the end-to-end tests.
 
-Users ask generated support questions through the real assistant service, read the answers, and
-react through the real producer SDK according to the hidden preference `synthetic.quality`, which
-the system never sees: thumbs, 1-5 ratings (noisy), and corrections (the answer they wanted).
-Every random choice comes from one seeded generator, so a run is reproducible.
+Users talk to the assistant service the way a chat app does: `POST /v1/chat/completions` (the
+OpenAI-compatible API) for an answer, then `POST /v1/feedback` with the answer's feedback token,
+as a browser would. They react according to the hidden preference `synthetic.quality`, which the
+system never sees: thumbs, 1-5 ratings (noisy), and corrections (the answer they wanted).
+
+A step's users ask concurrently (the service micro-batches them), each with its own random
+generator drawn in order from the population's seeded one, so a run is reproducible whatever
+order the answers come back in.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 
-from sdk.client import FeedbackClient
 from trainers.synthetic import Question, all_questions, answer, quality
+
+CONCURRENT_USERS = 32  # requests in flight per step: what the service batches together
+RETRIES_ON_503 = 8  # a full queue, or feedback Kafka did not take (a broker bounce): a chat app tries again
+
+
+def post(http: httpx.Client, path: str, body: dict, **kw) -> dict:
+    """POST as a chat app would: again, with a growing pause, while the service answers 503."""
+    for attempt in range(RETRIES_ON_503 + 1):
+        r = http.post(path, json=body, timeout=300, **kw)
+        if r.status_code != 503 or attempt == RETRIES_ON_503:
+            r.raise_for_status()
+            return r.json()
+        time.sleep(0.25 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -39,36 +58,37 @@ class Population:
         self.behaviour = behaviour
         self.questions: list[Question] = all_questions()
 
-    def react(self, client: FeedbackClient, user_id: str, q: Question, reply: dict) -> bool | None:
-        """Send this user's feedback on one answer; returns whether it was positive (None: no reaction)."""
-        b, rng = self.behaviour, self.rng
+    def reaction(self, q: Question, response: str, rng: random.Random) -> dict | None:
+        """This user's verdict on one answer as a `/v1/feedback` body (without the interaction), or None."""
+        b = self.behaviour
         if rng.random() >= b.feedback_rate:
             return None
-        score = quality(q, reply["response"])
-        common = dict(interaction_id=reply["interaction_id"], user_id=user_id, query=q.text, response=reply["response"],
-                      model_version=reply["model_version"], experiment=reply["experiment"], variant=reply["variant"])  # fmt: skip
+        score = quality(q, response)
         if rng.random() < b.rating_share:
-            rating = min(5, max(1, round(1 + 4 * score + rng.gauss(0, b.rating_noise))))
-            client.feedback(**common, feedback_type="rating", rating=rating)
-            return rating >= 4
+            return {"type": "rating", "rating": min(5, max(1, round(1 + 4 * score + rng.gauss(0, b.rating_noise))))}
         liked = rng.random() < score
         if not liked and rng.random() < b.correction_share:
-            client.feedback(**common, feedback_type="correction", correction=answer(q, "helpful", rng))
-        else:
-            client.feedback(**common, feedback_type="thumbs_up" if liked else "thumbs_down")
-        return liked
+            return {"type": "correction", "correction": answer(q, "helpful", rng)}
+        return {"type": "thumbs_up" if liked else "thumbs_down"}
 
-    def step(self, http: httpx.Client, client: FeedbackClient, n: int) -> RoundStats:
+    def ask(self, http: httpx.Client, user: str, q: Question, rng: random.Random) -> bool | None:
+        """One user asks, reads the answer and reacts; returns whether the reaction was positive (None: none)."""
+        completion = post(http, "/v1/chat/completions", {"messages": [{"role": "user", "content": q.text}], "user": user})
+        verdict = self.reaction(q, completion["choices"][0]["message"]["content"], rng)
+        if verdict is None:
+            return None
+        token = {"Authorization": f"Bearer {completion['feedback_token']}"}  # as a browser: the answer's token, no API key
+        post(http, "/v1/feedback", {"interaction_id": completion["id"], **verdict}, headers=token)  # a 2xx: Kafka has it
+        return verdict["type"] == "thumbs_up" or verdict.get("rating", 0) >= 4
+
+    def step(self, http: httpx.Client, n: int) -> RoundStats:
         """`n` users each ask one question through the service and react to the answer."""
-        asks = [(self.rng.choice(self.users), self.rng.choice(self.questions)) for _ in range(n)]
-        response = http.post("/chat/batch", json=[{"user_id": u, "query": q.text} for u, q in asks], timeout=300)
-        response.raise_for_status()
+        asks = [(self.rng.choice(self.users), self.rng.choice(self.questions), random.Random(self.rng.getrandbits(64))) for _ in range(n)]
+        with ThreadPoolExecutor(min(n, CONCURRENT_USERS)) as pool:
+            reactions = list(pool.map(lambda a: self.ask(http, *a), asks))
         stats = RoundStats(interactions=n)
-        for (user, q), reply in zip(asks, response.json()):
-            positive = self.react(client, user, q, reply)
+        for positive in reactions:
             if positive is not None:
                 stats.feedback += 1
                 stats.positive += positive
-        client.flush()
         return stats
-

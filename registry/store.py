@@ -56,6 +56,10 @@ class Manifest:
     code_version: str = ""
     reason: str = ""
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    # Whose feedback it learned from (core.hashing.user_fingerprint: a digest, no user id), and of
+    # those, who has since asked to be forgotten, here or in an ancestor (`mark_erased`): retrain it.
+    data_users: list[str] = field(default_factory=list)
+    erased_users: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,23 @@ class ModelRegistry:
             updated = Manifest(**{**asdict(self.manifest(kind, version)), "status": status, "reason": reason or self.manifest(kind, version).reason})
             _write_atomically(self.path(kind, version) / MANIFEST, json.dumps(asdict(updated), indent=2))
         return updated
+
+    def mark_erased(self, fingerprint: str) -> list[tuple[Kind, str]]:
+        """Record, on every version that learned from the feedback of the user behind `fingerprint`
+        (core.hashing.user_fingerprint), that they asked to be forgotten: directly (its data_users),
+        or through its parent policy or its reward model. Returns those (kind, version); idempotent."""
+        marked: dict[tuple[Kind, str], Manifest] = {}
+        with self._locked():
+            for kind in ("reward_models", "policies"):  # a policy inherits from its reward model, and
+                for m in self.versions(kind):  # oldest first, from its parent
+                    inherited = ("policies", m.parent_version) in marked or ("reward_models", m.reward_model_version) in marked
+                    if fingerprint in m.data_users or inherited:
+                        marked[(kind, m.version)] = m
+            for (kind, version), m in marked.items():
+                if fingerprint not in m.erased_users:
+                    updated = Manifest(**{**asdict(m), "erased_users": [*m.erased_users, fingerprint]})
+                    _write_atomically(self.path(kind, version) / MANIFEST, json.dumps(asdict(updated), indent=2))
+        return sorted(marked)
 
     # ---- pointers: what serves -----------------------------------------------------------
     def pointers(self) -> dict[str, dict[str, Any]]:

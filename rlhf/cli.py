@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from core.errors import RlhfError
-from rlhf.commands import analytics, core, demo, policy, reward, services, streams
+from rlhf.commands import analytics, core, demo, policy, privacy, reward, services, streams
 
-COMMAND_GROUPS = (core, streams, reward, policy, services, analytics, demo)
+COMMAND_GROUPS = (core, streams, reward, policy, services, analytics, privacy, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

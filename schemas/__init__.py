@@ -2,6 +2,7 @@
 
 from schemas.events import (
     DeadLetter,
+    ErasureRequest,
     Event,
     ExposureEvent,
     FeedbackEvent,
@@ -18,6 +19,7 @@ from schemas.events import (
 
 __all__ = [
     "DeadLetter",
+    "ErasureRequest",
     "Event",
     "ExposureEvent",
     "FeedbackEvent",

@@ -145,6 +145,14 @@ def latest_verdicts(events: Iterable[FeedbackEvent]) -> list[FeedbackEvent]:
     return [event for _, event in sorted(latest.values(), key=lambda kept: kept[0])]
 
 
+class ErasureRequest(Event):
+    """A user's data is to be forgotten (`rlhf privacy forget`): kept on a compacted topic, keyed by
+    the user, so every reader at any time sees each erased user once, for as long as the topic lives."""
+
+    user_id: Id
+    reason: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
 class ExposureEvent(Event):
     """A user was shown a variant of an experiment (logged at assignment, before any feedback)."""
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from schemas.experiments import ExperimentEvent
 from schemas import (
     DeadLetter,
+    ErasureRequest,
     ExposureEvent,
     FeedbackEvent,
     InteractionEvent,
@@ -46,8 +47,8 @@ class InternalTopic:
     purpose: str
 
 
-# Processes: "assistant" (HTTP service), "sdk" (any Python app), "streams" (Faust worker),
-# "trainer", "decider" (`rlhf decider run`, and `rlhf models promote|rollback` by hand), "sink", "demo" (driver).
+# Processes: "operators" (people, through `rlhf` commands), "assistant" (HTTP service), "sdk" (any Python app),
+# "streams" (Faust worker), "trainer", "decider" (`rlhf decider run`, and `rlhf models promote|rollback` by hand), "sink", "demo" (driver).
 TOPICS: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
@@ -69,6 +70,10 @@ TOPICS: dict[str, TopicSpec] = {
                   keyed_partitions=False, config={"retention.ms": str(365 * DAY_MS)},
                   why_one_partition="an experiment's start and decision in one order; one active decider (the partition's owner) at a time"),  # fmt: skip
         TopicSpec("metrics", "window", WindowMetrics, ("streams",), ("sink",)),
+        # Compacted: the latest request per user is kept forever, so an erasure outlives any retention.
+        TopicSpec("erasures", "user_id", ErasureRequest, ("operators",), ("trainer", "sink"), keyed_partitions=False,
+                  config={"cleanup.policy": "compact"},
+                  why_one_partition="small; every replay reads it whole, from the beginning, before it trains"),  # fmt: skip
     )
 }
 

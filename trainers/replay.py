@@ -6,6 +6,7 @@
 The trigger's offset ranges also hold records the stream app did not accept (dead letters,
 duplicates, other policies' feedback); `event_ids` says which were. Of several copies of one event
 id the first by (partition, offset) is kept: copies are producer retries of the same event.
+Events of users who asked to be forgotten are left out, whenever they asked (trainers/erasures.py).
 The consumer is assigned the exact offsets and never commits, so replays leave no trace.
 """
 
@@ -19,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from core.settings import Settings
 from core.errors import EventValidationError, TrainingError
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger, parse_event
+from trainers.erasures import erased_users
 
 
 def _check_readable(consumer: Consumer, trigger: TrainTrigger, r: OffsetRange, timeout: float) -> None:
@@ -33,13 +35,19 @@ def _check_readable(consumer: Consumer, trigger: TrainTrigger, r: OffsetRange, t
         raise TrainingError(f"{where} is not readable: the partition now holds [{low}, {high}) (retention, or a different cluster?)")
 
 
-def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger, timeout: float = 30.0) -> list[FeedbackEvent]:
-    """The accepted feedback events `trigger` covers, in `trigger.event_ids` order.
+def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger, timeout: float = 30.0,
+                   erased: frozenset[str] | None = None) -> list[FeedbackEvent]:
+    """The accepted feedback events `trigger` covers, in `trigger.event_ids` order, less those of
+    erased users: `erased`, or, given Settings, everyone on the erasures topic now (trainers/erasures.py).
 
     Raises TrainingError when a range is empty or unreadable, reading takes longer than `timeout`
     seconds, or any of the trigger's event ids is not found in its ranges.
     """
-    bootstrap = settings_or_bootstrap if isinstance(settings_or_bootstrap, str) else settings_or_bootstrap.kafka.bootstrap_servers
+    if isinstance(settings_or_bootstrap, str):
+        bootstrap, erased = settings_or_bootstrap, erased or frozenset()
+    else:
+        bootstrap = settings_or_bootstrap.kafka.bootstrap_servers
+        erased = erased_users(settings_or_bootstrap, timeout) if erased is None else erased
     if not trigger.ranges or not trigger.event_ids:
         raise TrainingError(f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})")
     consumer = Consumer({
@@ -91,4 +99,4 @@ def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger,
     missing = [event_id for event_id in trigger.event_ids if event_id not in found]
     if missing:
         raise TrainingError(f"trigger {trigger.trigger_id}: {len(missing)} of {len(wanted)} event ids are not in its ranges (first: {missing[0]})")
-    return [found[event_id][2] for event_id in trigger.event_ids]
+    return [event for event in (found[event_id][2] for event_id in trigger.event_ids) if event.user_id not in erased]

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from analytics.clickhouse import Warehouse
 from analytics.errors import ClickHouseError
-from analytics.tables import CONSUMER_LAG
+from analytics.tables import CONSUMER_LAG, ERASURES
 from consumers.dead_letters import dead_letter_of
 from consumers.sink.lag import SAMPLE_EVERY_S, lag_rows
 from consumers.sink.rows import ROUTES
@@ -44,6 +44,7 @@ log = logging.getLogger("rlhf.sink")
 GROUP = CONSUMER_GROUPS["sink"]
 # Topics without a DLQ of their own dead-letter into the feedback DLQ, the events' generic one.
 DEFAULT_DLQ = "feedback-dlq"
+ERASURES_ROUTE = "erasures"
 
 
 @dataclass
@@ -102,6 +103,7 @@ class Sink:
         self._dlq = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **PRODUCER_DEFAULTS})
         self._batch = Batch()
         self._dlq_failures: list[str] = []
+        self._erased = warehouse.erased_users()
 
     def run(self, stop: threading.Event) -> None:
         c = self.settings.clickhouse
@@ -162,9 +164,10 @@ class Sink:
         batch, self._batch = self._batch, Batch()
         if not batch.messages:
             return
+        self._forget(batch.rows.pop(ERASURES_ROUTE, []))
         for name, rows in batch.rows.items():
             table = ROUTES[name].table
-            arrow = table.to_arrow(rows)
+            arrow = table.to_arrow([r for r in rows if r.get("user_id") not in self._erased])
             self.stats.inserted += _with_retries(lambda: self.warehouse.insert_new(table, arrow))
         remaining, failures = self._dlq.flush(30), self._dlq_failures
         self._dlq_failures = []
@@ -174,6 +177,17 @@ class Sink:
         self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in batch.offsets.items()], asynchronous=False)
         self.stats.messages += batch.messages
         log.info("batch %d: %d messages, %d rows stored", self.stats.batches, batch.messages, self.stats.inserted)
+
+    def _forget(self, erasures: list[dict[str, Any]]) -> None:
+        """Erasures first in every batch: recorded, the users' stored rows deleted, and none of their
+        events stored again (this batch's included), also after a restart (`erased_users` at start)."""
+        if not erasures:
+            return
+        _with_retries(lambda: self.warehouse.insert_new(ERASURES, ERASURES.to_arrow(erasures)))
+        users = sorted({r["user_id"] for r in erasures})
+        _with_retries(lambda: self.warehouse.forget_users(users))
+        self._erased.update(users)
+        log.info("forgot %d users: their rows are deleted and no new ones are stored", len(users))
 
     def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
         # Commit what we hold for partitions we are about to lose, so the next owner starts after it.

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from analytics.tables import DEAD_LETTERS, EXPERIMENTS, EXPOSURES, FEEDBACK, INTERACTIONS, MODEL_PUBLISHED, TRAINING_STATUS, WINDOW_METRICS, Table
+from analytics.tables import DEAD_LETTERS, ERASURES, EXPERIMENTS, EXPOSURES, FEEDBACK, INTERACTIONS, MODEL_PUBLISHED, TRAINING_STATUS, WINDOW_METRICS, Table
 from core.settings import Settings
-from schemas import DeadLetter, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
+from schemas import DeadLetter, ErasureRequest, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
 from schemas.experiments import ExperimentEvent, ExperimentStarted
 
 
@@ -75,6 +75,10 @@ def dead_letter_row(dlq: str) -> Callable[[DeadLetter, Settings], dict[str, Any]
     return row
 
 
+def erasure_row(e: ErasureRequest, _: Settings) -> dict[str, Any]:
+    return {"user_id": e.user_id, "reason": e.reason, "ts": e.timestamp}
+
+
 @dataclass(frozen=True)
 class Route:
     """Where one topic's events go: the schema they must pass, the table, and the row they become."""
@@ -94,4 +98,5 @@ ROUTES: Mapping[str, Route] = {
     "experiments": Route(ExperimentEvent, EXPERIMENTS, experiment_row),
     "feedback-dlq": Route(DeadLetter, DEAD_LETTERS, dead_letter_row("feedback-dlq")),
     "train-triggers-dlq": Route(DeadLetter, DEAD_LETTERS, dead_letter_row("train-triggers-dlq")),
+    "erasures": Route(ErasureRequest, ERASURES, erasure_row),
 }

@@ -20,6 +20,7 @@ from pathlib import Path
 from registry.store import Manifest, ModelRegistry, code_version, version_for
 from consumers.decider.decisions import published
 from consumers.emitter import EventEmitter
+from core.hashing import user_fingerprint
 from core.settings import Settings
 from core.errors import GuardrailRejection, RlhfError, TrainingError
 from schemas import FeedbackEvent, TrainTrigger
@@ -52,6 +53,11 @@ def ensure_base_policy(settings: Settings, policy: str = DEFAULT_POLICY) -> str:
             raise TrainingError(f"policy.base_model {settings.policy.base_model!r}: the registry needs a local directory to copy as the base version")
         registry.register_base(policy, BASE_VERSION, lambda d: shutil.copytree(source, d, dirs_exist_ok=True))
     return registry.serving(policy) or BASE_VERSION
+
+
+def data_users(events: list[FeedbackEvent]) -> list[str]:
+    """Whose feedback a version learns from, as fingerprints (the manifest names no user)."""
+    return sorted({user_fingerprint(e.user_id) for e in events})
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -101,6 +107,7 @@ class TrainingJob:
         if manifest is None:  # another trainer published this trigger meanwhile
             emitter.status(trigger, "finished", message=f"already published as {version}")
             return
+        self._mark_late_erasures(events)
         emitter.emit("model-published", published(manifest, manifest.status, manifest.reason), trigger.policy)  # type: ignore[arg-type]
         stage = manifest.status
         if manifest.status == "candidate" and self.settings.ab_testing.enabled:  # the round stays open until its experiment is decided
@@ -143,7 +150,7 @@ class TrainingJob:
                 return Manifest(
                     version=rm_version, kind="reward_models", policy=trigger.policy, status="candidate", trigger_id=trigger.trigger_id,
                     data_ranges=[r.model_dump() for r in trigger.ranges], metrics=flatten_metrics(metrics), config_hash=config_hash(self.settings),
-                    code_version=code_version(),
+                    code_version=code_version(), data_users=data_users(events),
                 )  # fmt: skip
 
             progress("reward_model")
@@ -168,7 +175,7 @@ class TrainingJob:
         lineage = dict(
             version=version, kind="policies", policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
             reward_model_version=rm_version, data_ranges=[r.model_dump() for r in trigger.ranges],
-            config_hash=config_hash(self.settings), code_version=code_version(),
+            config_hash=config_hash(self.settings), code_version=code_version(), data_users=data_users(events),
         )  # fmt: skip
         try:
             metrics = optimise_policy(
@@ -186,6 +193,14 @@ class TrainingJob:
             **lineage, status="candidate" if improved else "rejected", reason=reason,
             metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **flatten_metrics(metrics)},
         )
+
+    def _mark_late_erasures(self, events: list[FeedbackEvent]) -> None:
+        """A user erased after the replay and before the publish: `rlhf privacy forget` marked the
+        versions that existed then; this marks the ones just trained on their data."""
+        from trainers.erasures import erased_users
+
+        for user in {e.user_id for e in events} & erased_users(self.settings):
+            self.registry.mark_erased(user_fingerprint(user))
 
     @staticmethod
     def _lineage(trigger: TrainTrigger) -> dict:

@@ -1,0 +1,121 @@
+"""`rlhf privacy forget U` on the real broker and the sink's ClickHouse: U's feedback was in a
+trigger's data; afterwards a rebuild of that trigger's dataset holds none of U's events, ClickHouse
+holds no row of U (and stores none of U's later events, also after the sink restarts), and the
+registry lists the versions that learned from U, directly or through a parent."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from consumers.trainer.job import data_users
+from core.hashing import user_fingerprint
+from registry.store import Manifest, ModelRegistry
+from schemas import FeedbackEvent, OffsetRange, TrainTrigger
+from schemas.topics import topic_name
+from sdk.client import FeedbackClient
+from tests.integration.analytics.conftest import SinkProcess, rlhf
+from trainers.dataset import build_dataset
+from trainers.replay import replay_trigger
+
+pytestmark = pytest.mark.integration
+U, V = "u-forget-me", "u-stays"
+
+
+def feedback(user: str, n: int) -> FeedbackEvent:
+    return FeedbackEvent(interaction_id=f"i-{user}-{n}", user_id=user, query=f"How do I export report {n}?",
+                         response=f"Open Reports, pick report {n}, then Export." if n % 2 else "Please contact support.",
+                         model_version="v1", feedback_type="thumbs_up" if n % 2 else "thumbs_down")  # fmt: skip
+
+
+def send(settings, events: list[FeedbackEvent]) -> None:
+    with FeedbackClient(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix) as client:
+        for event in events:
+            client.send("feedback", event, key=event.user_id)
+
+
+def trigger_over(settings, events: list[FeedbackEvent]) -> TrainTrigger:
+    """A trigger naming the whole feedback topic as it is now, and these events, as the stream worker would."""
+    topic = topic_name(settings.kafka.topic_prefix, "feedback")
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "t-watermarks"})
+    try:
+        ranges = []
+        for p in range(settings.kafka.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ranges.append(OffsetRange(topic=topic, partition=p, start=low, end=high))
+    finally:
+        consumer.close()
+    return TrainTrigger(policy="assistant", model_version="v1", ranges=tuple(ranges), event_ids=tuple(e.event_id for e in events))
+
+
+def publish(registry: ModelRegistry, kind: str, version: str, users: list[str], **lineage) -> None:
+    registry.publish(kind, version, lambda d: Manifest(version=version, kind=kind, policy="assistant", status="candidate",
+                                                       data_users=users, **lineage))  # fmt: skip
+    time.sleep(0.01)  # created_at orders parents before children
+
+
+def rows_of(sink: SinkProcess, user: str) -> dict[str, int]:
+    j = sink.get_json(f"/sql/user_rows?user={user}")
+    return {table: rows for table, rows in j["data"]}
+
+
+def wait_for(check, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_forget_removes_a_user_from_training_data_and_clickhouse_and_lists_their_versions(settings):
+    before = [feedback(U, n) for n in range(4)] + [feedback(V, n) for n in range(4)]
+    send(settings, before)
+    trigger = trigger_over(settings, before)
+    replayed = replay_trigger(settings, trigger)
+    assert {e.user_id for e in replayed} == {U, V}
+
+    # What the trainer would have published from that trigger: a reward model and a policy on it,
+    # a child policy of that one (no new data of U's), and a version that never saw U.
+    registry = ModelRegistry(settings.registry_path)
+    publish(registry, "reward_models", "rm-1", data_users(replayed))
+    publish(registry, "policies", "p-1", data_users(replayed), reward_model_version="rm-1", parent_version="base")
+    publish(registry, "policies", "p-2", [user_fingerprint(V)], reward_model_version="rm-2", parent_version="p-1")
+    publish(registry, "policies", "p-other", [user_fingerprint(V)], reward_model_version="rm-2", parent_version="base")
+
+    sink = SinkProcess(settings)
+    try:
+        sink.wait_ready()
+        wait_for(lambda: rows_of(sink, U)["feedback"] == 4, what="U's feedback in ClickHouse")
+
+        forgotten = rlhf(settings, sink.port, "privacy", "forget", U, "--reason", "ticket 42")
+        assert forgotten.returncode == 0, forgotten.stderr
+        listed = [line.split()[4] for line in forgotten.stdout.splitlines() if line.startswith("trained on their data")]
+        assert listed == ["policies/p-1", "policies/p-2", "reward_models/rm-1"]
+        assert registry.manifest("policies", "p-2").erased_users == [user_fingerprint(U)]
+        assert registry.manifest("policies", "p-other").erased_users == []
+        again = rlhf(settings, sink.port, "privacy", "forget", U)  # idempotent
+        assert again.returncode == 0 and registry.manifest("policies", "p-1").erased_users == [user_fingerprint(U)]
+
+        # The next rebuild of that trigger's data, and the dataset from it, hold none of U's events.
+        rebuilt = replay_trigger(settings, trigger)
+        assert rebuilt == [e for e in replayed if e.user_id == V]
+        assert build_dataset(rebuilt).summary["events"]["accepted"] == 4
+
+        wait_for(lambda: rows_of(sink, U) == {"interactions": 0, "feedback": 0, "exposures": 0, "dead_letters": 0, "erasures": 1},
+                 what="U's rows deleted")  # fmt: skip
+        send(settings, [feedback(U, 10), feedback(V, 10)])  # U's app still sends: never stored again
+        wait_for(lambda: rows_of(sink, V)["feedback"] == 5, what="V's later feedback")
+        assert rows_of(sink, U)["feedback"] == 0
+    finally:
+        assert sink.stop() == 0, sink.output()
+
+    restarted = SinkProcess(settings, port=sink.port)  # the erasure survives a restart
+    try:
+        restarted.wait_ready()
+        send(settings, [feedback(U, 11), feedback(V, 11)])
+        wait_for(lambda: rows_of(restarted, V)["feedback"] == 6, what="V's feedback after the restart")
+        assert rows_of(restarted, U)["feedback"] == 0
+    finally:
+        assert restarted.stop() == 0, restarted.output()
