@@ -10,11 +10,12 @@ Routes:
     GET /api/ab            ?experiment=NAME: analytics.decision.report as JSON, {"experiment",
                            "decision" (promote | rollback | keep_running | no_data), "reason",
                            "users": {variant: exposed users}, "statistics": {name: number}, "decisions": [...]}
-    GET /healthz           {"status": "ok", "mode": "chdb" | "server"}
+    GET /healthz           {"status": "ok", "mode": "chdb" | "server"}: the only route without a key
 
-Plots are server-rendered inline SVG, so the page works offline and needs no JavaScript. Consumer
-lag and dead letters are not shown: the sink stores neither in ClickHouse (dead letters go to the
-DLQ topics, lag lives in Kafka), and this package does not talk to Kafka.
+With `clickhouse.dashboard_keys`, every other route takes `Authorization: Bearer KEY` or `?key=KEY`;
+listening beyond loopback without one is refused at start (core/access.py).
+
+Plots are server-rendered inline SVG, so the page works offline and needs no JavaScript.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from analytics.clickhouse import Warehouse
 from analytics.decision import Decision, analyze, current_experiment, report
 from analytics.errors import AnalyticsError, UnknownQueryError
 from analytics.queries import QUERIES, run_query
+from core.access import WWW_AUTHENTICATE, ApiKeys, bearer, require_keys_beyond_loopback
 from core.settings import Settings
 from core.errors import RlhfError
 
@@ -55,7 +57,16 @@ def frame_json(frame: pd.DataFrame) -> Response:
 
 
 def create_app(warehouse: Warehouse, settings: Settings) -> FastAPI:
+    keys = ApiKeys(settings.clickhouse.dashboard_keys)
+    require_keys_beyond_loopback(settings.clickhouse.dashboard_host, keys, "clickhouse.dashboard_keys")
+
+    def key_holder(request: Request) -> None:
+        """A browser cannot set a header on a link: the key may come as `?key=` too."""
+        if not keys.open and not keys.matches(bearer(request) or request.query_params.get("key")):
+            raise HTTPException(401, "missing or invalid dashboard key: send `Authorization: Bearer <key>` or `?key=<key>`", headers=WWW_AUTHENTICATE)
+
     app = FastAPI(title="rlhf-stream analytics", docs_url=None, redoc_url=None)
+    private = APIRouter(dependencies=[Depends(key_holder)])
 
     @app.exception_handler(RlhfError)
     async def _our_error(_: Request, exc: RlhfError) -> JSONResponse:
@@ -66,22 +77,23 @@ def create_app(warehouse: Warehouse, settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "mode": warehouse.mode, "database": warehouse.database}
 
-    @app.get("/api/queries")
+    @private.get("/api/queries")
     def queries() -> list[dict]:
         return [{"name": q.name, "description": q.description, "parameters": dict(q.defaults)} for q in QUERIES.values()]
 
-    @app.get("/sql/{name}")
+    @private.get("/sql/{name}")
     def sql(name: str, request: Request) -> Response:
-        return frame_json(run_query(warehouse, name, dict(request.query_params)))
+        return frame_json(run_query(warehouse, name, {k: v for k, v in request.query_params.items() if k != "key"}))
 
-    @app.get("/api/ab")
+    @private.get("/api/ab")
     def ab(experiment: str | None = None) -> dict:
         return report(analyze(warehouse, settings, experiment))
 
-    @app.get("/", response_class=HTMLResponse)
+    @private.get("/", response_class=HTMLResponse)
     def page(experiment: str | None = None) -> str:
         return render_page(warehouse, settings, experiment)
 
+    app.include_router(private)
     return app
 
 

@@ -27,12 +27,15 @@ T = TypeVar("T")
 
 def ask_owner(settings: Settings, path: str, timeout_s: float = 120.0) -> Any:
     """JSON from the sink's dashboard; OwnerUnreachableError when nothing answers there."""
-    url = f"http://{settings.clickhouse.dashboard_host}:{settings.clickhouse.dashboard_port}{path}"
+    c = settings.clickhouse
+    url = f"http://{c.dashboard_host}:{c.dashboard_port}{path}"
+    keys = {"Authorization": f"Bearer {c.dashboard_keys[0].get_secret_value()}"} if c.dashboard_keys else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=keys), timeout=timeout_s) as response:
             return json.load(response)
-    except urllib.error.HTTPError as exc:  # it answered, with an error of ours (analytics.dashboard)
-        raise AnalyticsError(f"sink at {url}: {json.loads(exc.read() or b'{}').get('error', exc.reason)}") from None
+    except urllib.error.HTTPError as exc:  # it answered, with an error of ours (analytics.dashboard) or a refusal
+        body = json.loads(exc.read() or b"{}")
+        raise AnalyticsError(f"sink at {url}: {body.get('error') or body.get('detail') or exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise OwnerUnreachableError(

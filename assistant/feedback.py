@@ -26,7 +26,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.answering import Assistant
-from assistant.auth import WWW_AUTHENTICATE, ApiKeys, bearer
+from core.access import WWW_AUTHENTICATE, ApiKeys, bearer
 from assistant.recent import ExpiredInteraction, RecentInteractions, ServedInteraction, UnknownInteraction
 from assistant.tokens import Claims, TokenError
 from core.errors import DeliveryError, EventValidationError

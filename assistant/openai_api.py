@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from assistant.auth import ApiKeys
+from core.access import ApiKeys
 from assistant.answering import Assistant, ChatReply, ChatRequest, Sampling
 from schemas.events import MAX_QUERY_CHARS, Id, describe_errors, new_id
 

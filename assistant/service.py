@@ -11,7 +11,7 @@ neither a promotion nor an experiment's start drops or stalls a request.
 
 Routes: the OpenAI-compatible API (assistant/openai_api.py), feedback over HTTP with signed
 per-interaction tokens (assistant/feedback.py), the chat page at `/` (assistant/static/chat.html),
-and the original single-turn routes, which the demo's users call. API keys (assistant/auth.py)
+and the original single-turn routes, which the demo's users call. API keys (core/access.py)
 guard every route that generates; with none configured the service is open. Concurrent requests
 are micro-batched (assistant/batcher.py): one generate call per version and sampling setting.
 
@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse
 
 from assistant import feedback, openai_api
 from assistant.answering import Assistant, ChatReply, ChatRequest, PolicyPool, answer, load_version
-from assistant.auth import ApiKeys
+from core.access import ApiKeys
 from assistant.experiments import ExperimentFollower
 from schemas.experiments import ExperimentBook
 from assistant.openai_api import FEEDBACK_TOKEN_HEADER, install_error_shape

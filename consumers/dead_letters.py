@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from confluent_kafka import Message
 
+from core.redaction import Redactor
 from schemas import DeadLetter
 
 # Keeps a letter small whatever the error text: the record itself already travels in `value`.
 MAX_REASON_CHARS = 4000
 
 
-def dead_letter_of(msg: Message, reason: str) -> DeadLetter:
+def dead_letter_of(msg: Message, reason: str, redactor: Redactor | None = None) -> DeadLetter:
+    """The letter for `msg`; with a `redactor` (not in mode off), its text with the PII replaced:
+    a letter is stored in ClickHouse and read by people, so it must not carry what the event may not."""
+    value = (msg.value() or b"").decode(errors="replace")
+    if redactor is not None and redactor.mode != "off":
+        value = redactor.redact(value).text
     return DeadLetter(
         reason=reason[:MAX_REASON_CHARS], origin_topic=msg.topic(), origin_partition=msg.partition(), origin_offset=msg.offset(),
-        key=msg.key().decode(errors="replace") if msg.key() else None, value=(msg.value() or b"").decode(errors="replace"),
+        key=msg.key().decode(errors="replace") if msg.key() else None, value=value,
     )  # fmt: skip

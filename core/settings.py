@@ -52,6 +52,23 @@ class FeedbackSettings(Section):
     min_rating: int = Field(4, ge=1, le=5, description="A rating at or above this counts as positive.")
 
 
+class ProducerSettings(Section):
+    """The producer SDK (sdk/client.py): a send never waits on Kafka; what Kafka cannot take goes to a local spool."""
+
+    max_block_ms: float = Field(1.0, gt=0, description="Longest a send waits for the client's lock; past it the event is handed over without it.")
+    queue_max_events: int = Field(100_000, ge=100, description="librdkafka's in-memory queue; an event that finds it full is spooled instead.")
+    inbox_max_events: int = Field(200_000, ge=1, description="Events accepted while spooling that wait in memory for the pump to write them; past it `spool_on_full` applies.")
+    spool_dir: Path | None = Field(None, description="Spool directory (one `p<N>` slot per live process); default <home>/spool.")
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 16, description="Size cap of a process's spool on disk.")
+    spool_segment_bytes: int = Field(16 << 20, ge=1 << 12, description="Size of one spool segment file (at most half the cap).")
+    spool_on_full: Literal["drop_oldest", "drop_newest", "raise"] = Field("drop_oldest", description="At the cap: delete the oldest segment, refuse the new event, or raise SpoolFullError to the caller. Every loss is counted and logged.")
+    spool_fsync: Literal["always", "interval", "never"] = Field("interval", description="When spooled bytes are forced to disk (a process kill loses none of them either way; this is for machine crashes).")
+    spool_fsync_interval_s: float = Field(1.0, gt=0, description="fsync period under `interval`.")
+    drain_window: int = Field(20_000, ge=1, description="Spooled events re-sent before waiting for their acknowledgement and committing the spool's cursor.")
+    probe_interval_s: float = Field(0.5, gt=0, description="How often an unreachable broker is asked for metadata while events are spooled.")
+    gil_switch_interval_ms: float | None = Field(0.5, gt=0, description="Lower CPython's GIL switch interval (5 ms) to this: a thread waiting for the GIL waits up to one interval, so a send could wait 5 ms behind the producer's pump or any busy thread. None leaves it.")
+
+
 class RewardTrainingSettings(Section):
     epochs: int = Field(2, ge=1, description="Passes over the preference data (a trigger's buffer is small: one pass underfits it, more overfit the pairs).")
     batch_size: int = Field(16, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
@@ -93,6 +110,12 @@ class ContinuousLearningSettings(Section):
         if self.train_threshold > self.buffer_size:
             raise ValueError(f"train_threshold ({self.train_threshold}) must not exceed buffer_size ({self.buffer_size})")
         return self
+
+
+class StreamBatchingSettings(Section):
+    max_events: int = Field(1000, ge=1, description="Most records a stage of the stream worker (validation, per-policy ledger) takes in one batch.")
+    max_wait_s: float = Field(0.01, gt=0, description="How long a batch may wait to fill; a quiet stream's records are held back at most this long per stage.")
+    fetch_max_wait_ms: int = Field(100, ge=0, description="How long the broker may hold a fetch that finds no new records (Faust's own 1500 ms stalls the partitions behind it).")
 
 
 class VariantSettings(Section):
@@ -140,6 +163,7 @@ class ClickHouseSettings(Section):
     batch_seconds: float = Field(1.0, gt=0, description="... or once its oldest event has waited this long.")
     dashboard_host: str = Field("127.0.0.1", description="Interface of the dashboard and /sql endpoint (served by the sink).")
     dashboard_port: int = Field(8321, ge=1, le=65535, description="Port of the dashboard and /sql endpoint.")
+    dashboard_keys: tuple[SecretStr, ...] = Field((), description="Bearer keys of the dashboard and /sql (or `?key=` for a browser); required when dashboard_host is beyond loopback.")
 
 
 class RegistrySettings(Section):
@@ -161,6 +185,19 @@ class AssistantSettings(Section):
     queue_size: int = Field(256, ge=1, description="Requests waiting for generation beyond which new ones are refused with 503.")
 
 
+PrivacyMode = Literal["off", "redact", "drop"]
+PiiType = Literal["email", "phone", "card", "iban", "ip"]
+PII_TYPES: tuple[PiiType, ...] = get_args(PiiType)
+
+
+class PrivacySettings(Section):
+    """PII in the free text of feedback and interactions, where they enter the stream app and the sink."""
+
+    mode: PrivacyMode = Field("redact", description="PII in feedback and interactions (core/redaction.py): `redact` replaces it with typed placeholders such as <EMAIL>, `drop` sends the event to the DLQ, `off` stores it as sent.")
+    detectors: tuple[PiiType, ...] = Field(PII_TYPES, description="PII types looked for; names are not detected (no maintained offline detector).")
+    phone_region: str = Field("US", pattern=r"^[A-Z]{2}$", description="Region (ISO 3166 alpha-2) whose national phone formats are recognised; numbers written with + and a country code are found whatever it is.")
+
+
 class Settings(BaseSettings):
     """Everything configurable, one frozen object."""
 
@@ -171,13 +208,16 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=data_home, description="Root of persistent state.")
     kafka: KafkaSettings = KafkaSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    producer: ProducerSettings = ProducerSettings()
     reward_model: RewardModelSettings = RewardModelSettings()
     policy: PolicySettings = PolicySettings()
     continuous_learning: ContinuousLearningSettings = ContinuousLearningSettings()
+    stream_batching: StreamBatchingSettings = StreamBatchingSettings()
     ab_testing: ABTestingSettings = ABTestingSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     registry: RegistrySettings = RegistrySettings()
     assistant: AssistantSettings = AssistantSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -6,7 +6,8 @@
 The trigger's offset ranges also hold records the stream app did not accept (dead letters,
 duplicates, other policies' feedback); `event_ids` says which were. Of several copies of one event
 id the first by (partition, offset) is kept: copies are producer retries of the same event.
-Events of users who asked to be forgotten are left out, whenever they asked (trainers/erasures.py).
+Events of users who asked to be forgotten are left out, whenever they asked (trainers/erasures.py),
+and PII in the rest is replaced by placeholders (`privacy.mode`), so no training set holds it.
 The consumer is assigned the exact offsets and never commits, so replays leave no trace.
 """
 
@@ -17,6 +18,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from core.redaction import Redactor
 from core.settings import Settings
 from core.errors import EventValidationError, TrainingError
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger, parse_event
@@ -38,16 +40,19 @@ def _check_readable(consumer: Consumer, trigger: TrainTrigger, r: OffsetRange, t
 def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger, timeout: float = 30.0,
                    erased: frozenset[str] | None = None) -> list[FeedbackEvent]:
     """The accepted feedback events `trigger` covers, in `trigger.event_ids` order, less those of
-    erased users: `erased`, or, given Settings, everyone on the erasures topic now (trainers/erasures.py).
+    erased users: `erased`, or, given Settings, everyone on the erasures topic now (trainers/erasures.py);
+    their text redacted unless `privacy.mode` is off (the topic holds what users typed; training
+    data must not: core/redaction.py).
 
     Raises TrainingError when a range is empty or unreadable, reading takes longer than `timeout`
     seconds, or any of the trigger's event ids is not found in its ranges.
     """
     if isinstance(settings_or_bootstrap, str):
-        bootstrap, erased = settings_or_bootstrap, erased or frozenset()
+        bootstrap, erased, redactor = settings_or_bootstrap, erased or frozenset(), Redactor()
     else:
         bootstrap = settings_or_bootstrap.kafka.bootstrap_servers
         erased = erased_users(settings_or_bootstrap, timeout) if erased is None else erased
+        redactor = Redactor.from_settings(settings_or_bootstrap.privacy)
     if not trigger.ranges or not trigger.event_ids:
         raise TrainingError(f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})")
     consumer = Consumer({
@@ -99,4 +104,5 @@ def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger,
     missing = [event_id for event_id in trigger.event_ids if event_id not in found]
     if missing:
         raise TrainingError(f"trigger {trigger.trigger_id}: {len(missing)} of {len(wanted)} event ids are not in its ranges (first: {missing[0]})")
-    return [event for event in (found[event_id][2] for event_id in trigger.event_ids) if event.user_id not in erased]
+    kept = [event for event in (found[event_id][2] for event_id in trigger.event_ids) if event.user_id not in erased]
+    return kept if redactor.mode == "off" else [redactor.redact_event(event).event for event in kept]

@@ -34,8 +34,9 @@ from consumers.dead_letters import dead_letter_of
 from consumers.sink.lag import SAMPLE_EVERY_S, lag_rows
 from consumers.sink.rows import ROUTES
 from core.errors import DeliveryError, EventValidationError
+from core.redaction import PiiFound, Redactor
 from core.settings import Settings
-from schemas import parse_event
+from schemas import DeadLetter, parse_event
 from schemas.topics import CONSUMER_GROUPS, TOPICS, group_id, topic_name
 from sdk.client import PRODUCER_DEFAULTS
 
@@ -104,6 +105,7 @@ class Sink:
         self._batch = Batch()
         self._dlq_failures: list[str] = []
         self._erased = warehouse.erased_users()
+        self._redactor = Redactor.from_settings(settings.privacy)
 
     def run(self, stop: threading.Event) -> None:
         c = self.settings.clickhouse
@@ -142,15 +144,23 @@ class Sink:
         name = self._topics[msg.topic()]
         route = ROUTES[name]
         try:
-            event = parse_event(route.model, msg.value())
-        except EventValidationError as exc:
+            event = self._private(parse_event(route.model, msg.value()))
+        except (EventValidationError, PiiFound) as exc:
             self._dead_letter(msg, name, str(exc))
             self._batch.add(msg)
             return
         self._batch.add(msg, name, route.row(event, self.settings))
 
+    def _private(self, event: Any) -> Any:
+        """What may be stored of `event` under `privacy.mode`: its text redacted (or PiiFound, in mode
+        drop), a dead letter's raw text redacted. The stream app counts the PII it finds; the sink
+        redacts again because events reach it straight from the topics, not through the stream app."""
+        if isinstance(event, DeadLetter):
+            return event if self._redactor.mode == "off" else event.model_copy(update={"value": self._redactor.redact(event.value).text})
+        return self._redactor.apply(event).event
+
     def _dead_letter(self, msg: Message, name: str, reason: str) -> None:
-        letter = dead_letter_of(msg, f"sink: {reason}")
+        letter = dead_letter_of(msg, f"sink: {reason}", self._redactor)
         self._dlq.produce(topic_name(self._prefix, TOPICS[name].dlq or DEFAULT_DLQ), value=letter.to_bytes(), on_delivery=self._on_dlq_delivery)
         self._dlq.poll(0)
         self.stats.dead_letters += 1

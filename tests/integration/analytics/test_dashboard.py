@@ -12,8 +12,10 @@ import pytest
 from matplotlib import image
 
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from analytics.dashboard import create_app
+from core.errors import ConfigError
 from devtools.kafka_local import free_port
 from tests.integration.analytics.conftest import REPO, SinkProcess, produce, rlhf
 from tests.integration.analytics.world import build_world
@@ -90,3 +92,19 @@ def test_ab_analyze_on_a_brand_new_warehouse_says_no_data(warehouse_settings):
     assert done.returncode == 0 and "no data yet" in done.stdout and "Traceback" not in done.stderr, done.stdout + done.stderr
     as_json = rlhf(warehouse_settings, free_port(), "ab", "analyze", "--json")
     assert as_json.returncode == 0 and '"decision": "no_data"' in as_json.stdout, as_json.stderr
+
+
+def test_with_keys_everything_but_healthz_needs_one_and_an_open_dashboard_stays_on_loopback(warehouse, warehouse_settings):
+    keyed = warehouse_settings.model_copy(update={"clickhouse": warehouse_settings.clickhouse.model_copy(
+        update={"dashboard_keys": (SecretStr("dash-key"),), "dashboard_host": "0.0.0.0"})})  # fmt: skip
+    client = TestClient(create_app(warehouse, keyed))
+    assert client.get("/healthz").status_code == 200
+    for path in ("/", "/sql/table_counts", "/api/ab", "/api/queries"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+        assert client.get(path, headers={"Authorization": "Bearer dash-key"}).status_code == 200, path
+    assert client.get("/sql/table_counts?key=dash-key").json()["columns"] == ["table", "rows"]  # a browser's link
+    open_beyond_loopback = keyed.model_copy(update={"clickhouse": keyed.clickhouse.model_copy(update={"dashboard_keys": ()})})
+    with pytest.raises(ConfigError, match="clickhouse.dashboard_keys: none configured, but the server would listen on 0.0.0.0"):
+        create_app(warehouse, open_beyond_loopback)
+    assert "dash-key" not in keyed.model_dump_json() and "dash-key" not in repr(keyed)  # secrets print as ****

@@ -1,7 +1,12 @@
-"""`rlhf privacy forget U` on the real broker and the sink's ClickHouse: U's feedback was in a
-trigger's data; afterwards a rebuild of that trigger's dataset holds none of U's events, ClickHouse
-holds no row of U (and stores none of U's later events, also after the sink restarts), and the
-registry lists the versions that learned from U, directly or through a parent."""
+"""Privacy on the real broker and the sink's ClickHouse.
+
+Erasure: `rlhf privacy forget U`: U's feedback was in a trigger's data; afterwards a rebuild of that
+trigger's dataset holds none of U's events, ClickHouse holds no row of U (and stores none of U's
+later events, also after the sink restarts), and the registry lists the versions that learned from
+U, directly or through a parent.
+
+Redaction: PII of every type planted in query, response and correction (and in a record that fails
+validation) reaches neither ClickHouse nor the dataset a trigger rebuilds."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from consumers.trainer.job import data_users
+from analytics.clickhouse import open_warehouse
 from core.hashing import user_fingerprint
 from registry.store import Manifest, ModelRegistry
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
@@ -119,3 +125,48 @@ def test_forget_removes_a_user_from_training_data_and_clickhouse_and_lists_their
         assert rows_of(restarted, U)["feedback"] == 0
     finally:
         assert restarted.stop() == 0, restarted.output()
+
+
+PII = {  # type -> a value of it, as a user might type it
+    "email": "ann.lee@example.com", "phone": "+44 20 7946 0958", "card": "4111 1111 1111 1111",
+    "iban": "DE89 3704 0044 0532 0130 00", "ip": "203.0.113.77",
+}  # fmt: skip
+
+
+def planted(n: int, pii_type: str, value: str) -> list[FeedbackEvent]:
+    user = f"u-pii-{n}"
+    event = FeedbackEvent(interaction_id=f"i-pii-{n}", user_id=user, query=f"My {pii_type} is {value}, why was I charged?",
+                          response=f"I see {value} on file.", model_version="v1", feedback_type="thumbs_down")  # fmt: skip
+    correction = event.model_copy(update={"event_id": f"{event.event_id}-fix", "feedback_type": "correction",
+                                          "correction": f"Never repeat {value}; open Billing > Charges."})  # fmt: skip
+    return [event, correction]
+
+
+def test_planted_pii_reaches_neither_clickhouse_nor_a_rebuilt_dataset(settings):
+    events = [e for n, (t, v) in enumerate(PII.items()) for e in planted(n, t, v)]
+    send(settings, events)
+    with FeedbackClient(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix) as client:  # fails validation: a dead letter
+        client.send_bytes(topic_name(settings.kafka.topic_prefix, "feedback"), f'{{"user_id": "u-bad", "query": "{PII["email"]}"}}'.encode(), "u-bad")
+
+    rebuilt = replay_trigger(settings, trigger_over(settings, events))
+    texts = " ".join(f"{e.query} {e.response} {e.correction or ''}" for e in rebuilt)
+    data = build_dataset(rebuilt, eval_fraction=0.0)
+    texts += " ".join(str(row) for split in (data.train_pairs, data.train_points) for row in split)
+    assert all(f"<{t.upper()}>" in texts for t in PII)
+    assert not [t for t, v in PII.items() if v in texts or v.replace(" ", "") in texts]
+
+    sink = SinkProcess(settings)
+    try:
+        sink.wait_ready()
+        sink.wait_counts({"feedback": len(events)})
+        wait_for(lambda: sink.counts().get("dead_letters", 0) >= 1, what="the invalid record's dead letter")
+    finally:
+        assert sink.stop() == 0, sink.output()
+    warehouse = open_warehouse(settings)  # the sink has let go of the embedded database
+    try:
+        stored = " ".join(str(v) for table in ("feedback", "interactions", "dead_letters")
+                          for row in warehouse.query_df(f"SELECT * FROM {table}").itertuples() for v in row)  # fmt: skip
+    finally:
+        warehouse.close()
+    assert "<EMAIL>" in stored and "<CARD>" in stored
+    assert not [t for t, v in PII.items() if v in stored or v.replace(" ", "") in stored]

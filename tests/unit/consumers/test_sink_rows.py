@@ -8,7 +8,7 @@ import pytest
 from consumers.sink.consumer import Batch
 from consumers.sink.rows import ROUTES, feedback_row
 from core.settings import load_settings
-from schemas import DeadLetter, Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics, parse_event
+from schemas import DeadLetter, ErasureRequest, Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics, parse_event
 from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 SETTINGS = load_settings(None)
@@ -77,6 +77,7 @@ SAMPLES: dict[str, Event] = {
                                origin_offset=41, key="u1", value="{not json"),
     "train-triggers-dlq": DeadLetter(reason="TrainingError: no accepted feedback", origin_topic="rlhf.train-triggers", origin_partition=0,
                                      origin_offset=7, value="{}"),
+    "erasures": ErasureRequest(user_id="u1", reason="ticket 42"),
 }  # fmt: skip
 
 

@@ -1,17 +1,22 @@
-"""Who may call the API: Bearer API keys (`assistant.api_keys`), compared in constant time.
+"""Who may call an HTTP surface: Bearer keys, compared in constant time. The assistant's API
+(`assistant.api_keys`) and the sink's dashboard and `/sql` (`clickhouse.dashboard_keys`) use it.
 
-With no key configured the API is open (a local or demo deployment); with keys, a request
-without one, or with a wrong one, is a 401. Feedback also accepts an interaction's feedback
-token in place of a key (assistant/feedback.py), so a browser needs no credentials.
+With no key configured a surface is open (a local or demo deployment); with keys, a request
+without one, or with a wrong one, is a 401. The assistant's feedback also accepts an interaction's
+feedback token in place of a key (assistant/feedback.py), so a browser needs no credentials. A
+surface bound beyond loopback must have keys (`require_keys_beyond_loopback`).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Iterable
 
 from fastapi import HTTPException, Request
 from pydantic import SecretStr
+
+from core.errors import ConfigError
 
 WWW_AUTHENTICATE = {"WWW-Authenticate": "Bearer"}
 
@@ -46,3 +51,19 @@ class ApiKeys:
             raise HTTPException(401, "missing API key: send `Authorization: Bearer <key>`", headers=WWW_AUTHENTICATE)
         if not self.matches(credential):
             raise HTTPException(401, "invalid API key", headers=WWW_AUTHENTICATE)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def require_keys_beyond_loopback(host: str, keys: ApiKeys, setting: str) -> None:
+    """Refuse to serve an open surface where others can reach it: ConfigError naming the setting."""
+    if keys.open and not is_loopback(host):
+        raise ConfigError(f"{setting}: none configured, but the server would listen on {host}, beyond loopback; "
+                          "configure a key (as a secret, e.g. in the environment) or listen on 127.0.0.1")  # fmt: skip
