@@ -18,6 +18,7 @@ import threading
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from core.kafka_clients import client_config
 from core.errors import EventValidationError
 from core.settings import Settings
 from schemas import parse_event
@@ -34,7 +35,7 @@ class ExperimentFollower:
     partition has been read to the end it had when reached."""
 
     def __init__(self, settings: Settings, book: ExperimentBook):
-        self.bootstrap_servers = settings.kafka.bootstrap_servers
+        self.connection = client_config(settings.kafka)
         self.topic = topic_name(settings.kafka.topic_prefix, "experiments")
         # The client insists on a group id; no group is joined (partitions are assigned) and nothing is committed.
         self.group = group_id(settings.kafka.topic_prefix, "assistant-experiments")
@@ -43,7 +44,7 @@ class ExperimentFollower:
 
     def run(self, stop: threading.Event) -> None:
         consumer = Consumer({
-            "bootstrap.servers": self.bootstrap_servers, "group.id": self.group,
+            **self.connection, "group.id": self.group,
             "enable.auto.commit": False, "enable.partition.eof": True,
         })  # fmt: skip
         try:

@@ -2,8 +2,10 @@
 
 The request names the interaction and the verdict; the server fills in what it served (query,
 response, model version, experiment, variant, user: assistant/recent.py), so a client cannot
-forge them, and produces the `FeedbackEvent` through the SDK, flushed: a 2xx means Kafka has it
-(or, `recorded: false`, that the interaction was sampled out at `feedback.collection_rate`).
+forge them, and produces the `FeedbackEvent` through the SDK, flushed: a 2xx means Kafka has it, or,
+while Kafka is away, the SDK's local spool has it, fsynced, to be re-sent (sdk/pump.py); or, with
+`recorded: false`, that the interaction was sampled out at `feedback.collection_rate`. A 503 means
+the event was lost (refused by the broker, or dropped at the spool's cap): send it again.
 
 Who may post: an API key holder, or whoever holds the interaction's feedback token (Bearer or a
 `token` field: a browser needs no key); with no key configured, anyone. A token is checked even
@@ -116,7 +118,7 @@ def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:
             raise HTTPException(400, str(exc)) from None
         try:
             sent = assistant.client.feedback(event)
-            assistant.client.flush()  # a 2xx means the broker acknowledged it
+            assistant.client.flush()  # acknowledged by the broker, or spooled and fsynced
         except DeliveryError as exc:
             raise HTTPException(503, f"feedback not delivered, send it again: {exc}") from None
         return FeedbackReceipt(event_id=event.event_id, interaction_id=event.interaction_id, recorded=sent is not None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError, Producer
 
+from core.kafka_clients import client_config
 from core.errors import DeliveryError
 from core.settings import Settings
 from schemas import Event, TrainingStatus, TrainTrigger
@@ -24,7 +25,7 @@ class EventEmitter:
     """Produces events keyed as the topic registry says, one acknowledged write at a time."""
 
     def __init__(self, settings: Settings):
-        self._producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **PRODUCER_DEFAULTS, "linger.ms": 0})
+        self._producer = Producer({**client_config(settings.kafka), **PRODUCER_DEFAULTS, "linger.ms": 0})
         self._prefix = settings.kafka.topic_prefix
 
     def emit(self, topic: str, event: Event, key: str | None = None) -> None:

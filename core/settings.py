@@ -45,6 +45,28 @@ class KafkaSettings(Section):
     controller_port: int = Field(9093, ge=1, le=65535, description="Local broker's KRaft controller port.")
     data_dir: Path | None = Field(None, description="Local broker's data directory; default under RLHF_HOME.")
     partitions: int = Field(3, ge=1, description="Partitions of the keyed event topics.")
+    replication_factor: int = Field(1, ge=1, description="Replicas of every topic the project creates (3 on a production cluster).")
+    min_insync_replicas: int = Field(1, ge=1, description="Replicas that must have a write before acks=all succeeds (2 with replication 3); a topic in schemas/topics.py may ask for more.")
+    # Security, one section for every client (core/kafka_clients.py maps it for confluent-kafka and Faust).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="How clients connect.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field("SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols).")
+    sasl_username: str | None = Field(None, description="SASL user (SASL_* protocols).")
+    sasl_password: SecretStr | None = Field(None, description="SASL password: a secret (RLHF_KAFKA__SASL_PASSWORD); never printed.")
+    ssl_ca_location: Path | None = Field(None, description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL); unset = the system's CAs.")
+    ssl_certificate_location: Path | None = Field(None, description="Client certificate (PEM), for brokers that authenticate clients by TLS.")
+    ssl_key_location: Path | None = Field(None, description="The client certificate's private key (PEM).")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the private key, if it is encrypted.")
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> "KafkaSettings":
+        if self.security_protocol.startswith("SASL_") and (self.sasl_username is None or self.sasl_password is None):
+            missing = [n for n in ("sasl_username", "sasl_password") if getattr(self, n) is None]
+            raise ValueError(f"kafka.{missing[0]}: required with security_protocol {self.security_protocol}")
+        if (self.ssl_certificate_location is None) != (self.ssl_key_location is None):
+            raise ValueError("kafka.ssl_key_location: a client certificate and its key go together; set both or neither")
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"kafka.min_insync_replicas: {self.min_insync_replicas} is more than replication_factor {self.replication_factor}")
+        return self
 
 
 class FeedbackSettings(Section):

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from consumers.sink.consumer import GROUP as SINK_GROUP
 from consumers.sink.rows import ROUTES as SINK_ROUTES
 from consumers.trainer.job import ensure_base_policy
+from core.kafka_clients import client_config
 from core.settings import Settings, load_settings
 from core.errors import RlhfError
 from devtools.kafka_local import LocalBroker, free_port
@@ -96,7 +97,7 @@ class StatusWatch:
     TOPICS = ("training-status", "model-published", "experiments")
 
     def __init__(self, settings: Settings):
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "demo-driver", "enable.auto.commit": False})
+        self.consumer = Consumer({**client_config(settings.kafka), "group.id": "demo-driver", "enable.auto.commit": False})
         self.consumer.assign([TopicPartition(topic_name(settings.kafka.topic_prefix, t), 0, 0) for t in self.TOPICS])
         self.training: TrainingStatus | None = None
         self.published: list[ModelPublished] = []

@@ -1,9 +1,15 @@
-"""A real single-node Apache Kafka 4.x broker (KRaft) on 127.0.0.1, without Docker.
+"""Real Apache Kafka 4.x brokers (KRaft) on 127.0.0.1, without Docker: one node, or a cluster of
+several (`LocalCluster`), plaintext or secured (SASL_SSL).
 
-`rlhf kafka up|down|status`. The official runtime jars are resolved from Maven Central with the
-machine's Maven (cached under ~/.cache/rlhf-stream/kafka-VERSION), storage is formatted once in a
-persistent data directory, the JVM runs detached with its log in DATA/broker.log, and `up`
-returns only when the broker answers a metadata request.
+`rlhf kafka up [--secure] [--brokers 3]|down|status`. The official runtime jars are resolved from
+Maven Central with the machine's Maven (cached under ~/.cache/rlhf-stream/kafka-VERSION), storage is
+formatted once in a persistent data directory, each JVM runs detached with its log in
+DATA/broker.log, and `up` returns only when the brokers answer a metadata request.
+
+Secured (`sasl=`): the client listener is SASL_SSL, with one user accepted by SCRAM-SHA-256,
+SCRAM-SHA-512 (credentials written into the metadata log when storage is formatted) and PLAIN,
+and TLS from a local CA (devtools/kafka_tls.py); brokers talk to each other the same way. Only the
+controller listener, on loopback, is plaintext.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 
 from core.settings import cache_home
 from core.errors import BrokerError
+from devtools.kafka_tls import TlsFiles, ensure_tls
 
 FILES = Path(__file__).parent / "kafka"  # pom.xml (the runtime jars) and log4j2.yaml (the broker log)
 
@@ -51,13 +58,26 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
+class Sasl:
+    """The secured listener's one user (its password is a plain str here: the broker's config needs it)."""
+
+    username: str
+    password: str
+
+
+@dataclass(frozen=True)
 class LocalBroker:
-    """One broker: its ports, its data directory, and the Kafka version it runs."""
+    """One node: its ports, its data directory, the Kafka version, and, in a cluster, its id and
+    the controller quorum (`voters`: (node id, controller port) of every node)."""
 
     data_dir: Path
     port: int = 9092
     controller_port: int = 9093
     version: str = "4.1.1"
+    node_id: int = 1
+    voters: tuple[tuple[int, int], ...] = ()
+    sasl: Sasl | None = None
+    tls_dir: Path | None = None  # default DATA/tls; a cluster shares one CA
 
     @property
     def bootstrap_servers(self) -> str:
@@ -75,31 +95,71 @@ class LocalBroker:
     def _properties(self) -> Path:
         return self.data_dir / "server.properties"
 
+    @property
+    def tls(self) -> TlsFiles | None:
+        return None if self.sasl is None else TlsFiles(self.tls_dir or self.data_dir / "tls")
+
+    def client_config(self, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """confluent-kafka settings that reach this broker (as its user, when secured)."""
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        if self.sasl is not None and self.tls is not None:
+            config |= {"security.protocol": "SASL_SSL", "sasl.mechanisms": mechanism, "sasl.username": self.sasl.username,
+                       "sasl.password": self.sasl.password, "ssl.ca.location": str(self.tls.ca)}  # fmt: skip
+        return config
+
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)  # the properties hold the secured listener's password
+        nodes = len(self.voters) or 1
+        listener = "PLAINTEXT" if self.sasl is None else "SASL_SSL"
+        quorum = ({"controller.quorum.voters": ",".join(f"{n}@127.0.0.1:{p}" for n, p in self.voters)} if self.voters
+                  else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"})  # fmt: skip
+        internal_rf, internal_isr = str(min(3, nodes)), str(min(2, nodes))
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "node.id": str(self.node_id),
+            **quorum,
+            "listeners": f"{listener}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"{listener}://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": listener,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
             "log.dirs": str(self.data_dir / "logs"),
             "num.partitions": "3",
             "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": internal_rf,
             "offsets.topic.num.partitions": "10",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": internal_rf,
+            "transaction.state.log.min.isr": internal_isr,
             "transaction.state.log.num.partitions": "5",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": internal_rf,
+            "share.coordinator.state.topic.min.isr": internal_isr,
             "group.initial.rebalance.delay.ms": "0",
+            **self._security_properties(),
         }
         self._properties.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        os.chmod(self._properties, 0o600)
         shutil.copy(FILES / "log4j2.yaml", self.data_dir / "log4j2.yaml")
+
+    def _security_properties(self) -> dict[str, str]:
+        if self.sasl is None or self.tls is None:
+            return {}
+        ensure_tls(self.tls.directory)
+        user, password = self.sasl.username, self.sasl.password
+        scram = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";'
+        plain = f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{user}" password="{password}" user_{user}="{password}";'
+        return {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": plain,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.tls.broker_keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.tls.ca),
+            "ssl.client.auth": "none",
+        }
 
     def _java(self, lib: Path, main: str, *args: str) -> list[str]:
         return [
@@ -109,11 +169,16 @@ class LocalBroker:
             "-cp", f"{lib}/*", main, *args,
         ]  # fmt: skip
 
-    def _format_once(self, lib: Path) -> None:
+    def _format_once(self, lib: Path, cluster_id: str | None = None) -> None:
         if (self.data_dir / "logs" / "meta.properties").is_file():
             return
-        cluster_id = subprocess.run(self._java(lib, "kafka.tools.StorageTool", "random-uuid"), capture_output=True, text=True, check=True)
-        fmt = self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id.stdout.strip(), "-c", str(self._properties), "--standalone")
+        cluster_id = cluster_id or new_cluster_id(lib)
+        fmt = self._java(lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self._properties))
+        if not self.voters:
+            fmt.append("--standalone")
+        if self.sasl is not None:  # SCRAM credentials live in the metadata log, written here
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                fmt += ["--add-scram", f"{mechanism}=[name={self.sasl.username},password={self.sasl.password}]"]
         done = subprocess.run(fmt, capture_output=True, text=True)
         if done.returncode != 0:
             raise BrokerError(f"formatting {self.data_dir} failed: {done.stdout}{done.stderr}")
@@ -130,14 +195,15 @@ class LocalBroker:
             return None
         return pid
 
-    def is_ready(self, timeout: float = 2.0) -> bool:
+    def is_ready(self, timeout: float = 2.0, brokers: int = 1) -> bool:
+        """Does it answer a metadata request naming at least `brokers` brokers?"""
         from confluent_kafka.admin import AdminClient
 
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout):
                 pass
-            admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "socket.timeout.ms": int(timeout * 1000)})
-            return len(admin.list_topics(timeout=timeout).brokers) > 0
+            admin = AdminClient({**self.client_config(), "socket.timeout.ms": int(timeout * 1000)})
+            return len(admin.list_topics(timeout=timeout).brokers) >= brokers
         except Exception:
             return False
 
@@ -147,15 +213,7 @@ class LocalBroker:
             if self.wait_ready(timeout):
                 return
             raise BrokerError(f"broker pid {self.pid()} is running but not answering on {self.bootstrap_servers}; see {self.log_file}")
-        lib = resolve_jars(self.version)
-        self._write_config()
-        self._format_once(lib)
-        with open(self.data_dir / "broker.stdout", "ab") as out:
-            proc = subprocess.Popen(
-                self._java(lib, "kafka.Kafka", str(self._properties)),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        self._pid_file.write_text(str(proc.pid))
+        proc = self.start(resolve_jars(self.version))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -164,6 +222,18 @@ class LocalBroker:
                 return
             time.sleep(0.5)
         raise BrokerError(f"broker did not become ready on {self.bootstrap_servers} within {timeout:.0f}s; see {self.log_file}")
+
+    def start(self, lib: Path, cluster_id: str | None = None) -> subprocess.Popen:
+        """Write the config, format once, and launch the JVM detached; does not wait."""
+        self._write_config()
+        self._format_once(lib, cluster_id)
+        with open(self.data_dir / "broker.stdout", "ab") as out:
+            proc = subprocess.Popen(
+                self._java(lib, "kafka.Kafka", str(self._properties)),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        self._pid_file.write_text(str(proc.pid))
+        return proc
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -199,6 +269,11 @@ class LocalBroker:
         """Command line of Kafka's own console consumer (an independent client for interop tests)."""
         lib = lib or resolve_jars(self.version)
         return self._java(lib, "org.apache.kafka.tools.consumer.ConsoleConsumer", "--bootstrap-server", self.bootstrap_servers)
+
+
+def new_cluster_id(lib: Path) -> str:
+    done = subprocess.run(["java", "-cp", f"{lib}/*", "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
 
 
 def _alive(pid: int) -> bool:

@@ -9,20 +9,34 @@
 Events are validated before anything is queued (bad input raises `EventValidationError` and
 sends nothing), keyed by user id so one user's events stay ordered, and sampled per interaction
 at `feedback.collection_rate` with a stable hash so every process makes the same choice.
-Delivery failures are collected and raised from `flush()` (and so from the context manager).
+
+A send never waits on Kafka (sdk/pump.py): it is a non-blocking produce, or, while the broker is
+unreachable or librdkafka's queue is full, an append to a durable local spool (sdk/spool.py, under
+`<home>/spool`) that is re-sent in order, with the same event ids, once the broker answers; a
+restarted app re-sends what its predecessor spooled. `flush()` returns once every event accepted
+before it is acknowledged by Kafka or written to the spool, and raises `DeliveryError` if events
+were lost since the previous flush (refused by the broker, or dropped at the spool's cap by the
+`producer.spool_on_full` policy). `stats()` and the `on_notice` callback expose the counters.
+
+What a kill of the process loses: events accepted since the last `flush()` that were still in
+librdkafka's queue (direct sends not yet acknowledged) or in the in-memory inbox (spooled sends
+the pump had not yet written, at most ~5 ms of them). Anything written to the spool survives a
+process kill whatever the fsync policy; the policy only decides what a machine crash loses.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
-from confluent_kafka import KafkaError, Message, Producer
-
-from core.settings import Settings
+from core.kafka_clients import client_config
+from core.settings import ProducerSettings, Settings, data_home
 from core.errors import DeliveryError
 from core.hashing import stable_fraction
 from schemas.topics import topic_name
 from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, validate_event
+from sdk.pump import Notice, ProducerStats, Pump
 
 PRODUCER_DEFAULTS = {
     "enable.idempotence": True,
@@ -33,8 +47,9 @@ PRODUCER_DEFAULTS = {
     # Only failures come back as delivery reports: a Python callback per acknowledged event costs
     # about as much as the produce call itself, and success is what flush() returning means.
     "delivery.report.only.error": True,
+    # Reconnect to a returning broker within a second, not librdkafka's default 10 s backoff.
+    "reconnect.backoff.max.ms": 1000,
 }
-POLL_EVERY = 256
 E = TypeVar("E", InteractionEvent, FeedbackEvent)
 
 
@@ -44,25 +59,32 @@ def is_sampled(interaction_id: str, collection_rate: float) -> bool:
 
 
 class FeedbackClient:
-    """Thread-safe producer of interaction, feedback and exposure events."""
+    """Thread-safe producer of interaction, feedback and exposure events; sends never block."""
 
-    def __init__(self, bootstrap_servers: str, topic_prefix: str = "", collection_rate: float = 1.0, **producer_config: Any):
-        self._producer = Producer({"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **producer_config})
+    def __init__(self, bootstrap_servers: str, topic_prefix: str = "", collection_rate: float = 1.0, *, options: ProducerSettings | None = None,
+                 spool_dir: Path | None = None, on_notice: Callable[[Notice], None] | None = None, **producer_config: Any):  # fmt: skip
+        options = options or ProducerSettings()
         self.topic_prefix = topic_prefix
         self.collection_rate = collection_rate
         self._topics: dict[str, str] = {}  # registry name -> prefixed name, checked once
-        self._failures: list[str] = []
-        self._failed = 0
-        self._queued = 0
+        spool_dir = spool_dir or options.spool_dir or data_home() / "spool"
+        self._pump = Pump({"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **producer_config}, options, spool_dir, on_notice)
+        self._losses_seen = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings, **producer_config: Any) -> "FeedbackClient":
-        return cls(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.feedback.collection_rate, **producer_config)
+    def from_settings(cls, settings: Settings, on_notice: Callable[[Notice], None] | None = None, **producer_config: Any) -> "FeedbackClient":
+        security = {k: v for k, v in client_config(settings.kafka).items() if k != "bootstrap.servers"}
+        return cls(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.feedback.collection_rate, options=settings.producer,
+                   spool_dir=settings.producer.spool_dir or settings.home / "spool", on_notice=on_notice, **security, **producer_config)  # fmt: skip
 
     @property
     def delivered(self) -> int:
-        """Events the broker acknowledged so far: queued, minus failed, minus still in flight."""
-        return self._queued - self._failed - len(self._producer)
+        """Sends the broker acknowledged so far (a re-sent event counts each time it is acknowledged)."""
+        return self._pump.delivered
+
+    def stats(self) -> ProducerStats:
+        """Counters: sent, spooled, re-sent, failed, dropped, spool depth, what sits in memory."""
+        return self._pump.stats()
 
     def sampled(self, interaction_id: str) -> bool:
         return is_sampled(interaction_id, self.collection_rate)
@@ -88,37 +110,42 @@ class FeedbackClient:
         return ev
 
     def send(self, topic: str, event: Event, key: str | None) -> None:
-        """Queue an already-validated event on a registry topic; blocks briefly if the local queue is full."""
+        """Queue an already-validated event on a registry topic; never waits on Kafka."""
         full_topic = self._topics.get(topic) or self._topics.setdefault(topic, topic_name(self.topic_prefix, topic))
-        self.send_bytes(full_topic, event.to_bytes(), key)
+        self._pump.send(full_topic, event.to_bytes(), key)
 
     def send_bytes(self, full_topic: str, value: bytes, key: str | None) -> None:
-        while True:
-            try:
-                self._producer.produce(full_topic, value, key, on_delivery=self._on_delivery)
-                break
-            except BufferError:  # the local queue is full: let librdkafka drain it, then queue
-                self._producer.poll(0.05)
-        self._queued += 1
-        if self._queued % POLL_EVERY == 0:  # serve (failure) callbacks without a syscall per event
-            self._producer.poll(0)
-
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._failed += 1
-            self._failures.append(f"{msg.topic()}: {err.str()}")
+        self._pump.send(full_topic, value, key)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait for every queued event; raise DeliveryError if any was not acknowledged."""
-        remaining = self._producer.flush(timeout)
-        failures, self._failures = self._failures, []
-        if remaining:
-            failures.append(f"{remaining} events still queued after {timeout}s")
-        if failures:
-            raise DeliveryError(f"{len(failures)} delivery failures: " + "; ".join(failures[:5]))
+        """Wait until every event sent so far is acknowledged or spooled; raise DeliveryError if events
+        were lost since the previous flush (refused by the broker, or dropped at the spool's cap)."""
+        self._pump.flush(timeout)
+        if self._pump.refused:
+            raise DeliveryError(f"events are being spooled, not delivered: {self._pump.refused}")
+        stats = self._pump.stats()
+        lost, self._losses_seen = stats.failed + stats.dropped - self._losses_seen, stats.failed + stats.dropped
+        if lost:
+            detail = self._pump.recent_failures() or f"spool policy {self._pump.o.spool_on_full}"
+            raise DeliveryError(f"{lost} events lost since the last flush ({stats.failed} refused by Kafka, {stats.dropped} dropped in all): {detail}")
 
-    def close(self) -> None:
-        self.flush()
+    def wait_drained(self, timeout: float) -> bool:
+        """Wait until nothing is spooled or in memory and sends go straight to Kafka again."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s = self._pump.stats()
+            if s.mode == "direct" and not s.spool_depth and not s.inbox:
+                self.flush(max(deadline - time.monotonic(), 0.1))
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Deliver or spool everything (a later process re-sends the spool), then stop."""
+        try:
+            self.flush(timeout)
+        finally:
+            self._pump.close(timeout)
 
     def __enter__(self) -> "FeedbackClient":
         return self

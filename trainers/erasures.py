@@ -15,6 +15,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from core.kafka_clients import client_config
 from core.errors import EventValidationError, TrainingError
 from core.settings import Settings
 from schemas import ErasureRequest, parse_event
@@ -25,7 +26,7 @@ def erased_users(settings: Settings, timeout: float = 30.0) -> frozenset[str]:
     """Every user id on the erasures topic (a missing topic: none). TrainingError when it cannot be
     read in `timeout` seconds: training without knowing who was erased would be worse than waiting."""
     name = topic_name(settings.kafka.topic_prefix, "erasures")
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"erasures-{uuid.uuid4().hex}",
+    consumer = Consumer({**client_config(settings.kafka), "group.id": f"erasures-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "enable.partition.eof": True})  # fmt: skip
     try:
         try:

@@ -18,6 +18,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from core.kafka_clients import client_config
 from core.redaction import Redactor
 from core.settings import Settings
 from core.errors import EventValidationError, TrainingError
@@ -47,16 +48,16 @@ def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger,
     Raises TrainingError when a range is empty or unreadable, reading takes longer than `timeout`
     seconds, or any of the trigger's event ids is not found in its ranges.
     """
-    if isinstance(settings_or_bootstrap, str):
-        bootstrap, erased, redactor = settings_or_bootstrap, erased or frozenset(), Redactor()
+    if isinstance(settings_or_bootstrap, str):  # a plaintext broker, for tools and tests
+        connection, erased, redactor = {"bootstrap.servers": settings_or_bootstrap}, erased or frozenset(), Redactor()
     else:
-        bootstrap = settings_or_bootstrap.kafka.bootstrap_servers
+        connection = client_config(settings_or_bootstrap.kafka)
         erased = erased_users(settings_or_bootstrap, timeout) if erased is None else erased
         redactor = Redactor.from_settings(settings_or_bootstrap.privacy)
     if not trigger.ranges or not trigger.event_ids:
         raise TrainingError(f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})")
     consumer = Consumer({
-        "bootstrap.servers": bootstrap,
+        **connection,
         "group.id": f"replay-{uuid.uuid4().hex}",  # required by the client; never joined or committed
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

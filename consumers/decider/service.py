@@ -28,6 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from analytics.remote import ab_report
 from consumers.decider.decisions import close_experiment
 from consumers.emitter import EventEmitter
+from core.kafka_clients import client_config
 from core.errors import DeliveryError, EventValidationError, RlhfError
 from core.settings import Settings
 from registry.store import ModelRegistry
@@ -118,7 +119,7 @@ def run(settings: Settings, decider: Decider | None = None, stop: threading.Even
             signal.signal(sig, lambda *_: stop.set())
     topic = topic_name(settings.kafka.topic_prefix, "experiments")
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, GROUP), "client.id": "rlhf-decider",
+        **client_config(settings.kafka), "group.id": group_id(settings.kafka.topic_prefix, GROUP), "client.id": "rlhf-decider",
         "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6_000, "heartbeat.interval.ms": 1_000,
     })  # fmt: skip
 

@@ -33,6 +33,7 @@ from analytics.tables import CONSUMER_LAG, ERASURES
 from consumers.dead_letters import dead_letter_of
 from consumers.sink.lag import SAMPLE_EVERY_S, lag_rows
 from consumers.sink.rows import ROUTES
+from core.kafka_clients import client_config
 from core.errors import DeliveryError, EventValidationError
 from core.redaction import PiiFound, Redactor
 from core.settings import Settings
@@ -96,12 +97,12 @@ class Sink:
         self._prefix = settings.kafka.topic_prefix
         self._topics = {topic_name(self._prefix, name): name for name in ROUTES}
         self._consumer = Consumer({
-            "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, GROUP), "auto.offset.reset": "earliest",
+            **client_config(settings.kafka), "group.id": group_id(settings.kafka.topic_prefix, GROUP), "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "enable.auto.offset.store": False,
             # A restarted sink should take its partitions back quickly, not after the default 45 s.
             "session.timeout.ms": 10_000, **(consumer_config or {}),
         })  # fmt: skip
-        self._dlq = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **PRODUCER_DEFAULTS})
+        self._dlq = Producer({**client_config(settings.kafka), **PRODUCER_DEFAULTS})
         self._batch = Batch()
         self._dlq_failures: list[str] = []
         self._erased = warehouse.erased_users()

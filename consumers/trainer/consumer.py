@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from consumers.dead_letters import dead_letter_of
 from consumers.emitter import EventEmitter
+from core.kafka_clients import client_config
 from core.errors import DeliveryError, EventValidationError, TrainingError
 from core.settings import Settings
 from schemas import TrainTrigger, parse_event
@@ -92,7 +93,7 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     consumer = Consumer({
-        "bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, GROUP), "client.id": "rlhf-trainer",
+        **client_config(settings.kafka), "group.id": group_id(settings.kafka.topic_prefix, GROUP), "client.id": "rlhf-trainer",
         "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
         "session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000,
     })  # fmt: skip
