@@ -88,3 +88,10 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+if __name__ == "__main__":  # python -m devtools.kafka_tls DIR [HOST ...]: material for a broker elsewhere (docker/compose.yaml)
+    import sys
+
+    made = ensure_tls(Path(sys.argv[1]), ("127.0.0.1", "localhost", *sys.argv[2:]))
+    print(f"{made.ca}\n{made.broker_keystore}")
