@@ -13,10 +13,7 @@ The consumer is assigned the exact offsets and never commits, so replays leave n
 
 from __future__ import annotations
 
-import time
-import uuid
-
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from core.kafka_clients import client_config
 from core.redaction import Redactor
@@ -24,6 +21,7 @@ from core.settings import Settings
 from core.errors import EventValidationError, TrainingError
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger, parse_event
 from trainers.erasures import erased_users
+from trainers.topic_reader import range_consumer, read_ranges
 
 
 def _check_readable(consumer: Consumer, trigger: TrainTrigger, r: OffsetRange, timeout: float) -> None:
@@ -56,43 +54,13 @@ def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger,
         redactor = Redactor.from_settings(settings_or_bootstrap.privacy)
     if not trigger.ranges or not trigger.event_ids:
         raise TrainingError(f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})")
-    consumer = Consumer({
-        **connection,
-        "group.id": f"replay-{uuid.uuid4().hex}",  # required by the client; never joined or committed
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-    })  # fmt: skip
+    consumer = range_consumer(connection, "replay")
     wanted = set(trigger.event_ids)
     found: dict[str, tuple[int, int, FeedbackEvent]] = {}  # event_id -> (partition, offset, event), first copy
     try:
         for r in trigger.ranges:
             _check_readable(consumer, trigger, r, timeout)
-        consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in trigger.ranges])
-        ends = {(r.topic, r.partition): r.end for r in trigger.ranges}
-        deadline = time.monotonic() + timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise TrainingError(f"trigger {trigger.trigger_id}: timed out after {timeout}s with {sorted(ends)} not read to their ends")
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            tp = (msg.topic(), msg.partition())
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    raise TrainingError(f"trigger {trigger.trigger_id}: reading {tp}: {msg.error().str()}")
-                # The end of the log before the range's end: offsets the log no longer has (compaction).
-                if tp in ends and msg.offset() >= ends[tp]:
-                    del ends[tp]
-                continue
-            end = ends.get(tp)
-            if end is None:
-                continue
-            if msg.offset() >= end - 1:
-                del ends[tp]
-                consumer.pause([TopicPartition(*tp)])
-            if msg.offset() >= end:
-                continue
+        for msg in read_ranges(consumer, {(r.topic, r.partition): (r.start, r.end) for r in trigger.ranges}, timeout, f"trigger {trigger.trigger_id}"):
             try:
                 event = parse_event(FeedbackEvent, msg.value())
             except EventValidationError:
