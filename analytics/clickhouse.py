@@ -26,7 +26,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
-from analytics.tables import CONSUMER_LAG, DEAD_LETTERS, ERASURES, EVENT_TABLES, EXPERIMENTS, USER_TABLES, Table
+from analytics.tables import COUNTS, CONSUMER_LAG, DEAD_LETTERS, ERASURES, EVENT_TABLES, EXPERIMENTS, USER_TABLES, WINDOW_METRICS, Table
 from core.settings import Settings
 
 Mode = Literal["chdb", "server"]
@@ -81,6 +81,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0003_experiments", (EXPERIMENTS.ddl(),)),
     Migration("0004_dead_letters_and_lag", (DEAD_LETTERS.ddl(), CONSUMER_LAG.ddl())),
     Migration("0005_erasures", (ERASURES.ddl(),)),
+    Migration("0006_pii_counts", (f"ALTER TABLE {WINDOW_METRICS.name} ADD COLUMN IF NOT EXISTS pii {COUNTS.sql} AFTER rating_count",)),
 )
 
 @dataclass

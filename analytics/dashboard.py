@@ -149,6 +149,7 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
     daily = run_query(warehouse, "variant_daily", {"experiment": experiment})
     lag = run_query(warehouse, "consumer_lag")
     letters = run_query(warehouse, "dead_letters_by_topic")
+    pii = run_query(warehouse, "pii_found", {"bucket_s": bucket})
     return [
         Panel("feedback_volume", f"Feedback volume (per {_duration(bucket)})", len(volume), plots.feedback_volume(volume, bucket) if len(volume) else ""),
         Panel("positive_rate", f"Positive rate over time by variant ({experiment})", len(rate), plots.positive_rate(rate) if len(rate) else ""),
@@ -160,6 +161,8 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
               (plots.training(curve) if len(curve) else "") + _table(runs) if len(runs) else ""),
         Panel("consumer_lag", "Consumer lag per group and topic (sampled by the sink)", len(lag), _table(lag)),
         Panel("dead_letters", "Dead letters per DLQ and origin topic", len(letters), _table(letters)),
+        Panel("pii_found", f"PII found in feedback per type (per {_duration(bucket)}; privacy.mode {settings.privacy.mode})", len(pii),
+              _table(pii.pivot_table(index="bucket", columns="pii_type", values="found", aggfunc="sum", fill_value=0).reset_index()) if len(pii) else ""),
         Panel("variant_daily", "Per experiment, variant, model version and day (materialized view)", len(daily), _table(daily), wide=True),
     ]  # fmt: skip
 

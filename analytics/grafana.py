@@ -32,6 +32,7 @@ PANELS: tuple[tuple[str, str, str, int, int], ...] = (
     ("training_runs", "Training runs", "table", 12, 8),
     ("variant_daily", "Per experiment, variant, model version and day (materialized view)", "table", 24, 9),
     ("model_versions", "Published model versions", "table", 24, 6),
+    ("pii_found", "PII found in feedback per type", "timeseries", 24, 6),
 )
 
 

@@ -230,6 +230,16 @@ _QUERIES = (
         {"limit": 50},
     ),
     NamedQuery(
+        "pii_found",
+        "PII found in feedback (and redacted, or dropped to the DLQ, per privacy.mode), per type and time bucket, from the stream app's windows.",
+        """
+        SELECT toStartOfInterval(window_start, toIntervalSecond({bucket_s:UInt32})) AS bucket, pii_type, sum(found) AS found
+        FROM (SELECT window_start, pii FROM metrics FINAL) ARRAY JOIN mapKeys(pii) AS pii_type, mapValues(pii) AS found
+        GROUP BY bucket, pii_type ORDER BY bucket, pii_type
+        """,
+        {"bucket_s": 3600},
+    ),
+    NamedQuery(
         "dead_letters_by_topic",
         "Dead letters per DLQ and origin topic: how many, the latest reason, when.",
         """

@@ -32,6 +32,7 @@ COUNT = ColumnType("UInt64", pa.uint64())
 SIGNED = ColumnType("Int64", pa.int64())
 TIME = ColumnType("DateTime64(3, 'UTC')", pa.timestamp("ms", tz="UTC"))
 METRICS = ColumnType("Map(String, Float64)", pa.map_(pa.string(), pa.float64()))
+COUNTS = ColumnType("Map(LowCardinality(String), UInt64)", pa.map_(pa.string(), pa.uint64()))
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ EXPOSURES = Table("exposures", _columns(
 # A window may be re-emitted with late events: the latest emission (ts) replaces the earlier.
 WINDOW_METRICS = Table("metrics", _columns(
     ("window_start", TIME), ("window_end", TIME), *_AB, ("feedback_type", LABEL), ("count", COUNT), ("rating_sum", COUNT),
-    ("rating_count", COUNT),
+    ("rating_count", COUNT), ("pii", COUNTS),
 ), order_by=("window_start", "window_end", "model_version", "experiment", "variant", "feedback_type"),
    engine="ReplacingMergeTree(ts)")  # fmt: skip
 

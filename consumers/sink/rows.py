@@ -41,7 +41,7 @@ def exposure_row(e: ExposureEvent, _: Settings) -> dict[str, Any]:
 
 def metrics_row(e: WindowMetrics, _: Settings) -> dict[str, Any]:
     return {"window_start": e.window_start, "window_end": e.window_end, **_ab(e), "feedback_type": e.feedback_type,
-            "count": e.count, "rating_sum": e.rating_sum, "rating_count": e.rating_count, "ts": e.timestamp}  # fmt: skip
+            "count": e.count, "rating_sum": e.rating_sum, "rating_count": e.rating_count, "pii": list(e.pii.items()), "ts": e.timestamp}  # fmt: skip
 
 
 def status_row(e: TrainingStatus, _: Settings) -> dict[str, Any]:

@@ -155,3 +155,14 @@ def test_current_experiment_is_the_latest_candidate_instance(warehouse, warehous
     assert current_experiment(warehouse, warehouse_settings.ab_testing) == "policy-ab:v2"
     other = warehouse_settings.ab_testing.model_copy(update={"experiment": "unrelated"})
     assert current_experiment(warehouse, other) == "unrelated"
+
+
+def test_pii_counts_from_the_windows_add_up_per_type(warehouse, warehouse_settings):
+    world = build_world(warehouse_settings, users=100)
+    insert_world(warehouse, warehouse_settings, world)
+    expected: dict[str, int] = {}
+    for topic, event in world.events:
+        for pii_type, n in (event.pii.items() if topic == "metrics" else ()):
+            expected[pii_type] = expected.get(pii_type, 0) + n
+    found = run_query(warehouse, "pii_found", {"bucket_s": 86_400}).groupby("pii_type")["found"].sum().to_dict()
+    assert found == expected and expected["phone"] > 0

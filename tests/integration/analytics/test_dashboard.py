@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"
-PANELS = ("feedback_volume", "positive_rate", "ab_results", "experiments", "training_runs", "consumer_lag", "dead_letters", "variant_daily")
+PANELS = ("feedback_volume", "positive_rate", "ab_results", "experiments", "training_runs", "consumer_lag", "dead_letters", "pii_found",
+          "variant_daily")
 
 
 def screenshot(url: str, out: Path, profile: Path) -> None:

@@ -71,7 +71,8 @@ def build_world(settings: Settings, users: int = 400, days: int = 3, positive: d
     for minute in range(3):  # the stream app's windowed counts
         start = START + timedelta(minutes=minute)
         events.append(("metrics", WindowMetrics(timestamp=start + timedelta(minutes=1), window_start=start, window_end=start + timedelta(minutes=1),
-                                                model_version=models[ab.variants[0].name], feedback_type="thumbs_up", count=minute + 1)))  # fmt: skip
+                                                model_version=models[ab.variants[0].name], feedback_type="thumbs_up", count=minute + 1,
+                                                pii={"email": minute % 2, "phone": 1} if minute % 3 == 0 else {})))  # fmt: skip
     events += [("experiments", ExperimentEvent(e)) for e in lifecycle(settings)]
     return World(events)
 
