@@ -100,7 +100,7 @@ class RewardTrainingSettings(Section):
 
 
 class RewardModelSettings(Section):
-    base_model: str = Field("minilm", description="Hub id or local path; `minilm` is the offline encoder shipped on PyPI.")
+    base_model: str = Field("minilm", description="`minilm` (offline encoder on PyPI), `smollm2` (SmolLM2-135M-Instruct with a score head), a .gguf file, a local directory or a Hub id.")
     training: RewardTrainingSettings = RewardTrainingSettings()
 
 
@@ -116,7 +116,7 @@ class PolicyTrainingSettings(Section):
 
 
 class PolicySettings(Section):
-    base_model: str = Field("tiny", description="Hub id or local path of the policy; `tiny` is the locally built assistant.")
+    base_model: str = Field("tiny", description="`tiny` (the locally built assistant), `smollm2` (SmolLM2-135M-Instruct, offline from PyPI), a .gguf file, a local directory or a Hub id.")
     algorithm: Algorithm = Field("ppo", description="Policy optimisation algorithm.")
     training: PolicyTrainingSettings = PolicyTrainingSettings()
 

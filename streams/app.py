@@ -4,31 +4,42 @@ and one-minute feedback metrics.
     rlhf streams worker                      # same as: faust -A streams.app worker -l info
     RLHF_KAFKA__BOOTSTRAP_SERVERS=... RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD=100 rlhf streams worker
 
-Two stages, one worker:
+Two stages, one worker, each taking its records in batches (`stream.take_events`, at most
+`stream_batching.max_events` records or `max_wait_s` of waiting):
   validate   feedback topic (raw bytes) -> FeedbackEvent, or a DeadLetter on the DLQ topic;
-             accepted events are forwarded, slimmed, to an internal topic keyed by policy.
-  policies   internal topic -> `PolicyLedger` (dedupe, rolling buffer, trigger gate, windows)
-             -> TrainTrigger on train-triggers, WindowMetrics on metrics.
+             a batch's accepted events are forwarded, slimmed, as one record per policy to an
+             internal topic keyed by policy.
+  policies   internal topic -> `PolicyLedger` (dedupe, rolling buffer, trigger gate, windows),
+             one state write per policy per batch -> TrainTrigger on train-triggers, WindowMetrics
+             on metrics.
 Training statuses, experiment starts and decisions (they hold the next trigger back) and timer
 ticks are forwarded into the same internal topic, so one agent sees everything about a policy in
 one order and its state needs no cross-partition reads.
 
+Scale-out: workers with the same app id share the partitions (Faust assigns the same partition
+number of every topic and changelog to one worker). Validation scales with the feedback topic's
+partitions; a policy's ledger lives on the one internal partition its name hashes to, so one
+policy is applied by one worker at a time, and more policies spread over more partitions.
+
 Processing guarantee: at-least-once, made harmless by idempotent effects (streams/ledger.py); why
-not exactly-once: docs/decisions/0001-streams-at-least-once.md.
+not exactly-once: docs/decisions/0001-streams-at-least-once.md. A trigger is delivered before the
+state that records it is written, so a record re-read after a crash whose state had landed does
+not send its trigger again; a crash between the two sends it twice, under the same trigger id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from confluent_kafka import KafkaError, KafkaException
-from faust.types import AgentT, StreamT, TableT, TopicT
+from faust.types import AgentT, EventT, StreamT, TableT, TopicT
 from mode.utils.times import want_seconds
 from pydantic import ValidationError
 
@@ -37,9 +48,11 @@ from core.errors import BrokerError, EventValidationError
 from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
 from schemas import DeadLetter, TrainingStatus, parse_event
 from schemas.experiments import ExperimentEvent
+from streams.changelog import ChangelogView, MarksTable, MarksView
 from streams.ledger import DedupeMark, PolicyLedger
 from streams.records import Accepted, ExperimentStep, PolicyRecord
 from streams.recovery import SeekBeforeFlowTableManager
+from streams.transport import StreamsApp
 from streams.validation import validate_feedback
 
 log = logging.getLogger(__name__)
@@ -47,8 +60,17 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0  # how often due policies get a tick (window close, a dead training's held-back trigger)
 SWEEP_S = 60.0  # how often expired dedupe marks leave memory (the changelog's retention drops them on disk)
 INTERNAL_RETENTION_S = 7 * 24 * 3600.0
+# Accepted events per internal record: at most ~900 bytes each (128-character ids), so a record stays
+# well under the producer's 1 MB request limit.
+FORWARD_CHUNK = 500
 
 AgentBody = Callable[[StreamT], Awaitable[None]]
+
+
+async def delivered(sent: Any) -> None:
+    """Wait until a `topic.send()` has reached the broker (a send captured by a unit test returns no future)."""
+    if asyncio.isfuture(sent):
+        await sent
 
 
 @dataclass(frozen=True)
@@ -73,9 +95,9 @@ def app_id(settings: Settings) -> str:
 
 
 def build(settings: Settings) -> Streams:
-    k, cl = settings.kafka, settings.continuous_learning
+    k, cl, batching = settings.kafka, settings.continuous_learning, settings.stream_batching
     name = app_id(settings)
-    app = faust.App(
+    app = StreamsApp(
         name,
         broker=[f"kafka://{host.strip()}" for host in k.bootstrap_servers.split(",")],
         store="memory://",  # tables are rebuilt from their changelog topics on start
@@ -90,6 +112,7 @@ def build(settings: Settings) -> Streams:
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
         TableManager=SeekBeforeFlowTableManager,  # see streams/recovery.py: no records skipped after a restart
+        fetch_max_wait_ms=batching.fetch_max_wait_ms,  # see streams/transport.py
     )
 
     def raw_topic(topic: str, **kw: Any) -> TopicT:
@@ -101,22 +124,37 @@ def build(settings: Settings) -> Streams:
     state = app.Table("policy-state", key_type=str, partitions=k.partitions)
     # Marks older than the horizon are never consulted again; let the broker delete them.
     seen_retention_ms = int(2 * cl.dedupe_horizon_s * 1000)
-    seen = app.Table(
-        "seen", key_type=str, partitions=k.partitions, extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": seen_retention_ms}
-    )
-    ledger = PolicyLedger(state, seen, cl, topic_name(k.topic_prefix, "feedback"))
+    seen = app.tables.add(
+        MarksTable(
+            app, name="seen", key_type=str, partitions=k.partitions, beacon=app.tables.beacon,
+            extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": seen_retention_ms},
+        )
+    )  # fmt: skip
+    # The ledger writes through views that name the changelog partition (streams/changelog.py).
+    state_view, seen_view = ChangelogView(state), MarksView(seen)
+    ledger = PolicyLedger(state_view, seen_view, cl, topic_name(k.topic_prefix, "feedback"))
     policy_events = topics["policy-events"]
 
-    async def validate(stream: StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            checked = validate_feedback(event.value, event.key, msg.topic, msg.partition, msg.offset)
-            if isinstance(checked, DeadLetter):
-                log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, checked.reason)
-                await topics["feedback-dlq"].send(value=checked.to_bytes())
-            else:
-                accepted = Accepted.of(checked, msg.partition, msg.offset, msg.timestamp)
-                await policy_events.send(key=checked.policy, value=PolicyRecord(policy=checked.policy, accepted=accepted).to_bytes())
+    def batches(stream: StreamT) -> AsyncIterator[Sequence[EventT]]:
+        # The events are acked when the loop body has run for them: a batch is applied or re-read.
+        return stream.take_events(batching.max_events, within=batching.max_wait_s)
+
+    async def validate(stream: StreamT) -> AsyncIterator[int]:
+        async for events in batches(stream):
+            accepted: dict[str, list[Accepted]] = {}
+            for event in events:
+                msg = event.message
+                checked = validate_feedback(event.value, event.key, msg.topic, msg.partition, msg.offset)
+                if isinstance(checked, DeadLetter):
+                    log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, checked.reason)
+                    await topics["feedback-dlq"].send(value=checked.to_bytes())
+                else:
+                    accepted.setdefault(checked.policy, []).append(Accepted.of(checked, msg.partition, msg.offset, msg.timestamp))
+            for policy, events_of_policy in accepted.items():
+                for i in range(0, len(events_of_policy), FORWARD_CHUNK):
+                    record = PolicyRecord(policy=policy, batch=tuple(events_of_policy[i : i + FORWARD_CHUNK]))
+                    await policy_events.send(key=policy, value=record.to_bytes())
+            yield len(events)  # one value per batch: what `agent.test_context().put()` waits for
 
     def forwarder(field: str, parse: Callable[[bytes], TrainingStatus | ExperimentStep]) -> AgentBody:
         """An agent body forwarding each record of a topic, parsed, as the `field` of a policy record."""
@@ -135,20 +173,38 @@ def build(settings: Settings) -> Streams:
 
         return forward
 
-    async def policies(stream: StreamT) -> None:
-        async for event in stream.events():
+    async def apply(events: Sequence[EventT]) -> None:
+        now = time.time()
+        # A policy's records all sit on one partition, in order: apply them as one batch per policy.
+        by_policy: dict[tuple[int, str], list[tuple[PolicyRecord, int]]] = {}
+        for event in events:
+            msg = event.message
             try:
                 record = PolicyRecord.model_validate_json(event.value)
             except ValidationError:
                 # Only this app writes the internal topic: a record it cannot read is a version skew, not input.
-                log.exception("unreadable internal record %s[%d]@%d", event.message.topic, event.message.partition, event.message.offset)
+                log.exception("unreadable internal record %s[%d]@%d", msg.topic, msg.partition, msg.offset)
                 continue
-            effects = ledger.apply(record, event.message.offset, time.time())
-            for trigger in effects.triggers:
-                log.info("train trigger %s for %s: %d events", trigger.trigger_id, trigger.policy, len(trigger.event_ids))
-                await topics["train-triggers"].send(key=trigger.policy, value=trigger.to_bytes())
-            for m in effects.metrics:
+            by_policy.setdefault((msg.partition, record.policy), []).append((record, msg.offset))
+        for (partition, policy), records in by_policy.items():
+            staged = ledger.stage(policy, records, now)
+            for effects in staged.effects:
+                for trigger in effects.triggers:
+                    if effects.replayed:  # its state landed, so it was delivered before the crash
+                        log.info("train trigger %s for %s already sent", trigger.trigger_id, policy)
+                        continue
+                    log.info("train trigger %s for %s: %d events", trigger.trigger_id, policy, len(trigger.event_ids))
+                    await delivered(await topics["train-triggers"].send(key=policy, value=trigger.to_bytes()))
+            state_view.route_to(partition)
+            seen_view.route_to(partition)
+            ledger.commit(staged)
+            for m in (m for effects in staged.effects for m in effects.metrics):
                 await topics["metrics"].send(key=f"{m.model_version}|{m.experiment}|{m.variant}|{m.feedback_type}", value=m.to_bytes())
+
+    async def policies(stream: StreamT) -> AsyncIterator[int]:
+        async for events in batches(stream):
+            await apply(events)
+            yield len(events)
 
     async def tick() -> None:
         now = time.time()

@@ -1,8 +1,9 @@
 """The stream app's internal wire format: what the validation stage hands to the per-policy stage.
 
-Accepted feedback, training-status updates, experiment starts and decisions, and timer ticks for
-one policy travel through one internal topic keyed by policy, so a single agent applies them in one order and owns all of that
-policy's state. Only the fields the policy stage needs are carried (not the query/response text).
+Accepted feedback (one record per policy per validation batch), training-status updates, experiment
+starts and decisions, and timer ticks for one policy travel through one internal topic keyed by
+policy, so a single agent applies them in one order and owns all of that policy's state. Only
+the fields the policy stage needs are carried (not the query/response text).
 """
 
 from __future__ import annotations
@@ -51,11 +52,13 @@ class Accepted(Record):
 
 
 class PolicyRecord(Record):
-    """Exactly one of: accepted feedback, a training status, an experiment's start or decision, or a
-    tick at wall time `tick`."""
+    """Exactly one of: accepted feedback (one event, or the batch of one validation step, in
+    feedback-partition order), a training status, an experiment's start or decision, or a tick at
+    wall time `tick`."""
 
     policy: str
     accepted: Accepted | None = None
+    batch: tuple[Accepted, ...] | None = None
     status: TrainingStatus | None = None
     experiment: ExperimentStep | None = None
     tick: float | None = None

@@ -24,17 +24,22 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., S
     """`rlhf streams worker` as a supervised subprocess configured only through the environment;
     `start_worker(train_threshold=100)` (re)starts it, `.kill("streams")` SIGKILLs it, and
     `start_worker(die_after_accepting=70, ...)` runs it through `crashing_worker`, which SIGKILLs
-    itself right after accepting its 70th feedback event."""
+    itself right after accepting its 70th feedback event (`die_when_file=path`: at its first batch
+    of accepted events once `path` exists). `tag` names a second worker of the same app: its own
+    RLHF_HOME and log directory under tmp_path/tag."""
     k = settings.kafka
     base = {**os.environ, "RLHF_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": k.topic_prefix, "RLHF_HOME": str(settings.home)}
     services: list[Supervisor] = []
 
-    def start(die_after_accepting: int | None = None, **continuous_learning: object) -> Supervisor:
+    def start(die_after_accepting: int | None = None, die_when_file: Path | None = None, tag: str = "", **continuous_learning: object) -> Supervisor:
         env = {**base, **{f"RLHF_CONTINUOUS_LEARNING__{key.upper()}": str(v) for key, v in continuous_learning.items()}}
-        supervisor = Supervisor(tmp_path / "logs", env)
-        if die_after_accepting is not None:
+        if tag:
+            env["RLHF_HOME"] = str(tmp_path / tag)
+        supervisor = Supervisor(tmp_path / tag / "logs" if tag else tmp_path / "logs", env)
+        crash_when = str(die_after_accepting) if die_after_accepting is not None else str(die_when_file) if die_when_file is not None else None
+        if crash_when is not None:
             # A service registered before `start` keeps its own command line instead of `rlhf.cli`'s.
-            launcher = [sys.executable, "-m", "tests.integration.streams.crashing_worker", str(die_after_accepting)]
+            launcher = [sys.executable, "-m", "tests.integration.streams.crashing_worker", crash_when]
             supervisor.services["streams"] = Service("streams", [*launcher, "streams", "worker"])
         services.append(supervisor)
         supervisor.start("streams", "streams", "worker")

@@ -52,7 +52,8 @@ def test_validation_dead_letters_bad_records_and_forwards_good_ones(streams):
     assert [(d.origin_partition, d.origin_offset) for d in dead] == [(1, 1), (2, 2)]
     assert "Invalid JSON" in dead[0].reason and "rating: required" in dead[1].reason
     forwarded = [PolicyRecord.model_validate_json(call["value"]) for call in sent(streams, "policy-events")]
-    assert [(f.policy, f.accepted.event_id, f.accepted.partition, f.accepted.offset) for f in forwarded] == [("assistant", "e0", 0, 0), ("search", "e2", 0, 3)]
+    # One record per policy per validation batch; `put` waits for its batch, so each holds one event here.
+    assert [(f.policy, [(a.event_id, a.partition, a.offset) for a in f.batch]) for f in forwarded] == [("assistant", [("e0", 0, 0)]), ("search", [("e2", 0, 3)])]
     assert [call["key"] for call in sent(streams, "policy-events")] == ["assistant", "search"]
 
 

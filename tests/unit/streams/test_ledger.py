@@ -173,12 +173,13 @@ def test_backlog_windows_close_on_event_time_aggregated():
     assert effects[3].metrics[0].count == 3 and effects[3].metrics[0].window_start.timestamp() == T0
 
 
-def test_state_is_stored_as_named_records_in_layout_2():
+def test_state_is_stored_as_named_records_in_layout_3():
     run = Run()
     run.feed(fb(0, partition=1, offset=7, feedback_type="rating", rating=4))
     stored = json.loads(run.state.data["policy:assistant"])  # the JSON text the changelog carries
-    assert stored["layout"] == 2 and stored["last_applied_offset"] == 0 and stored["last_origin_offsets"] == {"1": 7}
-    assert json.loads(run.state.data["buffered:assistant:0"]) == [1, 7, "e0", "rating"]  # BufferedEvent's field order
+    assert stored["layout"] == 3 and stored["last_applied_offset"] == 0 and stored["last_origin_offsets"] == {"1": 7}
+    assert stored["chunks"] == [0]
+    assert json.loads(run.state.data["buffered:assistant:0"]) == [[1, 7, "e0", "rating"]]  # a chunk of BufferedEvents in field order
     assert json.loads(run.seen.data["assistant/e0"]) == [1, 7, T0]  # DedupeMark's field order
     ps = run.policy_state()
     assert run.ledger.buffered_events("assistant", ps) == [BufferedEvent(partition=1, offset=7, event_id="e0", feedback_type="rating")]
@@ -186,3 +187,77 @@ def test_state_is_stored_as_named_records_in_layout_2():
     assert ps.open_windows == {int(T0): {'["v1", "", "", "rating"]': WindowCount(count=1, rating_sum=4, rating_count=1)}}
     with pytest.raises(ValidationError, match="layout"):
         PolicyState.model_validate({**stored, "layout": 1})
+
+
+def test_layout_2_state_is_carried_on():
+    """A changelog written by the per-event worker: one buffered key per event, no chunk list."""
+    run = Run()
+    for n in range(2):
+        run.state[f"buffered:assistant:{n}"] = [0, n, f"e{n}", "thumbs_up"]
+    run.state["policy:assistant"] = {"layout": 2, "last_applied_offset": 1, "last_origin_offsets": {"0": 1}, "accepted": 2, "accepted_since_trigger": 2}
+    run.offset = 1
+    trigger = run.feed(fb(2)).triggers[0]
+    assert trigger.event_ids == ("e0", "e1", "e2") and run.policy_state().chunks == [0, 1, 2]
+    [run.feed(fb(n)) for n in range(3, 6)]
+    assert sorted(k for k in run.state.data if k.startswith("buffered:")) == [f"buffered:assistant:{n}" for n in range(1, 6)]
+
+
+class CountingChangelog(Changelog):
+    """Counts the writes a changelog would carry (a dict `update` is one write, as `MarksView` makes it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def __setitem__(self, key, value):
+        self.writes += 1
+        super().__setitem__(key, value)
+
+    def update(self, other=(), /, **kw):
+        self.writes += 1
+        for key, value in dict(other, **kw).items():
+            Changelog.__setitem__(self, key, value)
+
+
+def batch(events, **fields):
+    return PolicyRecord(policy="assistant", batch=tuple(fb(n, **fields).accepted for n in events))
+
+
+def test_a_batch_costs_one_state_write_one_chunk_and_one_marks_write():
+    run = Run(train_threshold=100, buffer_size=100)
+    run.state, run.seen = CountingChangelog(), CountingChangelog()
+    run.ledger.state, run.ledger.seen = run.state, run.seen
+    effects = run.feed(batch(range(50)))
+    assert (effects.outcome, effects.accepted) == ("accepted", 50)
+    assert (run.state.writes, run.seen.writes) == (2, 1)  # the chunk and PolicyState; the marks
+    assert len(run.ledger.buffered_events("assistant", run.policy_state())) == 50
+
+
+def test_where_batches_start_changes_no_trigger():
+    """Records grouped per record, in one batch, or in other batches: same triggers, same state."""
+    with_duplicate = PolicyRecord(policy="assistant", batch=(fb(7).accepted, fb(30, partition=1, event_id="e3").accepted, fb(3).accepted, fb(8).accepted))
+    records = [batch(range(0, 2)), batch(range(2, 7)), status("nobody", "finished"), with_duplicate, batch(range(9, 14))]
+
+    def run_grouped(groups):
+        run = Run(train_threshold=4, buffer_size=6)
+        triggers, offset = [], 0
+        for size in groups:
+            staged = run.ledger.stage("assistant", [(r, offset + i) for i, r in enumerate(records[offset : offset + size])], T0)
+            run.ledger.commit(staged)
+            triggers += staged.triggers
+            offset += size
+        ps = run.policy_state()
+        return [(t.trigger_id, t.event_ids) for t in triggers], (ps.accepted, ps.duplicates, ps.accepted_since_trigger), run.ledger.buffered_events("assistant", ps)
+
+    one_by_one = run_grouped([1] * len(records))
+    assert one_by_one[0][0][1] == ("e0", "e1", "e2", "e3") and one_by_one[1] == (14, 1, 10)  # held: the training runs
+    assert run_grouped([len(records)]) == run_grouped([2, 3]) == run_grouped([3, 1, 1]) == one_by_one
+
+
+def test_a_batch_replayed_after_a_crash_rewrites_lost_marks_and_names_its_trigger_as_replayed():
+    run = Run()
+    first = run.feed(batch(range(4)))
+    run.seen.clear()  # the marks' changelog record did not land; PolicyState did
+    again = run.feed(batch(range(4)), offset=0)
+    assert again.replayed and [t.trigger_id for t in again.triggers] == [t.trigger_id for t in first.triggers]
+    assert run.feed(fb(9, event_id="e2")).outcome == "duplicate"
