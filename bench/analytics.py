@@ -73,7 +73,7 @@ def sink_payload(n: int) -> list[tuple[str, bytes, str]]:
 
 def sink_rate(settings: Settings, warehouse: Warehouse, payload: list[tuple[str, bytes, str]]) -> float:
     prefix = settings.kafka.topic_prefix
-    create_topics(settings.kafka.bootstrap_servers, prefix, settings.kafka.partitions)
+    create_topics(settings.kafka)
     with FeedbackClient(settings.kafka.bootstrap_servers, prefix) as client:
         for topic, value, key in payload:
             client.send_bytes(topic_name(prefix, topic), value, key)

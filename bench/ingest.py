@@ -28,6 +28,7 @@ from confluent_kafka import Producer
 
 from bench._kafka import broker, median
 from devtools.kafka_local import free_port
+from core.settings import KafkaSettings
 from schemas import FeedbackEvent, validate_event
 from schemas.topics import topic_name
 from sdk.admin import create_topics
@@ -158,7 +159,7 @@ def main() -> None:
         sdk_rates, bare_rates, p999 = [], [], []
         for r in range(args.repeats):
             prefix = f"bench{uuid.uuid4().hex[:6]}."
-            create_topics(bootstrap, prefix, 3)
+            create_topics(KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=3))
             sdk, sdk_lat, send_lat = run_sdk(bootstrap, prefix, fields, events, Path(spool_root) / f"up{r}")
             bare, bare_lat = run_bare(bootstrap, topic_name(prefix, "feedback"), payload)
             sdk_rates.append(sdk)

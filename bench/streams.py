@@ -45,6 +45,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench._kafka import broker, median
+from core.settings import KafkaSettings
 from sdk.client import PRODUCER_DEFAULTS
 from schemas.topics import topic_name
 from sdk.admin import create_topics
@@ -217,7 +218,7 @@ def bare_pipe(bootstrap: str, producer: Producer, batch: list[tuple[bytes, str, 
 
 def throughput(bootstrap: str, home: Path, events: int, repeats: int) -> tuple[list[float], list[float], list[float]]:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
-    create_topics(bootstrap, prefix, PARTITIONS)
+    create_topics(KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=PARTITIONS))
     producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
     batches = [make_events(events) for _ in range(repeats)]
     worker_rates, bare_rates, cpu_ms = [], [], []
@@ -245,7 +246,7 @@ def throughput(bootstrap: str, home: Path, events: int, repeats: int) -> tuple[l
 
 def latency(bootstrap: str, home: Path, threshold: int, count: int, settle_s: float) -> list[float]:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
-    create_topics(bootstrap, prefix, PARTITIONS)
+    create_topics(KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=PARTITIONS))
     producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
     feedback = topic_name(prefix, "feedback")
     samples = []

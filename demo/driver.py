@@ -156,7 +156,7 @@ class Demo:
     def start(self) -> Settings:
         self.broker.up()
         settings = self.settings
-        create_topics(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.kafka.partitions)
+        create_topics(settings.kafka)
         ensure_base_policy(settings, DEFAULT_POLICY)
         self.supervisor.start("streams", "streams", "worker")
         self.supervisor.start("sink", "sink", "run")
@@ -248,7 +248,7 @@ class Demo:
         k = settings.kafka
         deadline = time.monotonic() + timeout
         while True:
-            progress = group_progress(k.bootstrap_servers, group_id(k.topic_prefix, SINK_GROUP), k.topic_prefix, SINK_TOPICS, k.partitions)
+            progress = group_progress(k, group_id(k.topic_prefix, SINK_GROUP), SINK_TOPICS)
             if progress.lag == 0 or time.monotonic() > deadline:
                 return progress
             self.supervisor.check()

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from core.settings import KafkaSettings
+
 from schemas.experiments import ExperimentEvent
 from schemas import (
     DeadLetter,
@@ -35,6 +37,7 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
     dlq: str | None = None
     why_one_partition: str = ""
+    min_insync_replicas: int = 1  # at least this many replicas must have a write (acks=all) where there are that many
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("interactions", "user_id", InteractionEvent, ("assistant", "sdk"), ("sink",), config={"retention.ms": str(30 * DAY_MS)}),
         # Feedback is the training source of truth: keep it long enough to replay any trigger.
         TopicSpec("feedback", "user_id", FeedbackEvent, ("assistant", "sdk"), ("streams", "trainer", "sink"),
-                  config={"retention.ms": str(365 * DAY_MS)}, dlq="feedback-dlq"),  # fmt: skip
+                  config={"retention.ms": str(365 * DAY_MS)}, dlq="feedback-dlq", min_insync_replicas=2),  # fmt: skip
         TopicSpec("feedback-dlq", "none", DeadLetter, ("streams", "sink"), ("sink", "operators"), keyed_partitions=False,
                   config={"retention.ms": str(90 * DAY_MS)}, why_one_partition="low volume; operators read it in arrival order"),  # fmt: skip
         TopicSpec("exposures", "user_id", ExposureEvent, ("assistant", "sdk"), ("sink",), config={"retention.ms": str(90 * DAY_MS)}),
@@ -67,12 +70,13 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec("model-published", "policy", ModelPublished, ("trainer", "decider"), ("sink", "demo"), keyed_partitions=False,
                   why_one_partition="the version history of every policy in one order"),  # fmt: skip
         TopicSpec("experiments", "policy", ExperimentEvent, ("trainer", "decider"), ("streams", "assistant", "decider", "sink", "demo"),
-                  keyed_partitions=False, config={"retention.ms": str(365 * DAY_MS)},
+                  keyed_partitions=False, config={"retention.ms": str(365 * DAY_MS)}, min_insync_replicas=2,
                   why_one_partition="an experiment's start and decision in one order; one active decider (the partition's owner) at a time"),  # fmt: skip
         TopicSpec("metrics", "window", WindowMetrics, ("streams",), ("sink",)),
         # Compacted: the latest request per user is kept forever, so an erasure outlives any retention.
+        # The sources of truth (feedback, erasures, experiments) ask for 2 in-sync replicas where there are 3.
         TopicSpec("erasures", "user_id", ErasureRequest, ("operators",), ("trainer", "sink"), keyed_partitions=False,
-                  config={"cleanup.policy": "compact"},
+                  config={"cleanup.policy": "compact"}, min_insync_replicas=2,
                   why_one_partition="small; every replay reads it whole, from the beginning, before it trains"),  # fmt: skip
     )
 }
@@ -105,3 +109,8 @@ def group_id(prefix: str, name: str) -> str:
 
 def partitions_of(spec: TopicSpec, keyed_partitions: int) -> int:
     return keyed_partitions if spec.keyed_partitions else 1
+
+
+def min_insync_replicas_of(spec: TopicSpec, kafka: KafkaSettings) -> int:
+    """The larger of the deployment's and the topic's own minimum, never more than the replicas there are."""
+    return min(kafka.replication_factor, max(kafka.min_insync_replicas, spec.min_insync_replicas))

@@ -8,19 +8,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from schemas.topics import TOPICS, partitions_of, topic_name
+from core.errors import BrokerError
+from core.kafka_clients import client_config
+from core.settings import KafkaSettings
+from schemas.topics import TOPICS, min_insync_replicas_of, partitions_of, topic_name
 
 
-def create_topics(bootstrap_servers: str, prefix: str, keyed_partitions: int, timeout: float = 30.0) -> dict[str, str]:
-    """Create every registered topic that does not exist yet; returns {name: 'created'|'exists'}."""
+def create_topics(kafka: KafkaSettings, timeout: float = 30.0) -> dict[str, str]:
+    """Create every registered topic that does not exist yet, with `kafka.replication_factor` and
+    each topic's min ISR (`min_insync_replicas_of`); returns {name: 'created'|'exists'}."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    admin = AdminClient(client_config(kafka))
+    existing = set(_metadata(admin, kafka, timeout).topics)
     wanted = [
-        NewTopic(topic_name(prefix, s.name), num_partitions=partitions_of(s, keyed_partitions), replication_factor=1, config=s.config)
+        NewTopic(topic_name(kafka.topic_prefix, s.name), num_partitions=partitions_of(s, kafka.partitions), replication_factor=kafka.replication_factor,
+                 config={**s.config, "min.insync.replicas": str(min_insync_replicas_of(s, kafka))})
         for s in TOPICS.values()
-    ]
+    ]  # fmt: skip
     result = {t.topic: "exists" for t in wanted if t.topic in existing}
     missing = [t for t in wanted if t.topic not in existing]
     if missing:
@@ -30,9 +35,24 @@ def create_topics(bootstrap_servers: str, prefix: str, keyed_partitions: int, ti
                 result[name] = "created"
             except Exception as exc:  # TOPIC_ALREADY_EXISTS from a concurrent creator is fine
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise
+                    raise BrokerError(f"could not create {name}: {exc}") from None
                 result[name] = "exists"
     return result
+
+
+def _metadata(admin, kafka: KafkaSettings, timeout: float):
+    """The cluster's metadata, asked in short tries so that refused credentials or certificates
+    (raised by the error callback, served by `poll`) surface in seconds, not after `timeout`."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin.list_topics(timeout=1.0)
+        except KafkaException:
+            admin.poll(0)  # an authentication or TLS failure raises BrokerError here
+            if time.monotonic() > deadline:
+                raise BrokerError(f"no Kafka broker answered at {kafka.bootstrap_servers} within {timeout:.0f}s") from None
 
 
 @dataclass(frozen=True)
@@ -45,16 +65,16 @@ class GroupProgress:
         return self.end - self.committed
 
 
-def group_progress(bootstrap_servers: str, group: str, prefix: str, names: list[str], keyed_partitions: int, timeout: float = 10.0) -> GroupProgress:
+def group_progress(kafka: KafkaSettings, group: str, names: list[str], timeout: float = 10.0) -> GroupProgress:
     """How far consumer group `group` has committed into the registry topics `names`."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     # A group the broker has not seen yet gets its coordinator assigned on first use: until then the
     # broker answers "not coordinator" or "loading", which only means "ask again in a moment".
     settling = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**client_config(kafka), "group.id": group, "enable.auto.commit": False})
     try:
-        parts = [TopicPartition(topic_name(prefix, n), p) for n in names for p in range(partitions_of(TOPICS[n], keyed_partitions))]
+        parts = [TopicPartition(topic_name(kafka.topic_prefix, n), p) for n in names for p in range(partitions_of(TOPICS[n], kafka.partitions))]
         for attempt in range(10):
             try:
                 committed = sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=timeout))

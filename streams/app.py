@@ -43,6 +43,8 @@ from faust.types import AgentT, EventT, StreamT, TableT, TopicT
 from mode.utils.times import want_seconds
 from pydantic import ValidationError
 
+from core.kafka_clients import client_config, faust_broker, faust_credentials
+from core.redaction import Redactor
 from core.settings import Settings, load_settings
 from core.errors import BrokerError, EventValidationError
 from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
@@ -99,7 +101,9 @@ def build(settings: Settings) -> Streams:
     name = app_id(settings)
     app = StreamsApp(
         name,
-        broker=[f"kafka://{host.strip()}" for host in k.bootstrap_servers.split(",")],
+        broker=faust_broker(k),
+        broker_credentials=faust_credentials(k),  # SASL / TLS from the same `kafka` settings as every other client
+        topic_replication_factor=k.replication_factor,  # the tables' changelogs, should Faust create them
         store="memory://",  # tables are rebuilt from their changelog topics on start
         processing_guarantee="at_least_once",
         datadir=str(settings.home / "streams" / name),
@@ -139,17 +143,19 @@ def build(settings: Settings) -> Streams:
         # The events are acked when the loop body has run for them: a batch is applied or re-read.
         return stream.take_events(batching.max_events, within=batching.max_wait_s)
 
+    redactor = Redactor.from_settings(settings.privacy)
+
     async def validate(stream: StreamT) -> AsyncIterator[int]:
         async for events in batches(stream):
             accepted: dict[str, list[Accepted]] = {}
             for event in events:
                 msg = event.message
-                checked = validate_feedback(event.value, event.key, msg.topic, msg.partition, msg.offset)
+                checked, pii = validate_feedback(event.value, event.key, msg.topic, msg.partition, msg.offset, redactor)
                 if isinstance(checked, DeadLetter):
                     log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, checked.reason)
                     await topics["feedback-dlq"].send(value=checked.to_bytes())
                 else:
-                    accepted.setdefault(checked.policy, []).append(Accepted.of(checked, msg.partition, msg.offset, msg.timestamp))
+                    accepted.setdefault(checked.policy, []).append(Accepted.of(checked, msg.partition, msg.offset, msg.timestamp, pii))
             for policy, events_of_policy in accepted.items():
                 for i in range(0, len(events_of_policy), FORWARD_CHUNK):
                     record = PolicyRecord(policy=policy, batch=tuple(events_of_policy[i : i + FORWARD_CHUNK]))
@@ -250,11 +256,13 @@ def create_internal_topics(streams: Streams) -> None:
     missing topic") until the next metadata refresh, minutes later."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": streams.settings.kafka.bootstrap_servers})
+    k = streams.settings.kafka
+    admin = AdminClient(client_config(k))
     own = [streams.topics["policy-events"], streams.state.changelog_topic, streams.seen.changelog_topic]
     existing = set(admin.list_topics(timeout=30).topics)
     missing = [
-        NewTopic(t.get_topic_name(), num_partitions=t.partitions, replication_factor=1, config=_creation_config(t))
+        NewTopic(t.get_topic_name(), num_partitions=t.partitions, replication_factor=k.replication_factor,
+                 config={**_creation_config(t), "min.insync.replicas": str(k.min_insync_replicas)})
         for t in own
         if t.get_topic_name() not in existing
     ]

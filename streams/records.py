@@ -8,6 +8,7 @@ the fields the policy stage needs are carried (not the query/response text).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
 
@@ -41,13 +42,14 @@ class Accepted(Record):
     partition: int
     offset: int
     record_ts: float  # Kafka record timestamp (s): a producer retry gets a later one, the payload does not
+    pii: dict[str, int] = {}  # PII found in its text, per type (the metrics windows count it)
 
     @classmethod
-    def of(cls, event: FeedbackEvent, partition: int, offset: int, record_ts: float) -> "Accepted":
+    def of(cls, event: FeedbackEvent, partition: int, offset: int, record_ts: float, pii: Mapping[str, int] | None = None) -> "Accepted":
         return cls(
             event_id=event.event_id, policy=event.policy, model_version=event.model_version, experiment=event.experiment,
             variant=event.variant, feedback_type=event.feedback_type, rating=event.rating, timestamp=event.timestamp,
-            partition=partition, offset=offset, record_ts=record_ts,
+            partition=partition, offset=offset, record_ts=record_ts, pii=dict(pii or {}),
         )  # fmt: skip
 
 

@@ -46,11 +46,17 @@ class WindowCount(NamedTuple):
     count: int = 0
     rating_sum: int = 0
     rating_count: int = 0
+    pii: dict[str, int] | None = None  # PII found per type; None (not {}) so state written before it reads the same
 
-    def plus(self, rating: int | None) -> "WindowCount":
+    def plus(self, rating: int | None, pii: dict[str, int]) -> "WindowCount":
+        found = self.pii
+        if pii:
+            found = dict(found or {})
+            for pii_type, n in pii.items():
+                found[pii_type] = found.get(pii_type, 0) + n
         if rating is None:
-            return self._replace(count=self.count + 1)
-        return WindowCount(self.count + 1, self.rating_sum + rating, self.rating_count + 1)
+            return self._replace(count=self.count + 1, pii=found)
+        return WindowCount(self.count + 1, self.rating_sum + rating, self.rating_count + 1, found)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -65,7 +71,7 @@ def count(windows: OpenWindows, a: Accepted) -> float:
     start = int(at // WINDOW_S * WINDOW_S)
     dims = _dims_key(a.model_version, a.experiment or "", a.variant or "", a.feedback_type)
     window = windows.setdefault(start, {})
-    window[dims] = WindowCount(*window.get(dims, WindowCount())).plus(a.rating)
+    window[dims] = WindowCount(*window.get(dims, WindowCount())).plus(a.rating, a.pii)
     return at
 
 
@@ -83,7 +89,7 @@ def close(windows: OpenWindows, until: float) -> list[WindowMetrics]:
                 WindowMetrics(
                     window_start=utc(start), window_end=utc(start + WINDOW_S), model_version=dims.model_version,
                     experiment=dims.experiment, variant=dims.variant, feedback_type=dims.feedback_type,
-                    count=c[0], rating_sum=c[1], rating_count=c[2],
+                    count=c[0], rating_sum=c[1], rating_count=c[2], pii=(c[3] if len(c) > 3 else None) or {},
                 )
             )  # fmt: skip
     return metrics

@@ -156,7 +156,7 @@ def make_settings(bootstrap: str, home: Path, **overrides) -> Settings:
 def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     """Fresh topics (own prefix) on the session broker, state under tmp_path."""
     s = make_settings(kafka_bootstrap, tmp_path)
-    create_topics(s.kafka.bootstrap_servers, s.kafka.topic_prefix, s.kafka.partitions)
+    create_topics(s.kafka)
     return s
 
 

@@ -81,7 +81,7 @@ def _topics_create(args: argparse.Namespace) -> None:
     from sdk.admin import create_topics
 
     s = settings_of(args)
-    for name, state in sorted(create_topics(s.kafka.bootstrap_servers, s.kafka.topic_prefix, s.kafka.partitions).items()):
+    for name, state in sorted(create_topics(s.kafka).items()):
         print(f"{state:8} {name}")
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def committed_offsets(settings, topic: str) -> int:
     k = settings.kafka
-    return group_progress(k.bootstrap_servers, group_id(k.topic_prefix, GROUP), k.topic_prefix, [topic], k.partitions).committed
+    return group_progress(k, group_id(k.topic_prefix, GROUP), [topic]).committed
 
 
 def dead_letters(settings, expected: int) -> list[DeadLetter]:

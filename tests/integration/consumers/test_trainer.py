@@ -136,7 +136,7 @@ def test_one_job_at_a_time_on_a_multi_partition_trigger_topic(kafka_bootstrap, t
     prefix = settings.kafka.topic_prefix
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})  # kept referenced until the future resolves
     admin.create_topics([NewTopic(topic_name(prefix, "train-triggers"), 3, 1)])[topic_name(prefix, "train-triggers")].result()
-    create_topics(kafka_bootstrap, prefix, settings.kafka.partitions)  # the rest; train-triggers exists with 3
+    create_topics(settings.kafka)  # the rest; train-triggers exists with 3
     running, seen, overlaps = [], [], []
     lock = threading.Lock()
 

@@ -43,16 +43,18 @@ def test_a_node_lost_mid_stream_loses_no_acknowledged_event(cluster, tmp_path):
     create_topics(settings.kafka)
     feedback = topic_name(settings.kafka.topic_prefix, "feedback")
     admin = AdminClient(client_config(settings.kafka))
-    partitions = admin.list_topics(feedback, timeout=10).topics[feedback].partitions
+    deadline = time.monotonic() + 30
+    while not (partitions := admin.list_topics(feedback, timeout=10).topics[feedback].partitions) and time.monotonic() < deadline:
+        time.sleep(0.2)  # a just-created topic's metadata reaches every node in a moment
     assert {len(p.replicas) for p in partitions.values()} == {3}
     described = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, feedback)])
     assert next(iter(described.values())).result()["min.insync.replicas"].value == "2"
 
     env = {**os.environ, "RLHF_HOME": str(settings.home), "RLHF_KAFKA__BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
-           "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix, "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": "1000",
-           "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": "2000"}  # fmt: skip
+           "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix, "RLHF_KAFKA__REPLICATION_FACTOR": "3", "RLHF_KAFKA__MIN_INSYNC_REPLICAS": "2",
+           "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": "1000", "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": "2000"}  # fmt: skip
     services = Supervisor(tmp_path / "logs", env)
-    sink = SinkProcess(settings, RLHF_KAFKA__BOOTSTRAP_SERVERS=cluster.bootstrap_servers)
+    sink = SinkProcess(settings, **{k: v for k, v in env.items() if k.startswith("RLHF_KAFKA__")})
     try:
         services.start("streams", "streams", "worker")
         train, _ = split_questions()

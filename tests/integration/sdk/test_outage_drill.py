@@ -92,7 +92,7 @@ def fields(n: int) -> dict:
 
 def test_broker_down_60s_sends_never_block_and_every_event_arrives_once(own_broker: LocalBroker, tmp_path: Path):
     settings = make_settings(own_broker.bootstrap_servers, tmp_path, feedback={"collection_rate": 1.0})
-    create_topics(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.kafka.partitions)
+    create_topics(settings.kafka)
     latencies: list[int] = []
     baseline: list[int] = []  # the same loop's validation alone: what the machine's noise costs any call
     phase = {"name": "healthy"}
@@ -160,7 +160,7 @@ def test_sigkill_while_spooling_then_restart_delivers_the_spool(own_broker: Loca
     settings = make_settings(own_broker.bootstrap_servers, tmp_path)
     if not own_broker.is_ready():
         own_broker.up()
-    create_topics(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.kafka.partitions)
+    create_topics(settings.kafka)
     spool_dir, counter = tmp_path / "spool", tmp_path / "returned"
     counter.write_bytes(bytes(8))
     unreachable = f"127.0.0.1:{free_port()}"

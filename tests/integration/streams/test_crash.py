@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def committed(settings) -> int:
     """Feedback records the worker's consumer group has committed, over all partitions."""
     k = settings.kafka
-    return group_progress(k.bootstrap_servers, app_id(settings), k.topic_prefix, ["feedback"], k.partitions).committed
+    return group_progress(k, app_id(settings), ["feedback"]).committed
 
 
 def send(client, events):

@@ -1,11 +1,16 @@
-"""Every kind of bad feedback record becomes a dead letter naming the reason and the origin; good ones parse."""
+"""Every kind of bad feedback record becomes a dead letter naming the reason and the origin; good ones
+parse, with the PII in their text counted; under privacy mode drop, PII makes a dead letter too,
+which carries the event with its PII replaced."""
 
 import json
 
 import pytest
 
 from schemas import DeadLetter, FeedbackEvent
+from core.redaction import Redactor
 from streams.validation import validate_feedback
+
+REDACT, DROP = Redactor(mode="redact"), Redactor(mode="drop")
 
 GOOD = {"interaction_id": "i1", "user_id": "u1", "query": "q?", "response": "a", "model_version": "v1", "feedback_type": "thumbs_up"}
 
@@ -15,8 +20,20 @@ def raw(**changes) -> bytes:
 
 
 def test_valid_record_parses():
-    event = validate_feedback(raw(event_id="e1"), b"u1", "t.feedback", 2, 7)
-    assert isinstance(event, FeedbackEvent) and event.event_id == "e1" and event.policy == "assistant"
+    event, pii = validate_feedback(raw(event_id="e1"), b"u1", "t.feedback", 2, 7, REDACT)
+    assert isinstance(event, FeedbackEvent) and event.event_id == "e1" and event.policy == "assistant" and pii == {}
+
+
+def test_pii_is_counted_and_under_drop_mode_is_a_dead_letter_without_it():
+    planted = raw(query="I am ann@example.com, card 4111 1111 1111 1111", response="Noted, ann@example.com.")
+    event, pii = validate_feedback(planted, b"u1", "t.feedback", 0, 1, REDACT)
+    assert isinstance(event, FeedbackEvent) and pii == {"email": 2, "card": 1}  # counted; the text is not forwarded here
+    dead, pii = validate_feedback(planted, b"u1", "t.feedback", 0, 1, DROP)
+    assert isinstance(dead, DeadLetter) and pii == {"email": 2, "card": 1}
+    assert dead.reason.startswith("PII found (card x1, email x2) in query, response")
+    assert "ann@example.com" not in dead.value and "4111" not in dead.value and "<EMAIL>" in dead.value
+    letter, _ = validate_feedback(b'{"query": "ann@example.com"', b"u1", "t.feedback", 0, 2, REDACT)  # a broken record, redacted too
+    assert isinstance(letter, DeadLetter) and letter.value == '{"query": "<EMAIL>"'
 
 
 @pytest.mark.parametrize(
@@ -33,7 +50,7 @@ def test_valid_record_parses():
     ],
 )
 def test_bad_records_become_dead_letters(value, reason):
-    dead = validate_feedback(value, b"u\xffkey", "t.feedback", 1, 42)
+    dead, _ = validate_feedback(value, b"u\xffkey", "t.feedback", 1, 42, REDACT)
     assert isinstance(dead, DeadLetter)
     assert reason in dead.reason
     assert (dead.origin_topic, dead.origin_partition, dead.origin_offset) == ("t.feedback", 1, 42)
