@@ -84,4 +84,3 @@ def test_a_node_lost_mid_stream_loses_no_acknowledged_event(cluster, tmp_path):
     finally:
         services.stop_all()
         assert sink.stop() == 0, sink.output()
-        cluster.up()  # the killed node back, for whoever comes next

@@ -4,6 +4,7 @@ the printed summary, the saved policy, and one clear message (exit 2) for every 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,25 @@ def test_bad_paths_are_one_clear_error(argv: list[str], message: str, micro_poli
     err = capsys.readouterr().err
     assert err.startswith("rlhf: error: ") and message in err and "Traceback" not in err
     assert not (tmp_path / "home" / "policies").exists()
+
+
+def test_chat_prints_one_answer_from_a_path_or_a_registry_version(micro_policy: str, tmp_path: Path, capsys: pytest.CaptureFixture):
+    from registry.store import ModelRegistry
+
+    assert main(["policy", "chat", "--model", micro_policy, "--temperature", "0", "--max-new-tokens", "8", "How do I reset my password?"]) == 0
+    answer = capsys.readouterr().out.strip()
+    assert answer and "\n" not in answer
+    registry = ModelRegistry(tmp_path / "home" / "registry")
+    registry.register_base("assistant", "base-v1", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
+    assert main(["policy", "chat", "--model", "base-v1", "--temperature", "0", "--max-new-tokens", "8", "How do I reset my password?"]) == 0
+    assert capsys.readouterr().out.strip() == answer  # the same weights, greedy: the same answer
+
+
+@pytest.mark.parametrize(("model", "message"), [("/no/such/policy", "/no/such/policy: policy not found"), ("/no/such.gguf", "/no/such.gguf: policy not found")])
+def test_chat_with_a_missing_model_is_one_clear_error(model: str, message: str, capsys: pytest.CaptureFixture):
+    assert main(["policy", "chat", "--model", model, "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlhf: error: ") and message in err and "Traceback" not in err
 
 
 def test_an_empty_data_file_is_an_error(feedback: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture):

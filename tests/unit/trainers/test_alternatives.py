@@ -13,6 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.errors import TrainingError
 from core.hashing import stable_fraction
 from schemas.events import FeedbackEvent
+from trainers.base_models import resolve_base_model
+from trainers.chat_format import format_prompt as chat_prompt
 from trainers.alternatives import _reward_for_trl, _self_labelled_dpo, _self_labelled_kto, dpo_pairs, kto_examples, kto_weights, train_alternative
 from trainers.optimise import optimise_policy
 from trainers.policy import load_policy
@@ -56,6 +58,16 @@ def test_kto_examples_and_dpo_pairs_from_feedback():
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
         (format_prompt("q1"), " good", " bad"), (format_prompt("q2"), " fine", " meh"), (format_prompt("q3"), " right", " wrong"),
     ]  # fmt: skip
+
+
+def test_with_a_chat_template_the_examples_are_in_the_policys_chat_format():
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    events = [_event(1, "q1", "good", "thumbs_up"), _event(2, "q1", "bad", "thumbs_down")]
+    kto = kto_examples(events, min_rating=4, tokenizer=tokenizer)
+    assert [(r["prompt"], r["completion"]) for r in kto] == [(chat_prompt(tokenizer, "q1"), "good"), (chat_prompt(tokenizer, "q1"), "bad")]
+    assert kto[0]["prompt"].startswith("<system>") and kto[0]["prompt"].endswith("<user>q1</s><assistant>")
+    assert dpo_pairs(events, min_rating=4, tokenizer=tokenizer) == [{"prompt": chat_prompt(tokenizer, "q1"), "chosen": "good", "rejected": "bad"}]
 
 
 def test_self_labelled_examples_split_at_the_median_and_pair_every_better_sample():

@@ -3,6 +3,7 @@ atomic versions, and clear errors for missing or corrupt model directories."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -12,10 +13,10 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from core.settings import Settings
-from core.errors import ModelLoadError, TrainingError
+from core.errors import ConfigError, ModelLoadError, TrainingError
 from trainers.base_models import resolve_base_model
-from trainers.reward import (RewardModel, VersionExistsError, format_input, length_batches, pad_batch, pairwise_loss, pointwise_loss, roc_auc,
-                             train_reward_model)  # fmt: skip
+from trainers.reward import (RewardModel, VersionExistsError, format_input, keep_response, length_batches, pad_batch, pairwise_loss, pointwise_loss,
+                             roc_auc, train_reward_model)  # fmt: skip
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, split_questions
 
@@ -56,7 +57,6 @@ def test_length_batches_cover_every_example_once_with_similar_lengths():
 def test_input_format_and_offline_encoder_name():
     assert format_input("q?", "a.") == "Query: q?\nResponse: a."
     assert (Path(resolve_base_model("minilm")) / "config.json").is_file()
-    assert resolve_base_model("microsoft/deberta-v3-base") == "microsoft/deberta-v3-base"
 
 
 def test_config_defaults_follow_settings():
@@ -184,6 +184,40 @@ def test_missing_or_corrupt_base_model_names_the_path(tmp_path):
     (corrupt / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match=f"{corrupt}: cannot load base model"):
         RewardModel.create(RewardConfig(base_model=str(corrupt)))
+
+
+def test_keep_response_cuts_the_prompt_from_the_left():
+    prompt, response = [1, 2, 3, 4, 5, 6], [7, 8]
+    assert keep_response(prompt, response, 10) == prompt + response  # fits: untouched
+    assert keep_response(prompt, response, 5) == [4, 5, 6, 7, 8]  # the prompt's end and the whole response
+    # A response too long for the budget keeps its start, and the prompt keeps a quarter of the budget.
+    assert keep_response(prompt, list(range(10, 30)), 8) == [5, 6, 10, 11, 12, 13, 14, 15]
+    assert keep_response([], list(range(10, 30)), 4) == [10, 11, 12, 13]
+
+
+def test_truncation_keeps_the_response_or_cuts_the_end(tiny_base):
+    long_query, answer = "please help me with this " * 40, "press the reset button"
+    keep = RewardModel.create(RewardConfig(base_model=tiny_base, max_length=24))
+    right = RewardModel.create(RewardConfig(base_model=tiny_base, max_length=24, truncation="right"))
+    kept, cut = keep.encode([long_query], [answer])[0], right.encode([long_query], [answer])[0]
+    assert len(kept) == len(cut) == 24
+    assert keep.tokenizer.decode(kept, skip_special_tokens=True).endswith("response : press the reset button")
+    assert "press" not in right.tokenizer.decode(cut) and kept[0] == cut[0] and kept[-1] == cut[-1]  # [CLS] ... [SEP] both
+    assert keep.encode(["q?"], ["a."]) == right.encode(["q?"], ["a."])  # short texts: the same ids either way
+
+
+def test_max_length_past_the_backbone_limit_is_a_config_error(tiny_base):
+    with pytest.raises(ConfigError, match="max_length 4096 is past .* limit of 512 tokens"):
+        RewardModel.create(RewardConfig(base_model=tiny_base, max_length=4096))
+
+
+def test_versions_saved_before_the_truncation_option_keep_cutting_the_end(trained, tmp_path):
+    old = _copy(trained[2], tmp_path / "old")
+    saved = json.loads((old / "reward_config.json").read_text())
+    del saved["truncation"]
+    (old / "reward_config.json").write_text(json.dumps(saved))
+    assert RewardModel.load(old).config.truncation == "right"
+    assert RewardModel.load(trained[2]).config.truncation == "keep_response"
 
 
 def test_no_usable_events_is_a_training_error(tiny_base, tmp_path):

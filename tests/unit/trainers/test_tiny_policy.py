@@ -63,5 +63,3 @@ def test_ensure_builds_once_and_resolve_maps_tiny(micro: Path, tmp_path: Path, m
     assert first == second and len(builds) == 1 and first.is_relative_to(tmp_path)
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no half-built leftovers
     assert resolve_base_model(TINY) == str(first)
-    assert resolve_base_model("microsoft/phi-2") == "microsoft/phi-2"
-    assert resolve_base_model("/some/local/dir") == "/some/local/dir"

