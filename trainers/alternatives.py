@@ -12,6 +12,9 @@ sample preferred over the worse ones to the same query for DPO), which keeps `op
 usable with a reward model alone. Self-labelling draws `epochs * batch_size` samples, the rollout
 budget PPO gets, so the algorithms are compared at equal sampling cost.
 
+Prompts and completions come from `trainers.chat_format`: the policy's chat template when its
+tokenizer has one, else the plain `Query: ...\nResponse:` template.
+
 CPU runs fp32 without gradient checkpointing (TRL's bf16 / checkpointing defaults fail or crawl
 there); a GPU runs bf16. The device is picked automatically.
 """
@@ -35,8 +38,8 @@ from core.errors import GuardrailRejection, TrainingError
 from schemas.events import FeedbackEvent, latest_verdicts
 from trainers.device import pick_device, use_bf16
 from trainers.policy import RewardFn, StatusFn, generate, no_status
+from trainers.chat_format import format_completion, format_prompt
 from trainers.policy_config import PolicyTrainingConfig
-from trainers.tiny_policy import format_completion, format_prompt
 
 # Offline examples drawn per training query when KTO / DPO label the policy's own samples.
 SELF_LABEL_SAMPLES = 4
@@ -106,12 +109,13 @@ def judgements(events: Sequence[FeedbackEvent], min_rating: int) -> list[tuple[s
     return out
 
 
-def kto_examples(events: Sequence[FeedbackEvent], min_rating: int) -> list[dict[str, Any]]:
-    """KTO rows (prompt, completion, label): one per judgement."""
-    return [{"prompt": format_prompt(q), "completion": format_completion(r), "label": liked} for q, r, liked in judgements(events, min_rating)]
+def kto_examples(events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTrainedTokenizerBase | None = None) -> list[dict[str, Any]]:
+    """KTO rows (prompt, completion, label): one per judgement, in `tokenizer`'s chat format."""
+    return [{"prompt": format_prompt(tokenizer, q), "completion": format_completion(tokenizer, r), "label": liked}
+            for q, r, liked in judgements(events, min_rating)]  # fmt: skip
 
 
-def dpo_pairs(events: Sequence[FeedbackEvent], min_rating: int) -> list[dict[str, str]]:
+def dpo_pairs(events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTrainedTokenizerBase | None = None) -> list[dict[str, str]]:
     """DPO rows (prompt, chosen, rejected): every liked answer against every disliked answer to
     the same query (so a correction is preferred over the answer it corrected)."""
     liked: dict[str, dict[str, None]] = defaultdict(dict)  # dicts as ordered sets: stable, deduplicated
@@ -119,7 +123,7 @@ def dpo_pairs(events: Sequence[FeedbackEvent], min_rating: int) -> list[dict[str
     for q, r, good in judgements(events, min_rating):
         (liked if good else disliked)[q][r] = None
     return [
-        {"prompt": format_prompt(q), "chosen": format_completion(good), "rejected": format_completion(bad)}
+        {"prompt": format_prompt(tokenizer, q), "chosen": format_completion(tokenizer, good), "rejected": format_completion(tokenizer, bad)}
         for q, goods in liked.items() for good in goods for bad in disliked.get(q, {}) if good != bad
     ]  # fmt: skip
 
@@ -152,18 +156,18 @@ def kto_weights(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {"desirable_weight": 1.0, "undesirable_weight": n_good / n_bad}
 
 
-def _self_labelled_kto(scored: dict[str, list[tuple[str, float]]]) -> list[dict[str, Any]]:
+def _self_labelled_kto(scored: dict[str, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None) -> list[dict[str, Any]]:
     # The median is scale-free: a reward model's scores have no fixed threshold of "good".
     median = statistics.median(s for samples in scored.values() for _, s in samples)
-    return [{"prompt": format_prompt(q), "completion": format_completion(r), "label": s > median}
+    return [{"prompt": format_prompt(tokenizer, q), "completion": format_completion(tokenizer, r), "label": s > median}
             for q, samples in scored.items() for r, s in samples]  # fmt: skip
 
 
-def _self_labelled_dpo(scored: dict[str, list[tuple[str, float]]]) -> list[dict[str, str]]:
+def _self_labelled_dpo(scored: dict[str, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None) -> list[dict[str, str]]:
     # Every strictly better sample over every worse one of the same query: up to 6 pairs from 4
     # samples rather than only best-versus-worst, which leaves DPO too few pairs to move.
     return [
-        {"prompt": format_prompt(q), "chosen": format_completion(good), "rejected": format_completion(bad)}
+        {"prompt": format_prompt(tokenizer, q), "chosen": format_completion(tokenizer, good), "rejected": format_completion(tokenizer, bad)}
         for q, samples in scored.items() for good, s_good in samples for bad, s_bad in samples if s_good > s_bad and good != bad
     ]  # fmt: skip
 
@@ -201,7 +205,7 @@ def train_alternative(
                 "num_iterations": config.ppo_epochs, "max_steps": config.epochs * config.ppo_epochs,
             }  # fmt: skip
             args_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
-            data = Dataset.from_dict({"prompt": [format_prompt(q) for q in train_queries], "query": list(train_queries)})
+            data = Dataset.from_dict({"prompt": [format_prompt(tokenizer, q) for q in train_queries], "query": list(train_queries)})
             trainer = trainer_cls(
                 model=lm, reward_funcs=_reward_for_trl(reward_fn), args=args_cls(**common, **online), train_dataset=data,
                 processing_class=tokenizer, callbacks=[callback], peft_config=_peft_config(config),
@@ -210,10 +214,11 @@ def train_alternative(
         elif algorithm in ("kto", "dpo"):
             source = "feedback" if feedback_events else "self-labelled samples"
             if feedback_events:
-                rows = kto_examples(feedback_events, config.min_rating) if algorithm == "kto" else dpo_pairs(feedback_events, config.min_rating)
+                make = kto_examples if algorithm == "kto" else dpo_pairs
+                rows = make(feedback_events, config.min_rating, tokenizer)
             else:
                 scored = _self_labelled(lm, tokenizer, reward_fn, train_queries, config)
-                rows = _self_labelled_kto(scored) if algorithm == "kto" else _self_labelled_dpo(scored)
+                rows = _self_labelled_kto(scored, tokenizer) if algorithm == "kto" else _self_labelled_dpo(scored, tokenizer)
             if not rows:
                 raise TrainingError(f"{algorithm}: no usable examples in the {source}" + (" (no query has a liked and a disliked answer)" if algorithm == "dpo" else ""))
             if algorithm == "kto" and len({r["label"] for r in rows}) < 2:

@@ -1,12 +1,13 @@
 """The policy side every algorithm, the evaluation and the assistant service share: load a causal
 LM, sample answers to queries, score them, and measure a policy on held-out queries.
 
-    lm, tokenizer = load_policy("tiny")                        # a Hub id, a local directory, or `tiny`
+    lm, tokenizer = load_policy("tiny")          # `tiny`, `smollm2`, a .gguf file, a local directory or a Hub id
     answers = sample(lm, tokenizer, queries, max_new_tokens=32, temperature=0.8, top_p=0.95).responses
     rollout = generate(lm, tokenizer, queries, reward_fn, max_new_tokens=32, temperature=0.8, top_p=0.95)
     evaluate_policy(lm, tokenizer, reward_fn, held_out, reference=start)   # mean reward, KL, length
 
-A reward function takes the raw queries and the answers and returns one float per answer; a status
+Prompts are built by `trainers.chat_format` (the tokenizer's chat template when it has one). A
+reward function takes the raw queries and the answers and returns one float per answer; a status
 function receives `(state, stage, message, metrics)` as training goes.
 """
 
@@ -22,8 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from core.errors import ModelLoadError, TrainingError
 from trainers.base_models import resolve_base_model
+from trainers.chat_format import format_prompts
 from trainers.device import pick_device, use_bf16
-from trainers.tiny_policy import format_prompt
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 StatusFn = Callable[[str, str, str, dict[str, float]], None]
@@ -34,14 +35,15 @@ def no_status(state: str, stage: str, message: str, metrics: dict[str, float]) -
 
 
 def load_policy(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A Hub id, a local directory, or `tiny` (built locally on first use), in fp32 on the GPU if
-    there is one; ModelLoadError naming the path when it cannot be loaded."""
+    """Any base model `trainers.base_models` resolves (`tiny`, `smollm2`, a .gguf file, a local
+    directory, a Hub id), in fp32 on the GPU if there is one; ModelLoadError naming the path when
+    it cannot be loaded."""
     path = resolve_base_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot load policy: {exc}") from None
+    except Exception as exc:  # a corrupt directory raises OSError, ValueError or the safetensors reader's own error
+        raise ModelLoadError(f"{path}: cannot load policy: {type(exc).__name__}: {exc}") from None
     if tokenizer.pad_token is None:  # many causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return lm.to(pick_device()), tokenizer
@@ -125,10 +127,11 @@ def sample(
     top_p: float,
     greedy: bool = False,
 ) -> Samples:
-    """Answer `queries` (nucleus sampling, or `greedy`); the tokens after EOS are masked out."""
+    """Answer `queries` (nucleus sampling, or `greedy`), each prompted in the tokenizer's chat
+    format (`trainers.chat_format`); the tokens after EOS are masked out."""
     device = next(lm.parameters()).device
     tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
-    enc = tokenizer([format_prompt(q) for q in queries], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    enc = tokenizer(format_prompts(tokenizer, queries), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device)):
         out = lm.generate(
             **enc, do_sample=not greedy, temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,

@@ -1,5 +1,11 @@
-"""The reward model: an encoder with a scalar head scoring `Query: ...\nResponse: ...`, trained with a
+"""The reward model: a backbone with a scalar head scoring a (query, response), trained with a
 Bradley-Terry loss on preference pairs and a BCE loss on unpaired (pointwise) feedback.
+
+The backbone is `reward_model.base_model`: the MiniLM encoder (`minilm`, the default), SmolLM2 with
+a score head (`smollm2`) or any model `trainers.base_models` resolves. Its input is the
+conversation in the backbone's chat format (`trainers.chat_format`; `Query: ...\nResponse: ...`
+without a template). Truncation to `max_length` keeps the response and cuts the prompt from the
+left (`truncation: keep_response`); `bench/reward_real.py` measures it on real human preferences.
 
     from trainers.reward import RewardModel, train_reward_model
     model, metrics = train_reward_model(events, RewardConfig.from_settings(settings), version_dir, lineage={...})
@@ -36,16 +42,18 @@ from pydantic_core import to_jsonable_python
 from scipy.stats import rankdata
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from core.errors import ModelLoadError, RlhfError, TrainingError
+from core.errors import ConfigError, ModelLoadError, RlhfError, TrainingError
 from core.files import write_atomically
 from schemas.events import FeedbackEvent
 from trainers.base_models import resolve_base_model
+from trainers.chat_format import reward_parts, reward_text
 from trainers.dataset import RewardData, build_dataset
 from trainers.device import pick_device, use_bf16
 from trainers.reward_config import RewardConfig
 
 CONFIG_FILE, METRICS_FILE, LINEAGE_FILE = "reward_config.json", "metrics.json", "lineage.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+UNKNOWN_LIMIT = 1_000_000_000  # tokenizers that do not know their model's limit report ~1e30
 SORT_WINDOW = 32  # batches whose examples are length-sorted together: less padding, still a shuffled order
 
 Progress = Callable[[int, int, dict[str, float]], None]  # (steps done, total steps, running metrics)
@@ -56,7 +64,25 @@ class VersionExistsError(RlhfError, FileExistsError):
 
 
 def format_input(query: str, response: str) -> str:
-    return f"Query: {query}\nResponse: {response}"
+    """The input of a backbone without a chat template (MiniLM): `Query: ...\nResponse: ...`."""
+    return reward_text(None, query, response)
+
+
+def keep_response(prompt: list[int], response: list[int], budget: int) -> list[int]:
+    """`prompt + response` in at most `budget` tokens: the response whole when it leaves the prompt
+    a quarter of the budget, else cut from the right; the prompt takes the rest, cut from the left
+    (its end, where the question usually is, stays)."""
+    if len(prompt) + len(response) <= budget:
+        return prompt + response
+    response = response[: budget - min(len(prompt), budget // 4)]
+    kept = budget - len(response)
+    return (prompt[len(prompt) - kept :] if kept else []) + response
+
+
+def backbone_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens the backbone can read: its position embeddings, or the tokenizer's limit if smaller."""
+    limits = (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
+    return min((int(n) for n in limits if n and n < UNKNOWN_LIMIT), default=UNKNOWN_LIMIT)
 
 
 def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -81,11 +107,10 @@ class RewardModel:
 
     @classmethod
     def create(cls, config: RewardConfig) -> "RewardModel":
-        """The base encoder with a freshly initialised scalar head, on the configured device;
-        ModelLoadError naming the base model when it is missing or cannot be loaded."""
+        """The base model with a freshly initialised scalar head, on the configured device;
+        ModelLoadError naming the base model when it is missing or cannot be loaded, ConfigError
+        when `max_length` is past what the backbone can read."""
         source = resolve_base_model(config.base_model)
-        if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
-            raise ModelLoadError(f"{source}: no base model here (directory not found)")  # a path, not a Hub id: do not ask the Hub
         torch.manual_seed(config.seed)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
@@ -99,6 +124,9 @@ class RewardModel:
         if tokenizer.pad_token is None:  # decoder-only bases (GPT-2 style) ship without one
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds the last real token with it
+        limit = backbone_limit(model, tokenizer)
+        if config.max_length > limit:
+            raise ConfigError(f"reward model max_length {config.max_length} is past {config.base_model}'s limit of {limit} tokens")
         return cls(model.to(pick_device(config.device)), tokenizer, config)
 
     @classmethod
@@ -113,7 +141,9 @@ class RewardModel:
         if missing:
             raise ModelLoadError(f"{root}: not a complete reward model directory, missing {', '.join(missing)}")
         try:
-            config = RewardConfig.model_validate_json((root / CONFIG_FILE).read_text())
+            saved = json.loads((root / CONFIG_FILE).read_text())
+            saved.setdefault("truncation", "right")  # versions saved before the option truncated the joined text
+            config = RewardConfig.model_validate(saved)
             metrics = json.loads((root / METRICS_FILE).read_text())
             lineage = json.loads((root / LINEAGE_FILE).read_text())
             tokenizer = AutoTokenizer.from_pretrained(root)
@@ -126,9 +156,27 @@ class RewardModel:
         return cls(model.to(pick_device(device or config.device)), tokenizer, config, metrics, lineage)
 
     def encode(self, queries: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
-        """Token ids, truncated but not padded: each batch pads to its own longest later."""
-        texts = [format_input(q, r) for q, r in zip(queries, responses, strict=True)]
-        return self.tokenizer(texts, truncation=True, max_length=self.config.max_length)["input_ids"] if texts else []
+        """Token ids, truncated (`config.truncation`) but not padded: each batch pads to its own longest later."""
+        parts = [reward_parts(self.tokenizer, q, r) for q, r in zip(queries, responses, strict=True)]
+        if not parts:
+            return []
+        if self.config.truncation == "right":
+            return self.tokenizer(["".join(p) for p in parts], truncation=True, max_length=self.config.max_length)["input_ids"]
+        heads = self.tokenizer([h for h, _ in parts], add_special_tokens=False)["input_ids"]
+        tails = self.tokenizer([t for _, t in parts], add_special_tokens=False)["input_ids"]
+        before, after = self._special_tokens()
+        budget = self.config.max_length - len(before) - len(after)
+        return [before + keep_response(h, t, budget) + after for h, t in zip(heads, tails)]
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text (MiniLM: [CLS] and [SEP]), found by
+        tokenising one word with and without them."""
+        if not hasattr(self, "_specials"):
+            bare = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+            full = self.tokenizer("x")["input_ids"]
+            at = next((i for i in range(len(full)) if full[i : i + len(bare)] == bare), 0)
+            self._specials = (full[:at], full[at + len(bare) :])
+        return self._specials
 
     def scores(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """Rewards of a batch of token id lists (one forward pass), under bf16 autocast on a GPU."""

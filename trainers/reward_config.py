@@ -21,8 +21,11 @@ class RewardConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Model
-    base_model: str = Field(_MODEL.base_model, description="Hub id or local path of the encoder; `minilm` is the offline one on PyPI.")
-    max_length: int = Field(_TRAIN.max_length, ge=8, description="Tokens of `Query: ...\\nResponse: ...` kept (batches pad to their longest).")
+    base_model: str = Field(_MODEL.base_model, description="`minilm` (encoder), `smollm2` (causal LM + score head), a .gguf file, a directory or a Hub id.")
+    max_length: int = Field(_TRAIN.max_length, ge=8, description="Tokens of the (query, response) input kept, up to the backbone's limit (batches pad to their longest).")
+    truncation: Literal["keep_response", "right"] = Field(
+        _TRAIN.truncation, description="`keep_response`: cut the prompt from the left and keep the response; `right`: cut the joined text's end."
+    )
 
     # Data
     min_rating: int = Field(FeedbackSettings().min_rating, ge=1, le=5, description="A rating at or above this is a positive pointwise label.")

@@ -1,9 +1,10 @@
-"""Policy subcommands: train with PPO (or GRPO / RLOO / KTO / DPO), evaluate a saved policy, build
-the tiny offline policy.
+"""Policy subcommands: train with PPO (or GRPO / RLOO / KTO / DPO), evaluate a saved policy, ask a
+policy one question, build the tiny offline policy.
 
     rlhf policy train --algorithm ppo --synthetic --out /tmp/p            # the generated world, its hidden preference as reward
     rlhf policy train --algorithm kto --reward-model RM_DIR --data feedback.jsonl --out /tmp/p
     rlhf policy eval --model /tmp/p --reference tiny --synthetic
+    rlhf policy chat --model smollm2 "How do I reset my password in Mail?"   # or tiny, a registry version, a path
     rlhf policy build-tiny --out /tmp/tiny
 
 `--synthetic` trains on the generated support questions (train / held-out split of
@@ -51,16 +52,29 @@ def _existing(path: str, what: str, *, directory: bool) -> Path:
 
 
 def _policy_path(name_or_path: str, what: str) -> str:
-    """`tiny`, an existing directory, or something shaped like a Hub id (`org/name`); a path that
-    does not exist is an error here rather than a confusing Hub lookup."""
-    from trainers.base_models import TINY
+    """A name `trainers.base_models` knows (`tiny`, `smollm2`), an existing directory or .gguf
+    file, or something shaped like a Hub id (`org/name`); a path that does not exist is an error
+    here rather than a confusing Hub lookup."""
+    from trainers.base_models import NAMED, is_hub_id
 
-    if name_or_path == TINY or Path(name_or_path).is_dir():
+    path = Path(name_or_path).expanduser()
+    if name_or_path in NAMED or path.is_dir() or (path.suffix == ".gguf" and path.is_file()):
         return name_or_path
-    looks_like_hub_id = re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name_or_path) is not None
-    if looks_like_hub_id and not Path(name_or_path.split("/")[0]).exists():  # `runs/missing` is a path, not an org
+    if "/" in name_or_path and path.suffix != ".gguf" and is_hub_id(name_or_path):  # `runs/missing`, with a local runs/, is a path
         return name_or_path
-    raise ModelLoadError(f"{name_or_path}: {what} not found (no such directory, and not a Hub id)")
+    raise ModelLoadError(f"{name_or_path}: {what} not found (no such directory or file, and not a Hub id)")
+
+
+def _chat_model(name: str, args: argparse.Namespace) -> str:
+    """A registry version of the policy (its directory), else whatever `_policy_path` accepts."""
+    from registry.store import ModelRegistry
+
+    settings = settings_of(args)
+    if "/" not in name and settings.registry_path.is_dir():
+        registry = ModelRegistry(settings.registry_path)
+        if registry.exists("policies", name):
+            return str(registry.path("policies", name))
+    return _policy_path(name, "policy")
 
 
 def _events(path: Path) -> list:
@@ -174,6 +188,22 @@ def _eval(args: argparse.Namespace) -> None:
     print(json.dumps({"model": model, "reference": reference, "reward": task["reward"], "eval": figures}, indent=2))
 
 
+def _chat(args: argparse.Namespace) -> None:
+    import torch
+
+    from trainers.policy import load_policy, sample
+
+    settings = settings_of(args)
+    model = _chat_model(args.model, args)
+    _quiet()
+    lm, tokenizer = load_policy(model)
+    temperature = settings.assistant.temperature if args.temperature is None else args.temperature
+    torch.manual_seed(args.seed)
+    answer = sample(lm.eval(), tokenizer, [args.question], max_new_tokens=args.max_new_tokens, temperature=temperature or 1.0,
+                    top_p=settings.assistant.top_p, greedy=temperature == 0).responses[0]  # fmt: skip
+    print(answer)
+
+
 def _build_tiny(args: argparse.Namespace) -> None:
     from trainers.tiny_policy import build_tiny_policy
 
@@ -196,13 +226,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(policy, "train", "Train a policy against a reward and save it; prints held-out reward before and after.", _train)
     p.add_argument("--algorithm", choices=ALGORITHMS, help="default: policy.algorithm of the config")
     _add_task_options(p)
-    p.add_argument("--base-model", metavar="PATH", help="starting policy: `tiny`, a directory, or a Hub id (default: policy.base_model)")
+    p.add_argument("--base-model", metavar="PATH",
+                   help="starting policy: `tiny`, `smollm2`, a directory, a .gguf file or a Hub id (default: policy.base_model)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="directory to create (default: RLHF_HOME/policies/<algorithm>-<UTC time>)")
     p.add_argument("--epochs", type=int, help="override policy.training.epochs (PPO iterations / GRPO-RLOO rounds)")
     p.add_argument("--seed", type=int, help="override the training seed")
     p = command(policy, "eval", "Held-out mean reward, length and (with --reference) KL of a saved policy.", _eval)
-    p.add_argument("--model", required=True, metavar="PATH", help="policy directory (or `tiny`)")
+    p.add_argument("--model", required=True, metavar="PATH", help="policy directory (or `tiny`, `smollm2`, a .gguf file)")
     p.add_argument("--reference", metavar="PATH", help="policy to measure KL against, e.g. the starting one")
     _add_task_options(p)
+    p = command(policy, "chat", "Print one answer of a policy to QUESTION, in the policy's chat format.", _chat)
+    p.add_argument("question", metavar="QUESTION")
+    p.add_argument("--model", default="tiny", metavar="NAME",
+                   help="a registry version, `tiny`, `smollm2`, a directory, a .gguf file or a Hub id (default: tiny)")  # fmt: skip
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, in tokens (default: 128)")
+    p.add_argument("--temperature", type=float, help="sampling temperature, 0 for greedy (default: assistant.temperature)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same answer (default: 0)")
     p = command(policy, "build-tiny", "Build the tiny offline policy (tokenizer + warmed-up Llama) into a directory.", _build_tiny)
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")
