@@ -40,7 +40,7 @@ def test_policy_chat_answers_in_its_chat_format(smollm2: Path, capsys: pytest.Ca
 
 
 def test_a_score_head_on_smollm2_trains_and_reads_the_response(smollm2: Path):
-    rm = RewardModel.create(RewardConfig(base_model=SMOLLM2, max_length=48, batch_size=2, epochs=1, num_threads=2))
+    rm = RewardModel.create(RewardConfig(base_model=SMOLLM2, max_length=48, truncation="keep_response", batch_size=2, epochs=1, num_threads=2))
     assert rm.tokenizer.eos_token == "<|im_end|>" and rm.tokenizer.chat_template
     ids = rm.encode(["Please rewrite this very long text " * 30], ["Short answer."])[0]
     assert len(ids) == 48 and rm.tokenizer.decode(ids).endswith("<|im_start|>assistant\nShort answer.<|im_end|>\n")

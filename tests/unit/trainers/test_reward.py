@@ -197,8 +197,8 @@ def test_keep_response_cuts_the_prompt_from_the_left():
 
 def test_truncation_keeps_the_response_or_cuts_the_end(tiny_base):
     long_query, answer = "please help me with this " * 40, "press the reset button"
-    keep = RewardModel.create(RewardConfig(base_model=tiny_base, max_length=24))
-    right = RewardModel.create(RewardConfig(base_model=tiny_base, max_length=24, truncation="right"))
+    keep = RewardModel.create(RewardConfig(base_model=tiny_base, max_length=24, truncation="keep_response"))
+    right = RewardModel.create(RewardConfig(base_model=tiny_base, max_length=24))  # the default
     kept, cut = keep.encode([long_query], [answer])[0], right.encode([long_query], [answer])[0]
     assert len(kept) == len(cut) == 24
     assert keep.tokenizer.decode(kept, skip_special_tokens=True).endswith("response : press the reset button")
@@ -217,7 +217,9 @@ def test_versions_saved_before_the_truncation_option_keep_cutting_the_end(traine
     del saved["truncation"]
     (old / "reward_config.json").write_text(json.dumps(saved))
     assert RewardModel.load(old).config.truncation == "right"
-    assert RewardModel.load(trained[2]).config.truncation == "keep_response"
+    kept = _copy(trained[2], tmp_path / "kept")
+    (kept / "reward_config.json").write_text(json.dumps({**saved, "truncation": "keep_response"}))
+    assert RewardModel.load(kept).config.truncation == "keep_response"  # a saved choice is kept
 
 
 def test_no_usable_events_is_a_training_error(tiny_base, tmp_path):
