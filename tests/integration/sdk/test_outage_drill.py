@@ -35,6 +35,7 @@ from schemas import FeedbackEvent, validate_event
 from schemas.topics import topic_name
 from sdk.admin import create_topics
 from sdk.client import FeedbackClient
+from tests.integration.analytics.conftest import SinkProcess
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
@@ -154,6 +155,16 @@ def test_broker_down_60s_sends_never_block_and_every_event_arrives_once(own_brok
         n = int(event_id[1:])
         assert n > last.get(key, -1), f"user {key!r}: event {n} arrived after event {last[key]}"
         last[key] = n
+
+    # ... and through the sink into ClickHouse, exactly once: as many distinct ids as events sent.
+    sink = SinkProcess(settings, RLHF_CLICKHOUSE__BATCH_ROWS="20000")
+    try:
+        sink.wait_ready()
+        started = time.monotonic()
+        sink.wait_counts({"feedback": sent}, timeout=300)
+        print(f"ClickHouse: {sent:,} distinct feedback ids after {time.monotonic() - started:.0f} s of the sink")
+    finally:
+        assert sink.stop() == 0, sink.output()
 
 
 def test_sigkill_while_spooling_then_restart_delivers_the_spool(own_broker: LocalBroker, tmp_path: Path):
