@@ -4,6 +4,8 @@ slices) are left alone; events come back as new frozen events; the modes; never 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -202,7 +204,7 @@ def test_privacy_settings_default_and_override(monkeypatch):
 # --- properties ---
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.text(max_size=400))
 def test_redaction_never_raises_and_counts_are_consistent(text):
     done = redact(text)
@@ -212,13 +214,16 @@ def test_redaction_never_raises_and_counts_are_consistent(text):
         assert done.text.count(PLACEHOLDERS[kind]) >= n
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.text(alphabet=st.characters(categories=["Nd", "P", "Zs"], include_characters="+@:.-abcdefABCDEF"), max_size=300))
 def test_number_soup_never_raises(text):
     redact(text)
 
 
-WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
+# Words libphonenumber reads as an extension marker ("+1 650-253-0000 x 1234") join the number
+# after them to the one before: one phone with an extension, not a word between two phones.
+EXTENSION_MARKER = re.compile(r"e?xt(?:ensi[oó]?n)?n?|x|int|anexo")
+WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8).filter(lambda w: not EXTENSION_MARKER.fullmatch(w))
 
 
 def squeeze_phones(tokens: list[str]) -> list[str]:
@@ -227,7 +232,7 @@ def squeeze_phones(tokens: list[str]) -> list[str]:
     return [t for i, t in enumerate(tokens) if not (t == "<PHONE>" and i and tokens[i - 1] == "<PHONE>")]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.lists(st.one_of(st.sampled_from(CASES), WORDS), min_size=1, max_size=12))
 def test_planted_pii_among_words_never_survives(parts):
     text = " ".join(p[1] if isinstance(p, tuple) else p for p in parts)
