@@ -26,7 +26,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
-from analytics.tables import COUNTS, CONSUMER_LAG, DEAD_LETTERS, ERASURES, EVENT_TABLES, EXPERIMENTS, USER_TABLES, WINDOW_METRICS, Table
+from analytics.tables import COUNTS, CONSUMER_LAG, DEAD_LETTERS, ERASURES, EVENT_TABLES, EXPERIMENTS, USER_TABLES, WINDOW_METRICS, Table, dead_letter_names_user
 from core.settings import Settings
 
 Mode = Literal["chdb", "server"]
@@ -131,7 +131,7 @@ class Warehouse:
         with self.locked() as c:
             for table in USER_TABLES:
                 c.command(f"DELETE FROM {table.name} WHERE user_id IN {{users:Array(String)}}", parameters={"users": users})
-            named = "arrayExists(u -> position(value, concat('\"user_id\":\"', u, '\"')) > 0 OR position(value, concat('\"user_id\": \"', u, '\"')) > 0, {users:Array(String)})"
+            named = f"arrayExists(u -> {dead_letter_names_user('u')}, {{users:Array(String)}})"
             c.command(f"DELETE FROM {DEAD_LETTERS.name} WHERE {named}", parameters={"users": users})
         return len(users)
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from analytics.errors import AnalyticsError, UnknownQueryError
+from analytics.tables import dead_letter_names_user
 
 
 @dataclass(frozen=True)
@@ -186,13 +187,12 @@ _QUERIES = (
     NamedQuery(
         "user_rows",
         "Rows each table holds for one user, dead letters naming them included: what `rlhf privacy forget` must bring to 0.",
-        """
-        SELECT 'interactions' AS table, count() AS rows FROM interactions WHERE user_id = {user:String}
-        UNION ALL SELECT 'feedback', count() FROM feedback WHERE user_id = {user:String}
-        UNION ALL SELECT 'exposures', count() FROM exposures WHERE user_id = {user:String}
-        UNION ALL SELECT 'dead_letters', count() FROM dead_letters WHERE position(value, concat('"user_id":"', {user:String}, '"')) > 0
-                                                                  OR position(value, concat('"user_id": "', {user:String}, '"')) > 0
-        UNION ALL SELECT 'erasures', count() FROM erasures WHERE user_id = {user:String}
+        f"""
+        SELECT 'interactions' AS table, count() AS rows FROM interactions WHERE user_id = {{user:String}}
+        UNION ALL SELECT 'feedback', count() FROM feedback WHERE user_id = {{user:String}}
+        UNION ALL SELECT 'exposures', count() FROM exposures WHERE user_id = {{user:String}}
+        UNION ALL SELECT 'dead_letters', count() FROM dead_letters WHERE {dead_letter_names_user("{user:String}")}
+        UNION ALL SELECT 'erasures', count() FROM erasures WHERE user_id = {{user:String}}
         """,
         {"user": ""},
     ),

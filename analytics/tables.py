@@ -134,6 +134,12 @@ EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_MET
 # The tables that hold a user's own events; a user's dead letters are found by the id in their text.
 USER_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES)
 
+
+def dead_letter_names_user(user: str) -> str:
+    """SQL: the dead letter's raw text names the user (SQL expression `user`) as `"user_id": "..."`,
+    compact or spaced (a letter is the record as it came, which may not parse)."""
+    return "(" + " OR ".join(f"position(value, concat('\"user_id\":{gap}\"', {user}, '\"')) > 0" for gap in ("", " ")) + ")"
+
 # Not an event table: the sink samples every consumer group's lag into it (consumers/sink/lag.py).
 CONSUMER_LAG = Table("consumer_lag", _columns(
     ("consumer_group", LABEL), ("topic", LABEL), ("committed_offset", SIGNED), ("end_offset", SIGNED), ("lag", SIGNED),

@@ -15,8 +15,8 @@ def dead_letter_of(msg: Message, reason: str, redactor: Redactor | None = None) 
     """The letter for `msg`; with a `redactor` (not in mode off), its text with the PII replaced:
     a letter is stored in ClickHouse and read by people, so it must not carry what the event may not."""
     value = (msg.value() or b"").decode(errors="replace")
-    if redactor is not None and redactor.mode != "off":
-        value = redactor.redact(value).text
+    if redactor is not None:
+        value = redactor.kept(value)
     return DeadLetter(
         reason=reason[:MAX_REASON_CHARS], origin_topic=msg.topic(), origin_partition=msg.partition(), origin_offset=msg.offset(),
         key=msg.key().decode(errors="replace") if msg.key() else None, value=value,

@@ -300,6 +300,11 @@ class Redactor:
                 counts[pii_type] = n
         return Redacted(text, counts)
 
+    def kept(self, text: str) -> str:
+        """`text` as it may be stored under the mode: as it is when `off`, else redacted (a raw record,
+        such as a dead letter's value, has no fields to drop by: it is redacted under `drop` too)."""
+        return text if self.mode == "off" else self.redact(text).text
+
     def redact_event(self, event: M) -> RedactedEvent[M]:
         """A copy of `event` with its free-text fields (`TEXT_FIELDS`: strings, and the metadata's
         string keys and values) redacted; the same event object when none held PII."""

@@ -31,7 +31,7 @@ def validate_feedback(value: bytes | None, key: bytes | None, topic: str, partit
         event = parse_event(FeedbackEvent, value)
     except EventValidationError as exc:
         raw = _text(value) or ""
-        return DeadLetter(reason=str(exc), value=raw if redactor.mode == "off" else redactor.redact(raw).text, **where), NO_PII
+        return DeadLetter(reason=str(exc), value=redactor.kept(raw), **where), NO_PII
     try:
         return event, redactor.apply(event).counts
     except PiiFound as found:

@@ -157,7 +157,7 @@ class Sink:
         drop), a dead letter's raw text redacted. The stream app counts the PII it finds; the sink
         redacts again because events reach it straight from the topics, not through the stream app."""
         if isinstance(event, DeadLetter):
-            return event if self._redactor.mode == "off" else event.model_copy(update={"value": self._redactor.redact(event.value).text})
+            return event.model_copy(update={"value": self._redactor.kept(event.value)})
         return self._redactor.apply(event).event
 
     def _dead_letter(self, msg: Message, name: str, reason: str) -> None:

@@ -70,11 +70,13 @@ def _kafka_down(args: argparse.Namespace) -> None:
 def _kafka_status(args: argparse.Namespace) -> int:
     broker = broker_of(settings_of(args), args.secure, args.brokers)
     nodes = broker.nodes if isinstance(broker, LocalCluster) else [broker]
+    all_ready = True
     for node in nodes:
         pid = node.pid()
         ready = pid is not None and node.is_ready(brokers=len(nodes))
+        all_ready &= ready
         print(f"{'running' if pid else 'stopped'}{f' (pid {pid})' if pid else ''}; {'ready' if ready else 'not ready'} on {node.bootstrap_servers}; data {node.data_dir}")
-    return 0 if all(n.pid() is not None and n.is_ready(brokers=len(nodes)) for n in nodes) else 1
+    return 0 if all_ready else 1
 
 
 def _topics_create(args: argparse.Namespace) -> None:
