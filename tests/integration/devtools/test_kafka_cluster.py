@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from core.kafka_clients import client_config
@@ -37,6 +38,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     nodes.down()
 
 
+def topic_config(admin: AdminClient, topic: str, deadline: float) -> dict:
+    """The topic's configs; the node asked may not know a just-created topic yet (UNKNOWN_TOPIC_OR_PART)."""
+    while True:
+        try:
+            described = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+            return next(iter(described.values())).result()
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_a_node_lost_mid_stream_loses_no_acknowledged_event(cluster, tmp_path):
     settings = make_settings(cluster.bootstrap_servers, tmp_path, kafka={"replication_factor": 3, "min_insync_replicas": 2},
                              continuous_learning={"train_threshold": 1_000, "buffer_size": 2_000})  # fmt: skip
@@ -47,8 +60,7 @@ def test_a_node_lost_mid_stream_loses_no_acknowledged_event(cluster, tmp_path):
     while not (partitions := admin.list_topics(feedback, timeout=10).topics[feedback].partitions) and time.monotonic() < deadline:
         time.sleep(0.2)  # a just-created topic's metadata reaches every node in a moment
     assert {len(p.replicas) for p in partitions.values()} == {3}
-    described = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, feedback)])
-    assert next(iter(described.values())).result()["min.insync.replicas"].value == "2"
+    assert topic_config(admin, feedback, deadline)["min.insync.replicas"].value == "2"
 
     env = {**os.environ, "RLHF_HOME": str(settings.home), "RLHF_KAFKA__BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
            "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix, "RLHF_KAFKA__REPLICATION_FACTOR": "3", "RLHF_KAFKA__MIN_INSYNC_REPLICAS": "2",
