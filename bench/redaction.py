@@ -4,8 +4,10 @@ message anyway: decoding and validating it (FeedbackEvent.model_validate_json).
     python -m bench.redaction [--messages 20000]
 
 Messages are ~200-character chat texts; a tenth carry one planted PII item (e-mail, phone, card,
-IBAN or IP), the rest are clean (the common case, where only the pre-filters run). Prints
-microseconds per message for clean, PII-bearing and the mix, per text and per whole event.
+IBAN or IP), the rest are clean but end in a number (`Thanks 1234.`), which the IBAN and IP
+detectors look at. A clean text with no `@`, two colons or four-digit run (the common case) is
+dismissed by the pre-filter alone: its own line. Prints microseconds per message for clean,
+PII-bearing and the mix, per text and per whole event.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def main() -> None:
     print(f"mean message length: {sum(map(len, mix)) / len(mix):.0f} chars")
     baseline = per_call_us(FeedbackEvent.model_validate_json, raw)
     print(f"baseline  validate event JSON:     {baseline:7.1f} us/event")
+    no_number = [CLEAN.format(i="")] * len(clean)
+    print(f"redact    clean text, no number:   {per_call_us(redactor.redact, no_number):7.1f} us/text")
     print(f"redact    clean text:              {per_call_us(redactor.redact, clean):7.1f} us/text")
     print(f"redact    text with one PII item:  {per_call_us(redactor.redact, dirty):7.1f} us/text")
     print(f"redact    mix (10% with PII):      {per_call_us(redactor.redact, mix):7.1f} us/text")

@@ -237,7 +237,7 @@ def throughput(bootstrap: str, home: Path, events: int, repeats: int) -> tuple[l
                 bare = bare_pipe(bootstrap, producer, batch)
                 worker_rates.append(events / elapsed)
                 bare_rates.append(bare)
-                print(f"repeat {r + 1}: worker {events / elapsed:,.0f} accepted ev/s ({cpu_ms[-1]:.2f} CPU ms/event)   "
+                print(f"repeat {r + 1}: worker {events / elapsed:,.0f} accepted ev/s ({cpu_ms[-1]:.3f} CPU ms/event)   "
                       f"bare produce->consume {bare:,.0f} ev/s   ratio {events / elapsed / bare:.4f}", flush=True)  # fmt: skip
         finally:
             triggers.close()
@@ -293,7 +293,7 @@ def main() -> None:
         print(f"trigger latency over {len(ms)} triggers (threshold {args.threshold}): p50 {percentile(ms, 50):.0f} ms  "
               f"p99 {percentile(ms, 99):.0f} ms  (min {min(ms):.0f}, max {max(ms):.0f})")  # fmt: skip
         ratio = median([w / b for w, b in zip(worker_rates, bare_rates)])
-        print(f"\nmedian of {args.repeats}: worker {median(worker_rates):,.0f} accepted events/s ({median(cpu_ms):.2f} CPU ms/event), "
+        print(f"\nmedian of {args.repeats}: worker {median(worker_rates):,.0f} accepted events/s ({median(cpu_ms):.3f} CPU ms/event), "
               f"bare broker produce->consume {median(bare_rates):,.0f} events/s, ratio {ratio:.4f}; "
               f"trigger latency p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms (os.cpu_count() {os.cpu_count()}, "
               f"load average {os.getloadavg()[0]:.1f})")  # fmt: skip

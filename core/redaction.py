@@ -26,10 +26,11 @@ What is detected, and by what:
   is not published on PyPI, and a per-message NER pass would cost milliseconds, not microseconds.
 
 Each detector runs only when a cheap pre-filter (an `@`, a run of four digits, two colons ...)
-says it could match, so a clean 200-character message costs about ten microseconds and one with
-a phone number about a hundred (the matcher). Redaction never raises: a validator that fails on
-a candidate redacts it (fail closed), and if the phone matcher fails every seven-digit run is
-treated as a phone.
+says it could match, so a clean 200-character message costs about a microsecond and one with a
+phone number about a hundred (the matcher). An event's texts go through the pre-filter joined, in
+one pass, and a clean event (nearly every one) comes back with nothing else done. Redaction never
+raises: a validator that fails on a candidate redacts it (fail closed), and if the phone matcher
+fails every seven-digit run is treated as a phone.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 import phonenumbers
@@ -55,6 +57,10 @@ from core.settings import PII_TYPES, PiiType, PrivacyMode, PrivacySettings
 TEXT_FIELDS: tuple[str, ...] = ("query", "response", "correction", "metadata")
 
 PLACEHOLDERS: Mapping[PiiType, str] = {t: f"<{t.upper()}>" for t in PII_TYPES}
+
+# The counts of a text or event without PII: one shared mapping, so the clean path allocates none,
+# read-only, so no caller can add to everybody's.
+NO_PII: Mapping[PiiType, int] = MappingProxyType({})
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -109,6 +115,32 @@ _MAYBE_PHONE = re.compile(r"\d(?:[\s().\-/]{0,3}\d){6,}")  # seven digits, howev
 _COUNTRY_CODE_BEFORE = re.compile(r"\+\d{1,3}[\s.-]{0,2}$")
 _DIGITS_GLUED_ON = re.compile(r"(?:[().\-/]*\d+)*")
 _IBAN_MIN, _IBAN_MAX = 15, 34
+# Joins an event's texts for one pre-filter pass. In no separator class above, so no digit run
+# spans two texts; joining only adds `@`s, colons and runs, so a clean join proves each text clean.
+_JOIN = "\0"
+_ASCII_DIGITS = b"0123456789"
+
+
+def _digits(text: str) -> int:
+    """At least the number of digits in `text`, as the patterns' `\\d` counts them: exact for ASCII
+    text (where that is 0-9), its length otherwise. Deleting bytes costs ~1 ns a character, a
+    `re` scan ~5."""
+    if not text.isascii():
+        return len(text)
+    raw = text.encode()
+    return len(raw) - len(raw.translate(None, _ASCII_DIGITS))
+
+
+def _has_number(text: str, digits: int) -> bool:
+    """A run of four digits (`_NUMBER`), which every card, IBAN, phone number and dotted quad has;
+    the scan is skipped when `digits` (from `_digits`) is too few for one."""
+    return digits >= 4 and _NUMBER.search(text) is not None
+
+
+def _may_hold_pii(text: str) -> bool:
+    """False proves that no detector can find anything: every find needs an `@` (e-mail), two
+    colons (IPv6) or a run of four digits."""
+    return "@" in text or text.count(":") >= 2 or _has_number(text, _digits(text))
 
 
 def _sub(pattern: re.Pattern[str], text: str, placeholder: str, is_pii: Callable[[str], bool]) -> tuple[str, int]:
@@ -254,7 +286,9 @@ def _redact_phone(text: str, region: str) -> tuple[str, int]:
 
 # Order matters: each detector sees the text its predecessors left, so an e-mail's digits are gone
 # before the number detectors run, and an IBAN's or card's digits before the phone matcher's.
-_NEEDS_NUMBER: frozenset[PiiType] = frozenset({"iban", "card", "phone"})
+# The number detectors run only on a text with a four-digit run and at least this many digits: a
+# card has 13 (`_CARD`), a phone number 7 (`_MAYBE_PHONE` gates the matcher), an IBAN its run.
+_MIN_DIGITS: Mapping[PiiType, int] = {"iban": 4, "card": 13, "phone": 7}
 _Detector = Callable[[str, str], tuple[str, int]]  # (text, phone region) -> (redacted text, finds)
 _DETECTORS: tuple[tuple[PiiType, _Detector], ...] = (
     ("email", _redact_email),
@@ -288,12 +322,14 @@ class Redactor:
 
     def redact(self, text: str) -> Redacted:
         """`text` with every PII find replaced by its placeholder (whatever the mode); never raises."""
-        counts: dict[PiiType, int] = {}
-        numbers = _NUMBER.search(text) is not None  # redacting only removes digits: checked once
+        # Redacting only removes digits: counted and checked once, on the text as it comes.
+        digits = _digits(text)
+        numbers = _has_number(text, digits)
         if not numbers and "@" not in text and text.count(":") < 2:
-            return Redacted(text)  # the common case: no digit run, no e-mail, no IPv6 can be in it
+            return Redacted(text, NO_PII)  # the common case: `_may_hold_pii` is false
+        counts: dict[PiiType, int] = {}
         for pii_type, detector in self._chain:
-            if not numbers and pii_type in _NEEDS_NUMBER:
+            if pii_type in _MIN_DIGITS and (not numbers or digits < _MIN_DIGITS[pii_type]):
                 continue
             text, n = detector(text, self.phone_region)
             if n:
@@ -308,6 +344,8 @@ class Redactor:
     def redact_event(self, event: M) -> RedactedEvent[M]:
         """A copy of `event` with its free-text fields (`TEXT_FIELDS`: strings, and the metadata's
         string keys and values) redacted; the same event object when none held PII."""
+        if not _may_hold_pii(_JOIN.join(_texts(event))):
+            return RedactedEvent(event, NO_PII)  # nearly every event: one pass over its texts, nothing built
         counts: dict[PiiType, int] = {}
         fields: list[str] = []
         updates: dict[str, Any] = {}
@@ -343,6 +381,18 @@ class Redactor:
         if self.mode == "drop" and done.counts:
             raise PiiFound(done)
         return done
+
+
+def _texts(event: BaseModel) -> list[str]:
+    """The strings `redact_event` scrubs, no more and no fewer: the pre-filter's proof covers them all."""
+    texts: list[str] = []
+    for name in TEXT_FIELDS:
+        value = getattr(event, name, None)
+        if isinstance(value, str):
+            texts.append(value)
+        elif value and isinstance(value, Mapping):  # None or empty: no text (and no slow ABC check)
+            texts += [s for item in value.items() for s in item if isinstance(s, str)]
+    return texts
 
 
 def _scrub_mapping(value: Mapping[Any, Any], name: str, scrub: Callable[[str, str], str]) -> dict[Any, Any]:

@@ -14,10 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from core.errors import EventValidationError
-from core.redaction import PiiFound, Redactor
+from core.redaction import NO_PII, PiiFound, Redactor
 from schemas import DeadLetter, FeedbackEvent, parse_event
-
-NO_PII: Mapping[str, int] = {}
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -26,13 +24,17 @@ def _text(raw: bytes | None) -> str | None:
 
 def validate_feedback(value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
                       redactor: Redactor) -> tuple[FeedbackEvent | DeadLetter, Mapping[str, int]]:  # fmt: skip
-    where = {"origin_topic": topic, "origin_partition": partition, "origin_offset": offset, "key": _text(key)}
+    # The origin (and the key's text) is built only for a dead letter, not for every accepted event.
     try:
         event = parse_event(FeedbackEvent, value)
     except EventValidationError as exc:
-        raw = _text(value) or ""
-        return DeadLetter(reason=str(exc), value=redactor.kept(raw), **where), NO_PII
+        return _dead(str(exc), redactor.kept(_text(value) or ""), key, topic, partition, offset), NO_PII
     try:
         return event, redactor.apply(event).counts
     except PiiFound as found:
-        return DeadLetter(reason=str(found), value=found.redacted.event.to_bytes().decode(), **where), found.counts
+        return _dead(str(found), found.redacted.event.to_bytes().decode(), key, topic, partition, offset), found.counts
+
+
+def _dead(reason: str, kept: str, key: bytes | None, topic: str, partition: int, offset: int) -> DeadLetter:
+    where = {"origin_topic": topic, "origin_partition": partition, "origin_offset": offset, "key": _text(key)}
+    return DeadLetter(reason=reason, value=kept, **where)

@@ -24,7 +24,8 @@ PLANTED: dict[str, list[str]] = {
              "2223003122003222"],
     "iban": ["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432", "NO93 8601 1117 947",
              "fr14 2004 1010 0505 0001 3m02 606", "BE68 5390 0754 7034"],
-    "ip": ["203.0.113.7", "8.8.8.8", "2001:db8:85a3::8a2e:370:7334", "2001:0db8:0000:0000:0000:ff00:0042:8329", "::ffff:203.0.113.9"],
+    "ip": ["203.0.113.7", "8.8.8.8", "2001:db8:85a3::8a2e:370:7334", "2001:0db8:0000:0000:0000:ff00:0042:8329", "::ffff:203.0.113.9",
+           "fd00:ab::c1"],  # no four-digit run: only its colons let it past the pre-filter
 }  # fmt: skip
 CASES = [(kind, value) for kind, values in PLANTED.items() for value in values]
 
@@ -247,3 +248,109 @@ def test_planted_pii_among_words_never_survives(parts):
     assert set(done.counts) == set(counts)
     assert all(done.counts[k] == counts[k] for k in counts if k != "phone")
     assert done.counts.get("phone", 0) >= expected.count("<PHONE>")
+
+
+# --- pre-filters: they skip work, never a find ---
+
+CLEAN_TEXTS = [
+    "How do I reset my password in app 3?",
+    "Open Settings, go to Account, then press Reset.",
+    "Note: it cost $12 last year and 999 points",  # one colon, digit runs under four
+    "Straße 7, café au lait — naïve résumé",  # not ASCII
+    "",
+]
+
+
+def ungated(text: str) -> tuple[str, dict[str, int]]:
+    """Every detector on the text, in order, with no pre-filter: what redaction finds by definition."""
+    counts = {}
+    for kind, detector in redaction._DETECTORS:
+        text, n = detector(text, "US")
+        if n:
+            counts[kind] = n
+    return text, counts
+
+
+def spy_detectors(monkeypatch) -> list[str]:
+    """Record which detectors a Redactor built afterwards runs."""
+    called: list[str] = []
+
+    def spy(kind, detector):
+        def run(text, region):
+            called.append(kind)
+            return detector(text, region)
+
+        return run
+
+    monkeypatch.setattr(redaction, "_DETECTORS", tuple((kind, spy(kind, d)) for kind, d in redaction._DETECTORS))
+    return called
+
+
+NUMBER_SOUP = st.text(alphabet=st.characters(categories=["Nd", "P", "Zs"], include_characters="+@:.-abcdefABCDEF"), max_size=120)
+PII_WORDS_AND_NUMBERS = st.lists(
+    st.one_of(st.sampled_from([v for _, v in CASES]), WORDS, st.from_regex(r"[0-9]{1,14}", fullmatch=True)), max_size=8
+).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(NUMBER_SOUP, PII_WORDS_AND_NUMBERS))
+def test_the_pre_filters_skip_nothing_a_detector_would_find(text):
+    done = redact(text)
+    assert (done.text, dict(done.counts)) == ungated(text)
+
+
+@pytest.mark.parametrize(("kind", "value"), CASES, ids=[v for _, v in CASES])
+def test_each_pii_type_planted_in_clean_text_passes_the_pre_filter(kind, value):
+    for text in CLEAN_TEXTS:
+        planted = f"{text} {value} {text}"
+        assert redaction._may_hold_pii(planted)
+        assert redact(planted).counts == {kind: 1}
+
+
+@pytest.mark.parametrize("where", ["query", "response", "correction", "metadata value", "metadata key"])
+@pytest.mark.parametrize(("kind", "value"), CASES, ids=[v for _, v in CASES])
+def test_pii_in_any_one_text_of_an_otherwise_clean_event_is_found(kind, value, where):
+    planted = f"it is {value}, thanks"
+    fields = dict(query=CLEAN_TEXTS[0], response=CLEAN_TEXTS[1], correction=CLEAN_TEXTS[2],
+                  metadata={"note": CLEAN_TEXTS[3], "n": 3})  # fmt: skip
+    if where in ("query", "response", "correction"):
+        fields[where] = planted
+    elif where == "metadata value":
+        fields["metadata"] = {**fields["metadata"], "extra": planted}
+    else:
+        fields["metadata"] = {**fields["metadata"], planted: "x"}
+    done = Redactor().redact_event(feedback(feedback_type="correction", **fields))
+    assert done.counts == {kind: 1}
+    assert value not in done.event.to_bytes().decode()
+
+
+def test_clean_texts_and_events_reach_no_detector(monkeypatch):
+    called = spy_detectors(monkeypatch)
+    redactor = Redactor()
+    for text in CLEAN_TEXTS:
+        done = redactor.redact(text)
+        assert (done.text, done.counts) == (text, {})
+    event = feedback(feedback_type="correction", query=CLEAN_TEXTS[0], response=CLEAN_TEXTS[2], correction=CLEAN_TEXTS[3],
+                     metadata={"note": CLEAN_TEXTS[1], "n": 3})  # fmt: skip
+    monkeypatch.setattr(Redactor, "redact", lambda *_: pytest.fail("a clean event's texts are not redacted one by one"))
+    done = redactor.redact_event(event)
+    assert done.event is event and done.counts == {} and called == []
+
+
+def test_number_detectors_run_only_on_enough_digits(monkeypatch):
+    called = spy_detectors(monkeypatch)
+    redactor = Redactor()
+    redactor.redact("Reset (1003) now")  # a four-digit run: too few digits for a phone (7) or a card (13)
+    assert "card" not in called and "phone" not in called and "iban" in called
+    called.clear()
+    redactor.redact("order 1234567 today")
+    assert "phone" in called and "card" not in called
+    called.clear()
+    redactor.redact("ticket 4111 1111 1111 1112")  # Luhn fails: nothing found, but it was looked at
+    assert {"iban", "card", "phone"} <= set(called)
+
+
+def test_texts_joined_for_the_pre_filter_make_no_digit_run_across_them():
+    event = feedback(query="ends in 12", response="34 starts it")
+    assert not redaction._may_hold_pii(redaction._JOIN.join(redaction._texts(event)))
+    assert Redactor().redact_event(event).event is event
