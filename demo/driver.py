@@ -66,6 +66,7 @@ class RoundResult:
     decision: str
     published: dict = field(default_factory=dict)
     ab: dict = field(default_factory=dict)
+    seconds: float | None = None  # wall time from the previous round's end (or the users' first question) to this one's
 
 
 class DemoError(RlhfError):
@@ -139,6 +140,7 @@ class Demo:
         self.timeline: list[dict] = []
         self.drills_done: set[str] = set()
         self.feedback_sent = 0
+        self.round_started = time.monotonic()
 
     @property
     def settings(self) -> Settings:
@@ -175,6 +177,7 @@ class Demo:
         deadline = time.monotonic() + self.plan.budget_s
         serve = httpx.Client(base_url=f"http://127.0.0.1:{self.serve_port}")
         bar = tqdm(total=self.plan.rounds, desc="RLHF rounds", unit="round", dynamic_ncols=True)
+        self.round_started = time.monotonic()
         try:
             while len(self.results) < self.plan.rounds:
                 if time.monotonic() > deadline:
@@ -216,14 +219,19 @@ class Demo:
             published = next((p.model_dump(mode="json") for p in watch.published if p.version == started.treatment_version and p.decision == "candidate"), {})
             ab = {"experiment": decided.experiment_id, "outcome": decided.outcome, "reason": decided.reason, "statistics": decided.statistics,
                   "decided_at": decided.timestamp.isoformat()}  # fmt: skip
-            self.results.append(RoundResult(started.treatment_version, started.control_version, decided.outcome, published, ab))
+            self._finish(RoundResult(started.treatment_version, started.control_version, decided.outcome, published, ab))
 
     def _settle_rejections(self, watch: StatusWatch) -> None:
         """A candidate the gate rejected is a finished round too (it never reaches users)."""
         done = {r.candidate for r in self.results}
         for p in watch.published:
             if p.decision == "rejected" and p.version not in done:
-                self.results.append(RoundResult(p.version, p.parent_version, "rejected", p.model_dump(mode="json")))
+                self._finish(RoundResult(p.version, p.parent_version, "rejected", p.model_dump(mode="json")))
+
+    def _finish(self, result: RoundResult) -> None:
+        now = time.monotonic()
+        result.seconds, self.round_started = now - self.round_started, now
+        self.results.append(result)
 
     def _fault_drill(self, target: str) -> None:
         """With --fault-drill: kill each of stream worker and trainer once, and bounce the broker once."""

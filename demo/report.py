@@ -14,6 +14,7 @@ import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -43,6 +44,22 @@ class RoundFigures:
     decision_reason: str = ""
     true_quality_parent: float | None = None
     true_quality_candidate: float | None = None
+    # Issue 14's per-round figures: how the reward model fares on the newest answers, how far the policy moved.
+    reward_accuracy_recent: float | None = None  # held-out feedback pairs of the newest trigger (the newest policies' answers)
+    reward_accuracy_on_policy: float | None = None  # pairs of the parent's own answers, judged by the hidden preference
+    disagreement: float | None = None  # the reward ensemble's spread on held-out feedback
+    disagreement_ppo: float | None = None  # ... on PPO's last rollout
+    kl_parent: float | None = None
+    kl_base: float | None = None
+    gate_before: float | None = None
+    gate_after: float | None = None
+    history_events: float | None = None
+    seconds: float | None = None  # wall time of the round, from the previous round's end to this one's
+
+    @property
+    def serving_truth(self) -> float | None:
+        """The hidden preference of the version serving once the round is decided."""
+        return self.true_quality_candidate if self.decision == "promote" else self.true_quality_parent
 
     @property
     def policy_reward_gain(self) -> float | None:
@@ -51,7 +68,7 @@ class RoundFigures:
         return self.reward_after / self.reward_before - 1
 
 
-def figures_of(result: dict, truth: dict[str, float]) -> RoundFigures:
+def figures_of(result: dict, truth: dict[str, float], on_policy: dict[str, float] | None = None) -> RoundFigures:
     """The round's figures: the trainer's published metrics and the decider's recorded statistics."""
     metrics = result.get("published", {}).get("metrics", {})
     stats = result.get("ab", {}).get("statistics", {})
@@ -64,6 +81,11 @@ def figures_of(result: dict, truth: dict[str, float]) -> RoundFigures:
         users_control=stats.get("users_control"), users_treatment=stats.get("users_treatment"),
         decision_reason=result.get("ab", {}).get("reason", ""),
         true_quality_parent=truth.get(result.get("parent") or ""), true_quality_candidate=truth.get(result["candidate"]),
+        reward_accuracy_recent=metrics.get("rm_eval.accuracy_recent"), reward_accuracy_on_policy=(on_policy or {}).get(result["candidate"]),
+        disagreement=metrics.get("rm_eval.disagreement"), disagreement_ppo=metrics.get("disagreement_last"),
+        kl_parent=metrics.get("kl_parent"), kl_base=metrics.get("kl_base"),
+        gate_before=metrics.get("gate_reward_before"), gate_after=metrics.get("gate_reward_after"),
+        history_events=metrics.get("rm_data.events.accepted"), seconds=result.get("seconds"),
     )  # fmt: skip
 
 
@@ -87,7 +109,13 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
             f"  (per user; {_num(r.users_control, '.0f')} / {_num(r.users_treatment, '.0f')} users)",
             f"    decision                                 " + ("the gate rejected it before any user saw it" if r.decision == "rejected"
                                                               else f"the decider: {r.decision} ({r.decision_reason or 'no reason recorded'})"),
-            f"    hidden user preference (ground truth)    {_num(r.true_quality_parent)} -> {_num(r.true_quality_candidate)}",
+            f"    hidden user preference (ground truth)    {_num(r.true_quality_parent)} -> {_num(r.true_quality_candidate)}"
+            f"  (serving after the round: {_num(r.serving_truth)})",
+            f"    reward model on the newest answers       held-out newest pairs {_num(r.reward_accuracy_recent, '.1%')}, "
+            f"parent's own answers {_num(r.reward_accuracy_on_policy, '.1%')} (ground truth); trained on {_num(r.history_events, '.0f')} events",
+            f"    ensemble disagreement / gate reward      {_num(r.disagreement)} (PPO's last rollout {_num(r.disagreement_ppo)}); "
+            f"gate {_num(r.gate_before)} -> {_num(r.gate_after)}",
+            f"    KL per token to parent / to base         {_num(r.kl_parent)} / {_num(r.kl_base)}      wall time {_num(r.seconds and r.seconds / 60, '.1f')} min",
         ]
     lines += [f"  report: {html_path}", f"  dashboard (while running): {dashboard_url}", ""]
     return "\n".join(lines)
@@ -124,6 +152,25 @@ def _reward_plot(rounds: list[RoundFigures]) -> str:
     return _png(fig)
 
 
+def _rounds_plot(rounds: list[RoundFigures]) -> str:
+    """The hidden preference of the serving version per round, each round's decision marked, and
+    the reward model's accuracy on the parent's own answers."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs = list(range(0, len(rounds) + 1))
+    serving = [rounds[0].true_quality_parent if rounds else None] + [r.serving_truth for r in rounds]
+    ax.plot(xs, serving, "-", color="tab:blue", label="serving version (hidden preference)")
+    markers = {"promote": ("^", "tab:green"), "rollback": ("v", "tab:red"), "expired": ("v", "tab:orange"), "rejected": ("x", "tab:gray")}
+    for x, r in zip(xs[1:], rounds):
+        marker, colour = markers.get(r.decision, ("o", "black"))
+        ax.scatter([x], [r.true_quality_candidate if r.true_quality_candidate is not None else r.serving_truth], marker=marker, color=colour, zorder=3)
+    for decision, (marker, colour) in markers.items():
+        ax.scatter([], [], marker=marker, color=colour, label=f"candidate: {decision}")
+    ax.plot(xs[1:], [r.reward_accuracy_on_policy for r in rounds], "s--", color="tab:purple", alpha=0.7, label="RM accuracy on the parent's answers")
+    ax.set(xlabel="round", ylabel="hidden preference / accuracy", title="Does it keep improving?", xticks=xs, ylim=(0, 1.02))
+    ax.legend(fontsize=6, loc="lower right")
+    return _png(fig)
+
+
 def _timeline_plot(timeline: list[dict]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if timeline:
@@ -140,7 +187,7 @@ def _timeline_plot(timeline: list[dict]) -> str:
 
 
 def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], summary: str) -> Path:
-    images = [_ab_plot(rounds), _reward_plot(rounds), _timeline_plot(timeline)] if rounds else [_timeline_plot(timeline)]
+    images = [_rounds_plot(rounds), _ab_plot(rounds), _reward_plot(rounds), _timeline_plot(timeline)] if rounds else [_timeline_plot(timeline)]
     body = "".join(f'<img src="data:image/png;base64,{img}" style="max-width:48%;margin:4px">' for img in images)
     path.write_text(
         "<!doctype html><meta charset=utf-8><title>rlhf demo report</title>"
@@ -169,12 +216,50 @@ def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int, s
     return out
 
 
+def on_policy_accuracy(reward: Callable[[list[str], list[str]], list[float]], answer: Callable[[list[str], int], list[str]], held_out: list) -> float | None:
+    """How often a reward model orders two of a policy's own answers to a held-out question as the
+    hidden preference does (pairs whose true gap is over 0.2): its accuracy where the next PPO
+    update will search. `answer(queries, seed)` samples the policy."""
+    from trainers.synthetic import quality
+
+    first, second = (answer([q.text for q in held_out], seed) for seed in (10, 11))
+    pairs = [(q, a, b) for q, a, b in zip(held_out, first, second) if abs(quality(q, a) - quality(q, b)) > 0.2]
+    if not pairs:
+        return None
+    ra, rb = (reward([q.text for q, *_ in pairs], [p[i] for p in pairs]) for i in (1, 2))
+    return sum((x > y) == (quality(q, a) > quality(q, b)) for (q, a, b), x, y in zip(pairs, ra, rb)) / len(pairs)
+
+
+def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_tokens: int) -> dict[str, float]:
+    """Per round (keyed by candidate), its reward model's `on_policy_accuracy` on the parent's answers."""
+    from assistant.service import answer, load_version
+    from registry.store import ModelRegistry
+    from trainers.reward import RewardModel
+    from trainers.synthetic import split_questions
+
+    registry = ModelRegistry(registry_root)
+    _, held_out = split_questions()
+    out = {}
+    for r in results:
+        rm_version, parent = r.get("published", {}).get("reward_model_version"), r.get("parent")
+        if not rm_version or not parent or not registry.exists("reward_models", rm_version):
+            continue
+        policy = load_version(registry, parent)
+        accuracy = on_policy_accuracy(RewardModel.load(registry.path("reward_models", rm_version) / "model").predict,
+                                      lambda queries, seed: answer(policy, queries, max_new_tokens, seed=seed), held_out)  # fmt: skip
+        if accuracy is not None:
+            out[r["candidate"]] = accuracy
+    return out
+
+
 def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_tokens: int) -> str:
     """RUN/report.html and the terminal summary (returned) of a finished demo run."""
     # A rejected candidate is a manifest without weights: it never answered anyone.
     versions = {r.candidate for r in results if r.decision != "rejected"} | {r.parent for r in results if r.parent}
     truth = true_quality(run_dir / "state" / "registry", versions, max_new_tokens)
-    rounds = [figures_of(asdict(r), truth) for r in results]
+    dumped = [asdict(r) for r in results]
+    on_policy = reward_models_on_policy(run_dir / "state" / "registry", dumped, max_new_tokens)
+    rounds = [figures_of(r, truth, on_policy) for r in dumped]
     html_path = run_dir / "report.html"
     dashboard = f"rerun `RLHF_HOME={run_dir}/state rlhf sink run` to browse the dashboard again"
     summary = terminal_summary(rounds, dashboard, html_path) + f"  wall time: {elapsed_s / 60:.1f} min\n"

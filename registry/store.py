@@ -49,7 +49,8 @@ class Manifest:
     trigger_id: str | None = None
     parent_version: str | None = None
     reward_model_version: str | None = None
-    data_ranges: list[dict[str, Any]] = field(default_factory=list)
+    data_ranges: list[dict[str, Any]] = field(default_factory=list)  # every offset range trained on, the history's included
+    history_triggers: list[str] = field(default_factory=list)  # the triggers whose feedback it used, oldest first (history.json has them whole)
     metrics: dict[str, float] = field(default_factory=dict)
     guardrails_fired: list[str] = field(default_factory=list)
     config_hash: str = ""

@@ -38,9 +38,9 @@ from core.hashing import stable_fraction, stable_hash64
 from schemas.events import FeedbackEvent, latest_verdicts, parse_event, validate_event
 
 PAIR_FEATURES = Features(
-    {name: Value("string") for name in ("query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")}
+    {**{name: Value("string") for name in ("query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")}, "recent": Value("bool")}
 )
-POINT_FEATURES = Features({"query": Value("string"), "response": Value("string"), "label": Value("float32"), "kind": Value("string")})
+POINT_FEATURES = Features({"query": Value("string"), "response": Value("string"), "label": Value("float32"), "kind": Value("string"), "recent": Value("bool")})
 INVALID_EXAMPLES_KEPT = 5  # a few reasons in the summary say what is wrong without flooding it
 
 
@@ -56,6 +56,7 @@ class Pair:
     source: str  # the rule that made the pair: rating, thumbs or correction
     chosen_kind: str  # what the user said about each side, e.g. rating_5, thumbs_up, correction, corrected
     rejected_kind: str
+    recent: bool = False  # both sides come from the newest data (the answers of the newest policies)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Point:
     response: str
     label: float
     kind: str
+    recent: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,13 @@ def build_dataset(
     split_salt: str = "",
     max_text_chars: int = 4_000,
     max_pairs_per_query: int = 64,
+    recent_ids: frozenset[str] = frozenset(),
 ) -> RewardData:
-    """Pairs and points from feedback records, split by query; see the module docstring for the rules."""
+    """Pairs and points from feedback records, split by query; see the module docstring for the rules.
+
+    `recent_ids` names the newest events (the latest trigger's, when training on a history): a pair
+    of two of them, or a point from one, is `recent`, so training can weigh it up and evaluation can
+    say how well the model ranks the newest policies' own answers."""
     dropped: Counter[str] = Counter()
     invalid: list[str] = []
     events = _accepted_events(records, max_text_chars, dropped, invalid)
@@ -133,13 +140,14 @@ def build_dataset(
     pairs: list[Pair] = []
     points: list[Point] = []
     for group in by_query.values():
-        group_pairs, paired_ids = _pairs_of(group)
+        group_pairs, paired_ids = _pairs_of(group, recent_ids)
         if len(group_pairs) > max_pairs_per_query:
             dropped["pair_cap"] += len(group_pairs) - max_pairs_per_query
-            # Keep a deterministic, content-based subset so replaying a trigger rebuilds the same data.
-            group_pairs = sorted(group_pairs, key=lambda p: stable_hash64(p.chosen, p.rejected))[:max_pairs_per_query]
+            # Keep a deterministic, content-based subset so replaying a trigger rebuilds the same data;
+            # the newest comparisons first (older answers of this query are what the policy no longer says).
+            group_pairs = sorted(group_pairs, key=lambda p: (not p.recent, stable_hash64(p.chosen, p.rejected)))[:max_pairs_per_query]
         pairs += group_pairs
-        points += [_point_of(e, min_rating) for e in group if e.event_id not in paired_ids]
+        points += [_point_of(e, min_rating, e.event_id in recent_ids) for e in group if e.event_id not in paired_ids]
 
     pairs = _dedupe(pairs, lambda p: (query_key(p.query), p.chosen, p.rejected), "duplicate_pair", dropped)
     points = _dedupe(points, lambda p: (query_key(p.query), p.response, p.label), "duplicate_point", dropped)
@@ -154,6 +162,7 @@ def build_dataset(
         "events": {"accepted": len(events), "invalid": len(invalid), "by_type": dict(Counter(e.feedback_type for e in events))},
         "invalid_examples": invalid[:INVALID_EXAMPLES_KEPT],
         "pairs_by_source": dict(Counter(p.source for p in pairs)),
+        "recent": {"events": sum(e.event_id in recent_ids for e in events), "pairs": sum(p.recent for p in pairs), "points": sum(p.recent for p in points)},
         "points_by_kind": dict(Counter(p.kind for p in points)),
         "splits": {name: len(rows) for name, rows in split.items()},
         "queries": {"total": len(by_query), "eval": sum(is_eval_query(q, eval_fraction, split_salt) for q in by_query)},
@@ -209,14 +218,17 @@ def _unusable_text(event: FeedbackEvent, max_chars: int) -> str | None:
     return None
 
 
-def _pairs_of(group: list[FeedbackEvent]) -> tuple[list[Pair], set[str]]:
-    """Every preference one query's events support, and the ids of the events used in one."""
+def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset()) -> tuple[list[Pair], set[str]]:
+    """Every preference one query's events support, and the ids of the events used in one. Pairs
+    cross model versions: during an A/B test two versions answer the same query, and their judged
+    answers are comparisons of the newest policies."""
     pairs: list[Pair] = []
     used: set[str] = set()
 
     def add(chosen: FeedbackEvent, rejected: FeedbackEvent, source: str) -> None:
         if chosen.response != rejected.response:  # two verdicts on the same text are no preference
-            pairs.append(Pair(chosen.query, chosen.response, rejected.response, source, kind_of(chosen), kind_of(rejected)))
+            recent = chosen.event_id in recent_ids and rejected.event_id in recent_ids
+            pairs.append(Pair(chosen.query, chosen.response, rejected.response, source, kind_of(chosen), kind_of(rejected), recent))
             used.update((chosen.event_id, rejected.event_id))
 
     ratings = [e for e in group if e.feedback_type == "rating"]
@@ -229,14 +241,14 @@ def _pairs_of(group: list[FeedbackEvent]) -> tuple[list[Pair], set[str]]:
         add(up, down, "thumbs")
     for e in group:
         if e.feedback_type == "correction":
-            pairs.append(Pair(e.query, e.correction, e.response, "correction", "correction", "corrected"))  # type: ignore[arg-type]
+            pairs.append(Pair(e.query, e.correction, e.response, "correction", "correction", "corrected", e.event_id in recent_ids))  # type: ignore[arg-type]
             used.add(e.event_id)
     return pairs, used
 
 
-def _point_of(event: FeedbackEvent, min_rating: int) -> Point:
+def _point_of(event: FeedbackEvent, min_rating: int, recent: bool) -> Point:
     # Only ratings and thumbs get here: a correction always makes a pair.
-    return Point(event.query, event.response, float(event.is_positive(min_rating)), kind_of(event))
+    return Point(event.query, event.response, float(event.is_positive(min_rating)), kind_of(event), recent)
 
 
 def _dedupe(rows: list, key: Any, reason: str, dropped: Counter[str]) -> list:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from core.files import write_atomically
 from core.settings import ALGORITHMS
 from schemas.events import FeedbackEvent
 from trainers.alternatives import train_alternative
+from trainers.demonstrations import corrections, fit_demonstrations
 from trainers.policy import RewardFn, StatusFn, evaluate_policy, load_policy, no_status
 from trainers.policy_config import PolicyTrainingConfig
 from trainers.ppo import check_guardrails, train_ppo
@@ -36,54 +36,82 @@ def optimise_policy(
     out_dir: str | Path,
     on_status: StatusFn = no_status,
     feedback_events: Sequence[FeedbackEvent] | None = None,
+    *,
+    gate_fn: RewardFn | None = None,
+    original_path: str | None = None,
 ) -> dict[str, Any]:
-    """Train a new policy from `base_model_path` with `algorithm`, evaluate it against the starting
-    policy on `eval_queries`, and save it (save_pretrained, atomically; an existing `out_dir` is
-    replaced) to `out_dir`.
+    """Train a new policy for the one at `base_model_path` (the parent, serving now) with
+    `algorithm`, evaluate it against the parent on `eval_queries`, and save it (save_pretrained,
+    atomically; an existing `out_dir` is replaced) to `out_dir`.
 
-    `feedback_events` feed KTO (thumbs) and DPO (pairs); without them those two label the
-    starting policy's own samples with `reward_fn`. Returns floats (mean_reward_before/after,
-    reward_gain, kl, mean_length, rollbacks, ...) plus `guardrails_fired` (empty: a final policy
-    that fails a guardrail raises instead) and `out_dir`."""
+    `original_path` is the policy the loop started from: training restarts from it under
+    `config.start_from == "base"`, PPO's KL is held to it under `config.reference == "base"`, and
+    the candidate's KL to it is reported (`kl_base`) and bounded (`kl_base_bound`). `gate_fn` is
+    a reward the policy is not trained against (a held-out reward head): the evaluation reports
+    it beside `reward_fn`'s (`gate_reward_before/after`). `feedback_events` feed KTO (thumbs) and
+    DPO (pairs), and give PPO the users' corrections as demonstrations; without them those two
+    label the starting policy's own samples with `reward_fn`. Returns floats
+    (mean_reward_before/after, reward_gain, kl, kl_parent, kl_base, mean_length, rollbacks, ...)
+    plus `guardrails_fired` (empty: a final policy that fails a guardrail raises instead) and `out_dir`."""
     if algorithm not in ALGORITHMS:
         raise TrainingError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     out_dir = Path(out_dir)
     started = time.monotonic()
     try:
-        on_status("started", "load", f"{algorithm} from {base_model_path}", {})
-        lm, tokenizer = load_policy(base_model_path)
-        reference = copy.deepcopy(lm).requires_grad_(False).eval()
+        original_path = original_path or base_model_path
+        start_path = original_path if config.start_from == "base" else base_model_path
+        on_status("started", "load", f"{algorithm} from {start_path}", {})
+        parent, tokenizer = load_policy(base_model_path)
+        parent.requires_grad_(False).eval()
+        original = parent if original_path == base_model_path else load_policy(original_path)[0].requires_grad_(False).eval()
+        lm = copy.deepcopy(original if start_path == original_path else parent).requires_grad_(True)
+        # SFT then RL: the users' corrections first, as supervised passes (`demo_epochs`); the
+        # start PPO's KL is held to is then the fine-tuned model (or the original, `reference: base`).
+        demos = corrections(feedback_events or ()) if algorithm == "ppo" else []
+        demo_loss = fit_demonstrations(lm, tokenizer, demos, epochs=config.demo_epochs, batch_size=config.mini_batch_size,
+                                       learning_rate=config.learning_rate, seed=config.seed)  # fmt: skip
+        start = copy.deepcopy(lm).requires_grad_(False).eval() if demos and config.demo_epochs else (original if start_path == original_path else parent)
+        reference = original if config.reference == "base" else start
         evaluate = lambda model: evaluate_policy(  # noqa: E731 - the same settings before and after
             model, tokenizer, reward_fn, eval_queries, reference=reference, max_new_tokens=config.max_new_tokens,
             temperature=config.temperature, top_p=config.top_p, samples_per_query=config.eval_samples_per_query, seed=config.eval_seed,
+            gate_fn=gate_fn, others={"parent": parent, "base": original},
         )  # fmt: skip
-        before = evaluate(lm)
-        on_status("progress", "eval_before", f"starting policy: mean reward {before.mean_reward:.4f}", {"mean_reward_before": before.mean_reward})
+        before = evaluate(parent)
+        on_status("progress", "eval_before", f"serving policy: mean reward {before.mean_reward:.4f}", {"mean_reward_before": before.mean_reward})
 
         train_started = time.monotonic()
         if algorithm == "ppo":
-            lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config, reference=reference, on_status=on_status)
+            lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config, reference=reference, on_status=on_status, demonstrations=demos)
             # A rolled-back update is a guardrail that worked: training goes on (or stops early) from
             # the last good policy, counted in `rollbacks`. What the gate must not trust is a final
             # policy that fails the guardrails itself: checked on the evaluation below.
             extra = {"iterations": float(result.iterations), "rollbacks": float(result.rollbacks), "kl_coef": result.kl_coef,
-                     "stopped_early": float(result.stopped_early)}  # fmt: skip
+                     "stopped_early": float(result.stopped_early), "demonstrations": float(len(demos)), "demo_loss": demo_loss,
+                     "disagreement_first": result.disagreement_first, "disagreement_last": result.disagreement_last}  # fmt: skip
         else:
             lm, extra = train_alternative(algorithm, lm, tokenizer, reward_fn, train_queries, config, feedback_events=feedback_events, on_status=on_status)
         train_seconds = time.monotonic() - train_started
 
         after = evaluate(lm)
         # The whole job is one last update to check: an alternative has no per-step rollback.
-        problems = check_guardrails(asdict(after), before.mean_length, config)
+        problems = check_guardrails(after.guardrail_stats(), before.mean_length, config)
+        kl_to = after.kl_to or {}
+        if kl_to.get("base", 0.0) > config.kl_base_bound:
+            problems.append("kl_base_bound")
         metrics: dict[str, Any] = {
             "mean_reward_before": before.mean_reward, "mean_reward_after": after.mean_reward,
             "reward_gain": after.mean_reward / before.mean_reward - 1.0 if before.mean_reward else float("nan"),
-            "kl": after.kl, "mean_length_before": before.mean_length, "mean_length": after.mean_length,
+            "kl": after.kl, "kl_parent": kl_to.get("parent", float("nan")), "kl_base": kl_to.get("base", float("nan")),
+            "mean_length_before": before.mean_length, "mean_length": after.mean_length,
             "repetition": after.repetition, "eval_samples": float(after.n), "train_seconds": train_seconds, **extra,
         }  # fmt: skip
+        if gate_fn is not None:
+            metrics.update(gate_reward_before=before.gate_reward, gate_reward_after=after.gate_reward)
         if problems:
             on_status("guardrail", "eval_after", f"trained policy rejected: {'; '.join(problems)}", _floats(metrics))
-            raise GuardrailRejection(f"{algorithm}: trained policy failed guardrails {problems} (kl {after.kl:.3f}, length {after.mean_length:.1f})")
+            raise GuardrailRejection(f"{algorithm}: trained policy failed guardrails {problems} (kl {after.kl:.3f}, kl to base "
+                                     f"{kl_to.get('base', 0.0):.3f}, length {after.mean_length:.1f})")  # fmt: skip
         write_atomically(out_dir, lambda tmp: (lm.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), replace=True)
         metrics.update(guardrails_fired=[], out_dir=str(out_dir), algorithm=algorithm, wall_seconds=time.monotonic() - started)
         on_status("finished", "save", f"{algorithm}: mean reward {before.mean_reward:.4f} -> {after.mean_reward:.4f}", _floats(metrics))
@@ -91,6 +119,18 @@ def optimise_policy(
     except Exception as exc:
         on_status("failed", "train", f"{type(exc).__name__}: {exc}"[:4000], {})
         raise
+
+
+def gate_verdict(metrics: dict[str, Any], margin: float) -> tuple[bool, str]:
+    """Does a trained policy go to users? Its held-out reward must beat the parent's by `margin`
+    (relative), judged by the gate's reward, which the policy was not optimised against, when the
+    reward model has a gate head, else by the training reward. Returns (passed, reason)."""
+    gated = metrics.get("gate_reward_before") is not None
+    what = "gate reward" if gated else "mean reward"
+    before, after = (metrics["gate_reward_before"], metrics["gate_reward_after"]) if gated else (metrics["mean_reward_before"], metrics["mean_reward_after"])
+    passed = after > before + abs(before) * margin
+    reason = f"held-out {what} {before:.3f} -> {after:.3f}" + ("" if passed else f": not better than the parent by the {margin:.0%} margin")
+    return passed, reason
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:

@@ -171,6 +171,12 @@ class PolicyEval:
     mean_length: float  # response tokens, EOS included
     repetition: float
     n: int
+    gate_reward: float | None = None  # mean of `gate_fn`'s reward on the same answers
+    kl_to: dict[str, float] | None = None  # per-token KL to each of `others`
+
+    def guardrail_stats(self) -> dict[str, float]:
+        """What `trainers.ppo.check_guardrails` judges."""
+        return {"kl": self.kl, "mean_length": self.mean_length, "repetition": self.repetition, "mean_reward": self.mean_reward}
 
 
 @torch.no_grad()
@@ -187,15 +193,20 @@ def evaluate_policy(
     samples_per_query: int = 2,
     seed: int = 1234,
     batch_size: int = 64,
+    gate_fn: RewardFn | None = None,
+    others: dict[str, PreTrainedModel] | None = None,
 ) -> PolicyEval:
     """Mean reward of `lm` on held-out `queries` with fixed-seed sampling (the same draws before
-    and after training), its per-token KL to `reference` (0 without one), and answer length."""
+    and after training), its per-token KL to `reference` (0 without one), and answer length;
+    with `gate_fn`, the mean of that second reward on the same answers; with `others` (name ->
+    model), the KL to each of them too."""
     if not queries:
         raise TrainingError("evaluation needs at least one held-out query")
     lm.eval()
     device = next(lm.parameters()).device
     repeated = [q for q in queries for _ in range(samples_per_query)]
-    rewards, kls, lengths, reps = [], [], [], []
+    rewards, kls, lengths, reps, gates = [], [], [], [], []
+    other_kls: dict[str, list[tuple[float, float]]] = {name: [] for name in others or {}}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for i in range(0, len(repeated), batch_size):
@@ -204,9 +215,22 @@ def evaluate_policy(
             rewards += ro.scores.tolist()
             lengths += ro.lengths().tolist()
             reps.append(ro.repetition() * len(ro.queries))
-            if reference is not None:
-                own = sequence_logprobs(lm, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
-                ref = sequence_logprobs(reference, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
-                kls.append((kl_estimate(own, ref, ro.mask).item(), ro.mask.sum().item()))
-    kl = sum(k * n for k, n in kls) / sum(n for _, n in kls) if kls else 0.0
-    return PolicyEval(sum(rewards) / len(rewards), kl, sum(lengths) / len(lengths), sum(reps) / len(repeated), len(repeated))
+            if gate_fn is not None:
+                gates += gate_fn(ro.queries, ro.responses)
+            if reference is None and not others:
+                continue
+            own = sequence_logprobs(lm, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
+            tokens = ro.mask.sum().item()
+            for name, model in [("", reference), *(others or {}).items()]:
+                if model is not None:
+                    ref = sequence_logprobs(model, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
+                    (other_kls[name] if name else kls).append((kl_estimate(own, ref, ro.mask).item(), tokens))
+    return PolicyEval(
+        sum(rewards) / len(rewards), _token_mean(kls), sum(lengths) / len(lengths), sum(reps) / len(repeated), len(repeated),
+        sum(gates) / len(gates) if gates else None, {name: _token_mean(v) for name, v in other_kls.items()} if others else None,
+    )  # fmt: skip
+
+
+def _token_mean(kls: list[tuple[float, float]]) -> float:
+    """Per-token KL over batches of (KL, tokens)."""
+    return sum(k * n for k, n in kls) / sum(n for _, n in kls) if kls else 0.0

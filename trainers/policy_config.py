@@ -8,6 +8,8 @@ the controller, the guardrail and the reports alike, so they do not move with re
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.settings import PolicyTrainingSettings, Settings
@@ -48,6 +50,15 @@ class PolicyTrainingConfig(BaseModel):
     adaptive_kl: bool = Field(True, description="Adapt the KL coefficient (Ziegler et al. 2019); False keeps it fixed.")
     score_scaling: bool = Field(True, description="PPO: divide scores by their running std, so the KL penalty weighs the same for any reward scale.")
 
+    # --- learning across rounds (trainers.ensemble, trainers.demonstrations)
+    uncertainty_penalty: float = Field(_YAML.uncertainty_penalty, ge=0, description="PPO's reward is the reward heads' mean less this x their spread (Coste et al. 2024).")
+    max_disagreement_growth: float = Field(_YAML.max_disagreement_growth, gt=1, description="Stop PPO (undoing the last update) once the heads' spread on a rollout passes this x the first rollout's.")
+    demo_epochs: int = Field(_YAML.demo_epochs, ge=0, description="Supervised passes over the users' corrections before PPO (SFT then RL); 0: none.")
+    demo_coef: float = Field(_YAML.demo_coef, ge=0, description="Weight of the supervised loss on users' corrections beside the PPO loss (0: corrections only teach the reward model).")
+    start_from: Literal["parent", "base"] = Field(_YAML.start_from, description="Each round trains from the serving policy (`parent`) or restarts from the original base policy with the accumulated reward model (`base`).")
+    reference: Literal["parent", "base"] = Field(_YAML.reference, description="The policy the KL penalty and `kl_bound` hold PPO near.")
+    kl_base_bound: float = Field(_YAML.kl_base_bound, gt=0, description="The gate rejects a candidate whose per-token KL to the original base policy passes this: drift stays bounded over rounds.")
+
     # --- guardrails
     kl_bound: float = Field(0.5, gt=0, description="Per-token KL to the reference above which an update is rolled back.")
     min_length_ratio: float = Field(0.5, gt=0, description="Roll back when mean response length falls below this x the start.")
@@ -85,5 +96,6 @@ class PolicyTrainingConfig(BaseModel):
             "epochs": t.epochs, "batch_size": t.batch_size, "mini_batch_size": t.mini_batch_size, "ppo_epochs": t.ppo_epochs,
             "learning_rate": t.learning_rate, "init_kl_coef": t.kl_coef, "target_kl": t.target_kl,
             "max_new_tokens": t.max_new_tokens, "min_rating": settings.feedback.min_rating,
+            **{k: getattr(t, k) for k in ("uncertainty_penalty", "max_disagreement_growth", "demo_epochs", "demo_coef", "start_from", "reference", "kl_base_bound")},
         }  # fmt: skip
         return cls(**{**values, **overrides})

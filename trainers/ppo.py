@@ -29,7 +29,9 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import TrainingError
+from trainers.demonstrations import DemoBatch, demonstration_loss, encode_demonstrations
 from trainers.device import use_bf16
+from trainers.ensemble import EnsembleReward
 from trainers.policy import (RewardFn, Rollout, StatusFn, generate, kl_estimate, masked_mean, no_status, positions,
                              response_logprobs, sequence_logprobs)  # fmt: skip
 from trainers.policy_config import PolicyTrainingConfig
@@ -267,6 +269,8 @@ class PPOResult:
     mean_score_first: float
     mean_score_last: float
     stopped_early: bool
+    disagreement_first: float = float("nan")  # the reward ensemble's spread on the first and last kept rollouts
+    disagreement_last: float = float("nan")
 
 
 def _query_batches(queries: Sequence[str], batch_size: int, rng: random.Random) -> Iterator[list[str]]:
@@ -279,6 +283,17 @@ def _query_batches(queries: Sequence[str], batch_size: int, rng: random.Random) 
             pool += fresh
         yield pool[:batch_size]
         pool = pool[batch_size:]
+
+
+def _demo_batches(tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], config: PolicyTrainingConfig,
+                  device: torch.device) -> Iterator[DemoBatch]:  # fmt: skip
+    """Endless mini-batches of demonstrations, reshuffled every pass."""
+    rng = random.Random(config.seed)
+    order = list(demos)
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order), config.mini_batch_size):
+            yield encode_demonstrations(tokenizer, order[start : start + config.mini_batch_size], device=device)
 
 
 @dataclass
@@ -311,10 +326,11 @@ def _rollout(
 
 def _update(
     policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: _Batch, advantages: torch.Tensor, returns: torch.Tensor,
-    config: PolicyTrainingConfig, autocast: torch.autocast,
+    config: PolicyTrainingConfig, autocast: torch.autocast, demos: Iterator[DemoBatch] | None = None,
 ) -> tuple[dict[str, float], bool]:  # fmt: skip
-    """`ppo_epochs` passes of clipped policy + value loss over shuffled mini-batches. Returns the
-    last mini-batch's losses and False if one was non-finite (the update then stopped there)."""
+    """`ppo_epochs` passes of clipped policy + value loss over shuffled mini-batches, plus
+    `demo_coef` x the corrections' supervised loss when `demos` yields batches. Returns the last
+    mini-batch's losses and False if one was non-finite (the update then stopped there)."""
     ro = batch.rollout
     for _ in range(config.ppo_epochs):
         for idx in torch.randperm(len(ro.queries), device=ro.mask.device).split(config.mini_batch_size):
@@ -324,6 +340,11 @@ def _update(
             vf_loss = value_loss(values.float(), batch.values[idx], returns[idx], ro.mask[idx], config.cliprange_value)
             loss = pg_loss + config.vf_coef * vf_loss
             losses = {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "clipfrac": clipfrac.item()}
+            if demos is not None:
+                with autocast:
+                    demo_loss = demonstration_loss(policy.lm, next(demos))
+                loss = loss + config.demo_coef * demo_loss
+                losses["demo_loss"] = demo_loss.item()
             if not torch.isfinite(loss).item():
                 return losses, False
             optimizer.zero_grad(set_to_none=True)
@@ -342,11 +363,14 @@ def train_ppo(
     *,
     reference: PreTrainedModel | None = None,
     on_status: StatusFn = no_status,
+    demonstrations: Sequence[tuple[str, str]] = (),
 ) -> tuple[PreTrainedModel, PPOResult]:
     """Optimise `lm` in place against `reward_fn` with PPO; returns the trained model (LoRA
-    merged back) and what happened. `reference` is a frozen copy of the starting `lm` if the
-    caller already holds one (else one is made; with LoRA none is needed). Rollouts happen on
-    `lm`'s device."""
+    merged back) and what happened. `reference` is a frozen copy of the policy the KL is held
+    to, if the caller already holds one (else a copy of the starting `lm`; with LoRA none is
+    needed). `demonstrations`, (query, wanted answer) such as users' corrections, add a
+    supervised term (`demo_coef`). When `reward_fn` is an `EnsembleReward`, a growing
+    disagreement of its members stops training. Rollouts happen on `lm`'s device."""
     if not train_queries:
         raise TrainingError("PPO needs at least one training query")
     device = next(lm.parameters()).device
@@ -364,7 +388,10 @@ def train_ppo(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device))
     guard = _Rollbacks(policy, optimizer, config, on_status)
     start_length: float | None = None
+    first_disagreement: float | None = None
     scores: list[float] = []
+    disagreements: list[float] = []
+    demos = _demo_batches(tokenizer, demonstrations, config, device) if demonstrations and config.demo_coef else None
 
     for iteration in range(1, config.epochs + 1):
         # 1. Rollout with the current policy, scored by the reward function.
@@ -373,11 +400,22 @@ def train_ppo(
         start_length = stats["mean_length"] if start_length is None else start_length
 
         # 2. Guardrails on what the last update produced: roll it back rather than learn from it.
-        if not guard.judge(check_guardrails(stats, start_length, config), f"iteration {iteration}", stats):
+        #    A reward ensemble that disagrees much more than at the start also ends training: the
+        #    policy has reached answers the reward model knows little about (Coste et al. 2024).
+        problems = check_guardrails(stats, start_length, config)
+        if isinstance(reward_fn, EnsembleReward):
+            stats["disagreement"] = reward_fn.last_disagreement
+            first_disagreement = stats["disagreement"] if first_disagreement is None else first_disagreement
+            if stats["disagreement"] > config.max_disagreement_growth * max(first_disagreement, 1e-3):
+                problems.append("disagreement")
+        if not guard.judge(problems, f"iteration {iteration}", stats):
+            guard.stopped = guard.stopped or "disagreement" in problems
             if guard.stopped:
                 break
             continue
         scores.append(stats["mean_score"])
+        if "disagreement" in stats:
+            disagreements.append(stats["disagreement"])
 
         # 3. KL-shaped per-token rewards (scores in units of their running std), GAE, whitened advantages.
         ro = batch.rollout
@@ -392,7 +430,7 @@ def train_ppo(
         #    round already sharpened. len(scores) is this update's number: every kept rollout is trained on.
         for group in optimizer.param_groups:
             group["lr"] = guard.learning_rate * min(1.0, len(scores) / config.lr_warmup_updates)
-        losses, finite = _update(policy, optimizer, batch, advantages, returns, config, autocast)
+        losses, finite = _update(policy, optimizer, batch, advantages, returns, config, autocast, demos)
         stats.update(losses)
 
         # 5. A non-finite loss is undone at once. KL, length and repetition are judged on the next
@@ -417,5 +455,6 @@ def train_ppo(
 
     lm = policy.lm.merge_and_unload() if reference.copy is None else policy.lm
     nan = float("nan")
-    result = PPOResult(iteration, guard.total, guard.fired, kl_ctl.value, scores[0] if scores else nan, scores[-1] if scores else nan, guard.stopped)
+    result = PPOResult(iteration, guard.total, guard.fired, kl_ctl.value, scores[0] if scores else nan, scores[-1] if scores else nan, guard.stopped,
+                       disagreements[0] if disagreements else nan, disagreements[-1] if disagreements else nan)  # fmt: skip
     return lm, result

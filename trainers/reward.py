@@ -49,6 +49,7 @@ from trainers.base_models import resolve_base_model
 from trainers.chat_format import reward_parts, reward_text
 from trainers.dataset import RewardData, build_dataset
 from trainers.device import pick_device, use_bf16
+from trainers.ensemble import disagreement
 from trainers.reward_config import RewardConfig
 
 CONFIG_FILE, METRICS_FILE, LINEAGE_FILE = "reward_config.json", "metrics.json", "lineage.json"
@@ -85,14 +86,32 @@ def backbone_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return min((int(n) for n in limits if n and n < UNKNOWN_LIMIT), default=UNKNOWN_LIMIT)
 
 
-def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry: -log P(chosen beats rejected) = -log sigmoid(r_chosen - r_rejected)."""
-    return -F.logsigmoid(chosen - rejected).mean()
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Bradley-Terry: -log P(chosen beats rejected) = -log sigmoid(r_chosen - r_rejected), averaged
+    with `weights` (same shape: examples x heads) when given."""
+    return _weighted_mean(-F.logsigmoid(chosen - rejected), weights)
 
 
-def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def pointwise_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """BCE with the reward as the logit, so sigmoid(reward) reads as P(the user liked it)."""
-    return F.binary_cross_entropy_with_logits(scores, labels)
+    return _weighted_mean(F.binary_cross_entropy_with_logits(scores, labels, reduction="none"), weights)
+
+
+def _weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+def example_weights(recent: Sequence[bool], heads: int, recent_weight: float, seed: int) -> torch.Tensor:
+    """(examples, heads) loss weights: each head's bootstrap resample (Poisson(1) counts, as in the
+    online bootstrap; a single head sees every example once) times `recent_weight` for the newest
+    data. Different resamples are what make the heads disagree where the data is thin."""
+    base = torch.tensor([recent_weight if r else 1.0 for r in recent], dtype=torch.float32).unsqueeze(1)
+    if heads == 1:
+        return base
+    counts = torch.poisson(torch.ones(len(recent), heads), generator=torch.Generator().manual_seed(seed))
+    return base * counts
 
 
 class RewardModel:
@@ -104,6 +123,7 @@ class RewardModel:
         self.metrics = metrics or {}
         self.lineage = lineage or {}
         self.device = next(model.parameters()).device
+        self.warm = False  # continued from an earlier version's weights (train_reward_model's warm_start)
 
     @classmethod
     def create(cls, config: RewardConfig) -> "RewardModel":
@@ -114,13 +134,11 @@ class RewardModel:
         torch.manual_seed(config.seed)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=config.heads)
         except Exception as exc:  # a corrupt directory or an unknown Hub id: name it, keep the cause
             raise ModelLoadError(f"{source}: cannot load base model: {type(exc).__name__}: {exc}") from exc
         if config.disable_dropout:
-            for module in model.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
+            _without_dropout(model)
         if tokenizer.pad_token is None:  # decoder-only bases (GPT-2 style) ship without one
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds the last real token with it
@@ -143,6 +161,8 @@ class RewardModel:
         try:
             saved = json.loads((root / CONFIG_FILE).read_text())
             saved.setdefault("truncation", "right")  # versions saved before the option truncated the joined text
+            saved.setdefault("ensemble_members", 1)  # ... and before the ensemble had one head
+            saved.setdefault("gate_head", False)
             config = RewardConfig.model_validate(saved)
             metrics = json.loads((root / METRICS_FILE).read_text())
             lineage = json.loads((root / LINEAGE_FILE).read_text())
@@ -150,8 +170,8 @@ class RewardModel:
             model = AutoModelForSequenceClassification.from_pretrained(root)
         except Exception as exc:  # whatever a damaged file raises, the caller needs the path and the cause
             raise ModelLoadError(f"{root}: corrupt reward model: {type(exc).__name__}: {exc}") from exc
-        if model.config.num_labels != 1:
-            raise ModelLoadError(f"{root}: not a reward model (head has {model.config.num_labels} outputs, expected 1)")
+        if model.config.num_labels != config.heads:
+            raise ModelLoadError(f"{root}: not a reward model (head has {model.config.num_labels} outputs, its config says {config.heads})")
         model.eval()
         return cls(model.to(pick_device(device or config.device)), tokenizer, config, metrics, lineage)
 
@@ -179,15 +199,28 @@ class RewardModel:
         return self._specials
 
     def scores(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Rewards of a batch of token id lists (one forward pass), under bf16 autocast on a GPU."""
+        """Every head's score of a batch of token id lists, (B, heads), in one forward pass
+        (bf16 autocast on a GPU)."""
         input_ids, attention_mask = pad_batch(ids, self.tokenizer.pad_token_id, self.device)
         with self._autocast():
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits.squeeze(-1).float()
+        return logits.float()
 
     def predict(self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None) -> list[float]:
-        """The reward of each (query, response); `progress(done, total)` after each batch if given."""
+        """The reward of each (query, response), the ensemble members' mean score; `progress(done,
+        total)` after each batch if given."""
+        return self.head_scores(queries, responses, progress)[:, : self.config.ensemble_members].mean(dim=1).tolist()
+
+    def head_scores(self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Every head's score, (N, heads): the ensemble members, then the gate head if any."""
         return self.predict_ids(self.encode(queries, responses), progress)
+
+    def gate_reward(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """The candidate gate's reward: the sigmoid of the gate head, which no policy was optimised
+        against (the members' mean when the model has no gate head)."""
+        scores = self.head_scores(queries, responses)
+        gate = scores[:, -1] if self.config.gate_head else scores.mean(dim=1)
+        return torch.sigmoid(gate.double()).tolist()
 
     def predict_reward(self, query: str, response: str) -> float:
         return self.predict([query], [response])[0]
@@ -198,16 +231,16 @@ class RewardModel:
         gains ("+15% mean reward") are well defined."""
         return torch.sigmoid(torch.tensor(self.predict(queries, responses), dtype=torch.float64)).tolist()
 
-    def predict_ids(self, ids: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None) -> list[float]:
-        out = [0.0] * len(ids)
+    def predict_ids(self, ids: Sequence[Sequence[int]], progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Every head's score of each token id list, (N, heads), on the CPU."""
+        out = torch.zeros(len(ids), self.config.heads)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
         was_training = self.model.training
         self.model.eval()
         with torch.inference_mode():
             for start in range(0, len(order), self.config.eval_batch_size):
                 chunk = order[start : start + self.config.eval_batch_size]
-                for i, score in zip(chunk, self.scores([ids[i] for i in chunk]).tolist(), strict=True):
-                    out[i] = score
+                out[chunk] = self.scores([ids[i] for i in chunk]).cpu()
                 if progress is not None:
                     progress(start + len(chunk), len(order))
         self.model.train(was_training)
@@ -270,6 +303,8 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
     rejected = rm.encode(pairs["query"], pairs["rejected"])
     point_ids = rm.encode(points["query"], points["response"])
     labels = torch.tensor(points["label"], dtype=torch.float32)
+    pair_weights = example_weights(pairs["recent"], cfg.heads, cfg.recent_weight, cfg.seed)
+    point_weights = example_weights(points["recent"], cfg.heads, cfg.recent_weight, cfg.seed + 1)
 
     rng = random.Random(cfg.seed)
     pair_lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]
@@ -289,12 +324,13 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
         plan += [("point", b) for b in length_batches([len(p) for p in point_ids], cfg.batch_size, rng)]
         rng.shuffle(plan)
         for kind, batch in plan:
-            if kind == "pair":  # chosen and rejected in one forward pass
+            if kind == "pair":  # chosen and rejected in one forward pass, every head at once
                 scores = rm.scores([chosen[i] for i in batch] + [rejected[i] for i in batch])
-                loss = pairwise_loss(*scores.chunk(2))
+                loss = pairwise_loss(*scores.chunk(2), pair_weights[batch].to(rm.device))
             else:
                 scores = rm.scores([point_ids[i] for i in batch])
-                loss = cfg.pointwise_weight * pointwise_loss(scores, labels[batch].to(rm.device))
+                target = labels[batch].unsqueeze(1).expand_as(scores).to(rm.device)
+                loss = cfg.pointwise_weight * pointwise_loss(scores, target, point_weights[batch].to(rm.device))
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -316,14 +352,20 @@ def evaluate(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Callabl
     `progress(texts scored, total)` as scoring goes, if given."""
     texts = sorted({(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"]) for r in (c, j)}
                    | set(zip(points["query"], points["response"])))  # fmt: skip
-    reward = dict(zip(texts, rm.predict([q for q, _ in texts], [r for _, r in texts], progress), strict=True))
+    heads = rm.head_scores([q for q, _ in texts], [r for _, r in texts], progress)
+    members = heads[:, : rm.config.ensemble_members]
+    reward = dict(zip(texts, members.mean(dim=1).tolist(), strict=True))
+    gate = dict(zip(texts, heads[:, -1].tolist(), strict=True)) if rm.config.gate_head else reward
 
     by_kind: dict[str, list[float]] = defaultdict(list)
     right_by_source: dict[str, list[bool]] = defaultdict(list)  # thumbs pairs carry users' coin flips; corrections do not
-    margins = []
+    margins, gate_right, recent_right = [], [], []
     for row in pairs:
         good, bad = reward[row["query"], row["chosen"]], reward[row["query"], row["rejected"]]
         margins.append(good - bad)
+        gate_right.append(gate[row["query"], row["chosen"]] > gate[row["query"], row["rejected"]])
+        if row["recent"]:
+            recent_right.append(good > bad)
         right_by_source[row["source"]].append(good > bad)
         by_kind[row["chosen_kind"]].append(good)
         by_kind[row["rejected_kind"]].append(bad)
@@ -336,6 +378,11 @@ def evaluate(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Callabl
         "pairwise_accuracy": float(np.mean(np.array(margins) > 0)) if margins else None,
         "mean_margin": float(np.mean(margins)) if margins else None,
         "accuracy_by_source": {source: float(np.mean(right)) for source, right in sorted(right_by_source.items())},
+        # The newest policies' own answers: what the next policy update is judged on.
+        "recent_pairs": len(recent_right),
+        "accuracy_recent": float(np.mean(recent_right)) if recent_right else None,
+        "gate_accuracy": float(np.mean(gate_right)) if gate_right else None,
+        "disagreement": float(disagreement(members).mean()) if len(texts) else None,
         "points": len(point_scores),
         "roc_auc": roc_auc(points["label"], point_scores),
         "reward_by_kind": {kind: _describe(values) for kind, values in sorted(by_kind.items())},
@@ -363,16 +410,45 @@ def train_reward_model(
     out_dir: str | Path,
     lineage: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    *,
+    recent_ids: frozenset[str] = frozenset(),
+    warm_start: str | Path | None = None,
 ) -> tuple[RewardModel, dict[str, Any]]:
     """Build the dataset, train, evaluate on the held-out queries and save the version to `out_dir`.
 
-    `lineage` (trigger id, offset ranges, parent versions...) is stored verbatim in lineage.json.
+    `recent_ids`: the newest events, weighed up by `config.recent_weight`. `warm_start`: a saved
+    reward model to continue from (the previous round's) instead of a fresh head, used when its
+    backbone and heads match `config`. `lineage` (trigger ids, offset ranges, parent versions...)
+    is stored verbatim in lineage.json.
     Returns the trained model and its metrics: {"train": ..., "eval": ..., "data": dataset summary}.
     """
-    data: RewardData = build_dataset(events, **config.dataset_options())
-    rm = RewardModel.create(config)
+    data: RewardData = build_dataset(events, **config.dataset_options(), recent_ids=recent_ids)
+    rm = _warm_started(warm_start, config) or RewardModel.create(config)
     train = fit(rm, data.train_pairs, data.train_points, progress)
     rm.metrics = {"train": train, "eval": evaluate(rm, data.eval_pairs, data.eval_points), "data": data.summary}
-    rm.lineage = {**(lineage or {}), "base_model": config.base_model, "created_at": datetime.now(timezone.utc).isoformat()}
+    rm.lineage = {**(lineage or {}), "base_model": config.base_model, "warm_start": str(warm_start) if rm.warm else None,
+                  "created_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
     rm.save(out_dir)
     return rm, rm.metrics
+
+
+def _warm_started(path: str | Path | None, config: RewardConfig) -> RewardModel | None:
+    """The saved model at `path`, to train on under `config`, if it has the same backbone, heads and
+    input; None (start fresh) otherwise."""
+    if path is None:
+        return None
+    previous = RewardModel.load(path, device=config.device)
+    same = {"base_model", "max_length", "truncation", "ensemble_members", "gate_head"}
+    if any(getattr(previous.config, k) != getattr(config, k) for k in same):
+        return None
+    torch.manual_seed(config.seed)
+    if config.disable_dropout:  # a saved config.json keeps the backbone's dropout rates
+        _without_dropout(previous.model)
+    previous.config, previous.warm = config.model_copy(update={"epochs": config.warm_start_epochs}), True
+    return previous
+
+
+def _without_dropout(model: PreTrainedModel) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

@@ -36,13 +36,17 @@ class RewardConfig(BaseModel):
 
     # Optimisation
     epochs: int = Field(_TRAIN.epochs, ge=1, description="Passes over the training pairs and points.")
+    warm_start_epochs: int = Field(_TRAIN.warm_start_epochs, ge=1, description="Passes over the data when warm-started from an earlier version (it has seen all but the newest).")
     batch_size: int = Field(_TRAIN.batch_size, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
     learning_rate: float = Field(_TRAIN.learning_rate, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent ramping the learning rate up; it then decays linearly to 0.")
     pointwise_weight: float = Field(1.0, ge=0, description="Weight of the BCE loss on unpaired examples next to the pairwise loss.")
     disable_dropout: bool = Field(True, description="Train without dropout, as TRL's RewardTrainer does: steadier rewards and faster steps.")
-    seed: int = Field(0, description="Seeds the new head and the batch order.")
+    seed: int = Field(0, description="Seeds the new head, the batch order and the heads' bootstrap resamples.")
+    ensemble_members: int = Field(_TRAIN.ensemble_members, ge=1, description="Reward heads on the shared backbone, each fit to its own bootstrap resample; their spread is the model's uncertainty.")
+    gate_head: bool = Field(_TRAIN.gate_head, description="One more head the policy optimiser never sees: the candidate gate's reward.")
+    recent_weight: float = Field(_TRAIN.recent_weight, gt=0, description="Loss weight of the newest data's examples (`recent_ids`) against older history.")
 
     # Runtime
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="`auto` takes a GPU when one is present (bf16 autocast there), else CPU fp32.")
@@ -54,6 +58,11 @@ class RewardConfig(BaseModel):
         rm = settings.reward_model
         values = dict(base_model=rm.base_model, min_rating=settings.feedback.min_rating, **rm.training.model_dump())
         return cls(**{**values, **overrides})
+
+    @property
+    def heads(self) -> int:
+        """Outputs of the score head: the members, then the gate head if there is one."""
+        return self.ensemble_members + self.gate_head
 
     def dataset_options(self) -> dict[str, Any]:
         """The arguments of `trainers.dataset.build_dataset` this config fixes."""

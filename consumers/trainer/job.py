@@ -60,6 +60,11 @@ def data_users(events: list[FeedbackEvent]) -> list[str]:
     return sorted({user_fingerprint(e.user_id) for e in events})
 
 
+def data_ranges(used: list[TrainTrigger]) -> list[dict]:
+    """Every offset range of the triggers a version learned from (the history's included)."""
+    return [r.model_dump() for t in used for r in t.ranges]
+
+
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
     """Numeric leaves of nested metrics as `a.b` keys (manifests and events carry flat floats)."""
     flat: dict[str, float] = {}
@@ -89,8 +94,8 @@ class TrainingJob:
             emitter.status(trigger, "finished", message=f"already published as {version}; nothing to do")
             return
         emitter.status(trigger, "started", stage="replay")
-        events = replay_trigger(self.settings, trigger)
-        if not events:
+        latest = replay_trigger(self.settings, trigger)
+        if not latest:
             raise TrainingError(f"trigger {trigger.trigger_id}: its offset ranges hold no accepted feedback")
         parent = self.registry.serving(trigger.policy) or ensure_base_policy(self.settings, trigger.policy)
 
@@ -99,10 +104,10 @@ class TrainingJob:
                 raise JobAbandoned("shutdown requested")
             emitter.status(trigger, "progress", stage=stage, message=message, metrics=metrics or {})
 
-        rm_version, reward_model, rm_metrics = self._reward_model(trigger, events, progress)
+        rm_version, reward_model, rm_metrics, events, used = self._reward_model(trigger, latest, progress)
         progress("policy", rm_metrics)
         manifest = self.registry.publish(
-            "policies", version, lambda d: self._policy(d, trigger, version, parent, (rm_version, reward_model, rm_metrics), events, progress, emitter)
+            "policies", version, lambda d: self._policy(d, trigger, version, parent, (rm_version, reward_model, rm_metrics), events, used, progress, emitter)
         )
         if manifest is None:  # another trainer published this trigger meanwhile
             emitter.status(trigger, "finished", message=f"already published as {version}")
@@ -133,12 +138,27 @@ class TrainingJob:
             arms=tuple(Arm(name=v.name, model_version=by_spec.get(v.model, v.model), weight=v.weight) for v in ab.variants),
         ), trigger.policy)  # fmt: skip
 
-    def _reward_model(self, trigger: TrainTrigger, events: list[FeedbackEvent], progress: Progress):
+    def _reward_model(self, trigger: TrainTrigger, latest: list[FeedbackEvent], progress: Progress):
+        """The round's reward model, trained on the latest trigger's feedback and the earlier
+        triggers the history window allows (trainers.history), warm-started from the previous
+        round's; returns it with the feedback it learned from and the triggers that feedback came from."""
+        from trainers.history import HistoryWindow, load_history, replay_history, save_history, select_history
+        from trainers.replay import replay_trigger
         from trainers.reward import RewardModel, train_reward_model
         from trainers.reward_config import RewardConfig
 
         rm_version = f"rm-{trigger.trigger_id[:16]}"
+        if self.registry.exists("reward_models", rm_version):  # a redelivered trigger: the same data again
+            known, used_ids = load_history(self.registry.path("reward_models", rm_version))
+            used = [t for t in known if t.trigger_id in used_ids] or [trigger]
+        else:
+            previous = self._previous_reward_model(trigger.policy)
+            known, _ = load_history(previous)
+            used = select_history(known, trigger, HistoryWindow.from_settings(self.settings))
+            known = [*(t for t in known if t.trigger_id != trigger.trigger_id), trigger]
+        events, recent, used = replay_history(used, lambda t: latest if t.trigger_id == trigger.trigger_id else replay_trigger(self.settings, t))
         if not self.registry.exists("reward_models", rm_version):
+            warm = previous / "model" if previous is not None and self.settings.continuous_learning.warm_start else None
 
             def report(done: int, total: int, running: dict[str, float]) -> None:
                 if done % max(1, total // 5) == 0 or done == total:  # a status event per fifth, not per step
@@ -146,24 +166,38 @@ class TrainingJob:
 
             def build(directory: Path) -> Manifest:
                 config = RewardConfig.from_settings(self.settings)
-                _, metrics = train_reward_model(events, config, directory / "model", lineage=self._lineage(trigger), progress=report)
+                _, metrics = train_reward_model(events, config, directory / "model", lineage=self._lineage(trigger, used), progress=report,
+                                                recent_ids=recent, warm_start=warm)  # fmt: skip
+                save_history(directory, known, used)
                 return Manifest(
                     version=rm_version, kind="reward_models", policy=trigger.policy, status="candidate", trigger_id=trigger.trigger_id,
-                    data_ranges=[r.model_dump() for r in trigger.ranges], metrics=flatten_metrics(metrics), config_hash=config_hash(self.settings),
-                    code_version=code_version(), data_users=data_users(events),
+                    data_ranges=data_ranges(used), history_triggers=[t.trigger_id for t in used], metrics=flatten_metrics(metrics),
+                    config_hash=config_hash(self.settings), code_version=code_version(), data_users=data_users(events),
                 )  # fmt: skip
 
-            progress("reward_model")
+            progress("reward_model", {"history_triggers": float(len(used)), "history_events": float(len(events)), "recent_events": float(len(recent))})
             self.registry.publish("reward_models", rm_version, build)
         manifest = self.registry.manifest("reward_models", rm_version)
-        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics
+        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics, events, used
 
-    def _policy(self, directory: Path, trigger, version, parent, reward, events, progress: Progress, emitter) -> Manifest:
+    def _original_policy(self) -> str | None:
+        """The base version the loop started from, where the registry holds its weights."""
+        base = self.registry.path("policies", BASE_VERSION)
+        return str(base) if (base / "config.json").is_file() else None
+
+    def _previous_reward_model(self, policy: str) -> Path | None:
+        """The directory of the policy's newest reward model (its history.json lists every trigger so far)."""
+        mine = [m for m in self.registry.versions("reward_models") if m.policy == policy]
+        return self.registry.path("reward_models", mine[-1].version) if mine else None
+
+    def _policy(self, directory: Path, trigger, version, parent, reward, events, used, progress: Progress, emitter) -> Manifest:
         from trainers.dataset import split_policy_queries
-        from trainers.optimise import optimise_policy
+        from trainers.ensemble import EnsembleReward
+        from trainers.optimise import gate_verdict, optimise_policy
         from trainers.policy_config import PolicyTrainingConfig
 
         rm_version, reward_model, rm_metrics = reward
+        config = PolicyTrainingConfig.from_settings(self.settings)
         train_queries, eval_queries = split_policy_queries(events)
 
         def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
@@ -174,21 +208,20 @@ class TrainingJob:
 
         lineage = dict(
             version=version, kind="policies", policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
-            reward_model_version=rm_version, data_ranges=[r.model_dump() for r in trigger.ranges],
+            reward_model_version=rm_version, data_ranges=data_ranges(used), history_triggers=[t.trigger_id for t in used],
             config_hash=config_hash(self.settings), code_version=code_version(), data_users=data_users(events),
         )  # fmt: skip
         try:
+            # PPO optimises the ensemble's penalised reward; the gate judges with the head it never saw.
             metrics = optimise_policy(
-                self.settings.policy.algorithm, str(self.registry.path("policies", parent)), reward_model.reward, train_queries, eval_queries,
-                PolicyTrainingConfig.from_settings(self.settings), directory, on_status=on_status, feedback_events=events,
+                self.settings.policy.algorithm, str(self.registry.path("policies", parent)), EnsembleReward(reward_model, config.uncertainty_penalty),
+                train_queries, eval_queries, config, directory, on_status=on_status, feedback_events=events,
+                gate_fn=reward_model.gate_reward if reward_model.config.gate_head else None, original_path=self._original_policy(),
             )  # fmt: skip
         except GuardrailRejection as exc:  # an outcome: record it, it never serves. A TrainingError fails the trigger.
             return Manifest(**lineage, status="rejected", metrics={f"rm_{k}": v for k, v in rm_metrics.items()}, reason=str(exc), guardrails_fired=["eval_after"])
         metrics.pop("guardrails_fired")  # empty: a policy failing a guardrail raised GuardrailRejection above
-        before, after = metrics["mean_reward_before"], metrics["mean_reward_after"]
-        margin = self.settings.registry.promotion_margin
-        improved = after > before + abs(before) * margin
-        reason = f"held-out mean reward {before:.3f} -> {after:.3f}" + ("" if improved else f": not better than the parent by the {margin:.0%} margin")
+        improved, reason = gate_verdict(metrics, self.settings.registry.promotion_margin)
         return Manifest(
             **lineage, status="candidate" if improved else "rejected", reason=reason,
             metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **flatten_metrics(metrics)},
@@ -203,5 +236,5 @@ class TrainingJob:
             self.registry.mark_erased(user_fingerprint(user))
 
     @staticmethod
-    def _lineage(trigger: TrainTrigger) -> dict:
-        return {"trigger_id": trigger.trigger_id, "policy": trigger.policy, "ranges": [r.model_dump() for r in trigger.ranges]}
+    def _lineage(trigger: TrainTrigger, used: list[TrainTrigger]) -> dict:
+        return {"trigger_id": trigger.trigger_id, "policy": trigger.policy, "ranges": data_ranges(used), "history_triggers": [t.trigger_id for t in used]}

@@ -19,6 +19,8 @@ from schemas.topics import group_id, topic_name
 from sdk.admin import create_topics
 from schemas import DeadLetter, ModelPublished, OffsetRange, TrainingStatus, TrainTrigger, parse_event
 from tests.conftest import FAST_TRAINING
+from trainers.history import load_history
+from trainers.reward import RewardModel
 from trainers.synthetic import feedback_events, split_questions
 
 pytestmark = pytest.mark.integration
@@ -97,6 +99,15 @@ def test_trigger_to_published_version_with_faults(settings, stack):
     stack.kill("trainer")
     stack.check()  # restarts it
     published.until(lambda p: any(x.trigger_id == second.trigger_id for x in p), 400, stack)
+    # ... and it learned from the whole history, warm-started from the first round's reward model;
+    # its manifest names every range, history.json the triggers themselves (exactly replayable).
+    later = registry.manifest("policies", version_for(second.policy, second.trigger_id))
+    assert later.history_triggers == [first.trigger_id, second.trigger_id]
+    assert [OffsetRange(**r) for r in later.data_ranges] == [*first.ranges, *second.ranges]
+    known, used = load_history(registry.path("reward_models", later.reward_model_version))
+    assert used == later.history_triggers and known == [first, second]
+    first_rm = registry.manifest("policies", done.version).reward_model_version
+    assert RewardModel.load(registry.path("reward_models", later.reward_model_version) / "model").lineage["warm_start"].endswith(f"{first_rm}/model")
 
     # 4. A trigger whose range is empty goes to the DLQ with a reason; the consumer goes on.
     topic = topic_name(settings.kafka.topic_prefix, "feedback")

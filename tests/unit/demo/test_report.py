@@ -16,7 +16,7 @@ def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_p
     summary = write_report(tmp_path, [rejected], elapsed_s=60.0, max_new_tokens=8)
 
     assert "assistant-trg-1" in summary and "rejected" in summary
-    assert (tmp_path / "report.html").read_text().count("<img") == 3
+    assert (tmp_path / "report.html").read_text().count("<img") == 4  # rounds, A/B, rewards, timeline
 
 
 def test_a_decided_round_reports_the_deciders_statistics(tmp_path: Path, micro_policy: str):
@@ -32,3 +32,4 @@ def test_a_decided_round_reports_the_deciders_statistics(tmp_path: Path, micro_p
 
     assert "lift +25.0% [+10.0%, +40.0%]" in summary and "120 / 118 users" in summary
     assert "the decider: promote (positive rate up)" in summary
+    assert "serving after the round: " in summary and "KL per token to parent / to base" in summary

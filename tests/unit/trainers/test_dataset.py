@@ -178,7 +178,7 @@ def test_popular_query_is_capped_deterministically():
 def test_empty_input_gives_empty_typed_datasets():
     data = build([])
     assert len(data.train_pairs) == len(data.eval_points) == 0
-    assert data.train_pairs.column_names == ["query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind"]
+    assert data.train_pairs.column_names == ["query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind", "recent"]
     assert data.summary["time_range"] is None
 
 

@@ -11,10 +11,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.errors import GuardrailRejection, TrainingError
-from trainers.optimise import optimise_policy
+from schemas import FeedbackEvent
+from trainers.demonstrations import fit_demonstrations
+from trainers.ensemble import EnsembleReward
+from trainers.optimise import gate_verdict, optimise_policy
 from trainers.policy import evaluate_policy, load_policy
 from trainers.policy_config import PolicyTrainingConfig
 from trainers.ppo import train_ppo
+from trainers.reward_config import RewardConfig
 from trainers.synthetic import quality_reward, split_questions
 
 FAST = {"epochs": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6, "num_generations": 2,
@@ -121,3 +125,62 @@ def test_a_trained_policy_failing_a_guardrail_is_a_rejection_not_a_training_erro
     assert not isinstance(caught.value, TrainingError)
     assert ("guardrail", "eval_after") in states and states[-1][0] == "failed"
     assert not any(tmp_path.iterdir())  # nothing saved
+
+
+class SpreadingEnsemble:
+    """An ensemble whose members agree on the first rollout and disagree ever more after it."""
+
+    config = RewardConfig(ensemble_members=2, gate_head=False)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def head_scores(self, queries, responses):
+        self.calls += 1
+        spread = 0.0 if self.calls == 1 else float(self.calls)
+        return torch.tensor([[spread, -spread]] * len(queries))
+
+
+def test_ppo_stops_and_undoes_the_last_update_when_the_ensemble_disagreement_grows(micro_policy: str):
+    lm, tok = load_policy(micro_policy)
+    before = _params(lm)
+    seen = []
+    trained, result = train_ppo(lm, tok, EnsembleReward(SpreadingEnsemble(), penalty=1.0), TRAIN, PolicyTrainingConfig(**{**FAST, "epochs": 5}),
+                                on_status=lambda *a: seen.append(a))  # fmt: skip
+    assert result.stopped_early and result.iterations == 2 and result.guardrails_fired == ["disagreement"]
+    assert torch.equal(before, _params(trained))  # the one update was undone
+    assert result.disagreement_first == 0.0 and "disagreement" in seen[-1][2]
+
+
+def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micro_policy: str, tmp_path: Path):
+    parent = tmp_path / "parent"
+    lm, tok = load_policy(micro_policy)
+    fit_demonstrations(lm, tok, [(q, "Open Mail.") for q in TRAIN], epochs=3, batch_size=4, learning_rate=1e-2)  # a parent moved away from the base
+    lm.save_pretrained(parent), tok.save_pretrained(parent)
+    gate_calls = []
+
+    def gate(queries, responses):
+        gate_calls.append(len(queries))
+        return [0.5] * len(queries)
+
+    events = [FeedbackEvent(interaction_id=f"i{n}", user_id="u", query=TRAIN[n], response="Sorry.", model_version="parent", feedback_type="correction",
+                            correction=f"Open Mail, go to Settings, step {n}.") for n in range(3)]  # fmt: skip
+    config = PolicyTrainingConfig(**FAST, demo_epochs=2, kl_base_bound=100.0)
+    metrics = optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, config, tmp_path / "out", feedback_events=events, gate_fn=gate,
+                              original_path=micro_policy)  # fmt: skip
+    assert metrics["kl_base"] > metrics["kl_parent"] >= 0.0  # trained from the parent: nearer to it than to the base
+    assert metrics["gate_reward_before"] == metrics["gate_reward_after"] == 0.5 and sum(gate_calls) == 2 * len(HELD_OUT)
+    assert metrics["demonstrations"] == 3.0 and math.isfinite(metrics["demo_loss"])
+    restarted = optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST, start_from="base"),
+                                tmp_path / "restart", original_path=micro_policy)  # fmt: skip
+    assert restarted["kl_base"] < restarted["kl_parent"]  # restarted from the base: nearer to it
+    with pytest.raises(GuardrailRejection, match="kl_base_bound"):  # drift from the base is bounded over rounds
+        optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST, kl_base_bound=0.01), tmp_path / "far",
+                        original_path=micro_policy)  # fmt: skip
+
+
+def test_the_gate_verdict_uses_the_reward_ppo_did_not_see():
+    assert gate_verdict({"mean_reward_before": 0.4, "mean_reward_after": 0.9, "gate_reward_before": 0.5, "gate_reward_after": 0.49}, 0.0)[0] is False
+    assert gate_verdict({"mean_reward_before": 0.4, "mean_reward_after": 0.3, "gate_reward_before": 0.5, "gate_reward_after": 0.6}, 0.0)[0] is True
+    passed, reason = gate_verdict({"mean_reward_before": 0.4, "mean_reward_after": 0.41}, 0.05)
+    assert not passed and reason == "held-out mean reward 0.400 -> 0.410: not better than the parent by the 5% margin"

@@ -15,8 +15,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 from core.settings import Settings
 from core.errors import ConfigError, ModelLoadError, TrainingError
 from trainers.base_models import resolve_base_model
-from trainers.reward import (RewardModel, VersionExistsError, format_input, keep_response, length_batches, pad_batch, pairwise_loss, pointwise_loss,
-                             roc_auc, train_reward_model)  # fmt: skip
+from trainers.reward import (RewardModel, VersionExistsError, example_weights, format_input, keep_response, length_batches, pad_batch, pairwise_loss,
+                             pointwise_loss, roc_auc, train_reward_model)  # fmt: skip
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, split_questions
 
@@ -114,6 +114,37 @@ def test_saved_version_loads_and_predicts_the_same(trained):
     assert loaded.metrics["eval"] == metrics["eval"]
     assert loaded.config == rm.config
     assert loaded.predict([], []) == []
+
+
+def test_each_head_fits_its_own_bootstrap_resample_and_the_newest_data_weighs_more():
+    assert example_weights([True, False, False], heads=1, recent_weight=2.0, seed=0).tolist() == [[2.0], [1.0], [1.0]]  # one head: no resampling
+    weights = example_weights([True] * 1000 + [False] * 3000, heads=5, recent_weight=2.0, seed=0)
+    assert weights.shape == (4000, 5) and torch.equal(weights, example_weights([True] * 1000 + [False] * 3000, heads=5, recent_weight=2.0, seed=0))
+    assert weights[:1000].mean().item() == pytest.approx(2.0, abs=0.1) and weights[1000:].mean().item() == pytest.approx(1.0, abs=0.05)
+    assert (weights[1000:] == 0).float().mean().item() == pytest.approx(math.exp(-1), abs=0.02)  # Poisson(1): each head leaves ~37% out
+    assert not torch.equal(weights[:, 0], weights[:, 1])
+
+
+def test_the_heads_are_ensemble_members_then_a_gate_head(trained):
+    rm, metrics = trained[0], trained[1]
+    queries, responses = ["How do I clear my cache in Maps?", "q"], ["Open Maps, go to Storage, select cache, then press Clear.", "x"]
+    heads = rm.head_scores(queries, responses)
+    assert heads.shape == (2, rm.config.ensemble_members + 1) == (2, 5)
+    assert rm.predict(queries, responses) == pytest.approx(heads[:, :4].mean(dim=1).tolist(), abs=1e-6)
+    assert rm.gate_reward(queries, responses) == pytest.approx(torch.sigmoid(heads[:, 4].double()).tolist(), abs=1e-6)
+    assert 0.0 <= metrics["eval"]["gate_accuracy"] <= 1.0 and metrics["eval"]["disagreement"] > 0
+
+
+def test_a_round_continues_from_the_previous_reward_model_when_it_fits(trained, tmp_path):
+    rm, _, previous, _ = trained
+    events = feedback_events(split_questions()[0], 40, seed=4)
+    newest = frozenset(e.event_id for e in events[:20])
+    warm, metrics = train_reward_model(events, rm.config.model_copy(update={"epochs": 3, "warm_start_epochs": 1}), tmp_path / "rm-2",
+                                       warm_start=previous, recent_ids=newest)  # fmt: skip
+    assert warm.lineage["warm_start"] == str(previous) and metrics["data"]["recent"]["events"] == 20
+    assert metrics["train"]["epochs"] == 1  # it has seen the history already: one pass
+    fresh, _ = train_reward_model(events, rm.config.model_copy(update={"epochs": 1, "ensemble_members": 2}), tmp_path / "rm-3", warm_start=previous)
+    assert fresh.lineage["warm_start"] is None  # other heads: a fresh model
 
 
 def test_reward_is_the_sigmoid_of_the_score(trained):

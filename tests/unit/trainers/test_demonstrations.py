@@ -1,0 +1,54 @@
+"""Corrections as demonstrations: which corrections stand, how they are encoded, and that the
+supervised term teaches the policy the corrected answer."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import torch
+
+from schemas import FeedbackEvent
+from trainers.demonstrations import corrections, demonstration_loss, encode_demonstrations, fit_demonstrations
+from trainers.policy import load_policy, sample
+from trainers.tiny_policy import format_prompt
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def event(n: int, kind: str, interaction: str, correction: str | None = None, query: str = "How do I reset my password in Mail?") -> FeedbackEvent:
+    return FeedbackEvent(event_id=f"e{n}", interaction_id=interaction, user_id="u", query=query, response="Sorry.", model_version="base",
+                         feedback_type=kind, correction=correction, timestamp=T0 + timedelta(seconds=n))  # fmt: skip
+
+
+def test_corrections_standing_are_the_demonstrations_once_each():
+    events = [event(1, "correction", "i1", "Open Mail, go to Security."), event(2, "thumbs_down", "i1"),  # a correction stays beside a thumb
+              event(3, "correction", "i2", "Open Mail, go to Security."), event(4, "correction", "i3", "Open Mail, go to Account."),
+              event(5, "correction", "i3", "Open Mail, go to Sync.")]  # a changed correction: the latest counts  # fmt: skip
+    assert corrections(events) == [("How do I reset my password in Mail?", "Open Mail, go to Security."),
+                                   ("How do I reset my password in Mail?", "Open Mail, go to Sync.")]  # fmt: skip
+
+
+def test_only_the_correction_and_its_eos_are_targets():
+    _, tok = load_policy("tiny")
+    batch = encode_demonstrations(tok, [("Where?", "Open Mail."), ("How do I rename my device in Maps?", "Go to Maps > Settings.")])
+    for row, target, mask in zip(batch.input_ids, batch.target_mask, batch.attention_mask):
+        prompt = len(tok(format_prompt("Where?" if mask.sum() < batch.input_ids.shape[1] else "How do I rename my device in Maps?"))["input_ids"])
+        predicted = row[1:][target.bool()].tolist()  # the tokens the loss asks the policy to produce
+        assert predicted[-1] == tok.eos_token_id
+        assert tok.decode(predicted[:-1]).strip() in ("Open Mail.", "Go to Maps > Settings.")
+        assert target[: prompt - 1].sum() == 0
+
+
+def test_the_supervised_term_teaches_the_corrected_answer():
+    lm, tok = load_policy("tiny")
+    torch.manual_seed(0)
+    demo = [("How do I reset my password in Mail?", "Open Mail, go to Security, select password, then press Reset.")]
+    batch = encode_demonstrations(tok, demo)
+    before = demonstration_loss(lm, batch).item()
+    assert math.isnan(fit_demonstrations(lm, tok, [], epochs=3, batch_size=8, learning_rate=3e-3))  # nothing to learn: untouched
+    assert demonstration_loss(lm, batch).item() == before
+    fit_demonstrations(lm, tok, demo, epochs=30, batch_size=8, learning_rate=3e-3)
+    assert demonstration_loss(lm, batch).item() < before / 4
+    answer = sample(lm, tok, [demo[0][0]], max_new_tokens=32, temperature=1.0, top_p=1.0, greedy=True).responses[0]
+    assert answer == demo[0][1]

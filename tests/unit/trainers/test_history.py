@@ -1,0 +1,84 @@
+"""Which triggers a round's reward model learns from: the window (count, age, events), the newest
+events, merging overlapping buffers, and the history.json that makes a version's data replayable."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from core.errors import TrainingError
+from schemas import FeedbackEvent, OffsetRange, TrainTrigger
+from trainers.history import HistoryWindow, load_history, merge_events, recent_ids, replay_history, save_history, select_history
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def trigger(n: int, ids: range, policy: str = "assistant") -> TrainTrigger:
+    return TrainTrigger(trigger_id=f"t{n}", policy=policy, model_version="base", timestamp=T0 + timedelta(hours=n),
+                        ranges=(OffsetRange(topic="feedback", partition=n % 2, start=ids.start, end=ids.stop),),
+                        event_ids=tuple(f"e{i}" for i in ids))  # fmt: skip
+
+
+EARLIER = [trigger(1, range(0, 100)), trigger(2, range(100, 200)), trigger(3, range(200, 300))]
+LATEST = trigger(4, range(250, 400))  # its buffer overlaps the trigger before
+
+
+def ids(triggers: list[TrainTrigger]) -> list[str]:
+    return [t.trigger_id for t in triggers]
+
+
+def test_the_window_keeps_the_newest_earlier_triggers_oldest_first():
+    assert ids(select_history(EARLIER, LATEST, HistoryWindow())) == ["t1", "t2", "t3", "t4"]
+    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_triggers=0))) == ["t4"]  # today's learner: the latest buffer only
+    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_triggers=2))) == ["t2", "t3", "t4"]
+    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_age_s=2 * 3600))) == ["t2", "t3", "t4"]
+    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_events=349))) == ["t3", "t4"]  # 150 + 100 + 100 would pass it
+
+
+def test_other_policies_and_the_latest_itself_are_not_history():
+    other = trigger(5, range(500, 600), policy="other")
+    assert ids(select_history([*EARLIER, other, LATEST], LATEST, HistoryWindow())) == ["t1", "t2", "t3", "t4"]
+
+
+def test_the_newest_events_are_those_no_earlier_trigger_held():
+    used = select_history(EARLIER, LATEST, HistoryWindow())
+    assert recent_ids(used) == frozenset(f"e{i}" for i in range(300, 400))
+    assert recent_ids([LATEST]) == frozenset(LATEST.event_ids)
+
+
+def test_replaying_a_history_reads_every_range_and_keeps_each_event_once():
+    events = {f"e{i}": FeedbackEvent(event_id=f"e{i}", interaction_id=f"i{i}", user_id="u", query="q", response="r", model_version="base",
+                                     feedback_type="thumbs_up") for i in range(400)}  # fmt: skip
+    asked: list[tuple] = []
+
+    def replay(t: TrainTrigger) -> list[FeedbackEvent]:
+        asked.append((t.trigger_id, [(r.partition, r.start, r.end) for r in t.ranges]))
+        return [events[i] for i in t.event_ids]
+
+    merged, recent, read = replay_history(select_history(EARLIER, LATEST, HistoryWindow(max_triggers=1)), replay)
+    assert asked == [("t3", [(1, 200, 300)]), ("t4", [(0, 250, 400)])]  # exactly the triggers' ranges
+    assert [t.trigger_id for t in read] == ["t3", "t4"]
+    assert [e.event_id for e in merged] == [f"e{i}" for i in range(200, 400)]
+    assert recent == frozenset(f"e{i}" for i in range(300, 400))
+    assert merge_events([[events["e1"]], [events["e1"], events["e2"]]]) == [events["e1"], events["e2"]]
+
+
+def test_an_earlier_trigger_retention_took_is_left_out_and_not_named():
+    def replay(t: TrainTrigger) -> list[FeedbackEvent]:
+        if t.trigger_id == "t2":
+            raise TrainingError("trigger t2: feedback[0] [100, 200) is not readable: the partition now holds [150, 400)")
+        return []
+
+    _, _, read = replay_history(select_history(EARLIER, LATEST, HistoryWindow()), replay)
+    assert [t.trigger_id for t in read] == ["t1", "t3", "t4"]
+    with pytest.raises(TrainingError):  # the latest trigger is the round's own data: it must be there
+        replay_history([LATEST], lambda t: replay(EARLIER[1]))
+
+
+def test_a_version_records_every_trigger_known_and_those_it_used(tmp_path):
+    used = select_history(EARLIER, LATEST, HistoryWindow(max_triggers=1))
+    save_history(tmp_path, [*EARLIER, LATEST], used)
+    known, used_ids = load_history(tmp_path)
+    assert known == [*EARLIER, LATEST] and used_ids == ["t3", "t4"]  # whole triggers: ranges and event ids
+    assert load_history(tmp_path / "older-version") == ([], []) and load_history(None) == ([], [])

@@ -1,0 +1,98 @@
+"""Corrections as demonstrations: a user's correction is the answer they wanted, so PPO also
+learns it directly (a supervised term beside the RL objective, `policy.training.demo_coef`), not
+only through the reward model's (correction > original) pair.
+
+    demos = corrections(events)                          # [(query, correction)], the latest per answer
+    batch = encode_demonstrations(tokenizer, demos[:8])  # prompt + correction + EOS, right-padded
+    loss = demonstration_loss(lm, batch)                 # mean NLL of the correction's tokens
+    fit_demonstrations(lm, tokenizer, demos, epochs=2, batch_size=8, learning_rate=2e-4)   # a supervised pass before RL
+
+Two uses, both in `policy.training`: `demo_epochs` supervised passes over the corrections before
+PPO starts (SFT then RL, as InstructGPT; the KL reference is then the fine-tuned start), and
+`demo_coef`, the same loss as an anchor term inside every PPO update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import random
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from schemas.events import FeedbackEvent, latest_verdicts
+from trainers.chat_format import format_completion, format_prompt
+
+
+def corrections(events: Iterable[FeedbackEvent]) -> list[tuple[str, str]]:
+    """(query, correction) of every correction still standing (`latest_verdicts`), one per distinct
+    pair, in the order given."""
+    out = {(e.query, e.correction): None for e in latest_verdicts(events) if e.feedback_type == "correction" and e.correction}
+    return list(out)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DemoBatch:
+    input_ids: torch.Tensor  # (B, T), right-padded
+    attention_mask: torch.Tensor  # (B, T)
+    target_mask: torch.Tensor  # (B, T - 1): 1 where the next token is part of the correction (or its EOS)
+
+
+def encode_demonstrations(tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], max_tokens: int = 256,
+                          device: torch.device | str = "cpu") -> DemoBatch:  # fmt: skip
+    """Prompt (the policy's own chat format) + correction + EOS per demonstration; the prompt is
+    cut from the left when the whole would pass `max_tokens`."""
+    rows, targets = [], []
+    for query, correction in demos:
+        prompt = tokenizer(format_prompt(tokenizer, query), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(format_completion(tokenizer, correction), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        answer = answer[:max_tokens]
+        prompt = prompt[max(0, len(prompt) + len(answer) - max_tokens) :]
+        rows.append(prompt + answer)
+        targets.append([0] * max(0, len(prompt) - 1) + [1] * len(answer))
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target_mask = torch.zeros((len(rows), width - 1))
+    for i, (row, target) in enumerate(zip(rows, targets, strict=True)):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+        target_mask[i, : len(target)] = torch.tensor(target, dtype=torch.float)
+    return DemoBatch(input_ids.to(device), attention_mask.to(device), target_mask.to(device))
+
+
+def demonstration_loss(lm: nn.Module, batch: DemoBatch) -> torch.Tensor:
+    """Mean negative log-likelihood of the corrections' tokens (prompt tokens are context only)."""
+    logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    nll = F.cross_entropy(logits.transpose(1, 2), batch.input_ids[:, 1:], reduction="none")
+    return (nll * batch.target_mask).sum() / batch.target_mask.sum().clamp(min=1)
+
+
+def fit_demonstrations(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], *, epochs: int, batch_size: int,
+                       learning_rate: float, seed: int = 0) -> float:  # fmt: skip
+    """Supervised passes over `demos` (AdamW, shuffled mini-batches), in place; returns the last
+    epoch's mean loss (nan without demonstrations)."""
+    if not demos or epochs < 1:
+        return float("nan")
+    device = next(lm.parameters()).device
+    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=learning_rate)
+    rng = random.Random(seed)
+    order = list(demos)
+    was_training = lm.training
+    lm.train()
+    for _ in range(epochs):
+        rng.shuffle(order)
+        losses = []
+        for start in range(0, len(order), batch_size):
+            loss = demonstration_loss(lm, encode_demonstrations(tokenizer, order[start : start + batch_size], device=device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+    lm.train(was_training)
+    return sum(losses) / len(losses)
