@@ -125,6 +125,12 @@ class PolicyTrainingSettings(Section):
     start_from: Literal["parent", "base"] = Field("parent", description="Train each round from the serving policy, or restart from the original base policy with the accumulated reward model.")
     reference: Literal["parent", "base"] = Field("parent", description="The policy PPO's KL penalty and kl_bound are measured against.")
     kl_base_bound: float = Field(1.0, gt=0, description="Per-token KL to the original base policy past which the gate rejects a candidate.")
+    lora_r: int = Field(0, ge=0, description="LoRA rank (peft) for PPO and the TRL algorithms; 0: full fine-tune. With LoRA, PPO's reference is the base with the adapters off, not a copy.")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scale: adapter updates are multiplied by lora_alpha / lora_r; unset: 2 x lora_r.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input; the TRL algorithms only (PPO runs without dropout so rollout and update log-probs agree).")
+    lora_target_modules: str | list[str] = Field("all-linear", min_length=1, description="Modules that get adapters: `all-linear`, or module names such as [q_proj, v_proj].")
+    grad_accumulation_steps: int = Field(1, ge=1, description="PPO: micro-batches per mini-batch, their gradients summed before one optimiser step (the same step in less memory).")
+    checkpoint_every: int = Field(0, ge=0, description="PPO: write a resumable checkpoint every this many iterations when the job is given a checkpoint directory; 0: never.")
 
 
 class PolicySettings(Section):

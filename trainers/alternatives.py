@@ -39,7 +39,7 @@ from schemas.events import FeedbackEvent, latest_verdicts
 from trainers.device import pick_device, use_bf16
 from trainers.policy import RewardFn, StatusFn, generate, no_status
 from trainers.chat_format import format_completion, format_prompt
-from trainers.policy_config import PolicyTrainingConfig
+from trainers.policy_config import PolicyTrainingConfig, lora_config
 
 # Offline examples drawn per training query when KTO / DPO label the policy's own samples.
 SELF_LABEL_SAMPLES = 4
@@ -83,14 +83,6 @@ def _common_args(config: PolicyTrainingConfig, output_dir: str) -> dict[str, Any
         "bf16": use_bf16(device), "use_cpu": device.type == "cpu", "gradient_checkpointing": False,
         "logging_steps": 1, "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
     }  # fmt: skip
-
-
-def _peft_config(config: PolicyTrainingConfig):
-    if not config.lora_r:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 # ----------------------------------------------------------------------------- data for KTO / DPO
@@ -208,7 +200,7 @@ def train_alternative(
             data = Dataset.from_dict({"prompt": [format_prompt(tokenizer, q) for q in train_queries], "query": list(train_queries)})
             trainer = trainer_cls(
                 model=lm, reward_funcs=_reward_for_trl(reward_fn), args=args_cls(**common, **online), train_dataset=data,
-                processing_class=tokenizer, callbacks=[callback], peft_config=_peft_config(config),
+                processing_class=tokenizer, callbacks=[callback], peft_config=lora_config(config),
             )  # fmt: skip
             n_examples = len(data)
         elif algorithm in ("kto", "dpo"):
@@ -228,7 +220,7 @@ def train_alternative(
             args_cls, trainer_cls = (KTOConfig, KTOTrainer) if algorithm == "kto" else (DPOConfig, DPOTrainer)
             trainer = trainer_cls(
                 model=lm, args=args_cls(**common, **offline), train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                callbacks=[callback], peft_config=_peft_config(config),
+                callbacks=[callback], peft_config=lora_config(config),
             )  # fmt: skip
             n_examples = len(rows)
         else:

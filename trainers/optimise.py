@@ -39,6 +39,7 @@ def optimise_policy(
     *,
     gate_fn: RewardFn | None = None,
     original_path: str | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train a new policy for the one at `base_model_path` (the parent, serving now) with
     `algorithm`, evaluate it against the parent on `eval_queries`, and save it (save_pretrained,
@@ -50,7 +51,8 @@ def optimise_policy(
     a reward the policy is not trained against (a held-out reward head): the evaluation reports
     it beside `reward_fn`'s (`gate_reward_before/after`). `feedback_events` feed KTO (thumbs) and
     DPO (pairs), and give PPO the users' corrections as demonstrations; without them those two
-    label the starting policy's own samples with `reward_fn`. Returns floats
+    label the starting policy's own samples with `reward_fn`. `checkpoint_dir` makes a PPO run
+    resumable (`train_ppo`); the TRL algorithms do not use it. Returns floats
     (mean_reward_before/after, reward_gain, kl, kl_parent, kl_base, mean_length, rollbacks, ...)
     plus `guardrails_fired` (empty: a final policy that fails a guardrail raises instead) and `out_dir`."""
     if algorithm not in ALGORITHMS:
@@ -82,7 +84,13 @@ def optimise_policy(
 
         train_started = time.monotonic()
         if algorithm == "ppo":
-            lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config, reference=reference, on_status=on_status, demonstrations=demos)
+            # With LoRA, `lm` with its adapters switched off *is* `start`: PPO then takes its KL
+            # reference from there (the weights it trains on, no second model in the step) rather
+            # than from `start`, which stays for the evaluations only. A reference other than the
+            # start (`reference: base`) is passed as before.
+            ppo_reference = None if config.lora_r and reference is start else reference
+            lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config, reference=ppo_reference, on_status=on_status,
+                                   demonstrations=demos, checkpoint_dir=checkpoint_dir)  # fmt: skip
             # A rolled-back update is a guardrail that worked: training goes on (or stops early) from
             # the last good policy, counted in `rollbacks`. What the gate must not trust is a final
             # policy that fails the guardrails itself: checked on the evaluation below.

@@ -8,11 +8,14 @@ the controller, the guardrail and the reports alike, so they do not move with re
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.settings import PolicyTrainingSettings, Settings
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 # The knobs `rlhf.yaml` exposes take their defaults from there, so the two never drift apart.
 _YAML = PolicyTrainingSettings()
@@ -72,7 +75,12 @@ class PolicyTrainingConfig(BaseModel):
     eval_seed: int = Field(1234, description="Sampling seed of evaluation, the same before and after training.")
 
     # --- large models
-    lora_r: int = Field(0, ge=0, description="LoRA rank via peft (the base weights are then the reference); 0 = full fine-tune.")
+    lora_r: int = Field(_YAML.lora_r, ge=0, description="LoRA rank via peft (PPO's reference is then the base with the adapters off); 0 = full fine-tune.")
+    lora_alpha: float | None = Field(_YAML.lora_alpha, gt=0, description="LoRA scale: adapter updates are multiplied by lora_alpha / lora_r; None: 2 x lora_r.")
+    lora_dropout: float = Field(_YAML.lora_dropout, ge=0, lt=1, description="Dropout on the adapters' input; the TRL algorithms only (PPO runs without dropout so rollout and update log-probs agree).")
+    lora_target_modules: str | list[str] = Field(_YAML.lora_target_modules, min_length=1, description="Modules that get adapters: `all-linear` or a list of module names.")
+    grad_accumulation_steps: int = Field(_YAML.grad_accumulation_steps, ge=1, description="PPO: micro-batches per mini-batch, gradients summed before one optimiser step.")
+    checkpoint_every: int = Field(_YAML.checkpoint_every, ge=0, description="PPO: iterations between resumable checkpoints when train_ppo gets a checkpoint_dir; 0: none.")
 
     # --- alternatives (TRL)
     num_generations: int = Field(4, ge=2, description="GRPO/RLOO completions per prompt (the group).")
@@ -96,6 +104,19 @@ class PolicyTrainingConfig(BaseModel):
             "epochs": t.epochs, "batch_size": t.batch_size, "mini_batch_size": t.mini_batch_size, "ppo_epochs": t.ppo_epochs,
             "learning_rate": t.learning_rate, "init_kl_coef": t.kl_coef, "target_kl": t.target_kl,
             "max_new_tokens": t.max_new_tokens, "min_rating": settings.feedback.min_rating,
-            **{k: getattr(t, k) for k in ("uncertainty_penalty", "max_disagreement_growth", "demo_epochs", "demo_coef", "start_from", "reference", "kl_base_bound")},
+            **{k: getattr(t, k) for k in ("uncertainty_penalty", "max_disagreement_growth", "demo_epochs", "demo_coef", "start_from", "reference", "kl_base_bound",
+                                          "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "grad_accumulation_steps", "checkpoint_every")},
         }  # fmt: skip
         return cls(**{**values, **overrides})
+
+
+def lora_config(config: PolicyTrainingConfig) -> LoraConfig | None:
+    """The adapters PPO and the TRL algorithms train (one definition, so both read the same YAML
+    the same way); None for a full fine-tune."""
+    if not config.lora_r:
+        return None
+    from peft import LoraConfig  # imported on use: a full fine-tune never needs peft
+
+    modules = config.lora_target_modules
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha or 2 * config.lora_r, lora_dropout=config.lora_dropout,
+                      target_modules=modules if isinstance(modules, str) else list(modules), task_type="CAUSAL_LM")  # fmt: skip

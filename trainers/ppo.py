@@ -13,6 +13,10 @@ roll back an update that pushes KL past `kl_bound` (the next try takes a smaller
 non-finite loss, or makes answers collapse in length or into repetition, judged on the next
 rollout (one more rollout after the last update checks that one too); `on_status(state, stage,
 message, metrics)` reports every one of them.
+
+For models larger than memory allows at full size: `lora_r` trains adapters only (the reference
+is then the same model with them switched off), `grad_accumulation_steps` splits each mini-batch
+(the same optimiser step), and `checkpoint_dir` + `checkpoint_every` make a run resumable.
 """
 
 from __future__ import annotations
@@ -20,21 +24,26 @@ from __future__ import annotations
 import copy
 import math
 import random
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import TrainingError
+from core.files import write_atomically
 from trainers.demonstrations import DemoBatch, demonstration_loss, encode_demonstrations
 from trainers.device import use_bf16
 from trainers.ensemble import EnsembleReward
 from trainers.policy import (RewardFn, Rollout, StatusFn, generate, kl_estimate, masked_mean, no_status, positions,
                              response_logprobs, sequence_logprobs)  # fmt: skip
-from trainers.policy_config import PolicyTrainingConfig
+from trainers.policy_config import PolicyTrainingConfig, lora_config
+
+T = TypeVar("T")
 
 # ----------------------------------------------------------------------------- the maths
 
@@ -256,6 +265,15 @@ class _Rollbacks:
         if self.stopped:
             self.on_status("guardrail", "ppo", f"{self.in_a_row} rollbacks in a row: stopping with the last good policy", stats)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs (`stopped` is never saved: a stopped run has ended)."""
+        return {"learning_rate": self.learning_rate, "fired": self.fired, "total": self.total, "in_a_row": self.in_a_row,
+                "unchecked_update": self.unchecked_update, "last_good": self.last_good}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learning_rate, self.fired, self.total, self.in_a_row = state["learning_rate"], state["fired"], state["total"], state["in_a_row"]
+        self.unchecked_update, self.last_good = state["unchecked_update"], state["last_good"]
+
 
 # ----------------------------------------------------------------------------- training
 
@@ -324,34 +342,112 @@ def _rollout(
     return _Batch(ro, logprobs, values, ref_logprobs)
 
 
+def _micro_batches(mask: torch.Tensor, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows of a mini-batch in up to `steps` micro-batches, each with its share of the
+    mini-batch's masked tokens. The losses are token means over the whole mini-batch, so a
+    micro-batch's mean times its share, summed over the micro-batches, is exactly the mini-batch's
+    mean (a plain mean of the micro-batches' means would weigh the tokens of short answers up)."""
+    total = mask.sum().clamp(min=1)
+    rows = torch.arange(len(mask), device=mask.device).tensor_split(steps)
+    return [(r, mask[r].sum() / total) for r in rows if len(r)]
+
+
+def _backward(loss: torch.Tensor) -> bool:
+    """Add `loss`'s gradients, unless it is non-finite (then none are added and False)."""
+    if not torch.isfinite(loss).item():
+        return False
+    loss.backward()
+    return True
+
+
 def _update(
     policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: _Batch, advantages: torch.Tensor, returns: torch.Tensor,
     config: PolicyTrainingConfig, autocast: torch.autocast, demos: Iterator[DemoBatch] | None = None,
 ) -> tuple[dict[str, float], bool]:  # fmt: skip
     """`ppo_epochs` passes of clipped policy + value loss over shuffled mini-batches, plus
-    `demo_coef` x the corrections' supervised loss when `demos` yields batches. Returns the last
-    mini-batch's losses and False if one was non-finite (the update then stopped there)."""
+    `demo_coef` x the corrections' supervised loss when `demos` yields batches. One optimiser step
+    per mini-batch, its gradients summed over `grad_accumulation_steps` micro-batches: the same
+    step, with one micro-batch's activations in memory at a time. Returns the last mini-batch's
+    losses and False if one was non-finite (the update then stopped there, before its step)."""
     ro = batch.rollout
+    steps = config.grad_accumulation_steps
     for _ in range(config.ppo_epochs):
         for idx in torch.randperm(len(ro.queries), device=ro.mask.device).split(config.mini_batch_size):
-            with autocast:
-                logprobs, values = policy(ro.input_ids[idx], ro.attention_mask[idx], ro.response_len, config.temperature)
-            pg_loss, clipfrac = policy_loss(logprobs.float(), batch.logprobs[idx], advantages[idx], ro.mask[idx], config.cliprange)
-            vf_loss = value_loss(values.float(), batch.values[idx], returns[idx], ro.mask[idx], config.cliprange_value)
-            loss = pg_loss + config.vf_coef * vf_loss
-            losses = {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(), "clipfrac": clipfrac.item()}
-            if demos is not None:
-                with autocast:
-                    demo_loss = demonstration_loss(policy.lm, next(demos))
-                loss = loss + config.demo_coef * demo_loss
-                losses["demo_loss"] = demo_loss.item()
-            if not torch.isfinite(loss).item():
-                return losses, False
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses = {"pg_loss": 0.0, "vf_loss": 0.0, "clipfrac": 0.0}
+            for rows, share in _micro_batches(ro.mask[idx], steps):
+                micro = idx[rows]
+                with autocast:
+                    logprobs, values = policy(ro.input_ids[micro], ro.attention_mask[micro], ro.response_len, config.temperature)
+                pg_loss, clipfrac = policy_loss(logprobs.float(), batch.logprobs[micro], advantages[micro], ro.mask[micro], config.cliprange)
+                vf_loss = value_loss(values.float(), batch.values[micro], returns[micro], ro.mask[micro], config.cliprange_value)
+                for name, part in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("clipfrac", clipfrac)):
+                    losses[name] += (share * part).item()
+                if not _backward(share * (pg_loss + config.vf_coef * vf_loss)):
+                    return losses, False
+            if demos is not None:
+                demo, losses["demo_loss"] = next(demos), 0.0
+                for rows, share in _micro_batches(demo.target_mask, steps):
+                    micro_demo = DemoBatch(demo.input_ids[rows], demo.attention_mask[rows], demo.target_mask[rows])
+                    with autocast:
+                        demo_loss = share * demonstration_loss(policy.lm, micro_demo)
+                    losses["demo_loss"] += demo_loss.item()
+                    if not _backward(config.demo_coef * demo_loss):
+                        return losses, False
             nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             optimizer.step()
     return losses, True
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_FILE = "ppo_state.pt"
+# What may change between a run and its resumption: how far it goes, how often it saves, and how
+# a step is split over memory (the same step either way). Anything else is another run.
+_MAY_CHANGE_ON_RESUME = {"epochs", "checkpoint_every", "grad_accumulation_steps"}
+
+
+class _Counted(Iterator[T]):
+    """An endless iterator that counts what it handed out: a resumed run replays that many draws,
+    and so goes on with the batches the uninterrupted run would have drawn."""
+
+    def __init__(self, items: Iterator[T], skip: int = 0) -> None:
+        self.items, self.drawn = items, 0
+        for _ in range(skip):
+            next(self)
+
+    def __next__(self) -> T:
+        self.drawn += 1
+        return next(self.items)
+
+
+def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
+    """Everything the loop needs to go on as if never stopped, swapped in whole (an interruption
+    while writing leaves the previous checkpoint)."""
+    state["rng"] = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    write_atomically(directory, lambda tmp: torch.save(state, tmp / CHECKPOINT_FILE), replace=True)
+
+
+def _load_checkpoint(directory: Path, config: PolicyTrainingConfig, policy: PolicyWithValue) -> dict[str, Any] | None:
+    """The checkpoint in `directory`, or None when there is none; TrainingError when it belongs to
+    another run. Sets the RNG states; the caller restores the rest."""
+    path = directory / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    # On the CPU: the RNG state must be a CPU tensor; weights and optimizer state are copied onto the policy's device.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    differing = sorted(k for k, v in config.model_dump(exclude=_MAY_CHANGE_ON_RESUME).items() if state["config"].get(k) != v)
+    trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
+    if differing or set(state["trainable"]) != trainable:
+        raise TrainingError(f"{path}: a checkpoint of another training run (differs in {', '.join(differing) or 'trainable parameters'}); "
+                            "remove it or give another checkpoint_dir")  # fmt: skip
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def train_ppo(
@@ -364,36 +460,69 @@ def train_ppo(
     reference: PreTrainedModel | None = None,
     on_status: StatusFn = no_status,
     demonstrations: Sequence[tuple[str, str]] = (),
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PPOResult]:
     """Optimise `lm` in place against `reward_fn` with PPO; returns the trained model (LoRA
-    merged back) and what happened. `reference` is a frozen copy of the policy the KL is held
-    to, if the caller already holds one (else a copy of the starting `lm`; with LoRA none is
-    needed). `demonstrations`, (query, wanted answer) such as users' corrections, add a
-    supervised term (`demo_coef`). When `reward_fn` is an `EnsembleReward`, a growing
-    disagreement of its members stops training. Rollouts happen on `lm`'s device."""
+    merged back) and what happened. `reference` is a frozen model the KL is held to, if the
+    caller already holds one; else the starting `lm`: with LoRA that is `lm` itself with the
+    adapters off, without it a copy. `demonstrations`, (query, wanted answer) such as users'
+    corrections, add a supervised term (`demo_coef`). When `reward_fn` is an `EnsembleReward`, a
+    growing disagreement of its members stops training. Rollouts happen on `lm`'s device.
+
+    With `checkpoint_dir`, the run's state is written there every `checkpoint_every` iterations,
+    and a run given a directory that holds a checkpoint resumes from it (the same starting model,
+    queries, reward and demonstrations are the caller's part): the result is the uninterrupted
+    run's. The directory is removed once training ends."""
     if not train_queries:
         raise TrainingError("PPO needs at least one training query")
     device = next(lm.parameters()).device
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     torch.manual_seed(config.seed)
     if config.lora_r:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        lm = get_peft_model(lm, LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"))
+        lm = get_peft_model(lm, lora_config(config))
     policy = PolicyWithValue(lm).to(device).eval()  # eval: no dropout, so rollout and update log-probs agree
-    reference = Reference(policy, None if config.lora_r else (reference if reference is not None else copy.deepcopy(lm)))
+    # With LoRA the starting weights stay in `lm` under the adapters: switched off, they are the
+    # reference and a large model is held once. A reference that is not the start (`reference:
+    # base`) is the caller's frozen model, already in memory.
+    reference = Reference(policy, reference if reference is not None else (None if config.lora_r else copy.deepcopy(lm)))
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate, eps=1e-5)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     score_scale = RunningScoreScale()
-    batches = _query_batches(train_queries, config.batch_size, random.Random(config.seed))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device))
     guard = _Rollbacks(policy, optimizer, config, on_status)
     start_length: float | None = None
     first_disagreement: float | None = None
     scores: list[float] = []
     disagreements: list[float] = []
-    demos = _demo_batches(tokenizer, demonstrations, config, device) if demonstrations and config.demo_coef else None
+    done = 0  # iterations finished
+    drawn = {"queries": 0, "demos": 0}
+    state = _load_checkpoint(checkpoint_dir, config, policy) if checkpoint_dir is not None else None
+    if state is not None:
+        done, drawn = state["iterations"], state["drawn"]
+        start_length, first_disagreement = state["start_length"], state["first_disagreement"]
+        scores, disagreements = state["scores"], state["disagreements"]
+        _restore(policy, optimizer, (state["trainable"], state["optimizer"]))
+        guard.load_state_dict(state["guard"])
+        kl_ctl.value = state["kl_coef"]
+        score_scale.count, score_scale.mean, score_scale.m2 = state["score_scale"]
+        on_status("progress", "ppo", f"resumed from the checkpoint after iteration {done}/{config.epochs}", {"iteration": float(done)})
+    batches = _Counted(_query_batches(train_queries, config.batch_size, random.Random(config.seed)), skip=drawn["queries"])
+    demos = _Counted(_demo_batches(tokenizer, demonstrations, config, device), skip=drawn["demos"]) if demonstrations and config.demo_coef else None
+    iteration = done  # the result's count should a resumed run have nothing left to do
 
-    for iteration in range(1, config.epochs + 1):
+    for iteration in range(done + 1, config.epochs + 1):
+        # 0. A checkpoint of the iterations finished so far, before anything of this one happens.
+        if checkpoint_dir is not None and config.checkpoint_every and iteration - 1 > done and (iteration - 1) % config.checkpoint_every == 0:
+            _save_checkpoint(checkpoint_dir, {
+                "config": config.model_dump(exclude=_MAY_CHANGE_ON_RESUME), "iterations": iteration - 1,
+                "drawn": {"queries": batches.drawn, "demos": demos.drawn if demos is not None else 0},
+                "start_length": start_length, "first_disagreement": first_disagreement, "scores": scores, "disagreements": disagreements,
+                "trainable": {k: v.detach() for k, v in policy.named_parameters() if v.requires_grad}, "optimizer": optimizer.state_dict(),
+                "guard": guard.state_dict(), "kl_coef": kl_ctl.value, "score_scale": (score_scale.count, score_scale.mean, score_scale.m2),
+            })  # fmt: skip
+
         # 1. Rollout with the current policy, scored by the reward function.
         batch = _rollout(policy, reference, tokenizer, next(batches), reward_fn, config, autocast)
         stats = batch.stats(iteration, kl_ctl.value)
@@ -453,7 +582,9 @@ def train_ppo(
         stats = batch.stats(config.epochs + 1, kl_ctl.value)
         guard.judge(check_guardrails(stats, start_length, config), f"iteration {config.epochs + 1}", stats)
 
-    lm = policy.lm.merge_and_unload() if reference.copy is None else policy.lm
+    lm = policy.lm.merge_and_unload() if config.lora_r else policy.lm
+    if checkpoint_dir is not None:  # finished: a later run pointed here starts afresh
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     nan = float("nan")
     result = PPOResult(iteration, guard.total, guard.fired, kl_ctl.value, scores[0] if scores else nan, scores[-1] if scores else nan, guard.stopped,
                        disagreements[0] if disagreements else nan, disagreements[-1] if disagreements else nan)  # fmt: skip

@@ -217,6 +217,7 @@ class TrainingJob:
                 self.settings.policy.algorithm, str(self.registry.path("policies", parent)), EnsembleReward(reward_model, config.uncertainty_penalty),
                 train_queries, eval_queries, config, directory, on_status=on_status, feedback_events=events,
                 gate_fn=reward_model.gate_reward if reward_model.config.gate_head else None, original_path=self._original_policy(),
+                checkpoint_dir=self.settings.home / "checkpoints" / version,  # a killed trainer resumes PPO here (policy.training.checkpoint_every)
             )  # fmt: skip
         except GuardrailRejection as exc:  # an outcome: record it, it never serves. A TrainingError fails the trigger.
             return Manifest(**lineage, status="rejected", metrics={f"rm_{k}": v for k, v in rm_metrics.items()}, reason=str(exc), guardrails_fired=["eval_after"])
