@@ -98,7 +98,6 @@ class RewardTrainingSettings(Section):
     max_length: int = Field(128, ge=8, description="Tokens of the (query, response) input kept, up to the backbone's limit (MiniLM 512, SmolLM2 8192).")
     truncation: Literal["keep_response", "right"] = Field("right", description="`right`: cut the joined text's end (the default the demo's figures were measured with); `keep_response`: cut the prompt from the left and keep the response whole (bench/reward_real.py: +3.6 points on real preferences with MiniLM-128, within noise).")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of queries (by stable hash) held out for evaluation.")
-    warm_start_epochs: int = Field(1, ge=1, description="Passes over the history when continuing from the previous round's model, which has seen all of it but the newest events.")
     ensemble_members: int = Field(4, ge=1, description="Reward heads on one shared backbone, each trained on its own bootstrap resample of the data; PPO sees their mean less `policy.training.uncertainty_penalty` x their spread (Coste et al. 2024).")
     gate_head: bool = Field(True, description="One head more, trained like the members but never shown to the policy optimiser: the candidate gate scores with it, so reward hacking shows before users see it.")
     recent_weight: float = Field(2.0, gt=0, description="Loss weight of the newest trigger's examples against older history (on-policy data counts more).")
@@ -120,7 +119,7 @@ class PolicyTrainingSettings(Section):
     max_new_tokens: int = Field(32, ge=1, description="Tokens generated per rollout.")
     uncertainty_penalty: float = Field(1.0, ge=0, description="PPO's reward is the reward-model ensemble's mean less this x its members' spread.")
     max_disagreement_growth: float = Field(2.0, gt=1, description="PPO stops (undoing the last update) once the ensemble's spread on a rollout passes this x the first rollout's.")
-    demo_epochs: int = Field(3, ge=0, description="Supervised passes over the users' corrections before PPO starts (SFT then RL; PPO's KL is then held to the fine-tuned start).")
+    demo_epochs: int = Field(10, ge=0, description="Supervised passes over the users' corrections before PPO starts (SFT then RL; PPO's KL is then held to the fine-tuned start).")
     demo_coef: float = Field(0.5, ge=0, description="Weight of a supervised loss on users' corrections beside the RL objective (0: corrections only train the reward model).")
     start_from: Literal["parent", "base"] = Field("parent", description="Train each round from the serving policy, or restart from the original base policy with the accumulated reward model.")
     reference: Literal["parent", "base"] = Field("parent", description="The policy PPO's KL penalty and kl_bound are measured against.")
@@ -212,7 +211,7 @@ class ClickHouseSettings(Section):
 
 class RegistrySettings(Section):
     path: Path | None = Field(None, description="Model registry directory; default under RLHF_HOME.")
-    promotion_margin: float = Field(0.0, description="Relative held-out reward gain over the parent a candidate needs.")
+    promotion_margin: float = Field(-0.02, description="Relative held-out gate-reward gain over the parent a candidate needs to reach users; negative = a tolerance (a candidate the gate head scores at most 2% lower goes to the A/B test, which judges it on users: the gate head cannot see every way users prefer an answer, bench/rounds.py).")
 
 
 class AssistantSettings(Section):

@@ -444,7 +444,7 @@ def _warm_started(path: str | Path | None, config: RewardConfig) -> RewardModel 
     torch.manual_seed(config.seed)
     if config.disable_dropout:  # a saved config.json keeps the backbone's dropout rates
         _without_dropout(previous.model)
-    previous.config, previous.warm = config.model_copy(update={"epochs": config.warm_start_epochs}), True
+    previous.config, previous.warm = config, True
     return previous
 
 

@@ -36,7 +36,6 @@ class RewardConfig(BaseModel):
 
     # Optimisation
     epochs: int = Field(_TRAIN.epochs, ge=1, description="Passes over the training pairs and points.")
-    warm_start_epochs: int = Field(_TRAIN.warm_start_epochs, ge=1, description="Passes over the data when warm-started from an earlier version (it has seen all but the newest).")
     batch_size: int = Field(_TRAIN.batch_size, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
     learning_rate: float = Field(_TRAIN.learning_rate, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
