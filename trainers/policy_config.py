@@ -55,7 +55,7 @@ class PolicyTrainingConfig(BaseModel):
 
     # --- learning across rounds (trainers.ensemble, trainers.demonstrations)
     uncertainty_penalty: float = Field(_YAML.uncertainty_penalty, ge=0, description="PPO's reward is the reward heads' mean less this x their spread (Coste et al. 2024).")
-    max_disagreement_growth: float = Field(_YAML.max_disagreement_growth, gt=1, description="Stop PPO (undoing the last update) once the heads' spread on a rollout passes this x the first rollout's.")
+    max_disagreement_growth: float = Field(_YAML.max_disagreement_growth, gt=1, description="Stop PPO (undoing the last update) once the heads' spread on a rollout passes this x the first rollout's (or x 0.01, if that is larger).")
     demo_epochs: int = Field(_YAML.demo_epochs, ge=0, description="Supervised passes over the users' corrections before PPO (SFT then RL); 0: none.")
     demo_coef: float = Field(_YAML.demo_coef, ge=0, description="Weight of the supervised loss on users' corrections beside the PPO loss (0: corrections only teach the reward model).")
     start_from: Literal["parent", "base"] = Field(_YAML.start_from, description="Each round trains from the serving policy (`parent`) or restarts from the original base policy with the accumulated reward model (`base`).")

@@ -45,6 +45,11 @@ from trainers.policy_config import PolicyTrainingConfig, lora_config
 
 T = TypeVar("T")
 
+# Below this spread (std of the members' sigmoid rewards) the ensemble agrees to within a point; a
+# growth from there is noise: bench/rounds.py saw PPO stopped after one update when a warm-started
+# ensemble's first spread was 0.001.
+DISAGREEMENT_FLOOR = 0.01
+
 # ----------------------------------------------------------------------------- the maths
 
 
@@ -535,7 +540,7 @@ def train_ppo(
         if isinstance(reward_fn, EnsembleReward):
             stats["disagreement"] = reward_fn.last_disagreement
             first_disagreement = stats["disagreement"] if first_disagreement is None else first_disagreement
-            if stats["disagreement"] > config.max_disagreement_growth * max(first_disagreement, 1e-3):
+            if stats["disagreement"] > config.max_disagreement_growth * max(first_disagreement, DISAGREEMENT_FLOOR):
                 problems.append("disagreement")
         if not guard.judge(problems, f"iteration {iteration}", stats):
             guard.stopped = guard.stopped or "disagreement" in problems

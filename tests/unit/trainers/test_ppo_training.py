@@ -152,6 +152,21 @@ def test_ppo_stops_and_undoes_the_last_update_when_the_ensemble_disagreement_gro
     assert result.disagreement_first == 0.0 and "disagreement" in seen[-1][2]
 
 
+class QuietEnsemble(SpreadingEnsemble):
+    """Members that agree to within a tenth of a point, then within half a point: noise, not a signal."""
+
+    def head_scores(self, queries, responses):
+        self.calls += 1
+        spread = 0.004 if self.calls == 1 else 0.02
+        return torch.tensor([[spread, -spread]] * len(queries))
+
+
+def test_a_growth_of_a_spread_below_a_point_does_not_stop_ppo(micro_policy: str):
+    lm, tok = load_policy(micro_policy)
+    _, result = train_ppo(lm, tok, EnsembleReward(QuietEnsemble(), penalty=1.0), TRAIN, PolicyTrainingConfig(**{**FAST, "epochs": 3}))
+    assert not result.stopped_early and result.iterations == 3 and result.disagreement_last > 4 * result.disagreement_first
+
+
 def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micro_policy: str, tmp_path: Path):
     parent = tmp_path / "parent"
     lm, tok = load_policy(micro_policy)
