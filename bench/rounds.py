@@ -44,7 +44,7 @@ from demo.users import Population
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
 from trainers.dataset import split_policy_queries
 from trainers.ensemble import EnsembleReward
-from trainers.history import HistoryWindow, replay_history, select_history
+from trainers.history import HistoryWindow, replay_history, replay_sample, select_history
 from trainers.optimise import gate_verdict, optimise_policy
 from trainers.policy import load_policy, sample
 from trainers.policy_config import PolicyTrainingConfig
@@ -54,12 +54,12 @@ from trainers.synthetic import Question, all_questions, quality, split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 
 # What each learner changes from the project's defaults (rlhf.yaml): (continuous_learning, reward_model.training, policy.training).
-LATEST_ONLY = ({"history_triggers": 0, "warm_start": False}, {"ensemble_members": 1, "gate_head": False},
+LATEST_ONLY = ({"history_triggers": 0, "warm_start": False, "reward_sample_events": None}, {"ensemble_members": 1, "gate_head": False},
                {"uncertainty_penalty": 0.0, "demo_coef": 0.0, "demo_epochs": 0})  # fmt: skip
 LEARNERS: dict[str, tuple[dict, dict, dict]] = {
     "continuous": ({}, {}, {}),
     "latest-only": LATEST_ONLY,  # today's learner
-    "-history": ({"history_triggers": 0, "warm_start": False}, {}, {}),
+    "-history": ({"history_triggers": 0, "warm_start": False, "reward_sample_events": None}, {}, {}),
     "-warm": ({"warm_start": False}, {}, {}),
     "-ensemble": ({}, {"ensemble_members": 1}, {"uncertainty_penalty": 0.0}),
     "-penalty": ({}, {}, {"uncertainty_penalty": 0.0}),
@@ -214,7 +214,8 @@ def run_learner(learner: str, seed: int, rounds: int, budget: int, threads: int,
         # 3. Reward model, then the PPO candidate, then the gate.
         rm_dir = workdir / f"rm-{r}"
         warm = previous_rm if settings.continuous_learning.warm_start else None
-        rm, rm_metrics = train_reward_model(history, rm_config, rm_dir, recent_ids=recent, warm_start=warm)
+        sample = replay_sample(history, recent, settings.continuous_learning.reward_sample_events)
+        rm, rm_metrics = train_reward_model(sample, rm_config, rm_dir, recent_ids=recent, warm_start=warm)
         previous_rm = rm_dir
         train_q, eval_q = split_policy_queries(history)
         record = RoundRecord(r, serving_after=serving_hidden)

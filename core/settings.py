@@ -146,6 +146,7 @@ class ContinuousLearningSettings(Section):
     history_triggers: int | None = Field(None, ge=0, description="Earlier triggers whose feedback the reward model trains on beside the latest (None: all; 0: the latest buffer only).")
     history_max_age_s: float | None = Field(None, gt=0, description="Leave out earlier triggers older than this (None: no age limit).")
     history_max_events: int | None = Field(50_000, ge=1, description="Leave out the oldest earlier triggers once the history would hold more events than this.")
+    reward_sample_events: int | None = Field(3000, ge=1, description="Most events a round's reward model trains on: every newest event, then a stable sample of the older history (experience replay), so a round's cost stops growing (None: the whole history). Corrections teach the policy from the whole history either way.")
     warm_start: bool = Field(True, description="Continue each round's reward model from the previous round's, instead of a fresh head.")
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ to the latest buffer alone only knows the answers of the policy that just change
     earlier = load_history(previous_rm_dir)                     # every trigger seen before, oldest first
     used = select_history(earlier, trigger, HistoryWindow.from_settings(settings))
     events, recent, used = replay_history(used, replay)         # their feedback, the newest ids, the triggers read
+    train_on = replay_sample(events, recent, 3000)              # the newest, and a stable sample of the rest
 
 A version names every trigger it used (`history.json` in the reward model's directory: the triggers
 themselves, ranges and event ids), so its data replays exactly, as a single trigger's always did.
@@ -20,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from core.errors import TrainingError
+from core.hashing import stable_fraction
 from core.settings import Settings
 from schemas import FeedbackEvent, TrainTrigger
 
@@ -43,18 +45,28 @@ def select_history(earlier: Sequence[TrainTrigger], latest: TrainTrigger, window
     """The triggers a round trains on, oldest first, `latest` last: earlier triggers of the same
     policy, newest first, while the window allows (count, age relative to `latest`, events)."""
     chosen: list[TrainTrigger] = []
-    events = len(latest.event_ids)
+    events = set(latest.event_ids)  # distinct: consecutive buffers overlap
     for trigger in sorted((t for t in earlier if t.policy == latest.policy and t.trigger_id != latest.trigger_id),
                           key=lambda t: t.timestamp, reverse=True):  # fmt: skip
         if window.max_triggers is not None and len(chosen) >= window.max_triggers:
             break
         if window.max_age_s is not None and latest.timestamp - trigger.timestamp > timedelta(seconds=window.max_age_s):
             break
-        if window.max_events is not None and events + len(trigger.event_ids) > window.max_events:
+        if window.max_events is not None and len(events | set(trigger.event_ids)) > window.max_events:
             break
         chosen.append(trigger)
-        events += len(trigger.event_ids)
+        events |= set(trigger.event_ids)
     return [*reversed(chosen), latest]
+
+
+def replay_sample(events: Sequence[FeedbackEvent], recent: frozenset[str], max_events: int | None) -> list[FeedbackEvent]:
+    """At most `max_events` of `events`: every recent one, then older ones chosen by a stable hash of
+    their id (the same sample on every replay), in the order given. None keeps them all."""
+    if max_events is None or len(events) <= max_events:
+        return list(events)
+    older = [e for e in events if e.event_id not in recent]
+    share = max(0, max_events - (len(events) - len(older))) / len(older)
+    return [e for e in events if e.event_id in recent or stable_fraction("history-sample", e.event_id) < share]
 
 
 def recent_ids(used: Sequence[TrainTrigger]) -> frozenset[str]:

@@ -140,9 +140,11 @@ class TrainingJob:
 
     def _reward_model(self, trigger: TrainTrigger, latest: list[FeedbackEvent], progress: Progress):
         """The round's reward model, trained on the latest trigger's feedback and the earlier
-        triggers the history window allows (trainers.history), warm-started from the previous
-        round's; returns it with the feedback it learned from and the triggers that feedback came from."""
-        from trainers.history import HistoryWindow, load_history, replay_history, save_history, select_history
+        triggers the history window allows (trainers.history; the newest events and a stable
+        sample of the rest, `reward_sample_events`), warm-started from the previous round's;
+        returns it with the whole history's feedback (the policy's corrections and queries come
+        from all of it) and the triggers that feedback came from."""
+        from trainers.history import HistoryWindow, load_history, replay_history, replay_sample, save_history, select_history
         from trainers.replay import replay_trigger
         from trainers.reward import RewardModel, train_reward_model
         from trainers.reward_config import RewardConfig
@@ -166,7 +168,8 @@ class TrainingJob:
 
             def build(directory: Path) -> Manifest:
                 config = RewardConfig.from_settings(self.settings)
-                _, metrics = train_reward_model(events, config, directory / "model", lineage=self._lineage(trigger, used), progress=report,
+                sample = replay_sample(events, recent, self.settings.continuous_learning.reward_sample_events)
+                _, metrics = train_reward_model(sample, config, directory / "model", lineage=self._lineage(trigger, used), progress=report,
                                                 recent_ids=recent, warm_start=warm)  # fmt: skip
                 save_history(directory, known, used)
                 return Manifest(

@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import TrainingError
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
-from trainers.history import HistoryWindow, load_history, merge_events, recent_ids, replay_history, save_history, select_history
+from trainers.history import HistoryWindow, load_history, merge_events, recent_ids, replay_history, replay_sample, save_history, select_history
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -33,7 +33,9 @@ def test_the_window_keeps_the_newest_earlier_triggers_oldest_first():
     assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_triggers=0))) == ["t4"]  # today's learner: the latest buffer only
     assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_triggers=2))) == ["t2", "t3", "t4"]
     assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_age_s=2 * 3600))) == ["t2", "t3", "t4"]
-    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_events=349))) == ["t3", "t4"]  # 150 + 100 + 100 would pass it
+    # Distinct events: t4 and t3 overlap by 50, so they hold 200; with t2 300, with t1 400.
+    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_events=300))) == ["t2", "t3", "t4"]
+    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_events=299))) == ["t3", "t4"]
 
 
 def test_other_policies_and_the_latest_itself_are_not_history():
@@ -62,6 +64,16 @@ def test_replaying_a_history_reads_every_range_and_keeps_each_event_once():
     assert [e.event_id for e in merged] == [f"e{i}" for i in range(200, 400)]
     assert recent == frozenset(f"e{i}" for i in range(300, 400))
     assert merge_events([[events["e1"]], [events["e1"], events["e2"]]]) == [events["e1"], events["e2"]]
+
+
+def test_a_capped_sample_keeps_every_newest_event_and_the_same_older_ones_on_every_replay():
+    events = [FeedbackEvent(event_id=f"e{i}", interaction_id=f"i{i}", user_id="u", query="q", response="r", model_version="base",
+                            feedback_type="thumbs_up") for i in range(1000)]  # fmt: skip
+    recent = frozenset(f"e{i}" for i in range(900, 1000))
+    sample = replay_sample(events, recent, 400)
+    assert recent <= {e.event_id for e in sample} and 350 <= len(sample) <= 450  # 100 newest + ~300 of 900 older
+    assert sample == replay_sample(list(events), recent, 400) and [e.event_id for e in sample] == sorted((e.event_id for e in sample), key=lambda i: int(i[1:]))
+    assert replay_sample(events, recent, None) == events == replay_sample(events, recent, 1000)
 
 
 def test_an_earlier_trigger_retention_took_is_left_out_and_not_named():
