@@ -5,7 +5,7 @@ model each round), offline: no Kafka, no services, the same trainer functions th
 consumer calls, and the same simulated users as `rlhf demo` (`demo.users.Population`).
 
     python -m bench.rounds                                  # 5 rounds, seeds 0 1, continuous vs latest-only
-    python -m bench.rounds --learners continuous -ensemble -corrections -history -gate +restart
+    python -m bench.rounds --learners continuous no-ensemble no-corrections no-history no-gate restart
     python -m bench.rounds --rounds 6 --seeds 0 1 2 --budget 1200 --out runs/rounds.json
 
 One round: the serving policy (and, after round 1, the last candidate in an A/B split) answers
@@ -59,14 +59,14 @@ LATEST_ONLY = ({"history_triggers": 0, "warm_start": False, "reward_sample_event
 LEARNERS: dict[str, tuple[dict, dict, dict]] = {
     "continuous": ({}, {}, {}),
     "latest-only": LATEST_ONLY,  # today's learner
-    "-history": ({"history_triggers": 0, "warm_start": False, "reward_sample_events": None}, {}, {}),
-    "-warm": ({"warm_start": False}, {}, {}),
-    "-ensemble": ({}, {"ensemble_members": 1}, {"uncertainty_penalty": 0.0}),
-    "-penalty": ({}, {}, {"uncertainty_penalty": 0.0}),
-    "-corrections": ({}, {}, {"demo_coef": 0.0, "demo_epochs": 0}),
-    "-gate": ({}, {"gate_head": False}, {}),
-    "+restart": ({}, {}, {"start_from": "base"}),
-    "+ref-base": ({}, {}, {"reference": "base"}),
+    "no-history": ({"history_triggers": 0, "warm_start": False, "reward_sample_events": None}, {}, {}),
+    "no-warm": ({"warm_start": False}, {}, {}),
+    "no-ensemble": ({}, {"ensemble_members": 1}, {"uncertainty_penalty": 0.0}),
+    "no-penalty": ({}, {}, {"uncertainty_penalty": 0.0}),
+    "no-corrections": ({}, {}, {"demo_coef": 0.0, "demo_epochs": 0}),
+    "no-gate": ({}, {"gate_head": False}, {}),
+    "restart": ({}, {}, {"start_from": "base"}),
+    "ref-base": ({}, {}, {"reference": "base"}),
 }
 USERS = 500
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
