@@ -23,7 +23,8 @@ from trainers.alternatives import train_alternative
 from trainers.demonstrations import corrections, fit_demonstrations
 from trainers.policy import RewardFn, StatusFn, evaluate_policy, load_policy, no_status
 from trainers.policy_config import PolicyTrainingConfig
-from trainers.ppo import check_guardrails, train_ppo
+from trainers.guardrails import check_guardrails
+from trainers.ppo import train_ppo
 
 
 def optimise_policy(

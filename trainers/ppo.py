@@ -22,7 +22,6 @@ is then the same model with them switched off), `grad_accumulation_steps` splits
 from __future__ import annotations
 
 import copy
-import math
 import random
 import shutil
 from collections.abc import Iterator, Sequence
@@ -39,9 +38,11 @@ from core.files import write_atomically
 from trainers.demonstrations import DemoBatch, demonstration_loss, encode_demonstrations
 from trainers.device import use_bf16
 from trainers.ensemble import EnsembleReward
-from trainers.policy import (RewardFn, Rollout, StatusFn, generate, kl_estimate, masked_mean, no_status, positions,
+from trainers.guardrails import Rollbacks, check_guardrails, restore
+from trainers.policy import (RewardFn, Rollout, StatusFn, generate, kl_estimate, no_status, positions,
                              response_logprobs, sequence_logprobs)  # fmt: skip
 from trainers.policy_config import PolicyTrainingConfig, lora_config
+from trainers.ppo_maths import AdaptiveKLController, RunningScoreScale, compute_gae, kl_penalised_rewards, policy_loss, value_loss, whiten
 
 T = TypeVar("T")
 
@@ -49,106 +50,6 @@ T = TypeVar("T")
 # growth from there is noise: bench/rounds.py saw PPO stopped after one update when a warm-started
 # ensemble's first spread was 0.001.
 DISAGREEMENT_FLOOR = 0.01
-
-# ----------------------------------------------------------------------------- the maths
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit variance over the masked entries; padding stays zero."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + eps) * mask
-
-
-def kl_penalised_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
-) -> torch.Tensor:
-    """Per-token rewards: -kl_coef * (log pi - log pi_ref) on every response token, plus the
-    sequence score on its last token. The KL term keeps the policy near what it knew."""
-    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
-    last = mask.sum(dim=1).long().clamp(min=1) - 1  # responses are right-padded
-    rewards[torch.arange(len(scores)), last] += scores
-    return rewards
-
-
-def compute_gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over response tokens. Masking values and rewards makes
-    the state after the last token worth 0, i.e. the answer is a terminal episode."""
-    values = values * mask
-    rewards = rewards * mask
-    steps = rewards.shape[1]
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(steps)):
-        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
-        advantages[:, t] = running
-    returns = advantages + values
-    return advantages * mask, returns * mask
-
-
-def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped surrogate: -min(r * A, clip(r, 1-eps, 1+eps) * A). Returns (loss, clip fraction)."""
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).float(), mask)
-    return loss, clipfrac
-
-
-def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
-) -> torch.Tensor:
-    """Clipped value loss: the value may not move further than cliprange_value from the rollout's
-    estimate in one update, the same trust region the policy gets."""
-    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
-
-
-class AdaptiveKLController:
-    """Ziegler et al. (2019): nudge kl_coef so the observed KL tracks `target`; the error is
-    clipped to +-20% so one noisy batch cannot swing it."""
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
-        self.value = init_kl_coef
-        self.target = target
-        self.horizon = horizon
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + proportional_error * n_steps / self.horizon
-        return self.value
-
-
-class RunningScoreScale:
-    """Running standard deviation of the reward-model scores (Welford, over every rollout so far;
-    TRL's old `use_score_scaling`). Dividing scores by it makes the KL penalty weigh the same
-    against any reward's scale: a reward model whose sigmoid scores span 0.50-0.55 would otherwise
-    be drowned by the penalty's noise after the first update."""
-
-    def __init__(self) -> None:
-        self.count, self.mean, self.m2 = 0, 0.0, 0.0
-
-    def update(self, scores: torch.Tensor) -> None:
-        for x in scores.tolist():
-            self.count += 1
-            delta = x - self.mean
-            self.mean += delta / self.count
-            self.m2 += delta * (x - self.mean)
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
-
-    def scale(self, scores: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-        return scores / max(self.std, eps)
-
 
 # ----------------------------------------------------------------------------- policy + value head
 
@@ -188,96 +89,6 @@ class Reference:
             return sequence_logprobs(self.copy, input_ids, attention_mask, response_len, temperature)
         with self.policy.lm.disable_adapter():
             return sequence_logprobs(self.policy.lm, input_ids, attention_mask, response_len, temperature)
-
-
-# ----------------------------------------------------------------------------- guardrails
-
-
-def check_guardrails(stats: dict[str, float], start_length: float, config: PolicyTrainingConfig) -> list[str]:
-    """Names of the failure modes `stats` (kl, mean_length, repetition, ...) of a batch of answers
-    show; lengths are judged against the starting policy's `start_length`."""
-    problems = []
-    if not all(math.isfinite(v) for v in stats.values()):
-        problems.append("non_finite_rollout")
-    if stats["kl"] > config.kl_bound:
-        problems.append("kl_bound")
-    if stats["mean_length"] < config.min_length_ratio * start_length:
-        problems.append("length_collapse")
-    if stats["mean_length"] > config.max_length_ratio * start_length:
-        problems.append("length_blowup")
-    if stats["repetition"] > config.max_repetition:
-        problems.append("repetition_collapse")
-    return problems
-
-
-def _snapshot(policy: PolicyWithValue, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    trainable = {k: v.detach().clone() for k, v in policy.named_parameters() if v.requires_grad}
-    return trainable, copy.deepcopy(optimizer.state_dict())
-
-
-def _restore(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
-    params, opt_state = snapshot
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if name in params:
-                p.copy_(params[name])
-    optimizer.load_state_dict(opt_state)
-
-
-class _Rollbacks:
-    """The last parameters known to behave, and the count of updates thrown away. Training stops
-    (`stopped`) after `limit` rollbacks with no update kept in between: the run is not converging.
-    An update is kept once the rollout after it passes the guardrails.
-
-    A step that overshoots `kl_bound` is retried smaller: each kl_bound rollback multiplies the
-    learning rate by `kl_backoff`, for the rest of the run (a policy that an earlier round already
-    moved is steeper, and the same step size would overshoot again and again)."""
-
-    def __init__(self, policy: PolicyWithValue, optimizer: torch.optim.Optimizer, config: PolicyTrainingConfig, on_status: StatusFn) -> None:
-        self.policy, self.optimizer, self.on_status = policy, optimizer, on_status
-        self.limit, self.kl_backoff, self.learning_rate = config.max_consecutive_rollbacks, config.kl_backoff, config.learning_rate
-        self.fired: list[str] = []
-        self.total = self.in_a_row = 0
-        self.unchecked_update = self.stopped = False
-        self.last_good = _snapshot(policy, optimizer)
-
-    def updated(self) -> None:
-        """The parameters changed; the next rollout judges them."""
-        self.unchecked_update = True
-
-    def judge(self, problems: list[str], where: str, stats: dict[str, float]) -> bool:
-        """True when a rollout showed none of `problems`: its parameters become the last good ones.
-        Otherwise the update that made them is rolled back."""
-        if problems:
-            self.roll_back(problems, where, stats)
-            return False
-        self.last_good = _snapshot(self.policy, self.optimizer)
-        if self.unchecked_update:
-            self.in_a_row, self.unchecked_update = 0, False
-        return True
-
-    def roll_back(self, problems: list[str], where: str, stats: dict[str, float]) -> None:
-        """Restore the last good parameters; `stopped` once that happened `limit` times in a row."""
-        _restore(self.policy, self.optimizer, self.last_good)
-        self.unchecked_update = False
-        if "kl_bound" in problems:
-            self.learning_rate *= self.kl_backoff
-        self.fired += problems
-        self.total += 1
-        self.in_a_row += 1
-        self.on_status("guardrail", "ppo", f"{where}: {', '.join(problems)}; rolled back to the last good policy, lr {self.learning_rate:.2g}", stats)
-        self.stopped = self.in_a_row >= self.limit
-        if self.stopped:
-            self.on_status("guardrail", "ppo", f"{self.in_a_row} rollbacks in a row: stopping with the last good policy", stats)
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs (`stopped` is never saved: a stopped run has ended)."""
-        return {"learning_rate": self.learning_rate, "fired": self.fired, "total": self.total, "in_a_row": self.in_a_row,
-                "unchecked_update": self.unchecked_update, "last_good": self.last_good}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.learning_rate, self.fired, self.total, self.in_a_row = state["learning_rate"], state["fired"], state["total"], state["in_a_row"]
-        self.unchecked_update, self.last_good = state["unchecked_update"], state["last_good"]
 
 
 # ----------------------------------------------------------------------------- training
@@ -496,7 +307,7 @@ def train_ppo(
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     score_scale = RunningScoreScale()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device))
-    guard = _Rollbacks(policy, optimizer, config, on_status)
+    guard = Rollbacks(policy, optimizer, config, on_status)
     start_length: float | None = None
     first_disagreement: float | None = None
     scores: list[float] = []
@@ -508,7 +319,7 @@ def train_ppo(
         done, drawn = state["iterations"], state["drawn"]
         start_length, first_disagreement = state["start_length"], state["first_disagreement"]
         scores, disagreements = state["scores"], state["disagreements"]
-        _restore(policy, optimizer, (state["trainable"], state["optimizer"]))
+        restore(policy, optimizer, (state["trainable"], state["optimizer"]))
         guard.load_state_dict(state["guard"])
         kl_ctl.value = state["kl_coef"]
         score_scale.count, score_scale.mean, score_scale.m2 = state["score_scale"]

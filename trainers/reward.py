@@ -46,6 +46,7 @@ from core.errors import ConfigError, ModelLoadError, RlhfError, TrainingError
 from core.files import write_atomically
 from schemas.events import FeedbackEvent
 from trainers.base_models import resolve_base_model
+from trainers.batching import length_batches, pad_batch
 from trainers.chat_format import reward_parts, reward_text
 from trainers.dataset import RewardData, build_dataset
 from trainers.device import pick_device, use_bf16
@@ -55,7 +56,6 @@ from trainers.reward_config import RewardConfig
 CONFIG_FILE, METRICS_FILE, LINEAGE_FILE = "reward_config.json", "metrics.json", "lineage.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 UNKNOWN_LIMIT = 1_000_000_000  # tokenizers that do not know their model's limit report ~1e30
-SORT_WINDOW = 32  # batches whose examples are length-sorted together: less padding, still a shuffled order
 
 Progress = Callable[[int, int, dict[str, float]], None]  # (steps done, total steps, running metrics)
 
@@ -268,27 +268,9 @@ class RewardModel:
         return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16(self.device) else nullcontext()
 
 
-def pad_batch(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence of this batch (not to max_length)."""
-    width = max(len(seq) for seq in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return input_ids.to(device, non_blocking=True), attention_mask.to(device, non_blocking=True)
-
-
-def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled batches of indices; inside windows of SORT_WINDOW batches, examples are sorted by length."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * SORT_WINDOW
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    return batches
+def _recent(rows: Dataset) -> list[bool]:
+    """The `recent` flags of a dataset (`trainers.dataset` sets them; a hand-made one may not)."""
+    return list(rows["recent"]) if "recent" in rows.column_names else [False] * len(rows)
 
 
 def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | None = None) -> dict[str, float]:
@@ -303,8 +285,8 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
     rejected = rm.encode(pairs["query"], pairs["rejected"])
     point_ids = rm.encode(points["query"], points["response"])
     labels = torch.tensor(points["label"], dtype=torch.float32)
-    pair_weights = example_weights(pairs["recent"], cfg.heads, cfg.recent_weight, cfg.seed)
-    point_weights = example_weights(points["recent"], cfg.heads, cfg.recent_weight, cfg.seed + 1)
+    pair_weights = example_weights(_recent(pairs), cfg.heads, cfg.recent_weight, cfg.seed)
+    point_weights = example_weights(_recent(points), cfg.heads, cfg.recent_weight, cfg.seed + 1)
 
     rng = random.Random(cfg.seed)
     pair_lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]

@@ -16,6 +16,7 @@ from demo.driver import Demo, DemoPlan, run_demo
 from demo.report import write_report
 from registry.store import ModelRegistry
 from schemas.events import DEFAULT_POLICY
+from trainers.optimise import gate_verdict
 from tests.conftest import FAST_TRAINING
 
 pytestmark = pytest.mark.integration
@@ -25,8 +26,8 @@ SHORT = DemoPlan(rounds=1, users=120, batch=32, train_threshold=100, ab_min_user
 
 @pytest.fixture
 def fast(monkeypatch):
-    # Fast reward model, but enough PPO iterations that the gate (margin 0, as configured by
-    # default) usually passes the candidate on to its A/B test; either outcome is checked below.
+    # Fast reward model, but enough PPO iterations that the gate usually passes the candidate on
+    # to its A/B test; either outcome is checked below.
     for key, value in {**FAST_TRAINING, "RLHF_POLICY__TRAINING__EPOCHS": "8"}.items():
         monkeypatch.setenv(key, value)
 
@@ -46,15 +47,16 @@ def check_loop_closed(run_dir, plan: DemoPlan, results) -> dict:
     """Each round's outcome follows from its own figures: the gate from the held-out rewards, and
     the serving version from the decider's decision. No test code decides anything."""
     assert len(results) >= plan.rounds  # a rejected round and a decided one can end between two looks of the driver
-    serving = ModelRegistry(Demo(plan, run_dir).settings.registry_path)
+    settings = Demo(plan, run_dir).settings
+    serving, margin = ModelRegistry(settings.registry_path), settings.registry.promotion_margin
     for round_ in results:
         published = round_.published
         assert published["trigger_id"] and published["version"] == round_.candidate
         if round_.decision == "rejected":  # the gate (or a guardrail) stopped it: it never reached users
             assert published["decision"] == "rejected" and published["reason"] and not round_.ab
             continue
-        metrics = published["metrics"]
-        assert published["decision"] == "candidate" and metrics["mean_reward_after"] > metrics["mean_reward_before"]
+        # The gate's own rule on the published figures (the gate head's held-out reward, within the margin).
+        assert published["decision"] == "candidate" and gate_verdict(published["metrics"], margin)[0]
         assert round_.decision == round_.ab["outcome"] in ("promote", "rollback", "expired") and round_.ab["reason"]
         decision = serving.experiment_decision(DEFAULT_POLICY, round_.ab["experiment"])
         assert decision is not None and decision.outcome == round_.decision  # the registry applied what was announced

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from trainers.policy import kl_estimate, masked_mean, repetition_share
 from trainers.policy_config import PolicyTrainingConfig
-from trainers.ppo import AdaptiveKLController, RunningScoreScale, check_guardrails, compute_gae, kl_penalised_rewards, policy_loss, value_loss, whiten
+from trainers.guardrails import check_guardrails
+from trainers.ppo_maths import AdaptiveKLController, RunningScoreScale, compute_gae, kl_penalised_rewards, policy_loss, value_loss, whiten
 
 T = torch.tensor
 

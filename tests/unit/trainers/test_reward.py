@@ -15,8 +15,9 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 from core.settings import Settings
 from core.errors import ConfigError, ModelLoadError, TrainingError
 from trainers.base_models import resolve_base_model
-from trainers.reward import (RewardModel, VersionExistsError, example_weights, format_input, keep_response, length_batches, pad_batch, pairwise_loss,
-                             pointwise_loss, roc_auc, train_reward_model)  # fmt: skip
+from trainers.batching import length_batches, pad_batch
+from trainers.reward import (RewardModel, VersionExistsError, example_weights, format_input, keep_response, pairwise_loss, pointwise_loss, roc_auc,
+                             train_reward_model)  # fmt: skip
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, split_questions
 
