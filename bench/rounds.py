@@ -38,7 +38,7 @@ from analytics.stats import RatioMoments, ratio, relative_lift
 from bench.policy_gain import quiet
 from core.errors import GuardrailRejection
 from core.hashing import stable_fraction
-from core.settings import Settings
+from core.settings import FeedbackSettings, Settings
 from demo.report import on_policy_accuracy
 from demo.users import Population
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
@@ -69,6 +69,7 @@ LEARNERS: dict[str, tuple[dict, dict, dict]] = {
     "ref-base": ({}, {}, {"reference": "base"}),
 }
 USERS = 500
+MIN_RATING = FeedbackSettings().min_rating
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -150,7 +151,7 @@ class Traffic:
                     response=replies[i], model_version=arm_of[i].name, feedback_type=kind, timestamp=EPOCH + timedelta(seconds=self.count), **verdict,
                 ))  # fmt: skip
                 tally = per_user[arm_of[i].name][user]
-                tally[0] += kind == "thumbs_up" or verdict.get("rating", 0) >= 4
+                tally[0] += events[-1].is_positive(MIN_RATING)  # the rule the A/B analysis counts by
                 tally[1] += 1
         return events, per_user
 
