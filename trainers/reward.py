@@ -12,7 +12,8 @@ left (`truncation: keep_response`); `bench/reward_real.py` measures it on real h
     RewardModel.load(version_dir).predict(queries, responses)   # -> list[float], logits
     RewardModel.load(version_dir).reward(queries, responses)    # -> their sigmoid, in (0, 1)
 
-CLI: `rlhf reward train --data FILE` and `rlhf reward eval --model DIR --data FILE`.
+CLI: `rlhf reward train --data FILE` and `rlhf reward eval --model DIR --data FILE`. Under
+`torchrun --nproc_per_node N -m rlhf.cli reward train ...` it trains data-parallel (`trainers.distributed`).
 
 The training loop is our own rather than TRL's RewardTrainer because it is as fast or faster on the
 same model and data (`python -m bench.reward`): the texts are tokenised once, batches are drawn from
@@ -45,6 +46,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from core.errors import ConfigError, ModelLoadError, RlhfError, TrainingError
 from core.files import write_atomically
 from schemas.events import FeedbackEvent
+from trainers import distributed
 from trainers.base_models import resolve_base_model
 from trainers.batching import length_batches, pad_batch
 from trainers.chat_format import reward_parts, reward_text
@@ -301,26 +303,29 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
 
     rm.model.train()
     step, loss_sum = 0, 0.0
-    for _ in range(cfg.epochs):
-        plan = [("pair", b) for b in length_batches(pair_lengths, cfg.batch_size, rng)]
-        plan += [("point", b) for b in length_batches([len(p) for p in point_ids], cfg.batch_size, rng)]
-        rng.shuffle(plan)
-        for kind, batch in plan:
-            if kind == "pair":  # chosen and rejected in one forward pass, every head at once
-                scores = rm.scores([chosen[i] for i in batch] + [rejected[i] for i in batch])
-                loss = pairwise_loss(*scores.chunk(2), pair_weights[batch].to(rm.device))
-            else:
-                scores = rm.scores([point_ids[i] for i in batch])
-                target = labels[batch].unsqueeze(1).expand_as(scores).to(rm.device)
-                loss = cfg.pointwise_weight * pointwise_loss(scores, target, point_weights[batch].to(rm.device))
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_sum += loss.item()
-            if progress is not None:
-                progress(step, total, {"loss": loss_sum / step, "lr": schedule.get_last_lr()[0]})
+    with distributed.data_parallel(rm):  # under torchrun: each process takes its share of every batch
+        for _ in range(cfg.epochs):
+            plan = [("pair", b) for b in length_batches(pair_lengths, cfg.batch_size, rng)]
+            plan += [("point", b) for b in length_batches([len(p) for p in point_ids], cfg.batch_size, rng)]
+            rng.shuffle(plan)
+            for kind, batch in plan:
+                batch, share = distributed.split(batch, pair_weights if kind == "pair" else point_weights)
+                if kind == "pair":  # chosen and rejected in one forward pass, every head at once
+                    scores = rm.scores([chosen[i] for i in batch] + [rejected[i] for i in batch])
+                    loss = pairwise_loss(*scores.chunk(2), pair_weights[batch].to(rm.device))
+                else:
+                    scores = rm.scores([point_ids[i] for i in batch])
+                    target = labels[batch].unsqueeze(1).expand_as(scores).to(rm.device)
+                    loss = cfg.pointwise_weight * pointwise_loss(scores, target, point_weights[batch].to(rm.device))
+                loss = loss * share  # this process's part of the step's loss (share 1 in one process)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                loss_sum += distributed.average(loss)
+                if progress is not None:
+                    progress(step, total, {"loss": loss_sum / step, "lr": schedule.get_last_lr()[0]})
     rm.model.eval()
     seconds = time.perf_counter() - start
     return {
@@ -403,14 +408,19 @@ def train_reward_model(
     backbone and heads match `config`. `lineage` (trigger ids, offset ranges, parent versions...)
     is stored verbatim in lineage.json.
     Returns the trained model and its metrics: {"train": ..., "eval": ..., "data": dataset summary}.
+    Under torchrun every process trains; rank 0 alone evaluates (`eval` is None elsewhere) and saves.
     """
+    distributed.init()  # under torchrun: join the other processes and take this one's GPU before the model is placed
     data: RewardData = build_dataset(events, **config.dataset_options(), recent_ids=recent_ids)
     rm = _warm_started(warm_start, config) or RewardModel.create(config)
     train = fit(rm, data.train_pairs, data.train_points, progress)
-    rm.metrics = {"train": train, "eval": evaluate(rm, data.eval_pairs, data.eval_points), "data": data.summary}
-    rm.lineage = {**(lineage or {}), "base_model": config.base_model, "warm_start": str(warm_start) if rm.warm else None,
-                  "created_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
-    rm.save(out_dir)
+    rm.metrics = {"train": train, "eval": None, "data": data.summary}
+    if distributed.is_main():  # one process evaluates and writes the version; the others wait for it
+        rm.metrics["eval"] = evaluate(rm, data.eval_pairs, data.eval_points)
+        rm.lineage = {**(lineage or {}), "base_model": config.base_model, "warm_start": str(warm_start) if rm.warm else None,
+                      "created_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+        rm.save(out_dir)
+    distributed.barrier()
     return rm, rm.metrics
 
 

@@ -1,5 +1,8 @@
 """Reward-model subcommands: `rlhf reward train --data FILE [--out DIR]`, `rlhf reward eval --model DIR --data FILE`.
 
+`torchrun --nproc_per_node N -m rlhf.cli reward train --data FILE --out DIR` trains on N processes
+(one per GPU), data-parallel (`trainers.distributed`); rank 0 shows progress, writes DIR and prints.
+
 FILE is JSONL, one FeedbackEvent per line (invalid lines are counted and reported, not fatal).
 Training settings come from `reward_model:` in rlhf.yaml or RLHF_REWARD_MODEL__* variables.
 """
@@ -25,6 +28,7 @@ def _quiet_transformers() -> None:
 def _train(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from trainers import distributed
     from trainers.dataset import read_jsonl
     from trainers.reward import train_reward_model
     from trainers.reward_config import RewardConfig
@@ -33,7 +37,7 @@ def _train(args: argparse.Namespace) -> None:
     config = RewardConfig.from_settings(settings)
     out = Path(args.out) if args.out else settings.home / "reward-models" / datetime.now(timezone.utc).strftime("rm-%Y%m%dT%H%M%SZ")
     _quiet_transformers()
-    with tqdm(desc="reward model", unit="step") as bar:
+    with tqdm(desc="reward model", unit="step", disable=not distributed.is_main()) as bar:
 
         def progress(done: int, total: int, metrics: dict[str, float]) -> None:
             bar.total = total
@@ -41,7 +45,8 @@ def _train(args: argparse.Namespace) -> None:
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
 
         _, metrics = train_reward_model(read_jsonl(args.data), config, out, lineage={"data_file": str(Path(args.data).resolve())}, progress=progress)
-    print(json.dumps({"model": str(out), **metrics}, indent=2))
+    if distributed.is_main():
+        print(json.dumps({"model": str(out), **metrics}, indent=2))
 
 
 def _eval(args: argparse.Namespace) -> None:
