@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from collections.abc import Callable
 from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
+from transformers import AutoTokenizer
 
 from consumers.sink.consumer import GROUP as SINK_GROUP
 from consumers.sink.rows import ROUTES as SINK_ROUTES
@@ -40,6 +42,7 @@ from demo.users import Population
 from schemas import ModelPublished, TrainingStatus, parse_event
 from schemas.events import DEFAULT_POLICY
 from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentStarted
+from trainers.base_models import resolve_base_model
 
 log = logging.getLogger("demo.driver")
 
@@ -47,13 +50,46 @@ SINK_TOPICS = list(SINK_ROUTES)
 
 
 @dataclass(frozen=True)
+class PolicyProfile:
+    """What `--policy` changes: the settings that fit one round in the demo's CPU budget, and that
+    budget. The user's own RLHF_* variables still win over `settings`."""
+
+    round_minutes: float
+    ab_horizon_s: float = 240.0  # an experiment still undecided after this ends with control kept
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+POLICY_PROFILES: dict[str, PolicyProfile] = {
+    "tiny": PolicyProfile(round_minutes=3.5),
+    # A real chat model trains LoRA adapters, writes longer answers and takes fewer, dearer PPO
+    # iterations; a round's few dozen corrections need fewer supervised passes than the tiny model.
+    # It answers ~2 users a second here, so its A/B test needs longer to reach an always-valid verdict.
+    "smollm2": PolicyProfile(round_minutes=45.0, ab_horizon_s=900.0, settings={
+        "RLHF_POLICY__TRAINING__LORA_R": "16",
+        "RLHF_POLICY__TRAINING__MAX_NEW_TOKENS": "48",
+        "RLHF_POLICY__TRAINING__EPOCHS": "6",
+        "RLHF_POLICY__TRAINING__DEMO_EPOCHS": "5",
+        # Its users' corrections ask for terse steps where it rambles: the fine-tuned answers sit
+        # ~4 nats/token from the base (measured), past the tiny model's bound of 1.
+        "RLHF_POLICY__TRAINING__KL_BASE_BOUND": "6",
+    }),
+}  # fmt: skip
+
+
+def profile_of(policy: str) -> PolicyProfile:
+    """The profile of a named starting policy; any other base model gets the tiny one's budget and no settings."""
+    return POLICY_PROFILES.get(policy, POLICY_PROFILES["tiny"])
+
+
+@dataclass(frozen=True)
 class DemoPlan:
+    policy: str = "tiny"  # the starting assistant: `tiny`, `smollm2`, or any policy.base_model
     rounds: int = 2
     users: int = 500
     batch: int = 32  # questions asked per simulation step
     train_threshold: int = 1200
     ab_min_users_per_variant: int = 60  # users with feedback per variant before the decider may decide
-    ab_horizon_s: float = 240.0  # an experiment still undecided after this ends with control kept
+    ab_horizon_s: float | None = None  # an experiment still undecided after this ends with control kept (None: the policy profile's)
     budget_s: float = 14 * 60
     seed: int = 0
     fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
@@ -66,6 +102,7 @@ class RoundResult:
     decision: str
     published: dict = field(default_factory=dict)
     ab: dict = field(default_factory=dict)
+    serving: dict = field(default_factory=dict)  # the users' side of the round: seconds asking, answers, their tokens
     seconds: float | None = None  # wall time from the previous round's end (or the users' first question) to this one's
 
 
@@ -77,6 +114,7 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
     """Every child process gets the same configuration, through RLHF_* variables."""
     values = {
         "RLHF_HOME": str(run_dir / "state"),
+        "RLHF_POLICY__BASE_MODEL": plan.policy,
         "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "RLHF_KAFKA__TOPIC_PREFIX": "demo.",
         "RLHF_FEEDBACK__COLLECTION_RATE": "1.0",
@@ -84,12 +122,12 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
         "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": str(plan.train_threshold * 2),
         "RLHF_CONTINUOUS_LEARNING__TRIGGER_TIMEOUT_S": str(int(plan.budget_s)),  # a round's A/B test may take a while
         "RLHF_AB_TESTING__MIN_USERS_PER_VARIANT": str(plan.ab_min_users_per_variant),
-        "RLHF_AB_TESTING__HORIZON_S": str(plan.ab_horizon_s),
+        "RLHF_AB_TESTING__HORIZON_S": str(plan.ab_horizon_s or profile_of(plan.policy).ab_horizon_s),
         "RLHF_AB_TESTING__DECIDE_EVERY_S": "5",
         "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
     }
     # The user's own RLHF_* settings (and RLHF_CONFIG) reach every process; the demo's wiring wins.
-    return {**os.environ, **values}
+    return {**profile_of(plan.policy).settings, **os.environ, **values}
 
 
 class StatusWatch:
@@ -141,6 +179,8 @@ class Demo:
         self.drills_done: set[str] = set()
         self.feedback_sent = 0
         self.round_started = time.monotonic()
+        self.serving = _serving_counts()
+        self.count_tokens: Callable[[list[str]], int] = lambda texts: 0
 
     @property
     def settings(self) -> Settings:
@@ -160,6 +200,8 @@ class Demo:
         settings = self.settings
         create_topics(settings.kafka)
         ensure_base_policy(settings, DEFAULT_POLICY)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(settings.policy.base_model))
+        self.count_tokens = lambda texts: sum(map(len, tokenizer(texts, add_special_tokens=False)["input_ids"]))
         self.supervisor.start("streams", "streams", "worker")
         self.supervisor.start("sink", "sink", "run")
         self.supervisor.start("trainer", "trainer", "run", "--backoff", "2")
@@ -198,7 +240,11 @@ class Demo:
                     self._fault_drill("trainer")
                     time.sleep(1.0)
                     continue
+                asked = time.monotonic()
                 stats = population.step(serve, self.plan.batch)
+                self.serving["seconds"] += time.monotonic() - asked
+                self.serving["answers"] += len(stats.answers)
+                self.serving["tokens"] += self.count_tokens(stats.answers)
                 self.feedback_sent += stats.feedback
                 self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
                 self._fault_drill("streams")
@@ -232,6 +278,7 @@ class Demo:
     def _finish(self, result: RoundResult) -> None:
         now = time.monotonic()
         result.seconds, self.round_started = now - self.round_started, now
+        result.serving, self.serving = self.serving, _serving_counts()
         self.results.append(result)
 
     def _fault_drill(self, target: str) -> None:
@@ -281,6 +328,10 @@ def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> None:
     raise DemoError(f"{url} did not answer within {timeout:.0f}s; see {supervisor.log_dir}")
 
 
+def _serving_counts() -> dict:
+    return {"seconds": 0.0, "answers": 0, "tokens": 0}
+
+
 def _short(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3g}" for k, v in list(metrics.items())[:3])
 
@@ -298,6 +349,7 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
         signal.signal(signal.SIGTERM, previous)
     (run_dir / "result.json").write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
     (run_dir / "run.json").write_text(json.dumps({"feedback_sent": demo.feedback_sent, "sink_committed": sink.committed, "sink_lag": sink.lag,
-                                                 "fault_drill": sorted(demo.drills_done)}))
+                                                 "fault_drill": sorted(demo.drills_done), "policy": plan.policy,
+                                                 "max_new_tokens": demo.settings.policy.training.max_new_tokens}))  # fmt: skip
     (run_dir / "timeline.json").write_text(json.dumps(demo.timeline))
     return results

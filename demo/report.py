@@ -55,6 +55,13 @@ class RoundFigures:
     gate_after: float | None = None
     history_events: float | None = None
     seconds: float | None = None  # wall time of the round, from the previous round's end to this one's
+    # Issue 15's per-stage figures: the users' side (asking through the HTTP API) and the trainer's.
+    serving_seconds: float | None = None
+    serving_answers: float | None = None
+    serving_tokens: float | None = None
+    reward_model_seconds: float | None = None
+    policy_seconds: float | None = None  # the whole policy job: corrections' SFT, evaluations, PPO, saving
+    ppo_seconds: float | None = None
 
     @property
     def serving_truth(self) -> float | None:
@@ -72,6 +79,7 @@ def figures_of(result: dict, truth: dict[str, float], on_policy: dict[str, float
     """The round's figures: the trainer's published metrics and the decider's recorded statistics."""
     metrics = result.get("published", {}).get("metrics", {})
     stats = result.get("ab", {}).get("statistics", {})
+    serving = result.get("serving") or {}
     return RoundFigures(
         candidate=result["candidate"], decision=result["decision"],
         reward_accuracy=metrics.get("rm_eval.pairwise_accuracy"),
@@ -86,6 +94,8 @@ def figures_of(result: dict, truth: dict[str, float], on_policy: dict[str, float
         kl_parent=metrics.get("kl_parent"), kl_base=metrics.get("kl_base"),
         gate_before=metrics.get("gate_reward_before"), gate_after=metrics.get("gate_reward_after"),
         history_events=metrics.get("rm_data.events.accepted"), seconds=result.get("seconds"),
+        serving_seconds=serving.get("seconds"), serving_answers=serving.get("answers"), serving_tokens=serving.get("tokens"),
+        reward_model_seconds=metrics.get("rm_train.seconds"), policy_seconds=metrics.get("wall_seconds"), ppo_seconds=metrics.get("train_seconds"),
     )  # fmt: skip
 
 
@@ -116,6 +126,9 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
             f"    ensemble disagreement / gate reward      {_num(r.disagreement)} (PPO's last rollout {_num(r.disagreement_ppo)}); "
             f"gate {_num(r.gate_before)} -> {_num(r.gate_after)}",
             f"    KL per token to parent / to base         {_num(r.kl_parent)} / {_num(r.kl_base)}      wall time {_num(r.seconds and r.seconds / 60, '.1f')} min",
+            f"    stages                                   serving {_num(r.serving_seconds, '.0f')} s ({_num(r.serving_answers, '.0f')} answers, "
+            f"{_num(r.serving_tokens and r.serving_seconds and r.serving_tokens / r.serving_seconds, '.0f')} tokens/s through the API), "
+            f"reward model {_num(r.reward_model_seconds, '.0f')} s, policy job {_num(r.policy_seconds, '.0f')} s (PPO {_num(r.ppo_seconds, '.0f')} s)",
         ]
     lines += [f"  report: {html_path}", f"  dashboard (while running): {dashboard_url}", ""]
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -49,6 +49,7 @@ class RoundStats:
     interactions: int = 0
     feedback: int = 0
     positive: int = 0
+    answers: list[str] = field(default_factory=list)  # what the assistant said, for the serving figures
 
 
 class Population:
@@ -71,23 +72,25 @@ class Population:
             return {"type": "correction", "correction": answer(q, "helpful", rng)}
         return {"type": "thumbs_up" if liked else "thumbs_down"}
 
-    def ask(self, http: httpx.Client, user: str, q: Question, rng: random.Random) -> bool | None:
-        """One user asks, reads the answer and reacts; returns whether the reaction was positive (None: none)."""
+    def ask(self, http: httpx.Client, user: str, q: Question, rng: random.Random) -> tuple[str, bool | None]:
+        """One user asks, reads the answer and reacts; returns the answer and whether the reaction
+        was positive (None: none)."""
         completion = post(http, "/v1/chat/completions", {"messages": [{"role": "user", "content": q.text}], "user": user})
-        verdict = self.reaction(q, completion["choices"][0]["message"]["content"], rng)
+        response = completion["choices"][0]["message"]["content"]
+        verdict = self.reaction(q, response, rng)
         if verdict is None:
-            return None
+            return response, None
         token = {"Authorization": f"Bearer {completion['feedback_token']}"}  # as a browser: the answer's token, no API key
         post(http, "/v1/feedback", {"interaction_id": completion["id"], **verdict}, headers=token)  # a 2xx: Kafka has it
-        return verdict["type"] == "thumbs_up" or verdict.get("rating", 0) >= 4
+        return response, verdict["type"] == "thumbs_up" or verdict.get("rating", 0) >= 4
 
     def step(self, http: httpx.Client, n: int) -> RoundStats:
         """`n` users each ask one question through the service and react to the answer."""
         asks = [(self.rng.choice(self.users), self.rng.choice(self.questions), random.Random(self.rng.getrandbits(64))) for _ in range(n)]
         with ThreadPoolExecutor(min(n, CONCURRENT_USERS)) as pool:
             reactions = list(pool.map(lambda a: self.ask(http, *a), asks))
-        stats = RoundStats(interactions=n)
-        for positive in reactions:
+        stats = RoundStats(interactions=n, answers=[response for response, _ in reactions])
+        for _, positive in reactions:
             if positive is not None:
                 stats.feedback += 1
                 stats.positive += positive

@@ -10,10 +10,13 @@ caller records); anything that keeps training from happening raises TrainingErro
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import GuardrailRejection, TrainingError
 from core.files import write_atomically
@@ -22,7 +25,7 @@ from schemas.events import FeedbackEvent
 from trainers.alternatives import train_alternative
 from trainers.demonstrations import corrections, fit_demonstrations
 from trainers.policy import RewardFn, StatusFn, evaluate_policy, load_policy, no_status
-from trainers.policy_config import PolicyTrainingConfig
+from trainers.policy_config import PolicyTrainingConfig, lora_config
 from trainers.guardrails import check_guardrails
 from trainers.ppo import train_ppo
 
@@ -71,8 +74,7 @@ def optimise_policy(
         # SFT then RL: the users' corrections first, as supervised passes (`demo_epochs`); the
         # start PPO's KL is held to is then the fine-tuned model (or the original, `reference: base`).
         demos = corrections(feedback_events or ()) if algorithm == "ppo" else []
-        demo_loss = fit_demonstrations(lm, tokenizer, demos, epochs=config.demo_epochs, batch_size=config.mini_batch_size,
-                                       learning_rate=config.learning_rate, seed=config.seed)  # fmt: skip
+        lm, demo_loss = _fit_corrections(lm, tokenizer, demos, config)
         start = copy.deepcopy(lm).requires_grad_(False).eval() if demos and config.demo_epochs else (original if start_path == original_path else parent)
         reference = original if config.reference == "base" else start
         evaluate = lambda model: evaluate_policy(  # noqa: E731 - the same settings before and after
@@ -104,7 +106,10 @@ def optimise_policy(
 
         after = evaluate(lm)
         # The whole job is one last update to check: an alternative has no per-step rollback.
-        problems = check_guardrails(after.guardrail_stats(), before.mean_length, config)
+        # Lengths are judged against where the optimiser started: after the corrections' SFT that
+        # is PPO's first rollout, since users who correct a rambling model ask for shorter answers.
+        start_length = result.start_length if algorithm == "ppo" and math.isfinite(result.start_length) else before.mean_length
+        problems = check_guardrails(after.guardrail_stats(), start_length, config)
         kl_to = after.kl_to or {}
         if kl_to.get("base", 0.0) > config.kl_base_bound:
             problems.append("kl_base_bound")
@@ -128,6 +133,22 @@ def optimise_policy(
     except Exception as exc:
         on_status("failed", "train", f"{type(exc).__name__}: {exc}"[:4000], {})
         raise
+
+
+def _fit_corrections(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]],
+                     config: PolicyTrainingConfig) -> tuple[PreTrainedModel, float]:  # fmt: skip
+    """The users' corrections as supervised passes (`demo_epochs`); returns the fitted model and the
+    last epoch's loss. Under LoRA only adapters learn, merged afterwards: a full fine-tune of a real
+    chat model on a few dozen corrections would overwrite what it knew."""
+    if not demos or not config.demo_epochs:
+        return lm, float("nan")
+    if config.lora_r:
+        from peft import get_peft_model
+
+        lm = get_peft_model(lm, lora_config(config))
+    loss = fit_demonstrations(lm, tokenizer, demos, epochs=config.demo_epochs, batch_size=config.mini_batch_size,
+                              learning_rate=config.learning_rate, seed=config.seed)  # fmt: skip
+    return (lm.merge_and_unload().requires_grad_(True) if config.lora_r else lm), loss
 
 
 def gate_verdict(metrics: dict[str, Any], margin: float) -> tuple[bool, str]:

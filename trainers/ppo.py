@@ -105,6 +105,7 @@ class PPOResult:
     stopped_early: bool
     disagreement_first: float = float("nan")  # the reward ensemble's spread on the first and last kept rollouts
     disagreement_last: float = float("nan")
+    start_length: float = float("nan")  # mean answer length of the first rollout: what the length guardrails judge against
 
 
 def _query_batches(queries: Sequence[str], batch_size: int, rng: random.Random) -> Iterator[list[str]]:
@@ -403,5 +404,6 @@ def train_ppo(
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     nan = float("nan")
     result = PPOResult(iteration, guard.total, guard.fired, kl_ctl.value, scores[0] if scores else nan, scores[-1] if scores else nan, guard.stopped,
-                       disagreements[0] if disagreements else nan, disagreements[-1] if disagreements else nan)  # fmt: skip
+                       disagreements[0] if disagreements else nan, disagreements[-1] if disagreements else nan,
+                       start_length if start_length is not None else nan)  # fmt: skip
     return lm, result

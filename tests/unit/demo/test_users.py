@@ -61,7 +61,7 @@ def run(seed: int, service: FakeService, n: int = 64):
 def test_users_ask_through_the_openai_api_and_send_feedback_with_the_answers_token():
     service = FakeService()
     stats = run(0, service)
-    assert stats.interactions == len(service.completions) == 64
+    assert stats.interactions == len(service.completions) == len(stats.answers) == 64 and all(stats.answers)
     assert all(c["messages"][0]["role"] == "user" and c["user"].startswith("user-0-") for c in service.completions)
     assert stats.feedback == len(service.feedback) > 40  # feedback_rate 0.9
     for body, auth in service.feedback:

@@ -40,6 +40,7 @@ def test_ppo_updates_the_policy(micro_policy: str):
     assert (result.iterations, result.rollbacks, result.guardrails_fired, result.stopped_early) == (2, 0, [], False)
     assert [s[0] for s in seen] == ["progress", "progress"]
     assert {"mean_score", "kl", "kl_coef", "mean_length", "pg_loss", "vf_loss", "clipfrac"} <= set(seen[-1][3])
+    assert result.start_length == seen[0][3]["mean_length"]  # what the length guardrails judge against
 
 
 def test_an_update_past_the_kl_bound_is_rolled_back_and_training_stops(micro_policy: str):
@@ -192,6 +193,20 @@ def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micr
     with pytest.raises(GuardrailRejection, match="kl_base_bound"):  # drift from the base is bounded over rounds
         optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST, kl_base_bound=0.01), tmp_path / "far",
                         original_path=micro_policy)  # fmt: skip
+
+
+def test_under_lora_the_corrections_train_adapters_too(micro_policy: str, tmp_path: Path):
+    """A full fine-tune of a real chat model on a few dozen corrections would overwrite what it
+    knew: with `lora_r`, the corrections' SFT trains adapters (merged), as PPO does. The embeddings
+    have no adapter, so they stay the parent's exactly; a full SFT would have moved them."""
+    events = [FeedbackEvent(interaction_id=f"i{n}", user_id="u", query=TRAIN[n], response="Sorry.", model_version="base", feedback_type="correction",
+                            correction=f"Open Mail, go to Settings, step {n}.") for n in range(4)]  # fmt: skip
+    config = PolicyTrainingConfig(**FAST, lora_r=4, demo_epochs=3, kl_base_bound=100.0)
+    metrics = optimise_policy("ppo", micro_policy, quality_reward, TRAIN, HELD_OUT, config, tmp_path / "out", feedback_events=events)
+    parent, trained = AutoModelForCausalLM.from_pretrained(micro_policy), AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert metrics["demonstrations"] == 4.0 and math.isfinite(metrics["demo_loss"])
+    assert torch.equal(parent.get_input_embeddings().weight, trained.get_input_embeddings().weight)
+    assert not torch.equal(_params(parent), _params(trained))
 
 
 def test_the_gate_verdict_uses_the_reward_ppo_did_not_see():

@@ -1,0 +1,38 @@
+"""The demo's wiring of its processes: `--policy` profiles and who wins over whom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from demo.driver import DemoPlan, demo_environment, profile_of
+
+
+class Broker:
+    bootstrap_servers = "127.0.0.1:9"
+
+
+def environment(plan: DemoPlan) -> dict[str, str]:
+    return demo_environment(Path("/run"), Broker(), plan, dashboard_port=1, serve_port=2)  # type: ignore[arg-type]
+
+
+def test_a_policy_profile_sets_its_model_settings_and_ab_horizon():
+    env = environment(DemoPlan(policy="smollm2"))
+    assert env["RLHF_POLICY__BASE_MODEL"] == "smollm2" and env["RLHF_POLICY__TRAINING__LORA_R"] == "16"
+    assert float(env["RLHF_AB_TESTING__HORIZON_S"]) == profile_of("smollm2").ab_horizon_s > profile_of("tiny").ab_horizon_s
+    tiny = environment(DemoPlan())
+    assert tiny["RLHF_POLICY__BASE_MODEL"] == "tiny" and "RLHF_POLICY__TRAINING__LORA_R" not in tiny
+
+
+def test_the_users_variables_beat_the_profile_and_the_demos_wiring_beats_both(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("RLHF_POLICY__TRAINING__LORA_R", "4")
+    monkeypatch.setenv("RLHF_POLICY__BASE_MODEL", "some/hub-model")
+    env = environment(DemoPlan(policy="smollm2", ab_horizon_s=90))
+    assert env["RLHF_POLICY__TRAINING__LORA_R"] == "4" and env["RLHF_POLICY__BASE_MODEL"] == "smollm2"
+    assert env["RLHF_AB_TESTING__HORIZON_S"] == "90"
+
+
+def test_a_model_without_a_profile_gets_the_tiny_ones_budget():
+    assert profile_of("/models/my-policy") == profile_of("tiny")
+    assert environment(DemoPlan(policy="/models/my-policy"))["RLHF_POLICY__BASE_MODEL"] == "/models/my-policy"
