@@ -4,6 +4,7 @@ experiment is open, released by its decision), 20 dead letters with reasons, and
 offset ranges replay to exactly the accepted events it names."""
 
 import json
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -112,11 +113,20 @@ def test_replay_refuses_unreadable_or_incomplete_triggers(settings, client):
         replay_trigger(settings, trigger(1, 3, (events[0].event_id, events[1].event_id)))
 
 
-def _high(settings, topic, partition):
-    from confluent_kafka import Consumer, TopicPartition
+def _high(settings, topic, partition, wait_s: float = 30.0):
+    """The partition's high watermark; a just-created topic may not have its leader yet
+    (NOT_LEADER_FOR_PARTITION), so ask again until `wait_s` has passed."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "unused"})
+    deadline = time.monotonic() + wait_s
     try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+        while True:
+            try:
+                return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
