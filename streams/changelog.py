@@ -47,6 +47,11 @@ class ChangelogView(MutableMapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         return self.store[key]
 
+    def get(self, key: str, default: Any = None) -> Any:
+        # Nearly every lookup (a new event's dedupe mark) misses: answered without raising a KeyError.
+        store = self.store
+        return store[key] if key in store else default
+
     def __setitem__(self, key: str, value: Any) -> None:
         self.store[key] = value
         self._send(key, value)

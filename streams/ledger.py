@@ -155,7 +155,7 @@ class Staged:
     ps: PolicyState
     effects: list[Effects] = field(default_factory=list)
     chunk_start: int = 0
-    chunk: list[BufferedEvent] = field(default_factory=list)
+    chunk: list[list[Any]] = field(default_factory=list)  # BufferedEvents, as they are stored
     marks: dict[str, list[Any]] = field(default_factory=dict)
     last_trigger: TrainTrigger | None = None
 
@@ -201,7 +201,7 @@ class PolicyLedger:
         """Write a staged batch: buffer chunk, expired chunks away, dedupe marks, trigger, PolicyState last."""
         policy, ps = staged.policy, staged.ps
         if staged.chunk:
-            self.state[buffered_key(policy, staged.chunk_start)] = [list(e) for e in staged.chunk]
+            self.state[buffered_key(policy, staged.chunk_start)] = staged.chunk
             ps.chunks.append(staged.chunk_start)
         oldest_kept = ps.accepted - self.settings.buffer_size
         while len(ps.chunks) > 1 and ps.chunks[1] <= oldest_kept:  # the next chunk starts early enough: all expired
@@ -238,7 +238,7 @@ class PolicyLedger:
             chunk = [] if raw is None else [raw] if raw and isinstance(raw[0], int) else raw  # layout 2: one event
             events.extend(BufferedEvent(*e) for seq, e in enumerate(chunk, start) if seq >= first)
         if staged is not None:
-            events.extend(e for seq, e in enumerate(staged.chunk, staged.chunk_start) if seq >= first)
+            events.extend(BufferedEvent(*e) for seq, e in enumerate(staged.chunk, staged.chunk_start) if seq >= first)
         return events
 
     def _stage_one(self, staged: Staged, record: PolicyRecord, offset: int, now: float) -> Effects:
@@ -295,8 +295,8 @@ class PolicyLedger:
         if mark is not None and not mark.is_copy(a):
             ps.duplicates += 1
             return "duplicate"
-        staged.marks[mark_key(a.policy, a.event_id)] = list(DedupeMark(a.partition, a.offset, a.record_ts))
-        staged.chunk.append(BufferedEvent(a.partition, a.offset, a.event_id, a.feedback_type))
+        staged.marks[mark_key(a.policy, a.event_id)] = [a.partition, a.offset, a.record_ts]  # a DedupeMark as stored
+        staged.chunk.append([a.partition, a.offset, a.event_id, a.feedback_type])  # a BufferedEvent as stored
         if len(staged.chunk) > self.settings.buffer_size:  # a batch larger than the buffer keeps its tail
             del staged.chunk[0]
             staged.chunk_start += 1

@@ -55,8 +55,11 @@ class WindowCount(NamedTuple):
             for pii_type, n in pii.items():
                 found[pii_type] = found.get(pii_type, 0) + n
         if rating is None:
-            return self._replace(count=self.count + 1, pii=found)
+            return WindowCount(self.count + 1, self.rating_sum, self.rating_count, found)
         return WindowCount(self.count + 1, self.rating_sum + rating, self.rating_count + 1, found)
+
+
+_EMPTY = WindowCount()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -71,7 +74,12 @@ def count(windows: OpenWindows, a: Accepted) -> float:
     start = int(at // WINDOW_S * WINDOW_S)
     dims = _dims_key(a.model_version, a.experiment or "", a.variant or "", a.feedback_type)
     window = windows.setdefault(start, {})
-    window[dims] = WindowCount(*window.get(dims, WindowCount())).plus(a.rating, a.pii)
+    held = window.get(dims)
+    if held is None:
+        held = _EMPTY
+    elif type(held) is not WindowCount:  # a list, as state decoded from JSON holds it
+        held = WindowCount(*held)
+    window[dims] = held.plus(a.rating, a.pii)
     return at
 
 
