@@ -26,9 +26,18 @@ RETRIES_ON_503 = 8  # a full queue, or feedback Kafka did not take (a broker bou
 
 
 def post(http: httpx.Client, path: str, body: dict, **kw) -> dict:
-    """POST as a chat app would: again, with a growing pause, while the service answers 503."""
+    """POST as a chat app would: again, with a growing pause, while the service answers 503 or the
+    connection breaks (a pooled keep-alive connection the server closed while users waited for a
+    training: seen as a ReadError). Safe to repeat: a repeated verdict has the same event id and is
+    deduped; a repeated question is a new interaction, and the lost answer got no feedback."""
     for attempt in range(RETRIES_ON_503 + 1):
-        r = http.post(path, json=body, timeout=300, **kw)
+        try:
+            r = http.post(path, json=body, timeout=300, **kw)
+        except httpx.TransportError:
+            if attempt == RETRIES_ON_503:
+                raise
+            time.sleep(0.25 * 2**attempt)
+            continue
         if r.status_code != 503 or attempt == RETRIES_ON_503:
             r.raise_for_status()
             return r.json()

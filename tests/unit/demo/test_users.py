@@ -22,8 +22,9 @@ QUESTIONS = {q.text: q for q in all_questions()}
 class FakeService:
     """The two endpoints the users call, recording what they were sent; answers arrive in random order."""
 
-    def __init__(self, busy: int = 0):
+    def __init__(self, busy: int = 0, broken: int = 0):
         self.busy = busy  # how many feedback posts answer 503 first
+        self.broken = broken  # how many feedback posts meet a broken connection first
         self.completions: list[dict] = []
         self.feedback: list[tuple[dict, str]] = []
         self.lock = threading.Lock()
@@ -44,6 +45,9 @@ class FakeService:
                 n = len(self.completions)
                 return httpx.Response(200, json={"id": f"i-{body['user']}-{query}", "feedback_token": f"tok-{n}",
                                                  "choices": [{"message": {"role": "assistant", "content": self.answer(query, body['user'])}}]})  # fmt: skip
+            if self.broken:
+                self.broken -= 1
+                raise httpx.ReadError("[Errno 9] Bad file descriptor", request=request)
             if self.busy:
                 self.busy -= 1
                 return httpx.Response(503, json={"error": {"message": "feedback not delivered, send it again"}})
@@ -87,3 +91,12 @@ def test_a_503_is_tried_again_and_a_lasting_one_is_raised(monkeypatch):
     assert len(service.feedback) == stats.feedback  # every verdict landed in the end
     with pytest.raises(httpx.HTTPStatusError, match="503"):
         run(0, FakeService(busy=10**6), n=2)
+
+
+def test_a_broken_connection_is_tried_again_and_a_lasting_one_is_raised(monkeypatch):
+    monkeypatch.setattr(users.time, "sleep", lambda s: None)
+    service = FakeService(broken=5)
+    stats = run(0, service, n=8)
+    assert len(service.feedback) == stats.feedback  # every verdict landed in the end
+    with pytest.raises(httpx.ReadError):
+        run(0, FakeService(broken=10**6), n=2)
