@@ -382,13 +382,6 @@ class Redactor:
             raise PiiFound(done)
         return done
 
-    def counts(self, event: BaseModel) -> Mapping[PiiType, int]:
-        """`apply(event).counts` (raising `PiiFound` as `apply` does), with nothing built for an
-        event that cannot hold PII: the stream worker's per-event count."""
-        if self.mode == "off" or not _may_hold_pii(_JOIN.join(_texts(event))):
-            return NO_PII
-        return self.apply(event).counts
-
 
 def _texts(event: BaseModel) -> list[str]:
     """The strings `redact_event` scrubs, no more and no fewer: the pre-filter's proof covers them all."""

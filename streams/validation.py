@@ -30,7 +30,7 @@ def validate_feedback(value: bytes | None, key: bytes | None, topic: str, partit
     except EventValidationError as exc:
         return _dead(str(exc), redactor.kept(_text(value) or ""), key, topic, partition, offset), NO_PII
     try:
-        return event, redactor.counts(event)
+        return event, redactor.apply(event).counts
     except PiiFound as found:
         return _dead(str(found), found.redacted.event.to_bytes().decode(), key, topic, partition, offset), found.counts
 

@@ -86,6 +86,7 @@ def optimise_policy(
         on_status("progress", "eval_before", f"serving policy: mean reward {before.mean_reward:.4f}", {"mean_reward_before": before.mean_reward})
 
         train_started = time.monotonic()
+        start_length = before.mean_length  # what the length guardrails judge against (for PPO: see below)
         if algorithm == "ppo":
             # With LoRA, `lm` with its adapters switched off *is* `start`: PPO then takes its KL
             # reference from there (the weights it trains on, no second model in the step) rather
@@ -94,6 +95,9 @@ def optimise_policy(
             ppo_reference = None if config.lora_r and reference is start else reference
             lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config, reference=ppo_reference, on_status=on_status,
                                    demonstrations=demos, checkpoint_dir=checkpoint_dir)  # fmt: skip
+            # Where PPO started: after the corrections' SFT, users who corrected a rambling model
+            # asked for shorter answers, so lengths are judged against PPO's first rollout.
+            start_length = result.start_length if math.isfinite(result.start_length) else start_length
             # A rolled-back update is a guardrail that worked: training goes on (or stops early) from
             # the last good policy, counted in `rollbacks`. What the gate must not trust is a final
             # policy that fails the guardrails itself: checked on the evaluation below.
@@ -106,9 +110,6 @@ def optimise_policy(
 
         after = evaluate(lm)
         # The whole job is one last update to check: an alternative has no per-step rollback.
-        # Lengths are judged against where the optimiser started: after the corrections' SFT that
-        # is PPO's first rollout, since users who correct a rambling model ask for shorter answers.
-        start_length = result.start_length if algorithm == "ppo" and math.isfinite(result.start_length) else before.mean_length
         problems = check_guardrails(after.guardrail_stats(), start_length, config)
         kl_to = after.kl_to or {}
         if kl_to.get("base", 0.0) > config.kl_base_bound:
