@@ -210,7 +210,7 @@ def run_learner(learner: str, seed: int, rounds: int, budget: int, threads: int,
         events_of[trigger.trigger_id] = events
         used = select_history(triggers, trigger, window)
         triggers.append(trigger)
-        history, recent, _ = replay_history(used, lambda t: events_of[t.trigger_id])
+        history, recent, _, _ = replay_history(used, lambda t: events_of[t.trigger_id])  # contiguous: nothing between triggers
 
         # 3. Reward model, then the PPO candidate, then the gate.
         rm_dir = workdir / f"rm-{r}"

@@ -4,8 +4,14 @@ to the latest buffer alone only knows the answers of the policy that just change
 
     earlier = load_history(previous_rm_dir)                     # every trigger seen before, oldest first
     used = select_history(earlier, trigger, HistoryWindow.from_settings(settings))
-    events, recent, used = replay_history(used, replay)         # their feedback, the newest ids, the triggers read
-    train_on = replay_sample(events, recent, 3000)              # the newest, and a stable sample of the rest
+    h = replay_history(used, replay, replay_between)            # their feedback and what arrived between them
+    train_on = replay_sample(h.events, h.recent, 3000)          # a stable sample, the newest first
+
+Between two triggers the stream app holds triggers back while a training or an A/B test runs; the
+feedback users give meanwhile is accepted, but a rolling buffer smaller than that traffic moves past
+it and no trigger names it. `between_ranges` finds those offsets and `replay_between` (the
+trainer's `replay.replay_accepted`) reads them, so an A/B test's answers from both versions to the
+same questions, the newest policy's comparisons, are learned from too.
 
 A version names every trigger it used (`history.json` in the reward model's directory: the triggers
 themselves, ranges and event ids), so its data replays exactly, as a single trigger's always did.
@@ -17,15 +23,17 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import timedelta
 from pathlib import Path
 
 from core.errors import TrainingError
 from core.hashing import stable_fraction
 from core.settings import Settings
-from schemas import FeedbackEvent, TrainTrigger
+from schemas import FeedbackEvent, OffsetRange, TrainTrigger
 
 HISTORY_FILE = "history.json"
+RECENT_SHARE = 2 / 3  # of a capped sample at most, for the newest events: the older history keeps the rest
 log = logging.getLogger(__name__)
 
 
@@ -60,13 +68,16 @@ def select_history(earlier: Sequence[TrainTrigger], latest: TrainTrigger, window
 
 
 def replay_sample(events: Sequence[FeedbackEvent], recent: frozenset[str], max_events: int | None) -> list[FeedbackEvent]:
-    """At most `max_events` of `events`: every recent one, then older ones chosen by a stable hash of
-    their id (the same sample on every replay), in the order given. None keeps them all."""
+    """At most `max_events` of `events`, in the order given, chosen by a stable hash of their id (the
+    same sample on every replay): every recent one while they fit in `RECENT_SHARE` of it (or in
+    what the older ones leave), then older ones. None keeps them all."""
     if max_events is None or len(events) <= max_events:
         return list(events)
-    older = [e for e in events if e.event_id not in recent]
-    share = max(0, max_events - (len(events) - len(older))) / len(older)
-    return [e for e in events if e.event_id in recent or stable_fraction("history-sample", e.event_id) < share]
+    n_recent = sum(e.event_id in recent for e in events)
+    n_older = len(events) - n_recent
+    keep_recent = min(n_recent, max(int(max_events * RECENT_SHARE), max_events - n_older))
+    share = {True: keep_recent / n_recent if n_recent else 0.0, False: (max_events - keep_recent) / n_older if n_older else 0.0}
+    return [e for e in events if stable_fraction("history-sample", e.event_id) < share[e.event_id in recent]]
 
 
 def recent_ids(used: Sequence[TrainTrigger]) -> frozenset[str]:
@@ -89,23 +100,55 @@ def merge_events(batches: Sequence[Sequence[FeedbackEvent]]) -> list[FeedbackEve
     return out
 
 
+def between_ranges(before: TrainTrigger, after: TrainTrigger) -> list[OffsetRange]:
+    """Per partition both hold, the offsets after `before`'s range and before `after`'s: feedback
+    accepted while no trigger could fire, that the rolling buffer moved past (none when they overlap)."""
+    ends = {(r.topic, r.partition): r.end for r in before.ranges}
+    return [OffsetRange(topic=r.topic, partition=r.partition, start=ends[(r.topic, r.partition)], end=r.start)
+            for r in after.ranges if (r.topic, r.partition) in ends and r.start > ends[(r.topic, r.partition)]]  # fmt: skip
+
+
+class History(NamedTuple):
+    events: list[FeedbackEvent]  # each once, oldest trigger first, what arrived between two triggers between them
+    recent: frozenset[str]  # what arrived since the trigger before the latest
+    triggers: list[TrainTrigger]  # the triggers read
+    between: list[OffsetRange]  # the ranges between them that were read
+
+
 def replay_history(used: Sequence[TrainTrigger], replay: Callable[[TrainTrigger], list[FeedbackEvent]],
-                   ) -> tuple[list[FeedbackEvent], frozenset[str], list[TrainTrigger]]:  # fmt: skip
-    """Every used trigger's feedback, merged (`merge_events`); the ids that are new in the latest;
-    and the triggers actually read. An earlier trigger whose ranges can no longer be read
-    (`replay` raises TrainingError: retention took them) is left out and not named as used, so
+                   replay_between: Callable[[list[OffsetRange]], list[FeedbackEvent]] | None = None) -> History:  # fmt: skip
+    """Every used trigger's feedback and, with `replay_between`, the feedback between each two
+    (`between_ranges`), merged (`merge_events`); the ids that arrived since the trigger before the
+    latest; the triggers and between-ranges actually read. An earlier trigger, or a between-range,
+    that can no longer be read (TrainingError: retention took it) is left out and not named, so
     what a version names is exactly what it learned from; the latest trigger must be readable."""
     batches, kept = [], []
     for n, trigger in enumerate(used):
         try:
-            batches.append(replay(trigger))
+            batch = replay(trigger)
         except TrainingError as exc:
             if n == len(used) - 1:
                 raise
             log.warning("history: trigger %s left out: %s", trigger.trigger_id, exc)
             continue
         kept.append(trigger)
-    return merge_events(batches), recent_ids(kept), kept
+        batches.append((trigger, batch))
+    out: list[list[FeedbackEvent]] = []
+    read: list[OffsetRange] = []
+    since_previous: list[FeedbackEvent] = []
+    for n, (trigger, batch) in enumerate(batches):
+        ranges = between_ranges(batches[n - 1][0], trigger) if n and replay_between is not None else []
+        since_previous = []
+        if ranges:
+            try:
+                since_previous = replay_between(ranges)  # type: ignore[misc]
+                read += ranges
+            except TrainingError as exc:
+                log.warning("history: feedback before trigger %s left out: %s", trigger.trigger_id, exc)
+        out += [since_previous, batch]
+    earlier = {event_id for t in kept[:-1] for event_id in t.event_ids}
+    recent = recent_ids(kept) | ({e.event_id for e in since_previous} - earlier)
+    return History(merge_events(out), frozenset(recent), kept, read)
 
 
 def save_history(directory: Path, known: Sequence[TrainTrigger], used: Sequence[TrainTrigger]) -> None:

@@ -2,6 +2,7 @@
 
     from trainers.replay import replay_trigger
     events = replay_trigger(settings, trigger)   # list[FeedbackEvent] in trigger.event_ids order
+    between = replay_accepted(settings, "assistant", ranges)   # what no trigger names by id (history.py)
 
 The trigger's offset ranges also hold records the stream app did not accept (dead letters,
 duplicates, other policies' feedback); `event_ids` says which were. Of several copies of one event
@@ -13,10 +14,12 @@ The consumer is assigned the exact offsets and never commits, so replays leave n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from confluent_kafka import Consumer, TopicPartition
 
 from core.kafka_clients import client_config
-from core.redaction import Redactor
+from core.redaction import PiiFound, Redactor
 from core.settings import Settings
 from core.errors import EventValidationError, TrainingError
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger, parse_event
@@ -24,8 +27,8 @@ from trainers.erasures import erased_users
 from trainers.topic_reader import range_consumer, read_ranges
 
 
-def _check_readable(consumer: Consumer, trigger: TrainTrigger, r: OffsetRange, timeout: float) -> None:
-    where = f"trigger {trigger.trigger_id}: {r.topic}[{r.partition}] [{r.start}, {r.end})"
+def _check_readable(consumer: Consumer, what: str, r: OffsetRange, timeout: float) -> None:
+    where = f"{what}: {r.topic}[{r.partition}] [{r.start}, {r.end})"
     if r.end <= r.start:
         raise TrainingError(f"{where} is an empty range")
     try:
@@ -34,6 +37,30 @@ def _check_readable(consumer: Consumer, trigger: TrainTrigger, r: OffsetRange, t
         raise TrainingError(f"{where} cannot be read: {exc}") from None
     if r.start < low or r.end > high:
         raise TrainingError(f"{where} is not readable: the partition now holds [{low}, {high}) (retention, or a different cluster?)")
+
+
+def _clients(settings_or_bootstrap: Settings | str, timeout: float, erased: frozenset[str] | None) -> tuple[dict, frozenset[str], Redactor]:
+    """(connection, erased users, redactor): a plaintext broker string means tools and tests."""
+    if isinstance(settings_or_bootstrap, str):
+        return {"bootstrap.servers": settings_or_bootstrap}, erased or frozenset(), Redactor()
+    erased = erased_users(settings_or_bootstrap, timeout) if erased is None else erased
+    return client_config(settings_or_bootstrap.kafka), erased, Redactor.from_settings(settings_or_bootstrap.privacy)
+
+
+def _first_copies(consumer: Consumer, ranges: Sequence[OffsetRange], timeout: float, what: str,
+                  keep: Callable[[FeedbackEvent], bool]) -> dict[str, tuple[int, int, FeedbackEvent]]:  # fmt: skip
+    """event_id -> (partition, offset, event) of the first copy of each valid event `keep` wants:
+    copies are producer retries of the same event; a dead letter is never part of a dataset."""
+    found: dict[str, tuple[int, int, FeedbackEvent]] = {}
+    for msg in read_ranges(consumer, {(r.topic, r.partition): (r.start, r.end) for r in ranges}, timeout, what):
+        try:
+            event = parse_event(FeedbackEvent, msg.value())
+        except EventValidationError:
+            continue
+        first = found.get(event.event_id)
+        if keep(event) and (first is None or (msg.partition(), msg.offset()) < first[:2]):
+            found[event.event_id] = (msg.partition(), msg.offset(), event)
+    return found
 
 
 def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger, timeout: float = 30.0,
@@ -46,28 +73,15 @@ def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger,
     Raises TrainingError when a range is empty or unreadable, reading takes longer than `timeout`
     seconds, or any of the trigger's event ids is not found in its ranges.
     """
-    if isinstance(settings_or_bootstrap, str):  # a plaintext broker, for tools and tests
-        connection, erased, redactor = {"bootstrap.servers": settings_or_bootstrap}, erased or frozenset(), Redactor()
-    else:
-        connection = client_config(settings_or_bootstrap.kafka)
-        erased = erased_users(settings_or_bootstrap, timeout) if erased is None else erased
-        redactor = Redactor.from_settings(settings_or_bootstrap.privacy)
+    connection, erased, redactor = _clients(settings_or_bootstrap, timeout, erased)
     if not trigger.ranges or not trigger.event_ids:
         raise TrainingError(f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})")
     consumer = range_consumer(connection, "replay")
     wanted = set(trigger.event_ids)
-    found: dict[str, tuple[int, int, FeedbackEvent]] = {}  # event_id -> (partition, offset, event), first copy
     try:
         for r in trigger.ranges:
-            _check_readable(consumer, trigger, r, timeout)
-        for msg in read_ranges(consumer, {(r.topic, r.partition): (r.start, r.end) for r in trigger.ranges}, timeout, f"trigger {trigger.trigger_id}"):
-            try:
-                event = parse_event(FeedbackEvent, msg.value())
-            except EventValidationError:
-                continue  # a dead letter in the range: never part of the dataset
-            first = found.get(event.event_id)
-            if event.event_id in wanted and (first is None or (msg.partition(), msg.offset()) < first[:2]):
-                found[event.event_id] = (msg.partition(), msg.offset(), event)
+            _check_readable(consumer, f"trigger {trigger.trigger_id}", r, timeout)
+        found = _first_copies(consumer, trigger.ranges, timeout, f"trigger {trigger.trigger_id}", lambda e: e.event_id in wanted)
     finally:
         consumer.close()
     missing = [event_id for event_id in trigger.event_ids if event_id not in found]
@@ -75,3 +89,28 @@ def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger,
         raise TrainingError(f"trigger {trigger.trigger_id}: {len(missing)} of {len(wanted)} event ids are not in its ranges (first: {missing[0]})")
     kept = [event for event in (found[event_id][2] for event_id in trigger.event_ids) if event.user_id not in erased]
     return kept if redactor.mode == "off" else [redactor.redact_event(event).event for event in kept]
+
+
+def replay_accepted(settings_or_bootstrap: Settings | str, policy: str, ranges: Sequence[OffsetRange], timeout: float = 30.0,
+                    erased: frozenset[str] | None = None) -> list[FeedbackEvent]:  # fmt: skip
+    """Every feedback event of `policy` in `ranges` that the stream app accepts, in (partition,
+    offset) order: valid, the first copy of its id, and not held back by `privacy.mode: drop`; less
+    erased users, redacted as `replay_trigger` does. For feedback no trigger names by id: what
+    arrived between two triggers while a training or an A/B test held them back and the rolling
+    buffer moved past it (trainers/history.py). TrainingError as `replay_trigger`."""
+    connection, erased, redactor = _clients(settings_or_bootstrap, timeout, erased)
+    what = f"{policy} feedback between triggers"
+    consumer = range_consumer(connection, "replay")
+    try:
+        for r in ranges:
+            _check_readable(consumer, what, r, timeout)
+        found = _first_copies(consumer, ranges, timeout, what, lambda e: e.policy == policy and e.user_id not in erased)
+    finally:
+        consumer.close()
+    out = []
+    for _, _, event in sorted(found.values(), key=lambda f: f[:2]):
+        try:
+            out.append(event if redactor.mode == "off" else redactor.apply(event).event)
+        except PiiFound:  # drop mode: the stream app dead-lettered it
+            continue
+    return out

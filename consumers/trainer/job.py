@@ -16,6 +16,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry.store import Manifest, ModelRegistry, code_version, version_for
 from consumers.decider.decisions import published
@@ -26,6 +27,9 @@ from core.errors import GuardrailRejection, RlhfError, TrainingError
 from schemas import FeedbackEvent, TrainTrigger
 from schemas.events import CANDIDATE_STAGE, DEFAULT_POLICY
 from schemas.experiments import Arm, ExperimentStarted, experiment_id_for
+
+if TYPE_CHECKING:  # the trainer's libraries load when a training starts
+    from trainers.history import History
 
 BASE_VERSION = "base"
 
@@ -60,9 +64,10 @@ def data_users(events: list[FeedbackEvent]) -> list[str]:
     return sorted({user_fingerprint(e.user_id) for e in events})
 
 
-def data_ranges(used: list[TrainTrigger]) -> list[dict]:
-    """Every offset range of the triggers a version learned from (the history's included)."""
-    return [r.model_dump() for t in used for r in t.ranges]
+def data_ranges(history: History) -> list[dict]:
+    """Every offset range a version learned from: its triggers' (the history's included), then the
+    feedback read between them (trainers.history.between_ranges)."""
+    return [r.model_dump() for r in (*(r for t in history.triggers for r in t.ranges), *history.between)]
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -104,15 +109,15 @@ class TrainingJob:
                 raise JobAbandoned("shutdown requested")
             emitter.status(trigger, "progress", stage=stage, message=message, metrics=metrics or {})
 
-        rm_version, reward_model, rm_metrics, events, used = self._reward_model(trigger, latest, progress)
+        rm_version, reward_model, rm_metrics, history = self._reward_model(trigger, latest, progress)
         progress("policy", rm_metrics)
         manifest = self.registry.publish(
-            "policies", version, lambda d: self._policy(d, trigger, version, parent, (rm_version, reward_model, rm_metrics), events, used, progress, emitter)
+            "policies", version, lambda d: self._policy(d, trigger, version, parent, (rm_version, reward_model, rm_metrics), history, progress, emitter)
         )
         if manifest is None:  # another trainer published this trigger meanwhile
             emitter.status(trigger, "finished", message=f"already published as {version}")
             return
-        self._mark_late_erasures(events)
+        self._mark_late_erasures(history.events)
         emitter.emit("model-published", published(manifest, manifest.status, manifest.reason), trigger.policy)  # type: ignore[arg-type]
         stage = manifest.status
         if manifest.status == "candidate" and self.settings.ab_testing.enabled:  # the round stays open until its experiment is decided
@@ -145,7 +150,7 @@ class TrainingJob:
         returns it with the whole history's feedback (the policy's corrections and queries come
         from all of it) and the triggers that feedback came from."""
         from trainers.history import HistoryWindow, load_history, replay_history, replay_sample, save_history, select_history
-        from trainers.replay import replay_trigger
+        from trainers.replay import replay_accepted, replay_trigger
         from trainers.reward import RewardModel, train_reward_model
         from trainers.reward_config import RewardConfig
 
@@ -158,7 +163,9 @@ class TrainingJob:
             known, _ = load_history(previous)
             used = select_history(known, trigger, HistoryWindow.from_settings(self.settings))
             known = [*(t for t in known if t.trigger_id != trigger.trigger_id), trigger]
-        events, recent, used = replay_history(used, lambda t: latest if t.trigger_id == trigger.trigger_id else replay_trigger(self.settings, t))
+        history = replay_history(used, lambda t: latest if t.trigger_id == trigger.trigger_id else replay_trigger(self.settings, t),
+                                 lambda ranges: replay_accepted(self.settings, trigger.policy, ranges))  # fmt: skip
+        events, recent, used = history.events, history.recent, history.triggers  # what could be read
         if not self.registry.exists("reward_models", rm_version):
             warm = previous / "model" if previous is not None and self.settings.continuous_learning.warm_start else None
 
@@ -169,19 +176,19 @@ class TrainingJob:
             def build(directory: Path) -> Manifest:
                 config = RewardConfig.from_settings(self.settings)
                 sample = replay_sample(events, recent, self.settings.continuous_learning.reward_sample_events)
-                _, metrics = train_reward_model(sample, config, directory / "model", lineage=self._lineage(trigger, used), progress=report,
+                _, metrics = train_reward_model(sample, config, directory / "model", lineage=self._lineage(trigger, history), progress=report,
                                                 recent_ids=recent, warm_start=warm)  # fmt: skip
                 save_history(directory, known, used)
                 return Manifest(
                     version=rm_version, kind="reward_models", policy=trigger.policy, status="candidate", trigger_id=trigger.trigger_id,
-                    data_ranges=data_ranges(used), history_triggers=[t.trigger_id for t in used], metrics=flatten_metrics(metrics),
+                    data_ranges=data_ranges(history), history_triggers=[t.trigger_id for t in used], metrics=flatten_metrics(metrics),
                     config_hash=config_hash(self.settings), code_version=code_version(), data_users=data_users(events),
                 )  # fmt: skip
 
             progress("reward_model", {"history_triggers": float(len(used)), "history_events": float(len(events)), "recent_events": float(len(recent))})
             self.registry.publish("reward_models", rm_version, build)
         manifest = self.registry.manifest("reward_models", rm_version)
-        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics, events, used
+        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics, history
 
     def _original_policy(self) -> str | None:
         """The base version the loop started from, where the registry holds its weights."""
@@ -193,7 +200,7 @@ class TrainingJob:
         mine = [m for m in self.registry.versions("reward_models") if m.policy == policy]
         return self.registry.path("reward_models", mine[-1].version) if mine else None
 
-    def _policy(self, directory: Path, trigger, version, parent, reward, events, used, progress: Progress, emitter) -> Manifest:
+    def _policy(self, directory: Path, trigger, version, parent, reward, history, progress: Progress, emitter) -> Manifest:
         from trainers.dataset import split_policy_queries
         from trainers.ensemble import EnsembleReward
         from trainers.optimise import gate_verdict, optimise_policy
@@ -201,6 +208,7 @@ class TrainingJob:
 
         rm_version, reward_model, rm_metrics = reward
         config = PolicyTrainingConfig.from_settings(self.settings)
+        events = history.events
         train_queries, eval_queries = split_policy_queries(events)
 
         def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
@@ -211,7 +219,7 @@ class TrainingJob:
 
         lineage = dict(
             version=version, kind="policies", policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
-            reward_model_version=rm_version, data_ranges=data_ranges(used), history_triggers=[t.trigger_id for t in used],
+            reward_model_version=rm_version, data_ranges=data_ranges(history), history_triggers=[t.trigger_id for t in history.triggers],
             config_hash=config_hash(self.settings), code_version=code_version(), data_users=data_users(events),
         )  # fmt: skip
         try:
@@ -240,5 +248,5 @@ class TrainingJob:
             self.registry.mark_erased(user_fingerprint(user))
 
     @staticmethod
-    def _lineage(trigger: TrainTrigger, used: list[TrainTrigger]) -> dict:
-        return {"trigger_id": trigger.trigger_id, "policy": trigger.policy, "ranges": data_ranges(used), "history_triggers": [t.trigger_id for t in used]}
+    def _lineage(trigger: TrainTrigger, history: History) -> dict:
+        return {"trigger_id": trigger.trigger_id, "policy": trigger.policy, "ranges": data_ranges(history), "history_triggers": [t.trigger_id for t in history.triggers]}

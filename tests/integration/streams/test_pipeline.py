@@ -14,7 +14,7 @@ from core.errors import TrainingError
 from schemas.topics import topic_name
 from schemas import DeadLetter, OffsetRange, TrainingStatus, TrainTrigger, WindowMetrics
 from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
-from trainers.replay import replay_trigger
+from trainers.replay import replay_accepted, replay_trigger
 from tests.integration.streams.conftest import feedback_event
 
 pytestmark = pytest.mark.integration
@@ -111,6 +111,26 @@ def test_replay_refuses_unreadable_or_incomplete_triggers(settings, client):
         replay_trigger(settings, trigger(0, 9, (events[0].event_id,)))
     with pytest.raises(TrainingError, match="1 of 2 event ids are not in its ranges"):
         replay_trigger(settings, trigger(1, 3, (events[0].event_id, events[1].event_id)))
+
+
+def test_the_feedback_between_triggers_replays_as_the_stream_app_accepts_it(settings, client):
+    # What no trigger names by id (an A/B test held triggers back): one policy's valid events, each once.
+    events = [feedback_event(n) for n in range(3)] + [feedback_event(3, policy="other")]
+    for event in events[:2]:
+        client.send("feedback", event, key="same-user")  # one key: one partition, offsets in order
+    client.send_bytes(topic_name(settings.kafka.topic_prefix, "feedback"), b"not json", "same-user")
+    for event in (events[0], events[3], events[2]):  # a retried copy, another policy's event
+        client.send("feedback", event, key="same-user")
+    client.flush()
+    topic = topic_name(settings.kafka.topic_prefix, "feedback")
+    partition = next(p for p in range(settings.kafka.partitions) if _high(settings, topic, p) == 6)
+    ranges = [OffsetRange(topic=topic, partition=partition, start=0, end=6)]
+
+    assert replay_accepted(settings.kafka.bootstrap_servers, "assistant", ranges) == events[:3]
+    assert replay_accepted(settings.kafka.bootstrap_servers, "other", ranges) == [events[3]]
+    assert replay_accepted(settings.kafka.bootstrap_servers, "assistant", ranges, erased=frozenset({events[1].user_id})) == [events[0], events[2]]
+    with pytest.raises(TrainingError, match=r"not readable: the partition now holds \[0, 6\)"):
+        replay_accepted(settings, "assistant", [OffsetRange(topic=topic, partition=partition, start=2, end=9)])
 
 
 def _high(settings, topic, partition, wait_s: float = 30.0):
