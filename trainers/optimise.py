@@ -148,7 +148,7 @@ def _fit_corrections(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, de
 
         lm = get_peft_model(lm, lora_config(config))
     loss = fit_demonstrations(lm, tokenizer, demos, epochs=config.demo_epochs, batch_size=config.mini_batch_size,
-                              learning_rate=config.learning_rate, seed=config.seed)  # fmt: skip
+                              learning_rate=config.demo_learning_rate, seed=config.seed)  # fmt: skip
     return (lm.merge_and_unload().requires_grad_(True) if config.lora_r else lm), loss
 
 
