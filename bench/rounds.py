@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import statistics
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -259,16 +261,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=1200, help="feedback events per round (the demo's train threshold)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, help="write every round's figures as JSON here")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of each job")
+    parser.add_argument("--jobs", type=int, default=1, help="(learner, seed) runs at once, each in its own process (e.g. --jobs 2 --threads 1 on 2 cores)")
+    parser.add_argument("--out", type=Path, help="write every round's figures as JSON here, and the curves as a PNG beside it")
     args = parser.parse_args()
-    quiet()
-    torch.set_num_threads(args.threads)
+    runs = [(learner, seed) for learner in args.learners for seed in args.seeds]
     results: dict[str, dict[int, tuple[float, list[RoundRecord]]]] = defaultdict(dict)
-    for learner in args.learners:
-        for seed in args.seeds:
-            with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
-                results[learner][seed] = run_learner(learner, seed, args.rounds, args.budget, args.threads, Path(tmp))
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = pool.map(run_in_process, [(learner, seed, args.rounds, args.budget, args.threads) for learner, seed in runs])
+        for (learner, seed), result in zip(runs, done, strict=True):
+            results[learner][seed] = result
     print(f"\nhidden preference of the serving version after each round (median over seeds {args.seeds}); "
           "per seed: P promoted, R rolled back by the A/B test, x rejected by the gate")
     print(f"{'learner':<14}{'start':>8}" + "".join(f"{'r' + str(r):>12}" for r in range(1, args.rounds + 1)) + f"{'min s/round':>12}")
@@ -284,6 +286,35 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         runs = {k: {seed: {"start": start, "rounds": [r.__dict__ for r in recs]} for seed, (start, recs) in d.items()} for k, d in results.items()}
         args.out.write_text(json.dumps(runs, indent=1, default=str))
+        plot_curves(results, args.out.with_suffix(".png"))
+
+
+def run_in_process(job: tuple[str, int, int, int, int]) -> tuple[float, list[RoundRecord]]:
+    """One learner on one seed, in a worker process of its own (torch threads set there)."""
+    learner, seed, rounds, budget, threads = job
+    quiet()
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
+        return run_learner(learner, seed, rounds, budget, threads, Path(tmp))
+
+
+def plot_curves(results: dict[str, dict[int, tuple[float, list[RoundRecord]]]], path: Path) -> None:
+    """The serving version's hidden preference per round, one line per learner and seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for n, (learner, by_seed) in enumerate(results.items()):
+        for k, (start, recs) in enumerate(by_seed.values()):
+            ax.plot(range(len(recs) + 1), [start, *(r.serving_after for r in recs)], "o-", color=f"C{n}", alpha=0.7, label=learner if k == 0 else None)
+    ax.set(xlabel="round", ylabel="hidden preference of the serving version", ylim=(0, 1), title="bench.rounds: does it keep improving?")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
