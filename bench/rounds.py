@@ -309,7 +309,9 @@ def plot_curves(results: dict[str, dict[int, tuple[float, list[RoundRecord]]]], 
     for n, (learner, by_seed) in enumerate(results.items()):
         for k, (start, recs) in enumerate(by_seed.values()):
             ax.plot(range(len(recs) + 1), [start, *(r.serving_after for r in recs)], "o-", color=f"C{n}", alpha=0.7, label=learner if k == 0 else None)
-    ax.set(xlabel="round", ylabel="hidden preference of the serving version", ylim=(0, 1), title="bench.rounds: does it keep improving?")
+    rounds = max(len(recs) for by_seed in results.values() for _, recs in by_seed.values())
+    ax.set(xlabel="round (0: the base policy)", ylabel="hidden preference of the serving version", ylim=(0, 1), xticks=range(rounds + 1),
+           title="bench.rounds: does it keep improving?")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
