@@ -23,9 +23,9 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from core.errors import TrainingError
 from core.hashing import stable_fraction
@@ -80,12 +80,13 @@ def replay_sample(events: Sequence[FeedbackEvent], recent: frozenset[str], max_e
     return [e for e in events if stable_fraction("history-sample", e.event_id) < share[e.event_id in recent]]
 
 
-def recent_ids(used: Sequence[TrainTrigger]) -> frozenset[str]:
-    """The latest trigger's events that no earlier one holds: what arrived since the last round
-    (a trigger's buffer can overlap the one before)."""
+def recent_ids(used: Sequence[TrainTrigger], arrived_between: Sequence[FeedbackEvent] = ()) -> frozenset[str]:
+    """The latest trigger's events, and those that arrived between it and the trigger before
+    (`arrived_between`), that no earlier trigger holds: what arrived since the last round (a
+    trigger's buffer can overlap the one before)."""
     *earlier, latest = used
     seen = {event_id for t in earlier for event_id in t.event_ids}
-    return frozenset(latest.event_ids) - seen
+    return frozenset({*latest.event_ids, *(e.event_id for e in arrived_between)} - seen)
 
 
 def merge_events(batches: Sequence[Sequence[FeedbackEvent]]) -> list[FeedbackEvent]:
@@ -122,23 +123,19 @@ def replay_history(used: Sequence[TrainTrigger], replay: Callable[[TrainTrigger]
     latest; the triggers and between-ranges actually read. An earlier trigger, or a between-range,
     that can no longer be read (TrainingError: retention took it) is left out and not named, so
     what a version names is exactly what it learned from; the latest trigger must be readable."""
-    batches, kept = [], []
+    batches: list[tuple[TrainTrigger, list[FeedbackEvent]]] = []
     for n, trigger in enumerate(used):
         try:
-            batch = replay(trigger)
+            batches.append((trigger, replay(trigger)))
         except TrainingError as exc:
             if n == len(used) - 1:
                 raise
             log.warning("history: trigger %s left out: %s", trigger.trigger_id, exc)
-            continue
-        kept.append(trigger)
-        batches.append((trigger, batch))
     out: list[list[FeedbackEvent]] = []
     read: list[OffsetRange] = []
-    since_previous: list[FeedbackEvent] = []
     for n, (trigger, batch) in enumerate(batches):
         ranges = between_ranges(batches[n - 1][0], trigger) if n and replay_between is not None else []
-        since_previous = []
+        since_previous: list[FeedbackEvent] = []
         if ranges:
             try:
                 since_previous = replay_between(ranges)  # type: ignore[misc]
@@ -146,9 +143,9 @@ def replay_history(used: Sequence[TrainTrigger], replay: Callable[[TrainTrigger]
             except TrainingError as exc:
                 log.warning("history: feedback before trigger %s left out: %s", trigger.trigger_id, exc)
         out += [since_previous, batch]
-    earlier = {event_id for t in kept[:-1] for event_id in t.event_ids}
-    recent = recent_ids(kept) | ({e.event_id for e in since_previous} - earlier)
-    return History(merge_events(out), frozenset(recent), kept, read)
+    kept = [trigger for trigger, _ in batches]
+    # since_previous is the loop's last: what arrived between the trigger before and the latest
+    return History(merge_events(out), recent_ids(kept, since_previous), kept, read)
 
 
 def save_history(directory: Path, known: Sequence[TrainTrigger], used: Sequence[TrainTrigger]) -> None:

@@ -47,19 +47,26 @@ def _clients(settings_or_bootstrap: Settings | str, timeout: float, erased: froz
     return client_config(settings_or_bootstrap.kafka), erased, Redactor.from_settings(settings_or_bootstrap.privacy)
 
 
-def _first_copies(consumer: Consumer, ranges: Sequence[OffsetRange], timeout: float, what: str,
+def _first_copies(connection: dict, ranges: Sequence[OffsetRange], timeout: float, what: str,
                   keep: Callable[[FeedbackEvent], bool]) -> dict[str, tuple[int, int, FeedbackEvent]]:  # fmt: skip
-    """event_id -> (partition, offset, event) of the first copy of each valid event `keep` wants:
-    copies are producer retries of the same event; a dead letter is never part of a dataset."""
+    """event_id -> (partition, offset, event) of the first copy of each valid event `keep` wants in
+    `ranges` (each checked readable first): copies are producer retries of the same event; a dead
+    letter is never part of a dataset."""
     found: dict[str, tuple[int, int, FeedbackEvent]] = {}
-    for msg in read_ranges(consumer, {(r.topic, r.partition): (r.start, r.end) for r in ranges}, timeout, what):
-        try:
-            event = parse_event(FeedbackEvent, msg.value())
-        except EventValidationError:
-            continue
-        first = found.get(event.event_id)
-        if keep(event) and (first is None or (msg.partition(), msg.offset()) < first[:2]):
-            found[event.event_id] = (msg.partition(), msg.offset(), event)
+    consumer = range_consumer(connection, "replay")
+    try:
+        for r in ranges:
+            _check_readable(consumer, what, r, timeout)
+        for msg in read_ranges(consumer, {(r.topic, r.partition): (r.start, r.end) for r in ranges}, timeout, what):
+            try:
+                event = parse_event(FeedbackEvent, msg.value())
+            except EventValidationError:
+                continue
+            first = found.get(event.event_id)
+            if keep(event) and (first is None or (msg.partition(), msg.offset()) < first[:2]):
+                found[event.event_id] = (msg.partition(), msg.offset(), event)
+    finally:
+        consumer.close()
     return found
 
 
@@ -76,14 +83,8 @@ def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger,
     connection, erased, redactor = _clients(settings_or_bootstrap, timeout, erased)
     if not trigger.ranges or not trigger.event_ids:
         raise TrainingError(f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})")
-    consumer = range_consumer(connection, "replay")
     wanted = set(trigger.event_ids)
-    try:
-        for r in trigger.ranges:
-            _check_readable(consumer, f"trigger {trigger.trigger_id}", r, timeout)
-        found = _first_copies(consumer, trigger.ranges, timeout, f"trigger {trigger.trigger_id}", lambda e: e.event_id in wanted)
-    finally:
-        consumer.close()
+    found = _first_copies(connection, trigger.ranges, timeout, f"trigger {trigger.trigger_id}", lambda e: e.event_id in wanted)
     missing = [event_id for event_id in trigger.event_ids if event_id not in found]
     if missing:
         raise TrainingError(f"trigger {trigger.trigger_id}: {len(missing)} of {len(wanted)} event ids are not in its ranges (first: {missing[0]})")
@@ -99,18 +100,11 @@ def replay_accepted(settings_or_bootstrap: Settings | str, policy: str, ranges: 
     arrived between two triggers while a training or an A/B test held them back and the rolling
     buffer moved past it (trainers/history.py). TrainingError as `replay_trigger`."""
     connection, erased, redactor = _clients(settings_or_bootstrap, timeout, erased)
-    what = f"{policy} feedback between triggers"
-    consumer = range_consumer(connection, "replay")
-    try:
-        for r in ranges:
-            _check_readable(consumer, what, r, timeout)
-        found = _first_copies(consumer, ranges, timeout, what, lambda e: e.policy == policy and e.user_id not in erased)
-    finally:
-        consumer.close()
+    found = _first_copies(connection, ranges, timeout, f"{policy} feedback between triggers", lambda e: e.policy == policy and e.user_id not in erased)
     out = []
     for _, _, event in sorted(found.values(), key=lambda f: f[:2]):
-        try:
-            out.append(event if redactor.mode == "off" else redactor.apply(event).event)
-        except PiiFound:  # drop mode: the stream app dead-lettered it
+        try:  # as the stream app: `off` passes it, `redact` redacts it, `drop` refuses it (a dead letter there)
+            out.append(redactor.apply(event).event)
+        except PiiFound:
             continue
     return out
