@@ -72,6 +72,7 @@ def _serve(args: argparse.Namespace) -> None:
     from assistant.service import serve
     from consumers.trainer.job import ensure_base_policy
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_of(args)
     ensure_base_policy(settings)
     serve(settings, args)
