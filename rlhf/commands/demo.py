@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "on 2 CPU cores), or any policy.base_model; demo.driver.POLICY_PROFILES has each one's settings")
     p.add_argument("--rounds", type=int, help="RLHF rounds (trigger -> train -> A/B -> decision) to complete (default 2)")
     p.add_argument("--users", type=int, help="size of the simulated user population (default 500)")
-    p.add_argument("--threshold", type=int, help="feedback events per train trigger (default: the policy's, 2400 for tiny, 1200 for smollm2)")
+    p.add_argument("--threshold", type=int, help="feedback events per train trigger (default 1200)")
     p.add_argument("--budget", type=float, help="minutes before the demo gives up (default: 14, or the policy's minutes a round x rounds when more)")
     p.add_argument("--seed", type=int, help="seed of the simulated users (default 0)")
     p.add_argument("--fault-drill", action="store_true", help="SIGKILL the stream worker and the trainer once, restart the broker once")

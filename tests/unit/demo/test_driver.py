@@ -25,11 +25,9 @@ def test_a_policy_profile_sets_its_model_settings_and_ab_horizon():
     assert tiny["RLHF_POLICY__BASE_MODEL"] == "tiny" and "RLHF_POLICY__TRAINING__LORA_R" not in tiny
 
 
-def test_the_train_threshold_is_the_profiles_unless_given_and_the_buffer_holds_two_triggers():
-    smollm2, tiny = environment(DemoPlan(policy="smollm2")), environment(DemoPlan())
-    assert int(smollm2["RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD"]) == 1200 < int(tiny["RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD"]) == 2400
-    given = environment(DemoPlan(policy="smollm2", train_threshold=300))
-    assert (given["RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD"], given["RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE"]) == ("300", "600")
+def test_the_buffer_holds_two_triggers_worth_of_feedback():
+    env = environment(DemoPlan(train_threshold=300))
+    assert (env["RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD"], env["RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE"]) == ("300", "600")
 
 
 def test_the_users_variables_beat_the_profile_and_the_demos_wiring_beats_both(monkeypatch: pytest.MonkeyPatch):
