@@ -1,5 +1,6 @@
 """The demo report: ground truth for every version that has weights, plots and summary on disk."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,20 @@ def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_p
 
     assert "assistant-trg-1" in summary and "rejected" in summary
     assert (tmp_path / "report.html").read_text().count("<img") == 4  # rounds, A/B, rewards, timeline
+
+
+def test_a_candidate_the_gate_rejected_with_its_weights_saved_gets_its_hidden_preference_measured(tmp_path: Path, micro_policy: str):
+    registry = ModelRegistry(tmp_path / "state" / "registry")
+    registry.register_base("assistant", "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
+    registry.publish("policies", "v1", lambda d: (shutil.copytree(micro_policy, d, dirs_exist_ok=True),
+                                                   Manifest(version="v1", kind="policies", policy="assistant", status="rejected"))[1])  # fmt: skip
+    rejected = RoundResult("v1", "base", "rejected", {"metrics": {"mean_reward_before": 0.3, "mean_reward_after": 0.2}})
+
+    summary = write_report(tmp_path, [rejected], elapsed_s=60.0, max_new_tokens=8)
+
+    line = next(x for x in summary.splitlines() if "hidden user preference" in x)
+    parent, candidate, serving = re.search(r"(\d\.\d+) -> (\d\.\d+) +\(serving after the round: (\d\.\d+)\)", line).groups()  # type: ignore[union-attr]
+    assert serving == parent  # the rejected candidate never served
 
 
 def test_a_decided_round_reports_the_deciders_statistics(tmp_path: Path, micro_policy: str):
