@@ -265,18 +265,15 @@ def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_to
     return out
 
 
-def _has_weights(registry_root: Path, version: str) -> bool:
-    from registry.store import ModelRegistry
-
-    return (ModelRegistry(registry_root).path("policies", version) / "config.json").is_file()
-
-
 def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_tokens: int) -> str:
     """RUN/report.html and the terminal summary (returned) of a finished demo run."""
-    # A candidate the gate rejected still has its weights: its hidden preference shows what the gate
-    # turned away. One a guardrail failed is a manifest alone (never saved).
+    from registry.store import ModelRegistry
+
+    # Every candidate with weights is measured: one the gate rejected shows what the gate turned
+    # away. One a guardrail failed is a manifest alone (never saved).
     registry_root = run_dir / "state" / "registry"
-    saved = {r.candidate for r in results if r.decision != "rejected" or _has_weights(registry_root, r.candidate)}
+    registry = ModelRegistry(registry_root)
+    saved = {r.candidate for r in results if (registry.path("policies", r.candidate) / "config.json").is_file()}
     truth = true_quality(registry_root, saved | {r.parent for r in results if r.parent}, max_new_tokens)
     dumped = [asdict(r) for r in results]
     on_policy = reward_models_on_policy(registry_root, dumped, max_new_tokens)

@@ -30,7 +30,7 @@ def test_a_candidate_the_gate_rejected_with_its_weights_saved_gets_its_hidden_pr
     summary = write_report(tmp_path, [rejected], elapsed_s=60.0, max_new_tokens=8)
 
     line = next(x for x in summary.splitlines() if "hidden user preference" in x)
-    parent, candidate, serving = re.search(r"(\d\.\d+) -> (\d\.\d+) +\(serving after the round: (\d\.\d+)\)", line).groups()  # type: ignore[union-attr]
+    parent, _measured, serving = re.search(r"(\d\.\d+) -> (\d\.\d+) +\(serving after the round: (\d\.\d+)\)", line).groups()  # type: ignore[union-attr]
     assert serving == parent  # the rejected candidate never served
 
 
