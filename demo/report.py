@@ -268,12 +268,13 @@ def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_to
 def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_tokens: int) -> str:
     """RUN/report.html and the terminal summary (returned) of a finished demo run."""
     from registry.store import ModelRegistry
+    from trainers.base_models import is_model_dir
 
     # Every candidate with weights is measured: one the gate rejected shows what the gate turned
     # away. One a guardrail failed is a manifest alone (never saved).
     registry_root = run_dir / "state" / "registry"
     registry = ModelRegistry(registry_root)
-    saved = {r.candidate for r in results if (registry.path("policies", r.candidate) / "config.json").is_file()}
+    saved = {r.candidate for r in results if is_model_dir(registry.path("policies", r.candidate))}
     truth = true_quality(registry_root, saved | {r.parent for r in results if r.parent}, max_new_tokens)
     dumped = [asdict(r) for r in results]
     on_policy = reward_models_on_policy(registry_root, dumped, max_new_tokens)

@@ -58,12 +58,18 @@ def resolve_base_model(name_or_path: str) -> str:
             raise ModelLoadError(f"{path}: no GGUF file here (file not found)")
         return str(materialise_gguf(path))
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not is_model_dir(path):
             raise ModelLoadError(f"{path}: not a model directory (no config.json)")
         return str(path)
     if is_hub_id(name_or_path):
         return str(download_from_hub(name_or_path))
     raise ModelLoadError(f"{name_or_path}: no base model here (directory not found, and not a Hub id)")
+
+
+def is_model_dir(path: Path) -> bool:
+    """A directory `from_pretrained` can load: it holds the model's `config.json`. (A registry
+    version whose training failed a guardrail is a manifest without one.)"""
+    return (path / "config.json").is_file()
 
 
 def is_hub_id(name: str) -> bool:

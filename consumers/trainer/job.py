@@ -192,8 +192,10 @@ class TrainingJob:
 
     def _original_policy(self) -> str | None:
         """The base version the loop started from, where the registry holds its weights."""
+        from trainers.base_models import is_model_dir
+
         base = self.registry.path("policies", BASE_VERSION)
-        return str(base) if (base / "config.json").is_file() else None
+        return str(base) if is_model_dir(base) else None
 
     def _previous_reward_model(self, policy: str) -> Path | None:
         """The directory of the policy's newest reward model (its history.json lists every trigger so far)."""
