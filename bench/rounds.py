@@ -69,7 +69,6 @@ LEARNERS: dict[str, tuple[dict, dict, dict]] = {
     "no-gate": ({}, {"gate_head": False}, {}),
     "restart": ({}, {}, {"start_from": "base"}),
     "ref-base": ({}, {}, {"reference": "base"}),
-    "approved": ({}, {}, {"demo_min_rating": 5}),  # top-rated answers as demonstrations too
 }
 USERS = 500
 MIN_RATING = FeedbackSettings().min_rating

@@ -121,7 +121,6 @@ class PolicyTrainingSettings(Section):
     max_disagreement_growth: float = Field(2.0, gt=1, description="PPO stops (undoing the last update) once the ensemble's spread on a rollout passes this x the first rollout's.")
     demo_epochs: int = Field(30, ge=0, description="Supervised passes over the users' corrections before PPO starts (SFT then RL; PPO's KL is then held to the fine-tuned start).")
     demo_learning_rate: float = Field(5e-4, gt=0, description="Learning rate of the supervised passes over the corrections (the tiny policy with 272 corrections, held-out hidden preference: 0.92 at 2e-4, 0.94 at 5e-4).")
-    demo_min_rating: int | None = Field(None, ge=1, le=5, description="Answers users rated at least this (1-5) join the corrections as demonstrations (rejection-sampling fine-tuning with the users as the filter); unset: corrections only.")
     demo_coef: float = Field(0.5, ge=0, description="Weight of a supervised loss on users' corrections beside the RL objective (0: corrections only train the reward model).")
     start_from: Literal["parent", "base"] = Field("parent", description="Train each round from the serving policy, or restart from the original base policy with the accumulated reward model.")
     reference: Literal["parent", "base"] = Field("parent", description="The policy PPO's KL penalty and kl_bound are measured against.")

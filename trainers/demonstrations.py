@@ -3,14 +3,9 @@ learns it directly (a supervised term beside the RL objective, `policy.training.
 only through the reward model's (correction > original) pair.
 
     demos = corrections(events)                          # [(query, correction)], the latest per answer
-    demos += approved_answers(events, min_rating=5)      # [(query, answer)] users rated 5 of 5
     batch = encode_demonstrations(tokenizer, demos[:8])  # prompt + correction + EOS, right-padded
     loss = demonstration_loss(lm, batch)                 # mean NLL of the correction's tokens
     fit_demonstrations(lm, tokenizer, demos, epochs=2, batch_size=8, learning_rate=2e-4)   # a supervised pass before RL
-
-Answers users rated at the top of the scale are demonstrations too (`demo_min_rating`): the
-policy's own best answers as users judged them, the rejection-sampling fine-tuning of Llama 2 and
-RAFT with the users as the filter. They carry what a thumb tells a reward model only weakly.
 
 Two uses, both in `policy.training`: `demo_epochs` supervised passes over the corrections before
 PPO starts (SFT then RL, as InstructGPT; the KL reference is then the fine-tuned start), and
@@ -38,22 +33,6 @@ def corrections(events: Iterable[FeedbackEvent]) -> list[tuple[str, str]]:
     pair, in the order given."""
     out = {(e.query, e.correction): None for e in latest_verdicts(events) if e.feedback_type == "correction" and e.correction}
     return list(out)  # type: ignore[arg-type]
-
-
-def approved_answers(events: Iterable[FeedbackEvent], min_rating: int) -> list[tuple[str, str]]:
-    """(query, answer) of every answer whose standing verdict (`latest_verdicts`) is a rating of at
-    least `min_rating`, one per distinct pair, in the order given."""
-    out = {(e.query, e.response): None for e in latest_verdicts(events) if e.rating is not None and e.rating >= min_rating}
-    return list(out)  # type: ignore[arg-type]
-
-
-def demonstrations(events: Iterable[FeedbackEvent], min_rating: int | None) -> list[tuple[str, str]]:
-    """The corrections, then (`min_rating` set) the approved answers not among them."""
-    events = list(events)
-    demos = dict.fromkeys(corrections(events))
-    if min_rating is not None:
-        demos.update(dict.fromkeys(approved_answers(events, min_rating)))
-    return list(demos)
 
 
 @dataclass(frozen=True)

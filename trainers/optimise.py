@@ -23,7 +23,7 @@ from core.files import write_atomically
 from core.settings import ALGORITHMS
 from schemas.events import FeedbackEvent
 from trainers.alternatives import train_alternative
-from trainers.demonstrations import demonstrations, fit_demonstrations
+from trainers.demonstrations import corrections, fit_demonstrations
 from trainers.policy import RewardFn, StatusFn, evaluate_policy, load_policy, no_status
 from trainers.policy_config import PolicyTrainingConfig, lora_config
 from trainers.guardrails import check_guardrails
@@ -71,10 +71,9 @@ def optimise_policy(
         parent.requires_grad_(False).eval()
         original = parent if original_path == base_model_path else load_policy(original_path)[0].requires_grad_(False).eval()
         lm = copy.deepcopy(original if start_path == original_path else parent).requires_grad_(True)
-        # SFT then RL: the users' corrections (and top-rated answers) first, as supervised passes
-        # (`demo_epochs`); the start PPO's KL is held to is then the fine-tuned model (or the
-        # original, `reference: base`).
-        demos = demonstrations(feedback_events or (), config.demo_min_rating) if algorithm == "ppo" else []
+        # SFT then RL: the users' corrections first, as supervised passes (`demo_epochs`); the
+        # start PPO's KL is held to is then the fine-tuned model (or the original, `reference: base`).
+        demos = corrections(feedback_events or ()) if algorithm == "ppo" else []
         lm, demo_loss = _fit_corrections(lm, tokenizer, demos, config)
         start = copy.deepcopy(lm).requires_grad_(False).eval() if demos and config.demo_epochs else (original if start_path == original_path else parent)
         reference = original if config.reference == "base" else start

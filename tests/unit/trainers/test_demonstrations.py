@@ -9,17 +9,16 @@ from datetime import datetime, timedelta, timezone
 import torch
 
 from schemas import FeedbackEvent
-from trainers.demonstrations import approved_answers, corrections, demonstration_loss, demonstrations, encode_demonstrations, fit_demonstrations
+from trainers.demonstrations import corrections, demonstration_loss, encode_demonstrations, fit_demonstrations
 from trainers.policy import load_policy, sample
 from trainers.tiny_policy import format_prompt
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def event(n: int, kind: str, interaction: str, correction: str | None = None, query: str = "How do I reset my password in Mail?",
-          rating: int | None = None, response: str = "Sorry.") -> FeedbackEvent:  # fmt: skip
-    return FeedbackEvent(event_id=f"e{n}", interaction_id=interaction, user_id="u", query=query, response=response, model_version="base",
-                         feedback_type=kind, correction=correction, rating=rating, timestamp=T0 + timedelta(seconds=n))  # fmt: skip
+def event(n: int, kind: str, interaction: str, correction: str | None = None, query: str = "How do I reset my password in Mail?") -> FeedbackEvent:
+    return FeedbackEvent(event_id=f"e{n}", interaction_id=interaction, user_id="u", query=query, response="Sorry.", model_version="base",
+                         feedback_type=kind, correction=correction, timestamp=T0 + timedelta(seconds=n))  # fmt: skip
 
 
 def test_corrections_standing_are_the_demonstrations_once_each():
@@ -28,24 +27,6 @@ def test_corrections_standing_are_the_demonstrations_once_each():
               event(5, "correction", "i3", "Open Mail, go to Sync.")]  # a changed correction: the latest counts  # fmt: skip
     assert corrections(events) == [("How do I reset my password in Mail?", "Open Mail, go to Security."),
                                    ("How do I reset my password in Mail?", "Open Mail, go to Sync.")]  # fmt: skip
-
-
-def test_answers_rated_at_least_the_minimum_are_demonstrations_once_each():
-    events = [event(1, "rating", "i1", rating=5, response="Open Mail, go to Security."),
-              event(2, "rating", "i2", rating=4, response="Open Mail, go to Sync."),  # below the minimum
-              event(3, "rating", "i3", rating=5, response="Open Mail, go to Account."), event(4, "rating", "i3", rating=2, response="Open Mail, go to Account."),  # changed mind
-              event(5, "thumbs_up", "i4", response="Open Mail, go to Display."),  # a thumb is not a rating
-              event(6, "rating", "i5", rating=5, response="Open Mail, go to Security.")]  # the same answer again  # fmt: skip
-    assert approved_answers(events, min_rating=5) == [("How do I reset my password in Mail?", "Open Mail, go to Security.")]
-    assert approved_answers(events, min_rating=4)[1] == ("How do I reset my password in Mail?", "Open Mail, go to Sync.")
-
-
-def test_demonstrations_are_the_corrections_then_the_approved_answers_not_among_them():
-    events = [event(1, "rating", "i1", rating=5, response="Open Mail, go to Security."), event(2, "correction", "i2", "Open Mail, go to Security."),
-              event(3, "rating", "i3", rating=5, response="Open Mail, go to Account."), event(4, "correction", "i4", "Open Mail, go to Sync.")]  # fmt: skip
-    q = "How do I reset my password in Mail?"
-    assert demonstrations(events, min_rating=None) == corrections(events) == [(q, "Open Mail, go to Security."), (q, "Open Mail, go to Sync.")]
-    assert demonstrations(events, min_rating=5) == [(q, "Open Mail, go to Security."), (q, "Open Mail, go to Sync."), (q, "Open Mail, go to Account.")]
 
 
 def test_only_the_correction_and_its_eos_are_targets():
