@@ -120,7 +120,6 @@ class PolicyTrainingSettings(Section):
     uncertainty_penalty: float = Field(1.0, ge=0, description="PPO's reward is the reward-model ensemble's mean less this x its members' spread.")
     max_disagreement_growth: float = Field(2.0, gt=1, description="PPO stops (undoing the last update) once the ensemble's spread on a rollout passes this x the first rollout's.")
     demo_epochs: int = Field(30, ge=0, description="Supervised passes over the users' corrections before PPO starts (SFT then RL; PPO's KL is then held to the fine-tuned start).")
-    max_epochs_after_demos: int = Field(5, ge=1, description="At most this many PPO iterations when the corrections' supervised passes ran first (replayed on a seed-0 demo run, held-out hidden preference after rounds 1 / 3 / 5: 0.767 / 0.839 / 0.947 at 5, 0.696 / 0.813 / 0.911 at 20).")
     demo_learning_rate: float = Field(5e-4, gt=0, description="Learning rate of the supervised passes over the corrections (the tiny policy with 272 corrections, held-out hidden preference: 0.92 at 2e-4, 0.94 at 5e-4).")
     demo_coef: float = Field(0.5, ge=0, description="Weight of a supervised loss on users' corrections beside the RL objective (0: corrections only train the reward model).")
     start_from: Literal["parent", "base"] = Field("parent", description="Train each round from the serving policy, or restart from the original base policy with the accumulated reward model.")

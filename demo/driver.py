@@ -71,7 +71,6 @@ POLICY_PROFILES: dict[str, PolicyProfile] = {
         "RLHF_POLICY__TRAINING__LORA_R": "16",
         "RLHF_POLICY__TRAINING__MAX_NEW_TOKENS": "48",
         "RLHF_POLICY__TRAINING__EPOCHS": "6",
-        "RLHF_POLICY__TRAINING__MAX_EPOCHS_AFTER_DEMOS": "6",  # as measured: all 6 after its supervised passes
         "RLHF_POLICY__TRAINING__DEMO_EPOCHS": "5",
         "RLHF_POLICY__TRAINING__DEMO_LEARNING_RATE": "2e-4",  # LoRA adapters, as measured (the tiny model's 5e-4 was not)
         # Its users' corrections ask for terse steps where it rambles: the fine-tuned answers sit

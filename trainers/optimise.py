@@ -93,10 +93,7 @@ def optimise_policy(
             # than from `start`, which stays for the evaluations only. A reference other than the
             # start (`reference: base`) is passed as before.
             ppo_reference = None if config.lora_r and reference is start else reference
-            # After the corrections' SFT, a long PPO run trades what users wrote for what the reward
-            # model, weak on answers this good, prefers: at most `max_epochs_after_demos` iterations.
-            ppo_config = config.model_copy(update={"epochs": min(config.epochs, config.max_epochs_after_demos)}) if demos and config.demo_epochs else config
-            lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, ppo_config, reference=ppo_reference, on_status=on_status,
+            lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config, reference=ppo_reference, on_status=on_status,
                                    demonstrations=demos, checkpoint_dir=checkpoint_dir)  # fmt: skip
             # Where PPO started: after the corrections' SFT, users who corrected a rambling model
             # asked for shorter answers, so lengths are judged against PPO's first rollout.

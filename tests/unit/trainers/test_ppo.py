@@ -135,4 +135,4 @@ def test_config_validates_batches_and_maps_settings():
         PolicyTrainingConfig(batch_size=6, mini_batch_size=2, num_generations=4)
     cfg = PolicyTrainingConfig.from_settings(load_settings(None), learning_rate=5e-5)
     assert (cfg.epochs, cfg.batch_size, cfg.init_kl_coef, cfg.target_kl, cfg.learning_rate) == (20, 16, 0.2, 0.1, 5e-5)
-    assert (cfg.demo_epochs, cfg.demo_learning_rate, cfg.max_epochs_after_demos) == (30, 5e-4, 5)  # the corrections' SFT keeps its own rate when PPO's changes
+    assert (cfg.demo_epochs, cfg.demo_learning_rate) == (30, 5e-4)  # the corrections' SFT keeps its own rate when PPO's changes

@@ -181,17 +181,15 @@ def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micr
 
     events = [FeedbackEvent(interaction_id=f"i{n}", user_id="u", query=TRAIN[n], response="Sorry.", model_version="parent", feedback_type="correction",
                             correction=f"Open Mail, go to Settings, step {n}.") for n in range(3)]  # fmt: skip
-    config = PolicyTrainingConfig(**FAST, demo_epochs=2, max_epochs_after_demos=1, kl_base_bound=100.0)
+    config = PolicyTrainingConfig(**FAST, demo_epochs=2, kl_base_bound=100.0)
     metrics = optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, config, tmp_path / "out", feedback_events=events, gate_fn=gate,
                               original_path=micro_policy)  # fmt: skip
     assert metrics["kl_base"] > metrics["kl_parent"] >= 0.0  # trained from the parent: nearer to it than to the base
     assert metrics["gate_reward_before"] == metrics["gate_reward_after"] == 0.5 and sum(gate_calls) == 2 * len(HELD_OUT)
     assert metrics["demonstrations"] == 3.0 and math.isfinite(metrics["demo_loss"])
-    assert metrics["iterations"] == 1.0  # after the corrections' SFT, PPO runs at most max_epochs_after_demos of its 2
     restarted = optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST, start_from="base"),
                                 tmp_path / "restart", original_path=micro_policy)  # fmt: skip
     assert restarted["kl_base"] < restarted["kl_parent"]  # restarted from the base: nearer to it
-    assert restarted["iterations"] == 2.0  # no corrections: all of `epochs`
     with pytest.raises(GuardrailRejection, match="kl_base_bound"):  # drift from the base is bounded over rounds
         optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST, kl_base_bound=0.01), tmp_path / "far",
                         original_path=micro_policy)  # fmt: skip
