@@ -15,12 +15,15 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:  # the assistant's model code loads when a report is written
+    from assistant.answering import LoadedPolicy
 
 TARGETS = {"reward_accuracy": 0.85, "policy_reward_gain": 0.15, "positive_lift": 0.20}
 
@@ -210,23 +213,27 @@ def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], sum
     return path
 
 
-def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int, samples: int = 2) -> dict[str, float]:
-    """Mean hidden preference of each version's answers to the held-out questions (ground truth)."""
+def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int) -> dict[str, float]:
+    """`held_out_quality` of each registry version."""
     from registry.store import ModelRegistry
-    from assistant.service import answer, load_version
-    from trainers.synthetic import quality, split_questions
+    from assistant.service import load_version
 
     registry = ModelRegistry(registry_root)
+    return {version: held_out_quality(load_version(registry, version), max_new_tokens) for version in sorted(versions)}
+
+
+def held_out_quality(policy: LoadedPolicy, max_new_tokens: int, samples: int = 2) -> float:
+    """Mean hidden preference of a loaded policy's answers to the held-out questions (ground truth),
+    `samples` seeded answers to each."""
+    from assistant.service import answer
+    from trainers.synthetic import quality, split_questions
+
     _, held_out = split_questions()
-    out = {}
-    for version in sorted(versions):
-        policy = load_version(registry, version)
-        scores = []
-        for s in range(samples):
-            answers = answer(policy, [q.text for q in held_out], max_new_tokens, seed=s)
-            scores += [quality(q, a) for q, a in zip(held_out, answers)]
-        out[version] = sum(scores) / len(scores)
-    return out
+    scores = []
+    for s in range(samples):
+        answers = answer(policy, [q.text for q in held_out], max_new_tokens, seed=s)
+        scores += [quality(q, a) for q, a in zip(held_out, answers)]
+    return sum(scores) / len(scores)
 
 
 def on_policy_accuracy(reward: Callable[[list[str], list[str]], list[float]], answer: Callable[[list[str], int], list[str]], held_out: list) -> float | None:
