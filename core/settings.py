@@ -190,6 +190,7 @@ class ABTestingSettings(Section):
     min_users_per_variant: int = Field(100, ge=1, description="Users with feedback per variant before any decision is made.")
     horizon_users: int = Field(2000, ge=1, description="Exposed users per variant at which an undecided experiment ends (control kept).")
     horizon_s: float = Field(7 * 24 * 3600.0, gt=0, description="Seconds after which an undecided experiment ends (control kept).")
+    non_inferiority_margin: float | None = Field(None, gt=0, lt=1, description="At the horizon, an undecided treatment is promoted if its positive-rate lift is above 0 and the low end of its 95% interval above -margin (relative: 0.02 = 2% of control's rate), no guardrail having fired; None: the horizon keeps control. For a gated candidate whose gain is below what the horizon's traffic can show.")
     decide_every_s: float = Field(30.0, gt=0, description="How often the decider analyses each open experiment.")
 
     @model_validator(mode="after")

@@ -48,12 +48,28 @@ def verdict(started: ExperimentStarted, report: dict[str, Any] | None, now: date
     if report.get("decision") in ("promote", "rollback"):
         return report["decision"], report.get("reason") or f"the A/B analysis says {report['decision']}"
     users = sum((report.get("users") or {}).values())
-    if users >= started.horizon_users * len(started.arms):
-        return "expired", f"horizon: {users} exposed users without a significant result; control kept"
     elapsed = (now - started.started_at).total_seconds()
-    if elapsed >= started.horizon_s:
-        return "expired", f"horizon: {elapsed:.0f} s without a significant result; control kept"
-    return None
+    if users >= started.horizon_users * len(started.arms):
+        horizon = f"horizon: {users} exposed users without a significant result"
+    elif elapsed >= started.horizon_s:
+        horizon = f"horizon: {elapsed:.0f} s without a significant result"
+    else:
+        return None
+    if non_inferior(report, started.non_inferiority_margin):
+        s = report["statistics"]
+        return "promote", f"{horizon}; non-inferior: lift {s['lift']:+.1%} [{s['lift_low']:+.1%}, {s['lift_high']:+.1%}], low end above -{started.non_inferiority_margin:.1%}"
+    return "expired", f"{horizon}; control kept"
+
+
+def non_inferior(report: dict[str, Any], margin: float | None) -> bool:
+    """Whether the analysis found no fault with a treatment (no verdict: no guardrail fired, enough
+    users, no sample-ratio mismatch) that is ahead and whose lift interval stays above -margin.
+    The fixed-horizon interval is read once, at the horizon the experiment started with."""
+    decisions, s = report.get("decisions") or [], report.get("statistics") or {}
+    if margin is None or len(decisions) != 1 or decisions[0].get("rule") != "no_verdict":
+        return False
+    lift, low = s.get("lift"), s.get("lift_low")
+    return lift is not None and low is not None and lift > 0 and low > -margin
 
 
 class Decider:

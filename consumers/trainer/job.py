@@ -140,6 +140,7 @@ class TrainingJob:
         emitter.emit("experiments", ExperimentStarted(
             experiment_id=experiment_id_for(ab.experiment, candidate), policy=trigger.policy, trigger_id=trigger.trigger_id,
             control_version=control, treatment_version=candidate, salt=ab.salt, horizon_users=ab.horizon_users, horizon_s=ab.horizon_s,
+            non_inferiority_margin=ab.non_inferiority_margin,
             arms=tuple(Arm(name=v.name, model_version=by_spec.get(v.model, v.model), weight=v.weight) for v in ab.variants),
         ), trigger.policy)  # fmt: skip
 

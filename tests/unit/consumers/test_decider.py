@@ -27,6 +27,24 @@ def test_a_verdict_ends_the_experiment_and_no_verdict_waits_for_the_horizon():
     assert verdict(STARTED, {"decision": "no_data", "users": {}}, T0 + timedelta(hours=2))[0] == "expired"
 
 
+def test_at_the_horizon_a_non_inferior_treatment_is_promoted_when_the_experiment_allows_it():
+    started = STARTED.model_copy(update={"non_inferiority_margin": 0.02})
+    late = T0 + timedelta(hours=1)
+
+    def report(lift: float, low: float, rule: str = "no_verdict") -> dict:
+        return {"decision": "keep_running", "users": {"control": 60, "variant_a": 70}, "decisions": [{"rule": rule}],
+                "statistics": {"lift": lift, "lift_low": low, "lift_high": lift + 0.02}}  # fmt: skip
+
+    outcome, reason = verdict(started, report(0.004, -0.018), late)
+    assert outcome == "promote" and "non-inferior" in reason and "+0.4%" in reason
+    assert verdict(started, report(0.004, -0.018), T0 + timedelta(minutes=5)) is None  # before the horizon: keep running
+    assert verdict(started, report(0.004, -0.021), late)[0] == "expired"  # the interval reaches past -2%
+    assert verdict(started, report(-0.001, -0.010), late)[0] == "expired"  # not ahead
+    assert verdict(started, report(0.010, -0.010, rule="too_few_users"), late)[0] == "expired"  # the analysis had a reason to wait
+    assert verdict(STARTED, report(0.010, -0.010), late)[0] == "expired"  # no margin: the horizon keeps control
+    assert verdict(started, None, late)[0] == "expired"  # no analysis, nothing to judge by
+
+
 def test_experiments_state_follows_the_topic():
     state = ExperimentBook()
     state.apply(STARTED)
