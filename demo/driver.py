@@ -116,15 +116,6 @@ class DemoError(RlhfError):
     """The demo could not complete (a service kept dying, or the time budget ran out)."""
 
 
-# What the demo prefers where the user has not said otherwise (their RLHF_* variables win).
-DEMO_SETTINGS = {
-    # Its A/B tests end at a short horizon, which cannot show the 1-2 point gains of the later rounds
-    # (+0.4% [-1.8%, +2.6%] per user for a candidate 2 points better): a gated candidate that is
-    # ahead with its interval above -2% is promoted there instead of expiring.
-    "RLHF_AB_TESTING__NON_INFERIORITY_MARGIN": "0.02",
-}
-
-
 def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboard_port: int, serve_port: int) -> dict[str, str]:
     """Every child process gets the same configuration, through RLHF_* variables."""
     values = {
@@ -142,7 +133,7 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
         "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
     }
     # The user's own RLHF_* settings (and RLHF_CONFIG) reach every process; the demo's wiring wins.
-    return {**DEMO_SETTINGS, **profile_of(plan.policy).settings, **os.environ, **values}
+    return {**profile_of(plan.policy).settings, **os.environ, **values}
 
 
 class StatusWatch:
