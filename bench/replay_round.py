@@ -27,7 +27,7 @@ import torch
 
 from assistant.answering import LoadedPolicy, load_version
 from bench.policy_gain import quiet
-from core.settings import Settings
+from core.settings import load_settings
 from demo.report import held_out_quality
 from registry.store import ModelRegistry
 from schemas import FeedbackEvent
@@ -52,24 +52,28 @@ def feedback_until(run_dir: Path, until) -> list[FeedbackEvent]:
                           correction=c or None, timestamp=ts.replace(tzinfo=timezone.utc)) for e, i, u, q, r, v, t, rating, c, ts in rows]  # fmt: skip
 
 
-def replay(run_dir: Path, registry: ModelRegistry, candidate: str, key: str, value: object, max_new_tokens: int) -> dict[str, float]:
-    """The round of `candidate` trained again with `policy.training.<key> = value`; its figures."""
+def round_inputs(run_dir: Path, registry: ModelRegistry, candidate: str) -> tuple[str, RewardModel, list[FeedbackEvent]]:
+    """What the policy job of `candidate`'s round had: its parent version, its reward model, and
+    the feedback stored up to its trigger."""
     manifest = registry.manifest("policies", candidate)
     rm_dir = registry.path("reward_models", manifest.reward_model_version)
     trigger = next(t for t in load_history(rm_dir)[0] if t.trigger_id == manifest.trigger_id)
-    events = feedback_until(run_dir, trigger.timestamp)
-    config = PolicyTrainingConfig.from_settings(Settings(), **{key: value})
-    rm = RewardModel.load(rm_dir / "model")
+    return manifest.parent_version, RewardModel.load(rm_dir / "model"), feedback_until(run_dir, trigger.timestamp)
+
+
+def replay(registry: ModelRegistry, parent: str, rm: RewardModel, events: list[FeedbackEvent], config: PolicyTrainingConfig, max_new_tokens: int) -> dict[str, float]:
+    """One round's policy job trained again from `parent` with `config`; the candidate's figures
+    (its answers `max_new_tokens` long, as every version's are measured)."""
     train_queries, eval_queries = split_policy_queries(events)
     with tempfile.TemporaryDirectory() as out:
         started = time.monotonic()
         metrics = optimise_policy(
-            "ppo", str(registry.path("policies", manifest.parent_version)), EnsembleReward(rm, config.uncertainty_penalty), train_queries, eval_queries,
+            "ppo", str(registry.path("policies", parent)), EnsembleReward(rm, config.uncertainty_penalty), train_queries, eval_queries,
             config, Path(out) / "policy", feedback_events=events, gate_fn=rm.gate_reward if rm.config.gate_head else None,
             original_path=str(registry.path("policies", "base")),
         )  # fmt: skip
         lm, tokenizer = load_policy(str(Path(out) / "policy"))
-        hidden = held_out_quality(LoadedPolicy(candidate, lm.eval(), tokenizer), max_new_tokens)
+        hidden = held_out_quality(LoadedPolicy("replayed", lm.eval(), tokenizer), max_new_tokens)
     return {"hidden": hidden, "events": len(events), "seconds": time.monotonic() - started, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
 
 
@@ -81,27 +85,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     key, values = args.vary[0], args.vary[1:]
-    default = getattr(PolicyTrainingConfig.from_settings(Settings()), key, None)
+    settings = load_settings()  # as the trainer reads them: rlhf.yaml (or $RLHF_CONFIG) under RLHF_* variables
+    default = getattr(PolicyTrainingConfig.from_settings(settings), key, None)
     if default is None or not values:
         parser.error(f"--vary: {key!r} is not a policy.training setting with a value, or no values were given")
     values = [v.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(v) for v in values]
-    values = values if default in values else [default, *values]
+    configs = {value: PolicyTrainingConfig.from_settings(settings, **{key: value}) for value in (values if default in values else [default, *values])}
     torch.set_num_threads(args.threads)
     quiet()
     results = json.loads((args.run_dir / "result.json").read_text())
     registry = ModelRegistry(args.run_dir / "state" / "registry")
-    max_new_tokens = PolicyTrainingConfig.from_settings(Settings()).max_new_tokens
+    max_new_tokens = configs[default].max_new_tokens
     print(f"{'round':>5} {key + ' (default ' + str(default) + ')':>34} {'hidden':>8} {'/ default':>10} {'parent':>8} {'events':>7} {'demos':>6} {'PPO it.':>8} {'s':>5}")
     for n, result in enumerate(results, start=1):
         candidate = result["candidate"]
         if (args.rounds and n not in args.rounds) or not registry.exists("policies", candidate):
             continue
-        parent = held_out_quality(load_version(registry, registry.manifest("policies", candidate).parent_version), max_new_tokens)
-        rows = {value: replay(args.run_dir, registry, candidate, key, value, max_new_tokens) for value in values}
+        parent, rm, events = round_inputs(args.run_dir, registry, candidate)
+        parent_hidden = held_out_quality(load_version(registry, parent), max_new_tokens)
+        rows = {value: replay(registry, parent, rm, events, config, max_new_tokens) for value, config in configs.items()}
         for value, row in rows.items():
-            print(f"{n:>5} {value!s:>34} {row['hidden']:>8.3f} {row['hidden'] / rows[default]['hidden']:>10.3f} {parent:>8.3f} {row['events']:>7} "
+            print(f"{n:>5} {value!s:>34} {row['hidden']:>8.3f} {row['hidden'] / rows[default]['hidden']:>10.3f} {parent_hidden:>8.3f} {row['events']:>7} "
                   f"{row.get('demonstrations', 0):>6.0f} {row.get('iterations', 0):>8.0f} {row['seconds']:>5.0f}", flush=True)  # fmt: skip
-
 
 if __name__ == "__main__":
     main()
