@@ -27,6 +27,7 @@ import torch
 
 from assistant.answering import LoadedPolicy, load_version
 from bench.policy_gain import quiet
+from core.errors import GuardrailRejection
 from core.settings import load_settings
 from demo.report import held_out_quality
 from registry.store import ModelRegistry
@@ -61,17 +62,21 @@ def round_inputs(run_dir: Path, registry: ModelRegistry, candidate: str) -> tupl
     return manifest.parent_version, RewardModel.load(rm_dir / "model"), feedback_until(run_dir, trigger.timestamp)
 
 
-def replay(registry: ModelRegistry, parent: str, rm: RewardModel, events: list[FeedbackEvent], config: PolicyTrainingConfig, max_new_tokens: int) -> dict[str, float]:
+def replay(registry: ModelRegistry, parent: str, rm: RewardModel, events: list[FeedbackEvent], config: PolicyTrainingConfig, max_new_tokens: int) -> dict[str, float | str]:
     """One round's policy job trained again from `parent` with `config`; the candidate's figures
-    (its answers `max_new_tokens` long, as every version's are measured)."""
+    (its answers `max_new_tokens` long, as every version's are measured). A candidate a guardrail
+    rejects is an outcome, as in the loop: its row says why, with no hidden preference."""
     train_queries, eval_queries = split_policy_queries(events)
     with tempfile.TemporaryDirectory() as out:
         started = time.monotonic()
-        metrics = optimise_policy(
-            "ppo", str(registry.path("policies", parent)), EnsembleReward(rm, config.uncertainty_penalty), train_queries, eval_queries,
-            config, Path(out) / "policy", feedback_events=events, gate_fn=rm.gate_reward if rm.config.gate_head else None,
-            original_path=str(registry.path("policies", "base")),
-        )  # fmt: skip
+        try:
+            metrics = optimise_policy(
+                "ppo", str(registry.path("policies", parent)), EnsembleReward(rm, config.uncertainty_penalty), train_queries, eval_queries,
+                config, Path(out) / "policy", feedback_events=events, gate_fn=rm.gate_reward if rm.config.gate_head else None,
+                original_path=str(registry.path("policies", "base")),
+            )  # fmt: skip
+        except GuardrailRejection as rejection:
+            return {"hidden": float("nan"), "events": len(events), "seconds": time.monotonic() - started, "rejected": str(rejection)}
         lm, tokenizer = load_policy(str(Path(out) / "policy"))
         hidden = held_out_quality(LoadedPolicy("replayed", lm.eval(), tokenizer), max_new_tokens)
     return {"hidden": hidden, "events": len(events), "seconds": time.monotonic() - started, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
@@ -106,7 +111,8 @@ def main() -> None:
         rows = {value: replay(registry, parent, rm, events, config, max_new_tokens) for value, config in configs.items()}
         for value, row in rows.items():
             print(f"{n:>5} {value!s:>34} {row['hidden']:>8.3f} {row['hidden'] / rows[default]['hidden']:>10.3f} {parent_hidden:>8.3f} {row['events']:>7} "
-                  f"{row.get('demonstrations', 0):>6.0f} {row.get('iterations', 0):>8.0f} {row['seconds']:>5.0f}", flush=True)  # fmt: skip
+                  f"{row.get('demonstrations', 0):>6.0f} {row.get('iterations', 0):>8.0f} {row['seconds']:>5.0f}"
+                  + (f"  rejected: {row['rejected']}" if "rejected" in row else ""), flush=True)  # fmt: skip
 
 if __name__ == "__main__":
     main()
