@@ -93,6 +93,7 @@ class ProducerSettings(Section):
 
 class RewardTrainingSettings(Section):
     epochs: int = Field(2, ge=1, description="Passes over the preference data (a trigger's buffer is small: one pass underfits it, more overfit the pairs).")
+    warm_epochs: int | None = Field(None, ge=1, description="Passes when the model continues from the previous round's (`continuous_learning.warm_start`), which has fitted the older history already; unset: `epochs`.")
     batch_size: int = Field(16, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate.")
     max_length: int = Field(128, ge=8, description="Tokens of the (query, response) input kept, up to the backbone's limit (MiniLM 512, SmolLM2 8192).")

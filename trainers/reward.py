@@ -436,7 +436,9 @@ def _warm_started(path: str | Path | None, config: RewardConfig) -> RewardModel 
     torch.manual_seed(config.seed)
     if config.disable_dropout:  # a saved config.json keeps the backbone's dropout rates
         _without_dropout(previous.model)
-    previous.config, previous.warm = config, True
+    # The previous model has fitted the older history: its config records the passes this version got.
+    previous.config = config.model_copy(update={"epochs": config.warm_epochs}) if config.warm_epochs else config
+    previous.warm = True
     return previous
 
 

@@ -140,10 +140,12 @@ def test_a_round_continues_from_the_previous_reward_model_when_it_fits(trained, 
     rm, _, previous, _ = trained
     events = feedback_events(split_questions()[0], 40, seed=4)
     newest = frozenset(e.event_id for e in events[:20])
-    warm, metrics = train_reward_model(events, rm.config.model_copy(update={"epochs": 1}), tmp_path / "rm-2", warm_start=previous, recent_ids=newest)
+    config = rm.config.model_copy(update={"epochs": 2, "warm_epochs": 1})
+    warm, metrics = train_reward_model(events, config, tmp_path / "rm-2", warm_start=previous, recent_ids=newest)
     assert warm.lineage["warm_start"] == str(previous) and metrics["data"]["recent"]["events"] == 20
-    fresh, _ = train_reward_model(events, rm.config.model_copy(update={"epochs": 1, "ensemble_members": 2}), tmp_path / "rm-3", warm_start=previous)
-    assert fresh.lineage["warm_start"] is None  # other heads: a fresh model
+    assert metrics["train"]["epochs"] == warm.config.epochs == 1  # a continued model takes warm_epochs passes
+    fresh, fresh_metrics = train_reward_model(events, config.model_copy(update={"ensemble_members": 2}), tmp_path / "rm-3", warm_start=previous)
+    assert fresh.lineage["warm_start"] is None and fresh_metrics["train"]["epochs"] == 2  # other heads: a fresh model, `epochs` passes
 
 
 def test_reward_is_the_sigmoid_of_the_score(trained):
