@@ -93,7 +93,7 @@ class ProducerSettings(Section):
 
 class RewardTrainingSettings(Section):
     epochs: int = Field(2, ge=1, description="Passes over the preference data (a trigger's buffer is small: one pass underfits it, more overfit the pairs).")
-    warm_epochs: int | None = Field(None, ge=1, description="Passes when the model continues from the previous round's (`continuous_learning.warm_start`), which has fitted the older history already; unset: `epochs`.")
+    warm_epochs: int | None = Field(1, ge=1, description="Passes when the model continues from the previous round's (`continuous_learning.warm_start`), which has fitted the older history already; None: `epochs`.")
     batch_size: int = Field(16, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate.")
     max_length: int = Field(128, ge=8, description="Tokens of the (query, response) input kept, up to the backbone's limit (MiniLM 512, SmolLM2 8192).")
@@ -121,8 +121,9 @@ class PolicyTrainingSettings(Section):
     uncertainty_penalty: float = Field(1.0, ge=0, description="PPO's reward is the reward-model ensemble's mean less this x its members' spread.")
     max_disagreement_growth: float = Field(2.0, gt=1, description="PPO stops (undoing the last update) once the ensemble's spread on a rollout passes this x the first rollout's.")
     demo_epochs: int = Field(30, ge=0, description="Supervised passes over the users' corrections before PPO starts (SFT then RL; PPO's KL is then held to the fine-tuned start).")
+    demo_max_steps: int = Field(1000, ge=1, description="Most optimiser steps of those supervised passes: once the history holds more corrections than `demo_epochs` passes fit in, each round takes fewer passes over them, so its cost stops growing with the history (~30 s on the tiny policy; a 5-round demo's last round takes ~840 steps, under it: capping at 360 cost 0.010-0.015 held-out hidden preference, bench/replay_round.py).")
     demo_learning_rate: float = Field(5e-4, gt=0, description="Learning rate of the supervised passes over the corrections (the tiny policy with 272 corrections, held-out hidden preference: 0.92 at 2e-4, 0.94 at 5e-4).")
-    demo_coef: float = Field(0.5, ge=0, description="Weight of a supervised loss on users' corrections beside the RL objective (0: corrections only train the reward model).")
+    demo_coef: float = Field(2.0, ge=0, description="Weight of a supervised loss on users' corrections beside the RL objective (0: corrections only train the reward model).")
     start_from: Literal["parent", "base"] = Field("parent", description="Train each round from the serving policy, or restart from the original base policy with the accumulated reward model.")
     reference: Literal["parent", "base"] = Field("parent", description="The policy PPO's KL penalty and kl_bound are measured against.")
     kl_base_bound: float = Field(1.0, gt=0, description="Per-token KL to the original base policy past which the gate rejects a candidate.")

@@ -73,9 +73,10 @@ def demonstration_loss(lm: nn.Module, batch: DemoBatch) -> torch.Tensor:
 
 
 def fit_demonstrations(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], *, epochs: int, batch_size: int,
-                       learning_rate: float, seed: int = 0) -> float:  # fmt: skip
-    """Supervised passes over `demos` (AdamW, shuffled mini-batches), in place; returns the last
-    epoch's mean loss (nan without demonstrations)."""
+                       learning_rate: float, seed: int = 0, max_steps: int | None = None) -> float:  # fmt: skip
+    """Supervised passes over `demos` (AdamW, shuffled mini-batches), in place, ending early after
+    `max_steps` optimiser steps if given; returns the last (possibly partial) epoch's mean loss
+    (nan without demonstrations)."""
     if not demos or epochs < 1:
         return float("nan")
     device = next(lm.parameters()).device
@@ -84,15 +85,17 @@ def fit_demonstrations(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, demos:
     order = list(demos)
     was_training = lm.training
     lm.train()
-    for _ in range(epochs):
-        rng.shuffle(order)
-        losses = []
-        for start in range(0, len(order), batch_size):
-            loss = demonstration_loss(lm, encode_demonstrations(tokenizer, order[start : start + batch_size], device=device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.item())
+    batch_starts = [start for _ in range(epochs) for start in range(0, len(order), batch_size)][:max_steps]
+    losses: list[float] = []
+    for start in batch_starts:
+        if start == 0:  # a new pass
+            rng.shuffle(order)
+            losses = []
+        loss = demonstration_loss(lm, encode_demonstrations(tokenizer, order[start : start + batch_size], device=device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
     lm.train(was_training)
     return sum(losses) / len(losses)

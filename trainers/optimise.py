@@ -138,7 +138,7 @@ def optimise_policy(
 
 def _fit_corrections(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]],
                      config: PolicyTrainingConfig) -> tuple[PreTrainedModel, float]:  # fmt: skip
-    """The users' corrections as supervised passes (`demo_epochs`); returns the fitted model and the
+    """The users' corrections as supervised passes (`demo_epochs`, at most `demo_max_steps` steps); returns the fitted model and the
     last epoch's loss. Under LoRA only adapters learn, merged afterwards: a full fine-tune of a real
     chat model on a few dozen corrections would overwrite what it knew."""
     if not demos or not config.demo_epochs:
@@ -148,7 +148,7 @@ def _fit_corrections(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, de
 
         lm = get_peft_model(lm, lora_config(config))
     loss = fit_demonstrations(lm, tokenizer, demos, epochs=config.demo_epochs, batch_size=config.mini_batch_size,
-                              learning_rate=config.demo_learning_rate, seed=config.seed)  # fmt: skip
+                              learning_rate=config.demo_learning_rate, seed=config.seed, max_steps=config.demo_max_steps)  # fmt: skip
     return (lm.merge_and_unload().requires_grad_(True) if config.lora_r else lm), loss
 
 

@@ -57,6 +57,7 @@ class PolicyTrainingConfig(BaseModel):
     uncertainty_penalty: float = Field(_YAML.uncertainty_penalty, ge=0, description="PPO's reward is the reward heads' mean less this x their spread (Coste et al. 2024).")
     max_disagreement_growth: float = Field(_YAML.max_disagreement_growth, gt=1, description="Stop PPO (undoing the last update) once the heads' spread on a rollout passes this x the first rollout's (or x 0.01, if that is larger).")
     demo_epochs: int = Field(_YAML.demo_epochs, ge=0, description="Supervised passes over the users' corrections before PPO (SFT then RL); 0: none.")
+    demo_max_steps: int = Field(_YAML.demo_max_steps, ge=1, description="Most optimiser steps of those supervised passes: past it, fewer passes (the cost stays bounded as corrections accumulate).")
     demo_learning_rate: float = Field(_YAML.demo_learning_rate, gt=0, description="AdamW learning rate of the supervised passes over the corrections (`demo_epochs`).")
     demo_coef: float = Field(_YAML.demo_coef, ge=0, description="Weight of the supervised loss on users' corrections beside the PPO loss (0: corrections only teach the reward model).")
     start_from: Literal["parent", "base"] = Field(_YAML.start_from, description="Each round trains from the serving policy (`parent`) or restarts from the original base policy with the accumulated reward model (`base`).")
@@ -105,7 +106,7 @@ class PolicyTrainingConfig(BaseModel):
             "epochs": t.epochs, "batch_size": t.batch_size, "mini_batch_size": t.mini_batch_size, "ppo_epochs": t.ppo_epochs,
             "learning_rate": t.learning_rate, "init_kl_coef": t.kl_coef, "target_kl": t.target_kl,
             "max_new_tokens": t.max_new_tokens, "min_rating": settings.feedback.min_rating,
-            **{k: getattr(t, k) for k in ("uncertainty_penalty", "max_disagreement_growth", "demo_epochs", "demo_learning_rate", "demo_coef", "start_from", "reference", "kl_base_bound",
+            **{k: getattr(t, k) for k in ("uncertainty_penalty", "max_disagreement_growth", "demo_epochs", "demo_max_steps", "demo_learning_rate", "demo_coef", "start_from", "reference", "kl_base_bound",
                                           "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "grad_accumulation_steps", "checkpoint_every")},
         }  # fmt: skip
         return cls(**{**values, **overrides})

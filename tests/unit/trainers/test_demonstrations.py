@@ -52,3 +52,18 @@ def test_the_supervised_term_teaches_the_corrected_answer():
     assert demonstration_loss(lm, batch).item() < before / 4
     answer = sample(lm, tok, [demo[0][0]], max_new_tokens=32, temperature=1.0, top_p=1.0, greedy=True).responses[0]
     assert answer == demo[0][1]
+
+
+def test_the_supervised_passes_stop_at_max_steps(monkeypatch):
+    import trainers.demonstrations as demonstrations
+
+    lm, tok = load_policy("tiny")
+    seen: list[int] = []  # demonstrations in each step's batch
+    real_loss = demonstrations.demonstration_loss
+    monkeypatch.setattr(demonstrations, "demonstration_loss", lambda lm, batch: seen.append(len(batch.input_ids)) or real_loss(lm, batch))
+    demos = [(f"How do I open item {n} in Mail?", f"Open Mail, then item {n}.") for n in range(5)]
+    fit_demonstrations(lm, tok, demos, epochs=4, batch_size=2, learning_rate=1e-4)
+    assert seen == [2, 2, 1] * 4  # 4 passes of 3 batches
+    seen.clear()
+    fit_demonstrations(lm, tok, demos, epochs=4, batch_size=2, learning_rate=1e-4, max_steps=7)
+    assert seen == [2, 2, 1, 2, 2, 1, 2]  # two whole passes, then the cap
