@@ -138,9 +138,10 @@ def optimise_policy(
 
 def _fit_corrections(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]],
                      config: PolicyTrainingConfig) -> tuple[PreTrainedModel, float]:  # fmt: skip
-    """The users' corrections as supervised passes (`demo_epochs`, at most `demo_max_steps` steps); returns the fitted model and the
-    last epoch's loss. Under LoRA only adapters learn, merged afterwards: a full fine-tune of a real
-    chat model on a few dozen corrections would overwrite what it knew."""
+    """The users' corrections as supervised passes (`demo_epochs`, at most `demo_max_steps` steps);
+    returns the fitted model and the last epoch's loss. Under LoRA only adapters learn, merged
+    afterwards: a full fine-tune of a real chat model on a few dozen corrections would overwrite
+    what it knew."""
     if not demos or not config.demo_epochs:
         return lm, float("nan")
     if config.lora_r:

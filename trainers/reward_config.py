@@ -36,7 +36,7 @@ class RewardConfig(BaseModel):
 
     # Optimisation
     epochs: int = Field(_TRAIN.epochs, ge=1, description="Passes over the training pairs and points.")
-    warm_epochs: int | None = Field(_TRAIN.warm_epochs, ge=1, description="Passes when continuing from a previous reward model; unset: `epochs`.")
+    warm_epochs: int | None = Field(_TRAIN.warm_epochs, ge=1, description="Passes when continuing from a previous reward model; None: `epochs`.")
     batch_size: int = Field(_TRAIN.batch_size, ge=1, description="Pairs (or pointwise examples) per optimiser step.")
     learning_rate: float = Field(_TRAIN.learning_rate, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
