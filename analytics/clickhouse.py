@@ -26,7 +26,18 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
-from analytics.tables import COUNTS, CONSUMER_LAG, DEAD_LETTERS, ERASURES, EVENT_TABLES, EXPERIMENTS, USER_TABLES, WINDOW_METRICS, Table, dead_letter_names_user
+from analytics.tables import (
+    COUNTS,
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    ERASURES,
+    EVENT_TABLES,
+    EXPERIMENTS,
+    USER_TABLES,
+    WINDOW_METRICS,
+    Table,
+    dead_letter_names_user,
+)
 from core.settings import Settings
 
 Mode = Literal["chdb", "server"]
@@ -42,10 +53,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Created as analytics.tables declares them. A later column change needs its own migration
     # (ALTER ... IF NOT EXISTS), which a fresh database, created in the new shape here, passes through.
     Migration("0001_event_tables", tuple(table.ddl() for table in EVENT_TABLES)),
-    Migration("0002_variant_daily", (
-        # One row per (experiment, variant, model version, day), fed by three views; a view
-        # leaves the columns it does not produce at their zero state.
-        """CREATE TABLE IF NOT EXISTS variant_daily (
+    Migration(
+        "0002_variant_daily",
+        (
+            # One row per (experiment, variant, model version, day), fed by three views; a view
+            # leaves the columns it does not produce at their zero state.
+            """CREATE TABLE IF NOT EXISTS variant_daily (
             experiment LowCardinality(String), variant LowCardinality(String), model_version LowCardinality(String), day Date,
             users_exposed AggregateFunction(uniqExact, String),
             exposures SimpleAggregateFunction(sum, UInt64),
@@ -59,14 +72,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             positives SimpleAggregateFunction(sum, UInt64),
             reward_sum SimpleAggregateFunction(sum, Float64)
         ) ENGINE = AggregatingMergeTree ORDER BY (experiment, variant, model_version, day)""",
-        """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_exposures_mv TO variant_daily AS
+            """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_exposures_mv TO variant_daily AS
             SELECT experiment, variant, model_version, toDate(ts) AS day,
                    uniqExactState(user_id) AS users_exposed, toUInt64(count()) AS exposures
             FROM exposures GROUP BY experiment, variant, model_version, day""",
-        """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_interactions_mv TO variant_daily AS
+            """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_interactions_mv TO variant_daily AS
             SELECT experiment, variant, model_version, toDate(ts) AS day, toUInt64(count()) AS interactions
             FROM interactions GROUP BY experiment, variant, model_version, day""",
-        """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_feedback_mv TO variant_daily AS
+            """CREATE MATERIALIZED VIEW IF NOT EXISTS variant_daily_feedback_mv TO variant_daily AS
             SELECT experiment, variant, model_version, toDate(ts) AS day,
                    toUInt64(count()) AS feedback,
                    toUInt64(countIf(feedback_type = 'thumbs_up')) AS thumbs_up,
@@ -77,12 +90,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                    toUInt64(sum(positive)) AS positives,
                    sum(reward) AS reward_sum
             FROM feedback GROUP BY experiment, variant, model_version, day""",
-    )),
+        ),
+    ),
     Migration("0003_experiments", (EXPERIMENTS.ddl(),)),
     Migration("0004_dead_letters_and_lag", (DEAD_LETTERS.ddl(), CONSUMER_LAG.ddl())),
     Migration("0005_erasures", (ERASURES.ddl(),)),
-    Migration("0006_pii_counts", (f"ALTER TABLE {WINDOW_METRICS.name} ADD COLUMN IF NOT EXISTS pii {COUNTS.sql} AFTER rating_count",)),
+    Migration(
+        "0006_pii_counts", (f"ALTER TABLE {WINDOW_METRICS.name} ADD COLUMN IF NOT EXISTS pii {COUNTS.sql} AFTER rating_count",)
+    ),
 )
+
 
 @dataclass
 class Warehouse:
@@ -112,8 +129,13 @@ class Warehouse:
         with self.locked() as c:
             if id_col is not None and rows.num_rows:
                 ids = rows.column(id_col).to_pylist()
-                stored = {r[0] for r in c.query(f"SELECT DISTINCT {id_col} FROM {table.name} WHERE {id_col} IN {{ids:Array(String)}}",
-                                                parameters={"ids": ids}).result_rows}
+                stored = {
+                    r[0]
+                    for r in c.query(
+                        f"SELECT DISTINCT {id_col} FROM {table.name} WHERE {id_col} IN {{ids:Array(String)}}",
+                        parameters={"ids": ids},
+                    ).result_rows
+                }
                 if stored:
                     rows = rows.filter(pa.array([i not in stored for i in ids]))
             if rows.num_rows:
@@ -179,8 +201,10 @@ def open_warehouse(settings: Settings) -> Warehouse:
 
 def apply_migrations(client: Client) -> list[str]:
     """Apply the migrations not yet recorded; returns the ids applied now."""
-    client.command("CREATE TABLE IF NOT EXISTS schema_migrations (id String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-                   "ENGINE = ReplacingMergeTree ORDER BY id")
+    client.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (id String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY id"
+    )
     done = {r[0] for r in client.query("SELECT id FROM schema_migrations FINAL").result_rows}
     applied = []
     for migration in MIGRATIONS:

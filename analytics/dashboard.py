@@ -48,7 +48,9 @@ def bucket_for(span_s: float) -> int:
 
 
 def _duration(seconds: int) -> str:
-    return f"{seconds // 86_400} d" if seconds >= 86_400 else f"{seconds // 3600} h" if seconds >= 3600 else f"{seconds // 60} min"
+    return (
+        f"{seconds // 86_400} d" if seconds >= 86_400 else f"{seconds // 3600} h" if seconds >= 3600 else f"{seconds // 60} min"
+    )
 
 
 def frame_json(frame: pd.DataFrame) -> Response:
@@ -63,7 +65,11 @@ def create_app(warehouse: Warehouse, settings: Settings) -> FastAPI:
     def key_holder(request: Request) -> None:
         """A browser cannot set a header on a link: the key may come as `?key=` too."""
         if not keys.open and not keys.matches(bearer(request) or request.query_params.get("key")):
-            raise HTTPException(401, "missing or invalid dashboard key: send `Authorization: Bearer <key>` or `?key=<key>`", headers=WWW_AUTHENTICATE)
+            raise HTTPException(
+                401,
+                "missing or invalid dashboard key: send `Authorization: Bearer <key>` or `?key=<key>`",
+                headers=WWW_AUTHENTICATE,
+            )
 
     app = FastAPI(title="rlhf-stream analytics", docs_url=None, redoc_url=None)
     private = APIRouter(dependencies=[Depends(key_holder)])
@@ -109,7 +115,9 @@ class Panel:
 def _panel_html(p: Panel) -> str:
     body = p.body if p.rows else '<p class="empty">no data yet</p>'
     wide = " wide" if p.wide else ""
-    return f'<section class="panel{wide}" data-panel="{p.name}" data-rows="{p.rows}"><h2>{html.escape(p.title)}</h2>{body}</section>'
+    return (
+        f'<section class="panel{wide}" data-panel="{p.name}" data-rows="{p.rows}"><h2>{html.escape(p.title)}</h2>{body}</section>'
+    )
 
 
 def _table(frame: pd.DataFrame, max_rows: int = 30) -> str:
@@ -129,7 +137,7 @@ def _decision_html(decisions: tuple[Decision, ...]) -> str:
             f"(p={down.sequential_p:.3g}); mean rating {rating.control.estimate:.2f} &rarr; {rating.treatment.estimate:.2f} "
             f"(p={rating.sequential_p:.3g}); SRM p={d.srm.p_value:.3g}; detectable rise {d.mde_abs:.3f}. "
             f"Per event (descriptive, ignores users): {e.n_control:.0f} / {e.n_treatment:.0f} events, z-test p={e.p_value:.3g}</div>"
-        )  # fmt: skip
+        )
     return "".join(items)
 
 
@@ -151,20 +159,56 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
     letters = run_query(warehouse, "dead_letters_by_topic")
     pii = run_query(warehouse, "pii_found", {"bucket_s": bucket})
     return [
-        Panel("feedback_volume", f"Feedback volume (per {_duration(bucket)})", len(volume), plots.feedback_volume(volume, bucket) if len(volume) else ""),
-        Panel("positive_rate", f"Positive rate over time by variant ({experiment})", len(rate), plots.positive_rate(rate) if len(rate) else ""),
-        Panel("ab_results", f"A/B results per user: {experiment}", exposed,
-              plots.ab_intervals(decisions, settings.ab_testing.alpha) + _decision_html(decisions) if exposed else ""),
-        Panel("experiments", "Experiments: open, and decided with the lift they were decided on", len(lifecycle),
-              (plots.experiment_lifts(lifecycle) if lifecycle["lift"].notna().any() else "") + _table(lifecycle) if len(lifecycle) else ""),
-        Panel("training_runs", "Training runs: reward and KL", len(runs),
-              (plots.training(curve) if len(curve) else "") + _table(runs) if len(runs) else ""),
+        Panel(
+            "feedback_volume",
+            f"Feedback volume (per {_duration(bucket)})",
+            len(volume),
+            plots.feedback_volume(volume, bucket) if len(volume) else "",
+        ),
+        Panel(
+            "positive_rate",
+            f"Positive rate over time by variant ({experiment})",
+            len(rate),
+            plots.positive_rate(rate) if len(rate) else "",
+        ),
+        Panel(
+            "ab_results",
+            f"A/B results per user: {experiment}",
+            exposed,
+            plots.ab_intervals(decisions, settings.ab_testing.alpha) + _decision_html(decisions) if exposed else "",
+        ),
+        Panel(
+            "experiments",
+            "Experiments: open, and decided with the lift they were decided on",
+            len(lifecycle),
+            (plots.experiment_lifts(lifecycle) if lifecycle["lift"].notna().any() else "") + _table(lifecycle)
+            if len(lifecycle)
+            else "",
+        ),
+        Panel(
+            "training_runs",
+            "Training runs: reward and KL",
+            len(runs),
+            (plots.training(curve) if len(curve) else "") + _table(runs) if len(runs) else "",
+        ),
         Panel("consumer_lag", "Consumer lag per group and topic (sampled by the sink)", len(lag), _table(lag)),
         Panel("dead_letters", "Dead letters per DLQ and origin topic", len(letters), _table(letters)),
-        Panel("pii_found", f"PII found in feedback per type (per {_duration(bucket)}; privacy.mode {settings.privacy.mode})", len(pii),
-              _table(pii.pivot_table(index="bucket", columns="pii_type", values="found", aggfunc="sum", fill_value=0).reset_index()) if len(pii) else ""),
-        Panel("variant_daily", "Per experiment, variant, model version and day (materialized view)", len(daily), _table(daily), wide=True),
-    ]  # fmt: skip
+        Panel(
+            "pii_found",
+            f"PII found in feedback per type (per {_duration(bucket)}; privacy.mode {settings.privacy.mode})",
+            len(pii),
+            _table(pii.pivot_table(index="bucket", columns="pii_type", values="found", aggfunc="sum", fill_value=0).reset_index())
+            if len(pii)
+            else "",
+        ),
+        Panel(
+            "variant_daily",
+            "Per experiment, variant, model version and day (materialized view)",
+            len(daily),
+            _table(daily),
+            wide=True,
+        ),
+    ]
 
 
 _STYLE = """

@@ -35,35 +35,86 @@ from analytics.stats import Real
 from core.settings import ABTestingSettings, Settings
 
 Action = Literal["promote", "rollback", "keep_running"]
-Rule = Literal["no_data", "sample_ratio_mismatch", "too_few_users", "thumbs_down_rose", "rating_fell",
-               "positive_rate_rose", "positive_rate_fell", "no_verdict"]  # fmt: skip
+Rule = Literal[
+    "no_data",
+    "sample_ratio_mismatch",
+    "too_few_users",
+    "thumbs_down_rose",
+    "rating_fell",
+    "positive_rate_rose",
+    "positive_rate_fell",
+    "no_verdict",
+]
 ACTIONS: Mapping[Rule, Action] = {
-    "no_data": "keep_running", "sample_ratio_mismatch": "keep_running", "too_few_users": "keep_running",
-    "thumbs_down_rose": "rollback", "rating_fell": "rollback", "positive_rate_rose": "promote", "positive_rate_fell": "rollback",
+    "no_data": "keep_running",
+    "sample_ratio_mismatch": "keep_running",
+    "too_few_users": "keep_running",
+    "thumbs_down_rose": "rollback",
+    "rating_fell": "rollback",
+    "positive_rate_rose": "promote",
+    "positive_rate_fell": "rollback",
     "no_verdict": "keep_running",
-}  # fmt: skip
+}
 
 # The per-user sums of one variant, as the `ab_users` query names them (see its description).
 SUM_COLUMNS = (
-    "users_exposed", "users", "feedback", "feedback_sq", "positives", "positives_sq", "positives_feedback",
-    "thumbs_down", "thumbs_down_sq", "thumbs_down_feedback", "rating_users", "ratings", "ratings_sq", "rating_sum",
-    "rating_sum_sq", "rating_sum_ratings", "history_users", "history_rate", "history_rate_sq", "history_positives",
-    "history_rate_positives", "history_feedback", "history_rate_feedback",
-)  # fmt: skip
+    "users_exposed",
+    "users",
+    "feedback",
+    "feedback_sq",
+    "positives",
+    "positives_sq",
+    "positives_feedback",
+    "thumbs_down",
+    "thumbs_down_sq",
+    "thumbs_down_feedback",
+    "rating_users",
+    "ratings",
+    "ratings_sq",
+    "rating_sum",
+    "rating_sum_sq",
+    "rating_sum_ratings",
+    "history_users",
+    "history_rate",
+    "history_rate_sq",
+    "history_positives",
+    "history_rate_positives",
+    "history_feedback",
+    "history_rate_feedback",
+)
 
 
-def user_terms(feedback: Any, positives: Any, thumbs_down: Any, ratings: Any, rating_sum: Any, history: Any, history_rate: Any) -> dict[str, Any]:
+def user_terms(
+    feedback: Any, positives: Any, thumbs_down: Any, ratings: Any, rating_sum: Any, history: Any, history_rate: Any
+) -> dict[str, Any]:
     """Each user's terms whose sums over users are the SUM_COLUMNS but `users_exposed`, as the
     `ab_users` query forms them in SQL: for per-user figures held in numpy or pandas (simulations,
     checks). `history` is 1 for a user with pre-experiment feedback, `history_rate` its positive rate (else 0)."""
     f, p, d, r, s, h, x = feedback, positives, thumbs_down, ratings, rating_sum, history, history_rate
     return {
-        "users": f * 0 + 1, "feedback": f, "feedback_sq": f * f, "positives": p, "positives_sq": p * p, "positives_feedback": p * f,
-        "thumbs_down": d, "thumbs_down_sq": d * d, "thumbs_down_feedback": d * f, "rating_users": (r > 0) * 1.0, "ratings": r,
-        "ratings_sq": r * r, "rating_sum": s, "rating_sum_sq": s * s, "rating_sum_ratings": s * r, "history_users": h,
-        "history_rate": x, "history_rate_sq": x * x, "history_positives": h * p, "history_rate_positives": x * p,
-        "history_feedback": h * f, "history_rate_feedback": x * f,
-    }  # fmt: skip
+        "users": f * 0 + 1,
+        "feedback": f,
+        "feedback_sq": f * f,
+        "positives": p,
+        "positives_sq": p * p,
+        "positives_feedback": p * f,
+        "thumbs_down": d,
+        "thumbs_down_sq": d * d,
+        "thumbs_down_feedback": d * f,
+        "rating_users": (r > 0) * 1.0,
+        "ratings": r,
+        "ratings_sq": r * r,
+        "rating_sum": s,
+        "rating_sum_sq": s * s,
+        "rating_sum_ratings": s * r,
+        "history_users": h,
+        "history_rate": x,
+        "history_rate_sq": x * x,
+        "history_positives": h * p,
+        "history_rate_positives": x * p,
+        "history_feedback": h * f,
+        "history_rate_feedback": x * f,
+    }
 
 
 @dataclass(frozen=True)
@@ -86,14 +137,25 @@ class Arm:
         s = {k: float(v) if v.ndim == 0 else v for k, v in s.items()}
         users, feedback, feedback_sq = s["users"], s["feedback"], s["feedback_sq"]
         return cls(
-            variant, s["users_exposed"],
+            variant,
+            s["users_exposed"],
             stats.RatioMoments(users, s["positives"], feedback, s["positives_sq"], feedback_sq, s["positives_feedback"]),
             stats.RatioMoments(users, s["thumbs_down"], feedback, s["thumbs_down_sq"], feedback_sq, s["thumbs_down_feedback"]),
-            stats.RatioMoments(s["rating_users"], s["rating_sum"], s["ratings"], s["rating_sum_sq"], s["ratings_sq"], s["rating_sum_ratings"]),
-            stats.history_covariates(s["history_users"], s["history_rate"], s["history_rate_sq"], s["history_positives"],
-                                     s["history_rate_positives"], s["history_feedback"], s["history_rate_feedback"]),
-            model_version, policy,
-        )  # fmt: skip
+            stats.RatioMoments(
+                s["rating_users"], s["rating_sum"], s["ratings"], s["rating_sum_sq"], s["ratings_sq"], s["rating_sum_ratings"]
+            ),
+            stats.history_covariates(
+                s["history_users"],
+                s["history_rate"],
+                s["history_rate_sq"],
+                s["history_positives"],
+                s["history_rate_positives"],
+                s["history_feedback"],
+                s["history_rate_feedback"],
+            ),
+            model_version,
+            policy,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,8 +180,16 @@ class Comparison:
 
 
 def compare(metric: str, t: stats.Estimate, c: stats.Estimate, alpha: float) -> Comparison:
-    return Comparison(metric, stats.interval(c, alpha), stats.interval(t, alpha), stats.relative_lift(t, c, alpha),
-                      stats.z_test(t, c), stats.sequential(t, c).p_value, c.n, t.n)  # fmt: skip
+    return Comparison(
+        metric,
+        stats.interval(c, alpha),
+        stats.interval(t, alpha),
+        stats.relative_lift(t, c, alpha),
+        stats.z_test(t, c),
+        stats.sequential(t, c).p_value,
+        c.n,
+        t.n,
+    )
 
 
 @dataclass(frozen=True)
@@ -137,14 +207,17 @@ def compare_arms(c: Arm, t: Arm, alpha: float) -> Comparisons:
     plain_t, plain_c = stats.ratio(t.positives), stats.ratio(c.positives)
     per_event_t, per_event_c = (stats.ratio(stats.events_as_units(a.positives.y, a.positives.w)) for a in (t, c))
     with np.errstate(divide="ignore", invalid="ignore"):
-        variance_ratio = (np.asarray(adjusted_t.variance) + adjusted_c.variance) / (np.asarray(plain_t.variance) + plain_c.variance)
+        variance_ratio = (np.asarray(adjusted_t.variance) + adjusted_c.variance) / (
+            np.asarray(plain_t.variance) + plain_c.variance
+        )
     return Comparisons(
         compare("positive_rate", adjusted_t, adjusted_c, alpha),
         compare("thumbs_down_rate", stats.ratio(t.thumbs_down), stats.ratio(c.thumbs_down), alpha),
         compare("mean_rating", stats.ratio(t.rating), stats.ratio(c.rating), alpha),
         compare("positive_rate_per_event", per_event_t, per_event_c, alpha),
-        stats.mde(adjusted_t, adjusted_c, alpha), stats.as_real(variance_ratio),
-    )  # fmt: skip
+        stats.mde(adjusted_t, adjusted_c, alpha),
+        stats.as_real(variance_ratio),
+    )
 
 
 def rule_of(c: Arm, t: Arm, cmp: Comparisons, srm_mismatch: bool, ab: ABTestingSettings) -> Rule | npt.NDArray[np.str_]:
@@ -183,7 +256,9 @@ class Decision:
     cuped_variance_ratio: float
 
     def summary(self) -> str:
-        return f"{self.experiment}: {self.action} {self.treatment} ({self.treatment_model}) vs {self.control}: " + "; ".join(self.reasons)
+        return f"{self.experiment}: {self.action} {self.treatment} ({self.treatment_model}) vs {self.control}: " + "; ".join(
+            self.reasons
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe (NaN and infinities become None)."""
@@ -193,16 +268,30 @@ class Decision:
         """The figures behind the decision, flat and finite (what an ExperimentDecided records)."""
         p, (down, rating), e = self.primary, self.guardrails, self.per_event
         values = {
-            "lift": p.lift.estimate, "lift_low": p.lift.low, "lift_high": p.lift.high, "p_value": p.p_value, "sequential_p": p.sequential_p,
-            "positive_rate_control": p.control.estimate, "positive_rate_treatment": p.treatment.estimate,
-            "users_control": self.users[self.control], "users_treatment": self.users[self.treatment],
-            "feedback_users_control": p.n_control, "feedback_users_treatment": p.n_treatment,
-            "thumbs_down_lift": down.lift.estimate, "thumbs_down_sequential_p": down.sequential_p,
-            "rating_lift": rating.lift.estimate, "rating_sequential_p": rating.sequential_p,
-            "srm_chi2": self.srm.chi2, "srm_p": self.srm.p_value, "mde_abs": self.mde_abs, "cuped_variance_ratio": self.cuped_variance_ratio,
-            "events_control": e.n_control, "events_treatment": e.n_treatment, "per_event_p_value": e.p_value,
+            "lift": p.lift.estimate,
+            "lift_low": p.lift.low,
+            "lift_high": p.lift.high,
+            "p_value": p.p_value,
+            "sequential_p": p.sequential_p,
+            "positive_rate_control": p.control.estimate,
+            "positive_rate_treatment": p.treatment.estimate,
+            "users_control": self.users[self.control],
+            "users_treatment": self.users[self.treatment],
+            "feedback_users_control": p.n_control,
+            "feedback_users_treatment": p.n_treatment,
+            "thumbs_down_lift": down.lift.estimate,
+            "thumbs_down_sequential_p": down.sequential_p,
+            "rating_lift": rating.lift.estimate,
+            "rating_sequential_p": rating.sequential_p,
+            "srm_chi2": self.srm.chi2,
+            "srm_p": self.srm.p_value,
+            "mde_abs": self.mde_abs,
+            "cuped_variance_ratio": self.cuped_variance_ratio,
+            "events_control": e.n_control,
+            "events_treatment": e.n_treatment,
+            "per_event_p_value": e.p_value,
             "per_event_sequential_p": e.sequential_p,
-        }  # fmt: skip
+        }
         return {k: float(v) for k, v in values.items() if math.isfinite(v)}
 
 
@@ -229,13 +318,23 @@ def _decide_one(c: Arm, t: Arm, srm: stats.SrmResult, ab: ABTestingSettings, mod
     cmp = compare_arms(c, t, ab.alpha)
     rule: Rule = rule_of(c, t, cmp, srm.mismatch, ab)  # type: ignore[assignment]
     return Decision(
-        experiment=ab.experiment, action=ACTIONS[rule], rule=rule, control=c.variant, treatment=t.variant,
-        policy=t.policy or c.policy or "assistant", control_model=c.model_version or models[c.variant],
-        treatment_model=t.model_version or models[t.variant], reasons=(_reason(rule, c, t, cmp, srm, ab),),
-        users={c.variant: int(c.users_exposed), t.variant: int(t.users_exposed)}, primary=cmp.primary,
-        guardrails=(cmp.thumbs_down, cmp.rating), per_event=cmp.per_event, srm=srm, mde_abs=float(cmp.mde_abs),
+        experiment=ab.experiment,
+        action=ACTIONS[rule],
+        rule=rule,
+        control=c.variant,
+        treatment=t.variant,
+        policy=t.policy or c.policy or "assistant",
+        control_model=c.model_version or models[c.variant],
+        treatment_model=t.model_version or models[t.variant],
+        reasons=(_reason(rule, c, t, cmp, srm, ab),),
+        users={c.variant: int(c.users_exposed), t.variant: int(t.users_exposed)},
+        primary=cmp.primary,
+        guardrails=(cmp.thumbs_down, cmp.rating),
+        per_event=cmp.per_event,
+        srm=srm,
+        mde_abs=float(cmp.mde_abs),
         cuped_variance_ratio=float(cmp.cuped_variance_ratio),
-    )  # fmt: skip
+    )
 
 
 def _reason(rule: Rule, c: Arm, t: Arm, cmp: Comparisons, srm: stats.SrmResult, ab: ABTestingSettings) -> str:
@@ -256,7 +355,11 @@ def _reason(rule: Rule, c: Arm, t: Arm, cmp: Comparisons, srm: stats.SrmResult, 
             return f"positive rate rose {_fmt(primary)}, lift {primary.lift.estimate:+.1%} [{primary.lift.low:+.1%}, {primary.lift.high:+.1%}]"
         case "positive_rate_fell":
             return f"positive rate fell {_fmt(primary)}"
-    why = f"lift {primary.lift.estimate:+.1%} does not beat min_lift {ab.min_lift:+.1%}" if primary.significant(ab.alpha) else "no significant difference yet"
+    why = (
+        f"lift {primary.lift.estimate:+.1%} does not beat min_lift {ab.min_lift:+.1%}"
+        if primary.significant(ab.alpha)
+        else "no significant difference yet"
+    )
     return f"{why} {_fmt(primary)}; detectable rise at this size: {cmp.mde_abs:.3f}"
 
 
@@ -290,6 +393,11 @@ def report(decisions: Sequence[Decision]) -> dict[str, Any]:
     first = decisions[0]
     empty = all(d.rule == "no_data" for d in decisions)
     users = {name: n for d in decisions for name, n in d.users.items()}
-    return {"experiment": first.experiment, "decision": "no_data" if empty else first.action,
-            "reason": f"{first.experiment}: no data yet" if empty else first.summary(), "users": users,
-            "statistics": first.statistics(), "decisions": [{"summary": d.summary(), **d.as_dict()} for d in decisions]}  # fmt: skip
+    return {
+        "experiment": first.experiment,
+        "decision": "no_data" if empty else first.action,
+        "reason": f"{first.experiment}: no data yet" if empty else first.summary(),
+        "users": users,
+        "statistics": first.statistics(),
+        "decisions": [{"summary": d.summary(), **d.as_dict()} for d in decisions],
+    }

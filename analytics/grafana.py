@@ -52,10 +52,23 @@ def grafana_sql(name: str) -> str:
 
 
 def _panel(panel_id: int, name: str, title: str, kind: str, pos: dict[str, int]) -> dict[str, Any]:
-    target = {"datasource": DATASOURCE, "editorType": "sql", "queryType": "sql", "refId": "A", "rawSql": grafana_sql(name),
-              "format": _TIME_SERIES if kind == "timeseries" else _TABLE}  # fmt: skip
-    return {"id": panel_id, "type": kind, "title": title, "description": get_query(name).description, "datasource": DATASOURCE,
-            "gridPos": pos, "targets": [target]}  # fmt: skip
+    target = {
+        "datasource": DATASOURCE,
+        "editorType": "sql",
+        "queryType": "sql",
+        "refId": "A",
+        "rawSql": grafana_sql(name),
+        "format": _TIME_SERIES if kind == "timeseries" else _TABLE,
+    }
+    return {
+        "id": panel_id,
+        "type": kind,
+        "title": title,
+        "description": get_query(name).description,
+        "datasource": DATASOURCE,
+        "gridPos": pos,
+        "targets": [target],
+    }
 
 
 def dashboard() -> dict[str, Any]:
@@ -66,8 +79,15 @@ def dashboard() -> dict[str, Any]:
         panels.append(_panel(panel_id, name, title, kind, {"x": x, "y": y, "w": width, "h": height}))
         x, row_height = x + width, max(row_height, height)
     return {
-        "__inputs": [{"name": "DS_CLICKHOUSE", "label": "ClickHouse", "type": "datasource", "pluginId": "grafana-clickhouse-datasource",
-                      "pluginName": "ClickHouse"}],
+        "__inputs": [
+            {
+                "name": "DS_CLICKHOUSE",
+                "label": "ClickHouse",
+                "type": "datasource",
+                "pluginId": "grafana-clickhouse-datasource",
+                "pluginName": "ClickHouse",
+            }
+        ],
         "title": "rlhf-stream analytics",
         "uid": "rlhf-stream-analytics",
         "editable": True,
@@ -75,11 +95,22 @@ def dashboard() -> dict[str, Any]:
         "time": {"from": "now-7d", "to": "now"},
         "refresh": "30s",
         # The assistant starts one experiment per candidate (`policy-ab:<version>`): offer them, latest first.
-        "templating": {"list": [{"name": "experiment", "label": "experiment", "type": "query", "datasource": DATASOURCE,
-                                 "query": f"SELECT experiment FROM ({grafana_sql('experiments')})", "refresh": 2,
-                                 "sort": 0, "current": {}}]},
+        "templating": {
+            "list": [
+                {
+                    "name": "experiment",
+                    "label": "experiment",
+                    "type": "query",
+                    "datasource": DATASOURCE,
+                    "query": f"SELECT experiment FROM ({grafana_sql('experiments')})",
+                    "refresh": 2,
+                    "sort": 0,
+                    "current": {},
+                }
+            ]
+        },
         "panels": panels,
-    }  # fmt: skip
+    }
 
 
 def render() -> str:

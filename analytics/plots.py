@@ -19,7 +19,7 @@ def _svg(fig: Figure) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     text = buf.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prologue: the SVG is inlined in HTML
+    return text[text.index("<svg") :]  # drop the XML prologue: the SVG is inlined in HTML
 
 
 def _figure(rows: int = 1) -> tuple[Figure, Sequence]:
@@ -76,8 +76,14 @@ def ab_intervals(decisions: Sequence[Decision], alpha: float) -> str:
     lifts = [d.primary.lift for d in decisions]
     colours = {"promote": "#2e7d32", "rollback": "#c62828", "keep_running": "#757575"}
     for i, (d, iv) in enumerate(zip(decisions, lifts)):
-        lift.errorbar([i], [iv.estimate * 100], yerr=[[(iv.estimate - iv.low) * 100], [(iv.high - iv.estimate) * 100]],
-                      fmt="s", capsize=5, color=colours[d.action])  # fmt: skip
+        lift.errorbar(
+            [i],
+            [iv.estimate * 100],
+            yerr=[[(iv.estimate - iv.low) * 100], [(iv.high - iv.estimate) * 100]],
+            fmt="s",
+            capsize=5,
+            color=colours[d.action],
+        )
     lift.axhline(0, color="black", linewidth=0.8)
     lift.set_xticks(range(len(decisions)), [f"{d.treatment} vs {d.control}: {d.action}" for d in decisions])
     lift.set_ylabel("relative lift of\npositive rate (%)")
@@ -91,10 +97,20 @@ def experiment_lifts(lifecycle: pd.DataFrame) -> str:
     colours = {"promote": "#2e7d32", "rollback": "#c62828"}
     for i, row in enumerate(decided.itertuples(index=False)):
         low, high = (row.lift_low, row.lift_high) if pd.notna(row.lift_low) and pd.notna(row.lift_high) else (row.lift, row.lift)
-        ax.errorbar([i], [row.lift * 100], yerr=[[(row.lift - low) * 100], [(high - row.lift) * 100]], fmt="s", capsize=5,
-                    color=colours.get(row.state, "#757575"))  # fmt: skip
+        ax.errorbar(
+            [i],
+            [row.lift * 100],
+            yerr=[[(row.lift - low) * 100], [(high - row.lift) * 100]],
+            fmt="s",
+            capsize=5,
+            color=colours.get(row.state, "#757575"),
+        )
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(decided)), [f"{str(e).rsplit(':', 1)[-1][:16]}\n{s}" for e, s in zip(decided["experiment_id"], decided["state"])], fontsize=7)
+    ax.set_xticks(
+        range(len(decided)),
+        [f"{str(e).rsplit(':', 1)[-1][:16]}\n{s}" for e, s in zip(decided["experiment_id"], decided["state"])],
+        fontsize=7,
+    )
     ax.set_ylabel("relative lift of\npositive rate (%)")
     return _svg(fig)
 

@@ -32,7 +32,9 @@ class NamedQuery:
         """Defaults overridden by `given`, each cast to its default's type (CLI and URL values arrive as text)."""
         unknown = set(given) - set(self.defaults)
         if unknown:
-            raise AnalyticsError(f"query {self.name!r} has no parameter {sorted(unknown)}; it takes {sorted(self.defaults) or 'none'}")
+            raise AnalyticsError(
+                f"query {self.name!r} has no parameter {sorted(unknown)}; it takes {sorted(self.defaults) or 'none'}"
+            )
         try:
             return {k: type(v)(given[k]) if k in given else v for k, v in self.defaults.items()}
         except ValueError as exc:
@@ -59,8 +61,10 @@ def _verdicts(where: str) -> str:
     mind (thumbs up, then down) counts once, with the later one; a correction is kept beside the
     verdict (schemas.events.FeedbackEvent.verdict_key, the trainers' rule). Filtering before the
     LIMIT BY is sound only on columns every verdict on one answer shares (experiment, user)."""
-    return (f"(SELECT * FROM feedback FINAL WHERE {where} "
-            "ORDER BY ts DESC, event_id DESC LIMIT 1 BY interaction_id, feedback_type = 'correction')")
+    return (
+        f"(SELECT * FROM feedback FINAL WHERE {where} "
+        "ORDER BY ts DESC, event_id DESC LIMIT 1 BY interaction_id, feedback_type = 'correction')"
+    )
 
 
 _EXPERIMENT_VERDICTS = _verdicts("experiment = {experiment:String}")
@@ -70,6 +74,7 @@ _EXPOSED_USERS_VERDICTS = _verdicts("user_id IN (SELECT user_id FROM exposed)")
 def _decided(key: str) -> str:
     """A statistic (analytics.decision.Decision.statistics) of an experiment's decision; NULL while open."""
     return f"argMaxIf({_metric(key, column='statistics')}, ts, kind = 'decided') AS {key}"
+
 
 _QUERIES = (
     NamedQuery(
@@ -141,8 +146,8 @@ _QUERIES = (
                if(countIf(kind = 'decided') > 0, argMaxIf(outcome, ts, kind = 'decided'), 'open') AS state,
                if(countIf(kind = 'decided') > 0, maxIf(ts, kind = 'decided'), NULL) AS decided,
                argMaxIf(serving_version, ts, kind = 'decided') AS serving_version,
-               {_decided('lift')}, {_decided('lift_low')}, {_decided('lift_high')}, {_decided('sequential_p')},
-               {_decided('users_control')}, {_decided('users_treatment')}, argMaxIf(reason, ts, kind = 'decided') AS reason
+               {_decided("lift")}, {_decided("lift_low")}, {_decided("lift_high")}, {_decided("sequential_p")},
+               {_decided("users_control")}, {_decided("users_treatment")}, argMaxIf(reason, ts, kind = 'decided') AS reason
         FROM experiments FINAL GROUP BY experiment_id ORDER BY started DESC LIMIT {{limit:UInt32}}
         """,
         {"limit": 50},

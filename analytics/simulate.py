@@ -63,8 +63,16 @@ class Simulation:
     promoted: Rates  # promote by the per-user analysis: the power when lift > 0
 
 
-def simulate(experiments: int, users: int, lift: float, peeks: int, ab: ABTestingSettings, seed: int,
-             population: Population = Population(), progress: Callable[[int], object] | None = None) -> Simulation:  # fmt: skip
+def simulate(
+    experiments: int,
+    users: int,
+    lift: float,
+    peeks: int,
+    ab: ABTestingSettings,
+    seed: int,
+    population: Population = Population(),
+    progress: Callable[[int], object] | None = None,
+) -> Simulation:
     """Simulate `experiments` experiments of `users` users per arm; `progress(n)` after each n experiments."""
     rng = np.random.default_rng(seed)
     looks = np.ceil(users * np.arange(1, peeks + 1) / peeks).astype(int)
@@ -75,7 +83,11 @@ def simulate(experiments: int, users: int, lift: float, peeks: int, ab: ABTestin
         control, treatment = (_arm_sums(rng, size, users, arm_lift, population, looks) for arm_lift in (0.0, lift))
         per_user = _actions(control, treatment, ab)
         per_event = _actions(_as_events(control), _as_events(treatment), ab)
-        for name, hit in (("per_user", per_user != "keep_running"), ("per_event", per_event != "keep_running"), ("promoted", per_user == "promote")):
+        for name, hit in (
+            ("per_user", per_user != "keep_running"),
+            ("per_event", per_event != "keep_running"),
+            ("promoted", per_user == "promote"),
+        ):
             decided[name] += (hit[:, -1].sum(), hit.any(axis=1).sum())
         rate_t, rate_c = (arm["positives"][:, -1] / arm["feedback"][:, -1] for arm in (treatment, control))
         lifts += float((rate_t / rate_c - 1).sum())
@@ -103,8 +115,18 @@ def _arm_sums(rng: np.random.Generator, size: int, users: int, lift: float, pop:
 def _as_events(sums: Sums) -> Sums:
     """The same arm with every event its own unit (a 0/1 outcome, so its square is itself), no history."""
     f, p, d = sums["feedback"], sums["positives"], sums["thumbs_down"]
-    return {"users_exposed": sums["users_exposed"], "users": f, "feedback": f, "feedback_sq": f, "positives": p, "positives_sq": p,
-            "positives_feedback": p, "thumbs_down": d, "thumbs_down_sq": d, "thumbs_down_feedback": d}  # fmt: skip
+    return {
+        "users_exposed": sums["users_exposed"],
+        "users": f,
+        "feedback": f,
+        "feedback_sq": f,
+        "positives": p,
+        "positives_sq": p,
+        "positives_feedback": p,
+        "thumbs_down": d,
+        "thumbs_down_sq": d,
+        "thumbs_down_feedback": d,
+    }
 
 
 def _actions(control: Sums, treatment: Sums, ab: ABTestingSettings) -> npt.NDArray[np.str_]:
@@ -115,8 +137,16 @@ def _actions(control: Sums, treatment: Sums, ab: ABTestingSettings) -> npt.NDArr
     return np.vectorize(ACTIONS.__getitem__, otypes=[str])(rules)
 
 
-def smallest_lift(users: int, peeks: int, ab: ABTestingSettings, seed: int, experiments: int, power: float = 0.8,
-                  steps: int = SEARCH_STEPS, progress: Callable[[int], object] | None = None) -> Simulation:  # fmt: skip
+def smallest_lift(
+    users: int,
+    peeks: int,
+    ab: ABTestingSettings,
+    seed: int,
+    experiments: int,
+    power: float = 0.8,
+    steps: int = SEARCH_STEPS,
+    progress: Callable[[int], object] | None = None,
+) -> Simulation:
     """The simulation at the smallest relative lift promoted (at any look) in at least `power` of the
     experiments, found by bisection over [0, 1] with `steps` simulations on the same seed after one
     at 1; when even a lift of 1 falls short, that simulation (check its `promoted.peeking`)."""

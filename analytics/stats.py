@@ -102,7 +102,9 @@ class Covariates:
     zw: Vector
 
 
-def history_covariates(users: Real, rate: Real, rate_sq: Real, users_y: Real, rate_y: Real, users_w: Real, rate_w: Real) -> Covariates:
+def history_covariates(
+    users: Real, rate: Real, rate_sq: Real, users_y: Real, rate_y: Real, users_w: Real, rate_w: Real
+) -> Covariates:
     """z = (h, x): h = 1 for a user with pre-experiment feedback, x = that feedback's positive rate
     (0 without). The indicator lets users without history keep a mean of their own instead of
     being treated as having a rate of 0. Arguments: sum(h), sum(x), sum(x^2), sum(h y), sum(x y),
@@ -111,7 +113,12 @@ def history_covariates(users: Real, rate: Real, rate_sq: Real, users_y: Real, ra
     def pair(a: Real, b: Real) -> Vector:
         return np.stack(np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)), axis=-1)
 
-    return Covariates(pair(users, rate), np.stack([pair(users, rate), pair(rate, rate_sq)], axis=-2), pair(users_y, rate_y), pair(users_w, rate_w))
+    return Covariates(
+        pair(users, rate),
+        np.stack([pair(users, rate), pair(rate, rate_sq)], axis=-2),
+        pair(users_y, rate_y),
+        pair(users_w, rate_w),
+    )
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,10 @@ class Table:
         partition = f" PARTITION BY {self.partition_by}" if self.partition_by else ""
         # A single key stays bare: ClickHouse would record `(id)` as a different sorting key than `id`.
         order = self.order_by[0] if len(self.order_by) == 1 else f"({', '.join(self.order_by)})"
-        return (f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(c.ddl for c in self.columns)}) "
-                f"ENGINE = {self.engine}{partition} ORDER BY {order}")  # fmt: skip
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(c.ddl for c in self.columns)}) "
+            f"ENGINE = {self.engine}{partition} ORDER BY {order}"
+        )
 
 
 def _columns(*pairs: tuple[str, ColumnType]) -> tuple[Column, ...]:
@@ -83,54 +85,146 @@ def _columns(*pairs: tuple[str, ColumnType]) -> tuple[Column, ...]:
 _AB = (("model_version", LABEL), ("experiment", LABEL), ("variant", LABEL))
 _MONTHLY = "toYYYYMM(ts)"
 
-INTERACTIONS = Table("interactions", _columns(
-    ("interaction_id", TEXT), ("user_id", TEXT), *_AB, ("latency_ms", FLOAT), ("query", TEXT), ("response", TEXT),
-), order_by=("interaction_id",), partition_by=_MONTHLY)  # fmt: skip
+INTERACTIONS = Table(
+    "interactions",
+    _columns(
+        ("interaction_id", TEXT),
+        ("user_id", TEXT),
+        *_AB,
+        ("latency_ms", FLOAT),
+        ("query", TEXT),
+        ("response", TEXT),
+    ),
+    order_by=("interaction_id",),
+    partition_by=_MONTHLY,
+)
 
 # positive and reward are derived once, at ingestion (consumers.sink.rows.feedback_row).
-FEEDBACK = Table("feedback", _columns(
-    ("event_id", TEXT), ("interaction_id", TEXT), ("user_id", TEXT), *_AB, ("policy", LABEL), ("feedback_type", LABEL),
-    ("rating", RATING), ("correction", TEXT), ("positive", FLAG), ("reward", FLOAT), ("query", TEXT), ("response", TEXT),
-    ("metadata", TEXT),
-), order_by=("event_id",), partition_by=_MONTHLY)  # fmt: skip
+FEEDBACK = Table(
+    "feedback",
+    _columns(
+        ("event_id", TEXT),
+        ("interaction_id", TEXT),
+        ("user_id", TEXT),
+        *_AB,
+        ("policy", LABEL),
+        ("feedback_type", LABEL),
+        ("rating", RATING),
+        ("correction", TEXT),
+        ("positive", FLAG),
+        ("reward", FLOAT),
+        ("query", TEXT),
+        ("response", TEXT),
+        ("metadata", TEXT),
+    ),
+    order_by=("event_id",),
+    partition_by=_MONTHLY,
+)
 
-EXPOSURES = Table("exposures", _columns(
-    ("exposure_id", TEXT), ("user_id", TEXT), *_AB, ("interaction_id", TEXT),
-), order_by=("exposure_id",), partition_by=_MONTHLY)  # fmt: skip
+EXPOSURES = Table(
+    "exposures",
+    _columns(
+        ("exposure_id", TEXT),
+        ("user_id", TEXT),
+        *_AB,
+        ("interaction_id", TEXT),
+    ),
+    order_by=("exposure_id",),
+    partition_by=_MONTHLY,
+)
 
 # A window may be re-emitted with late events: the latest emission (ts) replaces the earlier.
-WINDOW_METRICS = Table("metrics", _columns(
-    ("window_start", TIME), ("window_end", TIME), *_AB, ("feedback_type", LABEL), ("count", COUNT), ("rating_sum", COUNT),
-    ("rating_count", COUNT), ("pii", COUNTS),
-), order_by=("window_start", "window_end", "model_version", "experiment", "variant", "feedback_type"),
-   engine="ReplacingMergeTree(ts)")  # fmt: skip
+WINDOW_METRICS = Table(
+    "metrics",
+    _columns(
+        ("window_start", TIME),
+        ("window_end", TIME),
+        *_AB,
+        ("feedback_type", LABEL),
+        ("count", COUNT),
+        ("rating_sum", COUNT),
+        ("rating_count", COUNT),
+        ("pii", COUNTS),
+    ),
+    order_by=("window_start", "window_end", "model_version", "experiment", "variant", "feedback_type"),
+    engine="ReplacingMergeTree(ts)",
+)
 
 # Status and publish events carry no id of their own; the full identifying tuple is the key.
-TRAINING_STATUS = Table("training_status", _columns(
-    ("trigger_id", TEXT), ("policy", LABEL), ("state", LABEL), ("stage", TEXT), ("message", TEXT), ("metrics", METRICS),
-), order_by=("policy", "trigger_id", "ts", "state", "stage"))  # fmt: skip
+TRAINING_STATUS = Table(
+    "training_status",
+    _columns(
+        ("trigger_id", TEXT),
+        ("policy", LABEL),
+        ("state", LABEL),
+        ("stage", TEXT),
+        ("message", TEXT),
+        ("metrics", METRICS),
+    ),
+    order_by=("policy", "trigger_id", "ts", "state", "stage"),
+)
 
-MODEL_PUBLISHED = Table("model_published", _columns(
-    ("version", TEXT), ("policy", LABEL), ("trigger_id", TEXT), ("parent_version", TEXT), ("reward_model_version", TEXT),
-    ("decision", LABEL), ("metrics", METRICS), ("reason", TEXT),
-), order_by=("policy", "version", "decision", "ts"))  # fmt: skip
+MODEL_PUBLISHED = Table(
+    "model_published",
+    _columns(
+        ("version", TEXT),
+        ("policy", LABEL),
+        ("trigger_id", TEXT),
+        ("parent_version", TEXT),
+        ("reward_model_version", TEXT),
+        ("decision", LABEL),
+        ("metrics", METRICS),
+        ("reason", TEXT),
+    ),
+    order_by=("policy", "version", "decision", "ts"),
+)
 
 # The experiment lifecycle (schemas.experiments): one row per event, `kind` started or decided;
 # the columns the other kind lacks are ''. The events carry no id: the full tuple is the key.
-EXPERIMENTS = Table("experiments", _columns(
-    ("kind", LABEL), ("experiment_id", TEXT), ("policy", LABEL), ("trigger_id", TEXT), ("control_version", TEXT),
-    ("treatment_version", TEXT), ("outcome", LABEL), ("serving_version", TEXT), ("reason", TEXT), ("statistics", METRICS),
-), order_by=("experiment_id", "kind", "ts"))  # fmt: skip
+EXPERIMENTS = Table(
+    "experiments",
+    _columns(
+        ("kind", LABEL),
+        ("experiment_id", TEXT),
+        ("policy", LABEL),
+        ("trigger_id", TEXT),
+        ("control_version", TEXT),
+        ("treatment_version", TEXT),
+        ("outcome", LABEL),
+        ("serving_version", TEXT),
+        ("reason", TEXT),
+        ("statistics", METRICS),
+    ),
+    order_by=("experiment_id", "kind", "ts"),
+)
 
 # Dead letters of every DLQ topic (`dlq` names which); redelivery of one letter is the same row.
-DEAD_LETTERS = Table("dead_letters", _columns(
-    ("dlq", LABEL), ("origin_topic", LABEL), ("origin_partition", COUNT), ("origin_offset", COUNT), ("key", TEXT), ("reason", TEXT),
-    ("value", TEXT),
-), order_by=("dlq", "origin_topic", "origin_partition", "origin_offset"))  # fmt: skip
+DEAD_LETTERS = Table(
+    "dead_letters",
+    _columns(
+        ("dlq", LABEL),
+        ("origin_topic", LABEL),
+        ("origin_partition", COUNT),
+        ("origin_offset", COUNT),
+        ("key", TEXT),
+        ("reason", TEXT),
+        ("value", TEXT),
+    ),
+    order_by=("dlq", "origin_topic", "origin_partition", "origin_offset"),
+)
 # Users who asked to be forgotten (`rlhf privacy forget`): the sink deletes their rows and stores none again.
 ERASURES = Table("erasures", _columns(("user_id", TEXT), ("reason", TEXT)), order_by=("user_id",))
-EVENT_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES, WINDOW_METRICS, TRAINING_STATUS, MODEL_PUBLISHED, EXPERIMENTS, DEAD_LETTERS,
-                                   ERASURES)  # fmt: skip
+EVENT_TABLES: tuple[Table, ...] = (
+    INTERACTIONS,
+    FEEDBACK,
+    EXPOSURES,
+    WINDOW_METRICS,
+    TRAINING_STATUS,
+    MODEL_PUBLISHED,
+    EXPERIMENTS,
+    DEAD_LETTERS,
+    ERASURES,
+)
 # The tables that hold a user's own events; a user's dead letters are found by the id in their text.
 USER_TABLES: tuple[Table, ...] = (INTERACTIONS, FEEDBACK, EXPOSURES)
 
@@ -140,7 +234,17 @@ def dead_letter_names_user(user: str) -> str:
     compact or spaced (a letter is the record as it came, which may not parse)."""
     return "(" + " OR ".join(f"position(value, concat('\"user_id\":{gap}\"', {user}, '\"')) > 0" for gap in ("", " ")) + ")"
 
+
 # Not an event table: the sink samples every consumer group's lag into it (consumers/sink/lag.py).
-CONSUMER_LAG = Table("consumer_lag", _columns(
-    ("consumer_group", LABEL), ("topic", LABEL), ("committed_offset", SIGNED), ("end_offset", SIGNED), ("lag", SIGNED),
-), order_by=("consumer_group", "topic", "ts"), engine="MergeTree")  # fmt: skip
+CONSUMER_LAG = Table(
+    "consumer_lag",
+    _columns(
+        ("consumer_group", LABEL),
+        ("topic", LABEL),
+        ("committed_offset", SIGNED),
+        ("end_offset", SIGNED),
+        ("lag", SIGNED),
+    ),
+    order_by=("consumer_group", "topic", "ts"),
+    engine="MergeTree",
+)

@@ -63,7 +63,12 @@ class Sampling:
 
 
 def answer(
-    policy: LoadedPolicy, queries: list[str], max_new_tokens: int, seed: int | None = None, temperature: float | None = None, top_p: float | None = None
+    policy: LoadedPolicy,
+    queries: list[str],
+    max_new_tokens: int,
+    seed: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
 ) -> list[str]:
     """Sampled answers (a given `seed` repeats them); by default with the assistant's default sampling settings."""
     if seed is not None:
@@ -71,7 +76,13 @@ def answer(
     temperature = DEFAULTS.temperature if temperature is None else temperature
     top_p = DEFAULTS.top_p if top_p is None else top_p
     return policies.sample(
-        policy.model, policy.tokenizer, queries, max_new_tokens=max_new_tokens, temperature=temperature or 1.0, top_p=top_p, greedy=temperature == 0
+        policy.model,
+        policy.tokenizer,
+        queries,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature or 1.0,
+        top_p=top_p,
+        greedy=temperature == 0,
     ).responses
 
 
@@ -135,7 +146,9 @@ class ChatReply(BaseModel):
     model_version: str
     experiment: str | None
     variant: str | None
-    feedback_token: str = Field(description="Lets whoever holds it post feedback on this interaction (POST /v1/feedback), until it expires.")
+    feedback_token: str = Field(
+        description="Lets whoever holds it post feedback on this interaction (POST /v1/feedback), until it expires."
+    )
 
 
 class Assistant:
@@ -179,17 +192,28 @@ class Assistant:
                 labels = {"experiment": routed[i][1].experiment, "variant": routed[i][1].variant}
                 interaction_id = new_id()  # returned even when the SDK samples the event out
                 self.client.interaction(
-                    interaction_id=interaction_id, user_id=requests[i].user_id, query=requests[i].query, response=text, model_version=policy.version,
-                    latency_ms=latency_ms, **labels,
-                )  # fmt: skip
+                    interaction_id=interaction_id,
+                    user_id=requests[i].user_id,
+                    query=requests[i].query,
+                    response=text,
+                    model_version=policy.version,
+                    latency_ms=latency_ms,
+                    **labels,
+                )
                 if labels["experiment"] is not None:
-                    self.client.exposure(user_id=requests[i].user_id, model_version=policy.version, interaction_id=interaction_id, **labels)
+                    self.client.exposure(
+                        user_id=requests[i].user_id, model_version=policy.version, interaction_id=interaction_id, **labels
+                    )
                 user_id = requests[i].user_id
                 self.recent.add(ServedInteraction(interaction_id, user_id, requests[i].query, text, policy.version, **labels))
                 replies[i] = ChatReply(
-                    interaction_id=interaction_id, user_id=user_id, response=text, model_version=policy.version,
-                    feedback_token=self.tokens.issue(interaction_id, user_id), **labels,
-                )  # fmt: skip
+                    interaction_id=interaction_id,
+                    user_id=user_id,
+                    response=text,
+                    model_version=policy.version,
+                    feedback_token=self.tokens.issue(interaction_id, user_id),
+                    **labels,
+                )
         self.client.flush()
         return [r for r in replies if r is not None]
 

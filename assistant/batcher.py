@@ -62,9 +62,10 @@ class Batcher:
             self._queue.put_nowait(job)
         except queue.Full:
             raise HTTPException(
-                503, f"the assistant is busy: {self._queue.maxsize} requests are already waiting to be answered; retry shortly",
+                503,
+                f"the assistant is busy: {self._queue.maxsize} requests are already waiting to be answered; retry shortly",
                 headers={"Retry-After": "1"},
-            ) from None  # fmt: skip
+            ) from None
         return job.future
 
     def close(self) -> None:

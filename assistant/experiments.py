@@ -43,10 +43,14 @@ class ExperimentFollower:
         self.caught_up = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
-        consumer = Consumer({
-            **self.connection, "group.id": self.group,
-            "enable.auto.commit": False, "enable.partition.eof": True,
-        })  # fmt: skip
+        consumer = Consumer(
+            {
+                **self.connection,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
         try:
             partitions = self._partitions(consumer, stop)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])

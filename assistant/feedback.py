@@ -52,7 +52,9 @@ class FeedbackRequest(BaseModel):
 class FeedbackReceipt(BaseModel):
     event_id: str
     interaction_id: str
-    recorded: bool = Field(description="False when the interaction is sampled out (`feedback.collection_rate`): nothing was sent.")
+    recorded: bool = Field(
+        description="False when the interaction is sampled out (`feedback.collection_rate`): nothing was sent."
+    )
 
 
 def feedback_event_id(verdict_key: tuple[str, str], number: int) -> str:
@@ -95,11 +97,18 @@ def served_interaction(body: FeedbackRequest, claims: Claims | None, assistant: 
 
 def event_of(body: FeedbackRequest, served: ServedInteraction, recent: RecentInteractions) -> FeedbackEvent:
     fields = {
-        "interaction_id": served.interaction_id, "user_id": served.user_id,
-        "query": served.query, "response": served.response, "model_version": served.model_version, "experiment": served.experiment,
-        "variant": served.variant, "feedback_type": body.type, "rating": body.rating, "correction": body.correction,
+        "interaction_id": served.interaction_id,
+        "user_id": served.user_id,
+        "query": served.query,
+        "response": served.response,
+        "model_version": served.model_version,
+        "experiment": served.experiment,
+        "variant": served.variant,
+        "feedback_type": body.type,
+        "rating": body.rating,
+        "correction": body.correction,
         "metadata": {"source": "http", **({"comment": body.comment} if body.comment else {})},
-    }  # fmt: skip
+    }
     event = validate_event(FeedbackEvent, fields)  # the event's own rules (a rating only with type rating, ...) name the field
     number = recent.verdict_number(event.verdict_key, (body.type, body.rating, body.correction))
     return event.model_copy(update={"event_id": feedback_event_id(event.verdict_key, number)})

@@ -75,7 +75,9 @@ def prompt_of(messages: list[Message]) -> str:
     """The text the single-turn policy answers: the last turn, which must be the user's."""
     last = messages[-1]
     if last.role != "user":
-        raise HTTPException(400, f"messages.{len(messages) - 1}.role: the last message must be the user's turn to answer, not {last.role!r}")
+        raise HTTPException(
+            400, f"messages.{len(messages) - 1}.role: the last message must be the user's turn to answer, not {last.role!r}"
+        )
     text = last.text.strip()
     if not text:
         raise HTTPException(400, f"messages.{len(messages) - 1}.content: the question is empty")
@@ -96,10 +98,15 @@ def sampling_of(request: CompletionRequest, assistant: Assistant) -> Sampling:
 
 def completion(reply: ChatReply, created: int) -> dict:
     return {
-        "id": reply.interaction_id, "object": "chat.completion", "created": created, "model": reply.model_version,
+        "id": reply.interaction_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": reply.model_version,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.response}, "finish_reason": "stop"}],
-        "feedback_token": reply.feedback_token, "experiment": reply.experiment, "variant": reply.variant,
-    }  # fmt: skip
+        "feedback_token": reply.feedback_token,
+        "experiment": reply.experiment,
+        "variant": reply.variant,
+    }
 
 
 def chunks(reply: ChatReply, created: int) -> Iterator[str]:
@@ -161,4 +168,9 @@ def install_error_shape(app: FastAPI) -> None:
 def _strip_body(error: dict) -> dict:
     """A validation error located in the body, re-rooted at the body's fields (`messages.0.role`)."""
     loc = tuple(error.get("loc", ()))
-    return {"type": "value_error", "loc": loc[1:] if loc[:1] == ("body",) else loc, "input": error.get("input"), "ctx": {"error": error.get("msg", "")}}
+    return {
+        "type": "value_error",
+        "loc": loc[1:] if loc[:1] == ("body",) else loc,
+        "input": error.get("input"),
+        "ctx": {"error": error.get("msg", "")},
+    }

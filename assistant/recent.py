@@ -78,7 +78,11 @@ class RecentInteractions:
         with self._lock:
             served = self._held.get(interaction_id)
         if served is None:
-            raise UnknownInteraction(f"interaction_id: {interaction_id!r} is not a recent interaction of this server (unknown, or forgotten)")
+            raise UnknownInteraction(
+                f"interaction_id: {interaction_id!r} is not a recent interaction of this server (unknown, or forgotten)"
+            )
         if (time.time() if now is None else now) - served.served_at > self.ttl_s:
-            raise ExpiredInteraction(f"interaction_id: {interaction_id!r} was served more than {self.ttl_s:.0f} s ago; feedback on it is closed")
+            raise ExpiredInteraction(
+                f"interaction_id: {interaction_id!r} was served more than {self.ttl_s:.0f} s ago; feedback on it is closed"
+            )
         return served

@@ -42,7 +42,12 @@ from registry.store import ModelRegistry
 from core.settings import Settings
 from sdk.client import FeedbackClient
 
-__all__ = ["answer", "create_app", "load_version", "serve"]  # answer and load_version: the demo's report scores versions with them
+__all__ = [
+    "answer",
+    "create_app",
+    "load_version",
+    "serve",
+]  # answer and load_version: the demo's report scores versions with them
 log = logging.getLogger("rlhf.serve")
 CATCH_UP_S = 10.0  # how long startup waits for the experiments topic to be read before answering anyway
 CHAT_PAGE = files("assistant") / "static" / "chat.html"
@@ -77,9 +82,12 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
     keys = ApiKeys(settings.assistant.api_keys)
     if settings.assistant.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.assistant.cors_origins), allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"], expose_headers=[FEEDBACK_TOKEN_HEADER],
-        )  # fmt: skip
+            CORSMiddleware,
+            allow_origins=list(settings.assistant.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=[FEEDBACK_TOKEN_HEADER],
+        )
     install_error_shape(app)
     app.include_router(openai_api.router(assistant, keys))
     app.include_router(feedback.router(assistant, keys))

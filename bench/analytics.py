@@ -56,6 +56,7 @@ VARIANTS = np.array(["control", "variant_a"])
 
 # --- sink throughput -----------------------------------------------------------------------
 
+
 def sink_payload(n: int) -> list[tuple[str, bytes, str]]:
     """(topic, value, key) for n events: per user one exposure, then interactions and feedback."""
     rng, out = random.Random(7), []
@@ -64,9 +65,18 @@ def sink_payload(n: int) -> list[tuple[str, bytes, str]]:
         common = dict(user_id=user, experiment="policy-ab", variant=variant, model_version=f"{variant}-v1")
         out.append(("exposures", ExposureEvent(timestamp=START, **common).to_bytes(), user))
         for _ in range(3):
-            inter = InteractionEvent(timestamp=START, query="How do I reset my password?", response="Open Settings.", latency_ms=120.0, **common)
-            fb = FeedbackEvent(timestamp=START, interaction_id=inter.interaction_id, query=inter.query, response=inter.response,
-                               feedback_type="rating", rating=rng.randint(1, 5), **common)  # fmt: skip
+            inter = InteractionEvent(
+                timestamp=START, query="How do I reset my password?", response="Open Settings.", latency_ms=120.0, **common
+            )
+            fb = FeedbackEvent(
+                timestamp=START,
+                interaction_id=inter.interaction_id,
+                query=inter.query,
+                response=inter.response,
+                feedback_type="rating",
+                rating=rng.randint(1, 5),
+                **common,
+            )
             out += [("interactions", inter.to_bytes(), user), ("feedback", fb.to_bytes(), user)]
     return out[:n]
 
@@ -94,6 +104,7 @@ def sink_rate(settings: Settings, warehouse: Warehouse, payload: list[tuple[str,
 
 # --- per-user A/B analysis vs pandas ------------------------------------------------------
 
+
 def synthetic_tables(rows: int, seed: int = 1) -> tuple[pa.Table, pa.Table]:
     """Exposures (one per user, `rows` // 4 users) and `rows` feedback rows, as Arrow: heavy users
     give much of the feedback, a fifth of it from before their exposure (outside the experiment),
@@ -104,9 +115,14 @@ def synthetic_tables(rows: int, seed: int = 1) -> tuple[pa.Table, pa.Table]:
     user_variant = rng.integers(0, 2, n_users)
     ts_exp = START + pd.to_timedelta(rng.integers(7 * 86_400, 21 * 86_400, n_users), unit="s")
     exposures = {
-        "exposure_id": np.char.add("e-", np.arange(n_users).astype(str)), "user_id": users, "model_version": np.char.add(VARIANTS[user_variant], "-v1"),
-        "experiment": np.full(n_users, "policy-ab"), "variant": VARIANTS[user_variant], "interaction_id": np.full(n_users, ""), "ts": ts_exp,
-    }  # fmt: skip
+        "exposure_id": np.char.add("e-", np.arange(n_users).astype(str)),
+        "user_id": users,
+        "model_version": np.char.add(VARIANTS[user_variant], "-v1"),
+        "experiment": np.full(n_users, "policy-ab"),
+        "variant": VARIANTS[user_variant],
+        "interaction_id": np.full(n_users, ""),
+        "ts": ts_exp,
+    }
     who = np.minimum(rng.zipf(1.5, n_fb), n_users) - 1  # user 0 is the heaviest
     who = rng.permutation(n_users)[who]
     before = rng.random(n_fb) < 0.2
@@ -117,13 +133,23 @@ def synthetic_tables(rows: int, seed: int = 1) -> tuple[pa.Table, pa.Table]:
     reward = np.select([kind == "thumbs_up", kind == "rating"], [1.0, (rating - 1) / 4], 0.0)
     shift = pd.to_timedelta(np.where(before, -rng.integers(60, 7 * 86_400, n_fb), 300), unit="s")
     feedback = {
-        "event_id": np.char.add("f-", np.arange(n_fb).astype(str)), "interaction_id": np.full(n_fb, ""), "user_id": users[who],
-        "model_version": np.char.add(VARIANTS[variant], "-v1"), "experiment": np.where(before, "", "policy-ab"),
-        "variant": np.where(before, "", VARIANTS[variant]), "policy": np.full(n_fb, "assistant"), "feedback_type": kind,
-        "rating": pa.array(rating.astype(np.uint8), mask=kind != "rating"), "correction": np.full(n_fb, ""),
-        "positive": positive.astype(np.uint8), "reward": reward, "query": np.full(n_fb, ""), "response": np.full(n_fb, ""),
-        "metadata": np.full(n_fb, "{}"), "ts": ts_exp[who] + shift,
-    }  # fmt: skip
+        "event_id": np.char.add("f-", np.arange(n_fb).astype(str)),
+        "interaction_id": np.full(n_fb, ""),
+        "user_id": users[who],
+        "model_version": np.char.add(VARIANTS[variant], "-v1"),
+        "experiment": np.where(before, "", "policy-ab"),
+        "variant": np.where(before, "", VARIANTS[variant]),
+        "policy": np.full(n_fb, "assistant"),
+        "feedback_type": kind,
+        "rating": pa.array(rating.astype(np.uint8), mask=kind != "rating"),
+        "correction": np.full(n_fb, ""),
+        "positive": positive.astype(np.uint8),
+        "reward": reward,
+        "query": np.full(n_fb, ""),
+        "response": np.full(n_fb, ""),
+        "metadata": np.full(n_fb, "{}"),
+        "ts": ts_exp[who] + shift,
+    }
     return _arrow(exposures, EXPOSURES), _arrow(feedback, FEEDBACK)
 
 
@@ -139,13 +165,26 @@ def pandas_ab_users(exposures: pd.DataFrame, feedback: pd.DataFrame, experiment:
     first = exp.groupby("user_id").agg(variant=("variant", "first"), first_exposure=("ts", "first"))
     during = fb[fb["experiment"] == experiment]
     during = during.assign(d=during["feedback_type"] == "thumbs_down", r=during["rating"].notna(), s=during["rating"].fillna(0))
-    u = during.groupby(["variant", "user_id"]).agg(f=("event_id", "size"), p=("positive", "sum"), d=("d", "sum"), r=("r", "sum"), s=("s", "sum"))
+    u = during.groupby(["variant", "user_id"]).agg(
+        f=("event_id", "size"), p=("positive", "sum"), d=("d", "sum"), r=("r", "sum"), s=("s", "sum")
+    )
     seen = fb.merge(first[["first_exposure"]], left_on="user_id", right_index=True)
-    history = seen[seen["ts"] < seen["first_exposure"]].groupby("user_id").agg(pre_f=("event_id", "size"), pre_p=("positive", "sum"))
-    u = u.reset_index().merge(history, on="user_id", how="left").fillna({"pre_f": 0, "pre_p": 0}).astype({"f": float, "p": float, "d": float, "r": float, "s": float})
+    history = (
+        seen[seen["ts"] < seen["first_exposure"]].groupby("user_id").agg(pre_f=("event_id", "size"), pre_p=("positive", "sum"))
+    )
+    u = (
+        u.reset_index()
+        .merge(history, on="user_id", how="left")
+        .fillna({"pre_f": 0, "pre_p": 0})
+        .astype({"f": float, "p": float, "d": float, "r": float, "s": float})
+    )
     h = (u["pre_f"] > 0).astype(float)
     x = (u["pre_p"] / u["pre_f"].where(u["pre_f"] > 0)).fillna(0.0)
-    sums = pd.DataFrame({"variant": u["variant"], **user_terms(u["f"], u["p"], u["d"], u["r"], u["s"], h, x)}).groupby("variant").sum()
+    sums = (
+        pd.DataFrame({"variant": u["variant"], **user_terms(u["f"], u["p"], u["d"], u["r"], u["s"], h, x)})
+        .groupby("variant")
+        .sum()
+    )
     exposed = first.groupby("variant").size().rename("users_exposed")
     return sums.join(exposed, how="outer").fillna(0).reset_index()
 
@@ -162,7 +201,9 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 def bench_query(warehouse: Warehouse, settings: Settings, rows: int, repeats: int) -> None:
     start = time.perf_counter()
     exposures, feedback = synthetic_tables(rows)
-    print(f"generated {exposures.num_rows:,} exposures + {feedback.num_rows:,} feedback rows in {time.perf_counter() - start:.1f} s")
+    print(
+        f"generated {exposures.num_rows:,} exposures + {feedback.num_rows:,} feedback rows in {time.perf_counter() - start:.1f} s"
+    )
     start = time.perf_counter()
     for name, table in (("exposures", exposures), ("feedback", feedback)):
         for chunk in table.to_batches(max_chunksize=1_000_000):
@@ -182,9 +223,11 @@ def bench_query(warehouse: Warehouse, settings: Settings, rows: int, repeats: in
     figures = [d.statistics() for d in decided]
     assert decided[0].action == decided[1].action and figures[0].keys() == figures[1].keys()
     assert np.allclose([figures[0][k] for k in figures[0]], [figures[1][k] for k in figures[0]], rtol=1e-6)
-    print(f"per-user A/B analysis over {len(fb_df):,} feedback rows ({len(exp_df):,} users), median of {repeats}: "
-          f"ClickHouse (chdb, FINAL) {ch_s:.2f} s, pandas on the same data {pd_s:.2f} s, ratio pandas/ClickHouse {pd_s / ch_s:.1f}x "
-          f"(same per-variant sums; decision: {decided[0].summary()})")  # fmt: skip
+    print(
+        f"per-user A/B analysis over {len(fb_df):,} feedback rows ({len(exp_df):,} users), median of {repeats}: "
+        f"ClickHouse (chdb, FINAL) {ch_s:.2f} s, pandas on the same data {pd_s:.2f} s, ratio pandas/ClickHouse {pd_s / ch_s:.1f}x "
+        f"(same per-variant sums; decision: {decided[0].summary()})"
+    )
 
 
 def main() -> None:
@@ -203,13 +246,21 @@ def main() -> None:
             rates = []
             with broker() as bootstrap:
                 for r in range(args.repeats):
-                    settings = load_settings(None, home=Path(tmp), kafka={"bootstrap_servers": bootstrap, "topic_prefix": f"bench{uuid.uuid4().hex[:6]}."},
-                                             clickhouse={"path": Path(tmp) / "chdb", "database": f"bench_sink_{r}"})  # fmt: skip
+                    settings = load_settings(
+                        None,
+                        home=Path(tmp),
+                        kafka={"bootstrap_servers": bootstrap, "topic_prefix": f"bench{uuid.uuid4().hex[:6]}."},
+                        clickhouse={"path": Path(tmp) / "chdb", "database": f"bench_sink_{r}"},
+                    )
                     sink_warehouse = open_warehouse(settings)
                     rates.append(sink_rate(settings, sink_warehouse, payload))
                     sink_warehouse.close()
-                    print(f"sink run {r + 1}: {rates[-1]:,.0f} rows/s ({len(payload):,} events, batch {settings.clickhouse.batch_rows})")
-            print(f"sink, median of {args.repeats}: {median(rates):,.0f} rows/s (Kafka -> validate -> Arrow -> chdb, commit after insert)\n")
+                    print(
+                        f"sink run {r + 1}: {rates[-1]:,.0f} rows/s ({len(payload):,} events, batch {settings.clickhouse.batch_rows})"
+                    )
+            print(
+                f"sink, median of {args.repeats}: {median(rates):,.0f} rows/s (Kafka -> validate -> Arrow -> chdb, commit after insert)\n"
+            )
         if not args.skip_query:
             bench_query(warehouse, base, args.rows, args.repeats)
 

@@ -40,9 +40,24 @@ def event_fields(n: int) -> list[dict]:
     out = []
     for i in range(n):
         kind = kinds[i % 4]
-        extra = {"rating": 1 + i % 5} if kind == "rating" else {"correction": f"Open Settings then Reset ({i})"} if kind == "correction" else {}
-        out.append(dict(interaction_id=f"i-{i}", user_id=f"user-{i % 5000}", query=f"How do I reset my password in app {i % 50}?",
-                        response="Open Settings, go to Account, then press Reset.", model_version="v1", feedback_type=kind, **extra))  # fmt: skip
+        extra = (
+            {"rating": 1 + i % 5}
+            if kind == "rating"
+            else {"correction": f"Open Settings then Reset ({i})"}
+            if kind == "correction"
+            else {}
+        )
+        out.append(
+            dict(
+                interaction_id=f"i-{i}",
+                user_id=f"user-{i % 5000}",
+                query=f"How do I reset my password in app {i % 50}?",
+                response="Open Settings, go to Account, then press Reset.",
+                model_version="v1",
+                feedback_type=kind,
+                **extra,
+            )
+        )
     return out
 
 
@@ -69,7 +84,9 @@ def timed_calls(call, items) -> tuple[list[int], float]:
     return lat, time.perf_counter() - start
 
 
-def run_sdk(bootstrap: str, prefix: str, fields: list[dict], events: list[FeedbackEvent], spool: Path) -> tuple[float, list[int], list[int]]:
+def run_sdk(
+    bootstrap: str, prefix: str, fields: list[dict], events: list[FeedbackEvent], spool: Path
+) -> tuple[float, list[int], list[int]]:
     """events/s to the final flush and per-call latencies from dicts; then per-call latencies of the
     send path alone (pre-validated events, not part of the events/s)."""
     client = FeedbackClient(bootstrap, prefix, collection_rate=1.0, spool_dir=spool)
@@ -170,16 +187,22 @@ def main() -> None:
             print(f"  SDK feedback(event)        {fmt(send_lat)}   (pre-validated: the send path)")
             print(f"  bare produce()             {fmt(bare_lat)}")
         ratio = median([s / b for s, b in zip(sdk_rates, bare_rates)])
-        print(f"\nhealthy, median of {args.repeats}: SDK {median(sdk_rates):,.0f} events/s, bare confluent-kafka {median(bare_rates):,.0f} events/s, "
-              f"ratio {ratio:.2f} (target >= 0.70), {len(payload[0][0])} B/event; p99.9 µs (median): SDK call {median([p[0] for p in p999]):.1f}, "
-              f"SDK send path {median([p[1] for p in p999]):.1f}, bare produce {median([p[2] for p in p999]):.1f}")  # fmt: skip
+        print(
+            f"\nhealthy, median of {args.repeats}: SDK {median(sdk_rates):,.0f} events/s, bare confluent-kafka {median(bare_rates):,.0f} events/s, "
+            f"ratio {ratio:.2f} (target >= 0.70), {len(payload[0][0])} B/event; p99.9 µs (median): SDK call {median([p[0] for p in p999]):.1f}, "
+            f"SDK send path {median([p[1] for p in p999]):.1f}, bare produce {median([p[2] for p in p999]):.1f}"
+        )
 
         down_fields = event_fields(args.down_events)
         lat, rate, summary, bare_lat, refused = run_down(down_fields, Path(spool_root) / "down")
         print(f"\nbroker unreachable, {args.down_events:,} events: SDK {rate:,.0f} events/s accepted ({summary})")
         print(f"  SDK feedback(**fields)     {fmt(lat)}")
-        print(f"  bare produce()             {fmt(bare_lat)}   ({len(bare_lat):,} queued, then {refused:,} calls raised BufferError: queue full)")
-        print(f"  ratio of p99.9 SDK / bare: {quantiles(lat)[2] / quantiles(bare_lat)[2]:.1f} (the SDK call includes validation from a dict)")
+        print(
+            f"  bare produce()             {fmt(bare_lat)}   ({len(bare_lat):,} queued, then {refused:,} calls raised BufferError: queue full)"
+        )
+        print(
+            f"  ratio of p99.9 SDK / bare: {quantiles(lat)[2] / quantiles(bare_lat)[2]:.1f} (the SDK call includes validation from a dict)"
+        )
 
 
 if __name__ == "__main__":

@@ -152,27 +152,43 @@ def main() -> None:
     queries = [q.text for q in train]
     # Guardrails off: a rolled-back step would not be a like-for-like step.
     config = PolicyTrainingConfig(
-        epochs=args.steps, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size or args.batch_size, ppo_epochs=args.ppo_epochs,
-        max_new_tokens=args.max_new_tokens, num_generations=4, lora_r=args.lora_r,
-        kl_bound=1e9, max_length_ratio=1e9, min_length_ratio=1e-9, max_repetition=1.0,
-    )  # fmt: skip
-    print(f"{describe(base, args.model, config)} on {pick_device()}, {torch.get_num_threads()} threads; "
-          f"{args.batch_size} completions x <= {args.max_new_tokens} tokens per step, "
-          f"PPO {args.ppo_epochs} epoch(s) x {args.batch_size // config.mini_batch_size} mini-batch(es), GRPO 1 pass; {args.steps - 1} timed steps")  # fmt: skip
+        epochs=args.steps,
+        batch_size=args.batch_size,
+        mini_batch_size=args.mini_batch_size or args.batch_size,
+        ppo_epochs=args.ppo_epochs,
+        max_new_tokens=args.max_new_tokens,
+        num_generations=4,
+        lora_r=args.lora_r,
+        kl_bound=1e9,
+        max_length_ratio=1e9,
+        min_length_ratio=1e-9,
+        max_repetition=1.0,
+    )
+    print(
+        f"{describe(base, args.model, config)} on {pick_device()}, {torch.get_num_threads()} threads; "
+        f"{args.batch_size} completions x <= {args.max_new_tokens} tokens per step, "
+        f"PPO {args.ppo_epochs} epoch(s) x {args.batch_size // config.mini_batch_size} mini-batch(es), GRPO 1 pass; {args.steps - 1} timed steps"
+    )
 
     rows = []
     for repeat in range(args.repeats):
         ours, trl = run_project(base, queries, config), run_trl(base, queries, config)
         rows.append((ours, trl))
-        print(f"repeat {repeat + 1}: project PPO {ours['tokens_per_s']:7.0f} tok/s, update {ours['update_s'] * 1e3:6.0f} ms, step {ours['step_s'] * 1e3:6.0f} ms | "
-              f"TRL GRPO {trl['tokens_per_s']:7.0f} tok/s, update {trl['update_s'] * 1e3:6.0f} ms, step {trl['step_s'] * 1e3:6.0f} ms", flush=True)  # fmt: skip
+        print(
+            f"repeat {repeat + 1}: project PPO {ours['tokens_per_s']:7.0f} tok/s, update {ours['update_s'] * 1e3:6.0f} ms, step {ours['step_s'] * 1e3:6.0f} ms | "
+            f"TRL GRPO {trl['tokens_per_s']:7.0f} tok/s, update {trl['update_s'] * 1e3:6.0f} ms, step {trl['step_s'] * 1e3:6.0f} ms",
+            flush=True,
+        )
 
     def med(side: int, key: str) -> float:
         return statistics.median(r[side][key] for r in rows)
 
     print(f"\nmedian of {args.repeats} repeats        project PPO   TRL GRPOTrainer   ratio (project/TRL)")
-    for label, key, scale, better in (("rollout tokens/s", "tokens_per_s", 1, "higher"), ("update time per step, ms", "update_s", 1e3, "lower"),
-                                      ("whole step, ms", "step_s", 1e3, "lower")):  # fmt: skip
+    for label, key, scale, better in (
+        ("rollout tokens/s", "tokens_per_s", 1, "higher"),
+        ("update time per step, ms", "update_s", 1e3, "lower"),
+        ("whole step, ms", "step_s", 1e3, "lower"),
+    ):
         ours, theirs = med(0, key) * scale, med(1, key) * scale
         print(f"{label:<29}{ours:11.0f}   {theirs:15.0f}   {ours / theirs:.2f} ({better} is better)")
     print(f"completion tokens per step   {med(0, 'tokens'):11.0f}   {med(1, 'tokens'):15.0f}")

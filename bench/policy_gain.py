@@ -58,8 +58,11 @@ def reward_model_fn(workdir: Path, threads: int, n_events: int, epochs: int) -> 
     started = time.monotonic()
     config = RewardConfig.from_settings(load_settings(), num_threads=threads, epochs=epochs)
     rm, metrics = train_reward_model(feedback_events(train, n_events, seed=1), config, workdir / "rm", lineage={})
-    print(f"reward model: MiniLM, {n_events} feedback events, {epochs} epoch(s), trained in {time.monotonic() - started:.0f} s, "
-          f"held-out pairwise accuracy {metrics['eval']['pairwise_accuracy'] or float('nan'):.3f}", flush=True)  # fmt: skip
+    print(
+        f"reward model: MiniLM, {n_events} feedback events, {epochs} epoch(s), trained in {time.monotonic() - started:.0f} s, "
+        f"held-out pairwise accuracy {metrics['eval']['pairwise_accuracy'] or float('nan'):.3f}",
+        flush=True,
+    )
     return rm.reward
 
 
@@ -76,10 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", nargs="+", default=["ppo", "grpo", "kto"], choices=ALGORITHMS)
     parser.add_argument("--rewards", nargs="+", default=["quality"], choices=["quality", "rm"])
-    parser.add_argument("--repeats", type=int, default=1, help="runs per algorithm and reward with seeds 0, 1, ...; the median is reported")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per algorithm and reward with seeds 0, 1, ...; the median is reported"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rm-events", type=int, default=800, help="simulated feedback events the `rm` reward model learns from")
-    parser.add_argument("--rm-epochs", type=int, default=RewardTrainingSettings().epochs, help="its training epochs (default: the project's)")
+    parser.add_argument(
+        "--rm-epochs", type=int, default=RewardTrainingSettings().epochs, help="its training epochs (default: the project's)"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -89,14 +96,20 @@ def main() -> None:
     settings = load_settings()
     config = PolicyTrainingConfig.from_settings(settings)
     print(f"tiny policy {base}; {len(train)} training / {len(held_out)} held-out queries; {torch.get_num_threads()} threads")
-    print(f"settings: epochs {config.epochs}, batch {config.batch_size}, lr {config.learning_rate:g}, max_new_tokens {config.max_new_tokens}, "
-          f"kl_bound {config.kl_bound}, target gain +{TARGET_GAIN:.0%}")  # fmt: skip
+    print(
+        f"settings: epochs {config.epochs}, batch {config.batch_size}, lr {config.learning_rate:g}, max_new_tokens {config.max_new_tokens}, "
+        f"kl_bound {config.kl_bound}, target gain +{TARGET_GAIN:.0%}"
+    )
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="policy-gain-") as scratch:
         work = Path(scratch)
         for reward_name in args.rewards:
-            reward_fn = quality_reward if reward_name == "quality" else reward_model_fn(work, args.threads, args.rm_events, args.rm_epochs)
+            reward_fn = (
+                quality_reward
+                if reward_name == "quality"
+                else reward_model_fn(work, args.threads, args.rm_events, args.rm_epochs)
+            )
             first_before: float | None = None
             for algorithm in args.algorithms:
                 runs = []
@@ -113,34 +126,62 @@ def main() -> None:
                     if reward_name == "rm":  # what the learnt reward's optimisation bought in the true preference
                         lm, tok = load_policy(base)
                         trained, _ = load_policy(str(out))
-                        ev = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                  samples_per_query=cfg.eval_samples_per_query, seed=cfg.eval_seed)  # fmt: skip
+                        ev = dict(
+                            max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature,
+                            top_p=cfg.top_p,
+                            samples_per_query=cfg.eval_samples_per_query,
+                            seed=cfg.eval_seed,
+                        )
                         q0 = evaluate_policy(lm, tok, quality_reward, held_out, **ev).mean_reward
                         q1 = evaluate_policy(trained, tok, quality_reward, held_out, **ev).mean_reward
                         m["quality_gain"] = q1 / q0 - 1.0
                     runs.append(m)
                     if first_before is None:
                         first_before = m["mean_reward_before"]
-                        print(f"  {reward_name}: a policy answering every held-out question helpfully would gain "
-                              f"{ceiling(reward_fn, first_before):+.1%} in this reward (the ceiling)", flush=True)  # fmt: skip
+                        print(
+                            f"  {reward_name}: a policy answering every held-out question helpfully would gain "
+                            f"{ceiling(reward_fn, first_before):+.1%} in this reward (the ceiling)",
+                            flush=True,
+                        )
                     extra = f"  quality {m['quality_gain']:+.1%}" if "quality_gain" in m else ""
-                    print(f"  {reward_name:7s} {algorithm:4s} seed {seed}: reward {m['mean_reward_before']:.3f} -> {m['mean_reward_after']:.3f} "
-                          f"({m['reward_gain']:+.1%}), KL {m['kl']:.4f}, length {m['mean_length_before']:.1f} -> {m['mean_length']:.1f}, "
-                          f"train {m['train_seconds']:.0f} s, job {m['job_seconds']:.0f} s{extra}", flush=True)  # fmt: skip
+                    print(
+                        f"  {reward_name:7s} {algorithm:4s} seed {seed}: reward {m['mean_reward_before']:.3f} -> {m['mean_reward_after']:.3f} "
+                        f"({m['reward_gain']:+.1%}), KL {m['kl']:.4f}, length {m['mean_length_before']:.1f} -> {m['mean_length']:.1f}, "
+                        f"train {m['train_seconds']:.0f} s, job {m['job_seconds']:.0f} s{extra}",
+                        flush=True,
+                    )
                 if not runs:
                     rows.append((reward_name, algorithm, *[float("nan")] * 7, None))
                     continue
                 med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
-                rows.append((reward_name, algorithm, med("mean_reward_before"), med("mean_reward_after"), med("reward_gain"), med("kl"),
-                             med("mean_length"), med("train_seconds"), med("job_seconds"),
-                             med("quality_gain") if reward_name == "rm" else None))  # fmt: skip
+                rows.append(
+                    (
+                        reward_name,
+                        algorithm,
+                        med("mean_reward_before"),
+                        med("mean_reward_after"),
+                        med("reward_gain"),
+                        med("kl"),
+                        med("mean_length"),
+                        med("train_seconds"),
+                        med("job_seconds"),
+                        med("quality_gain") if reward_name == "rm" else None,
+                    )
+                )
 
-    print(f"\nmedian of the {args.repeats} run(s) per row the guardrails accepted; PASS = gain >= +{TARGET_GAIN:.0%} and KL < {config.kl_bound}")
-    print(f"{'reward':7s} {'algo':4s} {'before':>7s} {'after':>7s} {'gain':>7s} {'KL':>7s} {'length':>6s} {'train s':>7s} {'job s':>6s} {'quality':>7s}  verdict")
+    print(
+        f"\nmedian of the {args.repeats} run(s) per row the guardrails accepted; PASS = gain >= +{TARGET_GAIN:.0%} and KL < {config.kl_bound}"
+    )
+    print(
+        f"{'reward':7s} {'algo':4s} {'before':>7s} {'after':>7s} {'gain':>7s} {'KL':>7s} {'length':>6s} {'train s':>7s} {'job s':>6s} {'quality':>7s}  verdict"
+    )
     for reward_name, algorithm, before, after, gain, kl, length, train_s, job_s, quality_gain in rows:
         verdict = "REJECTED" if math.isnan(gain) else "PASS" if gain >= TARGET_GAIN and kl < config.kl_bound else "FAIL"
         q = f"{quality_gain:+7.1%}" if quality_gain is not None else f"{'':7s}"
-        print(f"{reward_name:7s} {algorithm:4s} {before:7.3f} {after:7.3f} {gain:+7.1%} {kl:7.4f} {length:6.1f} {train_s:7.0f} {job_s:6.0f} {q}  {verdict}")
+        print(
+            f"{reward_name:7s} {algorithm:4s} {before:7.3f} {after:7.3f} {gain:+7.1%} {kl:7.4f} {length:6.1f} {train_s:7.0f} {job_s:6.0f} {q}  {verdict}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ PII = "How do I reset my password? The link expired twice. My account is {pii}, 
 
 
 def texts(n: int) -> list[str]:
-    return [PII.format(pii=PLANTED[i // 10 % 5].format(i=i, o=i % 250 + 1), i=i) if i % 10 == 0 else CLEAN.format(i=i) for i in range(n)]
+    return [
+        PII.format(pii=PLANTED[i // 10 % 5].format(i=i, o=i % 250 + 1), i=i) if i % 10 == 0 else CLEAN.format(i=i)
+        for i in range(n)
+    ]
 
 
 def per_call_us(fn, items, repeats: int = 5) -> float:
@@ -49,7 +52,12 @@ def main() -> None:
     mix = texts(args.messages)
     clean = [t for i, t in enumerate(mix) if i % 10]
     dirty = [t for i, t in enumerate(mix) if not i % 10]
-    raw = [FeedbackEvent(interaction_id="i", user_id="u", query=t, response=CLEAN.format(i=0), model_version="v1", feedback_type="thumbs_up").to_bytes() for t in mix]
+    raw = [
+        FeedbackEvent(
+            interaction_id="i", user_id="u", query=t, response=CLEAN.format(i=0), model_version="v1", feedback_type="thumbs_up"
+        ).to_bytes()
+        for t in mix
+    ]
     events = [FeedbackEvent.model_validate_json(r) for r in raw]
     redactor.redact(mix[0])  # warm the regex and phone-metadata caches
     print(f"mean message length: {sum(map(len, mix)) / len(mix):.0f} chars")
@@ -61,8 +69,10 @@ def main() -> None:
     print(f"redact    text with one PII item:  {per_call_us(redactor.redact, dirty):7.1f} us/text")
     print(f"redact    mix (10% with PII):      {per_call_us(redactor.redact, mix):7.1f} us/text")
     whole = per_call_us(redactor.redact_event, events)
-    print(f"redact_event (query + response):   {whole:7.1f} us/event = {whole / baseline:.1f}x the validation it follows, "
-          f"{1e6 / whole:,.0f} events/s on one core")
+    print(
+        f"redact_event (query + response):   {whole:7.1f} us/event = {whole / baseline:.1f}x the validation it follows, "
+        f"{1e6 / whole:,.0f} events/s on one core"
+    )
     for i, kind in enumerate(("email", "phone", "card", "iban", "ip")):
         print(f"          {kind:>5} only:               {per_call_us(redactor.redact, dirty[i::5]):7.1f} us/text")
 

@@ -48,9 +48,24 @@ def feedback_until(run_dir: Path, until) -> list[FeedbackEvent]:
     import clickhouse_connect  # chdb, as the sink wrote it (analytics.clickhouse would migrate the schema)
 
     client = clickhouse_connect.get_client(interface="chdb", path=str(run_dir / "state" / "clickhouse"))
-    rows = client.query(f"SELECT {FEEDBACK_COLUMNS} FROM rlhf.feedback FINAL WHERE ts <= %(until)s ORDER BY ts", parameters={"until": until}).result_rows
-    return [FeedbackEvent(event_id=e, interaction_id=i, user_id=u, query=q, response=r, model_version=v, feedback_type=t, rating=rating,
-                          correction=c or None, timestamp=ts.replace(tzinfo=timezone.utc)) for e, i, u, q, r, v, t, rating, c, ts in rows]  # fmt: skip
+    rows = client.query(
+        f"SELECT {FEEDBACK_COLUMNS} FROM rlhf.feedback FINAL WHERE ts <= %(until)s ORDER BY ts", parameters={"until": until}
+    ).result_rows
+    return [
+        FeedbackEvent(
+            event_id=e,
+            interaction_id=i,
+            user_id=u,
+            query=q,
+            response=r,
+            model_version=v,
+            feedback_type=t,
+            rating=rating,
+            correction=c or None,
+            timestamp=ts.replace(tzinfo=timezone.utc),
+        )
+        for e, i, u, q, r, v, t, rating, c, ts in rows
+    ]
 
 
 def round_inputs(run_dir: Path, registry: ModelRegistry, candidate: str) -> tuple[str, RewardModel, list[FeedbackEvent]]:
@@ -62,7 +77,14 @@ def round_inputs(run_dir: Path, registry: ModelRegistry, candidate: str) -> tupl
     return manifest.parent_version, RewardModel.load(rm_dir / "model"), feedback_until(run_dir, trigger.timestamp)
 
 
-def replay(registry: ModelRegistry, parent: str, rm: RewardModel, events: list[FeedbackEvent], config: PolicyTrainingConfig, max_new_tokens: int) -> dict[str, float | str]:
+def replay(
+    registry: ModelRegistry,
+    parent: str,
+    rm: RewardModel,
+    events: list[FeedbackEvent],
+    config: PolicyTrainingConfig,
+    max_new_tokens: int,
+) -> dict[str, float | str]:
     """One round's policy job trained again from `parent` with `config`; the candidate's figures
     (its answers `max_new_tokens` long, as every version's are measured). A candidate a guardrail
     rejects is an outcome, as in the loop: its row says why, with no hidden preference."""
@@ -71,22 +93,47 @@ def replay(registry: ModelRegistry, parent: str, rm: RewardModel, events: list[F
         started = time.monotonic()
         try:
             metrics = optimise_policy(
-                "ppo", str(registry.path("policies", parent)), EnsembleReward(rm, config.uncertainty_penalty), train_queries, eval_queries,
-                config, Path(out) / "policy", feedback_events=events, gate_fn=rm.gate_reward if rm.config.gate_head else None,
+                "ppo",
+                str(registry.path("policies", parent)),
+                EnsembleReward(rm, config.uncertainty_penalty),
+                train_queries,
+                eval_queries,
+                config,
+                Path(out) / "policy",
+                feedback_events=events,
+                gate_fn=rm.gate_reward if rm.config.gate_head else None,
                 original_path=str(registry.path("policies", "base")),
-            )  # fmt: skip
+            )
         except GuardrailRejection as rejection:
-            return {"hidden": float("nan"), "events": len(events), "seconds": time.monotonic() - started, "rejected": str(rejection)}
+            return {
+                "hidden": float("nan"),
+                "events": len(events),
+                "seconds": time.monotonic() - started,
+                "rejected": str(rejection),
+            }
         lm, tokenizer = load_policy(str(Path(out) / "policy"))
         hidden = held_out_quality(LoadedPolicy("replayed", lm.eval(), tokenizer), max_new_tokens)
-    return {"hidden": hidden, "events": len(events), "seconds": time.monotonic() - started, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
+    return {
+        "hidden": hidden,
+        "events": len(events),
+        "seconds": time.monotonic() - started,
+        **{k: v for k, v in metrics.items() if isinstance(v, float)},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a finished `rlhf demo` run directory (its result.json and state/)")
-    parser.add_argument("--vary", nargs="+", required=True, metavar=("KEY", "VALUE"), help="a policy.training setting and the values to replay with")
-    parser.add_argument("--rounds", nargs="+", type=int, help="rounds to replay (default: every round whose candidate was trained)")
+    parser.add_argument(
+        "--vary",
+        nargs="+",
+        required=True,
+        metavar=("KEY", "VALUE"),
+        help="a policy.training setting and the values to replay with",
+    )
+    parser.add_argument(
+        "--rounds", nargs="+", type=int, help="rounds to replay (default: every round whose candidate was trained)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     key, values = args.vary[0], args.vary[1:]
@@ -95,13 +142,18 @@ def main() -> None:
     if default is None or not values:
         parser.error(f"--vary: {key!r} is not a policy.training setting with a value, or no values were given")
     values = [v.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(v) for v in values]
-    configs = {value: PolicyTrainingConfig.from_settings(settings, **{key: value}) for value in (values if default in values else [default, *values])}
+    configs = {
+        value: PolicyTrainingConfig.from_settings(settings, **{key: value})
+        for value in (values if default in values else [default, *values])
+    }
     torch.set_num_threads(args.threads)
     quiet()
     results = json.loads((args.run_dir / "result.json").read_text())
     registry = ModelRegistry(args.run_dir / "state" / "registry")
     max_new_tokens = configs[default].max_new_tokens
-    print(f"{'round':>5} {key + ' (default ' + str(default) + ')':>34} {'hidden':>8} {'/ default':>10} {'parent':>8} {'events':>7} {'demos':>6} {'PPO it.':>8} {'s':>5}")
+    print(
+        f"{'round':>5} {key + ' (default ' + str(default) + ')':>34} {'hidden':>8} {'/ default':>10} {'parent':>8} {'events':>7} {'demos':>6} {'PPO it.':>8} {'s':>5}"
+    )
     for n, result in enumerate(results, start=1):
         candidate = result["candidate"]
         if (args.rounds and n not in args.rounds) or not registry.exists("policies", candidate):
@@ -110,9 +162,13 @@ def main() -> None:
         parent_hidden = held_out_quality(load_version(registry, parent), max_new_tokens)
         rows = {value: replay(registry, parent, rm, events, config, max_new_tokens) for value, config in configs.items()}
         for value, row in rows.items():
-            print(f"{n:>5} {value!s:>34} {row['hidden']:>8.3f} {row['hidden'] / rows[default]['hidden']:>10.3f} {parent_hidden:>8.3f} {row['events']:>7} "
-                  f"{row.get('demonstrations', 0):>6.0f} {row.get('iterations', 0):>8.0f} {row['seconds']:>5.0f}"
-                  + (f"  rejected: {row['rejected']}" if "rejected" in row else ""), flush=True)  # fmt: skip
+            print(
+                f"{n:>5} {value!s:>34} {row['hidden']:>8.3f} {row['hidden'] / rows[default]['hidden']:>10.3f} {parent_hidden:>8.3f} {row['events']:>7} "
+                f"{row.get('demonstrations', 0):>6.0f} {row.get('iterations', 0):>8.0f} {row['seconds']:>5.0f}"
+                + (f"  rejected: {row['rejected']}" if "rejected" in row else ""),
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -49,15 +49,28 @@ def run_project(cfg: RewardConfig, pairs: Dataset) -> tuple[float, float]:
 
 def run_trl(cfg: RewardConfig, pairs: Dataset) -> tuple[float, float]:
     rm = RewardModel.create(cfg.model_copy(update={"disable_dropout": False}))  # TRL disables dropout itself
-    tokenised = Dataset.from_dict({
-        "chosen_ids": rm.encode(pairs["query"], pairs["chosen"]), "rejected_ids": rm.encode(pairs["query"], pairs["rejected"]),
-    })  # fmt: skip
+    tokenised = Dataset.from_dict(
+        {
+            "chosen_ids": rm.encode(pairs["query"], pairs["chosen"]),
+            "rejected_ids": rm.encode(pairs["query"], pairs["rejected"]),
+        }
+    )
     with tempfile.TemporaryDirectory() as out:
         args = TrlRewardConfig(
-            output_dir=out, per_device_train_batch_size=cfg.batch_size, num_train_epochs=1, learning_rate=cfg.learning_rate,
-            bf16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
-            disable_tqdm=True, seed=cfg.seed, max_length=cfg.max_length,
-        )  # fmt: skip
+            output_dir=out,
+            per_device_train_batch_size=cfg.batch_size,
+            num_train_epochs=1,
+            learning_rate=cfg.learning_rate,
+            bf16=False,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            seed=cfg.seed,
+            max_length=cfg.max_length,
+        )
         trainer = RewardTrainer(model=rm.model, args=args, train_dataset=tokenised, processing_class=rm.tokenizer)
         start, cpu = time.perf_counter(), time.process_time()
         trainer.train()
@@ -113,10 +126,15 @@ def main() -> None:
         ratios.append(ours / trl)
         cpu_ratios.append(ours_cpu / trl_cpu)
         naive = f"  naive loop {run_naive(cfg, pairs):6.1f}" if args.naive else ""
-        print(f"repeat {repeat + 1}: project {ours:6.1f} pairs/s  RewardTrainer {trl:6.1f} pairs/s  ratio {ours / trl:.2f}   "
-              f"per CPU-second: {ours_cpu:5.2f} vs {trl_cpu:5.2f}, ratio {ours_cpu / trl_cpu:.2f}{naive}", flush=True)  # fmt: skip
-    print(f"median ratio project/RewardTrainer: {statistics.median(ratios):.2f} wall-clock (target >= 1.0), "
-          f"{statistics.median(cpu_ratios):.2f} per CPU-second (less disturbed by other load on the machine)")  # fmt: skip
+        print(
+            f"repeat {repeat + 1}: project {ours:6.1f} pairs/s  RewardTrainer {trl:6.1f} pairs/s  ratio {ours / trl:.2f}   "
+            f"per CPU-second: {ours_cpu:5.2f} vs {trl_cpu:5.2f}, ratio {ours_cpu / trl_cpu:.2f}{naive}",
+            flush=True,
+        )
+    print(
+        f"median ratio project/RewardTrainer: {statistics.median(ratios):.2f} wall-clock (target >= 1.0), "
+        f"{statistics.median(cpu_ratios):.2f} per CPU-second (less disturbed by other load on the machine)"
+    )
 
 
 if __name__ == "__main__":

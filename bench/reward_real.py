@@ -38,22 +38,32 @@ def load_split(path: Path, eval_fraction: float, salt: str) -> tuple[Dataset, li
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if not is_eval_query(r["prompt"], eval_fraction, salt)]
     held_out = [r for r in rows if is_eval_query(r["prompt"], eval_fraction, salt)]
-    pairs = Dataset.from_dict({
-        "query": [r["prompt"] for r in train], "chosen": [r["chosen"] for r in train], "rejected": [r["rejected"] for r in train],
-        "source": ["pandalm"] * len(train), "chosen_kind": ["human"] * len(train), "rejected_kind": ["human"] * len(train),
-    })  # fmt: skip
+    pairs = Dataset.from_dict(
+        {
+            "query": [r["prompt"] for r in train],
+            "chosen": [r["chosen"] for r in train],
+            "rejected": [r["rejected"] for r in train],
+            "source": ["pandalm"] * len(train),
+            "chosen_kind": ["human"] * len(train),
+            "rejected_kind": ["human"] * len(train),
+        }
+    )
     return pairs, held_out
 
 
 def length_baseline(rows: list[dict]) -> float:
     """Share of pairs where the longer answer (in characters) is the chosen one; a tie counts half."""
-    return sum(1.0 if len(r["chosen"]) > len(r["rejected"]) else 0.5 if len(r["chosen"]) == len(r["rejected"]) else 0.0 for r in rows) / len(rows)
+    return sum(
+        1.0 if len(r["chosen"]) > len(r["rejected"]) else 0.5 if len(r["chosen"]) == len(r["rejected"]) else 0.0 for r in rows
+    ) / len(rows)
 
 
 def config_of(variant: str, threads: int, epochs: int | None) -> RewardConfig:
     backbone, max_length, truncation = variant.split("-")
     extra = {"epochs": epochs} if epochs else {}
-    return RewardConfig(base_model=backbone, max_length=int(max_length), truncation=TRUNCATION[truncation], num_threads=threads, **extra)
+    return RewardConfig(
+        base_model=backbone, max_length=int(max_length), truncation=TRUNCATION[truncation], num_threads=threads, **extra
+    )
 
 
 def run_variant(variant: str, pairs: Dataset, held_out: list[dict], threads: int, epochs: int | None) -> dict[str, float]:
@@ -66,7 +76,12 @@ def run_variant(variant: str, pairs: Dataset, held_out: list[dict], threads: int
     chosen = rm.predict(prompts, [r["chosen"] for r in held_out])
     rejected = rm.predict(prompts, [r["rejected"] for r in held_out])
     accuracy = sum(c > j for c, j in zip(chosen, rejected)) / len(held_out)
-    return {"accuracy": accuracy, "train_pairs_per_s": train["examples_per_second"], "seconds": time.perf_counter() - start, "epochs": cfg.epochs}
+    return {
+        "accuracy": accuracy,
+        "train_pairs_per_s": train["examples_per_second"],
+        "seconds": time.perf_counter() - start,
+        "epochs": cfg.epochs,
+    }
 
 
 def main() -> None:
@@ -85,13 +100,19 @@ def main() -> None:
     pairs, held_out = load_split(args.data, args.eval_fraction, args.salt)
     baseline = length_baseline(held_out)
     n_prompts = len({r["prompt"] for r in held_out})
-    print(f"{args.data.name}: {len(pairs)} training pairs, {len(held_out)} held-out pairs on {n_prompts} held-out prompts; "
-          f"length-only baseline {baseline:.1%}", flush=True)  # fmt: skip
+    print(
+        f"{args.data.name}: {len(pairs)} training pairs, {len(held_out)} held-out pairs on {n_prompts} held-out prompts; "
+        f"length-only baseline {baseline:.1%}",
+        flush=True,
+    )
     for variant in args.variants:
         torch.manual_seed(0)
         r = run_variant(variant, pairs, held_out, args.threads, args.epochs)
-        print(f"{variant:20s} held-out pairwise accuracy {r['accuracy']:6.1%}   length-only baseline {baseline:6.1%}   "
-              f"({r['epochs']} epochs, {r['train_pairs_per_s']:.1f} pairs/s, {r['seconds']:.0f} s)", flush=True)  # fmt: skip
+        print(
+            f"{variant:20s} held-out pairwise accuracy {r['accuracy']:6.1%}   length-only baseline {baseline:6.1%}   "
+            f"({r['epochs']} epochs, {r['train_pairs_per_s']:.1f} pairs/s, {r['seconds']:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

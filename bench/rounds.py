@@ -56,8 +56,11 @@ from trainers.synthetic import Question, all_questions, quality, split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 
 # What each learner changes from the project's defaults (rlhf.yaml): (continuous_learning, reward_model.training, policy.training).
-LATEST_ONLY = ({"history_triggers": 0, "warm_start": False, "reward_sample_events": None}, {"ensemble_members": 1, "gate_head": False},
-               {"uncertainty_penalty": 0.0, "demo_coef": 0.0, "demo_epochs": 0})  # fmt: skip
+LATEST_ONLY = (
+    {"history_triggers": 0, "warm_start": False, "reward_sample_events": None},
+    {"ensemble_members": 1, "gate_head": False},
+    {"uncertainty_penalty": 0.0, "demo_coef": 0.0, "demo_epochs": 0},
+)
 LEARNERS: dict[str, tuple[dict, dict, dict]] = {
     "continuous": ({}, {}, {}),
     "latest-only": LATEST_ONLY,  # today's learner
@@ -97,11 +100,13 @@ class RoundRecord:
 def settings_for(learner: str) -> Settings:
     learning, reward, policy = LEARNERS[learner]
     s = Settings()
-    return s.model_copy(update={
-        "continuous_learning": s.continuous_learning.model_copy(update=learning),
-        "reward_model": s.reward_model.model_copy(update={"training": s.reward_model.training.model_copy(update=reward)}),
-        "policy": s.policy.model_copy(update={"training": s.policy.training.model_copy(update=policy)}),
-    })  # fmt: skip
+    return s.model_copy(
+        update={
+            "continuous_learning": s.continuous_learning.model_copy(update=learning),
+            "reward_model": s.reward_model.model_copy(update={"training": s.reward_model.training.model_copy(update=reward)}),
+            "policy": s.policy.model_copy(update={"training": s.policy.training.model_copy(update=policy)}),
+        }
+    )
 
 
 def answers(version: Version, queries: list[str], seed: int) -> list[str]:
@@ -109,7 +114,9 @@ def answers(version: Version, queries: list[str], seed: int) -> list[str]:
     torch.manual_seed(seed)
     out: list[str] = []
     for i in range(0, len(queries), 64):
-        out += sample(version.lm, version.tokenizer, queries[i : i + 64], max_new_tokens=32, temperature=0.8, top_p=0.95).responses
+        out += sample(
+            version.lm, version.tokenizer, queries[i : i + 64], max_new_tokens=32, temperature=0.8, top_p=0.95
+        ).responses
     return out
 
 
@@ -129,7 +136,9 @@ class Traffic:
         self.seed = seed
         self.count = 0
 
-    def collect(self, arms: list[Version], budget: int, round_no: int) -> tuple[list[FeedbackEvent], dict[str, dict[str, list[int]]]]:
+    def collect(
+        self, arms: list[Version], budget: int, round_no: int
+    ) -> tuple[list[FeedbackEvent], dict[str, dict[str, list[int]]]]:
         """`budget` feedback events; with two arms users are split 50/50 by a stable hash. Also
         per arm, per user: [positives, feedback]."""
         events: list[FeedbackEvent] = []
@@ -148,10 +157,19 @@ class Traffic:
                     continue
                 kind = verdict.pop("type")
                 self.count += 1
-                events.append(FeedbackEvent(
-                    event_id=f"b{self.seed}-{self.count}", interaction_id=f"b{self.seed}-i{self.count}", user_id=user, query=q.text,
-                    response=replies[i], model_version=arm_of[i].name, feedback_type=kind, timestamp=EPOCH + timedelta(seconds=self.count), **verdict,
-                ))  # fmt: skip
+                events.append(
+                    FeedbackEvent(
+                        event_id=f"b{self.seed}-{self.count}",
+                        interaction_id=f"b{self.seed}-i{self.count}",
+                        user_id=user,
+                        query=q.text,
+                        response=replies[i],
+                        model_version=arm_of[i].name,
+                        feedback_type=kind,
+                        timestamp=EPOCH + timedelta(seconds=self.count),
+                        **verdict,
+                    )
+                )
                 tally = per_user[arm_of[i].name][user]
                 tally[0] += events[-1].is_positive(MIN_RATING)  # the rule the A/B analysis counts by
                 tally[1] += 1
@@ -164,13 +182,17 @@ def ab_lift(per_user: dict[str, dict[str, list[int]]], control: str, treatment: 
     def moments(users: dict[str, list[int]]) -> RatioMoments:
         y = [p for p, _ in users.values()]
         w = [n for _, n in users.values()]
-        return RatioMoments(len(y), sum(y), sum(w), sum(a * a for a in y), sum(b * b for b in w), sum(a * b for a, b in zip(y, w)))
+        return RatioMoments(
+            len(y), sum(y), sum(w), sum(a * a for a in y), sum(b * b for b in w), sum(a * b for a, b in zip(y, w))
+        )
 
     lift = relative_lift(ratio(moments(per_user[treatment])), ratio(moments(per_user[control])))
     return [float(lift.estimate), float(lift.low), float(lift.high)]
 
 
-def run_learner(learner: str, seed: int, rounds: int, budget: int, threads: int, workdir: Path) -> tuple[float, list[RoundRecord]]:
+def run_learner(
+    learner: str, seed: int, rounds: int, budget: int, threads: int, workdir: Path
+) -> tuple[float, list[RoundRecord]]:
     """(the base policy's hidden preference, one record per round)."""
     settings = settings_for(learner)
     torch.manual_seed(seed)
@@ -206,9 +228,13 @@ def run_learner(learner: str, seed: int, rounds: int, budget: int, threads: int,
             decide(per_user)
 
         # 2. The trigger for this round's feedback, and the history the window allows.
-        trigger = TrainTrigger(policy="default", model_version=serving.name, timestamp=EPOCH + timedelta(hours=r),
-                               ranges=(OffsetRange(topic="bench", partition=0, start=(r - 1) * budget, end=r * budget),),
-                               event_ids=tuple(e.event_id for e in events))  # fmt: skip
+        trigger = TrainTrigger(
+            policy="default",
+            model_version=serving.name,
+            timestamp=EPOCH + timedelta(hours=r),
+            ranges=(OffsetRange(topic="bench", partition=0, start=(r - 1) * budget, end=r * budget),),
+            event_ids=tuple(e.event_id for e in events),
+        )
         events_of[trigger.trigger_id] = events
         used = select_history(triggers, trigger, window)
         triggers.append(trigger)
@@ -223,16 +249,30 @@ def run_learner(learner: str, seed: int, rounds: int, budget: int, threads: int,
         train_q, eval_q = split_policy_queries(history)
         record = RoundRecord(r, serving_after=serving_hidden)
         record.metrics = {
-            "history_events": float(len(history)), "rm_accuracy": rm_metrics["eval"]["pairwise_accuracy"] or float("nan"),
-            "rm_accuracy_recent": rm_metrics["eval"]["accuracy_recent"] or float("nan"), "rm_disagreement": rm_metrics["eval"]["disagreement"] or float("nan"),
+            "history_events": float(len(history)),
+            "rm_accuracy": rm_metrics["eval"]["pairwise_accuracy"] or float("nan"),
+            "rm_accuracy_recent": rm_metrics["eval"]["accuracy_recent"] or float("nan"),
+            "rm_disagreement": rm_metrics["eval"]["disagreement"] or float("nan"),
             "rm_seconds": rm_metrics["train"]["seconds"],
-            "rm_accuracy_on_policy": on_policy_accuracy(rm.predict, lambda queries, seed: answers(serving, queries, seed), held_out) or float("nan"),
+            "rm_accuracy_on_policy": on_policy_accuracy(
+                rm.predict, lambda queries, seed: answers(serving, queries, seed), held_out
+            )
+            or float("nan"),
             "serving_before": serving_hidden,
-        }  # fmt: skip
+        }
         try:
-            metrics = optimise_policy("ppo", str(serving.path), EnsembleReward(rm, policy_config.uncertainty_penalty), train_q, eval_q,
-                                      policy_config, workdir / f"policy-{r}", feedback_events=history,
-                                      gate_fn=rm.gate_reward if rm.config.gate_head else None, original_path=str(base_path))  # fmt: skip
+            metrics = optimise_policy(
+                "ppo",
+                str(serving.path),
+                EnsembleReward(rm, policy_config.uncertainty_penalty),
+                train_q,
+                eval_q,
+                policy_config,
+                workdir / f"policy-{r}",
+                feedback_events=history,
+                gate_fn=rm.gate_reward if rm.config.gate_head else None,
+                original_path=str(base_path),
+            )
             passed, _ = gate_verdict(metrics, settings.registry.promotion_margin)
         except GuardrailRejection as exc:  # an outcome, as in the trainer consumer
             metrics, passed = {"guardrail": str(exc)[:200]}, False
@@ -246,10 +286,13 @@ def run_learner(learner: str, seed: int, rounds: int, budget: int, threads: int,
         record.seconds = time.monotonic() - started
         records.append(record)
         m = record.metrics
-        print(f"  {learner} seed {seed} round {r}: serving {serving_hidden:.3f}, history {len(history)}, RM acc {m['rm_accuracy']:.3f} "
-              f"(on-policy {m['rm_accuracy_on_policy']:.3f}), gain {m.get('reward_gain', float('nan')):+.3f}, kl base {m.get('kl_base', float('nan')):.3f}, "
-              f"{'candidate' if passed else 'rejected'} (hidden {record.candidate_hidden if record.candidate_hidden is not None else float('nan'):.3f}, "
-              f"{record.seconds:.0f}s)", flush=True)
+        print(
+            f"  {learner} seed {seed} round {r}: serving {serving_hidden:.3f}, history {len(history)}, RM acc {m['rm_accuracy']:.3f} "
+            f"(on-policy {m['rm_accuracy_on_policy']:.3f}), gain {m.get('reward_gain', float('nan')):+.3f}, kl base {m.get('kl_base', float('nan')):.3f}, "
+            f"{'candidate' if passed else 'rejected'} (hidden {record.candidate_hidden if record.candidate_hidden is not None else float('nan'):.3f}, "
+            f"{record.seconds:.0f}s)",
+            flush=True,
+        )
     if candidate:  # the last candidate's A/B test: one more round of traffic, no training
         decide(traffic.collect([serving, candidate], budget, rounds + 1)[1])
     return start_hidden, records
@@ -262,7 +305,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=1200, help="feedback events per round (the demo's train threshold)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of each job")
-    parser.add_argument("--jobs", type=int, default=1, help="(learner, seed) runs at once, each in its own process (e.g. --jobs 2 --threads 1 on 2 cores)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="(learner, seed) runs at once, each in its own process (e.g. --jobs 2 --threads 1 on 2 cores)",
+    )
     parser.add_argument("--out", type=Path, help="write every round's figures as JSON here, and the curves as a PNG beside it")
     args = parser.parse_args()
     runs = [(learner, seed) for learner in args.learners for seed in args.seeds]
@@ -271,20 +319,31 @@ def main() -> None:
         done = pool.map(run_in_process, [(learner, seed, args.rounds, args.budget, args.threads) for learner, seed in runs])
         for (learner, seed), result in zip(runs, done, strict=True):
             results[learner][seed] = result
-    print(f"\nhidden preference of the serving version after each round (median over seeds {args.seeds}); "
-          "per seed: P promoted, R rolled back by the A/B test, x rejected by the gate")
-    print(f"{'learner':<14}{'start':>8}" + "".join(f"{'r' + str(r):>12}" for r in range(1, args.rounds + 1)) + f"{'min s/round':>12}")
+    print(
+        f"\nhidden preference of the serving version after each round (median over seeds {args.seeds}); "
+        "per seed: P promoted, R rolled back by the A/B test, x rejected by the gate"
+    )
+    print(
+        f"{'learner':<14}{'start':>8}"
+        + "".join(f"{'r' + str(r):>12}" for r in range(1, args.rounds + 1))
+        + f"{'min s/round':>12}"
+    )
     for learner, by_seed in results.items():
         cells = [f"{statistics.median(start for start, _ in by_seed.values()):.3f}"]
         for r in range(args.rounds):
             value = statistics.median(recs[r].serving_after for _, recs in by_seed.values())
-            marks = "".join({"promoted": "P", "rolled_back": "R", "rejected": "x"}.get(recs[r].decision, "?") for _, recs in by_seed.values())
+            marks = "".join(
+                {"promoted": "P", "rolled_back": "R", "rejected": "x"}.get(recs[r].decision, "?") for _, recs in by_seed.values()
+            )
             cells.append(f"{value:.3f} {marks}")
         seconds = statistics.median(rec.seconds for _, recs in by_seed.values() for rec in recs)
         print(f"{learner:<14}{cells[0]:>8}" + "".join(f"{c:>12}" for c in cells[1:]) + f"{seconds:>12.0f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        runs = {k: {seed: {"start": start, "rounds": [r.__dict__ for r in recs]} for seed, (start, recs) in d.items()} for k, d in results.items()}
+        runs = {
+            k: {seed: {"start": start, "rounds": [r.__dict__ for r in recs]} for seed, (start, recs) in d.items()}
+            for k, d in results.items()
+        }
         args.out.write_text(json.dumps(runs, indent=1, default=str))
         plot_curves(results, args.out.with_suffix(".png"))
 
@@ -308,10 +367,22 @@ def plot_curves(results: dict[str, dict[int, tuple[float, list[RoundRecord]]]], 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for n, (learner, by_seed) in enumerate(results.items()):
         for k, (start, recs) in enumerate(by_seed.values()):
-            ax.plot(range(len(recs) + 1), [start, *(r.serving_after for r in recs)], "o-", color=f"C{n}", alpha=0.7, label=learner if k == 0 else None)
+            ax.plot(
+                range(len(recs) + 1),
+                [start, *(r.serving_after for r in recs)],
+                "o-",
+                color=f"C{n}",
+                alpha=0.7,
+                label=learner if k == 0 else None,
+            )
     rounds = max(len(recs) for by_seed in results.values() for _, recs in by_seed.values())
-    ax.set(xlabel="round (0: the base policy)", ylabel="hidden preference of the serving version", ylim=(0, 1), xticks=range(rounds + 1),
-           title="bench.rounds: does it keep improving?")  # fmt: skip
+    ax.set(
+        xlabel="round (0: the base policy)",
+        ylabel="hidden preference of the serving version",
+        ylim=(0, 1),
+        xticks=range(rounds + 1),
+        title="bench.rounds: does it keep improving?",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

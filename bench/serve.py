@@ -138,8 +138,13 @@ def main() -> None:
                 for name in variants:
                     result = load(urls[name], clients, max(args.requests, 4 * clients), questions)
                     runs.setdefault((name, clients), []).append(result)
-                    print(f"repeat {repeat + 1} clients {clients:>2} {name:<14} {result['rps']:7.1f} req/s  p50 {result['p50_ms']:7.0f} ms  p99 {result['p99_ms']:7.0f} ms", flush=True)
-    print(f"\nmedian of {args.repeats} repeats; batched = max_batch {args.max_batch}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+                    print(
+                        f"repeat {repeat + 1} clients {clients:>2} {name:<14} {result['rps']:7.1f} req/s  p50 {result['p50_ms']:7.0f} ms  p99 {result['p99_ms']:7.0f} ms",
+                        flush=True,
+                    )
+    print(
+        f"\nmedian of {args.repeats} repeats; batched = max_batch {args.max_batch}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
     print(f"{'clients':>7} | {'one-at-a-time req/s  p50 ms  p99 ms':>36} | {'batched req/s  p50 ms  p99 ms':>30} | ratio")
     for clients in args.concurrency:
         cells = []
@@ -147,7 +152,9 @@ def main() -> None:
             m = {k: statistics.median(r[k] for r in runs[(name, clients)]) for k in ("rps", "p50_ms", "p99_ms")}
             cells.append(m)
         one, many = cells
-        print(f"{clients:>7} | {one['rps']:20.1f} {one['p50_ms']:7.0f} {one['p99_ms']:7.0f} | {many['rps']:13.1f} {many['p50_ms']:7.0f} {many['p99_ms']:7.0f} | {many['rps'] / one['rps']:4.1f}x")
+        print(
+            f"{clients:>7} | {one['rps']:20.1f} {one['p50_ms']:7.0f} {one['p99_ms']:7.0f} | {many['rps']:13.1f} {many['p50_ms']:7.0f} {many['p99_ms']:7.0f} | {many['rps'] / one['rps']:4.1f}x"
+        )
 
 
 if __name__ == "__main__":

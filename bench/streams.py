@@ -74,8 +74,15 @@ def make_events(n: int) -> list[tuple[bytes, str, str]]:
             if kind == "correction"
             else {}
         )
-        e = FeedbackEvent(interaction_id=f"i-{i}", user_id=f"user-{i % 5000}", query=f"How do I reset my password in app {i % 50}?",
-                          response="Open Settings, go to Account, then press Reset.", model_version="v1", feedback_type=kind, **extra)  # fmt: skip
+        e = FeedbackEvent(
+            interaction_id=f"i-{i}",
+            user_id=f"user-{i % 5000}",
+            query=f"How do I reset my password in app {i % 50}?",
+            response="Open Settings, go to Account, then press Reset.",
+            model_version="v1",
+            feedback_type=kind,
+            **extra,
+        )
         out.append((e.to_bytes(), e.user_id, e.event_id))
     return out
 
@@ -96,8 +103,9 @@ class Tail:
     """Reads a topic from its current end on every partition, without a consumer group."""
 
     def __init__(self, bootstrap: str, topic: str, from_start: bool = False):
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-unused", "enable.auto.commit": False,
-                                  "fetch.wait.max.ms": 10})  # fmt: skip
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "bench-unused", "enable.auto.commit": False, "fetch.wait.max.ms": 10}
+        )
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         tps = []
         for p in partitions:
@@ -127,9 +135,14 @@ class Tail:
 
 @contextmanager
 def worker(bootstrap: str, prefix: str, home: Path, **continuous_learning: object) -> Iterator[subprocess.Popen]:
-    env = {**os.environ, "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "RLHF_KAFKA__TOPIC_PREFIX": prefix, "RLHF_HOME": str(home),
-           "RLHF_KAFKA__PARTITIONS": str(PARTITIONS),
-           **{f"RLHF_CONTINUOUS_LEARNING__{k.upper()}": str(v) for k, v in continuous_learning.items()}}  # fmt: skip
+    env = {
+        **os.environ,
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "RLHF_KAFKA__TOPIC_PREFIX": prefix,
+        "RLHF_HOME": str(home),
+        "RLHF_KAFKA__PARTITIONS": str(PARTITIONS),
+        **{f"RLHF_CONTINUOUS_LEARNING__{k.upper()}": str(v) for k, v in continuous_learning.items()},
+    }
     log = home / f"worker-{prefix.rstrip('.')}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -237,8 +250,11 @@ def throughput(bootstrap: str, home: Path, events: int, repeats: int) -> tuple[l
                 bare = bare_pipe(bootstrap, producer, batch)
                 worker_rates.append(events / elapsed)
                 bare_rates.append(bare)
-                print(f"repeat {r + 1}: worker {events / elapsed:,.0f} accepted ev/s ({cpu_ms[-1]:.3f} CPU ms/event)   "
-                      f"bare produce->consume {bare:,.0f} ev/s   ratio {events / elapsed / bare:.4f}", flush=True)  # fmt: skip
+                print(
+                    f"repeat {r + 1}: worker {events / elapsed:,.0f} accepted ev/s ({cpu_ms[-1]:.3f} CPU ms/event)   "
+                    f"bare produce->consume {bare:,.0f} ev/s   ratio {events / elapsed / bare:.4f}",
+                    flush=True,
+                )
         finally:
             triggers.close()
     return worker_rates, bare_rates, cpu_ms
@@ -290,13 +306,17 @@ def main() -> None:
         settle_s = max(1.0, 3 * args.threshold / min(worker_rates))
         lat = latency(bootstrap, home, args.threshold, args.triggers, settle_s)
         ms = [s * 1000 for s in lat]
-        print(f"trigger latency over {len(ms)} triggers (threshold {args.threshold}): p50 {percentile(ms, 50):.0f} ms  "
-              f"p99 {percentile(ms, 99):.0f} ms  (min {min(ms):.0f}, max {max(ms):.0f})")  # fmt: skip
+        print(
+            f"trigger latency over {len(ms)} triggers (threshold {args.threshold}): p50 {percentile(ms, 50):.0f} ms  "
+            f"p99 {percentile(ms, 99):.0f} ms  (min {min(ms):.0f}, max {max(ms):.0f})"
+        )
         ratio = median([w / b for w, b in zip(worker_rates, bare_rates)])
-        print(f"\nmedian of {args.repeats}: worker {median(worker_rates):,.0f} accepted events/s ({median(cpu_ms):.3f} CPU ms/event), "
-              f"bare broker produce->consume {median(bare_rates):,.0f} events/s, ratio {ratio:.4f}; "
-              f"trigger latency p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms (os.cpu_count() {os.cpu_count()}, "
-              f"load average {os.getloadavg()[0]:.1f})")  # fmt: skip
+        print(
+            f"\nmedian of {args.repeats}: worker {median(worker_rates):,.0f} accepted events/s ({median(cpu_ms):.3f} CPU ms/event), "
+            f"bare broker produce->consume {median(bare_rates):,.0f} events/s, ratio {ratio:.4f}; "
+            f"trigger latency p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms (os.cpu_count() {os.cpu_count()}, "
+            f"load average {os.getloadavg()[0]:.1f})"
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ def dead_letter_of(msg: Message, reason: str, redactor: Redactor | None = None) 
     if redactor is not None:
         value = redactor.kept(value)
     return DeadLetter(
-        reason=reason[:MAX_REASON_CHARS], origin_topic=msg.topic(), origin_partition=msg.partition(), origin_offset=msg.offset(),
-        key=msg.key().decode(errors="replace") if msg.key() else None, value=value,
-    )  # fmt: skip
+        reason=reason[:MAX_REASON_CHARS],
+        origin_topic=msg.topic(),
+        origin_partition=msg.partition(),
+        origin_offset=msg.offset(),
+        key=msg.key().decode(errors="replace") if msg.key() else None,
+        value=value,
+    )

@@ -32,12 +32,23 @@ class EventEmitter:
         """Write `event` to `topic` and return once the broker has it; raise DeliveryError otherwise."""
         failures: list[KafkaError] = []
         name = topic_name(self._prefix, topic)
-        self._producer.produce(name, value=event.to_bytes(), key=key, on_delivery=lambda err, _msg: failures.append(err) if err else None)
+        self._producer.produce(
+            name, value=event.to_bytes(), key=key, on_delivery=lambda err, _msg: failures.append(err) if err else None
+        )
         unsent = self._producer.flush(ACK_TIMEOUT_S)
         if unsent or failures:
             reason = failures[0] if failures else f"no acknowledgement within {ACK_TIMEOUT_S:.0f} s"
             raise DeliveryError(f"{type(event).__name__} to {name}: {reason}")
 
-    def status(self, trigger: TrainTrigger, state: str, stage: str = "", message: str = "", metrics: dict[str, float] | None = None) -> None:
-        event = TrainingStatus(trigger_id=trigger.trigger_id, policy=trigger.policy, state=state, stage=stage, message=message[:4000], metrics=metrics or {})
+    def status(
+        self, trigger: TrainTrigger, state: str, stage: str = "", message: str = "", metrics: dict[str, float] | None = None
+    ) -> None:
+        event = TrainingStatus(
+            trigger_id=trigger.trigger_id,
+            policy=trigger.policy,
+            state=state,
+            stage=stage,
+            message=message[:4000],
+            metrics=metrics or {},
+        )
         self.emit("training-status", event, trigger.policy)

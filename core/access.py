@@ -65,5 +65,7 @@ def is_loopback(host: str) -> bool:
 def require_keys_beyond_loopback(host: str, keys: ApiKeys, setting: str) -> None:
     """Refuse to serve an open surface where others can reach it: ConfigError naming the setting."""
     if keys.open and not is_loopback(host):
-        raise ConfigError(f"{setting}: none configured, but the server would listen on {host}, beyond loopback; "
-                          "configure a key (as a secret, e.g. in the environment) or listen on 127.0.0.1")  # fmt: skip
+        raise ConfigError(
+            f"{setting}: none configured, but the server would listen on {host}, beyond loopback; "
+            "configure a key (as a secret, e.g. in the environment) or listen on 127.0.0.1"
+        )

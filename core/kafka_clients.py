@@ -26,14 +26,23 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     BrokerError from the client's next poll when the credentials or certificates are refused (other
     errors, a broker away, are retried by the client as usual). A client that sets its own
     `error_cb` passes those errors to `raise_if_refused`."""
-    config: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": kafka.security_protocol,
-                              "error_cb": lambda err: raise_if_refused(err.code(), err.str(), kafka)}  # fmt: skip
+    config: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "security.protocol": kafka.security_protocol,
+        "error_cb": lambda err: raise_if_refused(err.code(), err.str(), kafka),
+    }
     if kafka.security_protocol.startswith("SASL_"):
-        config |= {"sasl.mechanisms": kafka.sasl_mechanism, "sasl.username": kafka.sasl_username,
-                   "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else None}  # fmt: skip
+        config |= {
+            "sasl.mechanisms": kafka.sasl_mechanism,
+            "sasl.username": kafka.sasl_username,
+            "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        }
     if kafka.security_protocol.endswith("SSL"):
-        optional = {"ssl.ca.location": kafka.ssl_ca_location, "ssl.certificate.location": kafka.ssl_certificate_location,
-                    "ssl.key.location": kafka.ssl_key_location}  # fmt: skip
+        optional = {
+            "ssl.ca.location": kafka.ssl_ca_location,
+            "ssl.certificate.location": kafka.ssl_certificate_location,
+            "ssl.key.location": kafka.ssl_key_location,
+        }
         config |= {k: str(v) for k, v in optional.items() if v is not None}
         if kafka.ssl_key_password is not None:
             config["ssl.key.password"] = kafka.ssl_key_password.get_secret_value()
@@ -62,7 +71,9 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     context = ssl_context(kafka)
     if kafka.security_protocol.startswith("SASL_"):
         password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-        return faust.SASLCredentials(username=kafka.sasl_username, password=password, ssl_context=context, mechanism=kafka.sasl_mechanism)
+        return faust.SASLCredentials(
+            username=kafka.sasl_username, password=password, ssl_context=context, mechanism=kafka.sasl_mechanism
+        )
     if context is not None:
         return faust.SSLCredentials(context)
     return None
@@ -82,9 +93,13 @@ def raise_if_refused(code: int, text: str, kafka: KafkaSettings) -> None:
 def describe_client_error(code: int, text: str, kafka: KafkaSettings) -> str | None:
     """A clear sentence for an authentication or TLS failure, naming what to check; None otherwise."""
     if code == _AUTHENTICATION:
-        return (f"Kafka refused the credentials of user {kafka.sasl_username!r} ({kafka.sasl_mechanism} over {kafka.security_protocol}): "
-                f"check kafka.sasl_username and kafka.sasl_password ({text})")  # fmt: skip
+        return (
+            f"Kafka refused the credentials of user {kafka.sasl_username!r} ({kafka.sasl_mechanism} over {kafka.security_protocol}): "
+            f"check kafka.sasl_username and kafka.sasl_password ({text})"
+        )
     if code == _SSL:
-        return (f"TLS handshake with Kafka failed: is the broker's certificate signed by kafka.ssl_ca_location "
-                f"({kafka.ssl_ca_location or 'the system CAs'})? ({text})")  # fmt: skip
+        return (
+            f"TLS handshake with Kafka failed: is the broker's certificate signed by kafka.ssl_ca_location "
+            f"({kafka.ssl_ca_location or 'the system CAs'})? ({text})"
+        )
     return None

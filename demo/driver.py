@@ -68,18 +68,22 @@ POLICY_PROFILES: dict[str, PolicyProfile] = {
     # A real chat model trains LoRA adapters, writes longer answers and takes fewer, dearer PPO
     # iterations; a round's few dozen corrections need fewer supervised passes than the tiny model.
     # It answers ~2 users a second here, so its A/B test needs longer to reach an always-valid verdict.
-    "smollm2": PolicyProfile(round_minutes=45.0, ab_horizon_s=900.0, settings={
-        "RLHF_POLICY__TRAINING__LORA_R": "16",
-        "RLHF_POLICY__TRAINING__MAX_NEW_TOKENS": "48",
-        "RLHF_POLICY__TRAINING__EPOCHS": "6",
-        "RLHF_POLICY__TRAINING__DEMO_EPOCHS": "5",
-        "RLHF_POLICY__TRAINING__DEMO_LEARNING_RATE": "2e-4",  # LoRA adapters, as measured (the tiny model's 5e-4 was not)
-        "RLHF_POLICY__TRAINING__DEMO_COEF": "0.5",  # as measured on it (the tiny model's 2 was not)
-        # Its users' corrections ask for terse steps where it rambles: the fine-tuned answers sit
-        # 3.1-3.7 nats/token from the base (three measurements), past the tiny model's bound of 1.
-        "RLHF_POLICY__TRAINING__KL_BASE_BOUND": "6",
-    }),
-}  # fmt: skip
+    "smollm2": PolicyProfile(
+        round_minutes=45.0,
+        ab_horizon_s=900.0,
+        settings={
+            "RLHF_POLICY__TRAINING__LORA_R": "16",
+            "RLHF_POLICY__TRAINING__MAX_NEW_TOKENS": "48",
+            "RLHF_POLICY__TRAINING__EPOCHS": "6",
+            "RLHF_POLICY__TRAINING__DEMO_EPOCHS": "5",
+            "RLHF_POLICY__TRAINING__DEMO_LEARNING_RATE": "2e-4",  # LoRA adapters, as measured (the tiny model's 5e-4 was not)
+            "RLHF_POLICY__TRAINING__DEMO_COEF": "0.5",  # as measured on it (the tiny model's 2 was not)
+            # Its users' corrections ask for terse steps where it rambles: the fine-tuned answers sit
+            # 3.1-3.7 nats/token from the base (three measurements), past the tiny model's bound of 1.
+            "RLHF_POLICY__TRAINING__KL_BASE_BOUND": "6",
+        },
+    ),
+}
 
 
 def profile_of(policy: str) -> PolicyProfile:
@@ -97,7 +101,9 @@ class DemoPlan:
     # hidden preference 0.922 / 0.895 / 0.935 against 0.876 / 0.948 / 0.936 here, runs 1-4 min longer.
     train_threshold: int = 1200
     ab_min_users_per_variant: int = 60  # users with feedback per variant before the decider may decide
-    ab_horizon_s: float | None = None  # an experiment still undecided after this ends with control kept (None: the policy profile's)
+    ab_horizon_s: float | None = (
+        None  # an experiment still undecided after this ends with control kept (None: the policy profile's)
+    )
     budget_s: float = 14 * 60
     seed: int = 0
     fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
@@ -217,7 +223,10 @@ class Demo:
         self.supervisor.start("serve", "serve", "--port", str(self.serve_port))
         _wait_http(f"http://127.0.0.1:{self.serve_port}/healthz", 180, self.supervisor)
         _wait_http(f"http://127.0.0.1:{self.dashboard_port}/healthz", 180, self.supervisor)
-        print(f"dashboard: http://127.0.0.1:{self.dashboard_port}/   assistant: http://127.0.0.1:{self.serve_port}/versions   logs: {self.supervisor.log_dir}", flush=True)
+        print(
+            f"dashboard: http://127.0.0.1:{self.dashboard_port}/   assistant: http://127.0.0.1:{self.serve_port}/versions   logs: {self.supervisor.log_dir}",
+            flush=True,
+        )
         return settings
 
     def run(self) -> list[RoundResult]:
@@ -231,7 +240,12 @@ class Demo:
         try:
             while len(self.results) < self.plan.rounds:
                 if time.monotonic() > deadline:  # report the rounds done; the command exits 1
-                    log.error("time budget of %.0fs ran out after %d of %d rounds", self.plan.budget_s, len(self.results), self.plan.rounds)
+                    log.error(
+                        "time budget of %.0fs ran out after %d of %d rounds",
+                        self.plan.budget_s,
+                        len(self.results),
+                        self.plan.rounds,
+                    )
                     break
                 self.supervisor.check()
                 watch.poll()
@@ -254,11 +268,17 @@ class Demo:
                 self.serving["answers"] += len(stats.answers)
                 self.serving["tokens"] += self.count_tokens(stats.answers)
                 self.feedback_sent += stats.feedback
-                self.timeline.append({"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback})
+                self.timeline.append(
+                    {"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback}
+                )
                 self._fault_drill("streams")
                 self._fault_drill("broker")
                 experiment = watch.open_experiment()
-                bar.set_postfix_str(f"A/B test {experiment} (the decider decides)" if experiment else f"collecting feedback: {self.feedback_sent} sent")
+                bar.set_postfix_str(
+                    f"A/B test {experiment} (the decider decides)"
+                    if experiment
+                    else f"collecting feedback: {self.feedback_sent} sent"
+                )
         finally:
             bar.close()
             watch.close()
@@ -271,9 +291,21 @@ class Demo:
             started = watch.started.get(decided.experiment_id)
             if started is None or started.treatment_version in done:
                 continue
-            published = next((p.model_dump(mode="json") for p in watch.published if p.version == started.treatment_version and p.decision == "candidate"), {})
-            ab = {"experiment": decided.experiment_id, "outcome": decided.outcome, "reason": decided.reason, "statistics": decided.statistics,
-                  "decided_at": decided.timestamp.isoformat()}  # fmt: skip
+            published = next(
+                (
+                    p.model_dump(mode="json")
+                    for p in watch.published
+                    if p.version == started.treatment_version and p.decision == "candidate"
+                ),
+                {},
+            )
+            ab = {
+                "experiment": decided.experiment_id,
+                "outcome": decided.outcome,
+                "reason": decided.reason,
+                "statistics": decided.statistics,
+                "decided_at": decided.timestamp.isoformat(),
+            }
             self._finish(RoundResult(started.treatment_version, started.control_version, decided.outcome, published, ab))
 
     def _settle_rejections(self, watch: StatusWatch) -> None:
@@ -356,8 +388,17 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
         demo.stop()
         signal.signal(signal.SIGTERM, previous)
     (run_dir / "result.json").write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
-    (run_dir / "run.json").write_text(json.dumps({"feedback_sent": demo.feedback_sent, "sink_committed": sink.committed, "sink_lag": sink.lag,
-                                                 "fault_drill": sorted(demo.drills_done), "policy": plan.policy,
-                                                 "max_new_tokens": demo.settings.policy.training.max_new_tokens}))  # fmt: skip
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "feedback_sent": demo.feedback_sent,
+                "sink_committed": sink.committed,
+                "sink_lag": sink.lag,
+                "fault_drill": sorted(demo.drills_done),
+                "policy": plan.policy,
+                "max_new_tokens": demo.settings.policy.training.max_new_tokens,
+            }
+        )
+    )
     (run_dir / "timeline.json").write_text(json.dumps(demo.timeline))
     return results

@@ -84,22 +84,38 @@ def figures_of(result: dict, truth: dict[str, float], on_policy: dict[str, float
     stats = result.get("ab", {}).get("statistics", {})
     serving = result.get("serving") or {}
     return RoundFigures(
-        candidate=result["candidate"], decision=result["decision"],
+        candidate=result["candidate"],
+        decision=result["decision"],
         reward_accuracy=metrics.get("rm_eval.pairwise_accuracy"),
-        reward_before=metrics.get("mean_reward_before"), reward_after=metrics.get("mean_reward_after"),
-        control_rate=stats.get("positive_rate_control"), treatment_rate=stats.get("positive_rate_treatment"),
-        lift=stats.get("lift"), lift_low=stats.get("lift_low"), lift_high=stats.get("lift_high"),
-        users_control=stats.get("users_control"), users_treatment=stats.get("users_treatment"),
+        reward_before=metrics.get("mean_reward_before"),
+        reward_after=metrics.get("mean_reward_after"),
+        control_rate=stats.get("positive_rate_control"),
+        treatment_rate=stats.get("positive_rate_treatment"),
+        lift=stats.get("lift"),
+        lift_low=stats.get("lift_low"),
+        lift_high=stats.get("lift_high"),
+        users_control=stats.get("users_control"),
+        users_treatment=stats.get("users_treatment"),
         decision_reason=result.get("ab", {}).get("reason", ""),
-        true_quality_parent=truth.get(result.get("parent") or ""), true_quality_candidate=truth.get(result["candidate"]),
-        reward_accuracy_recent=metrics.get("rm_eval.accuracy_recent"), reward_accuracy_on_policy=(on_policy or {}).get(result["candidate"]),
-        disagreement=metrics.get("rm_eval.disagreement"), disagreement_ppo=metrics.get("disagreement_last"),
-        kl_parent=metrics.get("kl_parent"), kl_base=metrics.get("kl_base"),
-        gate_before=metrics.get("gate_reward_before"), gate_after=metrics.get("gate_reward_after"),
-        history_events=metrics.get("rm_data.events.accepted"), seconds=result.get("seconds"),
-        serving_seconds=serving.get("seconds"), serving_answers=serving.get("answers"), serving_tokens=serving.get("tokens"),
-        reward_model_seconds=metrics.get("rm_train.seconds"), policy_seconds=metrics.get("wall_seconds"), ppo_seconds=metrics.get("train_seconds"),
-    )  # fmt: skip
+        true_quality_parent=truth.get(result.get("parent") or ""),
+        true_quality_candidate=truth.get(result["candidate"]),
+        reward_accuracy_recent=metrics.get("rm_eval.accuracy_recent"),
+        reward_accuracy_on_policy=(on_policy or {}).get(result["candidate"]),
+        disagreement=metrics.get("rm_eval.disagreement"),
+        disagreement_ppo=metrics.get("disagreement_last"),
+        kl_parent=metrics.get("kl_parent"),
+        kl_base=metrics.get("kl_base"),
+        gate_before=metrics.get("gate_reward_before"),
+        gate_after=metrics.get("gate_reward_after"),
+        history_events=metrics.get("rm_data.events.accepted"),
+        seconds=result.get("seconds"),
+        serving_seconds=serving.get("seconds"),
+        serving_answers=serving.get("answers"),
+        serving_tokens=serving.get("tokens"),
+        reward_model_seconds=metrics.get("rm_train.seconds"),
+        policy_seconds=metrics.get("wall_seconds"),
+        ppo_seconds=metrics.get("train_seconds"),
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -111,7 +127,10 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
 
 
 def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: Path) -> str:
-    lines = ["", "rlhf demo: results per round (targets: reward-model accuracy >= 85%, policy reward +15%, positive feedback +20%)"]
+    lines = [
+        "",
+        "rlhf demo: results per round (targets: reward-model accuracy >= 85%, policy reward +15%, positive feedback +20%)",
+    ]
     for n, r in enumerate(rounds, 1):
         interval = "n/a" if r.lift_low is None else f"[{r.lift_low:+.1%}, {r.lift_high:+.1%}]"
         lines += [
@@ -120,8 +139,12 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
             f"    policy mean reward (reward model)        {_num(r.reward_before)} -> {_num(r.reward_after)}  ({_pct(r.policy_reward_gain)})",
             f"    positive-feedback rate control/treatment {_num(r.control_rate)} / {_num(r.treatment_rate)}  lift {_pct(r.lift)} {interval}"
             f"  (per user; {_num(r.users_control, '.0f')} / {_num(r.users_treatment, '.0f')} users)",
-            f"    decision                                 " + ("the gate rejected it before any user saw it" if r.decision == "rejected"
-                                                              else f"the decider: {r.decision} ({r.decision_reason or 'no reason recorded'})"),
+            f"    decision                                 "
+            + (
+                "the gate rejected it before any user saw it"
+                if r.decision == "rejected"
+                else f"the decider: {r.decision} ({r.decision_reason or 'no reason recorded'})"
+            ),
             f"    hidden user preference (ground truth)    {_num(r.true_quality_parent)} -> {_num(r.true_quality_candidate)}"
             f"  (serving after the round: {_num(r.serving_truth)})",
             f"    reward model on the newest answers       held-out newest pairs {_num(r.reward_accuracy_recent, '.1%')}, "
@@ -175,13 +198,31 @@ def _rounds_plot(rounds: list[RoundFigures]) -> str:
     xs = list(range(0, len(rounds) + 1))
     serving = [rounds[0].true_quality_parent if rounds else None] + [r.serving_truth for r in rounds]
     ax.plot(xs, serving, "-", color="tab:blue", label="serving version (hidden preference)")
-    markers = {"promote": ("^", "tab:green"), "rollback": ("v", "tab:red"), "expired": ("v", "tab:orange"), "rejected": ("x", "tab:gray")}
+    markers = {
+        "promote": ("^", "tab:green"),
+        "rollback": ("v", "tab:red"),
+        "expired": ("v", "tab:orange"),
+        "rejected": ("x", "tab:gray"),
+    }
     for x, r in zip(xs[1:], rounds):
         marker, colour = markers.get(r.decision, ("o", "black"))
-        ax.scatter([x], [r.true_quality_candidate if r.true_quality_candidate is not None else r.serving_truth], marker=marker, color=colour, zorder=3)
+        ax.scatter(
+            [x],
+            [r.true_quality_candidate if r.true_quality_candidate is not None else r.serving_truth],
+            marker=marker,
+            color=colour,
+            zorder=3,
+        )
     for decision, (marker, colour) in markers.items():
         ax.scatter([], [], marker=marker, color=colour, label=f"candidate: {decision}")
-    ax.plot(xs[1:], [r.reward_accuracy_on_policy for r in rounds], "s--", color="tab:purple", alpha=0.7, label="RM accuracy on the parent's answers")
+    ax.plot(
+        xs[1:],
+        [r.reward_accuracy_on_policy for r in rounds],
+        "s--",
+        color="tab:purple",
+        alpha=0.7,
+        label="RM accuracy on the parent's answers",
+    )
     ax.set(xlabel="round", ylabel="hidden preference / accuracy", title="Does it keep improving?", xticks=xs, ylim=(0, 1.02))
     ax.legend(fontsize=6, loc="lower right")
     return _png(fig)
@@ -203,7 +244,11 @@ def _timeline_plot(timeline: list[dict]) -> str:
 
 
 def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], summary: str) -> Path:
-    images = [_rounds_plot(rounds), _ab_plot(rounds), _reward_plot(rounds), _timeline_plot(timeline)] if rounds else [_timeline_plot(timeline)]
+    images = (
+        [_rounds_plot(rounds), _ab_plot(rounds), _reward_plot(rounds), _timeline_plot(timeline)]
+        if rounds
+        else [_timeline_plot(timeline)]
+    )
     body = "".join(f'<img src="data:image/png;base64,{img}" style="max-width:48%;margin:4px">' for img in images)
     path.write_text(
         "<!doctype html><meta charset=utf-8><title>rlhf demo report</title>"
@@ -236,7 +281,9 @@ def held_out_quality(policy: LoadedPolicy, max_new_tokens: int, samples: int = 2
     return sum(scores) / len(scores)
 
 
-def on_policy_accuracy(reward: Callable[[list[str], list[str]], list[float]], answer: Callable[[list[str], int], list[str]], held_out: list) -> float | None:
+def on_policy_accuracy(
+    reward: Callable[[list[str], list[str]], list[float]], answer: Callable[[list[str], int], list[str]], held_out: list
+) -> float | None:
     """How often a reward model orders two of a policy's own answers to a held-out question as the
     hidden preference does (pairs whose true gap is over 0.2): its accuracy where the next PPO
     update will search. `answer(queries, seed)` samples the policy."""
@@ -265,8 +312,11 @@ def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_to
         if not rm_version or not parent or not registry.exists("reward_models", rm_version):
             continue
         policy = load_version(registry, parent)
-        accuracy = on_policy_accuracy(RewardModel.load(registry.path("reward_models", rm_version) / "model").predict,
-                                      lambda queries, seed: answer(policy, queries, max_new_tokens, seed=seed), held_out)  # fmt: skip
+        accuracy = on_policy_accuracy(
+            RewardModel.load(registry.path("reward_models", rm_version) / "model").predict,
+            lambda queries, seed: answer(policy, queries, max_new_tokens, seed=seed),
+            held_out,
+        )
         if accuracy is not None:
             out[r["candidate"]] = accuracy
     return out

@@ -47,7 +47,9 @@ class Supervisor:
         service = self.services.get(name) or Service(name, [sys.executable, "-m", "rlhf.cli", *args])
         self.services[name] = service
         with open(self.log_dir / f"{name}.log", "ab") as out:
-            service.proc = subprocess.Popen(service.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+            service.proc = subprocess.Popen(
+                service.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+            )
         service.started_at = time.monotonic()
         log.info("started %s (pid %d)", name, service.proc.pid)
         return service
@@ -65,7 +67,9 @@ class Supervisor:
         for service in self.services.values():
             if service.proc is not None and service.proc.poll() is not None:
                 if service.restarts >= self.max_restarts:
-                    raise ServiceError(f"{service.name} keeps dying (exit {service.proc.returncode}); see {self.log_dir / service.name}.log")
+                    raise ServiceError(
+                        f"{service.name} keeps dying (exit {service.proc.returncode}); see {self.log_dir / service.name}.log"
+                    )
                 service.restarts += 1
                 log.warning("%s exited with %s; restarting (%d)", service.name, service.proc.returncode, service.restarts)
                 self.start(service.name, *service.argv[3:])

@@ -95,7 +95,10 @@ class Population:
 
     def step(self, http: httpx.Client, n: int) -> RoundStats:
         """`n` users each ask one question through the service and react to the answer."""
-        asks = [(self.rng.choice(self.users), self.rng.choice(self.questions), random.Random(self.rng.getrandbits(64))) for _ in range(n)]
+        asks = [
+            (self.rng.choice(self.users), self.rng.choice(self.questions), random.Random(self.rng.getrandbits(64)))
+            for _ in range(n)
+        ]
         with ThreadPoolExecutor(min(n, CONCURRENT_USERS)) as pool:
             reactions = list(pool.map(lambda a: self.ask(http, *a), asks))
         stats = RoundStats(interactions=n, answers=[response for response, _ in reactions])

@@ -29,18 +29,30 @@ class LocalCluster:
     sasl: Sasl | None = None
 
     @classmethod
-    def consecutive(cls, data_dir: Path, size: int, port: int, version: str = "4.1.1", sasl: Sasl | None = None) -> "LocalCluster":
+    def consecutive(
+        cls, data_dir: Path, size: int, port: int, version: str = "4.1.1", sasl: Sasl | None = None
+    ) -> "LocalCluster":
         """Node i listens on port + 2i (clients) and port + 2i + 1 (controller)."""
-        return cls(data_dir, tuple(port + 2 * i for i in range(size)), tuple(port + 2 * i + 1 for i in range(size)), version, sasl)
+        return cls(
+            data_dir, tuple(port + 2 * i for i in range(size)), tuple(port + 2 * i + 1 for i in range(size)), version, sasl
+        )
 
     @property
     def nodes(self) -> list[LocalBroker]:
         voters = tuple((i + 1, c) for i, c in enumerate(self.controller_ports))
         return [
-            LocalBroker(self.data_dir / f"node-{i + 1}", port=p, controller_port=c, version=self.version, node_id=i + 1,
-                        voters=voters, sasl=self.sasl, tls_dir=self.data_dir / "tls")
+            LocalBroker(
+                self.data_dir / f"node-{i + 1}",
+                port=p,
+                controller_port=c,
+                version=self.version,
+                node_id=i + 1,
+                voters=voters,
+                sasl=self.sasl,
+                tls_dir=self.data_dir / "tls",
+            )
             for i, (p, c) in enumerate(zip(self.ports, self.controller_ports, strict=True))
-        ]  # fmt: skip
+        ]
 
     @property
     def bootstrap_servers(self) -> str:
@@ -63,7 +75,9 @@ class LocalCluster:
                 if node.pid() is None:
                     raise BrokerError(f"node {node.node_id} exited; see {node.log_file} and {node.data_dir / 'broker.stdout'}")
                 if time.monotonic() > deadline:
-                    raise BrokerError(f"cluster not ready within {timeout:.0f}s: node {node.node_id} on {node.bootstrap_servers}; see {node.log_file}")
+                    raise BrokerError(
+                        f"cluster not ready within {timeout:.0f}s: node {node.node_id} on {node.bootstrap_servers}; see {node.log_file}"
+                    )
                 time.sleep(0.5)
 
     def down(self) -> bool:

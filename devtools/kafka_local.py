@@ -42,7 +42,15 @@ def resolve_jars(version: str) -> Path:
     shutil.copy(FILES / "pom.xml", home / "pom.xml")
     staging = home / "lib.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    cmd = ["mvn", "-B", "-q", "dependency:copy-dependencies", f"-Dkafka.version={version}", "-DincludeScope=runtime", f"-DoutputDirectory={staging}"]
+    cmd = [
+        "mvn",
+        "-B",
+        "-q",
+        "dependency:copy-dependencies",
+        f"-Dkafka.version={version}",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
     done = subprocess.run(cmd, cwd=home, capture_output=True, text=True)
     if done.returncode != 0:
         raise BrokerError(f"could not resolve Kafka {version} jars with Maven:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -103,8 +111,13 @@ class LocalBroker:
         """confluent-kafka settings that reach this broker (as its user, when secured)."""
         config = {"bootstrap.servers": self.bootstrap_servers}
         if self.sasl is not None and self.tls is not None:
-            config |= {"security.protocol": "SASL_SSL", "sasl.mechanisms": mechanism, "sasl.username": self.sasl.username,
-                       "sasl.password": self.sasl.password, "ssl.ca.location": str(self.tls.ca)}  # fmt: skip
+            config |= {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanisms": mechanism,
+                "sasl.username": self.sasl.username,
+                "sasl.password": self.sasl.password,
+                "ssl.ca.location": str(self.tls.ca),
+            }
         return config
 
     def _write_config(self) -> None:
@@ -112,8 +125,11 @@ class LocalBroker:
         os.chmod(self.data_dir, 0o700)  # the properties hold the secured listener's password
         nodes = len(self.voters) or 1
         listener = "PLAINTEXT" if self.sasl is None else "SASL_SSL"
-        quorum = ({"controller.quorum.voters": ",".join(f"{n}@127.0.0.1:{p}" for n, p in self.voters)} if self.voters
-                  else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"})  # fmt: skip
+        quorum = (
+            {"controller.quorum.voters": ",".join(f"{n}@127.0.0.1:{p}" for n, p in self.voters)}
+            if self.voters
+            else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}"}
+        )
         internal_rf, internal_isr = str(min(3, nodes)), str(min(2, nodes))
         props = {
             "process.roles": "broker,controller",
@@ -163,11 +179,17 @@ class LocalBroker:
 
     def _java(self, lib: Path, main: str, *args: str) -> list[str]:
         return [
-            "java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC",
+            "java",
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.yaml'}",
             f"-Dkafka.logs.dir={self.data_dir}",
-            "-cp", f"{lib}/*", main, *args,
-        ]  # fmt: skip
+            "-cp",
+            f"{lib}/*",
+            main,
+            *args,
+        ]
 
     def _format_once(self, lib: Path, cluster_id: str | None = None) -> None:
         if (self.data_dir / "logs" / "meta.properties").is_file():
@@ -212,12 +234,16 @@ class LocalBroker:
         if self.pid() is not None:
             if self.wait_ready(timeout):
                 return
-            raise BrokerError(f"broker pid {self.pid()} is running but not answering on {self.bootstrap_servers}; see {self.log_file}")
+            raise BrokerError(
+                f"broker pid {self.pid()} is running but not answering on {self.bootstrap_servers}; see {self.log_file}"
+            )
         proc = self.start(resolve_jars(self.version))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise BrokerError(f"broker exited with code {proc.returncode}; see {self.log_file} and {self.data_dir / 'broker.stdout'}")
+                raise BrokerError(
+                    f"broker exited with code {proc.returncode}; see {self.log_file} and {self.data_dir / 'broker.stdout'}"
+                )
             if self.is_ready():
                 return
             time.sleep(0.5)
@@ -230,8 +256,11 @@ class LocalBroker:
         with open(self.data_dir / "broker.stdout", "ab") as out:
             proc = subprocess.Popen(
                 self._java(lib, "kafka.Kafka", str(self._properties)),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._pid_file.write_text(str(proc.pid))
         return proc
 
@@ -272,7 +301,9 @@ class LocalBroker:
 
 
 def new_cluster_id(lib: Path) -> str:
-    done = subprocess.run(["java", "-cp", f"{lib}/*", "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["java", "-cp", f"{lib}/*", "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
+    )
     return done.stdout.strip()
 
 

@@ -50,7 +50,9 @@ class Manifest:
     parent_version: str | None = None
     reward_model_version: str | None = None
     data_ranges: list[dict[str, Any]] = field(default_factory=list)  # every offset range trained on, the history's included
-    history_triggers: list[str] = field(default_factory=list)  # the triggers whose feedback it used, oldest first (history.json has them whole)
+    history_triggers: list[str] = field(
+        default_factory=list
+    )  # the triggers whose feedback it used, oldest first (history.json has them whole)
     metrics: dict[str, float] = field(default_factory=dict)
     guardrails_fired: list[str] = field(default_factory=list)
     config_hash: str = ""
@@ -84,7 +86,9 @@ def version_for(policy: str, trigger_id: str) -> str:
 
 def code_version() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
         if sha.returncode == 0:
             return sha.stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
@@ -112,7 +116,9 @@ class ModelRegistry:
         try:
             return Manifest(**json.loads(file.read_text()))
         except FileNotFoundError:
-            raise ModelLoadError(f"{self.path(kind, version)}: no such {kind[:-1].replace('_', ' ')} version in the registry") from None
+            raise ModelLoadError(
+                f"{self.path(kind, version)}: no such {kind[:-1].replace('_', ' ')} version in the registry"
+            ) from None
         except (json.JSONDecodeError, TypeError) as exc:
             raise ModelLoadError(f"{file}: corrupt manifest ({exc})") from None
 
@@ -130,7 +136,9 @@ class ModelRegistry:
         def stage(directory: Path) -> Manifest:
             manifest = build(directory)
             if (manifest.kind, manifest.version) != (kind, version):
-                raise RegistryError(f"build returned a manifest for {manifest.kind}/{manifest.version}, expected {kind}/{version}")
+                raise RegistryError(
+                    f"build returned a manifest for {manifest.kind}/{manifest.version}, expected {kind}/{version}"
+                )
             (directory / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
             return manifest
 
@@ -143,7 +151,13 @@ class ModelRegistry:
 
     def set_status(self, kind: Kind, version: str, status: Status, reason: str = "") -> Manifest:
         with self._locked():
-            updated = Manifest(**{**asdict(self.manifest(kind, version)), "status": status, "reason": reason or self.manifest(kind, version).reason})
+            updated = Manifest(
+                **{
+                    **asdict(self.manifest(kind, version)),
+                    "status": status,
+                    "reason": reason or self.manifest(kind, version).reason,
+                }
+            )
             _write_atomically(self.path(kind, version) / MANIFEST, json.dumps(asdict(updated), indent=2))
         return updated
 
@@ -181,6 +195,7 @@ class ModelRegistry:
 
     def register_base(self, policy: str, version: str, write: Callable[[Path], None]) -> None:
         """Publish the starting policy and make it serve, if the policy has nothing serving yet."""
+
         def build(directory: Path) -> Manifest:
             write(directory)
             return Manifest(version=version, kind="policies", policy=policy, status="base", code_version=code_version())
@@ -232,8 +247,15 @@ class ModelRegistry:
         self.set_status("policies", dropped, "rolled_back", reason)
         return dropped
 
-    def decide_experiment(self, policy: str, experiment_id: str, candidate: str, outcome: str, reason: str,
-                          statistics: dict[str, float] | None = None) -> "ExperimentRecord":
+    def decide_experiment(
+        self,
+        policy: str,
+        experiment_id: str,
+        candidate: str,
+        outcome: str,
+        reason: str,
+        statistics: dict[str, float] | None = None,
+    ) -> "ExperimentRecord":
         """Apply an experiment's one decision, once: `promote` makes `candidate` serve; `rollback` and
         `expired` keep control (the candidate slot empties if it still holds `candidate`).
 
@@ -250,8 +272,15 @@ class ModelRegistry:
                     entry["history"].append(candidate)
                 if entry.get("candidate") == candidate:
                     entry["candidate"] = None
-                decided[experiment_id] = {"experiment_id": experiment_id, "candidate": candidate, "outcome": outcome, "serving": entry["serving"],
-                                          "reason": reason, "statistics": dict(statistics or {}), "decided_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+                decided[experiment_id] = {
+                    "experiment_id": experiment_id,
+                    "candidate": candidate,
+                    "outcome": outcome,
+                    "serving": entry["serving"],
+                    "reason": reason,
+                    "statistics": dict(statistics or {}),
+                    "decided_at": datetime.now(timezone.utc).isoformat(),
+                }
             record = ExperimentRecord(**decided[experiment_id], first=first)
         # Repeated by a re-run too: a crash between the pointer write and this one is repaired.
         self.set_status("policies", candidate, "promoted" if record.outcome == "promote" else "rolled_back", record.reason)

@@ -12,7 +12,9 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", metavar="FILE", help="YAML config file (default: $RLHF_CONFIG or ./rlhf.yaml)")
 
 
-def command(sub: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], int | None], **kw) -> argparse.ArgumentParser:
+def command(
+    sub: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], int | None], **kw
+) -> argparse.ArgumentParser:
     """Add a subcommand whose handler is `func(args)`; returns its parser for arguments."""
     parser = sub.add_parser(name, help=help, description=help, **kw)
     add_config_option(parser)

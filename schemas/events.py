@@ -257,7 +257,9 @@ class WindowMetrics(Event):
     count: int = Field(ge=0)
     rating_sum: int = Field(0, ge=0)
     rating_count: int = Field(0, ge=0)
-    pii: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, description="PII found in these events' text, per type (core/redaction.py).")
+    pii: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="PII found in these events' text, per type (core/redaction.py)."
+    )
 
 
 E = TypeVar("E", bound=BaseModel)

@@ -51,7 +51,12 @@ class ExperimentStarted(Event):
     started_at: datetime = Field(default_factory=utc_now)
     horizon_users: int = Field(ge=1, description="Exposed users per variant at which the experiment ends undecided.")
     horizon_s: float = Field(gt=0, description="Duration after which the experiment ends undecided.")
-    non_inferiority_margin: float | None = Field(None, gt=0, lt=1, description="At the horizon, promote a treatment whose positive-rate lift is above 0 and its interval's low end above -margin (relative); None: the horizon keeps control.")
+    non_inferiority_margin: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="At the horizon, promote a treatment whose positive-rate lift is above 0 and its interval's low end above -margin (relative); None: the horizon keeps control.",
+    )
 
     @model_validator(mode="after")
     def _arms_are_distinct(self) -> "ExperimentStarted":
@@ -68,7 +73,9 @@ class ExperimentDecided(Event):
     experiment_id: Id
     policy: Id
     trigger_id: Id
-    outcome: ExperimentOutcome = Field(description="promote; rollback (significantly worse or a guardrail); expired (horizon reached without a win: control kept); a horizon promote says so in its reason.")
+    outcome: ExperimentOutcome = Field(
+        description="promote; rollback (significantly worse or a guardrail); expired (horizon reached without a win: control kept); a horizon promote says so in its reason."
+    )
     serving_version: Id = Field(description="The version serving after the decision.")
     statistics: dict[str, float] = Field(default_factory=dict)
     reason: str = Field("", max_length=4_000)

@@ -55,29 +55,100 @@ class InternalTopic:
 TOPICS: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
-        TopicSpec("interactions", "user_id", InteractionEvent, ("assistant", "sdk"), ("sink",), config={"retention.ms": str(30 * DAY_MS)}),
+        TopicSpec(
+            "interactions",
+            "user_id",
+            InteractionEvent,
+            ("assistant", "sdk"),
+            ("sink",),
+            config={"retention.ms": str(30 * DAY_MS)},
+        ),
         # Feedback is the training source of truth: keep it long enough to replay any trigger.
-        TopicSpec("feedback", "user_id", FeedbackEvent, ("assistant", "sdk"), ("streams", "trainer", "sink"),
-                  config={"retention.ms": str(365 * DAY_MS)}, dlq="feedback-dlq", min_insync_replicas=2),  # fmt: skip
-        TopicSpec("feedback-dlq", "none", DeadLetter, ("streams", "sink"), ("sink", "operators"), keyed_partitions=False,
-                  config={"retention.ms": str(90 * DAY_MS)}, why_one_partition="low volume; operators read it in arrival order"),  # fmt: skip
-        TopicSpec("exposures", "user_id", ExposureEvent, ("assistant", "sdk"), ("sink",), config={"retention.ms": str(90 * DAY_MS)}),
-        TopicSpec("train-triggers", "policy", TrainTrigger, ("streams",), ("trainer",), keyed_partitions=False, dlq="train-triggers-dlq",
-                  why_one_partition="one total order of trainings across policies; the trainer also works with several partitions, one job at a time"),  # fmt: skip
-        TopicSpec("train-triggers-dlq", "none", DeadLetter, ("trainer",), ("sink", "operators"), keyed_partitions=False, why_one_partition="low volume"),
-        TopicSpec("training-status", "policy", TrainingStatus, ("trainer", "decider"), ("streams", "sink", "demo"), keyed_partitions=False,
-                  why_one_partition="a round's statuses are read in the order they were written, by readers without a group"),  # fmt: skip
-        TopicSpec("model-published", "policy", ModelPublished, ("trainer", "decider"), ("sink", "demo"), keyed_partitions=False,
-                  why_one_partition="the version history of every policy in one order"),  # fmt: skip
-        TopicSpec("experiments", "policy", ExperimentEvent, ("trainer", "decider"), ("streams", "assistant", "decider", "sink", "demo"),
-                  keyed_partitions=False, config={"retention.ms": str(365 * DAY_MS)}, min_insync_replicas=2,
-                  why_one_partition="an experiment's start and decision in one order; one active decider (the partition's owner) at a time"),  # fmt: skip
+        TopicSpec(
+            "feedback",
+            "user_id",
+            FeedbackEvent,
+            ("assistant", "sdk"),
+            ("streams", "trainer", "sink"),
+            config={"retention.ms": str(365 * DAY_MS)},
+            dlq="feedback-dlq",
+            min_insync_replicas=2,
+        ),
+        TopicSpec(
+            "feedback-dlq",
+            "none",
+            DeadLetter,
+            ("streams", "sink"),
+            ("sink", "operators"),
+            keyed_partitions=False,
+            config={"retention.ms": str(90 * DAY_MS)},
+            why_one_partition="low volume; operators read it in arrival order",
+        ),
+        TopicSpec(
+            "exposures", "user_id", ExposureEvent, ("assistant", "sdk"), ("sink",), config={"retention.ms": str(90 * DAY_MS)}
+        ),
+        TopicSpec(
+            "train-triggers",
+            "policy",
+            TrainTrigger,
+            ("streams",),
+            ("trainer",),
+            keyed_partitions=False,
+            dlq="train-triggers-dlq",
+            why_one_partition="one total order of trainings across policies; the trainer also works with several partitions, one job at a time",
+        ),
+        TopicSpec(
+            "train-triggers-dlq",
+            "none",
+            DeadLetter,
+            ("trainer",),
+            ("sink", "operators"),
+            keyed_partitions=False,
+            why_one_partition="low volume",
+        ),
+        TopicSpec(
+            "training-status",
+            "policy",
+            TrainingStatus,
+            ("trainer", "decider"),
+            ("streams", "sink", "demo"),
+            keyed_partitions=False,
+            why_one_partition="a round's statuses are read in the order they were written, by readers without a group",
+        ),
+        TopicSpec(
+            "model-published",
+            "policy",
+            ModelPublished,
+            ("trainer", "decider"),
+            ("sink", "demo"),
+            keyed_partitions=False,
+            why_one_partition="the version history of every policy in one order",
+        ),
+        TopicSpec(
+            "experiments",
+            "policy",
+            ExperimentEvent,
+            ("trainer", "decider"),
+            ("streams", "assistant", "decider", "sink", "demo"),
+            keyed_partitions=False,
+            config={"retention.ms": str(365 * DAY_MS)},
+            min_insync_replicas=2,
+            why_one_partition="an experiment's start and decision in one order; one active decider (the partition's owner) at a time",
+        ),
         TopicSpec("metrics", "window", WindowMetrics, ("streams",), ("sink",)),
         # Compacted: the latest request per user is kept forever, so an erasure outlives any retention.
         # The sources of truth (feedback, erasures, experiments) ask for 2 in-sync replicas where there are 3.
-        TopicSpec("erasures", "user_id", ErasureRequest, ("operators",), ("trainer", "sink"), keyed_partitions=False,
-                  config={"cleanup.policy": "compact"}, min_insync_replicas=2,
-                  why_one_partition="small; every replay reads it whole, from the beginning, before it trains"),  # fmt: skip
+        TopicSpec(
+            "erasures",
+            "user_id",
+            ErasureRequest,
+            ("operators",),
+            ("trainer", "sink"),
+            keyed_partitions=False,
+            config={"cleanup.policy": "compact"},
+            min_insync_replicas=2,
+            why_one_partition="small; every replay reads it whole, from the beginning, before it trains",
+        ),
     )
 }
 
@@ -86,12 +157,24 @@ CONSUMER_GROUPS: dict[str, str] = {"streams": "streams", "trainer": "trainers", 
 
 # The stream worker's own topics (Faust creates them; `create_topics` leaves them alone).
 INTERNAL_TOPICS: tuple[InternalTopic, ...] = (
-    InternalTopic("streams-policy-events", "policy", "streams.records.PolicyRecord",
-                  "accepted feedback, training statuses, experiment starts and decisions, and timer ticks of one policy, in one order"),  # fmt: skip
-    InternalTopic("streams-policy-state-changelog", "policy:<p> | buffered:<p>:<seq> | last-trigger:<p>",
-                  "streams.ledger PolicyState | BufferedEvent | TrainTrigger", "the rolling buffer, counters and trigger gate of each policy"),  # fmt: skip
-    InternalTopic("streams-seen-changelog", "<policy>/<event_id>", "streams.ledger DedupeMark",
-                  "where an event's accepted copy sits, for dedupe (compacted, deleted after twice the horizon)"),  # fmt: skip
+    InternalTopic(
+        "streams-policy-events",
+        "policy",
+        "streams.records.PolicyRecord",
+        "accepted feedback, training statuses, experiment starts and decisions, and timer ticks of one policy, in one order",
+    ),
+    InternalTopic(
+        "streams-policy-state-changelog",
+        "policy:<p> | buffered:<p>:<seq> | last-trigger:<p>",
+        "streams.ledger PolicyState | BufferedEvent | TrainTrigger",
+        "the rolling buffer, counters and trigger gate of each policy",
+    ),
+    InternalTopic(
+        "streams-seen-changelog",
+        "<policy>/<event_id>",
+        "streams.ledger DedupeMark",
+        "where an event's accepted copy sits, for dedupe (compacted, deleted after twice the horizon)",
+    ),
 )
 
 

@@ -22,10 +22,14 @@ def create_topics(kafka: KafkaSettings, timeout: float = 30.0) -> dict[str, str]
     admin = AdminClient(client_config(kafka))
     existing = set(_metadata(admin, kafka, timeout).topics)
     wanted = [
-        NewTopic(topic_name(kafka.topic_prefix, s.name), num_partitions=partitions_of(s, kafka.partitions), replication_factor=kafka.replication_factor,
-                 config={**s.config, "min.insync.replicas": str(min_insync_replicas_of(s, kafka))})
+        NewTopic(
+            topic_name(kafka.topic_prefix, s.name),
+            num_partitions=partitions_of(s, kafka.partitions),
+            replication_factor=kafka.replication_factor,
+            config={**s.config, "min.insync.replicas": str(min_insync_replicas_of(s, kafka))},
+        )
         for s in TOPICS.values()
-    ]  # fmt: skip
+    ]
     result = {t.topic: "exists" for t in wanted if t.topic in existing}
     missing = [t for t in wanted if t.topic not in existing]
     if missing:
@@ -74,7 +78,11 @@ def group_progress(kafka: KafkaSettings, group: str, names: list[str], timeout: 
     settling = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
     consumer = Consumer({**client_config(kafka), "group.id": group, "enable.auto.commit": False})
     try:
-        parts = [TopicPartition(topic_name(kafka.topic_prefix, n), p) for n in names for p in range(partitions_of(TOPICS[n], kafka.partitions))]
+        parts = [
+            TopicPartition(topic_name(kafka.topic_prefix, n), p)
+            for n in names
+            for p in range(partitions_of(TOPICS[n], kafka.partitions))
+        ]
         for attempt in range(10):
             try:
                 committed = sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=timeout))

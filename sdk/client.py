@@ -61,21 +61,42 @@ def is_sampled(interaction_id: str, collection_rate: float) -> bool:
 class FeedbackClient:
     """Thread-safe producer of interaction, feedback and exposure events; sends never block."""
 
-    def __init__(self, bootstrap_servers: str, topic_prefix: str = "", collection_rate: float = 1.0, *, options: ProducerSettings | None = None,
-                 spool_dir: Path | None = None, on_notice: Callable[[Notice], None] | None = None, **producer_config: Any):  # fmt: skip
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic_prefix: str = "",
+        collection_rate: float = 1.0,
+        *,
+        options: ProducerSettings | None = None,
+        spool_dir: Path | None = None,
+        on_notice: Callable[[Notice], None] | None = None,
+        **producer_config: Any,
+    ):
         options = options or ProducerSettings()
         self.topic_prefix = topic_prefix
         self.collection_rate = collection_rate
         self._topics: dict[str, str] = {}  # registry name -> prefixed name, checked once
         spool_dir = spool_dir or options.spool_dir or data_home() / "spool"
-        self._pump = Pump({"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **producer_config}, options, spool_dir, on_notice)
+        self._pump = Pump(
+            {"bootstrap.servers": bootstrap_servers, **PRODUCER_DEFAULTS, **producer_config}, options, spool_dir, on_notice
+        )
         self._losses_seen = 0
 
     @classmethod
-    def from_settings(cls, settings: Settings, on_notice: Callable[[Notice], None] | None = None, **producer_config: Any) -> "FeedbackClient":
+    def from_settings(
+        cls, settings: Settings, on_notice: Callable[[Notice], None] | None = None, **producer_config: Any
+    ) -> "FeedbackClient":
         security = {k: v for k, v in client_config(settings.kafka).items() if k != "bootstrap.servers"}
-        return cls(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, settings.feedback.collection_rate, options=settings.producer,
-                   spool_dir=settings.producer.spool_dir or settings.home / "spool", on_notice=on_notice, **security, **producer_config)  # fmt: skip
+        return cls(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.topic_prefix,
+            settings.feedback.collection_rate,
+            options=settings.producer,
+            spool_dir=settings.producer.spool_dir or settings.home / "spool",
+            on_notice=on_notice,
+            **security,
+            **producer_config,
+        )
 
     @property
     def delivered(self) -> int:
@@ -127,7 +148,9 @@ class FeedbackClient:
         lost, self._losses_seen = stats.failed + stats.dropped - self._losses_seen, stats.failed + stats.dropped
         if lost:
             detail = self._pump.recent_failures() or f"spool policy {self._pump.o.spool_on_full}"
-            raise DeliveryError(f"{lost} events lost since the last flush ({stats.failed} refused by Kafka, {stats.dropped} dropped in all): {detail}")
+            raise DeliveryError(
+                f"{lost} events lost since the last flush ({stats.failed} refused by Kafka, {stats.dropped} dropped in all): {detail}"
+            )
 
     def wait_drained(self, timeout: float) -> bool:
         """Wait until nothing is spooled or in memory and sends go straight to Kafka again."""

@@ -46,8 +46,15 @@ Mode = Literal["direct", "switching", "spooling"]
 TICK_S = 0.005  # idle poll: the longest an accepted event waits in the inbox before it is written
 SLICE = 256  # records of Python work between releases of the client's lock
 RECORD_OVERHEAD = 64  # spool bytes per record beyond its value, for the cap check in the caller
-RETRIABLE = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT,
-             KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._FATAL}  # fmt: skip
+RETRIABLE = {
+    KafkaError._PURGE_QUEUE,
+    KafkaError._PURGE_INFLIGHT,
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._FATAL,
+}
 
 
 @dataclass(frozen=True)
@@ -77,16 +84,29 @@ class ProducerStats:
 class Pump:
     """The caller-facing `send`, the pump thread, and the barriers (`flush`, `close`) of one client."""
 
-    def __init__(self, config: dict[str, Any], options: ProducerSettings, spool_dir: Path, on_notice: Callable[[Notice], None] | None = None):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        options: ProducerSettings,
+        spool_dir: Path,
+        on_notice: Callable[[Notice], None] | None = None,
+    ):
         self.o, self._on_notice, self._spool_dir = options, on_notice, spool_dir
         if options.gil_switch_interval_ms is not None:
             sys.setswitchinterval(min(sys.getswitchinterval(), options.gil_switch_interval_ms / 1000))
-        self._config_error_cb: Callable[[KafkaError], None] | None = config.get("error_cb")  # e.g. one that names refused credentials
+        self._config_error_cb: Callable[[KafkaError], None] | None = config.get(
+            "error_cb"
+        )  # e.g. one that names refused credentials
         self._config = {**config, "error_cb": self._on_error, "queue.buffering.max.messages": options.queue_max_events}
         self.refused: str | None = None  # what the config's error_cb raised (refused credentials): flush() reports it
         self._producer = Producer(self._config)
-        self._spool_options = dict(max_bytes=options.spool_max_bytes, segment_bytes=options.spool_segment_bytes, on_full=options.spool_on_full,
-                                   fsync=options.spool_fsync, fsync_interval_s=options.spool_fsync_interval_s)  # fmt: skip
+        self._spool_options = dict(
+            max_bytes=options.spool_max_bytes,
+            segment_bytes=options.spool_segment_bytes,
+            on_full=options.spool_on_full,
+            fsync=options.spool_fsync,
+            fsync_interval_s=options.spool_fsync_interval_s,
+        )
         self._spool: Spool | None = claim(spool_dir, create=False, **self._spool_options)  # a predecessor's leftovers
         self._lock = threading.Lock()
         self._max_block_s = options.max_block_ms / 1000
@@ -146,7 +166,9 @@ class Pump:
         inbox_full = len(self._inbox) >= self.o.inbox_max_events
         if inbox_full or (policy != "drop_oldest" and self._spool_bytes + self._inbox_bytes + size > self.o.spool_max_bytes):
             if policy == "raise":
-                raise SpoolFullError(f"spool {self._spool_dir} is full ({self.o.spool_max_bytes} bytes) and Kafka is not taking events")
+                raise SpoolFullError(
+                    f"spool {self._spool_dir} is full ({self.o.spool_max_bytes} bytes) and Kafka is not taking events"
+                )
             self._caller_dropped += 1
             if policy == "drop_newest":
                 return
@@ -387,7 +409,9 @@ class Pump:
         for kind, value in (("failed", stats.failed), ("dropped", stats.dropped), ("corrupt", stats.corrupt)):
             if value > self._reported.get(kind, 0):
                 extra = f" (latest: {'; '.join(self._recent)})" if kind == "failed" else f" (spool policy {self.o.spool_on_full})"
-                self._notice(kind, value - self._reported.get(kind, 0), f"{value - self._reported.get(kind, 0)} events {kind}{extra}")
+                self._notice(
+                    kind, value - self._reported.get(kind, 0), f"{value - self._reported.get(kind, 0)} events {kind}{extra}"
+                )
                 self._reported[kind] = value
 
     @property
@@ -399,8 +423,19 @@ class Pump:
     def stats(self) -> ProducerStats:
         spool = self._spool
         dropped = self._caller_dropped + (spool.dropped_oldest + spool.dropped_newest if spool else 0)
-        return ProducerStats(self.mode, self.produced, self.spooled, self.resent, self.failed, dropped, spool.corrupt if spool else 0,
-                             self._spool_depth, self._spool_bytes, len(self._inbox) + len(self._overflow), len(self._producer))  # fmt: skip
+        return ProducerStats(
+            self.mode,
+            self.produced,
+            self.spooled,
+            self.resent,
+            self.failed,
+            dropped,
+            spool.corrupt if spool else 0,
+            self._spool_depth,
+            self._spool_bytes,
+            len(self._inbox) + len(self._overflow),
+            len(self._producer),
+        )
 
     # -- barriers -------------------------------------------------------------------------------
     def flush(self, timeout: float) -> None:

@@ -99,8 +99,15 @@ class Segment:
 class Spool:
     """One process's spool directory (held with an exclusive lock while open)."""
 
-    def __init__(self, directory: Path, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20,
-                 on_full: OnFull = "drop_oldest", fsync: FsyncPolicy = "interval", fsync_interval_s: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int = 1 << 30,
+        segment_bytes: int = 16 << 20,
+        on_full: OnFull = "drop_oldest",
+        fsync: FsyncPolicy = "interval",
+        fsync_interval_s: float = 1.0,
+    ):
         if segment_bytes * 2 > max_bytes:
             raise ValueError(f"segment_bytes ({segment_bytes}) must be at most half of max_bytes ({max_bytes})")
         self.dir, self.max_bytes, self.segment_bytes = Path(directory), max_bytes, segment_bytes
@@ -150,7 +157,12 @@ class Spool:
             if seg.size < len(data):
                 if bad or i < len(numbers) - 1:
                     self.corrupt += 1
-                    log.warning("spool %s: corrupt record at byte %d of %d: rest of the segment skipped", seg.path(self.dir), seg.size, len(data))
+                    log.warning(
+                        "spool %s: corrupt record at byte %d of %d: rest of the segment skipped",
+                        seg.path(self.dir),
+                        seg.size,
+                        len(data),
+                    )
                 else:
                     log.warning("spool %s: torn record at the tail (%d bytes) dropped", seg.path(self.dir), len(data) - seg.size)
                 os.truncate(seg.path(self.dir), seg.size)
@@ -195,7 +207,9 @@ class Spool:
                 if not self._make_room(len(blob)):
                     refused += 1
                     continue
-            if self._fd is None or (self.segments[-1].size + buffered + len(blob) > self.segment_bytes and self.segments[-1].records + len(buf)):
+            if self._fd is None or (
+                self.segments[-1].size + buffered + len(blob) > self.segment_bytes and self.segments[-1].records + len(buf)
+            ):
                 self._write(buf)
                 buf, buffered = [], 0
                 self._roll()
@@ -284,7 +298,9 @@ class Spool:
             records, ends, bad = parse(data, len(data), max_records - len(out))
             if bad and not records:  # damaged after recovery checked it: skip the rest of the segment
                 self.corrupt += 1
-                log.warning("spool %s: corrupt record at byte %d: rest of the segment skipped", seg.path(self.dir), self._read_off)
+                log.warning(
+                    "spool %s: corrupt record at byte %d: rest of the segment skipped", seg.path(self.dir), self._read_off
+                )
                 self._read_off = seg.size
                 continue
             out.extend(records)

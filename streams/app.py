@@ -129,16 +129,22 @@ def build(settings: Settings) -> Streams:
 
     external = ("feedback", "feedback-dlq", "training-status", "experiments", "train-triggers", "metrics")
     topics = {n: raw_topic(topic_name(k.topic_prefix, n)) for n in external}
-    topics["policy-events"] = raw_topic(f"{name}-policy-events", internal=True, partitions=k.partitions, retention=INTERNAL_RETENTION_S)
+    topics["policy-events"] = raw_topic(
+        f"{name}-policy-events", internal=True, partitions=k.partitions, retention=INTERNAL_RETENTION_S
+    )
     state = app.Table("policy-state", key_type=str, partitions=k.partitions)
     # Marks older than the horizon are never consulted again; let the broker delete them.
     seen_retention_ms = int(2 * cl.dedupe_horizon_s * 1000)
     seen = app.tables.add(
         MarksTable(
-            app, name="seen", key_type=str, partitions=k.partitions, beacon=app.tables.beacon,
+            app,
+            name="seen",
+            key_type=str,
+            partitions=k.partitions,
+            beacon=app.tables.beacon,
             extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": seen_retention_ms},
         )
-    )  # fmt: skip
+    )
     # The ledger writes through views that name the changelog partition (streams/changelog.py).
     state_view, seen_view = ChangelogView(state), MarksView(seen)
     ledger = PolicyLedger(state_view, seen_view, cl, topic_name(k.topic_prefix, "feedback"))
@@ -160,7 +166,9 @@ def build(settings: Settings) -> Streams:
                     log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, checked.reason)
                     await topics["feedback-dlq"].send(value=checked.to_bytes())
                 else:
-                    accepted.setdefault(checked.policy, []).append(Accepted.of(checked, msg.partition, msg.offset, msg.timestamp, pii))
+                    accepted.setdefault(checked.policy, []).append(
+                        Accepted.of(checked, msg.partition, msg.offset, msg.timestamp, pii)
+                    )
             for policy, events_of_policy in accepted.items():
                 for i in range(0, len(events_of_policy), FORWARD_CHUNK):
                     record = PolicyRecord(policy=policy, batch=tuple(events_of_policy[i : i + FORWARD_CHUNK]))
@@ -210,7 +218,9 @@ def build(settings: Settings) -> Streams:
             seen_view.route_to(partition)
             ledger.commit(staged)
             for m in (m for effects in staged.effects for m in effects.metrics):
-                await topics["metrics"].send(key=f"{m.model_version}|{m.experiment}|{m.variant}|{m.feedback_type}", value=m.to_bytes())
+                await topics["metrics"].send(
+                    key=f"{m.model_version}|{m.experiment}|{m.variant}|{m.feedback_type}", value=m.to_bytes()
+                )
 
     async def policies(stream: StreamT) -> AsyncIterator[int]:
         async for events in batches(stream):
@@ -232,7 +242,12 @@ def build(settings: Settings) -> Streams:
     app.timer(TICK_S, name="tick")(tick)
     app.timer(SWEEP_S, name="sweep_seen")(sweep_seen)
     return Streams(
-        app=app, settings=settings, ledger=ledger, topics=topics, state=state, seen=seen,
+        app=app,
+        settings=settings,
+        ledger=ledger,
+        topics=topics,
+        state=state,
+        seen=seen,
         validate=app.agent(topics["feedback"], name="validate")(validate),
         forward_status=app.agent(topics["training-status"], name="forward_status")(
             forwarder("status", lambda raw: parse_event(TrainingStatus, raw))
@@ -241,7 +256,7 @@ def build(settings: Settings) -> Streams:
             forwarder("experiment", lambda raw: parse_event(ExperimentEvent, raw).root)
         ),
         policies=app.agent(policy_events, name="policies")(policies),
-    )  # fmt: skip
+    )
 
 
 def _creation_config(topic: TopicT) -> dict[str, str]:
@@ -266,12 +281,16 @@ def create_internal_topics(streams: Streams) -> None:
     own = [streams.topics["policy-events"], streams.state.changelog_topic, streams.seen.changelog_topic]
     existing = set(admin.list_topics(timeout=30).topics)
     missing = [
-        NewTopic(t.get_topic_name(), num_partitions=t.partitions, replication_factor=k.replication_factor,
-                 config={**_creation_config(t), "min.insync.replicas": str(k.min_insync_replicas)})
+        NewTopic(
+            t.get_topic_name(),
+            num_partitions=t.partitions,
+            replication_factor=k.replication_factor,
+            config={**_creation_config(t), "min.insync.replicas": str(k.min_insync_replicas)},
+        )
         for t in own
         if t.get_topic_name() not in existing
     ]
-    for name, future in (admin.create_topics(missing, operation_timeout=30).items() if missing else ()):
+    for name, future in admin.create_topics(missing, operation_timeout=30).items() if missing else ():
         try:
             future.result()
         except KafkaException as exc:

@@ -165,7 +165,13 @@ class Staged:
 
 
 class PolicyLedger:
-    def __init__(self, state: MutableMapping[str, Any], seen: MutableMapping[str, Any], settings: ContinuousLearningSettings, feedback_topic: str):
+    def __init__(
+        self,
+        state: MutableMapping[str, Any],
+        seen: MutableMapping[str, Any],
+        settings: ContinuousLearningSettings,
+        feedback_topic: str,
+    ):
         self.state = state
         self.seen = seen
         self.settings = settings
@@ -351,13 +357,20 @@ class PolicyLedger:
         for e in events:
             lo, hi = bounds.get(e.partition, (e.offset, e.offset))
             bounds[e.partition] = (min(lo, e.offset), max(hi, e.offset))
-        ranges = tuple(OffsetRange(topic=self.feedback_topic, partition=p, start=lo, end=hi + 1) for p, (lo, hi) in sorted(bounds.items()))
+        ranges = tuple(
+            OffsetRange(topic=self.feedback_topic, partition=p, start=lo, end=hi + 1) for p, (lo, hi) in sorted(bounds.items())
+        )
         # Deterministic: the same buffer always gets the same id, so a re-emitted trigger is recognisable.
         digest = hashlib.sha256(json.dumps([policy, [[r.partition, r.end] for r in ranges]]).encode()).hexdigest()[:32]
         return TrainTrigger(
-            trigger_id=f"trg-{digest}", policy=policy, model_version=ps.model_version, counts=dict(Counter(e.feedback_type for e in events)),
-            ranges=ranges, event_ids=tuple(e.event_id for e in events), timestamp=windows.utc(now),
-        )  # fmt: skip
+            trigger_id=f"trg-{digest}",
+            policy=policy,
+            model_version=ps.model_version,
+            counts=dict(Counter(e.feedback_type for e in events)),
+            ranges=ranges,
+            event_ids=tuple(e.event_id for e in events),
+            timestamp=windows.utc(now),
+        )
 
 
 def _events(record: PolicyRecord) -> tuple[Accepted, ...]:

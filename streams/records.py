@@ -49,13 +49,24 @@ class Accepted(Record):
     pii: dict[str, int] = Field(default_factory=dict, exclude_if=operator.not_)
 
     @classmethod
-    def of(cls, event: FeedbackEvent, partition: int, offset: int, record_ts: float, pii: Mapping[str, int] | None = None) -> "Accepted":
+    def of(
+        cls, event: FeedbackEvent, partition: int, offset: int, record_ts: float, pii: Mapping[str, int] | None = None
+    ) -> "Accepted":
         found = {"pii": pii} if pii else {}  # an empty count is the default: not validated per event
         return cls(
-            event_id=event.event_id, policy=event.policy, model_version=event.model_version, experiment=event.experiment,
-            variant=event.variant, feedback_type=event.feedback_type, rating=event.rating, timestamp=event.timestamp,
-            partition=partition, offset=offset, record_ts=record_ts, **found,
-        )  # fmt: skip
+            event_id=event.event_id,
+            policy=event.policy,
+            model_version=event.model_version,
+            experiment=event.experiment,
+            variant=event.variant,
+            feedback_type=event.feedback_type,
+            rating=event.rating,
+            timestamp=event.timestamp,
+            partition=partition,
+            offset=offset,
+            record_ts=record_ts,
+            **found,
+        )
 
 
 class PolicyRecord(Record):

@@ -90,7 +90,9 @@ class BatchDeliveryConsumer(faust_aiokafka.Consumer):
         earliest, the app's `consumer_auto_offset_reset`). Changelogs are left to table recovery."""
         committed = await self.seek_to_committed()
         self._read_offset.update({tp: offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()})
-        self._committed_offset.update({ensure_TP(tp): offset if offset else None for tp, offset in committed.items() if offset is not None})
+        self._committed_offset.update(
+            {ensure_TP(tp): offset if offset else None for tp, offset in committed.items() if offset is not None}
+        )
         changelogs = self.app.tables.changelog_topics
         unsought = {tp: 0 for tp, offset in committed.items() if (offset is None or offset <= 0) and tp.topic not in changelogs}
         if unsought:

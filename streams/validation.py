@@ -22,8 +22,9 @@ def _text(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8", errors="replace")
 
 
-def validate_feedback(value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int,
-                      redactor: Redactor) -> tuple[FeedbackEvent | DeadLetter, Mapping[str, int]]:  # fmt: skip
+def validate_feedback(
+    value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int, redactor: Redactor
+) -> tuple[FeedbackEvent | DeadLetter, Mapping[str, int]]:
     # The origin (and the key's text) is built only for a dead letter, not for every accepted event.
     try:
         event = parse_event(FeedbackEvent, value)

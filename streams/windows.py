@@ -95,9 +95,16 @@ def close(windows: OpenWindows, until: float) -> list[WindowMetrics]:
             dims = WindowDims.of_key(key)
             metrics.append(
                 WindowMetrics(
-                    window_start=utc(start), window_end=utc(start + WINDOW_S), model_version=dims.model_version,
-                    experiment=dims.experiment, variant=dims.variant, feedback_type=dims.feedback_type,
-                    count=c[0], rating_sum=c[1], rating_count=c[2], pii=(c[3] if len(c) > 3 else None) or {},
+                    window_start=utc(start),
+                    window_end=utc(start + WINDOW_S),
+                    model_version=dims.model_version,
+                    experiment=dims.experiment,
+                    variant=dims.variant,
+                    feedback_type=dims.feedback_type,
+                    count=c[0],
+                    rating_sum=c[1],
+                    rating_count=c[2],
+                    pii=(c[3] if len(c) > 3 else None) or {},
                 )
-            )  # fmt: skip
+            )
     return metrics

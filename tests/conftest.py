@@ -161,7 +161,15 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
 
 
 # A policy small enough to build in seconds: for tests of the machinery around policies.
-MICRO_POLICY = {"n_examples": 300, "vocab_size": 400, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "warmup_steps": 20, "batch_size": 16}
+MICRO_POLICY = {
+    "n_examples": 300,
+    "vocab_size": 400,
+    "hidden_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "warmup_steps": 20,
+    "batch_size": 16,
+}
 
 
 @pytest.fixture(scope="session")

@@ -79,10 +79,18 @@ def _reward_for_trl(reward_fn: RewardFn):
 def _common_args(config: PolicyTrainingConfig, output_dir: str) -> dict[str, Any]:
     device = pick_device()
     return {
-        "output_dir": output_dir, "learning_rate": config.learning_rate, "max_grad_norm": config.max_grad_norm, "seed": config.seed,
-        "bf16": use_bf16(device), "use_cpu": device.type == "cpu", "gradient_checkpointing": False,
-        "logging_steps": 1, "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
-    }  # fmt: skip
+        "output_dir": output_dir,
+        "learning_rate": config.learning_rate,
+        "max_grad_norm": config.max_grad_norm,
+        "seed": config.seed,
+        "bf16": use_bf16(device),
+        "use_cpu": device.type == "cpu",
+        "gradient_checkpointing": False,
+        "logging_steps": 1,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+    }
 
 
 # ----------------------------------------------------------------------------- data for KTO / DPO
@@ -101,13 +109,19 @@ def judgements(events: Sequence[FeedbackEvent], min_rating: int) -> list[tuple[s
     return out
 
 
-def kto_examples(events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTrainedTokenizerBase | None = None) -> list[dict[str, Any]]:
+def kto_examples(
+    events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTrainedTokenizerBase | None = None
+) -> list[dict[str, Any]]:
     """KTO rows (prompt, completion, label): one per judgement, in `tokenizer`'s chat format."""
-    return [{"prompt": format_prompt(tokenizer, q), "completion": format_completion(tokenizer, r), "label": liked}
-            for q, r, liked in judgements(events, min_rating)]  # fmt: skip
+    return [
+        {"prompt": format_prompt(tokenizer, q), "completion": format_completion(tokenizer, r), "label": liked}
+        for q, r, liked in judgements(events, min_rating)
+    ]
 
 
-def dpo_pairs(events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTrainedTokenizerBase | None = None) -> list[dict[str, str]]:
+def dpo_pairs(
+    events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTrainedTokenizerBase | None = None
+) -> list[dict[str, str]]:
     """DPO rows (prompt, chosen, rejected): every liked answer against every disliked answer to
     the same query (so a correction is preferred over the answer it corrected)."""
     liked: dict[str, dict[str, None]] = defaultdict(dict)  # dicts as ordered sets: stable, deduplicated
@@ -115,13 +129,24 @@ def dpo_pairs(events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTr
     for q, r, good in judgements(events, min_rating):
         (liked if good else disliked)[q][r] = None
     return [
-        {"prompt": format_prompt(tokenizer, q), "chosen": format_completion(tokenizer, good), "rejected": format_completion(tokenizer, bad)}
-        for q, goods in liked.items() for good in goods for bad in disliked.get(q, {}) if good != bad
-    ]  # fmt: skip
+        {
+            "prompt": format_prompt(tokenizer, q),
+            "chosen": format_completion(tokenizer, good),
+            "rejected": format_completion(tokenizer, bad),
+        }
+        for q, goods in liked.items()
+        for good in goods
+        for bad in disliked.get(q, {})
+        if good != bad
+    ]
 
 
 def _self_labelled(
-    lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reward_fn: RewardFn, queries: Sequence[str], config: PolicyTrainingConfig
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_fn: RewardFn,
+    queries: Sequence[str],
+    config: PolicyTrainingConfig,
 ) -> dict[str, list[tuple[str, float]]]:
     """SELF_LABEL_SAMPLES scored samples of the starting policy per query, for a seeded draw of
     queries worth `epochs * batch_size` samples in all (PPO's rollout budget)."""
@@ -131,8 +156,15 @@ def _self_labelled(
     scored: dict[str, list[tuple[str, float]]] = defaultdict(list)
     torch.manual_seed(config.seed)
     for i in range(0, len(repeated), 64):
-        ro = generate(lm, tokenizer, repeated[i : i + 64], reward_fn,
-                      max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p)  # fmt: skip
+        ro = generate(
+            lm,
+            tokenizer,
+            repeated[i : i + 64],
+            reward_fn,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
         for q, r, s in zip(ro.queries, ro.responses, ro.scores.tolist()):
             scored[q].append((r, s))
     return scored
@@ -148,20 +180,34 @@ def kto_weights(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {"desirable_weight": 1.0, "undesirable_weight": n_good / n_bad}
 
 
-def _self_labelled_kto(scored: dict[str, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None) -> list[dict[str, Any]]:
+def _self_labelled_kto(
+    scored: dict[str, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None
+) -> list[dict[str, Any]]:
     # The median is scale-free: a reward model's scores have no fixed threshold of "good".
     median = statistics.median(s for samples in scored.values() for _, s in samples)
-    return [{"prompt": format_prompt(tokenizer, q), "completion": format_completion(tokenizer, r), "label": s > median}
-            for q, samples in scored.items() for r, s in samples]  # fmt: skip
+    return [
+        {"prompt": format_prompt(tokenizer, q), "completion": format_completion(tokenizer, r), "label": s > median}
+        for q, samples in scored.items()
+        for r, s in samples
+    ]
 
 
-def _self_labelled_dpo(scored: dict[str, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None) -> list[dict[str, str]]:
+def _self_labelled_dpo(
+    scored: dict[str, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None
+) -> list[dict[str, str]]:
     # Every strictly better sample over every worse one of the same query: up to 6 pairs from 4
     # samples rather than only best-versus-worst, which leaves DPO too few pairs to move.
     return [
-        {"prompt": format_prompt(tokenizer, q), "chosen": format_completion(tokenizer, good), "rejected": format_completion(tokenizer, bad)}
-        for q, samples in scored.items() for good, s_good in samples for bad, s_bad in samples if s_good > s_bad and good != bad
-    ]  # fmt: skip
+        {
+            "prompt": format_prompt(tokenizer, q),
+            "chosen": format_completion(tokenizer, good),
+            "rejected": format_completion(tokenizer, bad),
+        }
+        for q, samples in scored.items()
+        for good, s_good in samples
+        for bad, s_bad in samples
+        if s_good > s_bad and good != bad
+    ]
 
 
 # ----------------------------------------------------------------------------- training
@@ -190,18 +236,29 @@ def train_alternative(
         common = _common_args(config, scratch)
         if algorithm in ("grpo", "rloo"):
             online = {
-                "per_device_train_batch_size": config.batch_size, "num_generations": config.num_generations,
-                "max_completion_length": config.max_new_tokens, "temperature": config.temperature, "top_p": config.top_p,
+                "per_device_train_batch_size": config.batch_size,
+                "num_generations": config.num_generations,
+                "max_completion_length": config.max_new_tokens,
+                "temperature": config.temperature,
+                "top_p": config.top_p,
                 "beta": config.init_kl_coef,
                 # `epochs` generation rounds, each optimised `ppo_epochs` times, as PPO does.
-                "num_iterations": config.ppo_epochs, "max_steps": config.epochs * config.ppo_epochs,
-            }  # fmt: skip
+                "num_iterations": config.ppo_epochs,
+                "max_steps": config.epochs * config.ppo_epochs,
+            }
             args_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
-            data = Dataset.from_dict({"prompt": [format_prompt(tokenizer, q) for q in train_queries], "query": list(train_queries)})
+            data = Dataset.from_dict(
+                {"prompt": [format_prompt(tokenizer, q) for q in train_queries], "query": list(train_queries)}
+            )
             trainer = trainer_cls(
-                model=lm, reward_funcs=_reward_for_trl(reward_fn), args=args_cls(**common, **online), train_dataset=data,
-                processing_class=tokenizer, callbacks=[callback], peft_config=lora_config(config),
-            )  # fmt: skip
+                model=lm,
+                reward_funcs=_reward_for_trl(reward_fn),
+                args=args_cls(**common, **online),
+                train_dataset=data,
+                processing_class=tokenizer,
+                callbacks=[callback],
+                peft_config=lora_config(config),
+            )
             n_examples = len(data)
         elif algorithm in ("kto", "dpo"):
             source = "feedback" if feedback_events else "self-labelled samples"
@@ -212,16 +269,29 @@ def train_alternative(
                 scored = _self_labelled(lm, tokenizer, reward_fn, train_queries, config)
                 rows = _self_labelled_kto(scored, tokenizer) if algorithm == "kto" else _self_labelled_dpo(scored, tokenizer)
             if not rows:
-                raise TrainingError(f"{algorithm}: no usable examples in the {source}" + (" (no query has a liked and a disliked answer)" if algorithm == "dpo" else ""))
+                raise TrainingError(
+                    f"{algorithm}: no usable examples in the {source}"
+                    + (" (no query has a liked and a disliked answer)" if algorithm == "dpo" else "")
+                )
             if algorithm == "kto" and len({r["label"] for r in rows}) < 2:
-                raise TrainingError(f"kto: needs both desirable and undesirable examples; the {source} gave only {'desirable' if rows[0]['label'] else 'undesirable'} ones")
-            offline = {"per_device_train_batch_size": config.batch_size, "num_train_epochs": config.offline_epochs,
-                       "beta": config.preference_beta, **(kto_weights(rows) if algorithm == "kto" else {})}  # fmt: skip
+                raise TrainingError(
+                    f"kto: needs both desirable and undesirable examples; the {source} gave only {'desirable' if rows[0]['label'] else 'undesirable'} ones"
+                )
+            offline = {
+                "per_device_train_batch_size": config.batch_size,
+                "num_train_epochs": config.offline_epochs,
+                "beta": config.preference_beta,
+                **(kto_weights(rows) if algorithm == "kto" else {}),
+            }
             args_cls, trainer_cls = (KTOConfig, KTOTrainer) if algorithm == "kto" else (DPOConfig, DPOTrainer)
             trainer = trainer_cls(
-                model=lm, args=args_cls(**common, **offline), train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                callbacks=[callback], peft_config=lora_config(config),
-            )  # fmt: skip
+                model=lm,
+                args=args_cls(**common, **offline),
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+                callbacks=[callback],
+                peft_config=lora_config(config),
+            )
             n_examples = len(rows)
         else:
             raise TrainingError(f"unknown alternative algorithm {algorithm!r}")
@@ -234,4 +304,8 @@ def train_alternative(
     if hasattr(model, "merge_and_unload"):  # LoRA: hand back a plain model
         model = model.merge_and_unload()
     model.eval()
-    return model, {"steps": float(trainer.state.global_step), "examples": float(n_examples), "train_loss": callback.last.get("train_loss", float("nan"))}
+    return model, {
+        "steps": float(trainer.state.global_step),
+        "examples": float(n_examples),
+        "train_loss": callback.last.get("train_loss", float("nan")),
+    }

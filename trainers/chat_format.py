@@ -37,7 +37,9 @@ def messages(query: str, history: History = (), system: str | None = SYSTEM_PROM
     return turns + [{"role": "user", "content": query}]
 
 
-def format_prompt(tokenizer: PreTrainedTokenizerBase | None, query: str, history: History = (), system: str | None = SYSTEM_PROMPT) -> str:
+def format_prompt(
+    tokenizer: PreTrainedTokenizerBase | None, query: str, history: History = (), system: str | None = SYSTEM_PROMPT
+) -> str:
     """The text the policy continues with its answer; tokenise it with `add_special_tokens=False`
     (a chat template writes its own special tokens)."""
     if not has_chat_template(tokenizer):

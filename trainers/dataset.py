@@ -38,9 +38,20 @@ from core.hashing import stable_fraction, stable_hash64
 from schemas.events import FeedbackEvent, latest_verdicts, parse_event, validate_event
 
 PAIR_FEATURES = Features(
-    {**{name: Value("string") for name in ("query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")}, "recent": Value("bool")}
+    {
+        **{name: Value("string") for name in ("query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")},
+        "recent": Value("bool"),
+    }
 )
-POINT_FEATURES = Features({"query": Value("string"), "response": Value("string"), "label": Value("float32"), "kind": Value("string"), "recent": Value("bool")})
+POINT_FEATURES = Features(
+    {
+        "query": Value("string"),
+        "response": Value("string"),
+        "label": Value("float32"),
+        "kind": Value("string"),
+        "recent": Value("bool"),
+    }
+)
 INVALID_EXAMPLES_KEPT = 5  # a few reasons in the summary say what is wrong without flooding it
 
 
@@ -106,7 +117,9 @@ def split_policy_queries(events: Iterable[FeedbackEvent], eval_fraction: float =
     held_out = [q for q in queries if stable_fraction("policy-eval", q) < eval_fraction]
     train = [q for q in queries if stable_fraction("policy-eval", q) >= eval_fraction]
     if not train or not held_out:
-        raise TrainingError(f"need queries on both sides of the train / held-out split, got {len(train)} train and {len(held_out)} held-out")
+        raise TrainingError(
+            f"need queries on both sides of the train / held-out split, got {len(train)} train and {len(held_out)} held-out"
+        )
     return train, held_out
 
 
@@ -145,7 +158,9 @@ def build_dataset(
             dropped["pair_cap"] += len(group_pairs) - max_pairs_per_query
             # Keep a deterministic, content-based subset so replaying a trigger rebuilds the same data;
             # the newest comparisons first (older answers of this query are what the policy no longer says).
-            group_pairs = sorted(group_pairs, key=lambda p: (not p.recent, stable_hash64(p.chosen, p.rejected)))[:max_pairs_per_query]
+            group_pairs = sorted(group_pairs, key=lambda p: (not p.recent, stable_hash64(p.chosen, p.rejected)))[
+                :max_pairs_per_query
+            ]
         pairs += group_pairs
         points += [_point_of(e, min_rating, e.event_id in recent_ids) for e in group if e.event_id not in paired_ids]
 
@@ -162,12 +177,18 @@ def build_dataset(
         "events": {"accepted": len(events), "invalid": len(invalid), "by_type": dict(Counter(e.feedback_type for e in events))},
         "invalid_examples": invalid[:INVALID_EXAMPLES_KEPT],
         "pairs_by_source": dict(Counter(p.source for p in pairs)),
-        "recent": {"events": sum(e.event_id in recent_ids for e in events), "pairs": sum(p.recent for p in pairs), "points": sum(p.recent for p in points)},
+        "recent": {
+            "events": sum(e.event_id in recent_ids for e in events),
+            "pairs": sum(p.recent for p in pairs),
+            "points": sum(p.recent for p in points),
+        },
         "points_by_kind": dict(Counter(p.kind for p in points)),
         "splits": {name: len(rows) for name, rows in split.items()},
         "queries": {"total": len(by_query), "eval": sum(is_eval_query(q, eval_fraction, split_salt) for q in by_query)},
         "dropped": dict(dropped),
-        "time_range": [min(e.timestamp for e in events).isoformat(), max(e.timestamp for e in events).isoformat()] if events else None,
+        "time_range": [min(e.timestamp for e in events).isoformat(), max(e.timestamp for e in events).isoformat()]
+        if events
+        else None,
     }
     return RewardData(
         train_pairs=_to_dataset(split["train_pairs"], PAIR_FEATURES),
@@ -185,7 +206,9 @@ def _accepted_events(records: Iterable[Any], max_chars: int, dropped: Counter[st
     out = []
     for record in records:
         try:
-            event = parse_event(FeedbackEvent, record) if isinstance(record, str | bytes) else validate_event(FeedbackEvent, record)
+            event = (
+                parse_event(FeedbackEvent, record) if isinstance(record, str | bytes) else validate_event(FeedbackEvent, record)
+            )
         except EventValidationError as exc:
             invalid.append(str(exc))
             continue
@@ -228,7 +251,9 @@ def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset
     def add(chosen: FeedbackEvent, rejected: FeedbackEvent, source: str) -> None:
         if chosen.response != rejected.response:  # two verdicts on the same text are no preference
             recent = chosen.event_id in recent_ids and rejected.event_id in recent_ids
-            pairs.append(Pair(chosen.query, chosen.response, rejected.response, source, kind_of(chosen), kind_of(rejected), recent))
+            pairs.append(
+                Pair(chosen.query, chosen.response, rejected.response, source, kind_of(chosen), kind_of(rejected), recent)
+            )
             used.update((chosen.event_id, rejected.event_id))
 
     ratings = [e for e in group if e.feedback_type == "rating"]
@@ -241,7 +266,9 @@ def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset
         add(up, down, "thumbs")
     for e in group:
         if e.feedback_type == "correction":
-            pairs.append(Pair(e.query, e.correction, e.response, "correction", "correction", "corrected", e.event_id in recent_ids))  # type: ignore[arg-type]
+            pairs.append(
+                Pair(e.query, e.correction, e.response, "correction", "correction", "corrected", e.event_id in recent_ids)
+            )  # type: ignore[arg-type]
             used.add(e.event_id)
     return pairs, used
 

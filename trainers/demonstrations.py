@@ -42,14 +42,20 @@ class DemoBatch:
     target_mask: torch.Tensor  # (B, T - 1): 1 where the next token is part of the correction (or its EOS)
 
 
-def encode_demonstrations(tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], max_tokens: int = 256,
-                          device: torch.device | str = "cpu") -> DemoBatch:  # fmt: skip
+def encode_demonstrations(
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[tuple[str, str]],
+    max_tokens: int = 256,
+    device: torch.device | str = "cpu",
+) -> DemoBatch:
     """Prompt (the policy's own chat format) + correction + EOS per demonstration; the prompt is
     cut from the left when the whole would pass `max_tokens`."""
     rows, targets = [], []
     for query, correction in demos:
         prompt = tokenizer(format_prompt(tokenizer, query), add_special_tokens=False)["input_ids"]
-        answer = tokenizer(format_completion(tokenizer, correction), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        answer = tokenizer(format_completion(tokenizer, correction), add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
         answer = answer[:max_tokens]
         prompt = prompt[max(0, len(prompt) + len(answer) - max_tokens) :]
         rows.append(prompt + answer)
@@ -72,8 +78,17 @@ def demonstration_loss(lm: nn.Module, batch: DemoBatch) -> torch.Tensor:
     return (nll * batch.target_mask).sum() / batch.target_mask.sum().clamp(min=1)
 
 
-def fit_demonstrations(lm: nn.Module, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], *, epochs: int, batch_size: int,
-                       learning_rate: float, seed: int = 0, max_steps: int | None = None) -> float:  # fmt: skip
+def fit_demonstrations(
+    lm: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[tuple[str, str]],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int = 0,
+    max_steps: int | None = None,
+) -> float:
     """Supervised passes over `demos` (AdamW, shuffled mini-batches), in place, ending early after
     `max_steps` optimiser steps if given; returns the last (possibly partial) epoch's mean loss
     (nan without demonstrations)."""

@@ -15,6 +15,7 @@ from torch import nn
 from trainers.policy import StatusFn
 from trainers.policy_config import PolicyTrainingConfig
 
+
 def check_guardrails(stats: dict[str, float], start_length: float, config: PolicyTrainingConfig) -> list[str]:
     """Names of the failure modes `stats` (kl, mean_length, repetition, ...) of a batch of answers
     show; lengths are judged against the starting policy's `start_length`."""
@@ -37,7 +38,9 @@ def snapshot(policy: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[
     return trainable, copy.deepcopy(optimizer.state_dict())
 
 
-def restore(policy: nn.Module, optimizer: torch.optim.Optimizer, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
+def restore(
+    policy: nn.Module, optimizer: torch.optim.Optimizer, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]
+) -> None:
     params, opt_state = snapshot
     with torch.no_grad():
         for name, p in policy.named_parameters():
@@ -55,9 +58,15 @@ class Rollbacks:
     learning rate by `kl_backoff`, for the rest of the run (a policy that an earlier round already
     moved is steeper, and the same step size would overshoot again and again)."""
 
-    def __init__(self, policy: nn.Module, optimizer: torch.optim.Optimizer, config: PolicyTrainingConfig, on_status: StatusFn) -> None:
+    def __init__(
+        self, policy: nn.Module, optimizer: torch.optim.Optimizer, config: PolicyTrainingConfig, on_status: StatusFn
+    ) -> None:
         self.policy, self.optimizer, self.on_status = policy, optimizer, on_status
-        self.limit, self.kl_backoff, self.learning_rate = config.max_consecutive_rollbacks, config.kl_backoff, config.learning_rate
+        self.limit, self.kl_backoff, self.learning_rate = (
+            config.max_consecutive_rollbacks,
+            config.kl_backoff,
+            config.learning_rate,
+        )
         self.fired: list[str] = []
         self.total = self.in_a_row = 0
         self.unchecked_update = self.stopped = False
@@ -87,16 +96,32 @@ class Rollbacks:
         self.fired += problems
         self.total += 1
         self.in_a_row += 1
-        self.on_status("guardrail", "ppo", f"{where}: {', '.join(problems)}; rolled back to the last good policy, lr {self.learning_rate:.2g}", stats)
+        self.on_status(
+            "guardrail",
+            "ppo",
+            f"{where}: {', '.join(problems)}; rolled back to the last good policy, lr {self.learning_rate:.2g}",
+            stats,
+        )
         self.stopped = self.in_a_row >= self.limit
         if self.stopped:
             self.on_status("guardrail", "ppo", f"{self.in_a_row} rollbacks in a row: stopping with the last good policy", stats)
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs (`stopped` is never saved: a stopped run has ended)."""
-        return {"learning_rate": self.learning_rate, "fired": self.fired, "total": self.total, "in_a_row": self.in_a_row,
-                "unchecked_update": self.unchecked_update, "last_good": self.last_good}  # fmt: skip
+        return {
+            "learning_rate": self.learning_rate,
+            "fired": self.fired,
+            "total": self.total,
+            "in_a_row": self.in_a_row,
+            "unchecked_update": self.unchecked_update,
+            "last_good": self.last_good,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.learning_rate, self.fired, self.total, self.in_a_row = state["learning_rate"], state["fired"], state["total"], state["in_a_row"]
+        self.learning_rate, self.fired, self.total, self.in_a_row = (
+            state["learning_rate"],
+            state["fired"],
+            state["total"],
+            state["in_a_row"],
+        )
         self.unchecked_update, self.last_good = state["unchecked_update"], state["last_good"]

@@ -54,8 +54,11 @@ def select_history(earlier: Sequence[TrainTrigger], latest: TrainTrigger, window
     policy, newest first, while the window allows (count, age relative to `latest`, events)."""
     chosen: list[TrainTrigger] = []
     events = set(latest.event_ids)  # distinct: consecutive buffers overlap
-    for trigger in sorted((t for t in earlier if t.policy == latest.policy and t.trigger_id != latest.trigger_id),
-                          key=lambda t: t.timestamp, reverse=True):  # fmt: skip
+    for trigger in sorted(
+        (t for t in earlier if t.policy == latest.policy and t.trigger_id != latest.trigger_id),
+        key=lambda t: t.timestamp,
+        reverse=True,
+    ):
         if window.max_triggers is not None and len(chosen) >= window.max_triggers:
             break
         if window.max_age_s is not None and latest.timestamp - trigger.timestamp > timedelta(seconds=window.max_age_s):
@@ -105,8 +108,11 @@ def between_ranges(before: TrainTrigger, after: TrainTrigger) -> list[OffsetRang
     """Per partition both hold, the offsets after `before`'s range and before `after`'s: feedback
     accepted while no trigger could fire, that the rolling buffer moved past (none when they overlap)."""
     ends = {(r.topic, r.partition): r.end for r in before.ranges}
-    return [OffsetRange(topic=r.topic, partition=r.partition, start=ends[(r.topic, r.partition)], end=r.start)
-            for r in after.ranges if (r.topic, r.partition) in ends and r.start > ends[(r.topic, r.partition)]]  # fmt: skip
+    return [
+        OffsetRange(topic=r.topic, partition=r.partition, start=ends[(r.topic, r.partition)], end=r.start)
+        for r in after.ranges
+        if (r.topic, r.partition) in ends and r.start > ends[(r.topic, r.partition)]
+    ]
 
 
 class History(NamedTuple):
@@ -116,8 +122,11 @@ class History(NamedTuple):
     between: list[OffsetRange]  # the ranges between them that were read
 
 
-def replay_history(used: Sequence[TrainTrigger], replay: Callable[[TrainTrigger], list[FeedbackEvent]],
-                   replay_between: Callable[[list[OffsetRange]], list[FeedbackEvent]] | None = None) -> History:  # fmt: skip
+def replay_history(
+    used: Sequence[TrainTrigger],
+    replay: Callable[[TrainTrigger], list[FeedbackEvent]],
+    replay_between: Callable[[list[OffsetRange]], list[FeedbackEvent]] | None = None,
+) -> History:
     """Every used trigger's feedback and, with `replay_between`, the feedback between each two
     (`between_ranges`), merged (`merge_events`); the ids that arrived since the trigger before the
     latest; the triggers and between-ranges actually read. An earlier trigger, or a between-range,

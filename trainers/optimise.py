@@ -75,15 +75,33 @@ def optimise_policy(
         # start PPO's KL is held to is then the fine-tuned model (or the original, `reference: base`).
         demos = corrections(feedback_events or ()) if algorithm == "ppo" else []
         lm, demo_loss = _fit_corrections(lm, tokenizer, demos, config)
-        start = copy.deepcopy(lm).requires_grad_(False).eval() if demos and config.demo_epochs else (original if start_path == original_path else parent)
+        start = (
+            copy.deepcopy(lm).requires_grad_(False).eval()
+            if demos and config.demo_epochs
+            else (original if start_path == original_path else parent)
+        )
         reference = original if config.reference == "base" else start
         evaluate = lambda model: evaluate_policy(  # noqa: E731 - the same settings before and after
-            model, tokenizer, reward_fn, eval_queries, reference=reference, max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature, top_p=config.top_p, samples_per_query=config.eval_samples_per_query, seed=config.eval_seed,
-            gate_fn=gate_fn, others={"parent": parent, "base": original},
-        )  # fmt: skip
+            model,
+            tokenizer,
+            reward_fn,
+            eval_queries,
+            reference=reference,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            samples_per_query=config.eval_samples_per_query,
+            seed=config.eval_seed,
+            gate_fn=gate_fn,
+            others={"parent": parent, "base": original},
+        )
         before = evaluate(parent)
-        on_status("progress", "eval_before", f"serving policy: mean reward {before.mean_reward:.4f}", {"mean_reward_before": before.mean_reward})
+        on_status(
+            "progress",
+            "eval_before",
+            f"serving policy: mean reward {before.mean_reward:.4f}",
+            {"mean_reward_before": before.mean_reward},
+        )
 
         train_started = time.monotonic()
         start_length = before.mean_length  # what the length guardrails judge against (for PPO: see below)
@@ -93,19 +111,37 @@ def optimise_policy(
             # than from `start`, which stays for the evaluations only. A reference other than the
             # start (`reference: base`) is passed as before.
             ppo_reference = None if config.lora_r and reference is start else reference
-            lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config, reference=ppo_reference, on_status=on_status,
-                                   demonstrations=demos, checkpoint_dir=checkpoint_dir)  # fmt: skip
+            lm, result = train_ppo(
+                lm,
+                tokenizer,
+                reward_fn,
+                train_queries,
+                config,
+                reference=ppo_reference,
+                on_status=on_status,
+                demonstrations=demos,
+                checkpoint_dir=checkpoint_dir,
+            )
             # Where PPO started: after the corrections' SFT, users who corrected a rambling model
             # asked for shorter answers, so lengths are judged against PPO's first rollout.
             start_length = result.start_length if math.isfinite(result.start_length) else start_length
             # A rolled-back update is a guardrail that worked: training goes on (or stops early) from
             # the last good policy, counted in `rollbacks`. What the gate must not trust is a final
             # policy that fails the guardrails itself: checked on the evaluation below.
-            extra = {"iterations": float(result.iterations), "rollbacks": float(result.rollbacks), "kl_coef": result.kl_coef,
-                     "stopped_early": float(result.stopped_early), "demonstrations": float(len(demos)), "demo_loss": demo_loss,
-                     "disagreement_first": result.disagreement_first, "disagreement_last": result.disagreement_last}  # fmt: skip
+            extra = {
+                "iterations": float(result.iterations),
+                "rollbacks": float(result.rollbacks),
+                "kl_coef": result.kl_coef,
+                "stopped_early": float(result.stopped_early),
+                "demonstrations": float(len(demos)),
+                "demo_loss": demo_loss,
+                "disagreement_first": result.disagreement_first,
+                "disagreement_last": result.disagreement_last,
+            }
         else:
-            lm, extra = train_alternative(algorithm, lm, tokenizer, reward_fn, train_queries, config, feedback_events=feedback_events, on_status=on_status)
+            lm, extra = train_alternative(
+                algorithm, lm, tokenizer, reward_fn, train_queries, config, feedback_events=feedback_events, on_status=on_status
+            )
         train_seconds = time.monotonic() - train_started
 
         after = evaluate(lm)
@@ -115,29 +151,41 @@ def optimise_policy(
         if kl_to.get("base", 0.0) > config.kl_base_bound:
             problems.append("kl_base_bound")
         metrics: dict[str, Any] = {
-            "mean_reward_before": before.mean_reward, "mean_reward_after": after.mean_reward,
+            "mean_reward_before": before.mean_reward,
+            "mean_reward_after": after.mean_reward,
             "reward_gain": after.mean_reward / before.mean_reward - 1.0 if before.mean_reward else float("nan"),
-            "kl": after.kl, "kl_parent": kl_to.get("parent", float("nan")), "kl_base": kl_to.get("base", float("nan")),
-            "mean_length_before": before.mean_length, "mean_length": after.mean_length,
-            "repetition": after.repetition, "eval_samples": float(after.n), "train_seconds": train_seconds, **extra,
-        }  # fmt: skip
+            "kl": after.kl,
+            "kl_parent": kl_to.get("parent", float("nan")),
+            "kl_base": kl_to.get("base", float("nan")),
+            "mean_length_before": before.mean_length,
+            "mean_length": after.mean_length,
+            "repetition": after.repetition,
+            "eval_samples": float(after.n),
+            "train_seconds": train_seconds,
+            **extra,
+        }
         if gate_fn is not None:
             metrics.update(gate_reward_before=before.gate_reward, gate_reward_after=after.gate_reward)
         if problems:
             on_status("guardrail", "eval_after", f"trained policy rejected: {'; '.join(problems)}", _floats(metrics))
-            raise GuardrailRejection(f"{algorithm}: trained policy failed guardrails {problems} (kl {after.kl:.3f}, kl to base "
-                                     f"{kl_to.get('base', 0.0):.3f}, length {after.mean_length:.1f})")  # fmt: skip
+            raise GuardrailRejection(
+                f"{algorithm}: trained policy failed guardrails {problems} (kl {after.kl:.3f}, kl to base "
+                f"{kl_to.get('base', 0.0):.3f}, length {after.mean_length:.1f})"
+            )
         write_atomically(out_dir, lambda tmp: (lm.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), replace=True)
         metrics.update(guardrails_fired=[], out_dir=str(out_dir), algorithm=algorithm, wall_seconds=time.monotonic() - started)
-        on_status("finished", "save", f"{algorithm}: mean reward {before.mean_reward:.4f} -> {after.mean_reward:.4f}", _floats(metrics))
+        on_status(
+            "finished", "save", f"{algorithm}: mean reward {before.mean_reward:.4f} -> {after.mean_reward:.4f}", _floats(metrics)
+        )
         return metrics
     except Exception as exc:
         on_status("failed", "train", f"{type(exc).__name__}: {exc}"[:4000], {})
         raise
 
 
-def _fit_corrections(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]],
-                     config: PolicyTrainingConfig) -> tuple[PreTrainedModel, float]:  # fmt: skip
+def _fit_corrections(
+    lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], config: PolicyTrainingConfig
+) -> tuple[PreTrainedModel, float]:
     """The users' corrections as supervised passes (`demo_epochs`, at most `demo_max_steps` steps);
     returns the fitted model and the last epoch's loss. Under LoRA only adapters learn, merged
     afterwards: a full fine-tune of a real chat model on a few dozen corrections would overwrite
@@ -148,8 +196,16 @@ def _fit_corrections(lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, de
         from peft import get_peft_model
 
         lm = get_peft_model(lm, lora_config(config))
-    loss = fit_demonstrations(lm, tokenizer, demos, epochs=config.demo_epochs, batch_size=config.mini_batch_size,
-                              learning_rate=config.demo_learning_rate, seed=config.seed, max_steps=config.demo_max_steps)  # fmt: skip
+    loss = fit_demonstrations(
+        lm,
+        tokenizer,
+        demos,
+        epochs=config.demo_epochs,
+        batch_size=config.mini_batch_size,
+        learning_rate=config.demo_learning_rate,
+        seed=config.seed,
+        max_steps=config.demo_max_steps,
+    )
     return (lm.merge_and_unload().requires_grad_(True) if config.lora_r else lm), loss
 
 
@@ -159,9 +215,15 @@ def gate_verdict(metrics: dict[str, Any], margin: float) -> tuple[bool, str]:
     reward model has a gate head, else by the training reward. Returns (passed, reason)."""
     gated = metrics.get("gate_reward_before") is not None
     what = "gate reward" if gated else "mean reward"
-    before, after = (metrics["gate_reward_before"], metrics["gate_reward_after"]) if gated else (metrics["mean_reward_before"], metrics["mean_reward_after"])
+    before, after = (
+        (metrics["gate_reward_before"], metrics["gate_reward_after"])
+        if gated
+        else (metrics["mean_reward_before"], metrics["mean_reward_after"])
+    )
     passed = after > before + abs(before) * margin
-    reason = f"held-out {what} {before:.3f} -> {after:.3f}" + ("" if passed else f": not better than the parent by the {margin:.0%} margin")
+    reason = f"held-out {what} {before:.3f} -> {after:.3f}" + (
+        "" if passed else f": not better than the parent by the {margin:.0%} margin"
+    )
     return passed, reason
 
 

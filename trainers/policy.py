@@ -83,7 +83,9 @@ def response_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_le
 
 
 @torch.no_grad()
-def sequence_logprobs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int, temperature: float) -> torch.Tensor:
+def sequence_logprobs(
+    lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int, temperature: float
+) -> torch.Tensor:
     logits = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask)).logits
     return response_logprobs(logits, input_ids, response_len, temperature)
 
@@ -134,10 +136,16 @@ def sample(
     enc = tokenizer(format_prompts(tokenizer, queries), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device)):
         out = lm.generate(
-            **enc, do_sample=not greedy, temperature=temperature if not greedy else None, top_p=top_p if not greedy else None,
-            top_k=0 if not greedy else None, max_new_tokens=max_new_tokens, min_new_tokens=1,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )  # fmt: skip
+            **enc,
+            do_sample=not greedy,
+            temperature=temperature if not greedy else None,
+            top_p=top_p if not greedy else None,
+            top_k=0 if not greedy else None,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     response = out[:, enc["input_ids"].shape[1] :]
     is_eos = response == tokenizer.eos_token_id
     # A token is part of the answer if no EOS came strictly before it.
@@ -150,9 +158,16 @@ def sample(
 
 @torch.no_grad()
 def generate(
-    lm: nn.Module, tokenizer: PreTrainedTokenizerBase, queries: list[str], reward_fn: RewardFn, *,
-    max_new_tokens: int, temperature: float, top_p: float, greedy: bool = False,
-) -> Rollout:  # fmt: skip
+    lm: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: list[str],
+    reward_fn: RewardFn,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool = False,
+) -> Rollout:
     """Answer `queries` and score the answers with `reward_fn`."""
     s = sample(lm, tokenizer, queries, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy)
     scores = torch.tensor(reward_fn(s.queries, s.responses), dtype=torch.float32, device=s.mask.device)
@@ -210,8 +225,15 @@ def evaluate_policy(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for i in range(0, len(repeated), batch_size):
-            ro = generate(lm, tokenizer, repeated[i : i + batch_size], reward_fn,
-                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)  # fmt: skip
+            ro = generate(
+                lm,
+                tokenizer,
+                repeated[i : i + batch_size],
+                reward_fn,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+            )
             rewards += ro.scores.tolist()
             lengths += ro.lengths().tolist()
             reps.append(ro.repetition() * len(ro.queries))
@@ -226,9 +248,14 @@ def evaluate_policy(
                     ref = sequence_logprobs(model, ro.input_ids, ro.attention_mask, ro.response_len, temperature)
                     (other_kls[name] if name else kls).append((kl_estimate(own, ref, ro.mask).item(), tokens))
     return PolicyEval(
-        sum(rewards) / len(rewards), _token_mean(kls), sum(lengths) / len(lengths), sum(reps) / len(repeated), len(repeated),
-        sum(gates) / len(gates) if gates else None, {name: _token_mean(v) for name, v in other_kls.items()} if others else None,
-    )  # fmt: skip
+        sum(rewards) / len(rewards),
+        _token_mean(kls),
+        sum(lengths) / len(lengths),
+        sum(reps) / len(repeated),
+        len(repeated),
+        sum(gates) / len(gates) if gates else None,
+        {name: _token_mean(v) for name, v in other_kls.items()} if others else None,
+    )
 
 
 def _token_mean(kls: list[tuple[float, float]]) -> float:

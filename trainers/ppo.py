@@ -39,10 +39,27 @@ from trainers.demonstrations import DemoBatch, demonstration_loss, encode_demons
 from trainers.device import use_bf16
 from trainers.ensemble import EnsembleReward
 from trainers.guardrails import Rollbacks, check_guardrails, restore
-from trainers.policy import (RewardFn, Rollout, StatusFn, generate, kl_estimate, no_status, positions,
-                             response_logprobs, sequence_logprobs)  # fmt: skip
+from trainers.policy import (
+    RewardFn,
+    Rollout,
+    StatusFn,
+    generate,
+    kl_estimate,
+    no_status,
+    positions,
+    response_logprobs,
+    sequence_logprobs,
+)
 from trainers.policy_config import PolicyTrainingConfig, lora_config
-from trainers.ppo_maths import AdaptiveKLController, RunningScoreScale, compute_gae, kl_penalised_rewards, policy_loss, value_loss, whiten
+from trainers.ppo_maths import (
+    AdaptiveKLController,
+    RunningScoreScale,
+    compute_gae,
+    kl_penalised_rewards,
+    policy_loss,
+    value_loss,
+    whiten,
+)
 
 T = TypeVar("T")
 
@@ -70,7 +87,9 @@ class PolicyWithValue(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int, temperature: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probs of the response tokens, values of the states before them), each (B, R)."""
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask), output_hidden_states=True)
+        out = self.lm(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask), output_hidden_states=True
+        )
         logprobs = response_logprobs(out.logits, input_ids, response_len, temperature)
         hidden = out.hidden_states[-1][:, -response_len - 1 : -1].float()
         return logprobs, self.value_head(hidden).squeeze(-1)
@@ -84,7 +103,9 @@ class Reference:
         self.policy = policy
         self.copy = frozen.requires_grad_(False).eval() if frozen is not None else None
 
-    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int, temperature: float) -> torch.Tensor:
+    def logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int, temperature: float
+    ) -> torch.Tensor:
         if self.copy is not None:
             return sequence_logprobs(self.copy, input_ids, attention_mask, response_len, temperature)
         with self.policy.lm.disable_adapter():
@@ -120,8 +141,9 @@ def _query_batches(queries: Sequence[str], batch_size: int, rng: random.Random) 
         pool = pool[batch_size:]
 
 
-def _demo_batches(tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], config: PolicyTrainingConfig,
-                  device: torch.device) -> Iterator[DemoBatch]:  # fmt: skip
+def _demo_batches(
+    tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], config: PolicyTrainingConfig, device: torch.device
+) -> Iterator[DemoBatch]:
     """Endless mini-batches of demonstrations, reshuffled every pass."""
     rng = random.Random(config.seed)
     order = list(demos)
@@ -143,16 +165,35 @@ class _Batch:
     def stats(self, iteration: int, kl_coef: float) -> dict[str, float]:
         ro = self.rollout
         kl = kl_estimate(self.logprobs, self.ref_logprobs, ro.mask).item()
-        return {"iteration": float(iteration), "mean_score": ro.scores.mean().item(), "kl": kl, "kl_coef": kl_coef,
-                "mean_length": ro.lengths().mean().item(), "repetition": ro.repetition()}  # fmt: skip
+        return {
+            "iteration": float(iteration),
+            "mean_score": ro.scores.mean().item(),
+            "kl": kl,
+            "kl_coef": kl_coef,
+            "mean_length": ro.lengths().mean().item(),
+            "repetition": ro.repetition(),
+        }
 
 
 def _rollout(
-    policy: PolicyWithValue, reference: Reference, tokenizer: PreTrainedTokenizerBase, queries: list[str], reward_fn: RewardFn,
-    config: PolicyTrainingConfig, autocast: torch.autocast,
-) -> _Batch:  # fmt: skip
+    policy: PolicyWithValue,
+    reference: Reference,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: list[str],
+    reward_fn: RewardFn,
+    config: PolicyTrainingConfig,
+    autocast: torch.autocast,
+) -> _Batch:
     """Sample and score answers to `queries`, and the log-probs and values the update starts from."""
-    ro = generate(policy.lm, tokenizer, queries, reward_fn, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p)
+    ro = generate(
+        policy.lm,
+        tokenizer,
+        queries,
+        reward_fn,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+    )
     with torch.no_grad(), autocast:
         logprobs, values = (t.float() for t in policy(ro.input_ids, ro.attention_mask, ro.response_len, config.temperature))
         ref_logprobs = reference.logprobs(ro.input_ids, ro.attention_mask, ro.response_len, config.temperature).float()
@@ -178,9 +219,15 @@ def _backward(loss: torch.Tensor) -> bool:
 
 
 def _update(
-    policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: _Batch, advantages: torch.Tensor, returns: torch.Tensor,
-    config: PolicyTrainingConfig, autocast: torch.autocast, demos: Iterator[DemoBatch] | None = None,
-) -> tuple[dict[str, float], bool]:  # fmt: skip
+    policy: PolicyWithValue,
+    optimizer: torch.optim.Optimizer,
+    batch: _Batch,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    config: PolicyTrainingConfig,
+    autocast: torch.autocast,
+    demos: Iterator[DemoBatch] | None = None,
+) -> tuple[dict[str, float], bool]:
     """`ppo_epochs` passes of clipped policy + value loss over shuffled mini-batches, plus
     `demo_coef` x the corrections' supervised loss when `demos` yields batches. One optimiser step
     per mini-batch, its gradients summed over `grad_accumulation_steps` micro-batches: the same
@@ -196,7 +243,9 @@ def _update(
                 micro = idx[rows]
                 with autocast:
                     logprobs, values = policy(ro.input_ids[micro], ro.attention_mask[micro], ro.response_len, config.temperature)
-                pg_loss, clipfrac = policy_loss(logprobs.float(), batch.logprobs[micro], advantages[micro], ro.mask[micro], config.cliprange)
+                pg_loss, clipfrac = policy_loss(
+                    logprobs.float(), batch.logprobs[micro], advantages[micro], ro.mask[micro], config.cliprange
+                )
                 vf_loss = value_loss(values.float(), batch.values[micro], returns[micro], ro.mask[micro], config.cliprange_value)
                 for name, part in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("clipfrac", clipfrac)):
                     losses[name] += (share * part).item()
@@ -256,8 +305,10 @@ def _load_checkpoint(directory: Path, config: PolicyTrainingConfig, policy: Poli
     differing = sorted(k for k, v in config.model_dump(exclude=_MAY_CHANGE_ON_RESUME).items() if state["config"].get(k) != v)
     trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
     if differing or set(state["trainable"]) != trainable:
-        raise TrainingError(f"{path}: a checkpoint of another training run (differs in {', '.join(differing) or 'trainable parameters'}); "
-                            "remove it or give another checkpoint_dir")  # fmt: skip
+        raise TrainingError(
+            f"{path}: a checkpoint of another training run (differs in {', '.join(differing) or 'trainable parameters'}); "
+            "remove it or give another checkpoint_dir"
+        )
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -324,21 +375,42 @@ def train_ppo(
         guard.load_state_dict(state["guard"])
         kl_ctl.value = state["kl_coef"]
         score_scale.count, score_scale.mean, score_scale.m2 = state["score_scale"]
-        on_status("progress", "ppo", f"resumed from the checkpoint after iteration {done}/{config.epochs}", {"iteration": float(done)})
+        on_status(
+            "progress", "ppo", f"resumed from the checkpoint after iteration {done}/{config.epochs}", {"iteration": float(done)}
+        )
     batches = _Counted(_query_batches(train_queries, config.batch_size, random.Random(config.seed)), skip=drawn["queries"])
-    demos = _Counted(_demo_batches(tokenizer, demonstrations, config, device), skip=drawn["demos"]) if demonstrations and config.demo_coef else None
+    demos = (
+        _Counted(_demo_batches(tokenizer, demonstrations, config, device), skip=drawn["demos"])
+        if demonstrations and config.demo_coef
+        else None
+    )
     iteration = done  # the result's count should a resumed run have nothing left to do
 
     for iteration in range(done + 1, config.epochs + 1):
         # 0. A checkpoint of the iterations finished so far, before anything of this one happens.
-        if checkpoint_dir is not None and config.checkpoint_every and iteration - 1 > done and (iteration - 1) % config.checkpoint_every == 0:
-            _save_checkpoint(checkpoint_dir, {
-                "config": config.model_dump(exclude=_MAY_CHANGE_ON_RESUME), "iterations": iteration - 1,
-                "drawn": {"queries": batches.drawn, "demos": demos.drawn if demos is not None else 0},
-                "start_length": start_length, "first_disagreement": first_disagreement, "scores": scores, "disagreements": disagreements,
-                "trainable": {k: v.detach() for k, v in policy.named_parameters() if v.requires_grad}, "optimizer": optimizer.state_dict(),
-                "guard": guard.state_dict(), "kl_coef": kl_ctl.value, "score_scale": (score_scale.count, score_scale.mean, score_scale.m2),
-            })  # fmt: skip
+        if (
+            checkpoint_dir is not None
+            and config.checkpoint_every
+            and iteration - 1 > done
+            and (iteration - 1) % config.checkpoint_every == 0
+        ):
+            _save_checkpoint(
+                checkpoint_dir,
+                {
+                    "config": config.model_dump(exclude=_MAY_CHANGE_ON_RESUME),
+                    "iterations": iteration - 1,
+                    "drawn": {"queries": batches.drawn, "demos": demos.drawn if demos is not None else 0},
+                    "start_length": start_length,
+                    "first_disagreement": first_disagreement,
+                    "scores": scores,
+                    "disagreements": disagreements,
+                    "trainable": {k: v.detach() for k, v in policy.named_parameters() if v.requires_grad},
+                    "optimizer": optimizer.state_dict(),
+                    "guard": guard.state_dict(),
+                    "kl_coef": kl_ctl.value,
+                    "score_scale": (score_scale.count, score_scale.mean, score_scale.m2),
+                },
+            )
 
         # 1. Rollout with the current policy, scored by the reward function.
         batch = _rollout(policy, reference, tokenizer, next(batches), reward_fn, config, autocast)
@@ -403,7 +475,16 @@ def train_ppo(
     if checkpoint_dir is not None:  # finished: a later run pointed here starts afresh
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     nan = float("nan")
-    result = PPOResult(iteration, guard.total, guard.fired, kl_ctl.value, scores[0] if scores else nan, scores[-1] if scores else nan, guard.stopped,
-                       disagreements[0] if disagreements else nan, disagreements[-1] if disagreements else nan,
-                       start_length if start_length is not None else nan)  # fmt: skip
+    result = PPOResult(
+        iteration,
+        guard.total,
+        guard.fired,
+        kl_ctl.value,
+        scores[0] if scores else nan,
+        scores[-1] if scores else nan,
+        guard.stopped,
+        disagreements[0] if disagreements else nan,
+        disagreements[-1] if disagreements else nan,
+        start_length if start_length is not None else nan,
+    )
     return lm, result

@@ -10,6 +10,7 @@ import torch
 
 from trainers.policy import masked_mean
 
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Zero mean, unit variance over the masked entries; padding stays zero."""
     mean = masked_mean(x, mask)

@@ -36,10 +36,14 @@ def _check_readable(consumer: Consumer, what: str, r: OffsetRange, timeout: floa
     except Exception as exc:  # KafkaException: unknown topic or partition, broker unreachable
         raise TrainingError(f"{where} cannot be read: {exc}") from None
     if r.start < low or r.end > high:
-        raise TrainingError(f"{where} is not readable: the partition now holds [{low}, {high}) (retention, or a different cluster?)")
+        raise TrainingError(
+            f"{where} is not readable: the partition now holds [{low}, {high}) (retention, or a different cluster?)"
+        )
 
 
-def _clients(settings_or_bootstrap: Settings | str, timeout: float, erased: frozenset[str] | None) -> tuple[dict, frozenset[str], Redactor]:
+def _clients(
+    settings_or_bootstrap: Settings | str, timeout: float, erased: frozenset[str] | None
+) -> tuple[dict, frozenset[str], Redactor]:
     """(connection, erased users, redactor): a plaintext broker string means tools and tests."""
     if isinstance(settings_or_bootstrap, str):
         return {"bootstrap.servers": settings_or_bootstrap}, erased or frozenset(), Redactor()
@@ -47,8 +51,9 @@ def _clients(settings_or_bootstrap: Settings | str, timeout: float, erased: froz
     return client_config(settings_or_bootstrap.kafka), erased, Redactor.from_settings(settings_or_bootstrap.privacy)
 
 
-def _first_copies(connection: dict, ranges: Sequence[OffsetRange], timeout: float, what: str,
-                  keep: Callable[[FeedbackEvent], bool]) -> dict[str, tuple[int, int, FeedbackEvent]]:  # fmt: skip
+def _first_copies(
+    connection: dict, ranges: Sequence[OffsetRange], timeout: float, what: str, keep: Callable[[FeedbackEvent], bool]
+) -> dict[str, tuple[int, int, FeedbackEvent]]:
     """event_id -> (partition, offset, event) of the first copy of each valid event `keep` wants in
     `ranges` (each checked readable first): copies are producer retries of the same event; a dead
     letter is never part of a dataset."""
@@ -70,8 +75,9 @@ def _first_copies(connection: dict, ranges: Sequence[OffsetRange], timeout: floa
     return found
 
 
-def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger, timeout: float = 30.0,
-                   erased: frozenset[str] | None = None) -> list[FeedbackEvent]:
+def replay_trigger(
+    settings_or_bootstrap: Settings | str, trigger: TrainTrigger, timeout: float = 30.0, erased: frozenset[str] | None = None
+) -> list[FeedbackEvent]:
     """The accepted feedback events `trigger` covers, in `trigger.event_ids` order, less those of
     erased users: `erased`, or, given Settings, everyone on the erasures topic now (trainers/erasures.py);
     their text redacted unless `privacy.mode` is off (the topic holds what users typed; training
@@ -82,25 +88,40 @@ def replay_trigger(settings_or_bootstrap: Settings | str, trigger: TrainTrigger,
     """
     connection, erased, redactor = _clients(settings_or_bootstrap, timeout, erased)
     if not trigger.ranges or not trigger.event_ids:
-        raise TrainingError(f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})")
+        raise TrainingError(
+            f"trigger {trigger.trigger_id} names no data (ranges={len(trigger.ranges)}, event_ids={len(trigger.event_ids)})"
+        )
     wanted = set(trigger.event_ids)
     found = _first_copies(connection, trigger.ranges, timeout, f"trigger {trigger.trigger_id}", lambda e: e.event_id in wanted)
     missing = [event_id for event_id in trigger.event_ids if event_id not in found]
     if missing:
-        raise TrainingError(f"trigger {trigger.trigger_id}: {len(missing)} of {len(wanted)} event ids are not in its ranges (first: {missing[0]})")
+        raise TrainingError(
+            f"trigger {trigger.trigger_id}: {len(missing)} of {len(wanted)} event ids are not in its ranges (first: {missing[0]})"
+        )
     kept = [event for event in (found[event_id][2] for event_id in trigger.event_ids) if event.user_id not in erased]
     return kept if redactor.mode == "off" else [redactor.redact_event(event).event for event in kept]
 
 
-def replay_accepted(settings_or_bootstrap: Settings | str, policy: str, ranges: Sequence[OffsetRange], timeout: float = 30.0,
-                    erased: frozenset[str] | None = None) -> list[FeedbackEvent]:  # fmt: skip
+def replay_accepted(
+    settings_or_bootstrap: Settings | str,
+    policy: str,
+    ranges: Sequence[OffsetRange],
+    timeout: float = 30.0,
+    erased: frozenset[str] | None = None,
+) -> list[FeedbackEvent]:
     """Every feedback event of `policy` in `ranges` that the stream app accepts, in (partition,
     offset) order: valid, the first copy of its id, and not held back by `privacy.mode: drop`; less
     erased users, redacted as `replay_trigger` does. For feedback no trigger names by id: what
     arrived between two triggers while a training or an A/B test held them back and the rolling
     buffer moved past it (trainers/history.py). TrainingError as `replay_trigger`."""
     connection, erased, redactor = _clients(settings_or_bootstrap, timeout, erased)
-    found = _first_copies(connection, ranges, timeout, f"{policy} feedback between triggers", lambda e: e.policy == policy and e.user_id not in erased)
+    found = _first_copies(
+        connection,
+        ranges,
+        timeout,
+        f"{policy} feedback between triggers",
+        lambda e: e.policy == policy and e.user_id not in erased,
+    )
     out = []
     for _, _, event in sorted(found.values(), key=lambda f: f[:2]):
         try:  # as the stream app: `off` passes it, `redact` redacts it, `drop` refuses it (a dead letter there)

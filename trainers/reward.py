@@ -119,8 +119,14 @@ def example_weights(recent: Sequence[bool], heads: int, recent_weight: float, se
 class RewardModel:
     """A sequence classifier with one output (the reward), its tokenizer and how it was made."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: RewardConfig,
-                 metrics: dict[str, Any] | None = None, lineage: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: RewardConfig,
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> None:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.metrics = metrics or {}
         self.lineage = lineage or {}
@@ -146,7 +152,9 @@ class RewardModel:
         model.config.pad_token_id = tokenizer.pad_token_id  # the head finds the last real token with it
         limit = backbone_limit(model, tokenizer)
         if config.max_length > limit:
-            raise ConfigError(f"reward model max_length {config.max_length} is past {config.base_model}'s limit of {limit} tokens")
+            raise ConfigError(
+                f"reward model max_length {config.max_length} is past {config.base_model}'s limit of {limit} tokens"
+            )
         return cls(model.to(pick_device(config.device)), tokenizer, config)
 
     @classmethod
@@ -173,7 +181,9 @@ class RewardModel:
         except Exception as exc:  # whatever a damaged file raises, the caller needs the path and the cause
             raise ModelLoadError(f"{root}: corrupt reward model: {type(exc).__name__}: {exc}") from exc
         if model.config.num_labels != config.heads:
-            raise ModelLoadError(f"{root}: not a reward model (head has {model.config.num_labels} outputs, its config says {config.heads})")
+            raise ModelLoadError(
+                f"{root}: not a reward model (head has {model.config.num_labels} outputs, its config says {config.heads})"
+            )
         model.eval()
         return cls(model.to(pick_device(device or config.device)), tokenizer, config, metrics, lineage)
 
@@ -208,12 +218,16 @@ class RewardModel:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         return logits.float()
 
-    def predict(self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None) -> list[float]:
+    def predict(
+        self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None
+    ) -> list[float]:
         """The reward of each (query, response), the ensemble members' mean score; `progress(done,
         total)` after each batch if given."""
         return self.head_scores(queries, responses, progress)[:, : self.config.ensemble_members].mean(dim=1).tolist()
 
-    def head_scores(self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def head_scores(
+        self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
         """Every head's score, (N, heads): the ensemble members, then the gate head if any."""
         return self.predict_ids(self.encode(queries, responses), progress)
 
@@ -299,7 +313,9 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
     fused = rm.device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(rm.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
     warmup = int(total * cfg.warmup_ratio)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else (total - s) / max(1, total - warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else (total - s) / max(1, total - warmup)
+    )
 
     rm.model.train()
     step, loss_sum = 0, 0.0
@@ -329,16 +345,25 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
     rm.model.eval()
     seconds = time.perf_counter() - start
     return {
-        "steps": step, "epochs": cfg.epochs, "pairs": len(chosen), "points": len(point_ids), "mean_loss": loss_sum / max(1, step),
-        "seconds": seconds, "examples_per_second": cfg.epochs * (len(chosen) + len(point_ids)) / seconds,
-    }  # fmt: skip
+        "steps": step,
+        "epochs": cfg.epochs,
+        "pairs": len(chosen),
+        "points": len(point_ids),
+        "mean_loss": loss_sum / max(1, step),
+        "seconds": seconds,
+        "examples_per_second": cfg.epochs * (len(chosen) + len(point_ids)) / seconds,
+    }
 
 
-def evaluate(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    rm: RewardModel, pairs: Dataset, points: Dataset, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Pairwise accuracy (overall and per pairing rule), ROC-AUC of pointwise labels and the reward distribution per feedback kind;
     `progress(texts scored, total)` as scoring goes, if given."""
-    texts = sorted({(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"]) for r in (c, j)}
-                   | set(zip(points["query"], points["response"])))  # fmt: skip
+    texts = sorted(
+        {(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"]) for r in (c, j)}
+        | set(zip(points["query"], points["response"]))
+    )
     heads = rm.head_scores([q for q, _ in texts], [r for _, r in texts], progress)
     members = heads[:, : rm.config.ensemble_members]
     reward = dict(zip(texts, members.mean(dim=1).tolist(), strict=True))
@@ -417,8 +442,12 @@ def train_reward_model(
     rm.metrics = {"train": train, "eval": None, "data": data.summary}
     if distributed.is_main():  # one process evaluates and writes the version; the others wait for it
         rm.metrics["eval"] = evaluate(rm, data.eval_pairs, data.eval_points)
-        rm.lineage = {**(lineage or {}), "base_model": config.base_model, "warm_start": str(warm_start) if rm.warm else None,
-                      "created_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+        rm.lineage = {
+            **(lineage or {}),
+            "base_model": config.base_model,
+            "warm_start": str(warm_start) if rm.warm else None,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        }
         rm.save(out_dir)
     distributed.barrier()
     return rm, rm.metrics

@@ -19,10 +19,19 @@ from core.hashing import stable_fraction
 APPS = ("Mail", "Calendar", "Photos", "Drive", "Notes", "Maps", "Music", "Wallet", "Chat", "Docs")
 MENUS = ("Settings", "Account", "Privacy", "Sharing", "Storage", "Display", "Sync", "Security")
 ACTIONS = (
-    ("reset", "password"), ("change", "language"), ("export", "history"), ("delete", "account"),
-    ("enable", "dark mode"), ("turn off", "notifications"), ("share", "folder"), ("restore", "backup"),
-    ("update", "email address"), ("block", "contact"), ("rename", "device"), ("clear", "cache"),
-)  # fmt: skip
+    ("reset", "password"),
+    ("change", "language"),
+    ("export", "history"),
+    ("delete", "account"),
+    ("enable", "dark mode"),
+    ("turn off", "notifications"),
+    ("share", "folder"),
+    ("restore", "backup"),
+    ("update", "email address"),
+    ("block", "contact"),
+    ("rename", "device"),
+    ("clear", "cache"),
+)
 QUESTION_FORMS = (
     "How do I {verb} my {obj} in {app}?",
     "Where can I {verb} the {obj} in {app}?",
@@ -73,7 +82,9 @@ def answer(q: Question, style: str, rng: random.Random) -> str:
             )
         )
     if style == "repeat":
-        return rng.choice((f"You want to {q.verb} your {q.obj} in {q.app}.", f"So you need to {q.verb} the {q.obj} in {q.app}, right?"))
+        return rng.choice(
+            (f"You want to {q.verb} your {q.obj} in {q.app}.", f"So you need to {q.verb} the {q.obj} in {q.app}, right?")
+        )
     if style == "wrong":  # confident steps for a different object in another app
         other_app = rng.choice([a for a in APPS if a != q.app])
         other_verb, other_obj = rng.choice([a for a in ACTIONS if a[1] != q.obj])
@@ -141,7 +152,9 @@ def quality_reward(queries: list[str], responses: list[str]) -> list[float]:
     return out
 
 
-def feedback_events(questions: list[Question], n: int, seed: int = 0, answers_per_question: int = 2, helpful_share: float = 0.5) -> list:
+def feedback_events(
+    questions: list[Question], n: int, seed: int = 0, answers_per_question: int = 2, helpful_share: float = 0.5
+) -> list:
     """About `n` FeedbackEvents from simulated users whose verdicts follow the hidden preference.
 
     Each drawn question is asked `answers_per_question` times and answered in random styles; all
@@ -165,6 +178,15 @@ def feedback_events(questions: list[Question], n: int, seed: int = 0, answers_pe
             elif kind == "correction" and score < 0.75:
                 verdict = {"feedback_type": "correction", "correction": answer(q, "helpful", rng)}
             i = len(events)
-            events.append(FeedbackEvent(event_id=f"sim-{seed}-{i}", interaction_id=f"sim-{seed}-i{i}", user_id=f"user-{rng.randrange(1000)}",
-                                        query=q.text, response=response, model_version="sim", **verdict))  # fmt: skip
+            events.append(
+                FeedbackEvent(
+                    event_id=f"sim-{seed}-{i}",
+                    interaction_id=f"sim-{seed}-i{i}",
+                    user_id=f"user-{rng.randrange(1000)}",
+                    query=q.text,
+                    response=response,
+                    model_version="sim",
+                    **verdict,
+                )
+            )
     return events

@@ -126,7 +126,9 @@ def build_tiny_policy(out_dir: str | Path, **recipe_overrides: int | float) -> P
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(recipe["learning_rate"]), weight_decay=0.0)
     steps = int(recipe["warmup_steps"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(recipe["learning_rate"]), total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=float(recipe["learning_rate"]), total_steps=steps, pct_start=0.1
+    )
     batches = _sft_batches(tokenizer, pairs, int(recipe["batch_size"]), rng)
     model.train()
     for _ in range(steps):

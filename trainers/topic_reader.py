@@ -19,16 +19,20 @@ from core.errors import TrainingError
 
 
 def range_consumer(connection: dict[str, Any], purpose: str) -> Consumer:
-    return Consumer({
-        **connection,
-        "group.id": f"{purpose}-{uuid.uuid4().hex}",  # required by the client; never joined or committed
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-    })  # fmt: skip
+    return Consumer(
+        {
+            **connection,
+            "group.id": f"{purpose}-{uuid.uuid4().hex}",  # required by the client; never joined or committed
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+        }
+    )
 
 
-def read_ranges(consumer: Consumer, ranges: dict[tuple[str, int], tuple[int, int]], timeout: float, what: str) -> Iterator[Message]:
+def read_ranges(
+    consumer: Consumer, ranges: dict[tuple[str, int], tuple[int, int]], timeout: float, what: str
+) -> Iterator[Message]:
     """The records of each (topic, partition) in [start, end), in partition order; TrainingError
     when reading fails or takes longer than `timeout` seconds. A log that ends before `end`
     (compaction removed the last offsets) counts as read to its end."""

@@ -22,23 +22,40 @@ ManualDecision = Literal["promote", "rollback"]
 
 
 def close_experiment(
-    emitter: EventEmitter, registry: ModelRegistry, policy: str, experiment_id: str, candidate: str,
-    outcome: ExperimentOutcome, reason: str, statistics: dict[str, float] | None = None,
-) -> tuple[ExperimentRecord, ExperimentDecided]:  # fmt: skip
+    emitter: EventEmitter,
+    registry: ModelRegistry,
+    policy: str,
+    experiment_id: str,
+    candidate: str,
+    outcome: ExperimentOutcome,
+    reason: str,
+    statistics: dict[str, float] | None = None,
+) -> tuple[ExperimentRecord, ExperimentDecided]:
     """Decide `experiment_id` (or find it decided) and announce the recorded decision; returns the
     record and the announcement."""
     record = registry.decide_experiment(policy, experiment_id, candidate, outcome, reason[:4000], statistics)
     manifest = registry.manifest("policies", candidate)
-    emitter.emit("model-published", published(manifest, "promoted" if record.outcome == "promote" else "rolled_back", record.reason), policy)
+    emitter.emit(
+        "model-published",
+        published(manifest, "promoted" if record.outcome == "promote" else "rolled_back", record.reason),
+        policy,
+    )
     announced = ExperimentDecided(
-        experiment_id=experiment_id, policy=policy, trigger_id=manifest.trigger_id or candidate, outcome=record.outcome,  # type: ignore[arg-type]
-        serving_version=record.serving or candidate, statistics=record.statistics, reason=record.reason,
-    )  # fmt: skip
+        experiment_id=experiment_id,
+        policy=policy,
+        trigger_id=manifest.trigger_id or candidate,
+        outcome=record.outcome,  # type: ignore[arg-type]
+        serving_version=record.serving or candidate,
+        statistics=record.statistics,
+        reason=record.reason,
+    )
     emitter.emit("experiments", announced, policy)
     return record, announced
 
 
-def decide_by_hand(settings: Settings, registry: ModelRegistry, policy: str, decision: ManualDecision, reason: str, version: str | None = None) -> str:
+def decide_by_hand(
+    settings: Settings, registry: ModelRegistry, policy: str, decision: ManualDecision, reason: str, version: str | None = None
+) -> str:
     """`rlhf models promote|rollback`: the candidate's experiment is closed like the decider would;
     promoting another version, or rolling back with no candidate, moves the pointer directly."""
     emitter = EventEmitter(settings)
@@ -47,15 +64,26 @@ def decide_by_hand(settings: Settings, registry: ModelRegistry, policy: str, dec
         experiment_id = experiment_id_for(settings.ab_testing.experiment, candidate)
         close_experiment(emitter, registry, policy, experiment_id, candidate, decision, reason)
         return candidate
-    acted = registry.promote(policy, version, reason=reason) if decision == "promote" else registry.rollback(policy, reason=reason)
-    emitter.emit("model-published", published(registry.manifest("policies", acted), "promoted" if decision == "promote" else "rolled_back", reason), policy)
+    acted = (
+        registry.promote(policy, version, reason=reason) if decision == "promote" else registry.rollback(policy, reason=reason)
+    )
+    emitter.emit(
+        "model-published",
+        published(registry.manifest("policies", acted), "promoted" if decision == "promote" else "rolled_back", reason),
+        policy,
+    )
     return acted
 
 
 def published(manifest: Manifest, decision: PublishDecision, reason: str) -> ModelPublished:
     """The announcement of a version's new status (the gate's, or a later decision), with its lineage from the manifest."""
     return ModelPublished(
-        version=manifest.version, policy=manifest.policy, trigger_id=manifest.trigger_id or manifest.version, parent_version=manifest.parent_version,
-        reward_model_version=manifest.reward_model_version, decision=decision, metrics=manifest.metrics,
+        version=manifest.version,
+        policy=manifest.policy,
+        trigger_id=manifest.trigger_id or manifest.version,
+        parent_version=manifest.parent_version,
+        reward_model_version=manifest.reward_model_version,
+        decision=decision,
+        metrics=manifest.metrics,
         reason=reason[:4000],
-    )  # fmt: skip
+    )

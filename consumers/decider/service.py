@@ -57,7 +57,10 @@ def verdict(started: ExperimentStarted, report: dict[str, Any] | None, now: date
         return None
     if non_inferior(report, started.non_inferiority_margin):
         s = report["statistics"]
-        return "promote", f"{horizon}; non-inferior: lift {s['lift']:+.1%} [{s['lift_low']:+.1%}, {s['lift_high']:+.1%}], low end above -{started.non_inferiority_margin:.1%}"
+        return (
+            "promote",
+            f"{horizon}; non-inferior: lift {s['lift']:+.1%} [{s['lift_low']:+.1%}, {s['lift_high']:+.1%}], low end above -{started.non_inferiority_margin:.1%}",
+        )
     return "expired", f"{horizon}; control kept"
 
 
@@ -97,9 +100,19 @@ class Decider:
                 log.warning("%s: decision not announced yet: %s", started.experiment_id, exc)
 
     def decide(self, started: ExperimentStarted, outcome: ExperimentOutcome, reason: str, statistics: dict[str, float]) -> None:
-        record, announced = close_experiment(self.emitter, self.registry, started.policy, started.experiment_id, started.treatment_version,
-                                             outcome, reason, statistics)  # fmt: skip
-        log.info("%s: %s (%s)%s", started.experiment_id, record.outcome, record.reason, "" if record.first else " [recorded earlier]")
+        record, announced = close_experiment(
+            self.emitter,
+            self.registry,
+            started.policy,
+            started.experiment_id,
+            started.treatment_version,
+            outcome,
+            reason,
+            statistics,
+        )
+        log.info(
+            "%s: %s (%s)%s", started.experiment_id, record.outcome, record.reason, "" if record.first else " [recorded earlier]"
+        )
         self.experiments.apply(announced)  # closed here before its own event is read back
 
     def _report(self, experiment_id: str) -> dict[str, Any] | None:
@@ -134,10 +147,17 @@ def run(settings: Settings, decider: Decider | None = None, stop: threading.Even
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     topic = topic_name(settings.kafka.topic_prefix, "experiments")
-    consumer = Consumer({
-        **client_config(settings.kafka), "group.id": group_id(settings.kafka.topic_prefix, GROUP), "client.id": "rlhf-decider",
-        "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6_000, "heartbeat.interval.ms": 1_000,
-    })  # fmt: skip
+    consumer = Consumer(
+        {
+            **client_config(settings.kafka),
+            "group.id": group_id(settings.kafka.topic_prefix, GROUP),
+            "client.id": "rlhf-decider",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6_000,
+            "heartbeat.interval.ms": 1_000,
+        }
+    )
 
     def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
         decider.experiments = ExperimentBook()  # rebuilt from the beginning: the state is the topic

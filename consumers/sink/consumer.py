@@ -96,12 +96,18 @@ class Sink:
         self.stats = SinkStats()
         self._prefix = settings.kafka.topic_prefix
         self._topics = {topic_name(self._prefix, name): name for name in ROUTES}
-        self._consumer = Consumer({
-            **client_config(settings.kafka), "group.id": group_id(settings.kafka.topic_prefix, GROUP), "auto.offset.reset": "earliest",
-            "enable.auto.commit": False, "enable.auto.offset.store": False,
-            # A restarted sink should take its partitions back quickly, not after the default 45 s.
-            "session.timeout.ms": 10_000, **(consumer_config or {}),
-        })  # fmt: skip
+        self._consumer = Consumer(
+            {
+                **client_config(settings.kafka),
+                "group.id": group_id(settings.kafka.topic_prefix, GROUP),
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                # A restarted sink should take its partitions back quickly, not after the default 45 s.
+                "session.timeout.ms": 10_000,
+                **(consumer_config or {}),
+            }
+        )
         self._dlq = Producer({**client_config(settings.kafka), **PRODUCER_DEFAULTS})
         self._batch = Batch()
         self._dlq_failures: list[str] = []
@@ -162,7 +168,9 @@ class Sink:
 
     def _dead_letter(self, msg: Message, name: str, reason: str) -> None:
         letter = dead_letter_of(msg, f"sink: {reason}", self._redactor)
-        self._dlq.produce(topic_name(self._prefix, TOPICS[name].dlq or DEFAULT_DLQ), value=letter.to_bytes(), on_delivery=self._on_dlq_delivery)
+        self._dlq.produce(
+            topic_name(self._prefix, TOPICS[name].dlq or DEFAULT_DLQ), value=letter.to_bytes(), on_delivery=self._on_dlq_delivery
+        )
         self._dlq.poll(0)
         self.stats.dead_letters += 1
 

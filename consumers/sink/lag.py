@@ -23,6 +23,14 @@ def lag_rows(settings: Settings) -> list[dict[str, Any]]:
     for process, group in CONSUMER_GROUPS.items():
         for name in (spec.name for spec in TOPICS.values() if process in spec.consumers):
             progress = group_progress(k, group_id(k.topic_prefix, group), [name])
-            rows.append({"consumer_group": group, "topic": name, "committed_offset": progress.committed, "end_offset": progress.end,
-                         "lag": progress.lag, "ts": now})  # fmt: skip
+            rows.append(
+                {
+                    "consumer_group": group,
+                    "topic": name,
+                    "committed_offset": progress.committed,
+                    "end_offset": progress.end,
+                    "lag": progress.lag,
+                    "ts": now,
+                }
+            )
     return rows

@@ -13,9 +13,29 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from analytics.tables import DEAD_LETTERS, ERASURES, EXPERIMENTS, EXPOSURES, FEEDBACK, INTERACTIONS, MODEL_PUBLISHED, TRAINING_STATUS, WINDOW_METRICS, Table
+from analytics.tables import (
+    DEAD_LETTERS,
+    ERASURES,
+    EXPERIMENTS,
+    EXPOSURES,
+    FEEDBACK,
+    INTERACTIONS,
+    MODEL_PUBLISHED,
+    TRAINING_STATUS,
+    WINDOW_METRICS,
+    Table,
+)
 from core.settings import Settings
-from schemas import DeadLetter, ErasureRequest, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
+from schemas import (
+    DeadLetter,
+    ErasureRequest,
+    ExposureEvent,
+    FeedbackEvent,
+    InteractionEvent,
+    ModelPublished,
+    TrainingStatus,
+    WindowMetrics,
+)
 from schemas.experiments import ExperimentEvent, ExperimentStarted
 
 
@@ -24,53 +44,118 @@ def _ab(event: InteractionEvent | FeedbackEvent | ExposureEvent | WindowMetrics)
 
 
 def interaction_row(e: InteractionEvent, _: Settings) -> dict[str, Any]:
-    return {"interaction_id": e.interaction_id, "user_id": e.user_id, **_ab(e), "latency_ms": e.latency_ms,
-            "query": e.query, "response": e.response, "ts": e.timestamp}  # fmt: skip
+    return {
+        "interaction_id": e.interaction_id,
+        "user_id": e.user_id,
+        **_ab(e),
+        "latency_ms": e.latency_ms,
+        "query": e.query,
+        "response": e.response,
+        "ts": e.timestamp,
+    }
 
 
 def feedback_row(e: FeedbackEvent, settings: Settings) -> dict[str, Any]:
-    return {"event_id": e.event_id, "interaction_id": e.interaction_id, "user_id": e.user_id, **_ab(e), "policy": e.policy,
-            "feedback_type": e.feedback_type, "rating": e.rating, "correction": e.correction or "", "positive": int(e.is_positive(settings.feedback.min_rating)),
-            "reward": e.reward, "query": e.query, "response": e.response, "metadata": json.dumps(e.metadata),
-            "ts": e.timestamp}  # fmt: skip
+    return {
+        "event_id": e.event_id,
+        "interaction_id": e.interaction_id,
+        "user_id": e.user_id,
+        **_ab(e),
+        "policy": e.policy,
+        "feedback_type": e.feedback_type,
+        "rating": e.rating,
+        "correction": e.correction or "",
+        "positive": int(e.is_positive(settings.feedback.min_rating)),
+        "reward": e.reward,
+        "query": e.query,
+        "response": e.response,
+        "metadata": json.dumps(e.metadata),
+        "ts": e.timestamp,
+    }
 
 
 def exposure_row(e: ExposureEvent, _: Settings) -> dict[str, Any]:
-    return {"exposure_id": e.exposure_id, "user_id": e.user_id, **_ab(e), "interaction_id": e.interaction_id or "", "ts": e.timestamp}
+    return {
+        "exposure_id": e.exposure_id,
+        "user_id": e.user_id,
+        **_ab(e),
+        "interaction_id": e.interaction_id or "",
+        "ts": e.timestamp,
+    }
 
 
 def metrics_row(e: WindowMetrics, _: Settings) -> dict[str, Any]:
-    return {"window_start": e.window_start, "window_end": e.window_end, **_ab(e), "feedback_type": e.feedback_type,
-            "count": e.count, "rating_sum": e.rating_sum, "rating_count": e.rating_count, "pii": list(e.pii.items()), "ts": e.timestamp}  # fmt: skip
+    return {
+        "window_start": e.window_start,
+        "window_end": e.window_end,
+        **_ab(e),
+        "feedback_type": e.feedback_type,
+        "count": e.count,
+        "rating_sum": e.rating_sum,
+        "rating_count": e.rating_count,
+        "pii": list(e.pii.items()),
+        "ts": e.timestamp,
+    }
 
 
 def status_row(e: TrainingStatus, _: Settings) -> dict[str, Any]:
-    return {"trigger_id": e.trigger_id, "policy": e.policy, "state": e.state, "stage": e.stage, "message": e.message,
-            "metrics": list(e.metrics.items()), "ts": e.timestamp}  # fmt: skip
+    return {
+        "trigger_id": e.trigger_id,
+        "policy": e.policy,
+        "state": e.state,
+        "stage": e.stage,
+        "message": e.message,
+        "metrics": list(e.metrics.items()),
+        "ts": e.timestamp,
+    }
 
 
 def published_row(e: ModelPublished, _: Settings) -> dict[str, Any]:
-    return {"version": e.version, "policy": e.policy, "trigger_id": e.trigger_id, "parent_version": e.parent_version or "",
-            "reward_model_version": e.reward_model_version or "", "decision": e.decision, "metrics": list(e.metrics.items()),
-            "reason": e.reason, "ts": e.timestamp}  # fmt: skip
+    return {
+        "version": e.version,
+        "policy": e.policy,
+        "trigger_id": e.trigger_id,
+        "parent_version": e.parent_version or "",
+        "reward_model_version": e.reward_model_version or "",
+        "decision": e.decision,
+        "metrics": list(e.metrics.items()),
+        "reason": e.reason,
+        "ts": e.timestamp,
+    }
 
 
 def experiment_row(e: ExperimentEvent, _: Settings) -> dict[str, Any]:
     event = e.root
     started = isinstance(event, ExperimentStarted)
-    return {"kind": event.kind, "experiment_id": event.experiment_id, "policy": event.policy, "trigger_id": event.trigger_id,
-            "control_version": event.control_version if started else "", "treatment_version": event.treatment_version if started else "",
-            "outcome": "" if started else event.outcome, "serving_version": "" if started else event.serving_version,
-            "reason": "" if started else event.reason, "statistics": [] if started else list(event.statistics.items()),
-            "ts": event.timestamp}  # fmt: skip
+    return {
+        "kind": event.kind,
+        "experiment_id": event.experiment_id,
+        "policy": event.policy,
+        "trigger_id": event.trigger_id,
+        "control_version": event.control_version if started else "",
+        "treatment_version": event.treatment_version if started else "",
+        "outcome": "" if started else event.outcome,
+        "serving_version": "" if started else event.serving_version,
+        "reason": "" if started else event.reason,
+        "statistics": [] if started else list(event.statistics.items()),
+        "ts": event.timestamp,
+    }
 
 
 def dead_letter_row(dlq: str) -> Callable[[DeadLetter, Settings], dict[str, Any]]:
     """The row of a letter on the DLQ topic `dlq` (one table holds every DLQ's letters)."""
 
     def row(e: DeadLetter, _: Settings) -> dict[str, Any]:
-        return {"dlq": dlq, "origin_topic": e.origin_topic, "origin_partition": e.origin_partition, "origin_offset": e.origin_offset,
-                "key": e.key or "", "reason": e.reason, "value": e.value, "ts": e.timestamp}  # fmt: skip
+        return {
+            "dlq": dlq,
+            "origin_topic": e.origin_topic,
+            "origin_partition": e.origin_partition,
+            "origin_offset": e.origin_offset,
+            "key": e.key or "",
+            "reason": e.reason,
+            "value": e.value,
+            "ts": e.timestamp,
+        }
 
     return row
 

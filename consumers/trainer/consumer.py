@@ -92,11 +92,18 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    consumer = Consumer({
-        **client_config(settings.kafka), "group.id": group_id(settings.kafka.topic_prefix, GROUP), "client.id": "rlhf-trainer",
-        "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-        "session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000,
-    })  # fmt: skip
+    consumer = Consumer(
+        {
+            **client_config(settings.kafka),
+            "group.id": group_id(settings.kafka.topic_prefix, GROUP),
+            "client.id": "rlhf-trainer",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        }
+    )
     consumer.subscribe([topic_name(settings.kafka.topic_prefix, "train-triggers")])
     emitter = EventEmitter(settings)
     current: tuple[Message, threading.Thread, list[bool]] | None = None
@@ -120,7 +127,9 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
             # (un-fetched triggers wait on the broker) and polling goes on for the group heartbeat.
             consumer.pause(consumer.assignment())
             outcome: list[bool] = []
-            worker = threading.Thread(target=lambda m=msg, o=outcome: o.append(handle_trigger(m, job, emitter, stop, retry)), daemon=True)
+            worker = threading.Thread(
+                target=lambda m=msg, o=outcome: o.append(handle_trigger(m, job, emitter, stop, retry)), daemon=True
+            )
             worker.start()
             current = (msg, worker, outcome)
     finally:
@@ -130,7 +139,9 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
         consumer.close()
 
 
-def _finish_if_done(consumer: Consumer, current: tuple[Message, threading.Thread, list[bool]]) -> tuple[Message, threading.Thread, list[bool]] | None:
+def _finish_if_done(
+    consumer: Consumer, current: tuple[Message, threading.Thread, list[bool]]
+) -> tuple[Message, threading.Thread, list[bool]] | None:
     msg, worker, outcome = current
     if worker.is_alive():
         return current
@@ -141,4 +152,3 @@ def _finish_if_done(consumer: Consumer, current: tuple[Message, threading.Thread
         consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
     consumer.resume(consumer.assignment())
     return None
-

@@ -54,7 +54,9 @@ def ensure_base_policy(settings: Settings, policy: str = DEFAULT_POLICY) -> str:
     if registry.serving(policy) is None:
         source = Path(resolve_base_model(settings.policy.base_model))
         if not source.is_dir():
-            raise TrainingError(f"policy.base_model {settings.policy.base_model!r}: the registry needs a local directory to copy as the base version")
+            raise TrainingError(
+                f"policy.base_model {settings.policy.base_model!r}: the registry needs a local directory to copy as the base version"
+            )
         registry.register_base(policy, BASE_VERSION, lambda d: shutil.copytree(source, d, dirs_exist_ok=True))
     return registry.serving(policy) or BASE_VERSION
 
@@ -112,7 +114,11 @@ class TrainingJob:
         rm_version, reward_model, rm_metrics, history = self._reward_model(trigger, latest, progress)
         progress("policy", rm_metrics)
         manifest = self.registry.publish(
-            "policies", version, lambda d: self._policy(d, trigger, version, parent, (rm_version, reward_model, rm_metrics), history, progress, emitter)
+            "policies",
+            version,
+            lambda d: self._policy(
+                d, trigger, version, parent, (rm_version, reward_model, rm_metrics), history, progress, emitter
+            ),
         )
         if manifest is None:  # another trainer published this trigger meanwhile
             emitter.status(trigger, "finished", message=f"already published as {version}")
@@ -120,12 +126,18 @@ class TrainingJob:
         self._mark_late_erasures(history.events)
         emitter.emit("model-published", published(manifest, manifest.status, manifest.reason), trigger.policy)  # type: ignore[arg-type]
         stage = manifest.status
-        if manifest.status == "candidate" and self.settings.ab_testing.enabled:  # the round stays open until its experiment is decided
+        if (
+            manifest.status == "candidate" and self.settings.ab_testing.enabled
+        ):  # the round stays open until its experiment is decided
             self._start_experiment(trigger, version, parent, emitter)
             stage = CANDIDATE_STAGE
         elif manifest.status == "candidate":  # A/B testing switched off: the gate's verdict is final
             promoted = self.registry.promote(trigger.policy, version, reason=f"{manifest.reason}; ab_testing.enabled is false")
-            emitter.emit("model-published", published(self.registry.manifest("policies", promoted), "promoted", "ab_testing.enabled is false"), trigger.policy)
+            emitter.emit(
+                "model-published",
+                published(self.registry.manifest("policies", promoted), "promoted", "ab_testing.enabled is false"),
+                trigger.policy,
+            )
             stage = "promoted"
         emitter.status(trigger, "finished", stage=stage, message=manifest.reason, metrics=manifest.metrics)
 
@@ -137,12 +149,22 @@ class TrainingJob:
         ab = self.settings.ab_testing
         self.registry.offer_candidate(trigger.policy, candidate)
         by_spec = {"serving": control, "candidate": candidate}
-        emitter.emit("experiments", ExperimentStarted(
-            experiment_id=experiment_id_for(ab.experiment, candidate), policy=trigger.policy, trigger_id=trigger.trigger_id,
-            control_version=control, treatment_version=candidate, salt=ab.salt, horizon_users=ab.horizon_users, horizon_s=ab.horizon_s,
-            non_inferiority_margin=ab.non_inferiority_margin,
-            arms=tuple(Arm(name=v.name, model_version=by_spec.get(v.model, v.model), weight=v.weight) for v in ab.variants),
-        ), trigger.policy)  # fmt: skip
+        emitter.emit(
+            "experiments",
+            ExperimentStarted(
+                experiment_id=experiment_id_for(ab.experiment, candidate),
+                policy=trigger.policy,
+                trigger_id=trigger.trigger_id,
+                control_version=control,
+                treatment_version=candidate,
+                salt=ab.salt,
+                horizon_users=ab.horizon_users,
+                horizon_s=ab.horizon_s,
+                non_inferiority_margin=ab.non_inferiority_margin,
+                arms=tuple(Arm(name=v.name, model_version=by_spec.get(v.model, v.model), weight=v.weight) for v in ab.variants),
+            ),
+            trigger.policy,
+        )
 
     def _reward_model(self, trigger: TrainTrigger, latest: list[FeedbackEvent], progress: Progress):
         """The round's reward model, trained on the latest trigger's feedback and the earlier
@@ -164,8 +186,11 @@ class TrainingJob:
             known, _ = load_history(previous)
             used = select_history(known, trigger, HistoryWindow.from_settings(self.settings))
             known = [*(t for t in known if t.trigger_id != trigger.trigger_id), trigger]
-        history = replay_history(used, lambda t: latest if t.trigger_id == trigger.trigger_id else replay_trigger(self.settings, t),
-                                 lambda ranges: replay_accepted(self.settings, trigger.policy, ranges))  # fmt: skip
+        history = replay_history(
+            used,
+            lambda t: latest if t.trigger_id == trigger.trigger_id else replay_trigger(self.settings, t),
+            lambda ranges: replay_accepted(self.settings, trigger.policy, ranges),
+        )
         events, recent, used = history.events, history.recent, history.triggers  # what could be read
         if not self.registry.exists("reward_models", rm_version):
             warm = previous / "model" if previous is not None and self.settings.continuous_learning.warm_start else None
@@ -177,16 +202,34 @@ class TrainingJob:
             def build(directory: Path) -> Manifest:
                 config = RewardConfig.from_settings(self.settings)
                 sample = replay_sample(events, recent, self.settings.continuous_learning.reward_sample_events)
-                _, metrics = train_reward_model(sample, config, directory / "model", lineage=self._lineage(trigger, history), progress=report,
-                                                recent_ids=recent, warm_start=warm)  # fmt: skip
+                _, metrics = train_reward_model(
+                    sample,
+                    config,
+                    directory / "model",
+                    lineage=self._lineage(trigger, history),
+                    progress=report,
+                    recent_ids=recent,
+                    warm_start=warm,
+                )
                 save_history(directory, known, used)
                 return Manifest(
-                    version=rm_version, kind="reward_models", policy=trigger.policy, status="candidate", trigger_id=trigger.trigger_id,
-                    data_ranges=data_ranges(history), history_triggers=[t.trigger_id for t in used], metrics=flatten_metrics(metrics),
-                    config_hash=config_hash(self.settings), code_version=code_version(), data_users=data_users(events),
-                )  # fmt: skip
+                    version=rm_version,
+                    kind="reward_models",
+                    policy=trigger.policy,
+                    status="candidate",
+                    trigger_id=trigger.trigger_id,
+                    data_ranges=data_ranges(history),
+                    history_triggers=[t.trigger_id for t in used],
+                    metrics=flatten_metrics(metrics),
+                    config_hash=config_hash(self.settings),
+                    code_version=code_version(),
+                    data_users=data_users(events),
+                )
 
-            progress("reward_model", {"history_triggers": float(len(used)), "history_events": float(len(events)), "recent_events": float(len(recent))})
+            progress(
+                "reward_model",
+                {"history_triggers": float(len(used)), "history_events": float(len(events)), "recent_events": float(len(recent))},
+            )
             self.registry.publish("reward_models", rm_version, build)
         manifest = self.registry.manifest("reward_models", rm_version)
         return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics, history
@@ -221,24 +264,50 @@ class TrainingJob:
                 progress(stage, metrics, message)
 
         lineage = dict(
-            version=version, kind="policies", policy=trigger.policy, trigger_id=trigger.trigger_id, parent_version=parent,
-            reward_model_version=rm_version, data_ranges=data_ranges(history), history_triggers=[t.trigger_id for t in history.triggers],
-            config_hash=config_hash(self.settings), code_version=code_version(), data_users=data_users(events),
-        )  # fmt: skip
+            version=version,
+            kind="policies",
+            policy=trigger.policy,
+            trigger_id=trigger.trigger_id,
+            parent_version=parent,
+            reward_model_version=rm_version,
+            data_ranges=data_ranges(history),
+            history_triggers=[t.trigger_id for t in history.triggers],
+            config_hash=config_hash(self.settings),
+            code_version=code_version(),
+            data_users=data_users(events),
+        )
         try:
             # PPO optimises the ensemble's penalised reward; the gate judges with the head it never saw.
             metrics = optimise_policy(
-                self.settings.policy.algorithm, str(self.registry.path("policies", parent)), EnsembleReward(reward_model, config.uncertainty_penalty),
-                train_queries, eval_queries, config, directory, on_status=on_status, feedback_events=events,
-                gate_fn=reward_model.gate_reward if reward_model.config.gate_head else None, original_path=self._original_policy(),
-                checkpoint_dir=self.settings.home / "checkpoints" / version,  # a killed trainer resumes PPO here (policy.training.checkpoint_every)
-            )  # fmt: skip
+                self.settings.policy.algorithm,
+                str(self.registry.path("policies", parent)),
+                EnsembleReward(reward_model, config.uncertainty_penalty),
+                train_queries,
+                eval_queries,
+                config,
+                directory,
+                on_status=on_status,
+                feedback_events=events,
+                gate_fn=reward_model.gate_reward if reward_model.config.gate_head else None,
+                original_path=self._original_policy(),
+                checkpoint_dir=self.settings.home
+                / "checkpoints"
+                / version,  # a killed trainer resumes PPO here (policy.training.checkpoint_every)
+            )
         except GuardrailRejection as exc:  # an outcome: record it, it never serves. A TrainingError fails the trigger.
-            return Manifest(**lineage, status="rejected", metrics={f"rm_{k}": v for k, v in rm_metrics.items()}, reason=str(exc), guardrails_fired=["eval_after"])
+            return Manifest(
+                **lineage,
+                status="rejected",
+                metrics={f"rm_{k}": v for k, v in rm_metrics.items()},
+                reason=str(exc),
+                guardrails_fired=["eval_after"],
+            )
         metrics.pop("guardrails_fired")  # empty: a policy failing a guardrail raised GuardrailRejection above
         improved, reason = gate_verdict(metrics, self.settings.registry.promotion_margin)
         return Manifest(
-            **lineage, status="candidate" if improved else "rejected", reason=reason,
+            **lineage,
+            status="candidate" if improved else "rejected",
+            reason=reason,
             metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **flatten_metrics(metrics)},
         )
 
@@ -252,4 +321,9 @@ class TrainingJob:
 
     @staticmethod
     def _lineage(trigger: TrainTrigger, history: History) -> dict:
-        return {"trigger_id": trigger.trigger_id, "policy": trigger.policy, "ranges": data_ranges(history), "history_triggers": [t.trigger_id for t in history.triggers]}
+        return {
+            "trigger_id": trigger.trigger_id,
+            "policy": trigger.policy,
+            "ranges": data_ranges(history),
+            "history_triggers": [t.trigger_id for t in history.triggers],
+        }

@@ -26,7 +26,9 @@ from core.settings import Settings
 def _settings(args: argparse.Namespace) -> Settings:
     settings = settings_of(args)
     if getattr(args, "port", None):
-        settings = settings.model_copy(update={"clickhouse": settings.clickhouse.model_copy(update={"dashboard_port": args.port})})
+        settings = settings.model_copy(
+            update={"clickhouse": settings.clickhouse.model_copy(update={"dashboard_port": args.port})}
+        )
     return settings
 
 
@@ -54,7 +56,9 @@ def _sink_run(args: argparse.Namespace) -> None:
         print(f"sink: group {GROUP!r} on {settings.kafka.bootstrap_servers}, ClickHouse {warehouse.mode}", flush=True)
         sink.run(stop)
     stats = sink.stats
-    print(f"sink stopped: {stats.messages} messages in {stats.batches} batches, {stats.inserted} rows stored, {stats.dead_letters} dead letters")
+    print(
+        f"sink stopped: {stats.messages} messages in {stats.batches} batches, {stats.inserted} rows stored, {stats.dead_letters} dead letters"
+    )
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str]:
@@ -76,8 +80,12 @@ def _sql(args: argparse.Namespace) -> None:
     params = _parse_params(args.param)
     get_query(args.name).bind(params)  # a typo fails here, before any connection
     path = f"/sql/{args.name}?{urllib.parse.urlencode(params)}"
-    frame = through_owner(_settings(args), path, lambda j: pd.DataFrame(j["data"], columns=j["columns"]),
-                          lambda wh: run_query(wh, args.name, params))  # fmt: skip
+    frame = through_owner(
+        _settings(args),
+        path,
+        lambda j: pd.DataFrame(j["data"], columns=j["columns"]),
+        lambda wh: run_query(wh, args.name, params),
+    )
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
     elif args.format == "json":
@@ -92,7 +100,9 @@ def _ab_analyze(args: argparse.Namespace) -> None:
     from analytics.remote import ab_path, through_owner
 
     settings = _settings(args)
-    ab = through_owner(settings, ab_path(args.experiment), lambda answer: answer, lambda wh: report(analyze(wh, settings, args.experiment)))
+    ab = through_owner(
+        settings, ab_path(args.experiment), lambda answer: answer, lambda wh: report(analyze(wh, settings, args.experiment))
+    )
     if args.json:
         print(json.dumps(ab, indent=2))
         return
@@ -102,16 +112,24 @@ def _ab_analyze(args: argparse.Namespace) -> None:
     for d in ab["decisions"]:
         p = d["primary"]
         print(d["summary"])
-        print(f"  positive rate per user (CUPED variance x{_num(d['cuped_variance_ratio'])}): {d['control']} {_interval(p['control'])} "
-              f"n={_num(p['n_control'])} users, {d['treatment']} {_interval(p['treatment'])} n={_num(p['n_treatment'])} users; "
-              f"lift {_interval(p['lift'])}; z-test p={_num(p['p_value'])}, always-valid p={_num(p['sequential_p'])}")  # fmt: skip
+        print(
+            f"  positive rate per user (CUPED variance x{_num(d['cuped_variance_ratio'])}): {d['control']} {_interval(p['control'])} "
+            f"n={_num(p['n_control'])} users, {d['treatment']} {_interval(p['treatment'])} n={_num(p['n_treatment'])} users; "
+            f"lift {_interval(p['lift'])}; z-test p={_num(p['p_value'])}, always-valid p={_num(p['sequential_p'])}"
+        )
         for g in d["guardrails"]:
-            print(f"  guardrail {g['metric']}: {_interval(g['control'])} -> {_interval(g['treatment'])}, always-valid p={_num(g['sequential_p'])}")
+            print(
+                f"  guardrail {g['metric']}: {_interval(g['control'])} -> {_interval(g['treatment'])}, always-valid p={_num(g['sequential_p'])}"
+            )
         e = d["per_event"]
-        print(f"  per event, descriptive only: {_num(e['n_control'])} / {_num(e['n_treatment'])} events, z-test p={_num(e['p_value'])} "
-              f"(ignores that one user's events are alike)")  # fmt: skip
-        print(f"  SRM: chi2={_num(d['srm']['chi2'])} p={_num(d['srm']['p_value'])} exposed users={d['srm']['observed']}; "
-              f"detectable rise of the positive rate at this size: {_num(d['mde_abs'])}")  # fmt: skip
+        print(
+            f"  per event, descriptive only: {_num(e['n_control'])} / {_num(e['n_treatment'])} events, z-test p={_num(e['p_value'])} "
+            f"(ignores that one user's events are alike)"
+        )
+        print(
+            f"  SRM: chi2={_num(d['srm']['chi2'])} p={_num(d['srm']['p_value'])} exposed users={d['srm']['observed']}; "
+            f"detectable rise of the positive rate at this size: {_num(d['mde_abs'])}"
+        )
 
 
 _SIMULATE_HELP = """How often the A/B decision is wrong, and how large a lift it finds, on simulated traffic.
@@ -140,16 +158,24 @@ def _ab_simulate(args: argparse.Namespace) -> None:
         aa = simulate(args.experiments, args.users, 0.0, args.peeks, ab, args.seed, progress=bar.update)
         given = simulate(args.experiments, args.users, args.lift, args.peeks, ab, args.seed, progress=bar.update)
         smallest = smallest_lift(args.users, args.peeks, ab, args.seed, args.experiments, progress=bar.update)
-    print(f"A/A: {aa.experiments} experiments, {aa.users} users per arm, {aa.peeks} looks, alpha {ab.alpha}; share with a promote or rollback")
+    print(
+        f"A/A: {aa.experiments} experiments, {aa.users} users per arm, {aa.peeks} looks, alpha {ab.alpha}; share with a promote or rollback"
+    )
     for name, rates in (("per user (delta method, CUPED, mSPRT)", aa.per_user), ("per event (every event a unit)", aa.per_event)):
         print(f"  {name:40} {rates.one_look:7.2%} at one look, {rates.peeking:7.2%} peeking after every batch")
-    print(f"power at lift {given.lift:+.1%} (realised {given.realised_lift:+.1%}), {given.users} users per arm: "
-          f"{given.promoted.peeking:.1%} promoted while peeking ({given.promoted.one_look:.1%} at one look)")  # fmt: skip
+    print(
+        f"power at lift {given.lift:+.1%} (realised {given.realised_lift:+.1%}), {given.users} users per arm: "
+        f"{given.promoted.peeking:.1%} promoted while peeking ({given.promoted.one_look:.1%} at one look)"
+    )
     if smallest.promoted.peeking >= 0.8:
-        print(f"smallest lift promoted with 80% power at {smallest.users} users per arm: {smallest.lift:+.1%} "
-              f"(realised {smallest.realised_lift:+.1%}, power {smallest.promoted.peeking:.1%})")  # fmt: skip
+        print(
+            f"smallest lift promoted with 80% power at {smallest.users} users per arm: {smallest.lift:+.1%} "
+            f"(realised {smallest.realised_lift:+.1%}, power {smallest.promoted.peeking:.1%})"
+        )
     else:
-        print(f"no lift up to +100% is promoted with 80% power at {smallest.users} users per arm ({smallest.promoted.peeking:.1%} at +100%)")
+        print(
+            f"no lift up to +100% is promoted with 80% power at {smallest.users} users per arm ({smallest.promoted.peeking:.1%} at +100%)"
+        )
 
 
 def _num(value: float | None) -> str:
@@ -162,8 +188,17 @@ def _interval(iv: dict[str, float | None]) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     sink = group(sub, "sink", "ClickHouse sink: Kafka events into the analytics tables (serves the dashboard).")
-    p = command(sink, "run", "Consume interactions, feedback, exposures, metrics, training status and publishes into ClickHouse.", _sink_run)
-    p.add_argument("--no-dashboard", action="store_true", help="Do not serve the dashboard and /sql (sensible with a ClickHouse server, which other processes query directly).")
+    p = command(
+        sink,
+        "run",
+        "Consume interactions, feedback, exposures, metrics, training status and publishes into ClickHouse.",
+        _sink_run,
+    )
+    p.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="Do not serve the dashboard and /sql (sensible with a ClickHouse server, which other processes query directly).",
+    )
     p.add_argument("--port", type=int, help="Dashboard port (default: clickhouse.dashboard_port).")
     p.add_argument("--verbose", "-v", action="store_true", help="Log every batch.")
 
@@ -174,16 +209,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="Port of a running sink to ask (default: clickhouse.dashboard_port).")
 
     ab = group(sub, "ab", "A/B experiment analysis.")
-    p = command(ab, "analyze", "Per-user statistics and the promote / rollback / keep-running decision for the configured experiment.", _ab_analyze)
+    p = command(
+        ab,
+        "analyze",
+        "Per-user statistics and the promote / rollback / keep-running decision for the configured experiment.",
+        _ab_analyze,
+    )
     p.add_argument("--json", action="store_true", help="Print the report as JSON (what /api/ab serves and the decider reads).")
-    p.add_argument("--experiment", help="Experiment name (default: ab_testing.experiment, or its latest `<experiment>:<candidate>`).")
+    p.add_argument(
+        "--experiment", help="Experiment name (default: ab_testing.experiment, or its latest `<experiment>:<candidate>`)."
+    )
     p.add_argument("--port", type=int, help="Port of a running sink to ask (default: clickhouse.dashboard_port).")
 
-    p = command(ab, "simulate", _SIMULATE_HELP.split("\n\n", 1)[0], _ab_simulate, epilog=_SIMULATE_HELP.split("\n\n", 1)[1],
-                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--experiments", type=int, default=2000, help="Simulated experiments per run (default 2000); rates move by ~1/sqrt of it.")
+    p = command(
+        ab,
+        "simulate",
+        _SIMULATE_HELP.split("\n\n", 1)[0],
+        _ab_simulate,
+        epilog=_SIMULATE_HELP.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--experiments", type=int, default=2000, help="Simulated experiments per run (default 2000); rates move by ~1/sqrt of it."
+    )
     p.add_argument("--users", type=int, default=500, help="Users per arm at the last look (default 500).")
-    p.add_argument("--lift", type=float, default=0.1, help="Relative lift of the treated users' positive propensity for the power run (default 0.1 = +10%%).")
-    p.add_argument("--peeks", type=int, default=10, help="Looks per experiment: users arrive in this many equal batches, decided after each (default 10).")
+    p.add_argument(
+        "--lift",
+        type=float,
+        default=0.1,
+        help="Relative lift of the treated users' positive propensity for the power run (default 0.1 = +10%%).",
+    )
+    p.add_argument(
+        "--peeks",
+        type=int,
+        default=10,
+        help="Looks per experiment: users arrive in this many equal batches, decided after each (default 10).",
+    )
     p.add_argument("--seed", type=int, default=0, help="Random seed; the same seed gives the same figures (default 0).")
-

@@ -19,7 +19,9 @@ from devtools.kafka_local import LocalBroker, Sasl
 def broker_of(settings: Settings, secure: bool = False, brokers: int = 1) -> LocalBroker | LocalCluster:
     """The local broker (or cluster) these settings and flags name; each kind has its own data directory."""
     k = settings.kafka
-    data_dir = settings.kafka_data_dir.with_name(settings.kafka_data_dir.name + (f"-{brokers}" if brokers > 1 else "") + ("-secure" if secure else ""))
+    data_dir = settings.kafka_data_dir.with_name(
+        settings.kafka_data_dir.name + (f"-{brokers}" if brokers > 1 else "") + ("-secure" if secure else "")
+    )
     sasl = _local_user(settings, data_dir) if secure else None
     if brokers > 1:
         return LocalCluster.consecutive(data_dir, brokers, k.port, k.version, sasl)
@@ -55,11 +57,19 @@ def _kafka_up(args: argparse.Namespace) -> None:
     print(f"  RLHF_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
     if broker.sasl is not None:
         tls = (broker.nodes[0] if isinstance(broker, LocalCluster) else broker).tls
-        password = f"$(cat {broker.data_dir / 'sasl-password'})" if (broker.data_dir / "sasl-password").is_file() else "<your kafka.sasl_password>"
-        print(f"  RLHF_KAFKA__SECURITY_PROTOCOL=SASL_SSL RLHF_KAFKA__SASL_MECHANISM=SCRAM-SHA-512 RLHF_KAFKA__SASL_USERNAME={broker.sasl.username}\n"
-              f"  RLHF_KAFKA__SASL_PASSWORD={password} RLHF_KAFKA__SSL_CA_LOCATION={tls.ca if tls else ''}")  # fmt: skip
+        password = (
+            f"$(cat {broker.data_dir / 'sasl-password'})"
+            if (broker.data_dir / "sasl-password").is_file()
+            else "<your kafka.sasl_password>"
+        )
+        print(
+            f"  RLHF_KAFKA__SECURITY_PROTOCOL=SASL_SSL RLHF_KAFKA__SASL_MECHANISM=SCRAM-SHA-512 RLHF_KAFKA__SASL_USERNAME={broker.sasl.username}\n"
+            f"  RLHF_KAFKA__SASL_PASSWORD={password} RLHF_KAFKA__SSL_CA_LOCATION={tls.ca if tls else ''}"
+        )
     if isinstance(broker, LocalCluster):
-        print(f"  RLHF_KAFKA__REPLICATION_FACTOR={min(3, len(broker.ports))} RLHF_KAFKA__MIN_INSYNC_REPLICAS={min(2, len(broker.ports))}")
+        print(
+            f"  RLHF_KAFKA__REPLICATION_FACTOR={min(3, len(broker.ports))} RLHF_KAFKA__MIN_INSYNC_REPLICAS={min(2, len(broker.ports))}"
+        )
 
 
 def _kafka_down(args: argparse.Namespace) -> None:
@@ -75,7 +85,9 @@ def _kafka_status(args: argparse.Namespace) -> int:
         pid = node.pid()
         ready = pid is not None and node.is_ready(brokers=len(nodes))
         all_ready &= ready
-        print(f"{'running' if pid else 'stopped'}{f' (pid {pid})' if pid else ''}; {'ready' if ready else 'not ready'} on {node.bootstrap_servers}; data {node.data_dir}")
+        print(
+            f"{'running' if pid else 'stopped'}{f' (pid {pid})' if pid else ''}; {'ready' if ready else 'not ready'} on {node.bootstrap_servers}; data {node.data_dir}"
+        )
     return 0 if all_ready else 1
 
 
@@ -93,10 +105,14 @@ def _topics_list(args: argparse.Namespace) -> None:
     s = settings_of(args)
     for spec in TOPICS.values():
         extra = ", ".join(f"{k}={v}" for k, v in spec.config.items())
-        print(f"{topic_name(s.kafka.topic_prefix, spec.name):32} partitions={partitions_of(spec, s.kafka.partitions)} key={spec.key} "
-              f"value={spec.value_schema.__name__} {','.join(spec.producers)} -> {','.join(spec.consumers)} {extra} {'dlq=' + spec.dlq if spec.dlq else ''}")  # fmt: skip
+        print(
+            f"{topic_name(s.kafka.topic_prefix, spec.name):32} partitions={partitions_of(spec, s.kafka.partitions)} key={spec.key} "
+            f"value={spec.value_schema.__name__} {','.join(spec.producers)} -> {','.join(spec.consumers)} {extra} {'dlq=' + spec.dlq if spec.dlq else ''}"
+        )
     for internal in INTERNAL_TOPICS:
-        print(f"{s.kafka.topic_prefix + internal.name:32} (stream worker's own) key={internal.key} value={internal.value}: {internal.purpose}")
+        print(
+            f"{s.kafka.topic_prefix + internal.name:32} (stream worker's own) key={internal.key} value={internal.value}: {internal.purpose}"
+        )
 
 
 def _schemas_export(args: argparse.Namespace) -> None:
@@ -111,12 +127,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     command(cfg, "show", "Print the effective configuration (file + environment + defaults).", _config_show)
 
     kafka = group(sub, "kafka", "Run a local Apache Kafka broker or cluster (KRaft, 127.0.0.1, no Docker), plaintext or secured.")
-    for name, help, func in (("up", "Start the broker (downloads the jars with Maven on first use) and wait until ready; prints the settings that reach it.", _kafka_up),
-                             ("down", "Stop the broker; data and topics persist.", _kafka_down),
-                             ("status", "Say whether the broker is running and answering (exit 1 if not).", _kafka_status)):  # fmt: skip
+    for name, help, func in (
+        (
+            "up",
+            "Start the broker (downloads the jars with Maven on first use) and wait until ready; prints the settings that reach it.",
+            _kafka_up,
+        ),
+        ("down", "Stop the broker; data and topics persist.", _kafka_down),
+        ("status", "Say whether the broker is running and answering (exit 1 if not).", _kafka_status),
+    ):
         action = command(kafka, name, help, func)
-        action.add_argument("--secure", action="store_true", help="The SASL_SSL broker: SCRAM-SHA-256/512 and PLAIN users, TLS from a local CA (its own data directory).")
-        action.add_argument("--brokers", type=int, default=1, metavar="N", help="A cluster of N KRaft nodes on consecutive loopback ports from kafka.port (its own data directory).")
+        action.add_argument(
+            "--secure",
+            action="store_true",
+            help="The SASL_SSL broker: SCRAM-SHA-256/512 and PLAIN users, TLS from a local CA (its own data directory).",
+        )
+        action.add_argument(
+            "--brokers",
+            type=int,
+            default=1,
+            metavar="N",
+            help="A cluster of N KRaft nodes on consecutive loopback ports from kafka.port (its own data directory).",
+        )
 
     topics = group(sub, "topics", "Topics as code.")
     command(topics, "create", "Create every registered topic that does not exist yet (idempotent).", _topics_create)

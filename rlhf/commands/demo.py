@@ -25,26 +25,47 @@ def _demo(args: argparse.Namespace) -> int:
     # round (the tiny one ~3 on 2 cores, SmolLM2 ~30), and is 14 min at least.
     rounds = args.rounds or DemoPlan.rounds
     budget_min = args.budget or max(14.0, rounds * profile_of(args.policy or DemoPlan.policy).round_minutes)
-    given = {"policy": args.policy, "rounds": args.rounds, "users": args.users, "train_threshold": args.threshold, "seed": args.seed,
-             "budget_s": budget_min * 60}  # fmt: skip
-    plan = DemoPlan(**{k: v for k, v in given.items() if v is not None}, fault_drill=args.fault_drill)  # the rest: DemoPlan's defaults
+    given = {
+        "policy": args.policy,
+        "rounds": args.rounds,
+        "users": args.users,
+        "train_threshold": args.threshold,
+        "seed": args.seed,
+        "budget_s": budget_min * 60,
+    }
+    plan = DemoPlan(
+        **{k: v for k, v in given.items() if v is not None}, fault_drill=args.fault_drill
+    )  # the rest: DemoPlan's defaults
     print(f"rlhf demo: {plan.rounds} rounds from the {plan.policy} policy, logs and state in {run_dir}")
     started = time.monotonic()
     results = run_demo(plan, run_dir)
     elapsed = time.monotonic() - started
-    summary = report.write_report(run_dir, results, elapsed, max_new_tokens=json.loads((run_dir / "run.json").read_text())["max_new_tokens"])
+    summary = report.write_report(
+        run_dir, results, elapsed, max_new_tokens=json.loads((run_dir / "run.json").read_text())["max_new_tokens"]
+    )
     print(summary)
     return 0 if len(results) >= plan.rounds else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = command(sub, "demo", "Run the whole closed loop on this machine with simulated users, then print and write a report.", _demo)
-    p.add_argument("--policy", help="the starting assistant: `tiny` (default), `smollm2` (SmolLM2-135M-Instruct, LoRA; ~30-45 min a round "
-                   "on 2 CPU cores), or any policy.base_model; demo.driver.POLICY_PROFILES has each one's settings")
+    p = command(
+        sub, "demo", "Run the whole closed loop on this machine with simulated users, then print and write a report.", _demo
+    )
+    p.add_argument(
+        "--policy",
+        help="the starting assistant: `tiny` (default), `smollm2` (SmolLM2-135M-Instruct, LoRA; ~30-45 min a round "
+        "on 2 CPU cores), or any policy.base_model; demo.driver.POLICY_PROFILES has each one's settings",
+    )
     p.add_argument("--rounds", type=int, help="RLHF rounds (trigger -> train -> A/B -> decision) to complete (default 2)")
     p.add_argument("--users", type=int, help="size of the simulated user population (default 500)")
     p.add_argument("--threshold", type=int, help="feedback events per train trigger (default 1200)")
-    p.add_argument("--budget", type=float, help="minutes before the demo gives up (default: 14, or the policy's minutes a round x rounds when more)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        help="minutes before the demo gives up (default: 14, or the policy's minutes a round x rounds when more)",
+    )
     p.add_argument("--seed", type=int, help="seed of the simulated users (default 0)")
-    p.add_argument("--fault-drill", action="store_true", help="SIGKILL the stream worker and the trainer once, restart the broker once")
+    p.add_argument(
+        "--fault-drill", action="store_true", help="SIGKILL the stream worker and the trainer once, restart the broker once"
+    )
     p.add_argument("--out", help="run directory (default runs/demo-TIMESTAMP)")

@@ -29,6 +29,7 @@ from typing import Any
 from rlhf.arguments import command, group, settings_of
 from core.errors import ConfigError, ModelLoadError, RlhfError, TrainingError
 from core.settings import ALGORITHMS
+
 _STEP = re.compile(r"(?:step|iteration) (\d+)/(\d+)")
 
 
@@ -60,7 +61,9 @@ def _policy_path(name_or_path: str, what: str) -> str:
     path = Path(name_or_path).expanduser()
     if name_or_path in NAMED or path.is_dir() or (path.suffix == ".gguf" and path.is_file()):
         return name_or_path
-    if "/" in name_or_path and path.suffix != ".gguf" and is_hub_id(name_or_path):  # `runs/missing`, with a local runs/, is a path
+    if (
+        "/" in name_or_path and path.suffix != ".gguf" and is_hub_id(name_or_path)
+    ):  # `runs/missing`, with a local runs/, is a path
         return name_or_path
     raise ModelLoadError(f"{name_or_path}: {what} not found (no such directory or file, and not a Hub id)")
 
@@ -101,7 +104,13 @@ def _task(args: argparse.Namespace, eval_fraction: float) -> dict[str, Any]:
         from trainers.synthetic import quality_reward, split_questions
 
         train, held_out = ([q.text for q in qs] for qs in split_questions())
-        return {"reward_fn": quality_reward, "train": train, "held_out": held_out, "events": None, "reward": "synthetic hidden preference"}
+        return {
+            "reward_fn": quality_reward,
+            "train": train,
+            "held_out": held_out,
+            "events": None,
+            "reward": "synthetic hidden preference",
+        }
     if not args.reward_model or not args.data:
         raise ConfigError("give --synthetic, or both --reward-model DIR and --data FILE")
     from trainers.dataset import split_policy_queries
@@ -113,7 +122,13 @@ def _task(args: argparse.Namespace, eval_fraction: float) -> dict[str, Any]:
         train, held_out = split_policy_queries(events, eval_fraction)
     except TrainingError as exc:  # the file's fault: say which file
         raise ConfigError(f"{args.data}: {exc}") from None
-    return {"reward_fn": rm.reward, "train": train, "held_out": held_out, "events": events, "reward": f"reward model {args.reward_model}"}
+    return {
+        "reward_fn": rm.reward,
+        "train": train,
+        "held_out": held_out,
+        "events": events,
+        "reward": f"reward model {args.reward_model}",
+    }
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -125,14 +140,20 @@ def _train(args: argparse.Namespace) -> None:
     settings = settings_of(args)
     algorithm = args.algorithm or settings.policy.algorithm
     base = _policy_path(args.base_model or settings.policy.base_model, "base policy")
-    out = Path(args.out) if args.out else settings.home / "policies" / datetime.now(timezone.utc).strftime(f"{algorithm}-%Y%m%dT%H%M%SZ")
+    out = (
+        Path(args.out)
+        if args.out
+        else settings.home / "policies" / datetime.now(timezone.utc).strftime(f"{algorithm}-%Y%m%dT%H%M%SZ")
+    )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: already exists and is not an empty directory; choose another --out")
     overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None}
     config = PolicyTrainingConfig.from_settings(settings, **overrides)
     task = _task(args, settings.reward_model.training.eval_fraction)
     _quiet()
-    print(f"{algorithm}: {base}, {len(task['train'])} training / {len(task['held_out'])} held-out queries, reward: {task['reward']}")
+    print(
+        f"{algorithm}: {base}, {len(task['train'])} training / {len(task['held_out'])} held-out queries, reward: {task['reward']}"
+    )
 
     with tqdm(desc=algorithm, unit="step", dynamic_ncols=True) as bar:
 
@@ -148,23 +169,36 @@ def _train(args: argparse.Namespace) -> None:
             elif state in ("started", "progress"):
                 bar.set_description(f"{algorithm} ({stage})")
 
-        metrics = optimise_policy(algorithm, base, task["reward_fn"], task["train"], task["held_out"], config, out,
-                                  on_status=on_status, feedback_events=task["events"] if algorithm in ("kto", "dpo") else None)  # fmt: skip
+        metrics = optimise_policy(
+            algorithm,
+            base,
+            task["reward_fn"],
+            task["train"],
+            task["held_out"],
+            config,
+            out,
+            on_status=on_status,
+            feedback_events=task["events"] if algorithm in ("kto", "dpo") else None,
+        )
     print(summary(metrics, config.kl_bound))
 
 
 def summary(m: dict[str, Any], kl_bound: float) -> str:
     """The figures a person checks after a training job, one per line."""
     fired = ", ".join(m.get("guardrails_fired") or []) or "none"
-    return "\n".join([
-        f"policy      {m['out_dir']} ({m['algorithm']})",
-        f"mean reward {m['mean_reward_before']:.4f} -> {m['mean_reward_after']:.4f} on {int(m['eval_samples'])} held-out samples",
-        f"gain        {m['reward_gain']:+.1%}" if math.isfinite(m["reward_gain"]) else "gain        n/a (the starting policy's mean reward is 0)",
-        f"KL to start {m['kl']:.4f} nats/token (bound {kl_bound})",
-        f"length      {m['mean_length_before']:.1f} -> {m['mean_length']:.1f} tokens",
-        f"time        {m['train_seconds']:.1f} s training, {m['wall_seconds']:.1f} s in all",
-        f"guardrails  {fired}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"policy      {m['out_dir']} ({m['algorithm']})",
+            f"mean reward {m['mean_reward_before']:.4f} -> {m['mean_reward_after']:.4f} on {int(m['eval_samples'])} held-out samples",
+            f"gain        {m['reward_gain']:+.1%}"
+            if math.isfinite(m["reward_gain"])
+            else "gain        n/a (the starting policy's mean reward is 0)",
+            f"KL to start {m['kl']:.4f} nats/token (bound {kl_bound})",
+            f"length      {m['mean_length_before']:.1f} -> {m['mean_length']:.1f} tokens",
+            f"time        {m['train_seconds']:.1f} s training, {m['wall_seconds']:.1f} s in all",
+            f"guardrails  {fired}",
+        ]
+    )
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -179,10 +213,24 @@ def _eval(args: argparse.Namespace) -> None:
     _quiet()
     lm, tokenizer = load_policy(model)
     ref = load_policy(reference)[0] if reference else None
-    result = evaluate_policy(lm, tokenizer, task["reward_fn"], task["held_out"], reference=ref, max_new_tokens=config.max_new_tokens,
-                             temperature=config.temperature, top_p=config.top_p, samples_per_query=config.eval_samples_per_query,
-                             seed=config.eval_seed)  # fmt: skip
-    figures = {"mean_reward": result.mean_reward, "mean_length": result.mean_length, "repetition": result.repetition, "samples": result.n}
+    result = evaluate_policy(
+        lm,
+        tokenizer,
+        task["reward_fn"],
+        task["held_out"],
+        reference=ref,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        samples_per_query=config.eval_samples_per_query,
+        seed=config.eval_seed,
+    )
+    figures = {
+        "mean_reward": result.mean_reward,
+        "mean_length": result.mean_length,
+        "repetition": result.repetition,
+        "samples": result.n,
+    }
     if ref is not None:
         figures["kl"] = result.kl
     print(json.dumps({"model": model, "reference": reference, "reward": task["reward"], "eval": figures}, indent=2))
@@ -199,8 +247,15 @@ def _chat(args: argparse.Namespace) -> None:
     lm, tokenizer = load_policy(model)
     temperature = settings.assistant.temperature if args.temperature is None else args.temperature
     torch.manual_seed(args.seed)
-    answer = sample(lm.eval(), tokenizer, [args.question], max_new_tokens=args.max_new_tokens, temperature=temperature or 1.0,
-                    top_p=settings.assistant.top_p, greedy=temperature == 0).responses[0]  # fmt: skip
+    answer = sample(
+        lm.eval(),
+        tokenizer,
+        [args.question],
+        max_new_tokens=args.max_new_tokens,
+        temperature=temperature or 1.0,
+        top_p=settings.assistant.top_p,
+        greedy=temperature == 0,
+    ).responses[0]
     print(answer)
 
 
@@ -218,7 +273,9 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--synthetic", action="store_true", help="generated questions, their hidden preference as the reward")
     source.add_argument("--reward-model", metavar="DIR", help="a reward model directory written by `rlhf reward train`")
-    p.add_argument("--data", metavar="FILE", help="JSONL of FeedbackEvents: the queries (and KTO/DPO examples); with --reward-model")
+    p.add_argument(
+        "--data", metavar="FILE", help="JSONL of FeedbackEvents: the queries (and KTO/DPO examples); with --reward-model"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -226,8 +283,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(policy, "train", "Train a policy against a reward and save it; prints held-out reward before and after.", _train)
     p.add_argument("--algorithm", choices=ALGORITHMS, help="default: policy.algorithm of the config")
     _add_task_options(p)
-    p.add_argument("--base-model", metavar="PATH",
-                   help="starting policy: `tiny`, `smollm2`, a directory, a .gguf file or a Hub id (default: policy.base_model)")  # fmt: skip
+    p.add_argument(
+        "--base-model",
+        metavar="PATH",
+        help="starting policy: `tiny`, `smollm2`, a directory, a .gguf file or a Hub id (default: policy.base_model)",
+    )
     p.add_argument("--out", metavar="DIR", help="directory to create (default: RLHF_HOME/policies/<algorithm>-<UTC time>)")
     p.add_argument("--epochs", type=int, help="override policy.training.epochs (PPO iterations / GRPO-RLOO rounds)")
     p.add_argument("--seed", type=int, help="override the training seed")
@@ -237,10 +297,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_task_options(p)
     p = command(policy, "chat", "Print one answer of a policy to QUESTION, in the policy's chat format.", _chat)
     p.add_argument("question", metavar="QUESTION")
-    p.add_argument("--model", default="tiny", metavar="NAME",
-                   help="a registry version, `tiny`, `smollm2`, a directory, a .gguf file or a Hub id (default: tiny)")  # fmt: skip
+    p.add_argument(
+        "--model",
+        default="tiny",
+        metavar="NAME",
+        help="a registry version, `tiny`, `smollm2`, a directory, a .gguf file or a Hub id (default: tiny)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, in tokens (default: 128)")
     p.add_argument("--temperature", type=float, help="sampling temperature, 0 for greedy (default: assistant.temperature)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same answer (default: 0)")
-    p = command(policy, "build-tiny", "Build the tiny offline policy (tokenizer + warmed-up Llama) into a directory.", _build_tiny)
+    p = command(
+        policy, "build-tiny", "Build the tiny offline policy (tokenizer + warmed-up Llama) into a directory.", _build_tiny
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="directory to create")

@@ -36,6 +36,13 @@ def _forget(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     privacy = group(sub, "privacy", "Honour users' privacy requests.")
-    forget = command(privacy, "forget", "Erase a user: no training and no ClickHouse row of theirs from now on; lists the versions that had their data.", _forget)
+    forget = command(
+        privacy,
+        "forget",
+        "Erase a user: no training and no ClickHouse row of theirs from now on; lists the versions that had their data.",
+        _forget,
+    )
     forget.add_argument("user_id", help="The user id the chat app sends (the events' user_id).")
-    forget.add_argument("--reason", default="", help="Why, for the record (e.g. a ticket number); at most 500 characters, no personal data.")
+    forget.add_argument(
+        "--reason", default="", help="Why, for the record (e.g. a ticket number); at most 500 characters, no personal data."
+    )

@@ -35,7 +35,9 @@ def _train(args: argparse.Namespace) -> None:
 
     settings = settings_of(args)
     config = RewardConfig.from_settings(settings)
-    out = Path(args.out) if args.out else settings.home / "reward-models" / datetime.now(timezone.utc).strftime("rm-%Y%m%dT%H%M%SZ")
+    out = (
+        Path(args.out) if args.out else settings.home / "reward-models" / datetime.now(timezone.utc).strftime("rm-%Y%m%dT%H%M%SZ")
+    )
     _quiet_transformers()
     with tqdm(desc="reward model", unit="step", disable=not distributed.is_main()) as bar:
 
@@ -44,7 +46,9 @@ def _train(args: argparse.Namespace) -> None:
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
 
-        _, metrics = train_reward_model(read_jsonl(args.data), config, out, lineage={"data_file": str(Path(args.data).resolve())}, progress=progress)
+        _, metrics = train_reward_model(
+            read_jsonl(args.data), config, out, lineage={"data_file": str(Path(args.data).resolve())}, progress=progress
+        )
     if distributed.is_main():
         print(json.dumps({"model": str(out), **metrics}, indent=2))
 
@@ -72,7 +76,9 @@ def _eval(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     reward = group(sub, "reward", "Reward model: train on feedback, evaluate a saved version.")
-    p = command(reward, "train", "Train a reward model on a JSONL file of FeedbackEvents and save it as a version directory.", _train)
+    p = command(
+        reward, "train", "Train a reward model on a JSONL file of FeedbackEvents and save it as a version directory.", _train
+    )
     p.add_argument("--data", required=True, metavar="FILE", help="JSONL, one FeedbackEvent per line")
     p.add_argument("--out", metavar="DIR", help="version directory to create (default: RLHF_HOME/reward-models/rm-<UTC time>)")
     p = command(reward, "eval", "Score a saved reward model on a JSONL file of FeedbackEvents.", _eval)

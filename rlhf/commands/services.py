@@ -48,8 +48,10 @@ def _models_list(args: argparse.Namespace) -> None:
         for m in registry.versions(kind):
             marks = [name for name, v in pointers.get(m.policy, {}).items() if v == m.version]
             reward = m.metrics.get("mean_reward_after", m.metrics.get("pairwise_accuracy"))
-            print(f"  {m.version:32} {m.status:11} parent={m.parent_version or '-':24} trigger={(m.trigger_id or '-')[:12]:12} "
-                  f"metric={'-' if reward is None else f'{reward:.3f}'} {' '.join(marks)}")  # fmt: skip
+            print(
+                f"  {m.version:32} {m.status:11} parent={m.parent_version or '-':24} trigger={(m.trigger_id or '-')[:12]:12} "
+                f"metric={'-' if reward is None else f'{reward:.3f}'} {' '.join(marks)}"
+            )
 
 
 def _models_show(args: argparse.Namespace) -> None:
@@ -80,22 +82,33 @@ def _serve(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     trainer = group(sub, "trainer", "The trainer consumer (group 'trainers').")
-    p = command(trainer, "run", "Consume train triggers: replay data, train reward model + policy, evaluate, publish.", _trainer_run)
+    p = command(
+        trainer, "run", "Consume train triggers: replay data, train reward model + policy, evaluate, publish.", _trainer_run
+    )
     p.add_argument("--attempts", type=int, default=3, help="tries per trigger before it goes to the DLQ")
     p.add_argument("--backoff", type=float, default=5.0, help="seconds before the first retry (doubles each time)")
 
     decider = group(sub, "decider", "The decider (group 'decider'): closes each A/B experiment with one decision.")
-    command(decider, "run", "Analyse every open experiment per user on a timer; promote, roll back, or expire it at its horizon "
-            "(ab_testing.horizon_users / horizon_s), through the registry, once.", _decider_run)  # fmt: skip
+    command(
+        decider,
+        "run",
+        "Analyse every open experiment per user on a timer; promote, roll back, or expire it at its horizon "
+        "(ab_testing.horizon_users / horizon_s), through the registry, once.",
+        _decider_run,
+    )
 
     models = group(sub, "models", "The model registry: versions, lineage, promotion.")
-    command(models, "init", "Register the starting policy (policy.base_model) as the serving version if none serves.", _models_init)
+    command(
+        models, "init", "Register the starting policy (policy.base_model) as the serving version if none serves.", _models_init
+    )
     command(models, "list", "List policy and reward-model versions with status and lineage.", _models_list)
     p = command(models, "show", "Print one version's manifest (lineage, metrics, config hash).", _models_show)
     p.add_argument("version")
     p.add_argument("--kind", choices=("policies", "reward_models"), default="policies")
-    for name, func, help in (("promote", _models_promote, "Make VERSION (default: the A/B candidate) serve."),
-                             ("rollback", _models_rollback, "Drop the candidate, or return to the previous serving version.")):  # fmt: skip
+    for name, func, help in (
+        ("promote", _models_promote, "Make VERSION (default: the A/B candidate) serve."),
+        ("rollback", _models_rollback, "Drop the candidate, or return to the previous serving version."),
+    ):
         p = command(models, name, help, func)
         p.add_argument("--policy", default=DEFAULT_POLICY)
         if name == "promote":

@@ -50,12 +50,16 @@ def produce(settings: Settings, world: World, duplicates: int = 0, bad: int = 0)
     prefix = settings.kafka.topic_prefix
     with FeedbackClient(settings.kafka.bootstrap_servers, prefix) as client:
         for topic, event in world.events:
-            client.send_bytes(topic_name(prefix, topic), event.to_bytes(), getattr(event, "user_id", None) or getattr(event, "policy", None))
+            client.send_bytes(
+                topic_name(prefix, topic), event.to_bytes(), getattr(event, "user_id", None) or getattr(event, "policy", None)
+            )
         for event in [e for t, e in world.events if t == "feedback"][:duplicates]:
             client.send_bytes(topic_name(prefix, "feedback"), event.to_bytes(), event.user_id)
         for n in range(bad):
             topic = ("feedback", "exposures", "interactions")[n % 3]
-            client.send_bytes(topic_name(prefix, topic), b'{"schema_version": 1, "user_id": "u-bad"}' if n % 2 else b"not json", "u-bad")
+            client.send_bytes(
+                topic_name(prefix, topic), b'{"schema_version": 1, "user_id": "u-bad"}' if n % 2 else b"not json", "u-bad"
+            )
 
 
 class SinkProcess:
@@ -68,8 +72,9 @@ class SinkProcess:
         self.env = {**os.environ, **cli_env(settings, self.port), **env}
         self.log = settings.home / f"sink-{time.time_ns()}.log"
         self._out = self.log.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", launcher, "sink", "run"], cwd=REPO, env=self.env,
-                                     stdout=self._out, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", launcher, "sink", "run"], cwd=REPO, env=self.env, stdout=self._out, stderr=subprocess.STDOUT
+        )
 
     @property
     def url(self) -> str:
@@ -132,5 +137,11 @@ def cli_env(settings: Settings, port: int) -> dict[str, str]:
 
 
 def rlhf(settings: Settings, port: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlhf.cli", *args], cwd=REPO, env={**os.environ, **cli_env(settings, port)},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", *args],
+        cwd=REPO,
+        env={**os.environ, **cli_env(settings, port)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -30,13 +30,17 @@ def test_migrations_are_idempotent(warehouse, warehouse_settings):
         assert apply_migrations(client) == []
         client.command("DELETE FROM schema_migrations WHERE id = {id:String}", parameters={"id": MIGRATIONS[-1].id})
         assert apply_migrations(client) == [MIGRATIONS[-1].id]  # statements are IF NOT EXISTS: re-running is harmless
-    assert {r[0] for r in warehouse.client.query("SELECT id FROM schema_migrations FINAL").result_rows} == {m.id for m in MIGRATIONS}
+    assert {r[0] for r in warehouse.client.query("SELECT id FROM schema_migrations FINAL").result_rows} == {
+        m.id for m in MIGRATIONS
+    }
 
 
 def test_the_migrated_tables_are_as_declared(warehouse):
     for table in EVENT_TABLES:
-        stored = warehouse.query_df("SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String} "
-                                    "ORDER BY position", {"t": table.name})  # fmt: skip
+        stored = warehouse.query_df(
+            "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String} ORDER BY position",
+            {"t": table.name},
+        )
         assert list(stored.itertuples(index=False, name=None)) == [(c.name, c.type.sql) for c in table.columns], table.name
 
 
@@ -65,8 +69,19 @@ def changed_minds(world: World, every: int = 5) -> World:
     """Every `every`-th thumb answered again a minute later with the other thumb (a new event id)."""
     flip = {"thumbs_up": "thumbs_down", "thumbs_down": "thumbs_up"}
     thumbs = [e for t, e in world.events if t == "feedback" and e.feedback_type in flip][::every]
-    later = [("feedback", e.model_copy(update={"event_id": f"{e.event_id}-changed", "feedback_type": flip[e.feedback_type],
-                                               "timestamp": e.timestamp + timedelta(minutes=1)})) for e in thumbs]  # fmt: skip
+    later = [
+        (
+            "feedback",
+            e.model_copy(
+                update={
+                    "event_id": f"{e.event_id}-changed",
+                    "feedback_type": flip[e.feedback_type],
+                    "timestamp": e.timestamp + timedelta(minutes=1),
+                }
+            ),
+        )
+        for e in thumbs
+    ]
     return World(world.events + later)
 
 
@@ -91,7 +106,9 @@ def test_per_user_sums_agree_with_the_raw_events_counting_each_answers_latest_ve
         assert row["feedback"] == len(mine) and row["feedback_sq"] == sum(len(es) ** 2 for es in per_user.values())
         assert row["positives_feedback"] == sum(positives[u] * len(es) for u, es in per_user.items())
         assert row["thumbs_down"] == sum(e.feedback_type == "thumbs_down" for e in mine)
-        assert row["rating_sum"] == sum(e.rating or 0 for e in mine) and row["rating_users"] == sum(any(e.rating for e in es) for es in per_user.values())
+        assert row["rating_sum"] == sum(e.rating or 0 for e in mine) and row["rating_users"] == sum(
+            any(e.rating for e in es) for es in per_user.values()
+        )
         assert row["history_users"] == len(rate) > 0
         assert row["history_rate_positives"] == pytest.approx(sum(rate[u] * positives[u] for u in rate))
     decisions = analyze(warehouse, warehouse_settings)
@@ -109,7 +126,9 @@ def test_the_experiment_lifecycle_shows_open_and_decided_experiments(warehouse, 
     frame = run_query(warehouse, "experiment_lifecycle").set_index("experiment_id")
     earlier, current = "policy-ab:assistant-trigger-a", "policy-ab:assistant-trigger-b"
     assert frame.loc[earlier, "state"] == "promote" and frame.loc[earlier, "lift_low"] == 0.03
-    assert frame.loc[current, "state"] == "open" and pd.isna(frame.loc[current, "lift"]) and pd.isna(frame.loc[current, "decided"])
+    assert (
+        frame.loc[current, "state"] == "open" and pd.isna(frame.loc[current, "lift"]) and pd.isna(frame.loc[current, "decided"])
+    )
     assert list(frame.index) == [current, earlier]  # latest started first
 
 
@@ -120,13 +139,17 @@ def test_a_re_emitted_window_replaces_the_earlier_one(warehouse, warehouse_setti
     route = ROUTES["metrics"]
     for event in (window, later):
         warehouse.insert_new(route.table, route.table.to_arrow([route.row(event, warehouse_settings)]))
-    rows = warehouse.query_df("SELECT count FROM metrics FINAL WHERE window_start = {s:DateTime64(3, 'UTC')}", {"s": window.window_start})
+    rows = warehouse.query_df(
+        "SELECT count FROM metrics FINAL WHERE window_start = {s:DateTime64(3, 'UTC')}", {"s": window.window_start}
+    )
     assert rows["count"].tolist() == [99]
 
 
 def test_get_client_names_the_owner_when_the_path_is_taken(warehouse, warehouse_settings, tmp_path):
     # chdb allows one path per process: a second path in this process fails with a clear error.
-    other = warehouse_settings.model_copy(update={"clickhouse": warehouse_settings.clickhouse.model_copy(update={"path": tmp_path / "other"})})
+    other = warehouse_settings.model_copy(
+        update={"clickhouse": warehouse_settings.clickhouse.model_copy(update={"path": tmp_path / "other"})}
+    )
     with pytest.raises(ClickHouseError) as info:
         get_client(other)
     assert "embedded chdb at" in str(info.value)
@@ -137,7 +160,9 @@ def test_grafana_queries_run_with_its_variables_filled_in(warehouse, warehouse_s
 
     insert_world(warehouse, warehouse_settings, build_world(warehouse_settings, users=50))
     for name, *_ in PANELS:
-        sql = grafana_sql(name).replace("${experiment}", warehouse_settings.ab_testing.experiment).replace("$__interval_s", "3600")
+        sql = (
+            grafana_sql(name).replace("${experiment}", warehouse_settings.ab_testing.experiment).replace("$__interval_s", "3600")
+        )
         assert len(warehouse.query_df(sql)) > 0, name
 
 
@@ -147,8 +172,17 @@ def test_current_experiment_is_the_latest_candidate_instance(warehouse, warehous
     from analytics.decision import current_experiment
 
     world = build_world(warehouse_settings, users=20)
-    later = [e.model_copy(update={"experiment": "policy-ab:v2", "exposure_id": e.exposure_id + "-v2", "timestamp": e.timestamp + timedelta(days=9)})
-             for t, e in world.events if t == "exposures"]  # fmt: skip
+    later = [
+        e.model_copy(
+            update={
+                "experiment": "policy-ab:v2",
+                "exposure_id": e.exposure_id + "-v2",
+                "timestamp": e.timestamp + timedelta(days=9),
+            }
+        )
+        for t, e in world.events
+        if t == "exposures"
+    ]
     insert_world(warehouse, warehouse_settings, world)
     route = ROUTES["exposures"]
     warehouse.insert_new(route.table, route.table.to_arrow([route.row(e, warehouse_settings) for e in later]))
@@ -162,7 +196,7 @@ def test_pii_counts_from_the_windows_add_up_per_type(warehouse, warehouse_settin
     insert_world(warehouse, warehouse_settings, world)
     expected: dict[str, int] = {}
     for topic, event in world.events:
-        for pii_type, n in (event.pii.items() if topic == "metrics" else ()):
+        for pii_type, n in event.pii.items() if topic == "metrics" else ():
             expected[pii_type] = expected.get(pii_type, 0) + n
     found = run_query(warehouse, "pii_found", {"bucket_s": 86_400}).groupby("pii_type")["found"].sum().to_dict()
     assert found == expected and expected["phone"] > 0

@@ -24,16 +24,41 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "artifacts"
-PANELS = ("feedback_volume", "positive_rate", "ab_results", "experiments", "training_runs", "consumer_lag", "dead_letters", "pii_found",
-          "variant_daily")
+PANELS = (
+    "feedback_volume",
+    "positive_rate",
+    "ab_results",
+    "experiments",
+    "training_runs",
+    "consumer_lag",
+    "dead_letters",
+    "pii_found",
+    "variant_daily",
+)
 
 
 def screenshot(url: str, out: Path, profile: Path) -> None:
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1400,1900",
-                    "--virtual-time-budget=5000", url],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={out}",
+            "--window-size=1400,1900",
+            "--virtual-time-budget=5000",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -43,8 +68,14 @@ def running_sink(settings):
     sink = SinkProcess(settings)
     try:
         sink.wait_ready()
-        sink.wait_counts({"feedback": world.count("feedback"), "training_status": world.count("training-status"), "experiments": world.count("experiments"),
-                          "dead_letters": 3})  # fmt: skip
+        sink.wait_counts(
+            {
+                "feedback": world.count("feedback"),
+                "training_status": world.count("training-status"),
+                "experiments": world.count("experiments"),
+                "dead_letters": 3,
+            }
+        )
         yield sink
     finally:
         sink.stop()
@@ -96,8 +127,13 @@ def test_ab_analyze_on_a_brand_new_warehouse_says_no_data(warehouse_settings):
 
 
 def test_with_keys_everything_but_healthz_needs_one_and_an_open_dashboard_stays_on_loopback(warehouse, warehouse_settings):
-    keyed = warehouse_settings.model_copy(update={"clickhouse": warehouse_settings.clickhouse.model_copy(
-        update={"dashboard_keys": (SecretStr("dash-key"),), "dashboard_host": "0.0.0.0"})})  # fmt: skip
+    keyed = warehouse_settings.model_copy(
+        update={
+            "clickhouse": warehouse_settings.clickhouse.model_copy(
+                update={"dashboard_keys": (SecretStr("dash-key"),), "dashboard_host": "0.0.0.0"}
+            )
+        }
+    )
     client = TestClient(create_app(warehouse, keyed))
     assert client.get("/healthz").status_code == 200
     for path in ("/", "/sql/table_counts", "/api/ab", "/api/queries"):

@@ -25,7 +25,9 @@ def committed_offsets(settings, topic: str) -> int:
 def dead_letters(settings, expected: int) -> list[DeadLetter]:
     """Every letter until `expected` distinct origins arrived. A batch re-delivered after the crash
     dead-letters its bad records again (at-least-once), so origins, not letters, are distinct."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "dlq-check", "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "dlq-check", "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([topic_name(settings.kafka.topic_prefix, "feedback-dlq")])
     letters: list[DeadLetter] = []
     try:
@@ -46,8 +48,13 @@ def test_sigkill_between_insert_and_commit_loses_and_duplicates_nothing(settings
     world = build_world(settings, users=300)
     produce(settings, world, duplicates=150, bad=6)
     expected = {t: world.count(t) for t in ("interactions", "feedback", "exposures")}
-    expected |= {"training_status": world.count("training-status"), "model_published": world.count("model-published"), "metrics": world.count("metrics"),
-                 "experiments": world.count("experiments"), "dead_letters": 6}  # the sink stores the letters it wrote, too
+    expected |= {
+        "training_status": world.count("training-status"),
+        "model_published": world.count("model-published"),
+        "metrics": world.count("metrics"),
+        "experiments": world.count("experiments"),
+        "dead_letters": 6,
+    }  # the sink stores the letters it wrote, too
     produced = len(world.events) + 150 + 6
 
     # 1. A sink that kills itself (SIGKILL) after inserting its first batch, before committing it.
@@ -68,12 +75,19 @@ def test_sigkill_between_insert_and_commit_loses_and_duplicates_nothing(settings
         daily = sink.get_json("/sql/variant_daily")
         cols = daily["columns"]
         total = {c: sum(row[cols.index(c)] for row in daily["data"]) for c in ("feedback", "interactions", "exposures")}
-        assert total == {"feedback": expected["feedback"], "interactions": expected["interactions"], "exposures": expected["exposures"]}, \
-            "the materialized view counted a redelivered event twice"
+        assert total == {
+            "feedback": expected["feedback"],
+            "interactions": expected["interactions"],
+            "exposures": expected["exposures"],
+        }, "the materialized view counted a redelivered event twice"
 
         letters = dead_letters(settings, 6)
         assert len({origin(d) for d in letters}) == 6 and all(d.reason.startswith("sink: ") for d in letters)
-        assert {d.origin_topic.removeprefix(settings.kafka.topic_prefix) for d in letters} == {"feedback", "exposures", "interactions"}
+        assert {d.origin_topic.removeprefix(settings.kafka.topic_prefix) for d in letters} == {
+            "feedback",
+            "exposures",
+            "interactions",
+        }
 
         via_http = rlhf(settings, sink.port, "sql", "table_counts", "--format", "json")  # the sink owns the path: asks it
         assert via_http.returncode == 0 and {r["table"]: r["rows"] for r in json.loads(via_http.stdout)} == counts
@@ -81,10 +95,15 @@ def test_sigkill_between_insert_and_commit_loses_and_duplicates_nothing(settings
         assert analyzed.returncode == 0 and "promote variant_a" in analyzed.stdout, analyzed.stdout + analyzed.stderr
     finally:
         assert sink.stop() == 0, sink.output()
-    consumed = sum(committed_offsets(settings, t) for t in ("interactions", "feedback", "exposures", "training-status", "model-published", "metrics", "experiments"))
+    consumed = sum(
+        committed_offsets(settings, t)
+        for t in ("interactions", "feedback", "exposures", "training-status", "model-published", "metrics", "experiments")
+    )
     assert consumed == produced
     alone = rlhf(settings, sink.port, "sql", "table_counts", "--format", "json")
     assert {r["table"]: r["rows"] for r in json.loads(alone.stdout)} == counts
-    print(f"\nproduced {produced} records ({sum(expected.values())} distinct events, 150 duplicates, 6 bad); "
-          f"{stored_before_restart} rows stored before the SIGKILL, none committed; after restart: {counts}; "
-          f"{len(letters)} dead letters for 6 bad records")  # fmt: skip
+    print(
+        f"\nproduced {produced} records ({sum(expected.values())} distinct events, 150 duplicates, 6 bad); "
+        f"{stored_before_restart} rows stored before the SIGKILL, none committed; after restart: {counts}; "
+        f"{len(letters)} dead letters for 6 bad records"
+    )

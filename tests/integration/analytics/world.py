@@ -26,7 +26,9 @@ class World:
         return sum(t == topic for t, _ in self.events)
 
 
-def build_world(settings: Settings, users: int = 400, days: int = 3, positive: dict[str, float] | None = None, seed: int = 1) -> World:
+def build_world(
+    settings: Settings, users: int = 400, days: int = 3, positive: dict[str, float] | None = None, seed: int = 1
+) -> World:
     """Each user: one exposure, a few interactions spread over `days`, feedback on most of them."""
     rng = random.Random(seed)
     ab = settings.ab_testing
@@ -40,39 +42,94 @@ def build_world(settings: Settings, users: int = 400, days: int = 3, positive: d
         when = START + timedelta(seconds=rng.uniform(0, days * 86_400))
         for k in range(rng.choice([0, 0, 1, 3])):  # before the experiment: no experiment, the serving model
             good = rng.random() < 0.6
-            events.append(("feedback", FeedbackEvent(timestamp=START - timedelta(days=1, minutes=k), interaction_id=f"pre-{u}-{k}", user_id=user,
-                                                     query="earlier", response="an answer", model_version="serving-v0",
-                                                     feedback_type="thumbs_up" if good else "thumbs_down")))  # fmt: skip
+            events.append(
+                (
+                    "feedback",
+                    FeedbackEvent(
+                        timestamp=START - timedelta(days=1, minutes=k),
+                        interaction_id=f"pre-{u}-{k}",
+                        user_id=user,
+                        query="earlier",
+                        response="an answer",
+                        model_version="serving-v0",
+                        feedback_type="thumbs_up" if good else "thumbs_down",
+                    ),
+                )
+            )
         events.append(("exposures", ExposureEvent(timestamp=when, **common)))
         for k in range(rng.randint(1, 4)):
             at = when + timedelta(minutes=10 * k)
-            inter = InteractionEvent(timestamp=at, query=f"question {u}.{k}", response="an answer", latency_ms=rng.uniform(50, 400), **common)
+            inter = InteractionEvent(
+                timestamp=at, query=f"question {u}.{k}", response="an answer", latency_ms=rng.uniform(50, 400), **common
+            )
             events.append(("interactions", inter))
             if rng.random() < 0.8:
                 good = rng.random() < positive[variant]
                 kind = rng.choice(["thumbs", "thumbs", "rating", "correction"])
                 extra = (
-                    {"feedback_type": "thumbs_up" if good else "thumbs_down"} if kind == "thumbs"
-                    else {"feedback_type": "rating", "rating": rng.choice([4, 5]) if good else rng.choice([1, 2, 3])} if kind == "rating" or good
+                    {"feedback_type": "thumbs_up" if good else "thumbs_down"}
+                    if kind == "thumbs"
+                    else {"feedback_type": "rating", "rating": rng.choice([4, 5]) if good else rng.choice([1, 2, 3])}
+                    if kind == "rating" or good
                     else {"feedback_type": "correction", "correction": "the right answer"}
-                )  # fmt: skip
-                events.append(("feedback", FeedbackEvent(timestamp=at + timedelta(seconds=30), interaction_id=inter.interaction_id,
-                                                         query=inter.query, response=inter.response, **common, **extra)))  # fmt: skip
+                )
+                events.append(
+                    (
+                        "feedback",
+                        FeedbackEvent(
+                            timestamp=at + timedelta(seconds=30),
+                            interaction_id=inter.interaction_id,
+                            query=inter.query,
+                            response=inter.response,
+                            **common,
+                            **extra,
+                        ),
+                    )
+                )
     for j, trigger in enumerate(("trigger-a", "trigger-b")):
         for step in range(8):
             at = START + timedelta(days=j + 1, minutes=5 * step)
             # The keys trainers.ppo reports with each iteration's progress.
-            metrics = {"iteration": float(step + 1), "mean_score": 0.2 + 0.05 * step + 0.1 * j + rng.uniform(-0.02, 0.02),
-                       "kl": 0.01 * step + rng.uniform(0, 0.005), "kl_coef": 0.05, "mean_length": 24.0, "repetition": 0.02}  # fmt: skip
-            events.append(("training-status", TrainingStatus(timestamp=at, trigger_id=trigger, policy="assistant",
-                                                             state="progress", stage="ppo", metrics=metrics)))  # fmt: skip
-        events.append(("model-published", ModelPublished(timestamp=at, version=f"assistant-{trigger}", policy="assistant",
-                                                         trigger_id=trigger, decision="candidate")))  # fmt: skip
+            metrics = {
+                "iteration": float(step + 1),
+                "mean_score": 0.2 + 0.05 * step + 0.1 * j + rng.uniform(-0.02, 0.02),
+                "kl": 0.01 * step + rng.uniform(0, 0.005),
+                "kl_coef": 0.05,
+                "mean_length": 24.0,
+                "repetition": 0.02,
+            }
+            events.append(
+                (
+                    "training-status",
+                    TrainingStatus(
+                        timestamp=at, trigger_id=trigger, policy="assistant", state="progress", stage="ppo", metrics=metrics
+                    ),
+                )
+            )
+        events.append(
+            (
+                "model-published",
+                ModelPublished(
+                    timestamp=at, version=f"assistant-{trigger}", policy="assistant", trigger_id=trigger, decision="candidate"
+                ),
+            )
+        )
     for minute in range(3):  # the stream app's windowed counts
         start = START + timedelta(minutes=minute)
-        events.append(("metrics", WindowMetrics(timestamp=start + timedelta(minutes=1), window_start=start, window_end=start + timedelta(minutes=1),
-                                                model_version=models[ab.variants[0].name], feedback_type="thumbs_up", count=minute + 1,
-                                                pii={"email": minute % 2, "phone": 1} if minute % 3 == 0 else {})))  # fmt: skip
+        events.append(
+            (
+                "metrics",
+                WindowMetrics(
+                    timestamp=start + timedelta(minutes=1),
+                    window_start=start,
+                    window_end=start + timedelta(minutes=1),
+                    model_version=models[ab.variants[0].name],
+                    feedback_type="thumbs_up",
+                    count=minute + 1,
+                    pii={"email": minute % 2, "phone": 1} if minute % 3 == 0 else {},
+                ),
+            )
+        )
     events += [("experiments", ExperimentEvent(e)) for e in lifecycle(settings)]
     return World(events)
 
@@ -82,11 +139,33 @@ def lifecycle(settings: Settings) -> list[ExperimentStarted | ExperimentDecided]
     ab, out = settings.ab_testing, []
     for j, (trigger, control) in enumerate((("trigger-a", "assistant-v0"), ("trigger-b", "assistant-trigger-a"))):
         candidate = f"assistant-{trigger}"
-        arms = tuple(Arm(name=v.name, model_version=control if i == 0 else candidate, weight=v.weight) for i, v in enumerate(ab.variants))
-        out.append(ExperimentStarted(timestamp=START + timedelta(days=j), experiment_id=f"{ab.experiment}:{candidate}", policy="assistant",
-                                     trigger_id=trigger, control_version=control, treatment_version=candidate, arms=arms, salt=ab.salt,
-                                     horizon_users=ab.horizon_users, horizon_s=ab.horizon_s))  # fmt: skip
-    out.append(ExperimentDecided(timestamp=START + timedelta(days=1), experiment_id=out[0].experiment_id, policy="assistant", trigger_id="trigger-a",
-                                 outcome="promote", serving_version=out[0].treatment_version, reason="positive rate rose",
-                                 statistics={"lift": 0.12, "lift_low": 0.03, "lift_high": 0.21, "sequential_p": 0.01}))  # fmt: skip
+        arms = tuple(
+            Arm(name=v.name, model_version=control if i == 0 else candidate, weight=v.weight) for i, v in enumerate(ab.variants)
+        )
+        out.append(
+            ExperimentStarted(
+                timestamp=START + timedelta(days=j),
+                experiment_id=f"{ab.experiment}:{candidate}",
+                policy="assistant",
+                trigger_id=trigger,
+                control_version=control,
+                treatment_version=candidate,
+                arms=arms,
+                salt=ab.salt,
+                horizon_users=ab.horizon_users,
+                horizon_s=ab.horizon_s,
+            )
+        )
+    out.append(
+        ExperimentDecided(
+            timestamp=START + timedelta(days=1),
+            experiment_id=out[0].experiment_id,
+            policy="assistant",
+            trigger_id="trigger-a",
+            outcome="promote",
+            serving_version=out[0].treatment_version,
+            reason="positive rate rose",
+            statistics={"lift": 0.12, "lift_low": 0.03, "lift_high": 0.21, "sequential_p": 0.01},
+        )
+    )
     return out

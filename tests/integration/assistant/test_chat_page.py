@@ -57,11 +57,25 @@ class DevTools:
             os.dup2(from_browser, 4)
 
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--remote-debugging-pipe", f"--user-data-dir={profile}",
-             "--window-size=1000,900", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=wire, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                "--window-size=1000,900",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            preexec_fn=wire,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser)
         os.close(from_browser)
         self._buffer, self._next = b"", 0
@@ -114,7 +128,9 @@ def test_the_chat_page_sends_thumbs_a_rating_and_a_correction(served, tmp_path):
         session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         browser.call("Runtime.enable", session)
         deadline = time.monotonic() + 30
-        while not browser.call("Runtime.evaluate", session, expression="document.readyState == 'complete' && !!document.getElementById('send')")["result"]["value"]:
+        while not browser.call(
+            "Runtime.evaluate", session, expression="document.readyState == 'complete' && !!document.getElementById('send')"
+        )["result"]["value"]:
             assert time.monotonic() < deadline, "the page did not load"
             time.sleep(0.2)
         result = browser.call("Runtime.evaluate", session, expression=SCENARIO, awaitPromise=True, returnByValue=True)
@@ -129,5 +145,8 @@ def test_the_chat_page_sends_thumbs_a_rating_and_a_correction(served, tmp_path):
     assert page["version"] == "base" and len(set(page["ids"])) == 3
     feedback = sorted(read(settings, "feedback", FeedbackEvent, 3), key=lambda f: page["ids"].index(f.interaction_id))
     assert [(f.interaction_id, f.feedback_type, f.rating) for f in feedback] == [
-        (page["ids"][0], "thumbs_down", None), (page["ids"][1], "rating", 2), (page["ids"][2], "correction", None)]  # fmt: skip
+        (page["ids"][0], "thumbs_down", None),
+        (page["ids"][1], "rating", 2),
+        (page["ids"][2], "correction", None),
+    ]
     assert feedback[2].correction.startswith("Open Settings") and len({f.user_id for f in feedback}) == 1

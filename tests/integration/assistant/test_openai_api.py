@@ -30,7 +30,9 @@ QUESTION = "How do I reset my password?"
 def read(settings, topic: str, model, expected: int, timeout: float = 30.0) -> list:
     """The topic's first `expected` records, parsed, read from the beginning by a plain consumer."""
     name = topic_name(settings.kafka.topic_prefix, topic)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "it-reader", "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "it-reader", "enable.auto.commit": False}
+    )
     try:
         partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
         consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in partitions])
@@ -47,7 +49,9 @@ def read(settings, topic: str, model, expected: int, timeout: float = 30.0) -> l
 @pytest.fixture
 def app_settings(settings):
     # Every interaction collected, so each feedback below reaches Kafka.
-    return settings.model_copy(update={"feedback": FeedbackSettings(collection_rate=1.0), "assistant": AssistantSettings(api_keys=(SecretStr(KEY),))})
+    return settings.model_copy(
+        update={"feedback": FeedbackSettings(collection_rate=1.0), "assistant": AssistantSettings(api_keys=(SecretStr(KEY),))}
+    )
 
 
 def test_a_chat_app_on_the_openai_client_chats_streams_and_sends_feedback(app_settings, registry):  # noqa: F811
@@ -78,20 +82,30 @@ def test_a_chat_app_on_the_openai_client_chats_streams_and_sends_feedback(app_se
 
         # Feedback as a browser sends it: the token, no key. Up (clicked twice), then down on the first answer.
         for n, verdict in [(0, "thumbs_up"), (0, "thumbs_up"), (1, "thumbs_down")]:
-            r = http.post("/v1/feedback", json={"interaction_id": reply.id, "type": verdict, "token": reply.model_extra["feedback_token"]})
+            r = http.post(
+                "/v1/feedback", json={"interaction_id": reply.id, "type": verdict, "token": reply.model_extra["feedback_token"]}
+            )
             assert r.status_code == 200 and r.json()["event_id"] == feedback_event_id((reply.id, "verdict"), n), r.text
-        r = http.post("/v1/feedback", json={"interaction_id": streamed[0].id, "type": "rating", "rating": 5}, headers={"Authorization": f"Bearer {token}"})
+        r = http.post(
+            "/v1/feedback",
+            json={"interaction_id": streamed[0].id, "type": "rating", "rating": 5},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert r.status_code == 200, r.text
 
     interactions = read(app_settings, "interactions", InteractionEvent, 2)
     assert {(i.interaction_id, i.query, i.model_version, i.variant) for i in interactions} == {
-        (reply.id, QUESTION, version, arm), (streamed[0].id, QUESTION, version, arm)}  # fmt: skip
+        (reply.id, QUESTION, version, arm),
+        (streamed[0].id, QUESTION, version, arm),
+    }
     assert len(read(app_settings, "exposures", ExposureEvent, 2)) == 2
     feedback = read(app_settings, "feedback", FeedbackEvent, 4)
     assert [(f.interaction_id, f.feedback_type, f.variant, f.experiment, f.user_id) for f in feedback] == [
-        (reply.id, "thumbs_up", arm, START.experiment_id, "u-7"), (reply.id, "thumbs_up", arm, START.experiment_id, "u-7"),
-        (reply.id, "thumbs_down", arm, START.experiment_id, "u-7"), (streamed[0].id, "rating", arm, START.experiment_id, "u-7"),
-    ]  # fmt: skip
+        (reply.id, "thumbs_up", arm, START.experiment_id, "u-7"),
+        (reply.id, "thumbs_up", arm, START.experiment_id, "u-7"),
+        (reply.id, "thumbs_down", arm, START.experiment_id, "u-7"),
+        (streamed[0].id, "rating", arm, START.experiment_id, "u-7"),
+    ]
     assert feedback[0].event_id == feedback[1].event_id and feedback[0].response == reply.choices[0].message.content
 
     # Through the sink into ClickHouse: three distinct events (the double click is one); the A/B
@@ -103,7 +117,13 @@ def test_a_chat_app_on_the_openai_client_chats_streams_and_sends_feedback(app_se
         ab = sink.get_json(f"/sql/ab_users?experiment={START.experiment_id}")
         rows = {row[ab["columns"].index("variant")]: dict(zip(ab["columns"], row)) for row in ab["data"]}
         assert {k: rows[arm][k] for k in ("users_exposed", "users", "feedback", "positives", "thumbs_down", "ratings")} == {
-            "users_exposed": 1, "users": 1, "feedback": 2, "positives": 1, "thumbs_down": 1, "ratings": 1}  # fmt: skip
+            "users_exposed": 1,
+            "users": 1,
+            "feedback": 2,
+            "positives": 1,
+            "thumbs_down": 1,
+            "ratings": 1,
+        }
         assert rows[arm]["model_version"] == version
     finally:
         assert sink.stop() == 0, sink.output()

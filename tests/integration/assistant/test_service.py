@@ -21,11 +21,19 @@ pytestmark = pytest.mark.integration
 
 EXPERIMENT = "policy-ab:v-good"
 START = ExperimentStarted(
-    experiment_id=EXPERIMENT, policy="assistant", trigger_id="t" * 20, control_version="base", treatment_version="v-good",
+    experiment_id=EXPERIMENT,
+    policy="assistant",
+    trigger_id="t" * 20,
+    control_version="base",
+    treatment_version="v-good",
     arms=(Arm(name="control", model_version="base", weight=1.0), Arm(name="variant_a", model_version="v-good", weight=1.0)),
-    salt="salt-it", horizon_users=100, horizon_s=3600.0,
-)  # fmt: skip
-DECISION = ExperimentDecided(experiment_id=EXPERIMENT, policy="assistant", trigger_id="t" * 20, outcome="promote", serving_version="v-good")
+    salt="salt-it",
+    horizon_users=100,
+    horizon_s=3600.0,
+)
+DECISION = ExperimentDecided(
+    experiment_id=EXPERIMENT, policy="assistant", trigger_id="t" * 20, outcome="promote", serving_version="v-good"
+)
 
 
 @pytest.fixture
@@ -34,8 +42,14 @@ def registry(settings, micro_policy) -> ModelRegistry:
     copy = lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True)  # noqa: E731
     registry.register_base("assistant", "base", copy)
     for version, status in (("v-rejected", "rejected"), ("v-good", "candidate")):
-        registry.publish("policies", version, lambda d, v=version, s=status: (copy(d), Manifest(
-            version=v, kind="policies", policy="assistant", status=s, trigger_id="t" * 20, parent_version="base"))[1])  # fmt: skip
+        registry.publish(
+            "policies",
+            version,
+            lambda d, v=version, s=status: (
+                copy(d),
+                Manifest(version=v, kind="policies", policy="assistant", status=s, trigger_id="t" * 20, parent_version="base"),
+            )[1],
+        )
     return registry
 
 
@@ -46,7 +60,9 @@ def produce(settings, *events) -> None:
 
 
 def chat(client: TestClient, users: int) -> list[dict]:
-    response = client.post("/chat/batch", json=[{"user_id": f"u{n}", "query": "How do I reset my password?"} for n in range(users)])
+    response = client.post(
+        "/chat/batch", json=[{"user_id": f"u{n}", "query": "How do I reset my password?"} for n in range(users)]
+    )
     assert response.status_code == 200
     return response.json()
 
@@ -54,7 +70,11 @@ def chat(client: TestClient, users: int) -> list[dict]:
 def in_experiment(replies: list[dict]) -> None:
     for n, reply in enumerate(replies):
         arm = assign(START.salt, f"u{n}", [(a.name, a.weight) for a in START.arms])
-        assert (reply["experiment"], reply["variant"], reply["model_version"]) == (EXPERIMENT, arm, {"control": "base", "variant_a": "v-good"}[arm])
+        assert (reply["experiment"], reply["variant"], reply["model_version"]) == (
+            EXPERIMENT,
+            arm,
+            {"control": "base", "variant_a": "v-good"}[arm],
+        )
     assert {r["model_version"] for r in replies} == {"base", "v-good"}
 
 
@@ -68,12 +88,19 @@ def test_users_follow_the_experiment_from_its_start_to_its_decision(settings, re
 
         registry.promote("assistant", "v-good")
         produce(settings, DECISION)
-        replies = _after(client, lambda: client.get("/versions").json() == {"serving": "v-good", "experiment": None, "candidate": None}, 40)
+        replies = _after(
+            client, lambda: client.get("/versions").json() == {"serving": "v-good", "experiment": None, "candidate": None}, 40
+        )
         assert {(r["model_version"], r["experiment"], r["variant"]) for r in replies} == {("v-good", None, None)}
 
 
 def test_a_service_started_during_an_experiment_routes_it_from_its_first_request(settings, registry):
-    produce(settings, START.model_copy(update={"experiment_id": "policy-ab:old"}), DECISION.model_copy(update={"experiment_id": "policy-ab:old"}), START)
+    produce(
+        settings,
+        START.model_copy(update={"experiment_id": "policy-ab:old"}),
+        DECISION.model_copy(update={"experiment_id": "policy-ab:old"}),
+        START,
+    )
     with TestClient(create_app(settings, registry)) as client:
         in_experiment(chat(client, 40))
 

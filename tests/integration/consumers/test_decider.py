@@ -35,24 +35,53 @@ def experiment_events(settings) -> list:
 def test_two_deciders_and_a_sigkill_give_exactly_one_decision(settings, tmp_path):
     registry = ModelRegistry(settings.registry_path)
     registry.register_base("assistant", "base", lambda d: (d / "weights").write_text("base"))
-    registry.publish("policies", "v1", lambda d: Manifest(version="v1", kind="policies", policy="assistant", status="candidate", trigger_id="t1", parent_version="base"))
+    registry.publish(
+        "policies",
+        "v1",
+        lambda d: Manifest(
+            version="v1", kind="policies", policy="assistant", status="candidate", trigger_id="t1", parent_version="base"
+        ),
+    )
     registry.offer_candidate("assistant", "v1")
     # No sink runs, so there is no analysis: only the 2-second horizon can end the experiment (expired, control kept).
-    started = ExperimentStarted(experiment_id="policy-ab:v1", policy="assistant", trigger_id="t1", control_version="base", treatment_version="v1",
-                                arms=(Arm(name="control", model_version="base", weight=1), Arm(name="variant_a", model_version="v1", weight=1)),
-                                salt="s", horizon_users=1000, horizon_s=2)  # fmt: skip
+    started = ExperimentStarted(
+        experiment_id="policy-ab:v1",
+        policy="assistant",
+        trigger_id="t1",
+        control_version="base",
+        treatment_version="v1",
+        arms=(Arm(name="control", model_version="base", weight=1), Arm(name="variant_a", model_version="v1", weight=1)),
+        salt="s",
+        horizon_users=1000,
+        horizon_s=2,
+    )
     with FeedbackClient.from_settings(settings) as client:
         client.send("experiments", started, key="assistant")
 
-    env = {**os.environ, "RLHF_HOME": str(settings.home), "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-           "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix, "RLHF_AB_TESTING__DECIDE_EVERY_S": "1",
-           "RLHF_CLICKHOUSE__DASHBOARD_PORT": "9"}  # fmt: skip  (nothing listens: the analysis is unavailable)
-    deciders = [subprocess.Popen([sys.executable, "-m", "tests.integration.consumers.dying_decider"], cwd=REPO, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"decider-{i}.log", "w")) for i in range(2)]  # fmt: skip
+    env = {
+        **os.environ,
+        "RLHF_HOME": str(settings.home),
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "RLHF_AB_TESTING__DECIDE_EVERY_S": "1",
+        "RLHF_CLICKHOUSE__DASHBOARD_PORT": "9",
+    }  # fmt: skip  (nothing listens: the analysis is unavailable)
+    deciders = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.consumers.dying_decider"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"decider-{i}.log", "w"),
+        )
+        for i in range(2)
+    ]
     try:
         deadline = time.monotonic() + 90
         while not [e for e in experiment_events(settings) if isinstance(e, ExperimentDecided)]:
-            assert time.monotonic() < deadline, "no decision announced: " + " | ".join((tmp_path / f"decider-{i}.log").read_text()[-800:] for i in range(2))
+            assert time.monotonic() < deadline, "no decision announced: " + " | ".join(
+                (tmp_path / f"decider-{i}.log").read_text()[-800:] for i in range(2)
+            )
             time.sleep(1)
         time.sleep(5)  # the survivor keeps running: it must not announce a second time
         decided = [e for e in experiment_events(settings) if isinstance(e, ExperimentDecided)]
@@ -64,6 +93,10 @@ def test_two_deciders_and_a_sigkill_give_exactly_one_decision(settings, tmp_path
                 d.wait(timeout=20)
     assert exits.count(-signal.SIGKILL) == 1 and exits.count(None) == 1  # one died mid-decision, the other finished it
     assert len(decided) == 1 and decided[0].experiment_id == "policy-ab:v1" and decided[0].outcome == "expired"
-    assert decided[0].serving_version == "base" and registry.serving("assistant") == "base" and registry.candidate("assistant") is None
+    assert (
+        decided[0].serving_version == "base"
+        and registry.serving("assistant") == "base"
+        and registry.candidate("assistant") is None
+    )
     assert registry.experiment_decision("assistant", "policy-ab:v1").outcome == "expired"
     assert registry.manifest("policies", "v1").status == "rolled_back"

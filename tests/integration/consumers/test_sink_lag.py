@@ -14,7 +14,9 @@ pytestmark = pytest.mark.integration
 def test_every_group_topic_pair_is_sampled_and_unread_events_count_as_lag(settings):
     produce_feedback(settings, 7, seed=3)
     rows = {(r["consumer_group"], r["topic"]): r for r in lag_rows(settings)}
-    expected = {(group, spec.name) for process, group in CONSUMER_GROUPS.items() for spec in TOPICS.values() if process in spec.consumers}
+    expected = {
+        (group, spec.name) for process, group in CONSUMER_GROUPS.items() for spec in TOPICS.values() if process in spec.consumers
+    }
     assert set(rows) == expected
     for group in ("streams", "sink"):  # nobody has consumed yet: everything produced is lag
         row = rows[(group, "feedback")]

@@ -25,12 +25,15 @@ from trainers.synthetic import feedback_events, split_questions
 
 pytestmark = pytest.mark.integration
 
+
 class TopicTail:
     """Everything on one topic, from the beginning, without a consumer group."""
 
     def __init__(self, settings, name: str, model):
         self.model = model
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "tail", "enable.auto.commit": False})
+        self.consumer = Consumer(
+            {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "tail", "enable.auto.commit": False}
+        )
         self.consumer.assign([TopicPartition(topic_name(settings.kafka.topic_prefix, name), 0, 0)])
         self.items: list = []
 
@@ -50,9 +53,17 @@ class TopicTail:
 def stack(settings, tmp_path):
     # Every version passes the gate (margin -1) and opens an experiment; with no sink there is no
     # analysis, so the decider ends each one at its 2-second horizon and the next round may start.
-    env = {**os.environ, **FAST_TRAINING, "RLHF_REGISTRY__PROMOTION_MARGIN": "-1.0", "RLHF_HOME": str(settings.home),
-           "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-           "RLHF_AB_TESTING__HORIZON_S": "2", "RLHF_AB_TESTING__DECIDE_EVERY_S": "1", "RLHF_CLICKHOUSE__DASHBOARD_PORT": "9"}  # fmt: skip
+    env = {
+        **os.environ,
+        **FAST_TRAINING,
+        "RLHF_REGISTRY__PROMOTION_MARGIN": "-1.0",
+        "RLHF_HOME": str(settings.home),
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "RLHF_AB_TESTING__HORIZON_S": "2",
+        "RLHF_AB_TESTING__DECIDE_EVERY_S": "1",
+        "RLHF_CLICKHOUSE__DASHBOARD_PORT": "9",
+    }
     ensure_base_policy(settings)
     services = Supervisor(tmp_path / "logs", env)
     services.start("streams", "streams", "worker")
@@ -107,11 +118,20 @@ def test_trigger_to_published_version_with_faults(settings, stack):
     known, used = load_history(registry.path("reward_models", later.reward_model_version))
     assert used == later.history_triggers and known == [first, second]
     first_rm = registry.manifest("policies", done.version).reward_model_version
-    assert RewardModel.load(registry.path("reward_models", later.reward_model_version) / "model").lineage["warm_start"].endswith(f"{first_rm}/model")
+    assert (
+        RewardModel.load(registry.path("reward_models", later.reward_model_version) / "model")
+        .lineage["warm_start"]
+        .endswith(f"{first_rm}/model")
+    )
 
     # 4. A trigger whose range is empty goes to the DLQ with a reason; the consumer goes on.
     topic = topic_name(settings.kafka.topic_prefix, "feedback")
-    bogus = TrainTrigger(policy="assistant", model_version="base", ranges=(OffsetRange(topic=topic, partition=0, start=10_000, end=10_050),), event_ids=("nope",))
+    bogus = TrainTrigger(
+        policy="assistant",
+        model_version="base",
+        ranges=(OffsetRange(topic=topic, partition=0, start=10_000, end=10_050),),
+        event_ids=("nope",),
+    )
     with FeedbackClient.from_settings(settings) as client:
         client.send("train-triggers", bogus, key="assistant")
         client.send("train-triggers", second, key=second.policy)  # after the bad one: must still be consumed
@@ -127,7 +147,9 @@ def test_trigger_to_published_version_with_faults(settings, stack):
 
 def committed(settings, partitions: int) -> int:
     """Offsets the trainers' group has committed on train-triggers, summed over its partitions."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, "trainers")})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": group_id(settings.kafka.topic_prefix, "trainers")}
+    )
     try:
         parts = [TopicPartition(topic_name(settings.kafka.topic_prefix, "train-triggers"), p) for p in range(partitions)]
         return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
@@ -160,8 +182,15 @@ def test_one_job_at_a_time_on_a_multi_partition_trigger_topic(kafka_bootstrap, t
             running.remove(trigger.trigger_id)
             seen.append(trigger.trigger_id)
 
-    triggers = [TrainTrigger(policy=f"p{i}", model_version="base", ranges=(OffsetRange(topic="f", partition=0, start=i, end=i + 1),), event_ids=(f"e{i}",))
-                for i in range(6)]  # fmt: skip
+    triggers = [
+        TrainTrigger(
+            policy=f"p{i}",
+            model_version="base",
+            ranges=(OffsetRange(topic="f", partition=0, start=i, end=i + 1),),
+            event_ids=(f"e{i}",),
+        )
+        for i in range(6)
+    ]
     with FeedbackClient.from_settings(settings) as client:
         for t in triggers:
             client.send("train-triggers", t, key=t.policy)

@@ -32,7 +32,9 @@ EVENTS = 3_000
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    nodes = LocalCluster(tmp_path_factory.mktemp("kafka-3"), tuple(free_port() for _ in range(3)), tuple(free_port() for _ in range(3)))
+    nodes = LocalCluster(
+        tmp_path_factory.mktemp("kafka-3"), tuple(free_port() for _ in range(3)), tuple(free_port() for _ in range(3))
+    )
     nodes.up()
     yield nodes
     nodes.down()
@@ -51,8 +53,12 @@ def topic_config(admin: AdminClient, topic: str, deadline: float) -> dict:
 
 
 def test_a_node_lost_mid_stream_loses_no_acknowledged_event(cluster, tmp_path):
-    settings = make_settings(cluster.bootstrap_servers, tmp_path, kafka={"replication_factor": 3, "min_insync_replicas": 2},
-                             continuous_learning={"train_threshold": 1_000, "buffer_size": 2_000})  # fmt: skip
+    settings = make_settings(
+        cluster.bootstrap_servers,
+        tmp_path,
+        kafka={"replication_factor": 3, "min_insync_replicas": 2},
+        continuous_learning={"train_threshold": 1_000, "buffer_size": 2_000},
+    )
     create_topics(settings.kafka)
     feedback = topic_name(settings.kafka.topic_prefix, "feedback")
     admin = AdminClient(client_config(settings.kafka))
@@ -62,9 +68,16 @@ def test_a_node_lost_mid_stream_loses_no_acknowledged_event(cluster, tmp_path):
     assert {len(p.replicas) for p in partitions.values()} == {3}
     assert topic_config(admin, feedback, deadline)["min.insync.replicas"].value == "2"
 
-    env = {**os.environ, "RLHF_HOME": str(settings.home), "RLHF_KAFKA__BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
-           "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix, "RLHF_KAFKA__REPLICATION_FACTOR": "3", "RLHF_KAFKA__MIN_INSYNC_REPLICAS": "2",
-           "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": "1000", "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": "2000"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RLHF_HOME": str(settings.home),
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
+        "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "RLHF_KAFKA__REPLICATION_FACTOR": "3",
+        "RLHF_KAFKA__MIN_INSYNC_REPLICAS": "2",
+        "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": "1000",
+        "RLHF_CONTINUOUS_LEARNING__BUFFER_SIZE": "2000",
+    }
     services = Supervisor(tmp_path / "logs", env)
     sink = SinkProcess(settings, **{k: v for k, v in env.items() if k.startswith("RLHF_KAFKA__")})
     try:

@@ -33,8 +33,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    broker = LocalBroker(tmp_path_factory.mktemp("secure-kafka"), port=free_port(), controller_port=free_port(),
-                         sasl=Sasl("rlhf-it", secrets.token_urlsafe(16)))  # fmt: skip
+    broker = LocalBroker(
+        tmp_path_factory.mktemp("secure-kafka"),
+        port=free_port(),
+        controller_port=free_port(),
+        sasl=Sasl("rlhf-it", secrets.token_urlsafe(16)),
+    )
     broker.up()
     yield broker
     broker.down()
@@ -42,17 +46,32 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBro
 
 def secure_settings(broker: LocalBroker, home: Path, **kafka):
     assert broker.sasl is not None and broker.tls is not None
-    return make_settings(broker.bootstrap_servers, home, kafka={
-        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": broker.sasl.username,
-        "sasl_password": broker.sasl.password, "ssl_ca_location": broker.tls.ca, **kafka})  # fmt: skip
+    return make_settings(
+        broker.bootstrap_servers,
+        home,
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": broker.sasl.username,
+            "sasl_password": broker.sasl.password,
+            "ssl_ca_location": broker.tls.ca,
+            **kafka,
+        },
+    )
 
 
 def env_of(settings) -> dict[str, str]:
     k = settings.kafka
-    return {"RLHF_HOME": str(settings.home), "RLHF_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": k.topic_prefix,
-            "RLHF_KAFKA__SECURITY_PROTOCOL": k.security_protocol, "RLHF_KAFKA__SASL_MECHANISM": k.sasl_mechanism,
-            "RLHF_KAFKA__SASL_USERNAME": k.sasl_username or "", "RLHF_KAFKA__SASL_PASSWORD": k.sasl_password.get_secret_value() if k.sasl_password else "",
-            "RLHF_KAFKA__SSL_CA_LOCATION": str(k.ssl_ca_location)}  # fmt: skip
+    return {
+        "RLHF_HOME": str(settings.home),
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+        "RLHF_KAFKA__TOPIC_PREFIX": k.topic_prefix,
+        "RLHF_KAFKA__SECURITY_PROTOCOL": k.security_protocol,
+        "RLHF_KAFKA__SASL_MECHANISM": k.sasl_mechanism,
+        "RLHF_KAFKA__SASL_USERNAME": k.sasl_username or "",
+        "RLHF_KAFKA__SASL_PASSWORD": k.sasl_password.get_secret_value() if k.sasl_password else "",
+        "RLHF_KAFKA__SSL_CA_LOCATION": str(k.ssl_ca_location),
+    }
 
 
 def first_on(settings, topic: str, model, timeout: float, services: Supervisor):
@@ -73,7 +92,13 @@ def first_on(settings, topic: str, model, timeout: float, services: Supervisor):
 def test_the_loop_runs_authenticated_over_sasl_ssl(secure_broker, tmp_path):
     settings = secure_settings(secure_broker, tmp_path)
     create_topics(settings.kafka)
-    env = {**os.environ, **FAST_TRAINING, **env_of(settings), "RLHF_REGISTRY__PROMOTION_MARGIN": "-1.0", "RLHF_AB_TESTING__ENABLED": "false"}
+    env = {
+        **os.environ,
+        **FAST_TRAINING,
+        **env_of(settings),
+        "RLHF_REGISTRY__PROMOTION_MARGIN": "-1.0",
+        "RLHF_AB_TESTING__ENABLED": "false",
+    }
     ensure_base_policy(settings)
     services = Supervisor(tmp_path / "logs", env)
     sink = SinkProcess(settings, **env_of(settings))
@@ -109,7 +134,13 @@ def test_a_wrong_password_or_an_untrusted_ca_is_a_clear_error_within_seconds(sec
     assert time.monotonic() - started < 10
 
     # The same through the CLI, as an operator meets it: one line, exit 2, no traceback, no password.
-    done = subprocess.run([sys.executable, "-m", "rlhf.cli", "topics", "create"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env_of(wrong)})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", "topics", "create"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env_of(wrong)},
+    )
     assert done.returncode == 2 and "refused the credentials" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "not-the-password" not in done.stderr + done.stdout

@@ -31,9 +31,14 @@ U, V = "u-forget-me", "u-stays"
 
 
 def feedback(user: str, n: int) -> FeedbackEvent:
-    return FeedbackEvent(interaction_id=f"i-{user}-{n}", user_id=user, query=f"How do I export report {n}?",
-                         response=f"Open Reports, pick report {n}, then Export." if n % 2 else "Please contact support.",
-                         model_version="v1", feedback_type="thumbs_up" if n % 2 else "thumbs_down")  # fmt: skip
+    return FeedbackEvent(
+        interaction_id=f"i-{user}-{n}",
+        user_id=user,
+        query=f"How do I export report {n}?",
+        response=f"Open Reports, pick report {n}, then Export." if n % 2 else "Please contact support.",
+        model_version="v1",
+        feedback_type="thumbs_up" if n % 2 else "thumbs_down",
+    )
 
 
 def send(settings, events: list[FeedbackEvent]) -> None:
@@ -58,8 +63,11 @@ def trigger_over(settings, events: list[FeedbackEvent]) -> TrainTrigger:
 
 
 def publish(registry: ModelRegistry, kind: str, version: str, users: list[str], **lineage) -> None:
-    registry.publish(kind, version, lambda d: Manifest(version=version, kind=kind, policy="assistant", status="candidate",
-                                                       data_users=users, **lineage))  # fmt: skip
+    registry.publish(
+        kind,
+        version,
+        lambda d: Manifest(version=version, kind=kind, policy="assistant", status="candidate", data_users=users, **lineage),
+    )
     time.sleep(0.01)  # created_at orders parents before children
 
 
@@ -109,8 +117,10 @@ def test_forget_removes_a_user_from_training_data_and_clickhouse_and_lists_their
         assert rebuilt == [e for e in replayed if e.user_id == V]
         assert build_dataset(rebuilt).summary["events"]["accepted"] == 4
 
-        wait_for(lambda: rows_of(sink, U) == {"interactions": 0, "feedback": 0, "exposures": 0, "dead_letters": 0, "erasures": 1},
-                 what="U's rows deleted")  # fmt: skip
+        wait_for(
+            lambda: rows_of(sink, U) == {"interactions": 0, "feedback": 0, "exposures": 0, "dead_letters": 0, "erasures": 1},
+            what="U's rows deleted",
+        )
         send(settings, [feedback(U, 10), feedback(V, 10)])  # U's app still sends: never stored again
         wait_for(lambda: rows_of(sink, V)["feedback"] == 5, what="V's later feedback")
         assert rows_of(sink, U)["feedback"] == 0
@@ -128,25 +138,45 @@ def test_forget_removes_a_user_from_training_data_and_clickhouse_and_lists_their
 
 
 PII = {  # type -> a value of it, as a user might type it
-    "email": "ann.lee@example.com", "phone": "+44 20 7946 0958", "card": "4111 1111 1111 1111",
-    "iban": "DE89 3704 0044 0532 0130 00", "ip": "203.0.113.77",
-}  # fmt: skip
+    "email": "ann.lee@example.com",
+    "phone": "+44 20 7946 0958",
+    "card": "4111 1111 1111 1111",
+    "iban": "DE89 3704 0044 0532 0130 00",
+    "ip": "203.0.113.77",
+}
 
 
 def planted(n: int, pii_type: str, value: str) -> list[FeedbackEvent]:
     user = f"u-pii-{n}"
-    event = FeedbackEvent(interaction_id=f"i-pii-{n}", user_id=user, query=f"My {pii_type} is {value}, why was I charged?",
-                          response=f"I see {value} on file.", model_version="v1", feedback_type="thumbs_down")  # fmt: skip
-    correction = event.model_copy(update={"event_id": f"{event.event_id}-fix", "feedback_type": "correction",
-                                          "correction": f"Never repeat {value}; open Billing > Charges."})  # fmt: skip
+    event = FeedbackEvent(
+        interaction_id=f"i-pii-{n}",
+        user_id=user,
+        query=f"My {pii_type} is {value}, why was I charged?",
+        response=f"I see {value} on file.",
+        model_version="v1",
+        feedback_type="thumbs_down",
+    )
+    correction = event.model_copy(
+        update={
+            "event_id": f"{event.event_id}-fix",
+            "feedback_type": "correction",
+            "correction": f"Never repeat {value}; open Billing > Charges.",
+        }
+    )
     return [event, correction]
 
 
 def test_planted_pii_reaches_neither_clickhouse_nor_a_rebuilt_dataset(settings):
     events = [e for n, (t, v) in enumerate(PII.items()) for e in planted(n, t, v)]
     send(settings, events)
-    with FeedbackClient(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix) as client:  # fails validation: a dead letter
-        client.send_bytes(topic_name(settings.kafka.topic_prefix, "feedback"), f'{{"user_id": "u-bad", "query": "{PII["email"]}"}}'.encode(), "u-bad")
+    with FeedbackClient(
+        settings.kafka.bootstrap_servers, settings.kafka.topic_prefix
+    ) as client:  # fails validation: a dead letter
+        client.send_bytes(
+            topic_name(settings.kafka.topic_prefix, "feedback"),
+            f'{{"user_id": "u-bad", "query": "{PII["email"]}"}}'.encode(),
+            "u-bad",
+        )
 
     rebuilt = replay_trigger(settings, trigger_over(settings, events))
     texts = " ".join(f"{e.query} {e.response} {e.correction or ''}" for e in rebuilt)
@@ -164,8 +194,12 @@ def test_planted_pii_reaches_neither_clickhouse_nor_a_rebuilt_dataset(settings):
         assert sink.stop() == 0, sink.output()
     warehouse = open_warehouse(settings)  # the sink has let go of the embedded database
     try:
-        stored = " ".join(str(v) for table in ("feedback", "interactions", "dead_letters")
-                          for row in warehouse.query_df(f"SELECT * FROM {table}").itertuples() for v in row)  # fmt: skip
+        stored = " ".join(
+            str(v)
+            for table in ("feedback", "interactions", "dead_letters")
+            for row in warehouse.query_df(f"SELECT * FROM {table}").itertuples()
+            for v in row
+        )
     finally:
         warehouse.close()
     assert "<EMAIL>" in stored and "<CARD>" in stored

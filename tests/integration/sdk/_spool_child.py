@@ -23,8 +23,15 @@ def main() -> None:
     client = FeedbackClient(bootstrap, prefix, 1.0, spool_dir=Path(spool_dir))
     n = 0
     while True:  # until killed
-        client.feedback(event_id=f"k{n:08d}", interaction_id=f"i{n}", user_id=f"u{n % 97}", query="q?", response="a", model_version="v1",
-                        feedback_type="thumbs_up")  # fmt: skip
+        client.feedback(
+            event_id=f"k{n:08d}",
+            interaction_id=f"i{n}",
+            user_id=f"u{n % 97}",
+            query="q?",
+            response="a",
+            model_version="v1",
+            feedback_type="thumbs_up",
+        )
         n += 1
         struct.pack_into("<q", returned, 0, n)
 

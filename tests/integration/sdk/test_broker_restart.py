@@ -24,8 +24,13 @@ def test_down_up_keeps_topics_and_data(tmp_path, monkeypatch):
     import os
 
     port, cport = free_port(), free_port()
-    env = {**os.environ, "RLHF_HOME": str(tmp_path), "RLHF_KAFKA__PORT": str(port), "RLHF_KAFKA__CONTROLLER_PORT": str(cport),
-           "RLHF_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RLHF_HOME": str(tmp_path),
+        "RLHF_KAFKA__PORT": str(port),
+        "RLHF_KAFKA__CONTROLLER_PORT": str(cport),
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+    }
     for key, value in env.items():
         if key.startswith("RLHF_"):
             monkeypatch.setenv(key, value)
@@ -36,14 +41,18 @@ def test_down_up_keeps_topics_and_data(tmp_path, monkeypatch):
         with FeedbackClient.from_settings(settings) as client:
             client.collection_rate = 1.0
             for n in range(50):
-                client.feedback(interaction_id=f"i{n}", user_id="u", query="q?", response="a", model_version="v1", feedback_type="thumbs_up")
+                client.feedback(
+                    interaction_id=f"i{n}", user_id="u", query="q?", response="a", model_version="v1", feedback_type="thumbs_up"
+                )
         assert "stopped" in rlhf(env, "kafka", "down")
         assert "ready" in rlhf(env, "kafka", "up")
         assert rlhf(env, "topics", "create").count("exists") == len(TOPICS)
 
         topic = topic_name(settings.kafka.topic_prefix, "feedback")
         consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "restart-check"})
-        total = sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(settings.kafka.partitions))
+        total = sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(settings.kafka.partitions)
+        )
         consumer.close()
         assert total == 50
     finally:

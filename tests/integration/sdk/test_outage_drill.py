@@ -59,8 +59,10 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker
 def broker_ctl(broker: LocalBroker, action: str) -> None:
     """Stop or start the broker from another process, as an operator would: the broker's client
     libraries then take no GIL time from the app thread being measured."""
-    code = (f"from pathlib import Path; from devtools.kafka_local import LocalBroker; "
-            f"LocalBroker(Path({str(broker.data_dir)!r}), port={broker.port}, controller_port={broker.controller_port}).{action}()")  # fmt: skip
+    code = (
+        f"from pathlib import Path; from devtools.kafka_local import LocalBroker; "
+        f"LocalBroker(Path({str(broker.data_dir)!r}), port={broker.port}, controller_port={broker.controller_port}).{action}()"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=180)
 
 
@@ -87,8 +89,15 @@ def percentiles(ns: list[int]) -> str:
 
 
 def fields(n: int) -> dict:
-    return dict(event_id=f"e{n:08d}", interaction_id=f"i{n}", user_id=f"u{n % 997}", query=f"q {n}?", response="a", model_version="v1",
-                feedback_type="thumbs_up")  # fmt: skip
+    return dict(
+        event_id=f"e{n:08d}",
+        interaction_id=f"i{n}",
+        user_id=f"u{n % 997}",
+        query=f"q {n}?",
+        response="a",
+        model_version="v1",
+        feedback_type="thumbs_up",
+    )
 
 
 def test_broker_down_60s_sends_never_block_and_every_event_arrives_once(own_broker: LocalBroker, tmp_path: Path):
@@ -136,12 +145,16 @@ def test_broker_down_60s_sends_never_block_and_every_event_arrives_once(own_brok
     stats = client.stats()
     client.close()
 
-    records = read_topic(settings.kafka.bootstrap_servers, topic_name(settings.kafka.topic_prefix, "feedback"), settings.kafka.partitions)
+    records = read_topic(
+        settings.kafka.bootstrap_servers, topic_name(settings.kafka.topic_prefix, "feedback"), settings.kafka.partitions
+    )
     ids = {r[2] for r in records}
     print(f"\noutage {outage:.1f} s; sent {sent:,} events, {during_outage[0]:,} of them while the broker was down; {stats}")
     print(f"send latency:     {percentiles(latencies)}")
     print(f"baseline (validation alone, same loop): {percentiles(baseline)}")
-    print(f"on the topic: {len(records):,} records, {len(ids):,} distinct event ids ({len(records) - len(ids):,} re-sent duplicates)")
+    print(
+        f"on the topic: {len(records):,} records, {len(ids):,} distinct event ids ({len(records) - len(ids):,} re-sent duplicates)"
+    )
     assert during_outage[0] >= 200_000 and outage >= OUTAGE_S
     assert stats.spooled >= during_outage[0] and stats.failed == 0 and stats.dropped == 0
     assert ids == {f"e{n:08d}".encode() for n in range(sent)}
@@ -176,8 +189,20 @@ def test_sigkill_while_spooling_then_restart_delivers_the_spool(own_broker: Loca
     counter.write_bytes(bytes(8))
     unreachable = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-m", "tests.integration.sdk._spool_child", unreachable, settings.kafka.topic_prefix, str(spool_dir), str(counter)],
-                             cwd=REPO, env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.sdk._spool_child",
+            unreachable,
+            settings.kafka.topic_prefix,
+            str(spool_dir),
+            str(counter),
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while int.from_bytes(counter.read_bytes(), "little") < 50_000 and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
@@ -189,13 +214,17 @@ def test_sigkill_while_spooling_then_restart_delivers_the_spool(own_broker: Loca
     with FeedbackClient(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, spool_dir=spool_dir) as client:
         recovered = client.stats().spool_depth
         assert client.wait_drained(60), client.stats()
-    records = read_topic(settings.kafka.bootstrap_servers, topic_name(settings.kafka.topic_prefix, "feedback"), settings.kafka.partitions)
+    records = read_topic(
+        settings.kafka.bootstrap_servers, topic_name(settings.kafka.topic_prefix, "feedback"), settings.kafka.partitions
+    )
     ids = {int(r[2][1:]) for r in records}
     accepted = set(range(returned))
     lost = sorted(accepted - ids)
-    print(f"\nSIGKILL after {returned:,} returned sends; the restarted process found {recovered:,} events in the spool and delivered them: "
-          f"{len(ids & accepted):,} of the returned sends are on the topic, {len(lost):,} lost ({lost[:3]}...{lost[-3:]}), "
-          f"{len(ids - accepted)} beyond the last returned call (the call in progress at the kill)")  # fmt: skip
+    print(
+        f"\nSIGKILL after {returned:,} returned sends; the restarted process found {recovered:,} events in the spool and delivered them: "
+        f"{len(ids & accepted):,} of the returned sends are on the topic, {len(lost):,} lost ({lost[:3]}...{lost[-3:]}), "
+        f"{len(ids - accepted)} beyond the last returned call (the call in progress at the kill)"
+    )
     print(json.dumps({"returned": returned, "recovered": recovered, "delivered": len(ids & accepted), "lost": len(lost)}))
     assert ids <= set(range(returned + 1))  # nothing invented
     # Only the newest sends can be lost: accepted into the in-memory inbox, not yet written by the pump.

@@ -15,14 +15,21 @@ N = 20_000
 
 
 def test_queue_full_spools_then_everything_arrives_in_order(settings, tmp_path):
-    client = FeedbackClient(settings.kafka.bootstrap_servers, settings.kafka.topic_prefix, 1.0, options=ProducerSettings(queue_max_events=100),
-                            spool_dir=tmp_path / "spool")  # fmt: skip
+    client = FeedbackClient(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.topic_prefix,
+        1.0,
+        options=ProducerSettings(queue_max_events=100),
+        spool_dir=tmp_path / "spool",
+    )
     for n in range(N):
         client.feedback(**fields(n))
     assert client.stats().spooled > 0  # the 100-event queue overflowed
     assert client.wait_drained(60), client.stats()
     client.close()
-    records = read_topic(settings.kafka.bootstrap_servers, topic_name(settings.kafka.topic_prefix, "feedback"), settings.kafka.partitions)
+    records = read_topic(
+        settings.kafka.bootstrap_servers, topic_name(settings.kafka.topic_prefix, "feedback"), settings.kafka.partitions
+    )
     assert {r[2] for r in records} == {f"e{n:08d}".encode() for n in range(N)}
     first: set[bytes] = set()
     last: dict[bytes, int] = {}

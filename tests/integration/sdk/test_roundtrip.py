@@ -22,7 +22,16 @@ def read_all(bootstrap: str, topic: str, expected: int, local_broker: LocalBroke
     if shutil.which("kcat"):
         cmd = ["kcat", "-b", bootstrap, "-t", topic, "-C", "-e", "-q", "-f", "%s\n"]
     elif local_broker is not None:
-        cmd = [*local_broker.console_consumer(), "--topic", topic, "--from-beginning", "--max-messages", str(expected), "--timeout-ms", "20000"]
+        cmd = [
+            *local_broker.console_consumer(),
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--max-messages",
+            str(expected),
+            "--timeout-ms",
+            "20000",
+        ]
     else:
         pytest.skip("neither kcat nor the local broker's console consumer is available")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
@@ -37,7 +46,15 @@ def test_sdk_events_read_back_by_independent_client(settings, local_broker, tmp_
         for n in range(N):
             kind = ("thumbs_up", "thumbs_down", "rating", "correction")[n % 4]
             extra = {"rating": 1 + n % 5} if kind == "rating" else {"correction": f"fix {n}"} if kind == "correction" else {}
-            ev = client.feedback(interaction_id=f"i{n}", user_id=f"u{n % 97}", query=f"q {n}?", response=f"a {n}", model_version="v1", feedback_type=kind, **extra)
+            ev = client.feedback(
+                interaction_id=f"i{n}",
+                user_id=f"u{n % 97}",
+                query=f"q {n}?",
+                response=f"a {n}",
+                model_version="v1",
+                feedback_type=kind,
+                **extra,
+            )
             sent.add(ev.event_id)
         for bad in ({"feedback_type": "rating"}, {"feedback_type": "thumbs_up", "rating": 5}, {"feedback_type": "correction"}):
             with pytest.raises(EventValidationError):

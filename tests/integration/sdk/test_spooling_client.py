@@ -20,13 +20,22 @@ pytestmark = pytest.mark.integration
 
 def send(client: FeedbackClient, start: int, stop: int) -> None:
     for n in range(start, stop):
-        client.feedback(event_id=f"e{n:06d}", interaction_id=f"i{n}", user_id=f"u{n % 7}", query="q?", response="a", model_version="v1",
-                        feedback_type="thumbs_up")  # fmt: skip
+        client.feedback(
+            event_id=f"e{n:06d}",
+            interaction_id=f"i{n}",
+            user_id=f"u{n % 7}",
+            query="q?",
+            response="a",
+            model_version="v1",
+            feedback_type="thumbs_up",
+        )
 
 
 def unreachable(tmp_path: Path, **options) -> tuple[FeedbackClient, list[Notice]]:
     notices: list[Notice] = []
-    client = FeedbackClient(f"127.0.0.1:{free_port()}", "t.", 1.0, options=ProducerSettings(**options), spool_dir=tmp_path, on_notice=notices.append)
+    client = FeedbackClient(
+        f"127.0.0.1:{free_port()}", "t.", 1.0, options=ProducerSettings(**options), spool_dir=tmp_path, on_notice=notices.append
+    )
     return client, notices
 
 

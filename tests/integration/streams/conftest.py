@@ -28,15 +28,28 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., S
     of accepted events once `path` exists). `tag` names a second worker of the same app: its own
     RLHF_HOME and log directory under tmp_path/tag."""
     k = settings.kafka
-    base = {**os.environ, "RLHF_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers, "RLHF_KAFKA__TOPIC_PREFIX": k.topic_prefix, "RLHF_HOME": str(settings.home)}
+    base = {
+        **os.environ,
+        "RLHF_KAFKA__BOOTSTRAP_SERVERS": k.bootstrap_servers,
+        "RLHF_KAFKA__TOPIC_PREFIX": k.topic_prefix,
+        "RLHF_HOME": str(settings.home),
+    }
     services: list[Supervisor] = []
 
-    def start(die_after_accepting: int | None = None, die_when_file: Path | None = None, tag: str = "", **continuous_learning: object) -> Supervisor:
+    def start(
+        die_after_accepting: int | None = None, die_when_file: Path | None = None, tag: str = "", **continuous_learning: object
+    ) -> Supervisor:
         env = {**base, **{f"RLHF_CONTINUOUS_LEARNING__{key.upper()}": str(v) for key, v in continuous_learning.items()}}
         if tag:
             env["RLHF_HOME"] = str(tmp_path / tag)
         supervisor = Supervisor(tmp_path / tag / "logs" if tag else tmp_path / "logs", env)
-        crash_when = str(die_after_accepting) if die_after_accepting is not None else str(die_when_file) if die_when_file is not None else None
+        crash_when = (
+            str(die_after_accepting)
+            if die_after_accepting is not None
+            else str(die_when_file)
+            if die_when_file is not None
+            else None
+        )
         if crash_when is not None:
             # A service registered before `start` keeps its own command line instead of `rlhf.cli`'s.
             launcher = [sys.executable, "-m", "tests.integration.streams.crashing_worker", crash_when]
@@ -55,7 +68,9 @@ class Reader:
 
     def __init__(self, settings: Settings, name: str):
         topic = topic_name(settings.kafka.topic_prefix, name)
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "unused", "enable.auto.commit": False})
+        self.consumer = Consumer(
+            {"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "unused", "enable.auto.commit": False}
+        )
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         self.values: list[bytes] = []
@@ -96,7 +111,13 @@ def feedback_event(n: int, **fields: object) -> FeedbackEvent:
     kind = ("thumbs_up", "thumbs_down", "rating", "correction")[n % 4]
     extra = {"rating": 1 + n % 5} if kind == "rating" else {"correction": f"fix {n}"} if kind == "correction" else {}
     return FeedbackEvent(
-        interaction_id=f"i{n}", user_id=f"u{n % 7}", query=f"q {n}?", response=f"a {n}", model_version="v1", feedback_type=kind, **(extra | fields)
+        interaction_id=f"i{n}",
+        user_id=f"u{n % 7}",
+        query=f"q {n}?",
+        response=f"a {n}",
+        model_version="v1",
+        feedback_type=kind,
+        **(extra | fields),
     )
 
 

@@ -55,7 +55,11 @@ def test_triggers_dead_letters_and_replay(settings, start_worker, reader, client
     # The trainer's side: its candidate goes to an experiment, which holds the next trigger back ...
     start, decision = experiment(first)
     client.send("experiments", start, key=first.policy)
-    client.send("training-status", TrainingStatus(trigger_id=first.trigger_id, policy=first.policy, state="finished", stage="candidate"), first.policy)
+    client.send(
+        "training-status",
+        TrainingStatus(trigger_id=first.trigger_id, policy=first.policy, state="finished", stage="candidate"),
+        first.policy,
+    )
     send_batch(client, feedback_topic, valid[100:200], invalid[7:14], valid[:5] + valid[100:105])
     assert len(triggers.poll(3.0)) == 1
     client.send("experiments", decision, key=first.policy)  # ... until the decider's word
@@ -89,7 +93,9 @@ def test_triggers_dead_letters_and_replay(settings, start_worker, reader, client
 def experiment(trigger: TrainTrigger) -> tuple[ExperimentStarted, ExperimentDecided]:
     ids = {"experiment_id": f"policy-ab:v-{trigger.trigger_id}", "policy": trigger.policy, "trigger_id": trigger.trigger_id}
     arms = (Arm(name="control", model_version="v1", weight=1.0), Arm(name="variant_a", model_version="v2", weight=1.0))
-    start = ExperimentStarted(**ids, control_version="v1", treatment_version="v2", arms=arms, salt="s1", horizon_users=10, horizon_s=60.0)
+    start = ExperimentStarted(
+        **ids, control_version="v1", treatment_version="v2", arms=arms, salt="s1", horizon_users=10, horizon_s=60.0
+    )
     return start, ExperimentDecided(**ids, outcome="rollback", serving_version="v1")
 
 
@@ -102,7 +108,12 @@ def test_replay_refuses_unreadable_or_incomplete_triggers(settings, client):
     partition = next(p for p in range(settings.kafka.partitions) if _high(settings, topic, p) == 3)
 
     def trigger(start, end, ids):
-        return TrainTrigger(policy="assistant", model_version="v1", ranges=(OffsetRange(topic=topic, partition=partition, start=start, end=end),), event_ids=ids)
+        return TrainTrigger(
+            policy="assistant",
+            model_version="v1",
+            ranges=(OffsetRange(topic=topic, partition=partition, start=start, end=end),),
+            event_ids=ids,
+        )
 
     assert replay_trigger(settings.kafka.bootstrap_servers, trigger(0, 3, (events[2].event_id,))) == [events[2]]
     with pytest.raises(TrainingError, match="empty range"):
@@ -128,7 +139,10 @@ def test_the_feedback_between_triggers_replays_as_the_stream_app_accepts_it(sett
 
     assert replay_accepted(settings.kafka.bootstrap_servers, "assistant", ranges) == events[:3]
     assert replay_accepted(settings.kafka.bootstrap_servers, "other", ranges) == [events[3]]
-    assert replay_accepted(settings.kafka.bootstrap_servers, "assistant", ranges, erased=frozenset({events[1].user_id})) == [events[0], events[2]]
+    assert replay_accepted(settings.kafka.bootstrap_servers, "assistant", ranges, erased=frozenset({events[1].user_id})) == [
+        events[0],
+        events[2],
+    ]
     with pytest.raises(TrainingError, match=r"not readable: the partition now holds \[0, 6\)"):
         replay_accepted(settings, "assistant", [OffsetRange(topic=topic, partition=partition, start=2, end=9)])
 

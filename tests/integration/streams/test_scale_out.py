@@ -69,7 +69,11 @@ def test_two_workers_one_sigkilled_mid_stream_lose_and_repeat_no_trigger(setting
     send(client, [e for p in policies for e in rounds[p][:THRESHOLD]])
     first = [TrainTrigger.model_validate_json(v) for v in triggers.wait_for(len(policies), timeout=60)]
     for trigger in first:
-        client.send("training-status", TrainingStatus(trigger_id=trigger.trigger_id, policy=trigger.policy, state="finished"), trigger.policy)
+        client.send(
+            "training-status",
+            TrainingStatus(trigger_id=trigger.trigger_id, policy=trigger.policy, state="finished"),
+            trigger.policy,
+        )
     client.flush()
 
     # Round two, half of it: the doomed worker dies at its first batch of it, before acking that batch.

@@ -40,12 +40,22 @@ def test_policy_chat_answers_in_its_chat_format(smollm2: Path, capsys: pytest.Ca
 
 
 def test_a_score_head_on_smollm2_trains_and_reads_the_response(smollm2: Path):
-    rm = RewardModel.create(RewardConfig(base_model=SMOLLM2, max_length=48, truncation="keep_response", batch_size=2, epochs=1, num_threads=2))
+    rm = RewardModel.create(
+        RewardConfig(base_model=SMOLLM2, max_length=48, truncation="keep_response", batch_size=2, epochs=1, num_threads=2)
+    )
     assert rm.tokenizer.eos_token == "<|im_end|>" and rm.tokenizer.chat_template
     ids = rm.encode(["Please rewrite this very long text " * 30], ["Short answer."])[0]
     assert len(ids) == 48 and rm.tokenizer.decode(ids).endswith("<|im_start|>assistant\nShort answer.<|im_end|>\n")
-    pairs = Dataset.from_dict({"query": [QUESTION] * 2, "chosen": ["Open Settings, then Reset password."] * 2, "rejected": ["Use the command line."] * 2,
-                               "source": ["t"] * 2, "chosen_kind": ["t"] * 2, "rejected_kind": ["t"] * 2})  # fmt: skip
+    pairs = Dataset.from_dict(
+        {
+            "query": [QUESTION] * 2,
+            "chosen": ["Open Settings, then Reset password."] * 2,
+            "rejected": ["Use the command line."] * 2,
+            "source": ["t"] * 2,
+            "chosen_kind": ["t"] * 2,
+            "rejected_kind": ["t"] * 2,
+        }
+    )
     points = Dataset.from_dict({name: [] for name in POINT_FEATURES}, features=POINT_FEATURES)
     assert fit(rm, pairs, points)["steps"] == 1
     assert len(rm.predict([QUESTION], ["Open Settings."])) == 1

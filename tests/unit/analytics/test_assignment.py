@@ -19,8 +19,15 @@ def test_same_user_same_variant_across_processes():
         f"print(json.dumps([assign('salt-1', u, {VARIANTS!r}) for u in {USERS!r}]))"
     )
     outs = [
-        json.loads(subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": str(seed), "PATH": ""},
-                                  capture_output=True, text=True, check=True).stdout)
+        json.loads(
+            subprocess.run(
+                [sys.executable, "-c", code],
+                env={"PYTHONHASHSEED": str(seed), "PATH": ""},
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         for seed in (0, 1, 12345)
     ]
     here = [assign("salt-1", u, VARIANTS) for u in USERS]
@@ -42,7 +49,9 @@ def test_salt_reshuffles_and_weights_are_relative():
 
 
 def test_from_settings_uses_config_salt_and_weights():
-    ab = ABTestingSettings(salt="s", variants=(VariantSettings(name="c", model="m1", weight=1), VariantSettings(name="t", model="m2", weight=3)))
+    ab = ABTestingSettings(
+        salt="s", variants=(VariantSettings(name="c", model="m1", weight=1), VariantSettings(name="t", model="m2", weight=3))
+    )
     assert assign_from_settings(ab, "u-1") == assign("s", "u-1", [("c", 1.0), ("t", 3.0)])
 
 

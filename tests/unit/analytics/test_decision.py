@@ -12,8 +12,18 @@ from core.settings import ABTestingSettings, VariantSettings
 AB = ABTestingSettings(experiment="exp", min_users_per_variant=200)
 
 
-def arm(variant: str, users: int = 4000, up: float = 0.45, down: float = 0.2, high: float = 0.6, exposed: int | None = None,
-        history: float = 0.0, spread: float = 0.1, seed: int = 0, heavy: int = 0) -> Arm:  # fmt: skip
+def arm(
+    variant: str,
+    users: int = 4000,
+    up: float = 0.45,
+    down: float = 0.2,
+    high: float = 0.6,
+    exposed: int | None = None,
+    history: float = 0.0,
+    spread: float = 0.1,
+    seed: int = 0,
+    heavy: int = 0,
+) -> Arm:
     """Users giving 1-5 feedback events: thumbs up with probability `up`, down with `down`, else a
     rating (5 with probability `high`, else 2). `history`: share of users with pre-experiment
     feedback at their own propensity; `spread`: how much users' propensities differ. `heavy`: one
@@ -30,8 +40,12 @@ def arm(variant: str, users: int = 4000, up: float = 0.45, down: float = 0.2, hi
         f, p, d, r, s = (np.r_[a, b] for a, b in zip((f, p, d, r, s), (heavy, heavy, 0, 0, 0)))
     pre = np.where(rng.random(len(f)) < history, rng.integers(5, 30, len(f)), 0)
     h = (pre > 0).astype(float)
-    x = np.divide(rng.binomial(pre, (up + high * (1 - up - down) + np.r_[lean, np.zeros(len(f) - users)]).clip(0, 1)), pre,
-                  out=np.zeros(len(f)), where=pre > 0)  # fmt: skip
+    x = np.divide(
+        rng.binomial(pre, (up + high * (1 - up - down) + np.r_[lean, np.zeros(len(f) - users)]).clip(0, 1)),
+        pre,
+        out=np.zeros(len(f)),
+        where=pre > 0,
+    )
     per_user = user_terms(f, p, d, r, s, h, x)
     sums = {k: np.sum(v) for k, v in per_user.items()}
     assert set(sums) | {"users_exposed"} == set(SUM_COLUMNS)
@@ -45,7 +59,12 @@ def only(decisions):
 
 def test_promote_on_a_significant_rise_with_guardrails_held():
     d = only(decide([arm("control"), arm("variant_a", up=0.52, down=0.19)], AB))
-    assert d.action == "promote" and d.rule == "positive_rate_rose" and d.treatment_model == "variant_a-model" and d.policy == "assistant"
+    assert (
+        d.action == "promote"
+        and d.rule == "positive_rate_rose"
+        and d.treatment_model == "variant_a-model"
+        and d.policy == "assistant"
+    )
     assert d.primary.lift.low > 0 and d.primary.sequential_p <= AB.alpha and d.primary.n_treatment == 4000
     json.dumps(d.as_dict(), allow_nan=False)  # the HTTP endpoint serves it as strict JSON
 
@@ -97,8 +116,13 @@ def test_cuped_uses_history_and_falls_back_cleanly_without_it():
 
 
 def test_one_decision_per_treatment_and_missing_variants_count_as_empty():
-    ab = ABTestingSettings(variants=(VariantSettings(name="c", model="serving"), VariantSettings(name="t1", model="cand-1"),
-                                     VariantSettings(name="t2", model="cand-2")))  # fmt: skip
+    ab = ABTestingSettings(
+        variants=(
+            VariantSettings(name="c", model="serving"),
+            VariantSettings(name="t1", model="cand-1"),
+            VariantSettings(name="t2", model="cand-2"),
+        )
+    )
     ds = decide([arm("c", users=100), arm("t1", users=100)], ab)
     assert [d.treatment for d in ds] == ["t1", "t2"]
     assert ds[1].treatment_model == "cand-2" and ds[1].action == "keep_running"

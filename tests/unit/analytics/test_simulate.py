@@ -9,7 +9,9 @@ AB = ABTestingSettings(min_users_per_variant=100)
 
 def test_aa_false_decisions_stay_below_alpha_per_user_at_one_look_and_when_peeking():
     result = simulate(experiments=2000, users=500, lift=0.0, peeks=10, ab=AB, seed=20240611)
-    print(f"A/A, {result.experiments} experiments x {result.peeks} looks: per user {result.per_user}, per event {result.per_event}")
+    print(
+        f"A/A, {result.experiments} experiments x {result.peeks} looks: per user {result.per_user}, per event {result.per_event}"
+    )
     assert result.per_user.one_look <= AB.alpha and result.per_user.peeking <= AB.alpha
     assert result.per_user.one_look <= result.per_user.peeking  # the last look is one of the looks
     # The same data counted per event: heavy users' correlated events pass for independent evidence.

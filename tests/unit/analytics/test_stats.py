@@ -50,7 +50,9 @@ def test_delta_method_is_statsmodels_cluster_robust_ols_by_user():
     # The difference: the event outcome on a treatment dummy, clustered by user.
     outcome_c, cluster_c = event_level(yc, wc, first_user=10_000)
     x = sm.add_constant(np.r_[np.ones_like(outcome), np.zeros_like(outcome_c)])
-    fit = sm.OLS(np.r_[outcome, outcome_c], x).fit(cov_type="cluster", cov_kwds={"groups": np.r_[cluster, cluster_c], "use_correction": False})
+    fit = sm.OLS(np.r_[outcome, outcome_c], x).fit(
+        cov_type="cluster", cov_kwds={"groups": np.r_[cluster, cluster_c], "use_correction": False}
+    )
     assert t.value - c.value == pytest.approx(fit.params[1], rel=1e-10)
     # Without statsmodels' small-sample correction its variance is ours with n in place of n - 1.
     assert t.variance * (t.n - 1) / t.n + c.variance * (c.n - 1) / c.n == pytest.approx(fit.bse[1] ** 2, rel=1e-10)
@@ -68,8 +70,12 @@ def test_functions_take_arrays_of_experiments_as_well():
     rng = np.random.default_rng(7)
     arms = [users(rng, 300) for _ in range(4)]
     one_by_one = [stats.ratio(moments(y, w)) for y, w in arms]
-    together = stats.ratio(stats.RatioMoments(*(np.array([getattr(moments(y, w), f) for y, w in arms]) for f in ("n", "y", "w", "yy", "ww", "yw"))))
-    assert np.allclose(together.value, [e.value for e in one_by_one]) and np.allclose(together.variance, [e.variance for e in one_by_one])
+    together = stats.ratio(
+        stats.RatioMoments(*(np.array([getattr(moments(y, w), f) for y, w in arms]) for f in ("n", "y", "w", "yy", "ww", "yw")))
+    )
+    assert np.allclose(together.value, [e.value for e in one_by_one]) and np.allclose(
+        together.variance, [e.variance for e in one_by_one]
+    )
     assert isinstance(one_by_one[0].value, float)  # one experiment: plain floats, JSON-safe
 
 
@@ -91,7 +97,9 @@ def test_cuped_is_ancova_for_a_per_user_mean_and_reduces_its_variance():
         return stats.history_covariates(len(x), x.sum(), (x * x).sum(), y.sum(), (x * y).sum(), len(x), x.sum())
 
     t, c = stats.cuped(moments(y_t, ones_t), moments(y_c, ones_c), covariates(x_t, y_t), covariates(x_c, y_c))
-    fit = sm.OLS(np.r_[y_t, y_c], np.column_stack([np.ones(n_t + n_c), np.r_[ones_t, 0 * ones_c], np.r_[x_t, x_c]])).fit(cov_type="HC0")
+    fit = sm.OLS(np.r_[y_t, y_c], np.column_stack([np.ones(n_t + n_c), np.r_[ones_t, 0 * ones_c], np.r_[x_t, x_c]])).fit(
+        cov_type="HC0"
+    )
     assert t.value - c.value == pytest.approx(fit.params[1], rel=1e-10)
     assert t.variance + c.variance == pytest.approx(fit.bse[1] ** 2, rel=0.02)
     plain = stats.ratio(moments(y_t, ones_t)).variance + stats.ratio(moments(y_c, ones_c)).variance
@@ -113,7 +121,9 @@ def test_msprt_on_literal_numbers_and_without_information():
     # tau^2 sigma^2 = 0.0025: log LR = ln(1e-4 / 0.0026) / 2 + 0.0025 * 0.03^2 / (2 * 1e-4 * 0.0026)
     log_lr = 0.5 * math.log(1e-4 / 0.0026) + 0.0025 * 0.03**2 / (2 * 1e-4 * 0.0026)
     result = stats.msprt(0.03, 1e-4, 0.25, tau=0.1)
-    assert result.likelihood_ratio == pytest.approx(math.exp(log_lr), rel=1e-12) and result.p_value == pytest.approx(math.exp(-log_lr), rel=1e-12)
+    assert result.likelihood_ratio == pytest.approx(math.exp(log_lr), rel=1e-12) and result.p_value == pytest.approx(
+        math.exp(-log_lr), rel=1e-12
+    )
     assert stats.sequential(stats.Estimate(0.7, math.inf, 1), stats.Estimate(0.5, math.inf, 1)).p_value == 1.0
 
 

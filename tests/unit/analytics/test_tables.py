@@ -18,5 +18,8 @@ def test_only_nullable_columns_are_nullable_in_arrow():
 
 def test_tables_keyed_by_one_id_are_the_ones_the_sink_dedupes():
     assert {t.name: t.id_column for t in EVENT_TABLES if t.id_column} == {
-        "interactions": "interaction_id", "feedback": "event_id", "exposures": "exposure_id", "erasures": "user_id",
-    }  # fmt: skip
+        "interactions": "interaction_id",
+        "feedback": "event_id",
+        "exposures": "exposure_id",
+        "erasures": "user_id",
+    }

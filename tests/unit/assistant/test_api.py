@@ -21,7 +21,11 @@ from core.settings import AssistantSettings, Settings
 from tests.unit.assistant.test_service import Client, Registry, loads  # noqa: F401 (a fixture)
 
 KEY = "sk-test-1"
-ASK = {"model": "assistant", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I reset my password?"}], "user": "u-1"}
+ASK = {
+    "model": "assistant",
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I reset my password?"}],
+    "user": "u-1",
+}
 
 
 def make(loads, **assistant_settings) -> tuple[TestClient, Assistant, Client]:  # noqa: F811
@@ -45,7 +49,9 @@ def test_a_completion_answers_the_last_user_turn_and_names_its_interaction_and_v
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "v1: How do I reset my password?"}
     assert r.headers["x-feedback-token"] == body["feedback_token"]
     assert assistant.tokens.verify(body["feedback_token"]).interaction_id == body["id"]
-    assert [(e["interaction_id"], e["user_id"], e["query"]) for e in producer.interactions] == [(body["id"], "u-1", "How do I reset my password?")]
+    assert [(e["interaction_id"], e["user_id"], e["query"]) for e in producer.interactions] == [
+        (body["id"], "u-1", "How do I reset my password?")
+    ]
 
 
 def test_a_streamed_completion_is_openai_chunks_ending_with_done(api):
@@ -68,15 +74,18 @@ def test_without_a_user_each_request_is_a_new_anonymous_user(api):
     assert len(set(users)) == 2 and all(u.startswith("anon-") for u in users)
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "a."}]}, "messages.1.role"),
-    ({"messages": [{"role": "robot", "content": "q?"}]}, "messages.0.role"),
-    ({"messages": [{"role": "user", "content": "x" * 4001}]}, "messages.0.content"),
-    ({"temperature": 3}, "temperature"),
-    ({"max_tokens": 100_000}, "max_tokens"),
-    ({"n": 2}, "n"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": "q?"}, {"role": "assistant", "content": "a."}]}, "messages.1.role"),
+        ({"messages": [{"role": "robot", "content": "q?"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": "x" * 4001}]}, "messages.0.content"),
+        ({"temperature": 3}, "temperature"),
+        ({"max_tokens": 100_000}, "max_tokens"),
+        ({"n": 2}, "n"),
+    ],
+)
 def test_bad_requests_are_400s_in_openai_shape_naming_the_field(api, change, field):
     r = api[0].post("/v1/chat/completions", json={**ASK, **change})
     assert r.status_code == 400, r.text
@@ -99,9 +108,16 @@ def test_api_keys_guard_the_api(loads):  # noqa: F811
 
 def test_cors_lets_the_configured_origin_in(loads):  # noqa: F811
     client, _, _ = make(loads, cors_origins=("https://chat.example",))
-    preflight = {"Origin": "https://chat.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    preflight = {
+        "Origin": "https://chat.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
     assert client.options("/v1/feedback", headers=preflight).headers["access-control-allow-origin"] == "https://chat.example"
-    assert "access-control-allow-origin" not in client.options("/v1/feedback", headers={**preflight, "Origin": "https://evil.example"}).headers
+    assert (
+        "access-control-allow-origin"
+        not in client.options("/v1/feedback", headers={**preflight, "Origin": "https://evil.example"}).headers
+    )
 
 
 def answered(client: TestClient, user: str = "u-1") -> dict:
@@ -122,7 +138,12 @@ def test_feedback_with_the_token_is_filled_from_what_was_served_one_id_per_disti
     client, _, producer = make(loads, api_keys=(SecretStr(KEY),))
     a = answered(client)
     up = post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up", comment="nice")
-    assert up == {"status": 200, "event_id": feedback_event_id((a["id"], "verdict"), 0), "interaction_id": a["id"], "recorded": True}
+    assert up == {
+        "status": 200,
+        "event_id": feedback_event_id((a["id"], "verdict"), 0),
+        "interaction_id": a["id"],
+        "recorded": True,
+    }
     again = post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up", comment="nice")
     assert again["event_id"] == up["event_id"]  # a double click: the same event, deduped downstream
     down = post_feedback(client, None, interaction_id=a["id"], type="rating", rating=2, token=a["feedback_token"])
@@ -132,8 +153,18 @@ def test_feedback_with_the_token_is_filled_from_what_was_served_one_id_per_disti
     back = post_feedback(client, KEY, interaction_id=a["id"], type="thumbs_up")
     assert back["event_id"] == feedback_event_id((a["id"], "verdict"), 2)  # up, down, up again: the third verdict, not the first
     first, repeat, second, correction, third = producer.feedbacks
-    assert (first.query, first.response, first.model_version, first.user_id) == ("How do I reset my password?", a["choices"][0]["message"]["content"], "v1", "u-1")
-    assert (first.feedback_type, first.metadata, second.feedback_type, second.rating) == ("thumbs_up", {"source": "http", "comment": "nice"}, "rating", 2)
+    assert (first.query, first.response, first.model_version, first.user_id) == (
+        "How do I reset my password?",
+        a["choices"][0]["message"]["content"],
+        "v1",
+        "u-1",
+    )
+    assert (first.feedback_type, first.metadata, second.feedback_type, second.rating) == (
+        "thumbs_up",
+        {"source": "http", "comment": "nice"},
+        "rating",
+        2,
+    )
     assert repeat.event_id == first.event_id and third.event_id not in {first.event_id, second.event_id}
     assert [e.feedback_type for e in latest_verdicts(producer.feedbacks)] == ["correction", "thumbs_up"]
 
@@ -144,16 +175,26 @@ def test_feedback_access_and_errors(loads):  # noqa: F811
     assert post_feedback(client, None, interaction_id=a["id"], type="thumbs_up")["status"] == 401
     assert "forged" in message(post_feedback(client, "bogus.token", interaction_id=a["id"], type="thumbs_up"))
     expired = assistant.tokens.issue(a["id"], "u-1", now=time.time() - assistant.tokens.ttl_s - 1)
-    assert (r := post_feedback(client, expired, interaction_id=a["id"], type="thumbs_up"))["status"] == 401 and "expired" in message(r)
-    assert (r := post_feedback(client, b["feedback_token"], interaction_id=a["id"], type="thumbs_up"))["status"] == 403 and b["id"] in message(r)
+    assert (r := post_feedback(client, expired, interaction_id=a["id"], type="thumbs_up"))[
+        "status"
+    ] == 401 and "expired" in message(r)
+    assert (r := post_feedback(client, b["feedback_token"], interaction_id=a["id"], type="thumbs_up"))["status"] == 403 and b[
+        "id"
+    ] in message(r)
     assert post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up", user="u-2")["status"] == 403
     assert post_feedback(client, KEY, interaction_id="never-served", type="thumbs_up")["status"] == 404
     assistant.recent = type(assistant.recent)(1, 60)  # forgotten, e.g. by a restart: the token proves it was served
     assert post_feedback(client, a["feedback_token"], interaction_id=a["id"], type="thumbs_up")["status"] == 410
     c = answered(client)
-    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="rating", rating=7))["status"] == 400 and message(r).startswith("rating:")
-    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="rating"))["status"] == 400 and "rating: required" in message(r)
-    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="correction"))["status"] == 400 and "correction: required" in message(r)
+    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="rating", rating=7))["status"] == 400 and message(
+        r
+    ).startswith("rating:")
+    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="rating"))[
+        "status"
+    ] == 400 and "rating: required" in message(r)
+    assert (r := post_feedback(client, KEY, interaction_id=c["id"], type="correction"))[
+        "status"
+    ] == 400 and "correction: required" in message(r)
     assert post_feedback(client, KEY, interaction_id=c["id"], type="thumbs_down")["status"] == 200
 
 

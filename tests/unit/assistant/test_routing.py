@@ -13,17 +13,33 @@ from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
 USERS = [f"u{i}" for i in range(2000)]
 
 
-def started(candidate: str = "v2", policy: str = "assistant", salt: str = "salt-1", weights: tuple[float, float] = (1.0, 1.0)) -> ExperimentStarted:
-    arms = (Arm(name="control", model_version="v1", weight=weights[0]), Arm(name="variant_a", model_version=candidate, weight=weights[1]))
+def started(
+    candidate: str = "v2", policy: str = "assistant", salt: str = "salt-1", weights: tuple[float, float] = (1.0, 1.0)
+) -> ExperimentStarted:
+    arms = (
+        Arm(name="control", model_version="v1", weight=weights[0]),
+        Arm(name="variant_a", model_version=candidate, weight=weights[1]),
+    )
     return ExperimentStarted(
-        experiment_id=f"policy-ab:{candidate}", policy=policy, trigger_id=f"trg-{candidate}", control_version="v1",
-        treatment_version=candidate, arms=arms, salt=salt, horizon_users=100, horizon_s=3600.0,
-    )  # fmt: skip
+        experiment_id=f"policy-ab:{candidate}",
+        policy=policy,
+        trigger_id=f"trg-{candidate}",
+        control_version="v1",
+        treatment_version=candidate,
+        arms=arms,
+        salt=salt,
+        horizon_users=100,
+        horizon_s=3600.0,
+    )
 
 
 def decided(candidate: str = "v2", policy: str = "assistant") -> ExperimentDecided:
     return ExperimentDecided(
-        experiment_id=f"policy-ab:{candidate}", policy=policy, trigger_id=f"trg-{candidate}", outcome="promote", serving_version=candidate
+        experiment_id=f"policy-ab:{candidate}",
+        policy=policy,
+        trigger_id=f"trg-{candidate}",
+        outcome="promote",
+        serving_version=candidate,
     )
 
 
@@ -38,7 +54,9 @@ def test_an_open_experiment_assigns_by_its_own_salt_and_serves_each_arm_its_vers
         arm = assign("salt-1", user, [("control", 1.0), ("variant_a", 1.0)])
         assert r == Route({"control": "v1", "variant_a": "v2"}[arm], "policy-ab:v2", arm)
     reshuffled = started(salt="salt-2")
-    assert [route(u, "v1", experiment, {"v1", "v2"}).variant for u in USERS] != [route(u, "v1", reshuffled, {"v1", "v2"}).variant for u in USERS]
+    assert [route(u, "v1", experiment, {"v1", "v2"}).variant for u in USERS] != [
+        route(u, "v1", reshuffled, {"v1", "v2"}).variant for u in USERS
+    ]
 
 
 def test_arm_weights_set_the_traffic_split():

@@ -57,7 +57,9 @@ def loads(monkeypatch) -> list[str]:
         return SimpleNamespace(version=version)
 
     monkeypatch.setattr(service, "load_version", load_version)
-    monkeypatch.setattr(service, "answer", lambda policy, queries, max_new_tokens, **sampling: [f"{policy.version}: {q}" for q in queries])
+    monkeypatch.setattr(
+        service, "answer", lambda policy, queries, max_new_tokens, **sampling: [f"{policy.version}: {q}" for q in queries]
+    )
     return loaded
 
 
@@ -99,7 +101,9 @@ def test_chat_labels_interactions_and_exposures_with_the_experiment_and_arm(load
     assert all(r.response.startswith(r.model_version) for r in replies)
     labels = [(e["user_id"], e["experiment"], e["variant"], e["model_version"]) for e in client.exposures]
     assert labels == [(i["user_id"], i["experiment"], i["variant"], i["model_version"]) for i in client.interactions]
-    assert sorted(labels) == sorted((r.user_id, "policy-ab:v2", reply.variant, reply.model_version) for r, reply in zip(requests, replies))
+    assert sorted(labels) == sorted(
+        (r.user_id, "policy-ab:v2", reply.variant, reply.model_version) for r, reply in zip(requests, replies)
+    )
 
 
 def test_no_serving_version_is_a_503(loads):

@@ -18,7 +18,9 @@ def test_a_token_carries_its_interaction_and_user_until_it_expires():
         TOKENS.verify(token, now=1060)
 
 
-@pytest.mark.parametrize("mangle", [lambda t: "x" + t, lambda t: t[:-2] + "AA", lambda t: t.split(".")[0], lambda t: "", lambda t: "a.b"])
+@pytest.mark.parametrize(
+    "mangle", [lambda t: "x" + t, lambda t: t[:-2] + "AA", lambda t: t.split(".")[0], lambda t: "", lambda t: "a.b"]
+)
 def test_an_altered_or_malformed_token_is_refused(mangle):
     with pytest.raises(TokenError):
         TOKENS.verify(mangle(TOKENS.issue("i-1", "u-1")))

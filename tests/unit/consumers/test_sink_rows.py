@@ -8,7 +8,18 @@ import pytest
 from consumers.sink.consumer import Batch
 from consumers.sink.rows import ROUTES, feedback_row
 from core.settings import load_settings
-from schemas import DeadLetter, ErasureRequest, Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics, parse_event
+from schemas import (
+    DeadLetter,
+    ErasureRequest,
+    Event,
+    ExposureEvent,
+    FeedbackEvent,
+    InteractionEvent,
+    ModelPublished,
+    TrainingStatus,
+    WindowMetrics,
+    parse_event,
+)
 from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 SETTINGS = load_settings(None)
@@ -62,23 +73,54 @@ SAMPLES: dict[str, Event] = {
     "interactions": InteractionEvent(user_id="u1", query="q?", response="a", model_version="v1", latency_ms=12.5),
     "feedback": fb(feedback_type="rating", rating=2, metadata={"k": 1}),
     "exposures": ExposureEvent(user_id="u1", experiment="policy-ab", variant="control", model_version="v1"),
-    "metrics": WindowMetrics(window_start=START, window_end=START.replace(minute=1), model_version="v1", feedback_type="rating",
-                             count=3, rating_sum=11, rating_count=3),
-    "training-status": TrainingStatus(trigger_id="t1", policy="assistant", state="progress", stage="ppo",
-                                      metrics={"mean_score": 0.4, "kl": 0.01}),
-    "model-published": ModelPublished(version="assistant-v2", policy="assistant", trigger_id="t1", decision="candidate",
-                                      metrics={"mean_reward_after": 0.5}),
-    "experiments": ExperimentEvent(ExperimentStarted(
-        experiment_id="policy-ab:assistant-v2", policy="assistant", trigger_id="t1", control_version="assistant-v1",
-        treatment_version="assistant-v2", salt="s", horizon_users=2000, horizon_s=3600.0,
-        arms=(Arm(name="control", model_version="assistant-v1", weight=1), Arm(name="variant_a", model_version="assistant-v2", weight=1)),
-    )),
-    "feedback-dlq": DeadLetter(reason="invalid FeedbackEvent: rating: required", origin_topic="rlhf.feedback", origin_partition=2,
-                               origin_offset=41, key="u1", value="{not json"),
-    "train-triggers-dlq": DeadLetter(reason="TrainingError: no accepted feedback", origin_topic="rlhf.train-triggers", origin_partition=0,
-                                     origin_offset=7, value="{}"),
+    "metrics": WindowMetrics(
+        window_start=START,
+        window_end=START.replace(minute=1),
+        model_version="v1",
+        feedback_type="rating",
+        count=3,
+        rating_sum=11,
+        rating_count=3,
+    ),
+    "training-status": TrainingStatus(
+        trigger_id="t1", policy="assistant", state="progress", stage="ppo", metrics={"mean_score": 0.4, "kl": 0.01}
+    ),
+    "model-published": ModelPublished(
+        version="assistant-v2", policy="assistant", trigger_id="t1", decision="candidate", metrics={"mean_reward_after": 0.5}
+    ),
+    "experiments": ExperimentEvent(
+        ExperimentStarted(
+            experiment_id="policy-ab:assistant-v2",
+            policy="assistant",
+            trigger_id="t1",
+            control_version="assistant-v1",
+            treatment_version="assistant-v2",
+            salt="s",
+            horizon_users=2000,
+            horizon_s=3600.0,
+            arms=(
+                Arm(name="control", model_version="assistant-v1", weight=1),
+                Arm(name="variant_a", model_version="assistant-v2", weight=1),
+            ),
+        )
+    ),
+    "feedback-dlq": DeadLetter(
+        reason="invalid FeedbackEvent: rating: required",
+        origin_topic="rlhf.feedback",
+        origin_partition=2,
+        origin_offset=41,
+        key="u1",
+        value="{not json",
+    ),
+    "train-triggers-dlq": DeadLetter(
+        reason="TrainingError: no accepted feedback",
+        origin_topic="rlhf.train-triggers",
+        origin_partition=0,
+        origin_offset=7,
+        value="{}",
+    ),
     "erasures": ErasureRequest(user_id="u1", reason="ticket 42"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", ROUTES)
@@ -95,8 +137,15 @@ def test_every_route_row_fits_its_arrow_schema(name):
 
 
 def test_experiment_rows_keep_each_kind_and_the_decision_statistics():
-    decided = ExperimentDecided(experiment_id="policy-ab:assistant-v2", policy="assistant", trigger_id="t1", outcome="promote",
-                                serving_version="assistant-v2", statistics={"lift": 0.12, "sequential_p": 0.01}, reason="lift +12%")  # fmt: skip
+    decided = ExperimentDecided(
+        experiment_id="policy-ab:assistant-v2",
+        policy="assistant",
+        trigger_id="t1",
+        outcome="promote",
+        serving_version="assistant-v2",
+        statistics={"lift": 0.12, "sequential_p": 0.01},
+        reason="lift +12%",
+    )
     route = ROUTES["experiments"]
     rows = [route.row(parse_event(ExperimentEvent, e.to_bytes()), SETTINGS) for e in (SAMPLES["experiments"].root, decided)]
     stored = route.table.to_arrow(rows).to_pylist()
@@ -126,4 +175,6 @@ def test_batch_dedupes_ids_and_tracks_next_offsets():
 def test_a_dead_letter_row_names_its_dlq():
     rows = [ROUTES[name].row(SAMPLES[name], SETTINGS) for name in ("feedback-dlq", "train-triggers-dlq")]
     assert [(r["dlq"], r["origin_topic"], r["origin_offset"]) for r in rows] == [
-        ("feedback-dlq", "rlhf.feedback", 41), ("train-triggers-dlq", "rlhf.train-triggers", 7)]
+        ("feedback-dlq", "rlhf.feedback", 41),
+        ("train-triggers-dlq", "rlhf.train-triggers", 7),
+    ]

@@ -11,7 +11,9 @@ from consumers.trainer.consumer import RetryPolicy, handle_trigger
 from core.errors import DeliveryError, TrainingError
 from schemas import DeadLetter, OffsetRange, TrainTrigger
 
-TRIGGER = TrainTrigger(policy="assistant", model_version="base", ranges=(OffsetRange(topic="f", partition=0, start=0, end=10),), event_ids=("e1",))
+TRIGGER = TrainTrigger(
+    policy="assistant", model_version="base", ranges=(OffsetRange(topic="f", partition=0, start=0, end=10),), event_ids=("e1",)
+)
 
 
 class RecordingEmitter:
@@ -49,7 +51,9 @@ def test_a_failed_job_is_recorded_and_dead_lettered():
 
 def test_an_unacknowledged_outcome_leaves_the_trigger_uncommitted():
     emitter = RecordingEmitter(fail=True)
-    outcome = handle_trigger(message(TRIGGER.to_bytes()), failing_job, emitter, threading.Event(), RetryPolicy(attempts=1, first_backoff_s=0))
+    outcome = handle_trigger(
+        message(TRIGGER.to_bytes()), failing_job, emitter, threading.Event(), RetryPolicy(attempts=1, first_backoff_s=0)
+    )
     assert outcome is False
 
 

@@ -16,10 +16,16 @@ from schemas import FeedbackEvent, OffsetRange, TrainTrigger
 from trainers.history import History
 from trainers.reward_config import RewardConfig
 
-TRIGGER = TrainTrigger(policy="assistant", model_version="base", ranges=(OffsetRange(topic="f", partition=0, start=500, end=700),))
+TRIGGER = TrainTrigger(
+    policy="assistant", model_version="base", ranges=(OffsetRange(topic="f", partition=0, start=500, end=700),)
+)
 BETWEEN = OffsetRange(topic="f", partition=0, start=200, end=500)  # read between an earlier trigger and this one
-EVENTS = [FeedbackEvent(interaction_id=f"i{n}", user_id="u", query=f"question {n}", response="r", model_version="base", feedback_type="thumbs_up")
-          for n in range(50)]  # fmt: skip
+EVENTS = [
+    FeedbackEvent(
+        interaction_id=f"i{n}", user_id="u", query=f"question {n}", response="r", model_version="base", feedback_type="thumbs_up"
+    )
+    for n in range(50)
+]
 
 
 class StubRewardModel:
@@ -34,7 +40,16 @@ def run_policy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimise) -
     monkeypatch.delenv("RLHF_CONFIG", raising=False)
     job = TrainingJob(load_settings(None, home=tmp_path))
     reward = ("rm-1", StubRewardModel(), {"eval.pairwise_accuracy": 0.8})
-    return job._policy(tmp_path / "staging", TRIGGER, "assistant-v1", "base", reward, History(EVENTS, frozenset(), [TRIGGER], [BETWEEN]), lambda *a, **k: None, emitter=None)
+    return job._policy(
+        tmp_path / "staging",
+        TRIGGER,
+        "assistant-v1",
+        "base",
+        reward,
+        History(EVENTS, frozenset(), [TRIGGER], [BETWEEN]),
+        lambda *a, **k: None,
+        emitter=None,
+    )
 
 
 def test_a_guardrail_rejection_is_recorded_as_a_rejected_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -64,12 +79,20 @@ def test_a_trained_policy_is_a_candidate_only_past_the_margin(tmp_path: Path, mo
     manifest = run_policy_step(tmp_path, monkeypatch, improving)
     assert manifest.status == "candidate" and manifest.metrics["mean_reward_after"] == 0.6
     assert seen["reward"] == [0.5] and sum(seen["split"]) == len(EVENTS) and min(seen["split"]) > 0
-    assert manifest.history_triggers == [TRIGGER.trigger_id] and manifest.data_ranges == [r.model_dump() for r in (*TRIGGER.ranges, BETWEEN)]
+    assert manifest.history_triggers == [TRIGGER.trigger_id] and manifest.data_ranges == [
+        r.model_dump() for r in (*TRIGGER.ranges, BETWEEN)
+    ]
 
 
 def test_the_gate_judges_by_the_gate_reward_when_there_is_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def hacked(*args, **kwargs):  # PPO's own reward rose; the head it never saw did not
-        return {"mean_reward_before": 0.4, "mean_reward_after": 0.9, "gate_reward_before": 0.5, "gate_reward_after": 0.45, "guardrails_fired": []}
+        return {
+            "mean_reward_before": 0.4,
+            "mean_reward_after": 0.9,
+            "gate_reward_before": 0.5,
+            "gate_reward_after": 0.45,
+            "guardrails_fired": [],
+        }
 
     manifest = run_policy_step(tmp_path, monkeypatch, hacked)
     assert manifest.status == "rejected" and "gate reward 0.500 -> 0.450" in manifest.reason

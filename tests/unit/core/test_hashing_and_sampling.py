@@ -7,7 +7,12 @@ from sdk.client import is_sampled
 
 def test_stable_fraction_is_process_independent():
     code = "from core.hashing import stable_fraction; print(stable_fraction('collect', 'interaction-7'))"
-    outs = {subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": str(seed)}, capture_output=True, text=True, check=True).stdout for seed in (1, 2, 3)}
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={"PYTHONHASHSEED": str(seed)}, capture_output=True, text=True, check=True
+        ).stdout
+        for seed in (1, 2, 3)
+    }
     assert outs == {f"{stable_fraction('collect', 'interaction-7')}\n"}
 
 

@@ -21,22 +21,41 @@ SECRET = "hunter2-not-in-logs"
 
 def secure(tmp_path, **kafka):
     ca = ensure_tls(tmp_path / "tls").ca  # a real CA file: the Faust mapping loads it into an SSL context
-    return load_settings(None, home=tmp_path, kafka={"bootstrap_servers": "b1:9094,b2:9094", "security_protocol": "SASL_SSL",
-                                                     "sasl_username": "rlhf", "sasl_password": SECRET, "ssl_ca_location": ca, **kafka}).kafka  # fmt: skip
+    return load_settings(
+        None,
+        home=tmp_path,
+        kafka={
+            "bootstrap_servers": "b1:9094,b2:9094",
+            "security_protocol": "SASL_SSL",
+            "sasl_username": "rlhf",
+            "sasl_password": SECRET,
+            "ssl_ca_location": ca,
+            **kafka,
+        },
+    ).kafka
 
 
 def test_plaintext_is_the_bootstrap_servers_and_nothing_else():
     config = client_config(load_settings(None).kafka)
-    assert {k: v for k, v in config.items() if k != "error_cb"} == {"bootstrap.servers": "127.0.0.1:9092", "security.protocol": "PLAINTEXT"}
+    assert {k: v for k, v in config.items() if k != "error_cb"} == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "PLAINTEXT",
+    }
     assert faust_credentials(load_settings(None).kafka) is None
 
 
 def test_sasl_ssl_maps_for_librdkafka_and_for_faust(tmp_path):
     kafka = secure(tmp_path)
     config = client_config(kafka)
-    assert {k: config[k] for k in ("security.protocol", "sasl.mechanisms", "sasl.username", "sasl.password", "ssl.ca.location")} == {
-        "security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "rlhf", "sasl.password": SECRET,
-        "ssl.ca.location": str(tmp_path / "tls" / "ca.pem")}  # fmt: skip
+    assert {
+        k: config[k] for k in ("security.protocol", "sasl.mechanisms", "sasl.username", "sasl.password", "ssl.ca.location")
+    } == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "rlhf",
+        "sasl.password": SECRET,
+        "ssl.ca.location": str(tmp_path / "tls" / "ca.pem"),
+    }
     credentials = faust_credentials(kafka)
     assert isinstance(credentials, faust.SASLCredentials) and credentials.protocol.value == "SASL_SSL"
     assert (credentials.username, credentials.password, credentials.mechanism.value) == ("rlhf", SECRET, "SCRAM-SHA-512")
@@ -62,8 +81,16 @@ def test_incomplete_security_settings_name_the_field(tmp_path):
 def test_config_show_and_reprs_print_no_secret(tmp_path):
     kafka = secure(tmp_path)
     assert SECRET not in repr(kafka) and SECRET not in kafka.model_dump_json()
-    env = {"RLHF_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "RLHF_KAFKA__SASL_USERNAME": "rlhf", "RLHF_KAFKA__SASL_PASSWORD": SECRET,
-           "RLHF_CLICKHOUSE__DASHBOARD_KEYS": f'["{SECRET}-dash"]', "RLHF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}  # fmt: skip
-    shown = subprocess.run([sys.executable, "-m", "rlhf.cli", "config", "show"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "RLHF_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+        "RLHF_KAFKA__SASL_USERNAME": "rlhf",
+        "RLHF_KAFKA__SASL_PASSWORD": SECRET,
+        "RLHF_CLICKHOUSE__DASHBOARD_KEYS": f'["{SECRET}-dash"]',
+        "RLHF_HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
+    shown = subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", "config", "show"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert shown.returncode == 0, shown.stderr
     assert "sasl_username: rlhf" in shown.stdout and SECRET not in shown.stdout + shown.stderr

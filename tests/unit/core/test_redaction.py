@@ -18,15 +18,41 @@ from schemas.events import FeedbackEvent, InteractionEvent
 
 PLANTED: dict[str, list[str]] = {
     "email": ["ann.lee+tag@mail.example.co.uk", "JOSE.Nunez@correo.es", "josé@ejemplo.es"],
-    "phone": ["+1 650-253-0000", "(212) 555-0199", "212.555.0199", "2125550199", "+44 20 7946 0958",
-              "+49 30 90182000", "+33 1 42 68 53 00", "+91 98765 43210", "+81 3-1234-5678"],
-    "card": ["4111 1111 1111 1111", "4111-1111-1111-1111", "5555555555554444", "3782 822463 10005", "6011111111111117",
-             "2223003122003222"],
-    "iban": ["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432", "NO93 8601 1117 947",
-             "fr14 2004 1010 0505 0001 3m02 606", "BE68 5390 0754 7034"],
-    "ip": ["203.0.113.7", "8.8.8.8", "2001:db8:85a3::8a2e:370:7334", "2001:0db8:0000:0000:0000:ff00:0042:8329", "::ffff:203.0.113.9",
-           "fd00:ab::c1"],  # no four-digit run: only its colons let it past the pre-filter
-}  # fmt: skip
+    "phone": [
+        "+1 650-253-0000",
+        "(212) 555-0199",
+        "212.555.0199",
+        "2125550199",
+        "+44 20 7946 0958",
+        "+49 30 90182000",
+        "+33 1 42 68 53 00",
+        "+91 98765 43210",
+        "+81 3-1234-5678",
+    ],
+    "card": [
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "5555555555554444",
+        "3782 822463 10005",
+        "6011111111111117",
+        "2223003122003222",
+    ],
+    "iban": [
+        "DE89 3704 0044 0532 0130 00",
+        "GB82WEST12345698765432",
+        "NO93 8601 1117 947",
+        "fr14 2004 1010 0505 0001 3m02 606",
+        "BE68 5390 0754 7034",
+    ],
+    "ip": [
+        "203.0.113.7",
+        "8.8.8.8",
+        "2001:db8:85a3::8a2e:370:7334",
+        "2001:0db8:0000:0000:0000:ff00:0042:8329",
+        "::ffff:203.0.113.9",
+        "fd00:ab::c1",
+    ],  # no four-digit run: only its colons let it past the pre-filter
+}
 CASES = [(kind, value) for kind, values in PLANTED.items() for value in values]
 
 
@@ -43,8 +69,10 @@ def test_planted_pii_is_replaced_counted_and_gone(kind, value):
 
 
 def test_every_type_in_one_text_is_counted_per_type():
-    text = ("Mail ann@example.com or bob@example.org, call +1 650-253-0000, card 4111 1111 1111 1111, "
-            "IBAN DE89 3704 0044 0532 0130 00 is mine, from 203.0.113.7 and [2001:db8::8a2e:370:7334]:443.")  # fmt: skip
+    text = (
+        "Mail ann@example.com or bob@example.org, call +1 650-253-0000, card 4111 1111 1111 1111, "
+        "IBAN DE89 3704 0044 0532 0130 00 is mine, from 203.0.113.7 and [2001:db8::8a2e:370:7334]:443."
+    )
     done = redact(text)
     assert done.counts == {"email": 2, "phone": 1, "card": 1, "iban": 1, "ip": 2}
     assert done.text == ("Mail <EMAIL> or <EMAIL>, call <PHONE>, card <CARD>, IBAN <IBAN> is mine, from <IP> and [<IP>]:443.")
@@ -311,8 +339,9 @@ def test_each_pii_type_planted_in_clean_text_passes_the_pre_filter(kind, value):
 @pytest.mark.parametrize(("kind", "value"), CASES, ids=[v for _, v in CASES])
 def test_pii_in_any_one_text_of_an_otherwise_clean_event_is_found(kind, value, where):
     planted = f"it is {value}, thanks"
-    fields = dict(query=CLEAN_TEXTS[0], response=CLEAN_TEXTS[1], correction=CLEAN_TEXTS[2],
-                  metadata={"note": CLEAN_TEXTS[3], "n": 3})  # fmt: skip
+    fields = dict(
+        query=CLEAN_TEXTS[0], response=CLEAN_TEXTS[1], correction=CLEAN_TEXTS[2], metadata={"note": CLEAN_TEXTS[3], "n": 3}
+    )
     if where in ("query", "response", "correction"):
         fields[where] = planted
     elif where == "metadata value":
@@ -330,8 +359,13 @@ def test_clean_texts_and_events_reach_no_detector(monkeypatch):
     for text in CLEAN_TEXTS:
         done = redactor.redact(text)
         assert (done.text, done.counts) == (text, {})
-    event = feedback(feedback_type="correction", query=CLEAN_TEXTS[0], response=CLEAN_TEXTS[2], correction=CLEAN_TEXTS[3],
-                     metadata={"note": CLEAN_TEXTS[1], "n": 3})  # fmt: skip
+    event = feedback(
+        feedback_type="correction",
+        query=CLEAN_TEXTS[0],
+        response=CLEAN_TEXTS[2],
+        correction=CLEAN_TEXTS[3],
+        metadata={"note": CLEAN_TEXTS[1], "n": 3},
+    )
     monkeypatch.setattr(Redactor, "redact", lambda *_: pytest.fail("a clean event's texts are not redacted one by one"))
     done = redactor.redact_event(event)
     assert done.event is event and done.counts == {} and called == []

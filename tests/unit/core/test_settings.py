@@ -49,7 +49,10 @@ def test_the_first_config_block_loads_verbatim(capsys):
     s = load_settings(FIRST_CONFIG)
     assert s.policy.base_model == "microsoft/phi-2" and s.policy.training.epochs == 100  # `ppo:` is the old name of `policy:`
     assert s.reward_model.training.learning_rate == 2e-5 and s.feedback.collection_rate == 0.3
-    assert [(v.name, v.model, v.weight) for v in s.ab_testing.variants] == [("control", "serving", 1.0), ("variant_a", "candidate", 1.0)]
+    assert [(v.name, v.model, v.weight) for v in s.ab_testing.variants] == [
+        ("control", "serving", 1.0),
+        ("variant_a", "candidate", 1.0),
+    ]
     assert "feedback.storage ('data/feedback.jsonl') ignored" in capsys.readouterr().err
 
 

@@ -12,7 +12,9 @@ from demo.report import write_report
 def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_path: Path, micro_policy: str):
     registry = ModelRegistry(tmp_path / "state" / "registry")
     registry.register_base("assistant", "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
-    rejected = RoundResult("assistant-trg-1", "base", "rejected", {"metrics": {"mean_reward_before": 0.3, "mean_reward_after": 0.3}})
+    rejected = RoundResult(
+        "assistant-trg-1", "base", "rejected", {"metrics": {"mean_reward_before": 0.3, "mean_reward_after": 0.3}}
+    )
 
     summary = write_report(tmp_path, [rejected], elapsed_s=60.0, max_new_tokens=8)
 
@@ -20,11 +22,19 @@ def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_p
     assert (tmp_path / "report.html").read_text().count("<img") == 4  # rounds, A/B, rewards, timeline
 
 
-def test_a_candidate_the_gate_rejected_with_its_weights_saved_gets_its_hidden_preference_measured(tmp_path: Path, micro_policy: str):
+def test_a_candidate_the_gate_rejected_with_its_weights_saved_gets_its_hidden_preference_measured(
+    tmp_path: Path, micro_policy: str
+):
     registry = ModelRegistry(tmp_path / "state" / "registry")
     registry.register_base("assistant", "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
-    registry.publish("policies", "v1", lambda d: (shutil.copytree(micro_policy, d, dirs_exist_ok=True),
-                                                   Manifest(version="v1", kind="policies", policy="assistant", status="rejected"))[1])  # fmt: skip
+    registry.publish(
+        "policies",
+        "v1",
+        lambda d: (
+            shutil.copytree(micro_policy, d, dirs_exist_ok=True),
+            Manifest(version="v1", kind="policies", policy="assistant", status="rejected"),
+        )[1],
+    )
     rejected = RoundResult("v1", "base", "rejected", {"metrics": {"mean_reward_before": 0.3, "mean_reward_after": 0.2}})
 
     summary = write_report(tmp_path, [rejected], elapsed_s=60.0, max_new_tokens=8)
@@ -37,10 +47,27 @@ def test_a_candidate_the_gate_rejected_with_its_weights_saved_gets_its_hidden_pr
 def test_a_decided_round_reports_the_deciders_statistics(tmp_path: Path, micro_policy: str):
     registry = ModelRegistry(tmp_path / "state" / "registry")
     registry.register_base("assistant", "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
-    registry.publish("policies", "v1", lambda d: (shutil.copytree(micro_policy, d, dirs_exist_ok=True),
-                                                   Manifest(version="v1", kind="policies", policy="assistant", status="candidate"))[1])  # fmt: skip
-    ab = {"outcome": "promote", "reason": "positive rate up", "statistics": {"positive_rate_control": 0.4, "positive_rate_treatment": 0.5,
-          "lift": 0.25, "lift_low": 0.1, "lift_high": 0.4, "users_control": 120, "users_treatment": 118}}  # fmt: skip
+    registry.publish(
+        "policies",
+        "v1",
+        lambda d: (
+            shutil.copytree(micro_policy, d, dirs_exist_ok=True),
+            Manifest(version="v1", kind="policies", policy="assistant", status="candidate"),
+        )[1],
+    )
+    ab = {
+        "outcome": "promote",
+        "reason": "positive rate up",
+        "statistics": {
+            "positive_rate_control": 0.4,
+            "positive_rate_treatment": 0.5,
+            "lift": 0.25,
+            "lift_low": 0.1,
+            "lift_high": 0.4,
+            "users_control": 120,
+            "users_treatment": 118,
+        },
+    }
     promoted = RoundResult("v1", "base", "promote", {"metrics": {"mean_reward_before": 0.3, "mean_reward_after": 0.5}}, ab)
 
     summary = write_report(tmp_path, [promoted], elapsed_s=60.0, max_new_tokens=8)

@@ -43,8 +43,14 @@ class FakeService:
                 self.completions.append(body)
                 query = body["messages"][-1]["content"]
                 n = len(self.completions)
-                return httpx.Response(200, json={"id": f"i-{body['user']}-{query}", "feedback_token": f"tok-{n}",
-                                                 "choices": [{"message": {"role": "assistant", "content": self.answer(query, body['user'])}}]})  # fmt: skip
+                return httpx.Response(
+                    200,
+                    json={
+                        "id": f"i-{body['user']}-{query}",
+                        "feedback_token": f"tok-{n}",
+                        "choices": [{"message": {"role": "assistant", "content": self.answer(query, body["user"])}}],
+                    },
+                )
             if self.broken:
                 self.broken -= 1
                 raise httpx.ReadError("[Errno 9] Bad file descriptor", request=request)
@@ -78,7 +84,9 @@ def test_a_seed_gives_the_same_requests_whatever_order_the_answers_return_in():
     def requests(seed: int):
         service = FakeService()
         run(seed, service)
-        return sorted(json.dumps(c, sort_keys=True) for c in service.completions), sorted(json.dumps(b, sort_keys=True) for b, _ in service.feedback)
+        return sorted(json.dumps(c, sort_keys=True) for c in service.completions), sorted(
+            json.dumps(b, sort_keys=True) for b, _ in service.feedback
+        )
 
     assert requests(3) == requests(3)
     assert requests(3) != requests(4)

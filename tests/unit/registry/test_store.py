@@ -12,7 +12,9 @@ def build(version, status="candidate", fail=False):
         (directory / "weights.bin").write_bytes(b"w" * 100)
         if fail:
             raise RuntimeError("crash mid-write")
-        return Manifest(version=version, kind="policies", policy="assistant", status=status, trigger_id="t" * 20, parent_version="base")
+        return Manifest(
+            version=version, kind="policies", policy="assistant", status=status, trigger_id="t" * 20, parent_version="base"
+        )
 
     return write
 
@@ -96,10 +98,17 @@ def test_an_experiment_is_decided_once_whoever_asks_again(tmp_path):
     registry = ModelRegistry(tmp_path)
     registry.register_base("assistant", "base", lambda d: (d / "w").write_text("base"))
     for version in ("v1", "v2"):
-        registry.publish("policies", version, lambda d, v=version: Manifest(version=v, kind="policies", policy="assistant", status="candidate"))
+        registry.publish(
+            "policies", version, lambda d, v=version: Manifest(version=v, kind="policies", policy="assistant", status="candidate")
+        )
     registry.offer_candidate("assistant", "v1")
     first = registry.decide_experiment("assistant", "exp:v1", "v1", "promote", "lift +20%")
-    assert first.first and first.serving == "v1" and registry.serving("assistant") == "v1" and registry.candidate("assistant") is None
+    assert (
+        first.first
+        and first.serving == "v1"
+        and registry.serving("assistant") == "v1"
+        and registry.candidate("assistant") is None
+    )
     # A second decider (or a re-run after a crash) gets the recorded decision back, whatever it would decide now.
     again = registry.decide_experiment("assistant", "exp:v1", "v1", "rollback", "someone else's view")
     assert not again.first and again.outcome == "promote" and registry.serving("assistant") == "v1"

@@ -17,7 +17,14 @@ from trainers.reward import train_reward_model
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, split_questions
 
-SMALL = {"EPOCHS": "2", "BATCH_SIZE": "4", "MINI_BATCH_SIZE": "2", "PPO_EPOCHS": "1", "MAX_NEW_TOKENS": "6", "LEARNING_RATE": "0.001"}
+SMALL = {
+    "EPOCHS": "2",
+    "BATCH_SIZE": "4",
+    "MINI_BATCH_SIZE": "2",
+    "PPO_EPOCHS": "1",
+    "MAX_NEW_TOKENS": "6",
+    "LEARNING_RATE": "0.001",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +36,11 @@ def feedback(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data.write_text("".join(e.model_dump_json() + "\n" for e in events) + "not json\n")
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(root / "bert")  # fmt: skip
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(root / "bert")
     tokenizer.save_pretrained(root / "bert")
     train_reward_model(events, RewardConfig(base_model=str(root / "bert"), epochs=1, batch_size=8, num_threads=1), root / "model")
     return root / "model", data
@@ -45,7 +55,9 @@ def small_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv(f"RLHF_POLICY__TRAINING__{key}", value)
 
 
-def test_train_synthetic_prints_the_summary_and_saves_a_loadable_policy(micro_policy: str, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_train_synthetic_prints_the_summary_and_saves_a_loadable_policy(
+    micro_policy: str, tmp_path: Path, capsys: pytest.CaptureFixture
+):
     out = tmp_path / "ppo"
     assert main(["policy", "train", "--algorithm", "ppo", "--synthetic", "--base-model", micro_policy, "--out", str(out)]) == 0
     printed = capsys.readouterr()
@@ -60,10 +72,25 @@ def test_train_synthetic_prints_the_summary_and_saves_a_loadable_policy(micro_po
     assert report["eval"]["samples"] == 2 * 135 and report["eval"]["kl"] >= 0 and 0 <= report["eval"]["mean_reward"] <= 1
 
 
-def test_train_kto_from_a_reward_model_and_feedback_file(micro_policy: str, feedback: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_train_kto_from_a_reward_model_and_feedback_file(
+    micro_policy: str, feedback: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+):
     rm, data = feedback
     out = tmp_path / "kto"
-    argv = ["policy", "train", "--algorithm", "kto", "--reward-model", str(rm), "--data", str(data), "--base-model", micro_policy, "--out", str(out)]
+    argv = [
+        "policy",
+        "train",
+        "--algorithm",
+        "kto",
+        "--reward-model",
+        str(rm),
+        "--data",
+        str(data),
+        "--base-model",
+        micro_policy,
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "skipped 1 invalid line" in printed.err and "reward model" in printed.out and "gain" in printed.out
@@ -85,8 +112,9 @@ def test_train_kto_from_a_reward_model_and_feedback_file(micro_policy: str, feed
         (["policy", "eval", "--model", "/no/such/policy", "--synthetic"], "/no/such/policy: policy not found"),
     ],
 )
-def test_bad_paths_are_one_clear_error(argv: list[str], message: str, micro_policy: str, feedback: tuple[Path, Path], tmp_path: Path,
-                                       capsys: pytest.CaptureFixture):  # fmt: skip
+def test_bad_paths_are_one_clear_error(
+    argv: list[str], message: str, micro_policy: str, feedback: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+):
     (tmp_path / "runs").mkdir()  # so `runs/missing` is a missing path here, not a Hub id
     taken = tmp_path / "taken"
     taken.mkdir()
@@ -100,19 +128,44 @@ def test_bad_paths_are_one_clear_error(argv: list[str], message: str, micro_poli
     assert not (tmp_path / "home" / "policies").exists()
 
 
-def test_chat_prints_one_answer_from_a_path_or_a_registry_version(micro_policy: str, tmp_path: Path, capsys: pytest.CaptureFixture):
+def test_chat_prints_one_answer_from_a_path_or_a_registry_version(
+    micro_policy: str, tmp_path: Path, capsys: pytest.CaptureFixture
+):
     from registry.store import ModelRegistry
 
-    assert main(["policy", "chat", "--model", micro_policy, "--temperature", "0", "--max-new-tokens", "8", "How do I reset my password?"]) == 0
+    assert (
+        main(
+            [
+                "policy",
+                "chat",
+                "--model",
+                micro_policy,
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "8",
+                "How do I reset my password?",
+            ]
+        )
+        == 0
+    )
     answer = capsys.readouterr().out.strip()
     assert answer and "\n" not in answer
     registry = ModelRegistry(tmp_path / "home" / "registry")
     registry.register_base("assistant", "base-v1", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
-    assert main(["policy", "chat", "--model", "base-v1", "--temperature", "0", "--max-new-tokens", "8", "How do I reset my password?"]) == 0
+    assert (
+        main(
+            ["policy", "chat", "--model", "base-v1", "--temperature", "0", "--max-new-tokens", "8", "How do I reset my password?"]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == answer  # the same weights, greedy: the same answer
 
 
-@pytest.mark.parametrize(("model", "message"), [("/no/such/policy", "/no/such/policy: policy not found"), ("/no/such.gguf", "/no/such.gguf: policy not found")])
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [("/no/such/policy", "/no/such/policy: policy not found"), ("/no/such.gguf", "/no/such.gguf: policy not found")],
+)
 def test_chat_with_a_missing_model_is_one_clear_error(model: str, message: str, capsys: pytest.CaptureFixture):
     assert main(["policy", "chat", "--model", model, "hi"]) == 2
     err = capsys.readouterr().err
@@ -121,5 +174,8 @@ def test_chat_with_a_missing_model_is_one_clear_error(model: str, message: str, 
 
 def test_an_empty_data_file_is_an_error(feedback: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture):
     (tmp_path / "empty.jsonl").write_text("\n")
-    assert main(["policy", "eval", "--model", "tiny", "--reward-model", str(feedback[0]), "--data", str(tmp_path / "empty.jsonl")]) == 2
+    assert (
+        main(["policy", "eval", "--model", "tiny", "--reward-model", str(feedback[0]), "--data", str(tmp_path / "empty.jsonl")])
+        == 2
+    )
     assert "no valid FeedbackEvent lines" in capsys.readouterr().err

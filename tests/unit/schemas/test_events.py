@@ -60,7 +60,9 @@ def test_naive_timestamp_rejected():
 
 def test_offset_range_must_be_ordered():
     with pytest.raises(EventValidationError, match="must not be before start"):
-        validate_event(TrainTrigger, {"policy": "p", "model_version": "v", "ranges": [{"topic": "f", "partition": 0, "start": 5, "end": 2}]})
+        validate_event(
+            TrainTrigger, {"policy": "p", "model_version": "v", "ranges": [{"topic": "f", "partition": 0, "start": 5, "end": 2}]}
+        )
 
 
 def test_bad_bytes_are_validation_errors():
@@ -77,12 +79,20 @@ json_values = st.recursive(
 feedback_like = st.fixed_dictionaries(
     {},
     optional={
-        "event_id": json_values, "interaction_id": json_values, "user_id": json_values, "query": json_values,
-        "response": json_values, "model_version": json_values, "feedback_type": st.sampled_from(["thumbs_up", "thumbs_down", "rating", "correction", "x"]) | json_values,
-        "rating": st.integers(-3, 9) | json_values, "correction": json_values, "metadata": json_values, "timestamp": json_values,
+        "event_id": json_values,
+        "interaction_id": json_values,
+        "user_id": json_values,
+        "query": json_values,
+        "response": json_values,
+        "model_version": json_values,
+        "feedback_type": st.sampled_from(["thumbs_up", "thumbs_down", "rating", "correction", "x"]) | json_values,
+        "rating": st.integers(-3, 9) | json_values,
+        "correction": json_values,
+        "metadata": json_values,
+        "timestamp": json_values,
         "schema_version": st.integers(0, 3) | json_values,
     },
-)  # fmt: skip
+)
 
 
 @settings(max_examples=400, deadline=None)

@@ -17,7 +17,9 @@ from streams.records import PolicyRecord
 @pytest.fixture
 def streams(tmp_path):
     settings = Settings(
-        home=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:1", "topic_prefix": "unit."}, continuous_learning={"train_threshold": 4, "buffer_size": 10}
+        home=tmp_path,
+        kafka={"bootstrap_servers": "127.0.0.1:1", "topic_prefix": "unit."},
+        continuous_learning={"train_threshold": 4, "buffer_size": 10},
     )
     built = build(settings)
     for topic in built.topics.values():
@@ -26,7 +28,15 @@ def streams(tmp_path):
 
 
 def feedback(n: int, **changes) -> bytes:
-    event = FeedbackEvent(event_id=f"e{n}", interaction_id=f"i{n}", user_id="u1", query="q?", response="a", model_version="v1", feedback_type="thumbs_up")
+    event = FeedbackEvent(
+        event_id=f"e{n}",
+        interaction_id=f"i{n}",
+        user_id="u1",
+        query="q?",
+        response="a",
+        model_version="v1",
+        feedback_type="thumbs_up",
+    )
     return json.dumps({**event.model_dump(mode="json"), **changes}).encode()
 
 
@@ -53,7 +63,10 @@ def test_validation_dead_letters_bad_records_and_forwards_good_ones(streams):
     assert "Invalid JSON" in dead[0].reason and "rating: required" in dead[1].reason
     forwarded = [PolicyRecord.model_validate_json(call["value"]) for call in sent(streams, "policy-events")]
     # One record per policy per validation batch; `put` waits for its batch, so each holds one event here.
-    assert [(f.policy, [(a.event_id, a.partition, a.offset) for a in f.batch]) for f in forwarded] == [("assistant", [("e0", 0, 0)]), ("search", [("e2", 0, 3)])]
+    assert [(f.policy, [(a.event_id, a.partition, a.offset) for a in f.batch]) for f in forwarded] == [
+        ("assistant", [("e0", 0, 0)]),
+        ("search", [("e2", 0, 3)]),
+    ]
     assert [call["key"] for call in sent(streams, "policy-events")] == ["assistant", "search"]
 
 
@@ -72,7 +85,10 @@ def experiment_step(kind: str, trigger_id: str) -> bytes:
     ids = {"experiment_id": f"policy-ab:v-{trigger_id}", "policy": "assistant", "trigger_id": trigger_id}
     if kind == "decided":
         return ExperimentDecided(**ids, outcome="promote", serving_version=f"v-{trigger_id}").to_bytes()
-    arms = (Arm(name="control", model_version="v1", weight=1.0), Arm(name="variant_a", model_version=f"v-{trigger_id}", weight=1.0))
+    arms = (
+        Arm(name="control", model_version="v1", weight=1.0),
+        Arm(name="variant_a", model_version=f"v-{trigger_id}", weight=1.0),
+    )
     return ExperimentStarted(
         **ids, control_version="v1", treatment_version=f"v-{trigger_id}", arms=arms, salt="s1", horizon_users=10, horizon_s=60.0
     ).to_bytes()

@@ -40,7 +40,9 @@ def test_a_batch_of_marks_is_one_changelog_record_and_recovery_opens_it(streams)
     recovered = build(Settings(home=streams.settings.home, kafka={"bootstrap_servers": "127.0.0.1:1", "topic_prefix": "unit."}))
     events = [
         SimpleNamespace(key=key, value=value, message=SimpleNamespace(partition=1, value=b"{}")),
-        SimpleNamespace(key="a/e0", value=[2, 3, 0.5], message=SimpleNamespace(partition=1, value=b"[]")),  # a per-event record (layout 2)
+        SimpleNamespace(
+            key="a/e0", value=[2, 3, 0.5], message=SimpleNamespace(partition=1, value=b"[]")
+        ),  # a per-event record (layout 2)
     ]
     recovered.seen.apply_changelog_batch(events)
     assert dict(recovered.seen.data) == {"a/e1": [0, 5, 1.0], "a/e2": [1, 7, 2.0], "a/e0": [2, 3, 0.5]}

@@ -12,24 +12,41 @@ from tests.unit.streams.test_ledger import T0, Run, fb
 
 
 def started(trigger_id: str) -> PolicyRecord:
-    arms = (Arm(name="control", model_version="base", weight=1.0), Arm(name="variant_a", model_version=f"v-{trigger_id}", weight=1.0))
+    arms = (
+        Arm(name="control", model_version="base", weight=1.0),
+        Arm(name="variant_a", model_version=f"v-{trigger_id}", weight=1.0),
+    )
     event = ExperimentStarted(
-        experiment_id=f"policy-ab:v-{trigger_id}", policy="assistant", trigger_id=trigger_id, control_version="base",
-        treatment_version=f"v-{trigger_id}", arms=arms, salt="s1", horizon_users=100, horizon_s=3600.0,
-    )  # fmt: skip
+        experiment_id=f"policy-ab:v-{trigger_id}",
+        policy="assistant",
+        trigger_id=trigger_id,
+        control_version="base",
+        treatment_version=f"v-{trigger_id}",
+        arms=arms,
+        salt="s1",
+        horizon_users=100,
+        horizon_s=3600.0,
+    )
     return PolicyRecord(policy="assistant", experiment=event)
 
 
 def decided(trigger_id: str, outcome: str = "promote") -> PolicyRecord:
     event = ExperimentDecided(
-        experiment_id=f"policy-ab:v-{trigger_id}", policy="assistant", trigger_id=trigger_id, outcome=outcome, serving_version="base"
+        experiment_id=f"policy-ab:v-{trigger_id}",
+        policy="assistant",
+        trigger_id=trigger_id,
+        outcome=outcome,
+        serving_version="base",
     )
     return PolicyRecord(policy="assistant", experiment=event)
 
 
 def finished(trigger_id: str, stage: str) -> PolicyRecord:
     at = datetime.fromtimestamp(T0, timezone.utc)
-    return PolicyRecord(policy="assistant", status=TrainingStatus(trigger_id=trigger_id, policy="assistant", state="finished", stage=stage, timestamp=at))
+    return PolicyRecord(
+        policy="assistant",
+        status=TrainingStatus(trigger_id=trigger_id, policy="assistant", state="finished", stage=stage, timestamp=at),
+    )
 
 
 def first_trigger(run: Run) -> str:

@@ -49,16 +49,28 @@ class Run:
 
 def fb(n, partition=0, offset=None, event_id=None, record_ts=T0, **fields):
     accepted = Accepted(
-        event_id=event_id or f"e{n}", policy="assistant", model_version=fields.get("model_version", "v1"),
-        experiment=fields.get("experiment"), variant=fields.get("variant"), feedback_type=fields.get("feedback_type", "thumbs_up"),
-        rating=fields.get("rating"), timestamp=fields.get("timestamp", datetime.fromtimestamp(T0, timezone.utc)),
-        partition=partition, offset=n if offset is None else offset, record_ts=record_ts,
-    )  # fmt: skip
+        event_id=event_id or f"e{n}",
+        policy="assistant",
+        model_version=fields.get("model_version", "v1"),
+        experiment=fields.get("experiment"),
+        variant=fields.get("variant"),
+        feedback_type=fields.get("feedback_type", "thumbs_up"),
+        rating=fields.get("rating"),
+        timestamp=fields.get("timestamp", datetime.fromtimestamp(T0, timezone.utc)),
+        partition=partition,
+        offset=n if offset is None else offset,
+        record_ts=record_ts,
+    )
     return PolicyRecord(policy="assistant", accepted=accepted)
 
 
 def status(trigger_id, state, at=T0):
-    return PolicyRecord(policy="assistant", status=TrainingStatus(trigger_id=trigger_id, policy="assistant", state=state, timestamp=datetime.fromtimestamp(at, timezone.utc)))
+    return PolicyRecord(
+        policy="assistant",
+        status=TrainingStatus(
+            trigger_id=trigger_id, policy="assistant", state=state, timestamp=datetime.fromtimestamp(at, timezone.utc)
+        ),
+    )
 
 
 def test_threshold_emits_one_trigger_covering_exact_offsets():
@@ -156,7 +168,9 @@ def test_minute_windows_close_after_grace_with_counts_and_rating_sums():
     run.now = T0 + WINDOW_S + WINDOW_GRACE_S
     assert list(run.ledger.due(run.now)) == ["assistant"]
     metrics = sorted(run.feed(PolicyRecord(policy="assistant", tick=run.now)).metrics, key=lambda m: m.model_version)
-    assert [(m.model_version, m.experiment, m.variant, m.feedback_type, m.count, m.rating_sum, m.rating_count) for m in metrics] == [
+    assert [
+        (m.model_version, m.experiment, m.variant, m.feedback_type, m.count, m.rating_sum, m.rating_count) for m in metrics
+    ] == [
         ("v1", "ab", "a", "rating", 3, 10, 3),
         ("v2", "", "", "thumbs_up", 1, 0, 0),
     ]
@@ -179,10 +193,14 @@ def test_state_is_stored_as_named_records_in_layout_3():
     stored = json.loads(run.state.data["policy:assistant"])  # the JSON text the changelog carries
     assert stored["layout"] == 3 and stored["last_applied_offset"] == 0 and stored["last_origin_offsets"] == {"1": 7}
     assert stored["chunks"] == [0]
-    assert json.loads(run.state.data["buffered:assistant:0"]) == [[1, 7, "e0", "rating"]]  # a chunk of BufferedEvents in field order
+    assert json.loads(run.state.data["buffered:assistant:0"]) == [
+        [1, 7, "e0", "rating"]
+    ]  # a chunk of BufferedEvents in field order
     assert json.loads(run.seen.data["assistant/e0"]) == [1, 7, T0]  # DedupeMark's field order
     ps = run.policy_state()
-    assert run.ledger.buffered_events("assistant", ps) == [BufferedEvent(partition=1, offset=7, event_id="e0", feedback_type="rating")]
+    assert run.ledger.buffered_events("assistant", ps) == [
+        BufferedEvent(partition=1, offset=7, event_id="e0", feedback_type="rating")
+    ]
     assert run.ledger.dedupe_mark("assistant", "e0") == DedupeMark(partition=1, offset=7, record_ts=T0)
     assert ps.open_windows == {int(T0): {'["v1", "", "", "rating"]': WindowCount(count=1, rating_sum=4, rating_count=1)}}
     with pytest.raises(ValidationError, match="layout"):
@@ -194,7 +212,13 @@ def test_layout_2_state_is_carried_on():
     run = Run()
     for n in range(2):
         run.state[f"buffered:assistant:{n}"] = [0, n, f"e{n}", "thumbs_up"]
-    run.state["policy:assistant"] = {"layout": 2, "last_applied_offset": 1, "last_origin_offsets": {"0": 1}, "accepted": 2, "accepted_since_trigger": 2}
+    run.state["policy:assistant"] = {
+        "layout": 2,
+        "last_applied_offset": 1,
+        "last_origin_offsets": {"0": 1},
+        "accepted": 2,
+        "accepted_since_trigger": 2,
+    }
     run.offset = 1
     trigger = run.feed(fb(2)).triggers[0]
     assert trigger.event_ids == ("e0", "e1", "e2") and run.policy_state().chunks == [0, 1, 2]
@@ -235,7 +259,9 @@ def test_a_batch_costs_one_state_write_one_chunk_and_one_marks_write():
 
 def test_where_batches_start_changes_no_trigger():
     """Records grouped per record, in one batch, or in other batches: same triggers, same state."""
-    with_duplicate = PolicyRecord(policy="assistant", batch=(fb(7).accepted, fb(30, partition=1, event_id="e3").accepted, fb(3).accepted, fb(8).accepted))
+    with_duplicate = PolicyRecord(
+        policy="assistant", batch=(fb(7).accepted, fb(30, partition=1, event_id="e3").accepted, fb(3).accepted, fb(8).accepted)
+    )
     records = [batch(range(0, 2)), batch(range(2, 7)), status("nobody", "finished"), with_duplicate, batch(range(9, 14))]
 
     def run_grouped(groups):
@@ -247,7 +273,11 @@ def test_where_batches_start_changes_no_trigger():
             triggers += staged.triggers
             offset += size
         ps = run.policy_state()
-        return [(t.trigger_id, t.event_ids) for t in triggers], (ps.accepted, ps.duplicates, ps.accepted_since_trigger), run.ledger.buffered_events("assistant", ps)
+        return (
+            [(t.trigger_id, t.event_ids) for t in triggers],
+            (ps.accepted, ps.duplicates, ps.accepted_since_trigger),
+            run.ledger.buffered_events("assistant", ps),
+        )
 
     one_by_one = run_grouped([1] * len(records))
     assert one_by_one[0][0][1] == ("e0", "e1", "e2", "e3") and one_by_one[1] == (14, 1, 10)  # held: the training runs

@@ -12,7 +12,14 @@ from streams.validation import validate_feedback
 
 REDACT, DROP = Redactor(mode="redact"), Redactor(mode="drop")
 
-GOOD = {"interaction_id": "i1", "user_id": "u1", "query": "q?", "response": "a", "model_version": "v1", "feedback_type": "thumbs_up"}
+GOOD = {
+    "interaction_id": "i1",
+    "user_id": "u1",
+    "query": "q?",
+    "response": "a",
+    "model_version": "v1",
+    "feedback_type": "thumbs_up",
+}
 
 
 def raw(**changes) -> bytes:
@@ -32,7 +39,9 @@ def test_pii_is_counted_and_under_drop_mode_is_a_dead_letter_without_it():
     assert isinstance(dead, DeadLetter) and pii == {"email": 2, "card": 1}
     assert dead.reason.startswith("PII found (card x1, email x2) in query, response")
     assert "ann@example.com" not in dead.value and "4111" not in dead.value and "<EMAIL>" in dead.value
-    letter, _ = validate_feedback(b'{"query": "ann@example.com"', b"u1", "t.feedback", 0, 2, REDACT)  # a broken record, redacted too
+    letter, _ = validate_feedback(
+        b'{"query": "ann@example.com"', b"u1", "t.feedback", 0, 2, REDACT
+    )  # a broken record, redacted too
     assert isinstance(letter, DeadLetter) and letter.value == '{"query": "<EMAIL>"'
 
 

@@ -10,8 +10,20 @@ T0 = datetime(2026, 1, 1, 12, 0, 10, tzinfo=timezone.utc)
 
 
 def accepted(n: int, pii: dict[str, int]) -> Accepted:
-    return Accepted(event_id=f"e{n}", policy="assistant", model_version="v1", experiment=None, variant=None, feedback_type="thumbs_up",
-                    rating=None, timestamp=T0, partition=0, offset=n, record_ts=T0.timestamp(), pii=pii)  # fmt: skip
+    return Accepted(
+        event_id=f"e{n}",
+        policy="assistant",
+        model_version="v1",
+        experiment=None,
+        variant=None,
+        feedback_type="thumbs_up",
+        rating=None,
+        timestamp=T0,
+        partition=0,
+        offset=n,
+        record_ts=T0.timestamp(),
+        pii=pii,
+    )
 
 
 def test_a_closed_window_reports_the_pii_found_per_type():

@@ -15,15 +15,32 @@ from core.hashing import stable_fraction
 from schemas.events import FeedbackEvent
 from trainers.base_models import resolve_base_model
 from trainers.chat_format import format_prompt as chat_prompt
-from trainers.alternatives import _reward_for_trl, _self_labelled_dpo, _self_labelled_kto, dpo_pairs, kto_examples, kto_weights, train_alternative
+from trainers.alternatives import (
+    _reward_for_trl,
+    _self_labelled_dpo,
+    _self_labelled_kto,
+    dpo_pairs,
+    kto_examples,
+    kto_weights,
+    train_alternative,
+)
 from trainers.optimise import optimise_policy
 from trainers.policy import load_policy
 from trainers.policy_config import PolicyTrainingConfig
 from trainers.synthetic import feedback_events, quality_reward, split_questions
 from trainers.tiny_policy import format_prompt
 
-FAST = {"epochs": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6, "num_generations": 2,
-        "learning_rate": 1e-3, "eval_samples_per_query": 1, "offline_epochs": 1}  # fmt: skip
+FAST = {
+    "epochs": 2,
+    "batch_size": 4,
+    "mini_batch_size": 2,
+    "ppo_epochs": 1,
+    "max_new_tokens": 6,
+    "num_generations": 2,
+    "learning_rate": 1e-3,
+    "eval_samples_per_query": 1,
+    "offline_epochs": 1,
+}
 
 TRAIN_QS, HELD_OUT_QS = (qs[:8] for qs in split_questions())
 TRAIN, HELD_OUT = [q.text for q in TRAIN_QS], [q.text for q in HELD_OUT_QS]
@@ -36,8 +53,16 @@ def varied_reward(queries: list[str], responses: list[str]) -> list[float]:
 
 
 def _event(i: int, query: str, response: str, feedback_type: str, **kw) -> FeedbackEvent:
-    return FeedbackEvent(event_id=f"e{i}", interaction_id=f"i{i}", user_id="u", query=query, response=response,
-                         model_version="v0", feedback_type=feedback_type, **kw)  # fmt: skip
+    return FeedbackEvent(
+        event_id=f"e{i}",
+        interaction_id=f"i{i}",
+        user_id="u",
+        query=query,
+        response=response,
+        model_version="v0",
+        feedback_type=feedback_type,
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------- examples, literal data
@@ -45,19 +70,28 @@ def _event(i: int, query: str, response: str, feedback_type: str, **kw) -> Feedb
 
 def test_kto_examples_and_dpo_pairs_from_feedback():
     events = [
-        _event(1, "q1", "good", "thumbs_up"), _event(2, "q1", "bad", "thumbs_down"),
-        _event(3, "q2", "fine", "rating", rating=4), _event(4, "q2", "meh", "rating", rating=3),
+        _event(1, "q1", "good", "thumbs_up"),
+        _event(2, "q1", "bad", "thumbs_down"),
+        _event(3, "q2", "fine", "rating", rating=4),
+        _event(4, "q2", "meh", "rating", rating=3),
         _event(5, "q3", "wrong", "correction", correction="right"),
-    ]  # fmt: skip
+    ]
     kto = kto_examples(events, min_rating=4)
     assert [(r["completion"], r["label"]) for r in kto] == [
-        (" good", True), (" bad", False), (" fine", True), (" meh", False), (" right", True), (" wrong", False),
-    ]  # fmt: skip
+        (" good", True),
+        (" bad", False),
+        (" fine", True),
+        (" meh", False),
+        (" right", True),
+        (" wrong", False),
+    ]
     assert kto[0]["prompt"] == format_prompt("q1")
     pairs = dpo_pairs(events, min_rating=4)
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
-        (format_prompt("q1"), " good", " bad"), (format_prompt("q2"), " fine", " meh"), (format_prompt("q3"), " right", " wrong"),
-    ]  # fmt: skip
+        (format_prompt("q1"), " good", " bad"),
+        (format_prompt("q2"), " fine", " meh"),
+        (format_prompt("q3"), " right", " wrong"),
+    ]
 
 
 def test_with_a_chat_template_the_examples_are_in_the_policys_chat_format():
@@ -65,14 +99,24 @@ def test_with_a_chat_template_the_examples_are_in_the_policys_chat_format():
     tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     events = [_event(1, "q1", "good", "thumbs_up"), _event(2, "q1", "bad", "thumbs_down")]
     kto = kto_examples(events, min_rating=4, tokenizer=tokenizer)
-    assert [(r["prompt"], r["completion"]) for r in kto] == [(chat_prompt(tokenizer, "q1"), "good"), (chat_prompt(tokenizer, "q1"), "bad")]
+    assert [(r["prompt"], r["completion"]) for r in kto] == [
+        (chat_prompt(tokenizer, "q1"), "good"),
+        (chat_prompt(tokenizer, "q1"), "bad"),
+    ]
     assert kto[0]["prompt"].startswith("<system>") and kto[0]["prompt"].endswith("<user>q1</s><assistant>")
-    assert dpo_pairs(events, min_rating=4, tokenizer=tokenizer) == [{"prompt": chat_prompt(tokenizer, "q1"), "chosen": "good", "rejected": "bad"}]
+    assert dpo_pairs(events, min_rating=4, tokenizer=tokenizer) == [
+        {"prompt": chat_prompt(tokenizer, "q1"), "chosen": "good", "rejected": "bad"}
+    ]
 
 
 def test_self_labelled_examples_split_at_the_median_and_pair_every_better_sample():
     scored = {"q": [("a", 0.9), ("b", 0.5), ("c", 0.1), ("d", 0.5)]}
-    assert [(r["completion"], r["label"]) for r in _self_labelled_kto(scored)] == [(" a", True), (" b", False), (" c", False), (" d", False)]
+    assert [(r["completion"], r["label"]) for r in _self_labelled_kto(scored)] == [
+        (" a", True),
+        (" b", False),
+        (" c", False),
+        (" d", False),
+    ]
     pairs = {(p["chosen"], p["rejected"]) for p in _self_labelled_dpo(scored)}
     assert pairs == {(" a", " b"), (" a", " c"), (" a", " d"), (" b", " c"), (" d", " c")}  # ties give no pair
     assert _self_labelled_dpo({"q": [("a", 0.5), ("b", 0.5)]}) == []
@@ -95,7 +139,16 @@ def test_trl_reward_function_scores_the_raw_query_and_the_stripped_completion():
 
 
 def _check(metrics: dict, out: Path, algorithm: str) -> None:
-    for key in ("mean_reward_before", "mean_reward_after", "reward_gain", "kl", "mean_length", "train_seconds", "steps", "examples"):
+    for key in (
+        "mean_reward_before",
+        "mean_reward_after",
+        "reward_gain",
+        "kl",
+        "mean_length",
+        "train_seconds",
+        "steps",
+        "examples",
+    ):
         assert isinstance(metrics[key], float), key
     assert metrics["algorithm"] == algorithm and metrics["guardrails_fired"] == [] and metrics["steps"] >= 1
     lm = AutoModelForCausalLM.from_pretrained(out)
@@ -106,8 +159,16 @@ def _check(metrics: dict, out: Path, algorithm: str) -> None:
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_online_alternatives_train_evaluate_and_save(micro_policy: str, tmp_path: Path, algorithm: str):
     states = []
-    metrics = optimise_policy(algorithm, micro_policy, varied_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "policy",
-                              on_status=lambda *a: states.append(a))  # fmt: skip
+    metrics = optimise_policy(
+        algorithm,
+        micro_policy,
+        varied_reward,
+        TRAIN,
+        HELD_OUT,
+        PolicyTrainingConfig(**FAST),
+        tmp_path / "policy",
+        on_status=lambda *a: states.append(a),
+    )
     _check(metrics, tmp_path / "policy", algorithm)
     assert metrics["steps"] == FAST["epochs"] * FAST["ppo_epochs"] and metrics["examples"] == len(TRAIN)
     assert states[0][0] == "started" and states[-1][0] == "finished"
@@ -118,15 +179,25 @@ def test_online_alternatives_train_evaluate_and_save(micro_policy: str, tmp_path
 def test_offline_alternatives_learn_from_feedback_events(micro_policy: str, tmp_path: Path, algorithm: str):
     events = feedback_events(TRAIN_QS, 40, seed=3)
     expected = len(kto_examples(events, 4)) if algorithm == "kto" else len(dpo_pairs(events, 4))
-    metrics = optimise_policy(algorithm, micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "policy",
-                              feedback_events=events)  # fmt: skip
+    metrics = optimise_policy(
+        algorithm,
+        micro_policy,
+        quality_reward,
+        TRAIN,
+        HELD_OUT,
+        PolicyTrainingConfig(**FAST),
+        tmp_path / "policy",
+        feedback_events=events,
+    )
     _check(metrics, tmp_path / "policy", algorithm)
     assert metrics["examples"] == expected > 0
 
 
 @pytest.mark.parametrize("algorithm", ["kto", "dpo"])
 def test_offline_alternatives_label_the_policys_own_samples_without_feedback(micro_policy: str, tmp_path: Path, algorithm: str):
-    metrics = optimise_policy(algorithm, micro_policy, varied_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "policy")
+    metrics = optimise_policy(
+        algorithm, micro_policy, varied_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "policy"
+    )
     _check(metrics, tmp_path / "policy", algorithm)
     budget = FAST["epochs"] * FAST["batch_size"]  # PPO's rollout budget: 2 queries x 4 samples here
     if algorithm == "kto":  # every sample, labelled against the median
@@ -146,9 +217,27 @@ def test_alternative_with_lora_returns_a_plain_model(micro_policy: str):
 def test_offline_alternatives_refuse_one_sided_data(micro_policy: str, tmp_path: Path):
     liked = [_event(i, TRAIN[0], "Open Mail.", "thumbs_up") for i in range(3)]
     with pytest.raises(TrainingError, match="only desirable"):
-        optimise_policy("kto", micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "k", feedback_events=liked)
+        optimise_policy(
+            "kto",
+            micro_policy,
+            quality_reward,
+            TRAIN,
+            HELD_OUT,
+            PolicyTrainingConfig(**FAST),
+            tmp_path / "k",
+            feedback_events=liked,
+        )
     with pytest.raises(TrainingError, match="no usable examples in the feedback"):
-        optimise_policy("dpo", micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "d", feedback_events=liked)
+        optimise_policy(
+            "dpo",
+            micro_policy,
+            quality_reward,
+            TRAIN,
+            HELD_OUT,
+            PolicyTrainingConfig(**FAST),
+            tmp_path / "d",
+            feedback_events=liked,
+        )
     constant = lambda q, r: [0.5] * len(q)  # noqa: E731 - every sample ties: nothing to prefer
     with pytest.raises(TrainingError, match="no usable examples in the self-labelled samples"):
         optimise_policy("dpo", micro_policy, constant, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "s")

@@ -52,14 +52,18 @@ def test_a_hub_id_is_downloaded_once_into_a_local_directory(monkeypatch: pytest.
         return tmp_path
 
     monkeypatch.setattr(base_models, "download_from_hub", download)
-    assert resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct") == str(tmp_path) and calls == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct") == str(tmp_path) and calls == [
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ]
 
 
 def test_an_unreachable_hub_is_an_error_naming_the_id(monkeypatch: pytest.MonkeyPatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import: the variable alone would come too late
-    with pytest.raises(ModelLoadError, match="no-such-org/no-such-model: not a local directory or file, and the Hub could not provide it"):
+    with pytest.raises(
+        ModelLoadError, match="no-such-org/no-such-model: not a local directory or file, and the Hub could not provide it"
+    ):
         base_models.download_from_hub("no-such-org/no-such-model")
 
 
@@ -88,5 +92,7 @@ def test_a_gguf_file_is_materialised_once(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_smollm2_without_its_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(base_models, "SMOLLM2_PACKAGE", "no-such-package-rlhf-test")
-    with pytest.raises(ModelLoadError, match=f"{SMOLLM2}: the package no-such-package-rlhf-test is not installed; run `make setup`"):
+    with pytest.raises(
+        ModelLoadError, match=f"{SMOLLM2}: the package no-such-package-rlhf-test is not installed; run `make setup`"
+    ):
         resolve_base_model(SMOLLM2)

@@ -41,11 +41,15 @@ def test_without_a_template_the_plain_format_stays(plain):
 
 def test_with_a_template_system_and_user_turns_then_the_assistant_turn(chat):
     prompt = format_prompt(chat, "How do I reset my password?")
-    assert prompt == (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nHow do I reset my password?<|im_end|>\n"
-                      "<|im_start|>assistant\n")  # fmt: skip
+    assert prompt == (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nHow do I reset my password?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert format_completion(chat, "Open Settings.") == "Open Settings."
     history = [("user", "Hi"), ("assistant", "Hello!")]
-    assert "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nq?" in format_prompt(chat, "q?", history)
+    assert "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nq?" in format_prompt(
+        chat, "q?", history
+    )
 
 
 def test_the_reward_models_input_is_the_prompt_then_the_answer_turn(chat):
@@ -53,7 +57,6 @@ def test_the_reward_models_input_is_the_prompt_then_the_answer_turn(chat):
     assert head == format_prompt(chat, "q?")
     assert tail == "Open Settings.<|im_end|>\n"
     assert reward_text(chat, "q?", "Open Settings.") == head + tail
-
 
 
 def test_sampling_prompts_the_policy_in_its_chat_format(micro_policy: str):

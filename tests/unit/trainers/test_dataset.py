@@ -17,9 +17,25 @@ _ids = itertools.count()
 Q = "How do I reset my password in Mail?"
 
 
-def ev(response: str, kind: str, query: str = Q, rating: int | None = None, correction: str | None = None, event_id: str | None = None) -> FeedbackEvent:
-    return FeedbackEvent(event_id=event_id or f"e{next(_ids)}", interaction_id=f"i{next(_ids)}", user_id="u1", query=query,
-                         response=response, model_version="v1", feedback_type=kind, rating=rating, correction=correction)  # fmt: skip
+def ev(
+    response: str,
+    kind: str,
+    query: str = Q,
+    rating: int | None = None,
+    correction: str | None = None,
+    event_id: str | None = None,
+) -> FeedbackEvent:
+    return FeedbackEvent(
+        event_id=event_id or f"e{next(_ids)}",
+        interaction_id=f"i{next(_ids)}",
+        user_id="u1",
+        query=query,
+        response=response,
+        model_version="v1",
+        feedback_type=kind,
+        rating=rating,
+        correction=correction,
+    )
 
 
 def build(events, **kw):
@@ -38,7 +54,9 @@ def points_of(data) -> set[tuple[str, float, str]]:
 
 
 def test_higher_rating_preferred_over_lower_within_a_query():
-    data = build([ev("A", "rating", rating=5), ev("B", "rating", rating=3), ev("C", "rating", rating=1), ev("D", "rating", rating=3)])
+    data = build(
+        [ev("A", "rating", rating=5), ev("B", "rating", rating=3), ev("C", "rating", rating=1), ev("D", "rating", rating=3)]
+    )
     assert pairs_of(data) == {(c, r, "rating") for c, r in [("A", "B"), ("A", "C"), ("A", "D"), ("B", "C"), ("D", "C")]}
     assert points_of(data) == set()  # every event took part in a pair
     kinds = {(r["chosen_kind"], r["rejected_kind"]) for r in data.train_pairs}
@@ -79,8 +97,13 @@ def test_thumbs_up_without_rating_is_positive_whatever_min_rating():
 
 def test_unpaired_ratings_are_labelled_by_min_rating():
     events = [ev(f"r{r}", "rating", query=f"question {r}", rating=r) for r in range(1, 6)]
-    assert points_of(build(events, min_rating=4)) == {("r1", 0.0, "rating_1"), ("r2", 0.0, "rating_2"), ("r3", 0.0, "rating_3"),
-                                                      ("r4", 1.0, "rating_4"), ("r5", 1.0, "rating_5")}  # fmt: skip
+    assert points_of(build(events, min_rating=4)) == {
+        ("r1", 0.0, "rating_1"),
+        ("r2", 0.0, "rating_2"),
+        ("r3", 0.0, "rating_3"),
+        ("r4", 1.0, "rating_4"),
+        ("r5", 1.0, "rating_5"),
+    }
 
 
 def test_equal_ratings_and_opposite_thumbs_on_one_text_make_no_pair():
@@ -92,17 +115,39 @@ def test_equal_ratings_and_opposite_thumbs_on_one_text_make_no_pair():
 def test_duplicates_are_dropped_and_counted():
     twice = ev("A", "thumbs_up", event_id="same-id")
     # Ratings and thumbs agreeing make the same pair twice; a redelivered event repeats its id.
-    data = build([twice, twice, ev("B", "thumbs_down"), ev("A", "rating", rating=5), ev("B", "rating", rating=1),
-                  ev("C", "thumbs_up", query="q2"), ev("C", "thumbs_up", query="q2")])  # fmt: skip
+    data = build(
+        [
+            twice,
+            twice,
+            ev("B", "thumbs_down"),
+            ev("A", "rating", rating=5),
+            ev("B", "rating", rating=1),
+            ev("C", "thumbs_up", query="q2"),
+            ev("C", "thumbs_up", query="q2"),
+        ]
+    )
     assert data.summary["dropped"] == {"duplicate_event": 1, "duplicate_pair": 1, "duplicate_point": 1}
     assert pairs_of(data) == {("A", "B", "rating")}
     assert points_of(data) == {("C", 1.0, "thumbs_up")}
 
 
 def test_empty_oversize_and_unchanged_text_is_dropped_with_a_reason():
-    data = build([ev("   ", "thumbs_up"), ev("x" * 101, "thumbs_down"), ev("A", "correction", correction=" A "),
-                  ev("B", "correction", correction="y" * 101), ev("ok", "thumbs_up")], max_text_chars=100)  # fmt: skip
-    assert data.summary["dropped"] == {"empty_response": 1, "oversize_response": 1, "correction_unchanged": 1, "oversize_correction": 1}
+    data = build(
+        [
+            ev("   ", "thumbs_up"),
+            ev("x" * 101, "thumbs_down"),
+            ev("A", "correction", correction=" A "),
+            ev("B", "correction", correction="y" * 101),
+            ev("ok", "thumbs_up"),
+        ],
+        max_text_chars=100,
+    )
+    assert data.summary["dropped"] == {
+        "empty_response": 1,
+        "oversize_response": 1,
+        "correction_unchanged": 1,
+        "oversize_correction": 1,
+    }
     assert data.summary["events"]["accepted"] == 1
 
 
@@ -110,7 +155,9 @@ def test_a_changed_mind_counts_once_with_the_latest_verdict_and_a_correction_bes
     up = ev("A", "thumbs_up")
     t = up.timestamp
     down = up.model_copy(update={"event_id": "later", "feedback_type": "thumbs_down", "timestamp": t + timedelta(seconds=5)})
-    fix = up.model_copy(update={"event_id": "fix", "feedback_type": "correction", "correction": "B", "timestamp": t + timedelta(seconds=1)})
+    fix = up.model_copy(
+        update={"event_id": "fix", "feedback_type": "correction", "correction": "B", "timestamp": t + timedelta(seconds=1)}
+    )
     data = build([down, up, fix])  # arrival order does not matter: the later timestamp wins
     assert data.summary["dropped"] == {"superseded_verdict": 1}
     assert data.summary["events"]["by_type"] == {"thumbs_down": 1, "correction": 1}
@@ -141,8 +188,11 @@ def test_no_query_lands_on_both_sides_of_the_split():
     events = []
     for i in range(300):
         q = f"How do I do thing {i}?"
-        events += [ev(f"good {i}", "thumbs_up", query=q), ev(f"bad {i}", "thumbs_down", query=q.upper()),
-                   ev(f"meh {i}", "rating", query=f" {q}", rating=3)]  # fmt: skip
+        events += [
+            ev(f"good {i}", "thumbs_up", query=q),
+            ev(f"bad {i}", "thumbs_down", query=q.upper()),
+            ev(f"meh {i}", "rating", query=f" {q}", rating=3),
+        ]
     data = build_dataset(events, eval_fraction=0.3)
     train = {query_key(q) for d in (data.train_pairs, data.train_points) for q in d["query"]}
     held = {query_key(q) for d in (data.eval_pairs, data.eval_points) for q in d["query"]}
@@ -156,15 +206,26 @@ def test_no_query_lands_on_both_sides_of_the_split():
 
 
 def test_summary_counts_sources_and_splits():
-    data = build_dataset([ev("A", "thumbs_up"), ev("B", "thumbs_down"), ev("C", "rating", rating=5, query="q2"),
-                          ev("D", "correction", correction="E", query="q3")], eval_fraction=0.5)  # fmt: skip
+    data = build_dataset(
+        [
+            ev("A", "thumbs_up"),
+            ev("B", "thumbs_down"),
+            ev("C", "rating", rating=5, query="q2"),
+            ev("D", "correction", correction="E", query="q3"),
+        ],
+        eval_fraction=0.5,
+    )
     s = data.summary
     assert s["events"]["by_type"] == {"thumbs_up": 1, "thumbs_down": 1, "rating": 1, "correction": 1}
     assert s["pairs_by_source"] == {"thumbs": 1, "correction": 1}
     assert s["points_by_kind"] == {"rating_5": 1}
     assert sum(s["splits"].values()) == 3
-    assert s["splits"] == {"train_pairs": len(data.train_pairs), "eval_pairs": len(data.eval_pairs),
-                           "train_points": len(data.train_points), "eval_points": len(data.eval_points)}  # fmt: skip
+    assert s["splits"] == {
+        "train_pairs": len(data.train_pairs),
+        "eval_pairs": len(data.eval_pairs),
+        "train_points": len(data.train_points),
+        "eval_points": len(data.eval_points),
+    }
 
 
 def test_popular_query_is_capped_deterministically():
@@ -192,7 +253,9 @@ def test_read_jsonl_skips_blank_lines_and_counts_bad_ones(tmp_path):
 
 
 def test_policy_queries_keep_every_verdict_and_never_leak():
-    events = [ev("r", "thumbs_down" if i % 2 else "thumbs_up", query=f"q{i}") for i in range(200)] + [ev("r", "thumbs_up", query="q1")]
+    events = [ev("r", "thumbs_down" if i % 2 else "thumbs_up", query=f"q{i}") for i in range(200)] + [
+        ev("r", "thumbs_up", query="q1")
+    ]
     train, held_out = split_policy_queries(events)
     assert sorted(train + held_out) == sorted({e.query for e in events})  # negatives included, deduplicated
     assert not set(train) & set(held_out)

@@ -16,24 +16,47 @@ from trainers.tiny_policy import format_prompt
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def event(n: int, kind: str, interaction: str, correction: str | None = None, query: str = "How do I reset my password in Mail?") -> FeedbackEvent:
-    return FeedbackEvent(event_id=f"e{n}", interaction_id=interaction, user_id="u", query=query, response="Sorry.", model_version="base",
-                         feedback_type=kind, correction=correction, timestamp=T0 + timedelta(seconds=n))  # fmt: skip
+def event(
+    n: int, kind: str, interaction: str, correction: str | None = None, query: str = "How do I reset my password in Mail?"
+) -> FeedbackEvent:
+    return FeedbackEvent(
+        event_id=f"e{n}",
+        interaction_id=interaction,
+        user_id="u",
+        query=query,
+        response="Sorry.",
+        model_version="base",
+        feedback_type=kind,
+        correction=correction,
+        timestamp=T0 + timedelta(seconds=n),
+    )
 
 
 def test_corrections_standing_are_the_demonstrations_once_each():
-    events = [event(1, "correction", "i1", "Open Mail, go to Security."), event(2, "thumbs_down", "i1"),  # a correction stays beside a thumb
-              event(3, "correction", "i2", "Open Mail, go to Security."), event(4, "correction", "i3", "Open Mail, go to Account."),
-              event(5, "correction", "i3", "Open Mail, go to Sync.")]  # a changed correction: the latest counts  # fmt: skip
-    assert corrections(events) == [("How do I reset my password in Mail?", "Open Mail, go to Security."),
-                                   ("How do I reset my password in Mail?", "Open Mail, go to Sync.")]  # fmt: skip
+    events = [
+        event(1, "correction", "i1", "Open Mail, go to Security."),
+        event(2, "thumbs_down", "i1"),  # a correction stays beside a thumb
+        event(3, "correction", "i2", "Open Mail, go to Security."),
+        event(4, "correction", "i3", "Open Mail, go to Account."),
+        event(5, "correction", "i3", "Open Mail, go to Sync."),
+    ]  # a changed correction: the latest counts
+    assert corrections(events) == [
+        ("How do I reset my password in Mail?", "Open Mail, go to Security."),
+        ("How do I reset my password in Mail?", "Open Mail, go to Sync."),
+    ]
 
 
 def test_only_the_correction_and_its_eos_are_targets():
     _, tok = load_policy("tiny")
-    batch = encode_demonstrations(tok, [("Where?", "Open Mail."), ("How do I rename my device in Maps?", "Go to Maps > Settings.")])
+    batch = encode_demonstrations(
+        tok, [("Where?", "Open Mail."), ("How do I rename my device in Maps?", "Go to Maps > Settings.")]
+    )
     for row, target, mask in zip(batch.input_ids, batch.target_mask, batch.attention_mask):
-        prompt = len(tok(format_prompt("Where?" if mask.sum() < batch.input_ids.shape[1] else "How do I rename my device in Maps?"))["input_ids"])
+        prompt = len(
+            tok(format_prompt("Where?" if mask.sum() < batch.input_ids.shape[1] else "How do I rename my device in Maps?"))[
+                "input_ids"
+            ]
+        )
         predicted = row[1:][target.bool()].tolist()  # the tokens the loss asks the policy to produce
         assert predicted[-1] == tok.eos_token_id
         assert tok.decode(predicted[:-1]).strip() in ("Open Mail.", "Go to Maps > Settings.")
@@ -60,7 +83,9 @@ def test_the_supervised_passes_stop_at_max_steps(monkeypatch):
     lm, tok = load_policy("tiny")
     seen: list[int] = []  # demonstrations in each step's batch
     real_loss = demonstrations.demonstration_loss
-    monkeypatch.setattr(demonstrations, "demonstration_loss", lambda lm, batch: seen.append(len(batch.input_ids)) or real_loss(lm, batch))
+    monkeypatch.setattr(
+        demonstrations, "demonstration_loss", lambda lm, batch: seen.append(len(batch.input_ids)) or real_loss(lm, batch)
+    )
     demos = [(f"How do I open item {n} in Mail?", f"Open Mail, then item {n}.") for n in range(5)]
     fit_demonstrations(lm, tok, demos, epochs=4, batch_size=2, learning_rate=1e-4)
     assert seen == [2, 2, 1] * 4  # 4 passes of 3 batches

@@ -59,7 +59,11 @@ def _base(path: Path) -> str:
     """A 2-layer, 32-wide BERT with MiniLM's vocabulary (as tests/unit/trainers/test_reward.py builds)."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+        )
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 

@@ -12,9 +12,13 @@ from trainers.reward_config import RewardConfig
 
 # Logits whose sigmoids are exact: 0 -> 0.5, ln 3 -> 0.75, -ln 3 -> 0.25.
 L3 = math.log(3)
-SCORES = torch.tensor([[0.0, 0.0, 0.0, 0.0],  # all agree on 0.5
-                       [L3, L3, -L3, -L3],  # split: mean 0.5, std 0.25
-                       [L3, L3, L3, 0.0]])  # mostly 0.75: mean 0.6875  # fmt: skip
+SCORES = torch.tensor(
+    [
+        [0.0, 0.0, 0.0, 0.0],  # all agree on 0.5
+        [L3, L3, -L3, -L3],  # split: mean 0.5, std 0.25
+        [L3, L3, L3, 0.0],
+    ]
+)  # mostly 0.75: mean 0.6875
 
 
 def test_disagreement_is_the_std_of_the_members_sigmoids():

@@ -9,16 +9,30 @@ import pytest
 
 from core.errors import TrainingError
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
-from trainers.history import (HistoryWindow, between_ranges, load_history, merge_events, recent_ids, replay_history, replay_sample, save_history,
-                              select_history)
+from trainers.history import (
+    HistoryWindow,
+    between_ranges,
+    load_history,
+    merge_events,
+    recent_ids,
+    replay_history,
+    replay_sample,
+    save_history,
+    select_history,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def trigger(n: int, ids: range, policy: str = "assistant") -> TrainTrigger:
-    return TrainTrigger(trigger_id=f"t{n}", policy=policy, model_version="base", timestamp=T0 + timedelta(hours=n),
-                        ranges=(OffsetRange(topic="feedback", partition=n % 2, start=ids.start, end=ids.stop),),
-                        event_ids=tuple(f"e{i}" for i in ids))  # fmt: skip
+    return TrainTrigger(
+        trigger_id=f"t{n}",
+        policy=policy,
+        model_version="base",
+        timestamp=T0 + timedelta(hours=n),
+        ranges=(OffsetRange(topic="feedback", partition=n % 2, start=ids.start, end=ids.stop),),
+        event_ids=tuple(f"e{i}" for i in ids),
+    )
 
 
 EARLIER = [trigger(1, range(0, 100)), trigger(2, range(100, 200)), trigger(3, range(200, 300))]
@@ -26,8 +40,16 @@ LATEST = trigger(4, range(250, 400))  # its buffer overlaps the trigger before
 
 
 def event(i: int, policy: str = "assistant") -> FeedbackEvent:
-    return FeedbackEvent(event_id=f"e{i}", interaction_id=f"i{i}", user_id="u", query="q", response="r", model_version="base",
-                         feedback_type="thumbs_up", policy=policy)  # fmt: skip
+    return FeedbackEvent(
+        event_id=f"e{i}",
+        interaction_id=f"i{i}",
+        user_id="u",
+        query="q",
+        response="r",
+        model_version="base",
+        feedback_type="thumbs_up",
+        policy=policy,
+    )
 
 
 def ids(triggers: list[TrainTrigger]) -> list[str]:
@@ -36,7 +58,9 @@ def ids(triggers: list[TrainTrigger]) -> list[str]:
 
 def test_the_window_keeps_the_newest_earlier_triggers_oldest_first():
     assert ids(select_history(EARLIER, LATEST, HistoryWindow())) == ["t1", "t2", "t3", "t4"]
-    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_triggers=0))) == ["t4"]  # today's learner: the latest buffer only
+    assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_triggers=0))) == [
+        "t4"
+    ]  # today's learner: the latest buffer only
     assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_triggers=2))) == ["t2", "t3", "t4"]
     assert ids(select_history(EARLIER, LATEST, HistoryWindow(max_age_s=2 * 3600))) == ["t2", "t3", "t4"]
     # Distinct events: t4 and t3 overlap by 50, so they hold 200; with t2 300, with t1 400.
@@ -76,7 +100,9 @@ def test_a_capped_sample_keeps_every_newest_event_and_the_same_older_ones_on_eve
     recent = frozenset(f"e{i}" for i in range(900, 1000))
     sample = replay_sample(events, recent, 400)
     assert recent <= {e.event_id for e in sample} and 350 <= len(sample) <= 450  # 100 newest + ~300 of 900 older
-    assert sample == replay_sample(list(events), recent, 400) and [e.event_id for e in sample] == sorted((e.event_id for e in sample), key=lambda i: int(i[1:]))
+    assert sample == replay_sample(list(events), recent, 400) and [e.event_id for e in sample] == sorted(
+        (e.event_id for e in sample), key=lambda i: int(i[1:])
+    )
     assert replay_sample(events, recent, None) == events == replay_sample(events, recent, 1000)
 
 
@@ -113,12 +139,32 @@ def test_a_version_records_every_trigger_known_and_those_it_used(tmp_path):
 def test_the_feedback_between_two_triggers_is_read_from_exactly_the_offsets_neither_holds():
     # Two partitions; the second trigger's buffer starts past the first's end on both: an A/B test
     # held triggers back while [300, 700) and [50, 90) arrived.
-    first = TrainTrigger(trigger_id="a", policy="assistant", model_version="base", timestamp=T0, event_ids=("e1",), ranges=(
-        OffsetRange(topic="feedback", partition=0, start=0, end=300), OffsetRange(topic="feedback", partition=1, start=0, end=50)))
-    second = TrainTrigger(trigger_id="b", policy="assistant", model_version="base", timestamp=T0 + timedelta(hours=1), event_ids=("e2",),
-                          ranges=(OffsetRange(topic="feedback", partition=0, start=700, end=900), OffsetRange(topic="feedback", partition=1, start=40, end=90),
-                                  OffsetRange(topic="feedback", partition=2, start=0, end=10)))  # fmt: skip
-    assert between_ranges(first, second) == [OffsetRange(topic="feedback", partition=0, start=300, end=700)]  # partition 1 overlaps; 2 is new
+    first = TrainTrigger(
+        trigger_id="a",
+        policy="assistant",
+        model_version="base",
+        timestamp=T0,
+        event_ids=("e1",),
+        ranges=(
+            OffsetRange(topic="feedback", partition=0, start=0, end=300),
+            OffsetRange(topic="feedback", partition=1, start=0, end=50),
+        ),
+    )
+    second = TrainTrigger(
+        trigger_id="b",
+        policy="assistant",
+        model_version="base",
+        timestamp=T0 + timedelta(hours=1),
+        event_ids=("e2",),
+        ranges=(
+            OffsetRange(topic="feedback", partition=0, start=700, end=900),
+            OffsetRange(topic="feedback", partition=1, start=40, end=90),
+            OffsetRange(topic="feedback", partition=2, start=0, end=10),
+        ),
+    )
+    assert between_ranges(first, second) == [
+        OffsetRange(topic="feedback", partition=0, start=300, end=700)
+    ]  # partition 1 overlaps; 2 is new
     assert between_ranges(EARLIER[2], LATEST) == []  # different partitions: nothing between them
 
     asked: list[list[OffsetRange]] = []

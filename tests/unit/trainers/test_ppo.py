@@ -12,7 +12,15 @@ from pydantic import ValidationError
 from trainers.policy import kl_estimate, masked_mean, repetition_share
 from trainers.policy_config import PolicyTrainingConfig
 from trainers.guardrails import check_guardrails
-from trainers.ppo_maths import AdaptiveKLController, RunningScoreScale, compute_gae, kl_penalised_rewards, policy_loss, value_loss, whiten
+from trainers.ppo_maths import (
+    AdaptiveKLController,
+    RunningScoreScale,
+    compute_gae,
+    kl_penalised_rewards,
+    policy_loss,
+    value_loss,
+    whiten,
+)
 
 T = torch.tensor
 
@@ -81,7 +89,9 @@ def test_policy_loss_gradient_vanishes_outside_the_trust_region():
 
 def test_clipped_value_loss_hand_computed():
     # token 0: max((1-2)^2, (0.7-2)^2) = 1.69; token 1: max(0, (0.3-0)^2) = 0.09; token 2: 0.05^2 = 0.0025.
-    loss = value_loss(T([[1.0, 0.0, 0.55]]), T([[0.5, 0.5, 0.5]]), T([[2.0, 0.0, 0.6]]), T([[1.0, 1.0, 1.0]]), cliprange_value=0.2)
+    loss = value_loss(
+        T([[1.0, 0.0, 0.55]]), T([[0.5, 0.5, 0.5]]), T([[2.0, 0.0, 0.6]]), T([[1.0, 1.0, 1.0]]), cliprange_value=0.2
+    )
     assert close(loss, 0.5 * (1.69 + 0.09 + 0.0025) / 3)
 
 

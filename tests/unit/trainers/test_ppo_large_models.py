@@ -17,11 +17,23 @@ from trainers.policy import load_policy
 from trainers.policy_config import PolicyTrainingConfig, lora_config
 from trainers.synthetic import quality_reward, split_questions
 
-FAST = {"epochs": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6, "num_generations": 2,
-        "learning_rate": 1e-3, "eval_samples_per_query": 1}  # fmt: skip
+FAST = {
+    "epochs": 2,
+    "batch_size": 4,
+    "mini_batch_size": 2,
+    "ppo_epochs": 1,
+    "max_new_tokens": 6,
+    "num_generations": 2,
+    "learning_rate": 1e-3,
+    "eval_samples_per_query": 1,
+}
 TRAIN, HELD_OUT = ([q.text for q in qs[:8]] for qs in split_questions())
 # Corrections of different lengths: their micro-batches hold different shares of the target tokens.
-DEMOS = [(TRAIN[0], "Open Mail."), (TRAIN[1], "Open Mail, go to Settings, then press Reset."), (TRAIN[2], "Go to Maps > Settings.")]
+DEMOS = [
+    (TRAIN[0], "Open Mail."),
+    (TRAIN[1], "Open Mail, go to Settings, then press Reset."),
+    (TRAIN[2], "Go to Maps > Settings."),
+]
 
 
 def _params(lm: torch.nn.Module) -> torch.Tensor:
@@ -31,9 +43,24 @@ def _params(lm: torch.nn.Module) -> torch.Tensor:
 def test_lora_settings_reach_peft_from_yaml_and_environment(monkeypatch: pytest.MonkeyPatch):
     assert lora_config(PolicyTrainingConfig()) is None  # lora_r 0: a full fine-tune
     default = lora_config(PolicyTrainingConfig(lora_r=4))
-    assert (default.r, default.lora_alpha, default.lora_dropout, default.target_modules) == (4, 8, 0.0, "all-linear")  # alpha unset: 2 x r
-    settings = load_settings(policy={"training": {"lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.1, "lora_target_modules": ["q_proj", "v_proj"],
-                                                  "grad_accumulation_steps": 4, "checkpoint_every": 5}})  # fmt: skip
+    assert (default.r, default.lora_alpha, default.lora_dropout, default.target_modules) == (
+        4,
+        8,
+        0.0,
+        "all-linear",
+    )  # alpha unset: 2 x r
+    settings = load_settings(
+        policy={
+            "training": {
+                "lora_r": 8,
+                "lora_alpha": 32,
+                "lora_dropout": 0.1,
+                "lora_target_modules": ["q_proj", "v_proj"],
+                "grad_accumulation_steps": 4,
+                "checkpoint_every": 5,
+            }
+        }
+    )
     config = PolicyTrainingConfig.from_settings(settings)
     assert (config.grad_accumulation_steps, config.checkpoint_every) == (4, 5)
     peft = lora_config(config)
@@ -43,7 +70,9 @@ def test_lora_settings_reach_peft_from_yaml_and_environment(monkeypatch: pytest.
     assert lora_config(PolicyTrainingConfig.from_settings(load_settings())).target_modules == {"q_proj"}
 
 
-def test_ppo_with_lora_holds_the_kl_to_the_model_with_its_adapters_off(micro_policy: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_ppo_with_lora_holds_the_kl_to_the_model_with_its_adapters_off(
+    micro_policy: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     frozen_refs = []
 
     class SpyReference(ppo.Reference):
@@ -55,7 +84,9 @@ def test_ppo_with_lora_holds_the_kl_to_the_model_with_its_adapters_off(micro_pol
     lm, tok = load_policy(micro_policy)
     config = PolicyTrainingConfig(**FAST, lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     trained, result = ppo.train_ppo(lm, tok, quality_reward, TRAIN, config)
-    assert frozen_refs == [None] and type(trained).__name__ == "LlamaForCausalLM" and result.iterations == 2  # no copy: adapters off
+    assert (
+        frozen_refs == [None] and type(trained).__name__ == "LlamaForCausalLM" and result.iterations == 2
+    )  # no copy: adapters off
 
     base, _ = load_policy(micro_policy)
     ppo.train_ppo(load_policy(micro_policy)[0], tok, quality_reward, TRAIN, config, reference=base)
@@ -76,7 +107,9 @@ def test_gradient_accumulation_takes_the_same_step(micro_policy: str, steps: int
     trained = {}
     for n in (1, steps):
         lm, tok = load_policy(micro_policy)
-        model, result = ppo.train_ppo(lm, tok, quality_reward, TRAIN, config.model_copy(update={"grad_accumulation_steps": n}), demonstrations=DEMOS)
+        model, result = ppo.train_ppo(
+            lm, tok, quality_reward, TRAIN, config.model_copy(update={"grad_accumulation_steps": n}), demonstrations=DEMOS
+        )
         assert result.rollbacks == 0
         trained[n] = _params(model)
     assert (trained[1] - start).abs().max() > 1e-4  # a real step was taken
@@ -99,12 +132,28 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_does(micro_policy: str, 
 
     checkpoints = tmp_path / "checkpoints"
     with pytest.raises(Interrupted):
-        ppo.train_ppo(load_policy(micro_policy)[0], tok, quality_reward, TRAIN, config, demonstrations=DEMOS, checkpoint_dir=checkpoints,
-                      on_status=crash_in_iteration_3)  # fmt: skip
+        ppo.train_ppo(
+            load_policy(micro_policy)[0],
+            tok,
+            quality_reward,
+            TRAIN,
+            config,
+            demonstrations=DEMOS,
+            checkpoint_dir=checkpoints,
+            on_status=crash_in_iteration_3,
+        )
     assert [p.name for p in checkpoints.iterdir()] == [ppo.CHECKPOINT_FILE]
     seen = []
-    resumed, resumed_result = ppo.train_ppo(load_policy(micro_policy)[0], tok, quality_reward, TRAIN, config, demonstrations=DEMOS,
-                                            checkpoint_dir=checkpoints, on_status=lambda *a: seen.append(a[2]))  # fmt: skip
+    resumed, resumed_result = ppo.train_ppo(
+        load_policy(micro_policy)[0],
+        tok,
+        quality_reward,
+        TRAIN,
+        config,
+        demonstrations=DEMOS,
+        checkpoint_dir=checkpoints,
+        on_status=lambda *a: seen.append(a[2]),
+    )
     assert seen[:3] == ["resumed from the checkpoint after iteration 2/4", "iteration 3/4", "iteration 4/4"]
     torch.testing.assert_close(_params(resumed), _params(whole), atol=1e-6, rtol=0)
     assert repr(resumed_result) == repr(whole_result)  # repr: the unused disagreement figures are nan
@@ -122,7 +171,14 @@ def test_a_checkpoint_of_another_run_is_refused(micro_policy: str, tmp_path: Pat
     with pytest.raises(Interrupted):
         ppo.train_ppo(lm, tok, quality_reward, TRAIN, config, checkpoint_dir=tmp_path / "ck", on_status=crash)
     with pytest.raises(TrainingError, match="another training run.*learning_rate"):
-        ppo.train_ppo(load_policy(micro_policy)[0], tok, quality_reward, TRAIN, config.model_copy(update={"learning_rate": 0.1}), checkpoint_dir=tmp_path / "ck")
+        ppo.train_ppo(
+            load_policy(micro_policy)[0],
+            tok,
+            quality_reward,
+            TRAIN,
+            config.model_copy(update={"learning_rate": 0.1}),
+            checkpoint_dir=tmp_path / "ck",
+        )
 
 
 def test_the_trl_algorithms_train_the_adapters_the_settings_name(micro_policy: str):

@@ -21,8 +21,16 @@ from trainers.ppo import train_ppo
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import quality_reward, split_questions
 
-FAST = {"epochs": 2, "batch_size": 4, "mini_batch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6, "num_generations": 2,
-        "learning_rate": 1e-3, "eval_samples_per_query": 1}  # fmt: skip
+FAST = {
+    "epochs": 2,
+    "batch_size": 4,
+    "mini_batch_size": 2,
+    "ppo_epochs": 1,
+    "max_new_tokens": 6,
+    "num_generations": 2,
+    "learning_rate": 1e-3,
+    "eval_samples_per_query": 1,
+}
 
 TRAIN, HELD_OUT = ([q.text for q in qs[:8]] for qs in split_questions())
 
@@ -54,7 +62,11 @@ def test_an_update_past_the_kl_bound_is_rolled_back_and_training_stops(micro_pol
     # Each update is judged on the rollout after it: update, rollback, (restored policy passes) update, ...
     assert result.guardrails_fired == ["kl_bound"] * 3 and result.stopped_early and result.iterations == 6
     assert [s[0] for s in seen].count("guardrail") == 4 and "stopping" in seen[-1][2]
-    assert [s[2].rsplit(" lr ", 1)[1] for s in seen if "rolled back" in s[2]] == ["0.25", "0.12", "0.062"]  # each retry steps smaller
+    assert [s[2].rsplit(" lr ", 1)[1] for s in seen if "rolled back" in s[2]] == [
+        "0.25",
+        "0.12",
+        "0.062",
+    ]  # each retry steps smaller
 
 
 def test_the_last_update_is_checked_on_a_fresh_rollout_too(micro_policy: str):
@@ -97,8 +109,16 @@ def test_optimise_policy_saves_atomically_and_reports(micro_policy: str, tmp_pat
     out = tmp_path / "policy"
     out.mkdir()  # an existing (empty) target, as a registry staging directory is, gets replaced
     states = []
-    metrics = optimise_policy("ppo", micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), out,
-                              on_status=lambda *a: states.append(a[0]))  # fmt: skip
+    metrics = optimise_policy(
+        "ppo",
+        micro_policy,
+        quality_reward,
+        TRAIN,
+        HELD_OUT,
+        PolicyTrainingConfig(**FAST),
+        out,
+        on_status=lambda *a: states.append(a[0]),
+    )
     assert states[0] == "started" and states[-1] == "finished"
     for key in ("mean_reward_before", "mean_reward_after", "reward_gain", "kl", "mean_length", "train_seconds"):
         assert isinstance(metrics[key], float), key
@@ -112,8 +132,16 @@ def test_optimise_policy_rejects_unknown_algorithms_and_reports_failure(micro_po
         optimise_policy("sft", micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "p")
     states = []
     with pytest.raises(TrainingError, match="at least one training query"):
-        optimise_policy("ppo", micro_policy, quality_reward, [], HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "p",
-                        on_status=lambda *a: states.append(a[0]))  # fmt: skip
+        optimise_policy(
+            "ppo",
+            micro_policy,
+            quality_reward,
+            [],
+            HELD_OUT,
+            PolicyTrainingConfig(**FAST),
+            tmp_path / "p",
+            on_status=lambda *a: states.append(a[0]),
+        )
     assert states[-1] == "failed" and not (tmp_path / "p").exists()
 
 
@@ -122,7 +150,16 @@ def test_a_trained_policy_failing_a_guardrail_is_a_rejection_not_a_training_erro
     # Every answer is far shorter than 100x the starting length: each rollout and the final evaluation fail.
     config = PolicyTrainingConfig(**FAST, min_length_ratio=100.0)
     with pytest.raises(GuardrailRejection, match="length_collapse") as caught:
-        optimise_policy("ppo", micro_policy, quality_reward, TRAIN, HELD_OUT, config, tmp_path / "p", on_status=lambda *a: states.append(a[:2]))
+        optimise_policy(
+            "ppo",
+            micro_policy,
+            quality_reward,
+            TRAIN,
+            HELD_OUT,
+            config,
+            tmp_path / "p",
+            on_status=lambda *a: states.append(a[:2]),
+        )
     assert not isinstance(caught.value, TrainingError)
     assert ("guardrail", "eval_after") in states and states[-1][0] == "failed"
     assert not any(tmp_path.iterdir())  # nothing saved
@@ -146,8 +183,14 @@ def test_ppo_stops_and_undoes_the_last_update_when_the_ensemble_disagreement_gro
     lm, tok = load_policy(micro_policy)
     before = _params(lm)
     seen = []
-    trained, result = train_ppo(lm, tok, EnsembleReward(SpreadingEnsemble(), penalty=1.0), TRAIN, PolicyTrainingConfig(**{**FAST, "epochs": 5}),
-                                on_status=lambda *a: seen.append(a))  # fmt: skip
+    trained, result = train_ppo(
+        lm,
+        tok,
+        EnsembleReward(SpreadingEnsemble(), penalty=1.0),
+        TRAIN,
+        PolicyTrainingConfig(**{**FAST, "epochs": 5}),
+        on_status=lambda *a: seen.append(a),
+    )
     assert result.stopped_early and result.iterations == 2 and result.guardrails_fired == ["disagreement"]
     assert torch.equal(before, _params(trained))  # the one update was undone
     assert result.disagreement_first == 0.0 and "disagreement" in seen[-1][2]
@@ -164,14 +207,18 @@ class QuietEnsemble(SpreadingEnsemble):
 
 def test_a_growth_of_a_spread_below_a_point_does_not_stop_ppo(micro_policy: str):
     lm, tok = load_policy(micro_policy)
-    _, result = train_ppo(lm, tok, EnsembleReward(QuietEnsemble(), penalty=1.0), TRAIN, PolicyTrainingConfig(**{**FAST, "epochs": 3}))
+    _, result = train_ppo(
+        lm, tok, EnsembleReward(QuietEnsemble(), penalty=1.0), TRAIN, PolicyTrainingConfig(**{**FAST, "epochs": 3})
+    )
     assert not result.stopped_early and result.iterations == 3 and result.disagreement_last > 4 * result.disagreement_first
 
 
 def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micro_policy: str, tmp_path: Path):
     parent = tmp_path / "parent"
     lm, tok = load_policy(micro_policy)
-    fit_demonstrations(lm, tok, [(q, "Open Mail.") for q in TRAIN], epochs=3, batch_size=4, learning_rate=1e-2)  # a parent moved away from the base
+    fit_demonstrations(
+        lm, tok, [(q, "Open Mail.") for q in TRAIN], epochs=3, batch_size=4, learning_rate=1e-2
+    )  # a parent moved away from the base
     lm.save_pretrained(parent), tok.save_pretrained(parent)
     gate_calls = []
 
@@ -179,30 +226,78 @@ def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micr
         gate_calls.append(len(queries))
         return [0.5] * len(queries)
 
-    events = [FeedbackEvent(interaction_id=f"i{n}", user_id="u", query=TRAIN[n], response="Sorry.", model_version="parent", feedback_type="correction",
-                            correction=f"Open Mail, go to Settings, step {n}.") for n in range(3)]  # fmt: skip
+    events = [
+        FeedbackEvent(
+            interaction_id=f"i{n}",
+            user_id="u",
+            query=TRAIN[n],
+            response="Sorry.",
+            model_version="parent",
+            feedback_type="correction",
+            correction=f"Open Mail, go to Settings, step {n}.",
+        )
+        for n in range(3)
+    ]
     config = PolicyTrainingConfig(**FAST, demo_epochs=2, kl_base_bound=100.0)
-    metrics = optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, config, tmp_path / "out", feedback_events=events, gate_fn=gate,
-                              original_path=micro_policy)  # fmt: skip
+    metrics = optimise_policy(
+        "ppo",
+        str(parent),
+        quality_reward,
+        TRAIN,
+        HELD_OUT,
+        config,
+        tmp_path / "out",
+        feedback_events=events,
+        gate_fn=gate,
+        original_path=micro_policy,
+    )
     assert metrics["kl_base"] > metrics["kl_parent"] >= 0.0  # trained from the parent: nearer to it than to the base
     assert metrics["gate_reward_before"] == metrics["gate_reward_after"] == 0.5 and sum(gate_calls) == 2 * len(HELD_OUT)
     assert metrics["demonstrations"] == 3.0 and math.isfinite(metrics["demo_loss"])
-    restarted = optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST, start_from="base"),
-                                tmp_path / "restart", original_path=micro_policy)  # fmt: skip
+    restarted = optimise_policy(
+        "ppo",
+        str(parent),
+        quality_reward,
+        TRAIN,
+        HELD_OUT,
+        PolicyTrainingConfig(**FAST, start_from="base"),
+        tmp_path / "restart",
+        original_path=micro_policy,
+    )
     assert restarted["kl_base"] < restarted["kl_parent"]  # restarted from the base: nearer to it
     with pytest.raises(GuardrailRejection, match="kl_base_bound"):  # drift from the base is bounded over rounds
-        optimise_policy("ppo", str(parent), quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST, kl_base_bound=0.01), tmp_path / "far",
-                        original_path=micro_policy)  # fmt: skip
+        optimise_policy(
+            "ppo",
+            str(parent),
+            quality_reward,
+            TRAIN,
+            HELD_OUT,
+            PolicyTrainingConfig(**FAST, kl_base_bound=0.01),
+            tmp_path / "far",
+            original_path=micro_policy,
+        )
 
 
 def test_under_lora_the_corrections_train_adapters_too(micro_policy: str, tmp_path: Path):
     """A full fine-tune of a real chat model on a few dozen corrections would overwrite what it
     knew: with `lora_r`, the corrections' SFT trains adapters (merged), as PPO does. The embeddings
     have no adapter, so they stay the parent's exactly; a full SFT would have moved them."""
-    events = [FeedbackEvent(interaction_id=f"i{n}", user_id="u", query=TRAIN[n], response="Sorry.", model_version="base", feedback_type="correction",
-                            correction=f"Open Mail, go to Settings, step {n}.") for n in range(4)]  # fmt: skip
+    events = [
+        FeedbackEvent(
+            interaction_id=f"i{n}",
+            user_id="u",
+            query=TRAIN[n],
+            response="Sorry.",
+            model_version="base",
+            feedback_type="correction",
+            correction=f"Open Mail, go to Settings, step {n}.",
+        )
+        for n in range(4)
+    ]
     config = PolicyTrainingConfig(**FAST, lora_r=4, demo_epochs=3, kl_base_bound=100.0)
-    metrics = optimise_policy("ppo", micro_policy, quality_reward, TRAIN, HELD_OUT, config, tmp_path / "out", feedback_events=events)
+    metrics = optimise_policy(
+        "ppo", micro_policy, quality_reward, TRAIN, HELD_OUT, config, tmp_path / "out", feedback_events=events
+    )
     parent, trained = AutoModelForCausalLM.from_pretrained(micro_policy), AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert metrics["demonstrations"] == 4.0 and math.isfinite(metrics["demo_loss"])
     assert torch.equal(parent.get_input_embeddings().weight, trained.get_input_embeddings().weight)
@@ -210,7 +305,17 @@ def test_under_lora_the_corrections_train_adapters_too(micro_policy: str, tmp_pa
 
 
 def test_the_gate_verdict_uses_the_reward_ppo_did_not_see():
-    assert gate_verdict({"mean_reward_before": 0.4, "mean_reward_after": 0.9, "gate_reward_before": 0.5, "gate_reward_after": 0.49}, 0.0)[0] is False
-    assert gate_verdict({"mean_reward_before": 0.4, "mean_reward_after": 0.3, "gate_reward_before": 0.5, "gate_reward_after": 0.6}, 0.0)[0] is True
+    assert (
+        gate_verdict(
+            {"mean_reward_before": 0.4, "mean_reward_after": 0.9, "gate_reward_before": 0.5, "gate_reward_after": 0.49}, 0.0
+        )[0]
+        is False
+    )
+    assert (
+        gate_verdict(
+            {"mean_reward_before": 0.4, "mean_reward_after": 0.3, "gate_reward_before": 0.5, "gate_reward_after": 0.6}, 0.0
+        )[0]
+        is True
+    )
     passed, reason = gate_verdict({"mean_reward_before": 0.4, "mean_reward_after": 0.41}, 0.05)
     assert not passed and reason == "held-out mean reward 0.400 -> 0.410: not better than the parent by the 5% margin"

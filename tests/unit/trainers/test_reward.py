@@ -16,8 +16,17 @@ from core.settings import Settings
 from core.errors import ConfigError, ModelLoadError, TrainingError
 from trainers.base_models import resolve_base_model
 from trainers.batching import length_batches, pad_batch
-from trainers.reward import (RewardModel, VersionExistsError, example_weights, format_input, keep_response, pairwise_loss, pointwise_loss, roc_auc,
-                             train_reward_model)  # fmt: skip
+from trainers.reward import (
+    RewardModel,
+    VersionExistsError,
+    example_weights,
+    format_input,
+    keep_response,
+    pairwise_loss,
+    pointwise_loss,
+    roc_auc,
+    train_reward_model,
+)
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, split_questions
 
@@ -61,7 +70,9 @@ def test_input_format_and_offline_encoder_name():
 
 
 def test_config_defaults_follow_settings():
-    s = Settings(reward_model={"base_model": "some/hub-id", "training": {"epochs": 7, "eval_fraction": 0.3}}, feedback={"min_rating": 3})
+    s = Settings(
+        reward_model={"base_model": "some/hub-id", "training": {"epochs": 7, "eval_fraction": 0.3}}, feedback={"min_rating": 3}
+    )
     cfg = RewardConfig.from_settings(s, batch_size=4)
     assert (cfg.base_model, cfg.epochs, cfg.eval_fraction, cfg.min_rating, cfg.batch_size) == ("some/hub-id", 7, 0.3, 3, 4)
     assert RewardConfig().epochs == Settings().reward_model.training.epochs
@@ -73,7 +84,9 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -86,14 +99,26 @@ def trained(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[R
     calls: list[tuple[int, int]] = []
     cfg = RewardConfig(base_model=tiny_base, epochs=2, batch_size=8, learning_rate=1e-3, eval_fraction=0.3, num_threads=1)
     out = tmp_path_factory.mktemp("versions") / "rm-1"
-    rm, metrics = train_reward_model(events, cfg, out, lineage={"trigger_id": "t-1", "ranges": [{"partition": 0, "start": 0, "end": 80}]},
-                                     progress=lambda done, total, m: calls.append((done, total)))  # fmt: skip
+    rm, metrics = train_reward_model(
+        events,
+        cfg,
+        out,
+        lineage={"trigger_id": "t-1", "ranges": [{"partition": 0, "start": 0, "end": 80}]},
+        progress=lambda done, total, m: calls.append((done, total)),
+    )
     return rm, metrics, out, calls
 
 
 def test_smoke_train_writes_a_complete_version(trained):
     rm, metrics, out, calls = trained
-    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json", "reward_config.json", "metrics.json", "lineage.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "reward_config.json",
+        "metrics.json",
+        "lineage.json",
+    }
     assert [p.name for p in out.parent.iterdir()] == ["rm-1"]  # no temporary directory left behind
     assert calls[-1][0] == calls[-1][1] == metrics["train"]["steps"] > 0
     assert [done for done, _ in calls] == list(range(1, len(calls) + 1))
@@ -102,13 +127,22 @@ def test_smoke_train_writes_a_complete_version(trained):
     ev = metrics["eval"]
     assert 0.0 <= ev["pairwise_accuracy"] <= 1.0 and ev["pairs"] == metrics["data"]["splits"]["eval_pairs"]
     assert set(ev["accuracy_by_source"]) <= {"thumbs", "rating", "correction"} and ev["accuracy_by_source"]
-    assert set(ev["reward_by_kind"]) <= {"thumbs_up", "thumbs_down", "correction", "corrected", *(f"rating_{r}" for r in range(1, 6))}
+    assert set(ev["reward_by_kind"]) <= {
+        "thumbs_up",
+        "thumbs_down",
+        "correction",
+        "corrected",
+        *(f"rating_{r}" for r in range(1, 6)),
+    }
 
 
 def test_saved_version_loads_and_predicts_the_same(trained):
     rm, metrics, out, _ = trained
     loaded = RewardModel.load(out)
-    queries, responses = ["How do I clear my cache in Maps?", "q"], ["Open Maps, go to Storage, select cache, then press Clear.", ""]
+    queries, responses = (
+        ["How do I clear my cache in Maps?", "q"],
+        ["Open Maps, go to Storage, select cache, then press Clear.", ""],
+    )
     assert loaded.predict(queries, responses) == pytest.approx(rm.predict(queries, responses), abs=1e-5)
     assert loaded.predict_reward(queries[0], responses[0]) == pytest.approx(loaded.predict(queries, responses)[0], abs=1e-6)
     assert loaded.lineage["trigger_id"] == "t-1" and loaded.lineage["ranges"][0]["end"] == 80
@@ -118,17 +152,30 @@ def test_saved_version_loads_and_predicts_the_same(trained):
 
 
 def test_each_head_fits_its_own_bootstrap_resample_and_the_newest_data_weighs_more():
-    assert example_weights([True, False, False], heads=1, recent_weight=2.0, seed=0).tolist() == [[2.0], [1.0], [1.0]]  # one head: no resampling
+    assert example_weights([True, False, False], heads=1, recent_weight=2.0, seed=0).tolist() == [
+        [2.0],
+        [1.0],
+        [1.0],
+    ]  # one head: no resampling
     weights = example_weights([True] * 1000 + [False] * 3000, heads=5, recent_weight=2.0, seed=0)
-    assert weights.shape == (4000, 5) and torch.equal(weights, example_weights([True] * 1000 + [False] * 3000, heads=5, recent_weight=2.0, seed=0))
-    assert weights[:1000].mean().item() == pytest.approx(2.0, abs=0.1) and weights[1000:].mean().item() == pytest.approx(1.0, abs=0.05)
-    assert (weights[1000:] == 0).float().mean().item() == pytest.approx(math.exp(-1), abs=0.02)  # Poisson(1): each head leaves ~37% out
+    assert weights.shape == (4000, 5) and torch.equal(
+        weights, example_weights([True] * 1000 + [False] * 3000, heads=5, recent_weight=2.0, seed=0)
+    )
+    assert weights[:1000].mean().item() == pytest.approx(2.0, abs=0.1) and weights[1000:].mean().item() == pytest.approx(
+        1.0, abs=0.05
+    )
+    assert (weights[1000:] == 0).float().mean().item() == pytest.approx(
+        math.exp(-1), abs=0.02
+    )  # Poisson(1): each head leaves ~37% out
     assert not torch.equal(weights[:, 0], weights[:, 1])
 
 
 def test_the_heads_are_ensemble_members_then_a_gate_head(trained):
     rm, metrics = trained[0], trained[1]
-    queries, responses = ["How do I clear my cache in Maps?", "q"], ["Open Maps, go to Storage, select cache, then press Clear.", "x"]
+    queries, responses = (
+        ["How do I clear my cache in Maps?", "q"],
+        ["Open Maps, go to Storage, select cache, then press Clear.", "x"],
+    )
     heads = rm.head_scores(queries, responses)
     assert heads.shape == (2, rm.config.ensemble_members + 1) == (2, 5)
     assert rm.predict(queries, responses) == pytest.approx(heads[:, :4].mean(dim=1).tolist(), abs=1e-6)
@@ -144,13 +191,20 @@ def test_a_round_continues_from_the_previous_reward_model_when_it_fits(trained, 
     warm, metrics = train_reward_model(events, config, tmp_path / "rm-2", warm_start=previous, recent_ids=newest)
     assert warm.lineage["warm_start"] == str(previous) and metrics["data"]["recent"]["events"] == 20
     assert metrics["train"]["epochs"] == warm.config.epochs == 1  # a continued model takes warm_epochs passes
-    fresh, fresh_metrics = train_reward_model(events, config.model_copy(update={"ensemble_members": 2}), tmp_path / "rm-3", warm_start=previous)
-    assert fresh.lineage["warm_start"] is None and fresh_metrics["train"]["epochs"] == 2  # other heads: a fresh model, `epochs` passes
+    fresh, fresh_metrics = train_reward_model(
+        events, config.model_copy(update={"ensemble_members": 2}), tmp_path / "rm-3", warm_start=previous
+    )
+    assert (
+        fresh.lineage["warm_start"] is None and fresh_metrics["train"]["epochs"] == 2
+    )  # other heads: a fresh model, `epochs` passes
 
 
 def test_reward_is_the_sigmoid_of_the_score(trained):
     rm = trained[0]
-    queries, responses = ["How do I clear my cache in Maps?", "q", "q"], ["Open Maps, go to Storage, select cache, then press Clear.", "", "x"]
+    queries, responses = (
+        ["How do I clear my cache in Maps?", "q", "q"],
+        ["Open Maps, go to Storage, select cache, then press Clear.", "", "x"],
+    )
     rewards = rm.reward(queries, responses)
     assert rewards == pytest.approx([1 / (1 + math.exp(-x)) for x in rm.predict(queries, responses)], abs=1e-12)
     assert all(0.0 < r < 1.0 for r in rewards) and rm.reward([], []) == []

@@ -17,7 +17,9 @@ from trainers.synthetic import feedback_events, preference_pairs, split_question
 def test_minilm_reward_model_generalises_to_held_out_questions(tmp_path):
     train_questions, held_out = split_questions()
     events = feedback_events(train_questions, 400, seed=1)
-    rm, metrics = train_reward_model(events, RewardConfig(base_model="minilm", epochs=1, num_threads=2), tmp_path / "rm", lineage={})
+    rm, metrics = train_reward_model(
+        events, RewardConfig(base_model="minilm", epochs=1, num_threads=2), tmp_path / "rm", lineage={}
+    )
 
     pairs = preference_pairs(held_out, 300, seed=2)
     queries = [q for q, _, _ in pairs]
