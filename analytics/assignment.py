@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from itertools import accumulate
 
 from analytics.errors import ExperimentConfigError
-from core.settings import ABTestingSettings
 from core.hashing import stable_fraction
+from core.settings import ABTestingSettings
 
 # Namespaces the hash so assignment never correlates with other stable_fraction uses (sampling).
 _NAMESPACE = "ab-assign"
@@ -37,7 +37,7 @@ def assign(salt: str, user_id: str, variants: Sequence[tuple[str, float]]) -> st
     check_variants(variants)
     total = sum(w for _, w in variants)
     point = stable_fraction(_NAMESPACE, salt, user_id) * total
-    for (name, _), edge in zip(variants, accumulate(w for _, w in variants)):
+    for (name, _), edge in zip(variants, accumulate(w for _, w in variants), strict=True):
         if point < edge:
             return name
     return variants[-1][0]  # float rounding can leave point == total; the last bucket owns it

@@ -27,8 +27,8 @@ from clickhouse_connect.driver.client import Client
 
 from analytics.errors import ClickHouseError
 from analytics.tables import (
-    COUNTS,
     CONSUMER_LAG,
+    COUNTS,
     DEAD_LETTERS,
     ERASURES,
     EVENT_TABLES,

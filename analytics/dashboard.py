@@ -36,8 +36,8 @@ from analytics.decision import Decision, analyze, current_experiment, report
 from analytics.errors import AnalyticsError, UnknownQueryError
 from analytics.queries import QUERIES, run_query
 from core.access import WWW_AUTHENTICATE, ApiKeys, bearer, require_keys_beyond_loopback
-from core.settings import Settings
 from core.errors import RlhfError
+from core.settings import Settings
 
 # Time buckets the page may pick; it takes the smallest giving at most ~60 bars over the data's span.
 _BUCKETS_S = (60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400)

@@ -131,7 +131,7 @@ class Arm:
     policy: str = ""
 
     @classmethod
-    def from_sums(cls, variant: str, sums: Mapping[str, Any], model_version: str = "", policy: str = "") -> "Arm":
+    def from_sums(cls, variant: str, sums: Mapping[str, Any], model_version: str = "", policy: str = "") -> Arm:
         """From the SUM_COLUMNS (counts may arrive as numpy integers; a missing one is 0)."""
         s = {k: np.asarray(sums.get(k, 0.0), dtype=np.float64) for k in SUM_COLUMNS}
         s = {k: float(v) if v.ndim == 0 else v for k, v in s.items()}

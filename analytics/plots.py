@@ -75,7 +75,7 @@ def ab_intervals(decisions: Sequence[Decision], alpha: float) -> str:
     rates.legend(fontsize=8)
     lifts = [d.primary.lift for d in decisions]
     colours = {"promote": "#2e7d32", "rollback": "#c62828", "keep_running": "#757575"}
-    for i, (d, iv) in enumerate(zip(decisions, lifts)):
+    for i, (d, iv) in enumerate(zip(decisions, lifts, strict=True)):
         lift.errorbar(
             [i],
             [iv.estimate * 100],
@@ -108,7 +108,7 @@ def experiment_lifts(lifecycle: pd.DataFrame) -> str:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(
         range(len(decided)),
-        [f"{str(e).rsplit(':', 1)[-1][:16]}\n{s}" for e, s in zip(decided["experiment_id"], decided["state"])],
+        [f"{str(e).rsplit(':', 1)[-1][:16]}\n{s}" for e, s in zip(decided["experiment_id"], decided["state"], strict=True)],
         fontsize=7,
     )
     ax.set_ylabel("relative lift of\npositive rate (%)")

@@ -20,15 +20,15 @@ from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from assistant.batcher import Batcher
-from schemas.experiments import ExperimentBook
 from assistant.recent import RecentInteractions, ServedInteraction
 from assistant.routing import Route, route
 from assistant.tokens import FeedbackTokens
-from registry.store import ModelRegistry
 from core.errors import ModelLoadError
 from core.settings import AssistantSettings, Settings
-from sdk.client import FeedbackClient
+from registry.store import ModelRegistry
 from schemas.events import DEFAULT_POLICY, MAX_QUERY_CHARS, new_id
+from schemas.experiments import ExperimentBook
+from sdk.client import FeedbackClient
 from trainers import policy as policies
 
 log = logging.getLogger("rlhf.serve")
@@ -188,7 +188,7 @@ class Assistant:
         for policy, idx, future in pending:
             answers = future.result()
             latency_ms = (time.perf_counter() - start) * 1000 / len(idx)  # queueing included: what the user waited
-            for i, text in zip(idx, answers):
+            for i, text in zip(idx, answers, strict=True):
                 labels = {"experiment": routed[i][1].experiment, "variant": routed[i][1].variant}
                 interaction_id = new_id()  # returned even when the SDK samples the event out
                 self.client.interaction(

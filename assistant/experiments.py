@@ -18,8 +18,8 @@ import threading
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from core.kafka_clients import client_config
 from core.errors import EventValidationError
+from core.kafka_clients import client_config
 from core.settings import Settings
 from schemas import parse_event
 from schemas.experiments import ExperimentBook, ExperimentEvent

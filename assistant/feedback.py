@@ -28,9 +28,9 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.answering import Assistant
-from core.access import WWW_AUTHENTICATE, ApiKeys, bearer
 from assistant.recent import ExpiredInteraction, RecentInteractions, ServedInteraction, UnknownInteraction
 from assistant.tokens import Claims, TokenError
+from core.access import WWW_AUTHENTICATE, ApiKeys, bearer
 from core.errors import DeliveryError, EventValidationError
 from schemas.events import MAX_RESPONSE_CHARS, FeedbackEvent, FeedbackType, Id, validate_event
 

@@ -34,8 +34,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.access import ApiKeys
 from assistant.answering import Assistant, ChatReply, ChatRequest, Sampling
+from core.access import ApiKeys
 from schemas.events import MAX_QUERY_CHARS, Id, describe_errors, new_id
 
 FEEDBACK_TOKEN_HEADER = "X-Feedback-Token"

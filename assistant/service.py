@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-
 from importlib.resources import files
 
 from fastapi import Depends, FastAPI
@@ -33,13 +32,13 @@ from fastapi.responses import HTMLResponse
 
 from assistant import feedback, openai_api
 from assistant.answering import Assistant, ChatReply, ChatRequest, PolicyPool, answer, load_version
-from core.access import ApiKeys
 from assistant.experiments import ExperimentFollower
-from schemas.experiments import ExperimentBook
 from assistant.openai_api import FEEDBACK_TOKEN_HEADER, install_error_shape
 from assistant.routing import routed_experiment
-from registry.store import ModelRegistry
+from core.access import ApiKeys
 from core.settings import Settings
+from registry.store import ModelRegistry
+from schemas.experiments import ExperimentBook
 from sdk.client import FeedbackClient
 
 __all__ = [

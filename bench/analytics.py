@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 if __name__ == "__main__":
@@ -45,12 +45,12 @@ from analytics.tables import EXPOSURES, FEEDBACK, Table
 from bench._kafka import broker, median
 from consumers.sink.consumer import Sink
 from core.settings import Settings, load_settings
-from sdk.client import FeedbackClient
+from schemas import ExposureEvent, FeedbackEvent, InteractionEvent
 from schemas.topics import topic_name
 from sdk.admin import create_topics
-from schemas import ExposureEvent, FeedbackEvent, InteractionEvent
+from sdk.client import FeedbackClient
 
-START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+START = datetime(2025, 1, 1, tzinfo=UTC)
 VARIANTS = np.array(["control", "variant_a"])
 
 

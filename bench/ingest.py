@@ -27,8 +27,8 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from bench._kafka import broker, median
-from devtools.kafka_local import free_port
 from core.settings import KafkaSettings
+from devtools.kafka_local import free_port
 from schemas import FeedbackEvent, validate_event
 from schemas.topics import topic_name
 from sdk.admin import create_topics
@@ -186,7 +186,7 @@ def main() -> None:
             print(f"  SDK feedback(**fields)     {fmt(sdk_lat)}")
             print(f"  SDK feedback(event)        {fmt(send_lat)}   (pre-validated: the send path)")
             print(f"  bare produce()             {fmt(bare_lat)}")
-        ratio = median([s / b for s, b in zip(sdk_rates, bare_rates)])
+        ratio = median([s / b for s, b in zip(sdk_rates, bare_rates, strict=True)])
         print(
             f"\nhealthy, median of {args.repeats}: SDK {median(sdk_rates):,.0f} events/s, bare confluent-kafka {median(bare_rates):,.0f} events/s, "
             f"ratio {ratio:.2f} (target >= 0.70), {len(payload[0][0])} B/event; p99.9 µs (median): SDK call {median([p[0] for p in p999]):.1f}, "

@@ -72,7 +72,7 @@ def run_project(base: str, queries: list[str], config: PolicyTrainingConfig) -> 
         ppo.generate = real_generate
     if result.rollbacks:
         raise RuntimeError(f"PPO rolled back {result.rollbacks} update(s); timings would mix in rollbacks")
-    steps = [b - a for a, b in zip([started, *step_ends], step_ends)]
+    steps = [b - a for a, b in zip([started, *step_ends], step_ends, strict=True)]
     return _figures(steps, gen_seconds, tokens)
 
 
@@ -105,15 +105,15 @@ def run_trl(base: str, queries: list[str], config: PolicyTrainingConfig) -> dict
         train_alternative("grpo", lm, tok, quality_reward, queries, one_pass, on_status=on_status)
     finally:
         GRPOTrainer._generate = real_generate
-    steps = [b - a for a, b in zip([started, *step_ends], step_ends)]
+    steps = [b - a for a, b in zip([started, *step_ends], step_ends, strict=True)]
     return _figures(steps, gen_seconds, tokens)
 
 
 def _figures(steps: list[float], gen_seconds: list[float], tokens: list[float]) -> dict[str, float]:
     steps, gen_seconds, tokens = steps[1:], gen_seconds[1 : len(steps)], tokens[1 : len(steps)]  # drop warm-up
     return {
-        "tokens_per_s": statistics.median(t / s for t, s in zip(tokens, gen_seconds)),
-        "update_s": statistics.median(s - g for s, g in zip(steps, gen_seconds)),
+        "tokens_per_s": statistics.median(t / s for t, s in zip(tokens, gen_seconds, strict=True)),
+        "update_s": statistics.median(s - g for s, g in zip(steps, gen_seconds, strict=True)),
         "step_s": statistics.median(steps),
         "tokens": statistics.median(tokens),
     }

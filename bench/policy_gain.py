@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from core.settings import ALGORITHMS, RewardTrainingSettings, load_settings
 from core.errors import GuardrailRejection
+from core.settings import ALGORITHMS, RewardTrainingSettings, load_settings
 from trainers.optimise import optimise_policy
 from trainers.policy import RewardFn, evaluate_policy, load_policy
 from trainers.policy_config import PolicyTrainingConfig
@@ -154,7 +154,7 @@ def main() -> None:
                 if not runs:
                     rows.append((reward_name, algorithm, *[float("nan")] * 7, None))
                     continue
-                med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+                med = lambda key, runs=runs: statistics.median(r[key] for r in runs)  # noqa: E731
                 rows.append(
                     (
                         reward_name,

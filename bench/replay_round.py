@@ -20,7 +20,7 @@ import argparse
 import json
 import tempfile
 import time
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import torch
@@ -62,7 +62,7 @@ def feedback_until(run_dir: Path, until) -> list[FeedbackEvent]:
             feedback_type=t,
             rating=rating,
             correction=c or None,
-            timestamp=ts.replace(tzinfo=timezone.utc),
+            timestamp=ts.replace(tzinfo=UTC),
         )
         for e, i, u, q, r, v, t, rating, c, ts in rows
     ]

@@ -87,7 +87,7 @@ def run_naive(cfg: RewardConfig, pairs: Dataset) -> float:
         batch = pairs[i : i + cfg.batch_size]
         scores = []
         for side in ("chosen", "rejected"):
-            texts = [format_input(q, r) for q, r in zip(batch["query"], batch[side])]
+            texts = [format_input(q, r) for q, r in zip(batch["query"], batch[side], strict=True)]
             enc = rm.tokenizer(texts, truncation=True, max_length=cfg.max_length, padding="max_length", return_tensors="pt")
             scores.append(rm.model(**enc).logits.squeeze(-1))
         pairwise_loss(*scores).backward()

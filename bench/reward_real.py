@@ -75,7 +75,7 @@ def run_variant(variant: str, pairs: Dataset, held_out: list[dict], threads: int
     prompts = [r["prompt"] for r in held_out]
     chosen = rm.predict(prompts, [r["chosen"] for r in held_out])
     rejected = rm.predict(prompts, [r["rejected"] for r in held_out])
-    accuracy = sum(c > j for c, j in zip(chosen, rejected)) / len(held_out)
+    accuracy = sum(c > j for c, j in zip(chosen, rejected, strict=True)) / len(held_out)
     return {
         "accuracy": accuracy,
         "train_pairs_per_s": train["examples_per_second"],

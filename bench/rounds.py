@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ LEARNERS: dict[str, tuple[dict, dict, dict]] = {
 }
 USERS = 500
 MIN_RATING = FeedbackSettings().min_rating
-EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -122,7 +122,11 @@ def answers(version: Version, queries: list[str], seed: int) -> list[str]:
 
 def hidden_preference(version: Version, held_out: list[Question]) -> float:
     """Mean ground-truth quality of the version's answers to the held-out questions (2 samples each)."""
-    scores = [quality(q, a) for s in range(2) for q, a in zip(held_out, answers(version, [q.text for q in held_out], seed=s))]
+    scores = [
+        quality(q, a)
+        for s in range(2)
+        for q, a in zip(held_out, answers(version, [q.text for q in held_out], seed=s), strict=True)
+    ]
     return sum(scores) / len(scores)
 
 
@@ -183,7 +187,7 @@ def ab_lift(per_user: dict[str, dict[str, list[int]]], control: str, treatment: 
         y = [p for p, _ in users.values()]
         w = [n for _, n in users.values()]
         return RatioMoments(
-            len(y), sum(y), sum(w), sum(a * a for a in y), sum(b * b for b in w), sum(a * b for a, b in zip(y, w))
+            len(y), sum(y), sum(w), sum(a * a for a in y), sum(b * b for b in w), sum(a * b for a, b in zip(y, w, strict=True))
         )
 
     lift = relative_lift(ratio(moments(per_user[treatment])), ratio(moments(per_user[control])))

@@ -21,19 +21,19 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import torch
 import uvicorn
 
 from assistant.answering import Assistant, PolicyPool
-from schemas.experiments import ExperimentBook
 from assistant.service import build_app
 from bench.policy_gain import quiet
 from core.settings import AssistantSettings, Settings
+from schemas.experiments import ExperimentBook
 from trainers.synthetic import split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 

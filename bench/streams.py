@@ -46,10 +46,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench._kafka import broker, median
 from core.settings import KafkaSettings
-from sdk.client import PRODUCER_DEFAULTS
+from schemas import FeedbackEvent, TrainingStatus, TrainTrigger
 from schemas.topics import topic_name
 from sdk.admin import create_topics
-from schemas import FeedbackEvent, TrainingStatus, TrainTrigger
+from sdk.client import PRODUCER_DEFAULTS
 
 PARTITIONS = 3
 BARE_MIN_EVENTS = 100_000
@@ -310,7 +310,7 @@ def main() -> None:
             f"trigger latency over {len(ms)} triggers (threshold {args.threshold}): p50 {percentile(ms, 50):.0f} ms  "
             f"p99 {percentile(ms, 99):.0f} ms  (min {min(ms):.0f}, max {max(ms):.0f})"
         )
-        ratio = median([w / b for w, b in zip(worker_rates, bare_rates)])
+        ratio = median([w / b for w, b in zip(worker_rates, bare_rates, strict=True)])
         print(
             f"\nmedian of {args.repeats}: worker {median(worker_rates):,.0f} accepted events/s ({median(cpu_ms):.3f} CPU ms/event), "
             f"bare broker produce->consume {median(bare_rates):,.0f} events/s, ratio {ratio:.4f}; "

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError, Producer
 
-from core.kafka_clients import client_config
 from core.errors import DeliveryError
+from core.kafka_clients import client_config
 from core.settings import Settings
 from schemas import Event, TrainingStatus, TrainTrigger
 from schemas.topics import topic_name

@@ -317,7 +317,7 @@ class Redactor:
         object.__setattr__(self, "_chain", tuple((t, f) for t, f in _DETECTORS if t in self.detectors))
 
     @classmethod
-    def from_settings(cls, privacy: PrivacySettings) -> "Redactor":
+    def from_settings(cls, privacy: PrivacySettings) -> Redactor:
         return cls(detectors=privacy.detectors, phone_region=privacy.phone_region, mode=privacy.mode)
 
     def redact(self, text: str) -> Redacted:

@@ -74,7 +74,7 @@ class KafkaSettings(Section):
     ssl_key_password: SecretStr | None = Field(None, description="Password of the private key, if it is encrypted.")
 
     @model_validator(mode="after")
-    def _security_is_complete(self) -> "KafkaSettings":
+    def _security_is_complete(self) -> KafkaSettings:
         if self.security_protocol.startswith("SASL_") and (self.sasl_username is None or self.sasl_password is None):
             missing = [n for n in ("sasl_username", "sasl_password") if getattr(self, n) is None]
             raise ValueError(f"kafka.{missing[0]}: required with security_protocol {self.security_protocol}")
@@ -297,7 +297,7 @@ class ContinuousLearningSettings(Section):
     )
 
     @model_validator(mode="after")
-    def _threshold_fits_buffer(self) -> "ContinuousLearningSettings":
+    def _threshold_fits_buffer(self) -> ContinuousLearningSettings:
         if self.train_threshold > self.buffer_size:
             raise ValueError(f"train_threshold ({self.train_threshold}) must not exceed buffer_size ({self.buffer_size})")
         return self
@@ -363,7 +363,7 @@ class ABTestingSettings(Section):
     decide_every_s: float = Field(30.0, gt=0, description="How often the decider analyses each open experiment.")
 
     @model_validator(mode="after")
-    def _unique_variants(self) -> "ABTestingSettings":
+    def _unique_variants(self) -> ABTestingSettings:
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names) or len(names) < 2:
             raise ValueError(f"variants need at least two distinct names, got {names}")

@@ -19,11 +19,11 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-from collections.abc import Callable
 from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 from transformers import AutoTokenizer
@@ -31,17 +31,17 @@ from transformers import AutoTokenizer
 from consumers.sink.consumer import GROUP as SINK_GROUP
 from consumers.sink.rows import ROUTES as SINK_ROUTES
 from consumers.trainer.job import ensure_base_policy
+from core.errors import RlhfError
 from core.kafka_clients import client_config
 from core.settings import Settings, load_settings
-from core.errors import RlhfError
-from devtools.kafka_local import LocalBroker, free_port
 from demo.supervisor import Supervisor
-from schemas.topics import group_id, topic_name
-from sdk.admin import GroupProgress, create_topics, group_progress
 from demo.users import Population
+from devtools.kafka_local import LocalBroker, free_port
 from schemas import ModelPublished, TrainingStatus, parse_event
 from schemas.events import DEFAULT_POLICY
 from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentStarted
+from schemas.topics import group_id, topic_name
+from sdk.admin import GroupProgress, create_topics, group_progress
 from trainers.base_models import resolve_base_model
 
 log = logging.getLogger("demo.driver")

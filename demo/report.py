@@ -12,15 +12,15 @@ import base64
 import html
 import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 if TYPE_CHECKING:  # the assistant's model code loads when a report is written
     from assistant.answering import LoadedPolicy
@@ -139,7 +139,7 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
             f"    policy mean reward (reward model)        {_num(r.reward_before)} -> {_num(r.reward_after)}  ({_pct(r.policy_reward_gain)})",
             f"    positive-feedback rate control/treatment {_num(r.control_rate)} / {_num(r.treatment_rate)}  lift {_pct(r.lift)} {interval}"
             f"  (per user; {_num(r.users_control, '.0f')} / {_num(r.users_treatment, '.0f')} users)",
-            f"    decision                                 "
+            "    decision                                 "
             + (
                 "the gate rejected it before any user saw it"
                 if r.decision == "rejected"
@@ -172,7 +172,7 @@ def _ab_plot(rounds: list[RoundFigures]) -> str:
     xs = range(1, len(rounds) + 1)
     ax.bar([x - 0.2 for x in xs], [r.control_rate or 0 for r in rounds], 0.4, label="control")
     ax.bar([x + 0.2 for x in xs], [r.treatment_rate or 0 for r in rounds], 0.4, label="treatment (candidate)")
-    for x, r in zip(xs, rounds):
+    for x, r in zip(xs, rounds, strict=True):
         ax.annotate(f"{_pct(r.lift)}\n{r.decision}", (x + 0.2, (r.treatment_rate or 0) + 0.02), ha="center", fontsize=8)
     ax.set(xlabel="round", ylabel="positive-feedback rate", title="A/B test per round", xticks=list(xs), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
@@ -204,7 +204,7 @@ def _rounds_plot(rounds: list[RoundFigures]) -> str:
         "expired": ("v", "tab:orange"),
         "rejected": ("x", "tab:gray"),
     }
-    for x, r in zip(xs[1:], rounds):
+    for x, r in zip(xs[1:], rounds, strict=True):
         marker, colour = markers.get(r.decision, ("o", "black"))
         ax.scatter(
             [x],
@@ -260,8 +260,8 @@ def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], sum
 
 def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int) -> dict[str, float]:
     """`held_out_quality` of each registry version."""
-    from registry.store import ModelRegistry
     from assistant.service import load_version
+    from registry.store import ModelRegistry
 
     registry = ModelRegistry(registry_root)
     return {version: held_out_quality(load_version(registry, version), max_new_tokens) for version in sorted(versions)}
@@ -277,7 +277,7 @@ def held_out_quality(policy: LoadedPolicy, max_new_tokens: int, samples: int = 2
     scores = []
     for s in range(samples):
         answers = answer(policy, [q.text for q in held_out], max_new_tokens, seed=s)
-        scores += [quality(q, a) for q, a in zip(held_out, answers)]
+        scores += [quality(q, a) for q, a in zip(held_out, answers, strict=True)]
     return sum(scores) / len(scores)
 
 
@@ -290,11 +290,11 @@ def on_policy_accuracy(
     from trainers.synthetic import quality
 
     first, second = (answer([q.text for q in held_out], seed) for seed in (10, 11))
-    pairs = [(q, a, b) for q, a, b in zip(held_out, first, second) if abs(quality(q, a) - quality(q, b)) > 0.2]
+    pairs = [(q, a, b) for q, a, b in zip(held_out, first, second, strict=True) if abs(quality(q, a) - quality(q, b)) > 0.2]
     if not pairs:
         return None
     ra, rb = (reward([q.text for q, *_ in pairs], [p[i] for p in pairs]) for i in (1, 2))
-    return sum((x > y) == (quality(q, a) > quality(q, b)) for (q, a, b), x, y in zip(pairs, ra, rb)) / len(pairs)
+    return sum((x > y) == (quality(q, a) > quality(q, b)) for (q, a, b), x, y in zip(pairs, ra, rb, strict=True)) / len(pairs)
 
 
 def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_tokens: int) -> dict[str, float]:
@@ -314,7 +314,7 @@ def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_to
         policy = load_version(registry, parent)
         accuracy = on_policy_accuracy(
             RewardModel.load(registry.path("reward_models", rm_version) / "model").predict,
-            lambda queries, seed: answer(policy, queries, max_new_tokens, seed=seed),
+            lambda queries, seed, policy=policy: answer(policy, queries, max_new_tokens, seed=seed),
             held_out,
         )
         if accuracy is not None:

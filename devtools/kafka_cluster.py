@@ -29,9 +29,7 @@ class LocalCluster:
     sasl: Sasl | None = None
 
     @classmethod
-    def consecutive(
-        cls, data_dir: Path, size: int, port: int, version: str = "4.1.1", sasl: Sasl | None = None
-    ) -> "LocalCluster":
+    def consecutive(cls, data_dir: Path, size: int, port: int, version: str = "4.1.1", sasl: Sasl | None = None) -> LocalCluster:
         """Node i listens on port + 2i (clients) and port + 2i + 1 (controller)."""
         return cls(
             data_dir, tuple(port + 2 * i for i in range(size)), tuple(port + 2 * i + 1 for i in range(size)), version, sasl

@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.settings import cache_home
 from core.errors import BrokerError
+from core.settings import cache_home
 from devtools.kafka_tls import TlsFiles, ensure_tls
 
 FILES = Path(__file__).parent / "kafka"  # pom.xml (the runtime jars) and log4j2.yaml (the broker log)

@@ -46,7 +46,7 @@ def ensure_tls(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhos
         return files
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rlhf-stream local CA")])
     ca = (

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,7 +58,7 @@ class Manifest:
     config_hash: str = ""
     code_version: str = ""
     reason: str = ""
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     # Whose feedback it learned from (core.hashing.user_fingerprint: a digest, no user id), and of
     # those, who has since asked to be forgotten, here or in an ancestor (`mark_erased`): retrain it.
     data_users: list[str] = field(default_factory=list)
@@ -255,7 +255,7 @@ class ModelRegistry:
         outcome: str,
         reason: str,
         statistics: dict[str, float] | None = None,
-    ) -> "ExperimentRecord":
+    ) -> ExperimentRecord:
         """Apply an experiment's one decision, once: `promote` makes `candidate` serve; `rollback` and
         `expired` keep control (the candidate slot empties if it still holds `candidate`).
 
@@ -279,14 +279,14 @@ class ModelRegistry:
                     "serving": entry["serving"],
                     "reason": reason,
                     "statistics": dict(statistics or {}),
-                    "decided_at": datetime.now(timezone.utc).isoformat(),
+                    "decided_at": datetime.now(UTC).isoformat(),
                 }
             record = ExperimentRecord(**decided[experiment_id], first=first)
         # Repeated by a re-run too: a crash between the pointer write and this one is repaired.
         self.set_status("policies", candidate, "promoted" if record.outcome == "promote" else "rolled_back", record.reason)
         return record
 
-    def experiment_decision(self, policy: str, experiment_id: str) -> "ExperimentRecord | None":
+    def experiment_decision(self, policy: str, experiment_id: str) -> ExperimentRecord | None:
         record = self.pointers().get(policy, {}).get("decisions", {}).get(experiment_id)
         return None if record is None else ExperimentRecord(**record, first=False)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -44,7 +44,7 @@ def new_id() -> str:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Event(BaseModel):
@@ -56,7 +56,7 @@ class Event(BaseModel):
     timestamp: datetime = Field(default_factory=utc_now)
 
     @model_validator(mode="after")
-    def _timestamp_is_aware(self) -> "Event":
+    def _timestamp_is_aware(self) -> Event:
         if self.timestamp.tzinfo is None:
             raise ValueError("timestamp must carry a timezone (UTC recommended)")
         return self
@@ -99,7 +99,7 @@ class FeedbackEvent(Event):
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _type_fits_payload(self) -> "FeedbackEvent":
+    def _type_fits_payload(self) -> FeedbackEvent:
         if self.feedback_type == "rating" and self.rating is None:
             raise ValueError("rating: required when feedback_type is 'rating'")
         if self.feedback_type != "rating" and self.rating is not None:
@@ -175,7 +175,7 @@ class OffsetRange(BaseModel):
     end: int = Field(ge=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "OffsetRange":
+    def _ordered(self) -> OffsetRange:
         if self.end < self.start:
             raise ValueError(f"end ({self.end}) must not be before start ({self.start})")
         return self

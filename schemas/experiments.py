@@ -10,8 +10,8 @@ routes the experiment's variants; the decision releases both.
 
 from __future__ import annotations
 
-from datetime import datetime
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
@@ -59,7 +59,7 @@ class ExperimentStarted(Event):
     )
 
     @model_validator(mode="after")
-    def _arms_are_distinct(self) -> "ExperimentStarted":
+    def _arms_are_distinct(self) -> ExperimentStarted:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arms: names must be distinct, got {names}")

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from core.settings import KafkaSettings
-
-from schemas.experiments import ExperimentEvent
 from schemas import (
     DeadLetter,
     ErasureRequest,
@@ -22,6 +20,7 @@ from schemas import (
     TrainTrigger,
     WindowMetrics,
 )
+from schemas.experiments import ExperimentEvent
 
 DAY_MS = 24 * 3600 * 1000
 

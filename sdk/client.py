@@ -27,15 +27,16 @@ process kill whatever the fsync policy; the policy only decides what a machine c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
-from core.kafka_clients import client_config
-from core.settings import ProducerSettings, Settings, data_home
 from core.errors import DeliveryError
 from core.hashing import stable_fraction
-from schemas.topics import topic_name
+from core.kafka_clients import client_config
+from core.settings import ProducerSettings, Settings, data_home
 from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, validate_event
+from schemas.topics import topic_name
 from sdk.pump import Notice, ProducerStats, Pump
 
 PRODUCER_DEFAULTS = {
@@ -85,7 +86,7 @@ class FeedbackClient:
     @classmethod
     def from_settings(
         cls, settings: Settings, on_notice: Callable[[Notice], None] | None = None, **producer_config: Any
-    ) -> "FeedbackClient":
+    ) -> FeedbackClient:
         security = {k: v for k, v in client_config(settings.kafka).items() if k != "bootstrap.servers"}
         return cls(
             settings.kafka.bootstrap_servers,
@@ -170,7 +171,7 @@ class FeedbackClient:
         finally:
             self._pump.close(timeout)
 
-    def __enter__(self) -> "FeedbackClient":
+    def __enter__(self) -> FeedbackClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -31,9 +31,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -182,7 +183,7 @@ class Pump:
         if self._config_error_cb is not None:
             try:
                 self._config_error_cb(err)
-            except Exception as exc:  # noqa: BLE001 - events keep being spooled; flush() raises it
+            except Exception as exc:
                 if self.refused is None:
                     log.error("producer: %s", exc)
                 self.refused = str(exc)
@@ -225,7 +226,7 @@ class Pump:
                 busy = self._inbox or self._overflow or self._late or drainable
                 self._producer.poll(0 if busy else TICK_S)
                 self._step()
-        except BaseException as exc:  # noqa: BLE001 - recorded for flush() to raise, and logged
+        except BaseException as exc:
             self.error = exc
             log.exception("producer pump stopped; events now stay in memory until flush() reports it")
         finally:
@@ -396,7 +397,7 @@ class Pump:
         if self._on_notice is not None:
             try:
                 self._on_notice(Notice(kind, count, detail))  # type: ignore[arg-type]
-            except Exception:  # noqa: BLE001 - a faulty callback must not stop the pump
+            except Exception:
                 log.exception("producer notice callback failed")
 
     def _report(self) -> None:
@@ -452,7 +453,7 @@ class Pump:
     def _close_at_exit(self) -> None:
         try:
             self.close(5.0)
-        except Exception:  # noqa: BLE001 - at exit, a report is all that is left to do
+        except Exception:
             log.exception("producer: closing at exit failed")
 
     def close(self, timeout: float) -> None:

@@ -43,13 +43,13 @@ from faust.types import AgentT, EventT, StreamT, TableT, TopicT
 from mode.utils.times import want_seconds
 from pydantic import ValidationError
 
+from core.errors import BrokerError, EventValidationError
 from core.kafka_clients import client_config, faust_broker, faust_credentials
 from core.redaction import Redactor
 from core.settings import Settings, load_settings
-from core.errors import BrokerError, EventValidationError
-from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
 from schemas import DeadLetter, TrainingStatus, parse_event
 from schemas.experiments import ExperimentEvent
+from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
 from streams.changelog import ChangelogView, MarksTable, MarksView
 from streams.ledger import DedupeMark, PolicyLedger
 from streams.records import Accepted, ExperimentStep, PolicyRecord

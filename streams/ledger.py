@@ -284,7 +284,7 @@ class PolicyLedger:
 
     def _feedback(self, staged: Staged, record: PolicyRecord, offset: int, now: float) -> Effects:
         """Each event by the per-event rules; the threshold is checked after every accepted one."""
-        ps, effects = staged.ps, Effects("accepted")
+        effects = Effects("accepted")
         for a in _events(record):
             effects.outcome = self._one_event(staged, a)
             if effects.outcome == "accepted":

@@ -51,7 +51,7 @@ class Accepted(Record):
     @classmethod
     def of(
         cls, event: FeedbackEvent, partition: int, offset: int, record_ts: float, pii: Mapping[str, int] | None = None
-    ) -> "Accepted":
+    ) -> Accepted:
         found = {"pii": pii} if pii else {}  # an empty count is the default: not validated per event
         return cls(
             event_id=event.event_id,

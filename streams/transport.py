@@ -33,10 +33,10 @@ from time import monotonic
 from typing import Any, cast
 
 import faust
+from faust.sensors import Monitor
 from faust.transport.consumer import CONSUMER_FETCHING, ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, Message, TransportT
-from faust.sensors import Monitor
 from mode import Service
 
 YIELD_EVERY = 100  # records delivered between yields to the event loop (Faust's own figure)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from schemas import WindowMetrics
@@ -23,7 +23,7 @@ OpenWindows = dict[int, dict[str, "WindowCount"]]  # window start (s) -> WindowD
 
 
 def utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 class WindowDims(NamedTuple):
@@ -38,7 +38,7 @@ class WindowDims(NamedTuple):
         return json.dumps(list(self))
 
     @classmethod
-    def of_key(cls, key: str) -> "WindowDims":
+    def of_key(cls, key: str) -> WindowDims:
         return cls(*json.loads(key))
 
 
@@ -48,7 +48,7 @@ class WindowCount(NamedTuple):
     rating_count: int = 0
     pii: dict[str, int] | None = None  # PII found per type; None (not {}) so state written before it reads the same
 
-    def plus(self, rating: int | None, pii: dict[str, int]) -> "WindowCount":
+    def plus(self, rating: int | None, pii: dict[str, int]) -> WindowCount:
         found = self.pii
         if pii:
             found = dict(found or {})

@@ -36,9 +36,9 @@ from transformers.trainer_callback import PrinterCallback
 
 from core.errors import GuardrailRejection, TrainingError
 from schemas.events import FeedbackEvent, latest_verdicts
+from trainers.chat_format import format_completion, format_prompt
 from trainers.device import pick_device, use_bf16
 from trainers.policy import RewardFn, StatusFn, generate, no_status
-from trainers.chat_format import format_completion, format_prompt
 from trainers.policy_config import PolicyTrainingConfig, lora_config
 
 # Offline examples drawn per training query when KTO / DPO label the policy's own samples.
@@ -165,7 +165,7 @@ def _self_labelled(
             temperature=config.temperature,
             top_p=config.top_p,
         )
-        for q, r, s in zip(ro.queries, ro.responses, ro.scores.tolist()):
+        for q, r, s in zip(ro.queries, ro.responses, ro.scores.tolist(), strict=True):
             scored[q].append((r, s))
     return scored
 

@@ -14,10 +14,9 @@ PPO starts (SFT then RL, as InstructGPT; the KL reference is then the fine-tuned
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-import random
 
 import torch
 import torch.nn.functional as F

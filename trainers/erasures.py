@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from confluent_kafka import TopicPartition
 
-from core.kafka_clients import client_config
 from core.errors import EventValidationError, TrainingError
+from core.kafka_clients import client_config
 from core.settings import Settings
 from schemas import ErasureRequest, parse_event
 from schemas.topics import topic_name

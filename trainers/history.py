@@ -44,7 +44,7 @@ class HistoryWindow:
     max_events: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "HistoryWindow":
+    def from_settings(cls, settings: Settings) -> HistoryWindow:
         c = settings.continuous_learning
         return cls(c.history_triggers, c.history_max_age_s, c.history_max_events)
 

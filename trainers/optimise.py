@@ -24,9 +24,9 @@ from core.settings import ALGORITHMS
 from schemas.events import FeedbackEvent
 from trainers.alternatives import train_alternative
 from trainers.demonstrations import corrections, fit_demonstrations
+from trainers.guardrails import check_guardrails
 from trainers.policy import RewardFn, StatusFn, evaluate_policy, load_policy, no_status
 from trainers.policy_config import PolicyTrainingConfig, lora_config
-from trainers.guardrails import check_guardrails
 from trainers.ppo import train_ppo
 
 

@@ -67,7 +67,7 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.
 
 def repetition_share(tokens: Sequence[int]) -> float:
     """Share of a response's bigrams that already occurred earlier in it (0: none repeat)."""
-    bigrams = list(zip(tokens, tokens[1:]))
+    bigrams = list(zip(tokens, tokens[1:], strict=True))
     return 1.0 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
 
 
@@ -110,7 +110,7 @@ class Samples:
 
     def repetition(self) -> float:
         ids = self.input_ids[:, -self.response_len :]
-        return sum(repetition_share(row[: int(n)].tolist()) for row, n in zip(ids, self.lengths())) / len(ids)
+        return sum(repetition_share(row[: int(n)].tolist()) for row, n in zip(ids, self.lengths(), strict=True)) / len(ids)
 
 
 @dataclass

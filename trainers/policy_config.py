@@ -167,7 +167,7 @@ class PolicyTrainingConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _batches_fit(self) -> "PolicyTrainingConfig":
+    def _batches_fit(self) -> PolicyTrainingConfig:
         if self.mini_batch_size > self.batch_size:
             raise ValueError(f"mini_batch_size ({self.mini_batch_size}) must not exceed batch_size ({self.batch_size})")
         if self.batch_size % self.num_generations:
@@ -175,7 +175,7 @@ class PolicyTrainingConfig(BaseModel):
         return self
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> "PolicyTrainingConfig":
+    def from_settings(cls, settings: Settings, **overrides: object) -> PolicyTrainingConfig:
         """The `policy:` and `feedback:` blocks of the project settings, then `overrides`."""
         t = settings.policy.training
         values: dict[str, object] = {

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, TopicPartition
 
+from core.errors import EventValidationError, TrainingError
 from core.kafka_clients import client_config
 from core.redaction import PiiFound, Redactor
 from core.settings import Settings
-from core.errors import EventValidationError, TrainingError
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger, parse_event
 from trainers.erasures import erased_users
 from trainers.topic_reader import range_consumer, read_ranges

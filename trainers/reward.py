@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ class RewardModel:
         self.warm = False  # continued from an earlier version's weights (train_reward_model's warm_start)
 
     @classmethod
-    def create(cls, config: RewardConfig) -> "RewardModel":
+    def create(cls, config: RewardConfig) -> RewardModel:
         """The base model with a freshly initialised scalar head, on the configured device;
         ModelLoadError naming the base model when it is missing or cannot be loaded, ConfigError
         when `max_length` is past what the backbone can read."""
@@ -158,7 +158,7 @@ class RewardModel:
         return cls(model.to(pick_device(config.device)), tokenizer, config)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "RewardModel":
+    def load(cls, path: str | Path, device: str | None = None) -> RewardModel:
         """A saved version; ModelLoadError naming `path` when it is missing, incomplete or corrupt."""
         root = Path(path)
         if not root.is_dir():
@@ -198,7 +198,7 @@ class RewardModel:
         tails = self.tokenizer([t for _, t in parts], add_special_tokens=False)["input_ids"]
         before, after = self._special_tokens()
         budget = self.config.max_length - len(before) - len(after)
-        return [before + keep_response(h, t, budget) + after for h, t in zip(heads, tails)]
+        return [before + keep_response(h, t, budget) + after for h, t in zip(heads, tails, strict=True)]
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         """The ids the tokenizer puts before and after a text (MiniLM: [CLS] and [SEP]), found by
@@ -361,8 +361,8 @@ def evaluate(
     """Pairwise accuracy (overall and per pairing rule), ROC-AUC of pointwise labels and the reward distribution per feedback kind;
     `progress(texts scored, total)` as scoring goes, if given."""
     texts = sorted(
-        {(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"]) for r in (c, j)}
-        | set(zip(points["query"], points["response"]))
+        {(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"], strict=True) for r in (c, j)}
+        | set(zip(points["query"], points["response"], strict=True))
     )
     heads = rm.head_scores([q for q, _ in texts], [r for _, r in texts], progress)
     members = heads[:, : rm.config.ensemble_members]
@@ -381,8 +381,8 @@ def evaluate(
         right_by_source[row["source"]].append(good > bad)
         by_kind[row["chosen_kind"]].append(good)
         by_kind[row["rejected_kind"]].append(bad)
-    point_scores = [reward[q, r] for q, r in zip(points["query"], points["response"])]
-    for kind, score in zip(points["kind"], point_scores):
+    point_scores = [reward[q, r] for q, r in zip(points["query"], points["response"], strict=True)]
+    for kind, score in zip(points["kind"], point_scores, strict=True):
         by_kind[kind].append(score)
 
     return {
@@ -446,7 +446,7 @@ def train_reward_model(
             **(lineage or {}),
             "base_model": config.base_model,
             "warm_start": str(warm_start) if rm.warm else None,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
         }
         rm.save(out_dir)
     distributed.barrier()

@@ -84,7 +84,7 @@ class RewardConfig(BaseModel):
     eval_batch_size: int = Field(64, ge=1, description="Sequences per forward pass when predicting.")
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> "RewardConfig":
+    def from_settings(cls, settings: Settings, **overrides: Any) -> RewardConfig:
         rm = settings.reward_model
         values = dict(base_model=rm.base_model, min_rating=settings.feedback.min_rating, **rm.training.model_dump())
         return cls(**{**values, **overrides})

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -28,8 +28,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from analytics.remote import ab_report
 from consumers.decider.decisions import close_experiment
 from consumers.emitter import EventEmitter
-from core.kafka_clients import client_config
 from core.errors import DeliveryError, EventValidationError, RlhfError
+from core.kafka_clients import client_config
 from core.settings import Settings
 from registry.store import ModelRegistry
 from schemas import parse_event
@@ -91,7 +91,7 @@ class Decider:
                 continue
             self.last_look[started.experiment_id] = time.monotonic()
             report = self._report(started.experiment_id)
-            found = verdict(started, report, datetime.now(timezone.utc))
+            found = verdict(started, report, datetime.now(UTC))
             if found is None:
                 continue
             try:

@@ -18,6 +18,7 @@ open the chdb path, so `rlhf sink run` serves the dashboard and `/sql` on the sa
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -33,8 +34,8 @@ from analytics.tables import CONSUMER_LAG, ERASURES
 from consumers.dead_letters import dead_letter_of
 from consumers.sink.lag import SAMPLE_EVERY_S, lag_rows
 from consumers.sink.rows import ROUTES
-from core.kafka_clients import client_config
 from core.errors import DeliveryError, EventValidationError
+from core.kafka_clients import client_config
 from core.redaction import PiiFound, Redactor
 from core.settings import Settings
 from schemas import DeadLetter, parse_event
@@ -135,7 +136,7 @@ class Sink:
         while True:
             try:
                 self.warehouse.insert_new(CONSUMER_LAG, CONSUMER_LAG.to_arrow(lag_rows(self.settings)))
-            except Exception as exc:  # noqa: BLE001 (Kafka or ClickHouse away: the batches report those loudly)
+            except Exception as exc:
                 log.warning("consumer lag not sampled: %s", exc)
             if stop.wait(SAMPLE_EVERY_S):
                 return
@@ -187,7 +188,7 @@ class Sink:
         for name, rows in batch.rows.items():
             table = ROUTES[name].table
             arrow = table.to_arrow([r for r in rows if r.get("user_id") not in self._erased])
-            self.stats.inserted += _with_retries(lambda: self.warehouse.insert_new(table, arrow))
+            self.stats.inserted += _with_retries(functools.partial(self.warehouse.insert_new, table, arrow))
         remaining, failures = self._dlq.flush(30), self._dlq_failures
         self._dlq_failures = []
         if remaining or failures:

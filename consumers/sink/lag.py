@@ -7,7 +7,7 @@ is `CONSUMER_GROUPS[process]`, its topics those whose `consumers` name it.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from core.settings import Settings
@@ -19,7 +19,7 @@ SAMPLE_EVERY_S = 15.0  # often enough for a dashboard, rare enough to cost nothi
 
 def lag_rows(settings: Settings) -> list[dict[str, Any]]:
     """One row per (group, topic): committed offsets, end offsets and their difference, summed over partitions."""
-    k, now, rows = settings.kafka, datetime.now(timezone.utc), []
+    k, now, rows = settings.kafka, datetime.now(UTC), []
     for process, group in CONSUMER_GROUPS.items():
         for name in (spec.name for spec in TOPICS.values() if process in spec.consumers):
             progress = group_progress(k, group_id(k.topic_prefix, group), [name])

@@ -21,8 +21,8 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from consumers.dead_letters import dead_letter_of
 from consumers.emitter import EventEmitter
-from core.kafka_clients import client_config
 from core.errors import DeliveryError, EventValidationError, TrainingError
+from core.kafka_clients import client_config
 from core.settings import Settings
 from schemas import TrainTrigger, parse_event
 from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
@@ -37,7 +37,7 @@ def dead_letter(emitter: EventEmitter, msg: Message, reason: str) -> None:
     emitter.emit("train-triggers-dlq", dead_letter_of(msg, reason))
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 3
     first_backoff_s: float = 2.0

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry.store import Manifest, ModelRegistry, code_version, version_for
 from consumers.decider.decisions import published
 from consumers.emitter import EventEmitter
+from core.errors import GuardrailRejection, RlhfError, TrainingError
 from core.hashing import user_fingerprint
 from core.settings import Settings
-from core.errors import GuardrailRejection, RlhfError, TrainingError
+from registry.store import Manifest, ModelRegistry, code_version, version_for
 from schemas import FeedbackEvent, TrainTrigger
 from schemas.events import CANDIDATE_STAGE, DEFAULT_POLICY
 from schemas.experiments import Arm, ExperimentStarted, experiment_id_for

@@ -19,8 +19,8 @@ from contextlib import ExitStack
 import pandas as pd
 
 from analytics.errors import AnalyticsError
-from rlhf.arguments import command, group, settings_of
 from core.settings import Settings
+from rlhf.arguments import command, group, settings_of
 
 
 def _settings(args: argparse.Namespace) -> Settings:

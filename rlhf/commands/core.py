@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from core.settings import Settings
-from rlhf.arguments import command, group, settings_of
 from devtools.kafka_cluster import LocalCluster
 from devtools.kafka_local import LocalBroker, Sasl
+from rlhf.arguments import command, group, settings_of
 
 
 def broker_of(settings: Settings, secure: bool = False, brokers: int = 1) -> LocalBroker | LocalCluster:

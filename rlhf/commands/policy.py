@@ -22,13 +22,13 @@ import json
 import math
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rlhf.arguments import command, group, settings_of
 from core.errors import ConfigError, ModelLoadError, RlhfError, TrainingError
 from core.settings import ALGORITHMS
+from rlhf.arguments import command, group, settings_of
 
 _STEP = re.compile(r"(?:step|iteration) (\d+)/(\d+)")
 
@@ -140,11 +140,7 @@ def _train(args: argparse.Namespace) -> None:
     settings = settings_of(args)
     algorithm = args.algorithm or settings.policy.algorithm
     base = _policy_path(args.base_model or settings.policy.base_model, "base policy")
-    out = (
-        Path(args.out)
-        if args.out
-        else settings.home / "policies" / datetime.now(timezone.utc).strftime(f"{algorithm}-%Y%m%dT%H%M%SZ")
-    )
+    out = Path(args.out) if args.out else settings.home / "policies" / datetime.now(UTC).strftime(f"{algorithm}-%Y%m%dT%H%M%SZ")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: already exists and is not an empty directory; choose another --out")
     overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None}

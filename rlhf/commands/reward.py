@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rlhf.arguments import command, group, settings_of
@@ -35,9 +35,7 @@ def _train(args: argparse.Namespace) -> None:
 
     settings = settings_of(args)
     config = RewardConfig.from_settings(settings)
-    out = (
-        Path(args.out) if args.out else settings.home / "reward-models" / datetime.now(timezone.utc).strftime("rm-%Y%m%dT%H%M%SZ")
-    )
+    out = Path(args.out) if args.out else settings.home / "reward-models" / datetime.now(UTC).strftime("rm-%Y%m%dT%H%M%SZ")
     _quiet_transformers()
     with tqdm(desc="reward model", unit="step", disable=not distributed.is_main()) as bar:
 

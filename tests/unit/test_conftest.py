@@ -7,11 +7,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import docker
 import pytest
 import testcontainers.core.container
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
+import docker
 from core.settings import load_settings
 from tests.conftest import ApacheKafkaContainer, choose_kafka_source, isolate_from_user_config
 

@@ -19,8 +19,8 @@ import pytest
 from analytics.clickhouse import Warehouse, open_warehouse
 from core.settings import Settings, load_settings
 from devtools.kafka_local import free_port
-from sdk.client import FeedbackClient
 from schemas.topics import topic_name
+from sdk.client import FeedbackClient
 from tests.integration.analytics.world import World
 
 REPO = Path(__file__).resolve().parents[3]

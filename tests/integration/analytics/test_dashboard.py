@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from matplotlib import image
-
 from fastapi.testclient import TestClient
+from matplotlib import image
 from pydantic import SecretStr
 
 from analytics.dashboard import create_app

@@ -8,9 +8,9 @@ import pytest
 from confluent_kafka import Consumer
 
 from consumers.sink.consumer import GROUP
+from schemas import DeadLetter
 from schemas.topics import group_id, topic_name
 from sdk.admin import group_progress
-from schemas import DeadLetter
 from tests.integration.analytics.conftest import SinkProcess, produce, rlhf
 from tests.integration.analytics.world import build_world
 

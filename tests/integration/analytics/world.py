@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from analytics.assignment import assign_from_settings
 from core.settings import Settings
 from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
 from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
-START = datetime(2025, 3, 1, tzinfo=timezone.utc)
+START = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

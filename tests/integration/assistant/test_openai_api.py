@@ -115,7 +115,7 @@ def test_a_chat_app_on_the_openai_client_chats_streams_and_sends_feedback(app_se
         sink.wait_ready()
         sink.wait_counts({"feedback": 3, "exposures": 2, "interactions": 2})
         ab = sink.get_json(f"/sql/ab_users?experiment={START.experiment_id}")
-        rows = {row[ab["columns"].index("variant")]: dict(zip(ab["columns"], row)) for row in ab["data"]}
+        rows = {row[ab["columns"].index("variant")]: dict(zip(ab["columns"], row, strict=True)) for row in ab["data"]}
         assert {k: rows[arm][k] for k in ("users_exposed", "users", "feedback", "positives", "thumbs_down", "ratings")} == {
             "users_exposed": 1,
             "users": 1,

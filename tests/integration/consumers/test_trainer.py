@@ -10,14 +10,14 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from registry.store import ModelRegistry, version_for
 from assistant.service import load_version
 from consumers.trainer.job import ensure_base_policy
-from sdk.client import FeedbackClient
 from demo.supervisor import Supervisor
+from registry.store import ModelRegistry, version_for
+from schemas import DeadLetter, ModelPublished, OffsetRange, TrainingStatus, TrainTrigger, parse_event
 from schemas.topics import group_id, topic_name
 from sdk.admin import create_topics
-from schemas import DeadLetter, ModelPublished, OffsetRange, TrainingStatus, TrainTrigger, parse_event
+from sdk.client import FeedbackClient
 from tests.conftest import FAST_TRAINING
 from trainers.history import load_history
 from trainers.reward import RewardModel

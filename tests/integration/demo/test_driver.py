@@ -16,8 +16,8 @@ from demo.driver import Demo, DemoPlan, run_demo
 from demo.report import write_report
 from registry.store import ModelRegistry
 from schemas.events import DEFAULT_POLICY
-from trainers.optimise import gate_verdict
 from tests.conftest import FAST_TRAINING
+from trainers.optimise import gate_verdict
 
 pytestmark = pytest.mark.integration
 

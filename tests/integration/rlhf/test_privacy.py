@@ -15,8 +15,8 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from consumers.trainer.job import data_users
 from analytics.clickhouse import open_warehouse
+from consumers.trainer.job import data_users
 from core.hashing import user_fingerprint
 from registry.store import Manifest, ModelRegistry
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger

@@ -8,8 +8,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from core.settings import load_settings
 from devtools.kafka_local import free_port
-from sdk.client import FeedbackClient
 from schemas.topics import TOPICS, topic_name
+from sdk.client import FeedbackClient
 
 pytestmark = pytest.mark.integration
 

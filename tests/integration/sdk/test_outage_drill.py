@@ -35,8 +35,8 @@ from schemas import FeedbackEvent, validate_event
 from schemas.topics import topic_name
 from sdk.admin import create_topics
 from sdk.client import FeedbackClient
-from tests.integration.analytics.conftest import SinkProcess
 from tests.conftest import make_settings
+from tests.integration.analytics.conftest import SinkProcess
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]

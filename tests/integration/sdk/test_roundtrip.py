@@ -9,9 +9,9 @@ import pytest
 
 from core.errors import EventValidationError
 from devtools.kafka_local import LocalBroker
-from sdk.client import FeedbackClient
-from schemas.topics import topic_name
 from schemas.export import export_json_schemas
+from schemas.topics import topic_name
+from sdk.client import FeedbackClient
 
 pytestmark = pytest.mark.integration
 N = 10_000

@@ -13,10 +13,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from core.settings import Settings
-from sdk.client import FeedbackClient
 from demo.supervisor import Service, Supervisor
-from schemas.topics import topic_name
 from schemas import FeedbackEvent
+from schemas.topics import topic_name
+from sdk.client import FeedbackClient
 
 
 @pytest.fixture

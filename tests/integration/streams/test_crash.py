@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from sdk.admin import group_progress
 from schemas import TrainTrigger
+from sdk.admin import group_progress
 from streams.app import app_id
-from trainers.replay import replay_trigger
 from tests.integration.streams.conftest import feedback_event
+from trainers.replay import replay_trigger
 
 pytestmark = pytest.mark.integration
 

@@ -6,16 +6,16 @@ offset ranges replay to exactly the accepted events it names."""
 import json
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from core.errors import TrainingError
-from schemas.topics import topic_name
 from schemas import DeadLetter, OffsetRange, TrainingStatus, TrainTrigger, WindowMetrics
 from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
-from trainers.replay import replay_accepted, replay_trigger
+from schemas.topics import topic_name
 from tests.integration.streams.conftest import feedback_event
+from trainers.replay import replay_accepted, replay_trigger
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def send_batch(client, feedback_topic, valid, invalid, duplicates):
 
 def test_triggers_dead_letters_and_replay(settings, start_worker, reader, client):
     feedback_topic = topic_name(settings.kafka.topic_prefix, "feedback")
-    long_ago = datetime.now(timezone.utc) - timedelta(minutes=10)
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
     valid = [feedback_event(n) for n in range(200)] + [feedback_event(n, timestamp=long_ago) for n in range(200, 250)]
     invalid = [INVALID[n % len(INVALID)] for n in range(20)]
     start_worker(train_threshold=100)

@@ -16,8 +16,8 @@ from confluent_kafka.admin import AdminClient
 
 from schemas import TrainingStatus, TrainTrigger
 from streams.app import app_id
-from trainers.replay import replay_trigger
 from tests.integration.streams.conftest import feedback_event
+from trainers.replay import replay_trigger
 
 pytestmark = pytest.mark.integration
 

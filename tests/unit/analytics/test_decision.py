@@ -37,7 +37,7 @@ def arm(
     hi = rng.binomial(r, high)
     p, s = u + hi, 5 * hi + 2 * (r - hi)
     if heavy:
-        f, p, d, r, s = (np.r_[a, b] for a, b in zip((f, p, d, r, s), (heavy, heavy, 0, 0, 0)))
+        f, p, d, r, s = (np.r_[a, b] for a, b in zip((f, p, d, r, s), (heavy, heavy, 0, 0, 0), strict=True))
     pre = np.where(rng.random(len(f)) < history, rng.integers(5, 30, len(f)), 0)
     h = (pre > 0).astype(float)
     x = np.divide(

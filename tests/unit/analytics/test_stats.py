@@ -27,7 +27,7 @@ def users(rng: np.random.Generator, n: int, rate: float = 0.6) -> tuple[np.ndarr
 
 def event_level(y: np.ndarray, w: np.ndarray, first_user: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One 0/1 outcome per event, and its user: what an event-level regression sees."""
-    outcome = np.concatenate([np.r_[np.ones(k), np.zeros(n - k)] for k, n in zip(y, w)])
+    outcome = np.concatenate([np.r_[np.ones(k), np.zeros(n - k)] for k, n in zip(y, w, strict=True)])
     return outcome, np.repeat(np.arange(len(w)) + first_user, w)
 
 

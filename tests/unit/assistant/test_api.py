@@ -13,11 +13,11 @@ from pydantic import SecretStr
 
 import assistant.answering as answering
 from assistant.answering import Assistant, PolicyPool
-from schemas.experiments import ExperimentBook
 from assistant.feedback import feedback_event_id
-from schemas.events import latest_verdicts
 from assistant.service import build_app
 from core.settings import AssistantSettings, Settings
+from schemas.events import latest_verdicts
+from schemas.experiments import ExperimentBook
 from tests.unit.assistant.test_service import Client, Registry, loads  # noqa: F401 (a fixture)
 
 KEY = "sk-test-1"

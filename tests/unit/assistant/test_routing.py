@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 from analytics.assignment import assign
-from schemas.experiments import ExperimentBook
 from assistant.routing import Route, route
-from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
+from schemas.experiments import Arm, ExperimentBook, ExperimentDecided, ExperimentStarted
 
 USERS = [f"u{i}" for i in range(2000)]
 

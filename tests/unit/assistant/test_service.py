@@ -9,10 +9,10 @@ import pytest
 from fastapi import HTTPException
 
 import assistant.answering as service
-from schemas.experiments import ExperimentBook
 from assistant.answering import Assistant, ChatRequest, PolicyPool
 from core.errors import ModelLoadError
 from core.settings import Settings
+from schemas.experiments import ExperimentBook
 from tests.unit.assistant.test_routing import decided, started
 
 
@@ -102,7 +102,7 @@ def test_chat_labels_interactions_and_exposures_with_the_experiment_and_arm(load
     labels = [(e["user_id"], e["experiment"], e["variant"], e["model_version"]) for e in client.exposures]
     assert labels == [(i["user_id"], i["experiment"], i["variant"], i["model_version"]) for i in client.interactions]
     assert sorted(labels) == sorted(
-        (r.user_id, "policy-ab:v2", reply.variant, reply.model_version) for r, reply in zip(requests, replies)
+        (r.user_id, "policy-ab:v2", reply.variant, reply.model_version) for r, reply in zip(requests, replies, strict=True)
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from consumers.decider.service import Decider, verdict
 from core.settings import Settings
@@ -10,7 +10,7 @@ from registry.store import Manifest, ModelRegistry
 from schemas import ModelPublished
 from schemas.experiments import Arm, ExperimentBook, ExperimentDecided, ExperimentStarted
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 STARTED = ExperimentStarted(
     experiment_id="policy-ab:v1",
     policy="assistant",

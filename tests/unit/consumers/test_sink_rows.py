@@ -1,7 +1,7 @@
 """The sink's pure parts: event -> row (positive, reward), batching and in-batch dedupe. No I/O."""
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -68,7 +68,7 @@ def test_positive_follows_configured_min_rating():
 
 
 # One real event per route, optional fields left unset where the row must fill them in.
-START = datetime(2025, 3, 1, tzinfo=timezone.utc)
+START = datetime(2025, 3, 1, tzinfo=UTC)
 SAMPLES: dict[str, Event] = {
     "interactions": InteractionEvent(user_id="u1", query="q?", response="a", model_version="v1", latency_ms=12.5),
     "feedback": fb(feedback_type="rating", rating=2, metadata={"k": 1}),

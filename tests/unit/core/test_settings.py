@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import load_settings
 from core.errors import ConfigError
+from core.settings import load_settings
 
 
 def test_plan_shaped_yaml_loads(tmp_path):

@@ -4,9 +4,9 @@ import re
 import shutil
 from pathlib import Path
 
-from registry.store import Manifest, ModelRegistry
 from demo.driver import RoundResult
 from demo.report import write_report
+from registry.store import Manifest, ModelRegistry
 
 
 def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_path: Path, micro_policy: str):

@@ -3,8 +3,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from registry.store import Manifest, ModelRegistry, RegistryError, version_for
 from core.errors import ModelLoadError
+from registry.store import Manifest, ModelRegistry, RegistryError, version_for
 
 
 def build(version, status="candidate", fail=False):

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -54,7 +54,7 @@ def test_events_are_frozen_and_round_trip():
 def test_naive_timestamp_rejected():
     with pytest.raises(EventValidationError, match="timezone"):
         validate_event(InteractionEvent, {**BASE, "latency_ms": 1, "timestamp": datetime(2026, 1, 1)})
-    aware = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    aware = datetime(2026, 1, 1, tzinfo=UTC)
     assert validate_event(InteractionEvent, {**BASE, "latency_ms": 1, "timestamp": aware}).timestamp == aware
 
 

@@ -2,7 +2,7 @@
 trigger back whatever the clock says, its decision releases it, and the training-status and
 experiments topics may be read in either order or again without re-opening a decided round."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from schemas import TrainingStatus
 from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
@@ -42,7 +42,7 @@ def decided(trigger_id: str, outcome: str = "promote") -> PolicyRecord:
 
 
 def finished(trigger_id: str, stage: str) -> PolicyRecord:
-    at = datetime.fromtimestamp(T0, timezone.utc)
+    at = datetime.fromtimestamp(T0, UTC)
     return PolicyRecord(
         policy="assistant",
         status=TrainingStatus(trigger_id=trigger_id, policy="assistant", state="finished", stage=stage, timestamp=at),

@@ -3,7 +3,7 @@ threshold, rolling buffer, dedupe, the training gate, crash re-processing and me
 
 import json
 from collections import UserDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -56,7 +56,7 @@ def fb(n, partition=0, offset=None, event_id=None, record_ts=T0, **fields):
         variant=fields.get("variant"),
         feedback_type=fields.get("feedback_type", "thumbs_up"),
         rating=fields.get("rating"),
-        timestamp=fields.get("timestamp", datetime.fromtimestamp(T0, timezone.utc)),
+        timestamp=fields.get("timestamp", datetime.fromtimestamp(T0, UTC)),
         partition=partition,
         offset=n if offset is None else offset,
         record_ts=record_ts,
@@ -67,9 +67,7 @@ def fb(n, partition=0, offset=None, event_id=None, record_ts=T0, **fields):
 def status(trigger_id, state, at=T0):
     return PolicyRecord(
         policy="assistant",
-        status=TrainingStatus(
-            trigger_id=trigger_id, policy="assistant", state=state, timestamp=datetime.fromtimestamp(at, timezone.utc)
-        ),
+        status=TrainingStatus(trigger_id=trigger_id, policy="assistant", state=state, timestamp=datetime.fromtimestamp(at, UTC)),
     )
 
 
@@ -159,7 +157,7 @@ def test_lost_mark_is_rewritten_when_the_record_is_reprocessed():
 
 def test_minute_windows_close_after_grace_with_counts_and_rating_sums():
     run = Run(train_threshold=100, buffer_size=100)
-    at = datetime.fromtimestamp(T0 + 10, timezone.utc)
+    at = datetime.fromtimestamp(T0 + 10, UTC)
     for n, rating in enumerate([5, 4, 1]):
         run.feed(fb(n, feedback_type="rating", rating=rating, timestamp=at, experiment="ab", variant="a"))
     run.feed(fb(3, timestamp=at, model_version="v2"))
@@ -181,7 +179,7 @@ def test_minute_windows_close_after_grace_with_counts_and_rating_sums():
 def test_backlog_windows_close_on_event_time_aggregated():
     run = Run(train_threshold=100, buffer_size=100)
     run.now = T0 + 3600  # catching up an hour later: every window is long past on the wall clock
-    minute = [datetime.fromtimestamp(T0 + s, timezone.utc) for s in (1, 30, 59, WINDOW_S + WINDOW_GRACE_S)]
+    minute = [datetime.fromtimestamp(T0 + s, UTC) for s in (1, 30, 59, WINDOW_S + WINDOW_GRACE_S)]
     effects = [run.feed(fb(n, timestamp=at)) for n, at in enumerate(minute)]
     assert [len(e.metrics) for e in effects] == [0, 0, 0, 1]
     assert effects[3].metrics[0].count == 3 and effects[3].metrics[0].window_start.timestamp() == T0

@@ -7,9 +7,9 @@ registry in tmp_path with an emitter that records what it would send."""
 
 import threading
 
-from registry.store import Manifest, ModelRegistry, version_for
 from consumers.trainer.job import TrainingJob
 from core.settings import Settings
+from registry.store import Manifest, ModelRegistry, version_for
 from schemas.experiments import experiment_id_for
 from tests.unit.streams.test_ledger import Run, fb
 

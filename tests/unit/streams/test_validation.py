@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from schemas import DeadLetter, FeedbackEvent
 from core.redaction import Redactor
+from schemas import DeadLetter, FeedbackEvent
 from streams.validation import validate_feedback
 
 REDACT, DROP = Redactor(mode="redact"), Redactor(mode="drop")

@@ -1,12 +1,12 @@
 """A window counts its events and the PII found in them, per type, and reports both when it closes;
 a window count stored before PII was counted reads the same."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from streams.records import Accepted
 from streams.windows import WINDOW_GRACE_S, WINDOW_S, WindowCount, close, count
 
-T0 = datetime(2026, 1, 1, 12, 0, 10, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, 10, tzinfo=UTC)
 
 
 def accepted(n: int, pii: dict[str, int]) -> Accepted:

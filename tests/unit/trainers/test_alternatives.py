@@ -13,8 +13,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.errors import TrainingError
 from core.hashing import stable_fraction
 from schemas.events import FeedbackEvent
-from trainers.base_models import resolve_base_model
-from trainers.chat_format import format_prompt as chat_prompt
 from trainers.alternatives import (
     _reward_for_trl,
     _self_labelled_dpo,
@@ -24,6 +22,8 @@ from trainers.alternatives import (
     kto_weights,
     train_alternative,
 )
+from trainers.base_models import resolve_base_model
+from trainers.chat_format import format_prompt as chat_prompt
 from trainers.optimise import optimise_policy
 from trainers.policy import load_policy
 from trainers.policy_config import PolicyTrainingConfig

@@ -4,7 +4,7 @@ supervised term teaches the policy the corrected answer."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import torch
 
@@ -13,7 +13,7 @@ from trainers.demonstrations import corrections, demonstration_loss, encode_demo
 from trainers.policy import load_policy, sample
 from trainers.tiny_policy import format_prompt
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def event(
@@ -51,7 +51,7 @@ def test_only_the_correction_and_its_eos_are_targets():
     batch = encode_demonstrations(
         tok, [("Where?", "Open Mail."), ("How do I rename my device in Maps?", "Go to Maps > Settings.")]
     )
-    for row, target, mask in zip(batch.input_ids, batch.target_mask, batch.attention_mask):
+    for row, target, mask in zip(batch.input_ids, batch.target_mask, batch.attention_mask, strict=True):
         prompt = len(
             tok(format_prompt("Where?" if mask.sum() < batch.input_ids.shape[1] else "How do I rename my device in Maps?"))[
                 "input_ids"

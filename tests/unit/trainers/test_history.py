@@ -3,7 +3,7 @@ events, merging overlapping buffers, and the history.json that makes a version's
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,7 +21,7 @@ from trainers.history import (
     select_history,
 )
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def trigger(n: int, ids: range, policy: str = "assistant") -> TrainTrigger:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from trainers.guardrails import check_guardrails
 from trainers.policy import kl_estimate, masked_mean, repetition_share
 from trainers.policy_config import PolicyTrainingConfig
-from trainers.guardrails import check_guardrails
 from trainers.ppo_maths import (
     AdaptiveKLController,
     RunningScoreScale,

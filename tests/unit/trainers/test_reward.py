@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from core.settings import Settings
 from core.errors import ConfigError, ModelLoadError, TrainingError
+from core.settings import Settings
 from trainers.base_models import resolve_base_model
 from trainers.batching import length_batches, pad_batch
 from trainers.reward import (
