@@ -1,5 +1,5 @@
 # `make demo` runs the closed loop; `make test` runs the test suite. Both install what they need.
-.PHONY: setup demo test bench
+.PHONY: setup demo test lint bench
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -9,6 +9,12 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+# The gate CI and pre-commit run: lint, formatting, types (configured in pyproject.toml).
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
 
 # replay_round is left out: it measures a finished demo run (`python -m bench.replay_round --help`).
 bench: setup

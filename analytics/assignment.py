@@ -15,7 +15,7 @@ from itertools import accumulate
 
 from analytics.errors import ExperimentConfigError
 from core.hashing import stable_fraction
-from core.settings import ABTestingSettings
+from core.learning_settings import ABTestingSettings
 
 # Namespaces the hash so assignment never correlates with other stable_fraction uses (sampling).
 _NAMESPACE = "ab-assign"

@@ -140,7 +140,7 @@ class Warehouse:
                     rows = rows.filter(pa.array([i not in stored for i in ids]))
             if rows.num_rows:
                 c.insert_arrow(table.name, rows)
-        return rows.num_rows
+        return int(rows.num_rows)
 
     def erased_users(self) -> set[str]:
         with self.locked() as c:

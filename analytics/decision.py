@@ -32,7 +32,8 @@ from analytics import stats
 from analytics.assignment import expected_shares, variants_of
 from analytics.queries import QueryRunner, run_query
 from analytics.stats import Real
-from core.settings import ABTestingSettings, Settings
+from core.learning_settings import ABTestingSettings
+from core.settings import Settings
 
 Action = Literal["promote", "rollback", "keep_running"]
 Rule = Literal[
@@ -133,8 +134,8 @@ class Arm:
     @classmethod
     def from_sums(cls, variant: str, sums: Mapping[str, Any], model_version: str = "", policy: str = "") -> Arm:
         """From the SUM_COLUMNS (counts may arrive as numpy integers; a missing one is 0)."""
-        s = {k: np.asarray(sums.get(k, 0.0), dtype=np.float64) for k in SUM_COLUMNS}
-        s = {k: float(v) if v.ndim == 0 else v for k, v in s.items()}
+        arrays = {k: np.asarray(sums.get(k, 0.0), dtype=np.float64) for k in SUM_COLUMNS}
+        s = {k: float(v) if v.ndim == 0 else v for k, v in arrays.items()}
         users, feedback, feedback_sq = s["users"], s["feedback"], s["feedback_sq"]
         return cls(
             variant,
@@ -262,7 +263,8 @@ class Decision:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe (NaN and infinities become None)."""
-        return _json_safe(asdict(self))
+        safe: dict[str, Any] = _json_safe(asdict(self))
+        return safe
 
     def statistics(self) -> dict[str, float]:
         """The figures behind the decision, flat and finite (what an ExperimentDecided records)."""
@@ -344,15 +346,27 @@ def _reason(rule: Rule, c: Arm, t: Arm, cmp: Comparisons, srm: stats.SrmResult, 
             return "no data yet: no exposed users and no feedback"
         case "sample_ratio_mismatch":
             observed = ", ".join(f"{k}={v}" for k, v in srm.observed.items())
-            return f"sample ratio mismatch (exposed users {observed}, chi2={srm.chi2:.1f}, p={srm.p_value:.2g}): fix assignment or exposure logging first"
+            return (
+                f"sample ratio mismatch (exposed users {observed}, chi2={srm.chi2:.1f}, p={srm.p_value:.2g}): "
+                "fix assignment or exposure logging first"
+            )
         case "too_few_users":
-            return f"needs {ab.min_users_per_variant} users with feedback per variant, has {c.variant}={c.positives.n:.0f}, {t.variant}={t.positives.n:.0f}"
+            return (
+                f"needs {ab.min_users_per_variant} users with feedback per variant, "
+                f"has {c.variant}={c.positives.n:.0f}, {t.variant}={t.positives.n:.0f}"
+            )
         case "thumbs_down_rose":
             return f"guardrail: thumbs-down rate rose {_fmt(down)}"
         case "rating_fell":
-            return f"guardrail: mean rating fell {rating.control.estimate:.2f} -> {rating.treatment.estimate:.2f} (sequential p={rating.sequential_p:.2g})"
+            return (
+                f"guardrail: mean rating fell {rating.control.estimate:.2f} -> {rating.treatment.estimate:.2f} "
+                f"(sequential p={rating.sequential_p:.2g})"
+            )
         case "positive_rate_rose":
-            return f"positive rate rose {_fmt(primary)}, lift {primary.lift.estimate:+.1%} [{primary.lift.low:+.1%}, {primary.lift.high:+.1%}]"
+            return (
+                f"positive rate rose {_fmt(primary)}, "
+                f"lift {primary.lift.estimate:+.1%} [{primary.lift.low:+.1%}, {primary.lift.high:+.1%}]"
+            )
         case "positive_rate_fell":
             return f"positive rate fell {_fmt(primary)}"
     why = (
@@ -364,7 +378,10 @@ def _reason(rule: Rule, c: Arm, t: Arm, cmp: Comparisons, srm: stats.SrmResult, 
 
 
 def _fmt(cmp: Comparison) -> str:
-    return f"{cmp.control.estimate:.3f} -> {cmp.treatment.estimate:.3f} (per user: sequential p={cmp.sequential_p:.2g}, z-test p={cmp.p_value:.2g})"
+    return (
+        f"{cmp.control.estimate:.3f} -> {cmp.treatment.estimate:.3f} "
+        f"(per user: sequential p={cmp.sequential_p:.2g}, z-test p={cmp.p_value:.2g})"
+    )
 
 
 def load_arms(runner: QueryRunner, experiment: str) -> list[Arm]:

@@ -5,10 +5,10 @@ never drift. The committed file is docker/grafana/rlhf-analytics.json; regenerat
 
 Grafana's ClickHouse plugin has no server-side parameters, so each `{name:Type}` placeholder
 becomes a dashboard variable or macro: experiment -> '${experiment}' (a drop-down of the
-`experiments` query), bucket_s -> $__interval_s, anything else -> its default. The A/B decision itself (statistics in Python) is only on the
-built-in dashboard and `rlhf ab analyze`; Grafana shows the per-user sums behind it (`ab_users`)
-and the decisions made (`experiment_lifecycle`). Consumer lag and dead letters are not in
-ClickHouse, so not here either.
+`experiments` query), bucket_s -> $__interval_s, anything else -> its default. The A/B decision
+itself (statistics in Python) is only on the built-in dashboard and `rlhf ab analyze`; Grafana
+shows the per-user sums behind it (`ab_users`) and the decisions made (`experiment_lifecycle`).
+Consumer lag and dead letters are not in ClickHouse, so not here either.
 """
 
 from __future__ import annotations

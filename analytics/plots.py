@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -22,7 +23,7 @@ def _svg(fig: Figure) -> str:
     return text[text.index("<svg") :]  # drop the XML prologue: the SVG is inlined in HTML
 
 
-def _figure(rows: int = 1) -> tuple[Figure, Sequence]:
+def _figure(rows: int = 1) -> tuple[Figure, Any]:
     fig = Figure(figsize=(_SIZE[0], _SIZE[1] * rows))
     axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
     for ax in axes:
@@ -62,15 +63,17 @@ def positive_rate(frame: pd.DataFrame) -> str:
 def ab_intervals(decisions: Sequence[Decision], alpha: float) -> str:
     """Per variant: positive and thumbs-down rates with their intervals; per treatment: lift with its interval."""
     fig, (rates, lift) = _figure(2)
-    arms = [(decisions[0].control, decisions[0].primary.control, decisions[0].guardrails[0].control)] + [
-        (d.treatment, d.primary.treatment, d.guardrails[0].treatment) for d in decisions
-    ]
-    for offset, (label, pick, colour) in enumerate((("positive rate", 1, "#2e7d32"), ("thumbs-down rate", 2, "#c62828"))):
+    arms = [decisions[0].control] + [d.treatment for d in decisions]
+    positive = [decisions[0].primary.control] + [d.primary.treatment for d in decisions]
+    thumbs_down = [decisions[0].guardrails[0].control] + [d.guardrails[0].treatment for d in decisions]
+    for offset, (label, intervals, colour) in enumerate(
+        (("positive rate", positive, "#2e7d32"), ("thumbs-down rate", thumbs_down, "#c62828"))
+    ):
         xs = [i + (offset - 0.5) * 0.2 for i in range(len(arms))]
-        est = [arm[pick].estimate for arm in arms]
-        err = [[arm[pick].estimate - arm[pick].low for arm in arms], [arm[pick].high - arm[pick].estimate for arm in arms]]
+        est = [iv.estimate for iv in intervals]
+        err = [[iv.estimate - iv.low for iv in intervals], [iv.high - iv.estimate for iv in intervals]]
         rates.errorbar(xs, est, yerr=err, fmt="o", capsize=4, color=colour, label=label)
-    rates.set_xticks(range(len(arms)), [arm[0] for arm in arms])
+    rates.set_xticks(range(len(arms)), arms)
     rates.set_ylabel(f"rate per user ({1 - alpha:.0%} CI)")
     rates.legend(fontsize=8)
     lifts = [d.primary.lift for d in decisions]

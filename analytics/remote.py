@@ -71,5 +71,6 @@ def ab_report(settings: Settings, experiment: str) -> dict[str, Any]:
     """analytics.decision.report for one experiment: computed here with a ClickHouse server, else
     asked of the sink, never by opening the embedded path (a long-running caller would hold it)."""
     if mode_of(settings) == "chdb":
-        return ask_owner(settings, ab_path(experiment))
+        answer: dict[str, Any] = ask_owner(settings, ab_path(experiment))
+        return answer
     return _here(settings, lambda warehouse: report(analyze(warehouse, settings, experiment)))

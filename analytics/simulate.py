@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analytics.decision import ACTIONS, Arm, compare_arms, rule_of, user_terms
-from core.settings import ABTestingSettings
+from core.learning_settings import ABTestingSettings
 
 Sums = Mapping[str, npt.NDArray[np.float64]]
 CHUNK = 250  # experiments simulated at once: bounds memory (arrays of CHUNK x users per arm)
@@ -134,7 +134,8 @@ def _actions(control: Sums, treatment: Sums, ab: ABTestingSettings) -> npt.NDArr
     so the sample-ratio check cannot fire and is passed as held."""
     c, t = Arm.from_sums("control", control), Arm.from_sums("treatment", treatment)
     rules = rule_of(c, t, compare_arms(c, t, ab.alpha), False, ab)
-    return np.vectorize(ACTIONS.__getitem__, otypes=[str])(rules)
+    actions: npt.NDArray[np.str_] = np.vectorize(ACTIONS.__getitem__, otypes=[str])(rules)
+    return actions
 
 
 def smallest_lift(

@@ -26,8 +26,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 if __name__ == "__main__":
     # Run as `python bench/analytics.py`, this folder heads sys.path and this file would shadow
@@ -59,7 +61,8 @@ VARIANTS = np.array(["control", "variant_a"])
 
 def sink_payload(n: int) -> list[tuple[str, bytes, str]]:
     """(topic, value, key) for n events: per user one exposure, then interactions and feedback."""
-    rng, out = random.Random(7), []
+    rng = random.Random(7)
+    out: list[tuple[str, bytes, str]] = []
     while len(out) < n:
         user, variant = f"user-{len(out)}", rng.choice(VARIANTS.tolist())
         common = dict(user_id=user, experiment="policy-ab", variant=variant, model_version=f"{variant}-v1")
@@ -189,8 +192,12 @@ def pandas_ab_users(exposures: pd.DataFrame, feedback: pd.DataFrame, experiment:
     return sums.join(exposed, how="outer").fillna(0).reset_index()
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
+    times: list[float] = []
+    result: T
     for _ in range(repeats):
         start = time.perf_counter()
         result = fn()
@@ -225,7 +232,8 @@ def bench_query(warehouse: Warehouse, settings: Settings, rows: int, repeats: in
     assert np.allclose([figures[0][k] for k in figures[0]], [figures[1][k] for k in figures[0]], rtol=1e-6)
     print(
         f"per-user A/B analysis over {len(fb_df):,} feedback rows ({len(exp_df):,} users), median of {repeats}: "
-        f"ClickHouse (chdb, FINAL) {ch_s:.2f} s, pandas on the same data {pd_s:.2f} s, ratio pandas/ClickHouse {pd_s / ch_s:.1f}x "
+        f"ClickHouse (chdb, FINAL) {ch_s:.2f} s, pandas on the same data {pd_s:.2f} s, "
+        f"ratio pandas/ClickHouse {pd_s / ch_s:.1f}x "
         f"(same per-variant sums; decision: {decided[0].summary()})"
     )
 
@@ -256,10 +264,12 @@ def main() -> None:
                     rates.append(sink_rate(settings, sink_warehouse, payload))
                     sink_warehouse.close()
                     print(
-                        f"sink run {r + 1}: {rates[-1]:,.0f} rows/s ({len(payload):,} events, batch {settings.clickhouse.batch_rows})"
+                        f"sink run {r + 1}: {rates[-1]:,.0f} rows/s "
+                        f"({len(payload):,} events, batch {settings.clickhouse.batch_rows})"
                     )
             print(
-                f"sink, median of {args.repeats}: {median(rates):,.0f} rows/s (Kafka -> validate -> Arrow -> chdb, commit after insert)\n"
+                f"sink, median of {args.repeats}: {median(rates):,.0f} rows/s "
+                "(Kafka -> validate -> Arrow -> chdb, commit after insert)\n"
             )
         if not args.skip_query:
             bench_query(warehouse, base, args.rows, args.repeats)

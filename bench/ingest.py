@@ -27,6 +27,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from bench._kafka import broker, median
+from core.kafka_log import client_logging
 from core.settings import KafkaSettings
 from devtools.kafka_local import free_port
 from schemas import FeedbackEvent, validate_event
@@ -102,7 +103,7 @@ def run_sdk(
 
 
 def run_bare(bootstrap: str, topic: str, payload: list[tuple[bytes, str]]) -> tuple[float, list[int]]:
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    producer = Producer({"bootstrap.servers": bootstrap, **client_logging(bootstrap), **PRODUCER_DEFAULTS})
     errors = []
 
     def on_delivery(err, _msg):
@@ -143,7 +144,7 @@ def run_down(fields: list[dict], spool: Path) -> tuple[list[int], float, str, li
     client.flush()
     stats = client.stats()
     client.close()
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    producer = Producer({"bootstrap.servers": bootstrap, **client_logging(bootstrap), **PRODUCER_DEFAULTS})
     bare_lat, refused = [], 0
     for value, key in payload:
         t = time.perf_counter_ns()
@@ -188,8 +189,10 @@ def main() -> None:
             print(f"  bare produce()             {fmt(bare_lat)}")
         ratio = median([s / b for s, b in zip(sdk_rates, bare_rates, strict=True)])
         print(
-            f"\nhealthy, median of {args.repeats}: SDK {median(sdk_rates):,.0f} events/s, bare confluent-kafka {median(bare_rates):,.0f} events/s, "
-            f"ratio {ratio:.2f} (target >= 0.70), {len(payload[0][0])} B/event; p99.9 µs (median): SDK call {median([p[0] for p in p999]):.1f}, "
+            f"\nhealthy, median of {args.repeats}: SDK {median(sdk_rates):,.0f} events/s, "
+            f"bare confluent-kafka {median(bare_rates):,.0f} events/s, "
+            f"ratio {ratio:.2f} (target >= 0.70), {len(payload[0][0])} B/event; "
+            f"p99.9 µs (median): SDK call {median([p[0] for p in p999]):.1f}, "
             f"SDK send path {median([p[1] for p in p999]):.1f}, bare produce {median([p[2] for p in p999]):.1f}"
         )
 
@@ -198,10 +201,12 @@ def main() -> None:
         print(f"\nbroker unreachable, {args.down_events:,} events: SDK {rate:,.0f} events/s accepted ({summary})")
         print(f"  SDK feedback(**fields)     {fmt(lat)}")
         print(
-            f"  bare produce()             {fmt(bare_lat)}   ({len(bare_lat):,} queued, then {refused:,} calls raised BufferError: queue full)"
+            f"  bare produce()             {fmt(bare_lat)}   "
+            f"({len(bare_lat):,} queued, then {refused:,} calls raised BufferError: queue full)"
         )
         print(
-            f"  ratio of p99.9 SDK / bare: {quantiles(lat)[2] / quantiles(bare_lat)[2]:.1f} (the SDK call includes validation from a dict)"
+            f"  ratio of p99.9 SDK / bare: {quantiles(lat)[2] / quantiles(bare_lat)[2]:.1f} "
+            "(the SDK call includes validation from a dict)"
         )
 
 

@@ -4,7 +4,8 @@ model, same prompts (`trainers.chat_format`: the model's chat template if it has
 (16 completions of at most 32 tokens from the same queries), same sampling, reward and KL
 coefficient, fp32 on CPU, in one run.
 
-    python -m bench.policy [--model tiny] [--lora-r 0] [--steps 8] [--repeats 3] [--batch-size 16] [--max-new-tokens 32] [--ppo-epochs 1] [--threads 2]
+    python -m bench.policy [--model tiny] [--lora-r 0] [--steps 8] [--repeats 3] [--batch-size 16]
+        [--max-new-tokens 32] [--ppo-epochs 1] [--threads 2]
     python -m bench.policy --model smollm2 --lora-r 16 --steps 4 --repeats 1    # SmolLM2-135M-Instruct with LoRA adapters
 
 `--model` takes any name `trainers.base_models.resolve_base_model` accepts (`tiny`, `smollm2`, a
@@ -35,17 +36,18 @@ from typing import Any
 import torch
 
 from bench.policy_gain import quiet
+from core.learning_settings import PolicyTrainingSettings
 from trainers import ppo
 from trainers.alternatives import train_alternative
 from trainers.base_models import resolve_base_model
 from trainers.device import pick_device
 from trainers.policy import Rollout, load_policy
-from trainers.policy_config import PolicyTrainingConfig, lora_config
+from trainers.policy_config import lora_config
 from trainers.ppo import train_ppo
 from trainers.synthetic import quality_reward, split_questions
 
 
-def run_project(base: str, queries: list[str], config: PolicyTrainingConfig) -> dict[str, float]:
+def run_project(base: str, queries: list[str], config: PolicyTrainingSettings) -> dict[str, float]:
     """Step times of train_ppo, split by wrapping its rollout function."""
     lm, tok = load_policy(base)
     gen_seconds: list[float] = []
@@ -76,7 +78,7 @@ def run_project(base: str, queries: list[str], config: PolicyTrainingConfig) -> 
     return _figures(steps, gen_seconds, tokens)
 
 
-def run_trl(base: str, queries: list[str], config: PolicyTrainingConfig) -> dict[str, float]:
+def run_trl(base: str, queries: list[str], config: PolicyTrainingSettings) -> dict[str, float]:
     """Step times of GRPOTrainer as `policy.algorithm: grpo` runs it (its dataset, reward wrapper,
     arguments and LoRA adapters), with one gradient pass per generation, split the same way."""
     from trl import GRPOTrainer
@@ -98,13 +100,13 @@ def run_trl(base: str, queries: list[str], config: PolicyTrainingConfig) -> dict
         if state == "progress" and "loss" in metrics:  # a training step's log, not the run's opening line
             step_ends.append(time.perf_counter())
 
-    one_pass = config.model_copy(update={"ppo_epochs": 1})  # num_iterations 1: one gradient pass per generation
-    GRPOTrainer._generate = timed_generate
+    one_pass = config.updated(ppo_epochs=1)  # num_iterations 1: one gradient pass per generation
+    GRPOTrainer._generate = timed_generate  # type: ignore[method-assign]  # timed for this run only
     try:
         started = time.perf_counter()
         train_alternative("grpo", lm, tok, quality_reward, queries, one_pass, on_status=on_status)
     finally:
-        GRPOTrainer._generate = real_generate
+        GRPOTrainer._generate = real_generate  # type: ignore[method-assign]
     steps = [b - a for a, b in zip([started, *step_ends], step_ends, strict=True)]
     return _figures(steps, gen_seconds, tokens)
 
@@ -119,7 +121,7 @@ def _figures(steps: list[float], gen_seconds: list[float], tokens: list[float]) 
     }
 
 
-def describe(base: str, name: str, config: PolicyTrainingConfig) -> str:
+def describe(base: str, name: str, config: PolicyTrainingSettings) -> str:
     """`name (N params)`, and with LoRA the rank and the trainable share."""
     lm, _ = load_policy(base)
     total = sum(p.numel() for p in lm.parameters())
@@ -128,7 +130,9 @@ def describe(base: str, name: str, config: PolicyTrainingConfig) -> str:
         return text + ", full fine-tune)"
     from peft import get_peft_model
 
-    trainable = sum(p.numel() for p in get_peft_model(lm, lora_config(config)).parameters() if p.requires_grad)
+    peft_config = lora_config(config)
+    assert peft_config is not None  # lora_r > 0
+    trainable = sum(p.numel() for p in get_peft_model(lm, peft_config).parameters() if p.requires_grad)
     return text + f", LoRA r={config.lora_r}: {trainable / 1e6:.2f}M trainable)"
 
 
@@ -151,7 +155,7 @@ def main() -> None:
     train, _ = split_questions()
     queries = [q.text for q in train]
     # Guardrails off: a rolled-back step would not be a like-for-like step.
-    config = PolicyTrainingConfig(
+    config = PolicyTrainingSettings(
         epochs=args.steps,
         batch_size=args.batch_size,
         mini_batch_size=args.mini_batch_size or args.batch_size,
@@ -167,7 +171,8 @@ def main() -> None:
     print(
         f"{describe(base, args.model, config)} on {pick_device()}, {torch.get_num_threads()} threads; "
         f"{args.batch_size} completions x <= {args.max_new_tokens} tokens per step, "
-        f"PPO {args.ppo_epochs} epoch(s) x {args.batch_size // config.mini_batch_size} mini-batch(es), GRPO 1 pass; {args.steps - 1} timed steps"
+        f"PPO {args.ppo_epochs} epoch(s) x {args.batch_size // config.mini_batch_size} mini-batch(es), GRPO 1 pass; "
+        f"{args.steps - 1} timed steps"
     )
 
     rows = []
@@ -175,8 +180,10 @@ def main() -> None:
         ours, trl = run_project(base, queries, config), run_trl(base, queries, config)
         rows.append((ours, trl))
         print(
-            f"repeat {repeat + 1}: project PPO {ours['tokens_per_s']:7.0f} tok/s, update {ours['update_s'] * 1e3:6.0f} ms, step {ours['step_s'] * 1e3:6.0f} ms | "
-            f"TRL GRPO {trl['tokens_per_s']:7.0f} tok/s, update {trl['update_s'] * 1e3:6.0f} ms, step {trl['step_s'] * 1e3:6.0f} ms",
+            f"repeat {repeat + 1}: project PPO {ours['tokens_per_s']:7.0f} tok/s, update {ours['update_s'] * 1e3:6.0f} ms, "
+            f"step {ours['step_s'] * 1e3:6.0f} ms | "
+            f"TRL GRPO {trl['tokens_per_s']:7.0f} tok/s, update {trl['update_s'] * 1e3:6.0f} ms, "
+            f"step {trl['step_s'] * 1e3:6.0f} ms",
             flush=True,
         )
 
@@ -189,8 +196,8 @@ def main() -> None:
         ("update time per step, ms", "update_s", 1e3, "lower"),
         ("whole step, ms", "step_s", 1e3, "lower"),
     ):
-        ours, theirs = med(0, key) * scale, med(1, key) * scale
-        print(f"{label:<29}{ours:11.0f}   {theirs:15.0f}   {ours / theirs:.2f} ({better} is better)")
+        project, theirs = med(0, key) * scale, med(1, key) * scale
+        print(f"{label:<29}{project:11.0f}   {theirs:15.0f}   {project / theirs:.2f} ({better} is better)")
     print(f"completion tokens per step   {med(0, 'tokens'):11.0f}   {med(1, 'tokens'):15.0f}")
     speed_up = med(1, "step_s") / med(0, "step_s")
     print(f"\nproject PPO step speed-up over TRL GRPOTrainer: {speed_up:.2f}x (TRL step time / project step time)")

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from core.errors import GuardrailRejection
-from core.settings import ALGORITHMS, RewardTrainingSettings, load_settings
+from core.learning_settings import ALGORITHMS, RewardTrainingSettings
+from core.settings import load_settings
 from trainers.optimise import optimise_policy
 from trainers.policy import RewardFn, evaluate_policy, load_policy
-from trainers.policy_config import PolicyTrainingConfig
 from trainers.synthetic import answer, feedback_events, quality_reward, split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 
@@ -56,7 +56,10 @@ def reward_model_fn(workdir: Path, threads: int, n_events: int, epochs: int) -> 
 
     train, _ = split_questions()
     started = time.monotonic()
-    config = RewardConfig.from_settings(load_settings(), num_threads=threads, epochs=epochs)
+    settings = load_settings()
+    config = RewardConfig.from_settings(
+        settings, num_threads=threads, training=settings.reward_model.training.updated(epochs=epochs)
+    )
     rm, metrics = train_reward_model(feedback_events(train, n_events, seed=1), config, workdir / "rm", lineage={})
     print(
         f"reward model: MiniLM, {n_events} feedback events, {epochs} epoch(s), trained in {time.monotonic() - started:.0f} s, "
@@ -94,10 +97,11 @@ def main() -> None:
     base = str(ensure_tiny_policy())
     train, held_out = ([q.text for q in qs] for qs in split_questions())
     settings = load_settings()
-    config = PolicyTrainingConfig.from_settings(settings)
+    config = settings.policy.training
     print(f"tiny policy {base}; {len(train)} training / {len(held_out)} held-out queries; {torch.get_num_threads()} threads")
     print(
-        f"settings: epochs {config.epochs}, batch {config.batch_size}, lr {config.learning_rate:g}, max_new_tokens {config.max_new_tokens}, "
+        f"settings: epochs {config.epochs}, batch {config.batch_size}, lr {config.learning_rate:g}, "
+        f"max_new_tokens {config.max_new_tokens}, "
         f"kl_bound {config.kl_bound}, target gain +{TARGET_GAIN:.0%}"
     )
 
@@ -114,11 +118,10 @@ def main() -> None:
             for algorithm in args.algorithms:
                 runs = []
                 for seed in range(args.repeats):
-                    cfg = config.model_copy(update={"seed": seed})
                     out = work / f"{reward_name}-{algorithm}-{seed}"
                     started = time.monotonic()
                     try:
-                        m = optimise_policy(algorithm, base, reward_fn, train, held_out, cfg, out)
+                        m = optimise_policy(algorithm, base, reward_fn, train, held_out, config, out, seed=seed)
                     except GuardrailRejection as exc:  # the trainer would record this policy as rejected too
                         print(f"  {reward_name:7s} {algorithm:4s} seed {seed}: REJECTED ({exc})", flush=True)
                         continue
@@ -126,15 +129,19 @@ def main() -> None:
                     if reward_name == "rm":  # what the learnt reward's optimisation bought in the true preference
                         lm, tok = load_policy(base)
                         trained, _ = load_policy(str(out))
-                        ev = dict(
-                            max_new_tokens=cfg.max_new_tokens,
-                            temperature=cfg.temperature,
-                            top_p=cfg.top_p,
-                            samples_per_query=cfg.eval_samples_per_query,
-                            seed=cfg.eval_seed,
+                        q0, q1 = (
+                            evaluate_policy(
+                                policy,
+                                tok,
+                                quality_reward,
+                                held_out,
+                                max_new_tokens=config.max_new_tokens,
+                                temperature=config.temperature,
+                                top_p=config.top_p,
+                                samples_per_query=config.eval_samples_per_query,
+                            ).mean_reward
+                            for policy in (lm, trained)
                         )
-                        q0 = evaluate_policy(lm, tok, quality_reward, held_out, **ev).mean_reward
-                        q1 = evaluate_policy(trained, tok, quality_reward, held_out, **ev).mean_reward
                         m["quality_gain"] = q1 / q0 - 1.0
                     runs.append(m)
                     if first_before is None:
@@ -146,8 +153,10 @@ def main() -> None:
                         )
                     extra = f"  quality {m['quality_gain']:+.1%}" if "quality_gain" in m else ""
                     print(
-                        f"  {reward_name:7s} {algorithm:4s} seed {seed}: reward {m['mean_reward_before']:.3f} -> {m['mean_reward_after']:.3f} "
-                        f"({m['reward_gain']:+.1%}), KL {m['kl']:.4f}, length {m['mean_length_before']:.1f} -> {m['mean_length']:.1f}, "
+                        f"  {reward_name:7s} {algorithm:4s} seed {seed}: "
+                        f"reward {m['mean_reward_before']:.3f} -> {m['mean_reward_after']:.3f} "
+                        f"({m['reward_gain']:+.1%}), KL {m['kl']:.4f}, "
+                        f"length {m['mean_length_before']:.1f} -> {m['mean_length']:.1f}, "
                         f"train {m['train_seconds']:.0f} s, job {m['job_seconds']:.0f} s{extra}",
                         flush=True,
                     )
@@ -171,16 +180,19 @@ def main() -> None:
                 )
 
     print(
-        f"\nmedian of the {args.repeats} run(s) per row the guardrails accepted; PASS = gain >= +{TARGET_GAIN:.0%} and KL < {config.kl_bound}"
+        f"\nmedian of the {args.repeats} run(s) per row the guardrails accepted; "
+        f"PASS = gain >= +{TARGET_GAIN:.0%} and KL < {config.kl_bound}"
     )
     print(
-        f"{'reward':7s} {'algo':4s} {'before':>7s} {'after':>7s} {'gain':>7s} {'KL':>7s} {'length':>6s} {'train s':>7s} {'job s':>6s} {'quality':>7s}  verdict"
+        f"{'reward':7s} {'algo':4s} {'before':>7s} {'after':>7s} {'gain':>7s} {'KL':>7s} {'length':>6s} "
+        f"{'train s':>7s} {'job s':>6s} {'quality':>7s}  verdict"
     )
     for reward_name, algorithm, before, after, gain, kl, length, train_s, job_s, quality_gain in rows:
         verdict = "REJECTED" if math.isnan(gain) else "PASS" if gain >= TARGET_GAIN and kl < config.kl_bound else "FAIL"
         q = f"{quality_gain:+7.1%}" if quality_gain is not None else f"{'':7s}"
         print(
-            f"{reward_name:7s} {algorithm:4s} {before:7.3f} {after:7.3f} {gain:+7.1%} {kl:7.4f} {length:6.1f} {train_s:7.0f} {job_s:6.0f} {q}  {verdict}"
+            f"{reward_name:7s} {algorithm:4s} {before:7.3f} {after:7.3f} {gain:+7.1%} {kl:7.4f} {length:6.1f} "
+            f"{train_s:7.0f} {job_s:6.0f} {q}  {verdict}"
         )
 
 

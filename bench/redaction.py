@@ -23,7 +23,10 @@ CLEAN = (
     "Could you explain step by step what I should do next, and whether my saved drafts are kept? Thanks {i}."
 )
 PLANTED = ("ann.lee{i}@example.com", "+1 650-253-0000", "4111 1111 1111 1111", "DE89 3704 0044 0532 0130 00", "203.0.113.{o}")
-PII = "How do I reset my password? The link expired twice. My account is {pii}, please check it and tell me step by step what to do next. Thanks {i}."
+PII = (
+    "How do I reset my password? The link expired twice. My account is {pii}, "
+    "please check it and tell me step by step what to do next. Thanks {i}."
+)
 
 
 def texts(n: int) -> list[str]:

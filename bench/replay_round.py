@@ -28,6 +28,7 @@ import torch
 from assistant.answering import LoadedPolicy, load_version
 from bench.policy_gain import quiet
 from core.errors import GuardrailRejection
+from core.learning_settings import PolicyTrainingSettings
 from core.settings import load_settings
 from demo.report import held_out_quality
 from registry.store import ModelRegistry
@@ -37,8 +38,7 @@ from trainers.ensemble import EnsembleReward
 from trainers.history import load_history
 from trainers.optimise import optimise_policy
 from trainers.policy import load_policy
-from trainers.policy_config import PolicyTrainingConfig
-from trainers.reward import RewardModel
+from trainers.reward_model import RewardModel
 
 FEEDBACK_COLUMNS = "event_id, interaction_id, user_id, query, response, model_version, feedback_type, rating, correction, ts"
 
@@ -72,6 +72,7 @@ def round_inputs(run_dir: Path, registry: ModelRegistry, candidate: str) -> tupl
     """What the policy job of `candidate`'s round had: its parent version, its reward model, and
     the feedback stored up to its trigger."""
     manifest = registry.manifest("policies", candidate)
+    assert manifest.reward_model_version is not None and manifest.parent_version is not None  # a trained version names both
     rm_dir = registry.path("reward_models", manifest.reward_model_version)
     trigger = next(t for t in load_history(rm_dir)[0] if t.trigger_id == manifest.trigger_id)
     return manifest.parent_version, RewardModel.load(rm_dir / "model"), feedback_until(run_dir, trigger.timestamp)
@@ -82,8 +83,9 @@ def replay(
     parent: str,
     rm: RewardModel,
     events: list[FeedbackEvent],
-    config: PolicyTrainingConfig,
+    config: PolicyTrainingSettings,
     max_new_tokens: int,
+    min_rating: int,
 ) -> dict[str, float | str]:
     """One round's policy job trained again from `parent` with `config`; the candidate's figures
     (its answers `max_new_tokens` long, as every version's are measured). A candidate a guardrail
@@ -101,7 +103,8 @@ def replay(
                 config,
                 Path(out) / "policy",
                 feedback_events=events,
-                gate_fn=rm.gate_reward if rm.config.gate_head else None,
+                min_rating=min_rating,
+                gate_fn=rm.gate_reward if rm.config.training.gate_head else None,
                 original_path=str(registry.path("policies", "base")),
             )
         except GuardrailRejection as rejection:
@@ -138,13 +141,12 @@ def main() -> None:
     args = parser.parse_args()
     key, values = args.vary[0], args.vary[1:]
     settings = load_settings()  # as the trainer reads them: rlhf.yaml (or $RLHF_CONFIG) under RLHF_* variables
-    default = getattr(PolicyTrainingConfig.from_settings(settings), key, None)
+    default = getattr(settings.policy.training, key, None)
     if default is None or not values:
         parser.error(f"--vary: {key!r} is not a policy.training setting with a value, or no values were given")
     values = [v.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(v) for v in values]
     configs = {
-        value: PolicyTrainingConfig.from_settings(settings, **{key: value})
-        for value in (values if default in values else [default, *values])
+        value: settings.policy.training.updated(**{key: value}) for value in (values if default in values else [default, *values])
     }
     torch.set_num_threads(args.threads)
     quiet()
@@ -152,7 +154,8 @@ def main() -> None:
     registry = ModelRegistry(args.run_dir / "state" / "registry")
     max_new_tokens = configs[default].max_new_tokens
     print(
-        f"{'round':>5} {key + ' (default ' + str(default) + ')':>34} {'hidden':>8} {'/ default':>10} {'parent':>8} {'events':>7} {'demos':>6} {'PPO it.':>8} {'s':>5}"
+        f"{'round':>5} {key + ' (default ' + str(default) + ')':>34} {'hidden':>8} {'/ default':>10} {'parent':>8} "
+        f"{'events':>7} {'demos':>6} {'PPO it.':>8} {'s':>5}"
     )
     for n, result in enumerate(results, start=1):
         candidate = result["candidate"]
@@ -160,10 +163,15 @@ def main() -> None:
             continue
         parent, rm, events = round_inputs(args.run_dir, registry, candidate)
         parent_hidden = held_out_quality(load_version(registry, parent), max_new_tokens)
-        rows = {value: replay(registry, parent, rm, events, config, max_new_tokens) for value, config in configs.items()}
+        rows = {
+            value: replay(registry, parent, rm, events, config, max_new_tokens, settings.feedback.min_rating)
+            for value, config in configs.items()
+        }
+        default_hidden = float(rows[default]["hidden"])  # "hidden" is always a float (NaN when rejected)
         for value, row in rows.items():
             print(
-                f"{n:>5} {value!s:>34} {row['hidden']:>8.3f} {row['hidden'] / rows[default]['hidden']:>10.3f} {parent_hidden:>8.3f} {row['events']:>7} "
+                f"{n:>5} {value!s:>34} {row['hidden']:>8.3f} {float(row['hidden']) / default_hidden:>10.3f} "
+                f"{parent_hidden:>8.3f} {row['events']:>7} "
                 f"{row.get('demonstrations', 0):>6.0f} {row.get('iterations', 0):>8.0f} {row['seconds']:>5.0f}"
                 + (f"  rejected: {row['rejected']}" if "rejected" in row else ""),
                 flush=True,

@@ -27,9 +27,12 @@ from transformers.utils import logging as hf_logging
 from trl import RewardConfig as TrlRewardConfig
 from trl import RewardTrainer
 
+from core.learning_settings import RewardTrainingSettings
 from trainers.dataset import POINT_FEATURES
-from trainers.reward import RewardModel, fit, format_input, pairwise_loss
+from trainers.reward import fit
 from trainers.reward_config import RewardConfig
+from trainers.reward_losses import pairwise_loss
+from trainers.reward_model import RewardModel, format_input
 from trainers.synthetic import preference_pairs, split_questions
 
 
@@ -37,6 +40,11 @@ def pair_dataset(n: int) -> Dataset:
     train, _ = split_questions()
     rows = preference_pairs(train, n, seed=7)
     return Dataset.from_dict({"query": [r[0] for r in rows], "chosen": [r[1] for r in rows], "rejected": [r[2] for r in rows]})
+
+
+def _with_dropout(cfg: RewardConfig) -> RewardConfig:
+    """`cfg` with the backbone's dropout kept: TRL's trainer disables it itself, the plain loop keeps it."""
+    return cfg.model_copy(update={"training": cfg.training.updated(disable_dropout=False)})
 
 
 def run_project(cfg: RewardConfig, pairs: Dataset) -> tuple[float, float]:
@@ -48,7 +56,7 @@ def run_project(cfg: RewardConfig, pairs: Dataset) -> tuple[float, float]:
 
 
 def run_trl(cfg: RewardConfig, pairs: Dataset) -> tuple[float, float]:
-    rm = RewardModel.create(cfg.model_copy(update={"disable_dropout": False}))  # TRL disables dropout itself
+    rm = RewardModel.create(_with_dropout(cfg))
     tokenised = Dataset.from_dict(
         {
             "chosen_ids": rm.encode(pairs["query"], pairs["chosen"]),
@@ -58,9 +66,9 @@ def run_trl(cfg: RewardConfig, pairs: Dataset) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as out:
         args = TrlRewardConfig(
             output_dir=out,
-            per_device_train_batch_size=cfg.batch_size,
+            per_device_train_batch_size=cfg.training.batch_size,
             num_train_epochs=1,
-            learning_rate=cfg.learning_rate,
+            learning_rate=cfg.training.learning_rate,
             bf16=False,
             gradient_checkpointing=False,
             use_cpu=True,
@@ -69,7 +77,7 @@ def run_trl(cfg: RewardConfig, pairs: Dataset) -> tuple[float, float]:
             logging_strategy="no",
             disable_tqdm=True,
             seed=cfg.seed,
-            max_length=cfg.max_length,
+            max_length=cfg.training.max_length,
         )
         trainer = RewardTrainer(model=rm.model, args=args, train_dataset=tokenised, processing_class=rm.tokenizer)
         start, cpu = time.perf_counter(), time.process_time()
@@ -79,16 +87,18 @@ def run_trl(cfg: RewardConfig, pairs: Dataset) -> tuple[float, float]:
 
 def run_naive(cfg: RewardConfig, pairs: Dataset) -> float:
     """The straightforward loop: every batch padded to max_length, chosen and rejected scored separately."""
-    rm = RewardModel.create(cfg.model_copy(update={"disable_dropout": False}))
-    optimizer = torch.optim.AdamW(rm.model.parameters(), lr=cfg.learning_rate)
+    rm = RewardModel.create(_with_dropout(cfg))
+    optimizer = torch.optim.AdamW(rm.model.parameters(), lr=cfg.training.learning_rate)
     rm.model.train()
     start = time.perf_counter()
-    for i in range(0, len(pairs), cfg.batch_size):
-        batch = pairs[i : i + cfg.batch_size]
+    for i in range(0, len(pairs), cfg.training.batch_size):
+        batch = pairs[i : i + cfg.training.batch_size]
         scores = []
         for side in ("chosen", "rejected"):
             texts = [format_input(q, r) for q, r in zip(batch["query"], batch[side], strict=True)]
-            enc = rm.tokenizer(texts, truncation=True, max_length=cfg.max_length, padding="max_length", return_tensors="pt")
+            enc = rm.tokenizer(
+                texts, truncation=True, max_length=cfg.training.max_length, padding="max_length", return_tensors="pt"
+            )
             scores.append(rm.model(**enc).logits.squeeze(-1))
         pairwise_loss(*scores).backward()
         optimizer.step()
@@ -109,7 +119,8 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    cfg = RewardConfig(base_model="minilm", epochs=1, batch_size=args.batch_size, warmup_ratio=0.0, num_threads=args.threads)
+    training = RewardTrainingSettings(epochs=1, batch_size=args.batch_size, warmup_ratio=0.0)
+    cfg = RewardConfig(base_model="minilm", training=training, num_threads=args.threads)
     pairs = pair_dataset(args.pairs)
     print(f"MiniLM fp32, {args.pairs} pairs, batch {args.batch_size}, {torch.get_num_threads()} threads, 1 epoch")
 
@@ -119,10 +130,10 @@ def main() -> None:
     ratios, cpu_ratios = [], []
     for repeat in range(args.repeats):
         if repeat % 2 == 0:  # alternate which goes first: the second of a pair runs on a warmer (or busier) machine
-            ours, trl = run_project(cfg, pairs), run_trl(cfg, pairs)
+            ours_run, trl_run = run_project(cfg, pairs), run_trl(cfg, pairs)
         else:
-            trl, ours = run_trl(cfg, pairs), run_project(cfg, pairs)
-        (ours, ours_cpu), (trl, trl_cpu) = ours, trl
+            trl_run, ours_run = run_trl(cfg, pairs), run_project(cfg, pairs)
+        (ours, ours_cpu), (trl, trl_cpu) = ours_run, trl_run
         ratios.append(ours / trl)
         cpu_ratios.append(ours_cpu / trl_cpu)
         naive = f"  naive loop {run_naive(cfg, pairs):6.1f}" if args.naive else ""

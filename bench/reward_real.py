@@ -25,9 +25,11 @@ import torch
 from datasets import Dataset
 from transformers.utils import logging as hf_logging
 
+from core.learning_settings import RewardTrainingSettings
 from trainers.dataset import POINT_FEATURES, is_eval_query
-from trainers.reward import RewardModel, fit
+from trainers.reward import fit
 from trainers.reward_config import RewardConfig
+from trainers.reward_model import RewardModel
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm-prefs.jsonl"
 TRUNCATION = {"right": "right", "keep": "keep_response"}
@@ -60,10 +62,9 @@ def length_baseline(rows: list[dict]) -> float:
 
 def config_of(variant: str, threads: int, epochs: int | None) -> RewardConfig:
     backbone, max_length, truncation = variant.split("-")
-    extra = {"epochs": epochs} if epochs else {}
-    return RewardConfig(
-        base_model=backbone, max_length=int(max_length), truncation=TRUNCATION[truncation], num_threads=threads, **extra
-    )
+    training = RewardTrainingSettings(max_length=int(max_length), truncation=TRUNCATION[truncation])
+    training = training.updated(epochs=epochs) if epochs else training
+    return RewardConfig(base_model=backbone, training=training, num_threads=threads)
 
 
 def run_variant(variant: str, pairs: Dataset, held_out: list[dict], threads: int, epochs: int | None) -> dict[str, float]:
@@ -80,7 +81,7 @@ def run_variant(variant: str, pairs: Dataset, held_out: list[dict], threads: int
         "accuracy": accuracy,
         "train_pairs_per_s": train["examples_per_second"],
         "seconds": time.perf_counter() - start,
-        "epochs": cfg.epochs,
+        "epochs": cfg.training.epochs,
     }
 
 

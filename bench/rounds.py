@@ -40,6 +40,7 @@ from analytics.stats import RatioMoments, ratio, relative_lift
 from bench.policy_gain import quiet
 from core.errors import GuardrailRejection
 from core.hashing import stable_fraction
+from core.learning_settings import SAMPLING_TEMPERATURE, SAMPLING_TOP_P
 from core.settings import FeedbackSettings, Settings
 from demo.report import on_policy_accuracy
 from demo.users import Population
@@ -49,13 +50,13 @@ from trainers.ensemble import EnsembleReward
 from trainers.history import HistoryWindow, replay_history, replay_sample, select_history
 from trainers.optimise import gate_verdict, optimise_policy
 from trainers.policy import load_policy, sample
-from trainers.policy_config import PolicyTrainingConfig
 from trainers.reward import train_reward_model
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import Question, all_questions, quality, split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 
-# What each learner changes from the project's defaults (rlhf.yaml): (continuous_learning, reward_model.training, policy.training).
+# What each learner changes from the project's defaults (rlhf.yaml):
+# (continuous_learning, reward_model.training, policy.training).
 LATEST_ONLY = (
     {"history_triggers": 0, "warm_start": False, "reward_sample_events": None},
     {"ensemble_members": 1, "gate_head": False},
@@ -110,12 +111,17 @@ def settings_for(learner: str) -> Settings:
 
 
 def answers(version: Version, queries: list[str], seed: int) -> list[str]:
-    """The version's sampled answers, as the assistant serves them (temperature 0.8, top-p 0.95)."""
+    """The version's sampled answers, as the assistant serves them (its default temperature and top-p)."""
     torch.manual_seed(seed)
     out: list[str] = []
     for i in range(0, len(queries), 64):
         out += sample(
-            version.lm, version.tokenizer, queries[i : i + 64], max_new_tokens=32, temperature=0.8, top_p=0.95
+            version.lm,
+            version.tokenizer,
+            queries[i : i + 64],
+            max_new_tokens=32,
+            temperature=SAMPLING_TEMPERATURE,
+            top_p=SAMPLING_TOP_P,
         ).responses
     return out
 
@@ -211,7 +217,7 @@ def run_learner(
     previous_rm: Path | None = None
     records: list[RoundRecord] = []
     rm_config = RewardConfig.from_settings(settings, num_threads=threads)
-    policy_config = PolicyTrainingConfig.from_settings(settings, seed=seed)
+    policy_config = settings.policy.training
     window = HistoryWindow.from_settings(settings)
 
     def decide(per_user: dict[str, dict[str, list[int]]]) -> None:
@@ -274,7 +280,9 @@ def run_learner(
                 policy_config,
                 workdir / f"policy-{r}",
                 feedback_events=history,
-                gate_fn=rm.gate_reward if rm.config.gate_head else None,
+                seed=seed,
+                min_rating=settings.feedback.min_rating,
+                gate_fn=rm.gate_reward if rm.config.training.gate_head else None,
                 original_path=str(base_path),
             )
             passed, _ = gate_verdict(metrics, settings.registry.promotion_margin)
@@ -291,9 +299,12 @@ def run_learner(
         records.append(record)
         m = record.metrics
         print(
-            f"  {learner} seed {seed} round {r}: serving {serving_hidden:.3f}, history {len(history)}, RM acc {m['rm_accuracy']:.3f} "
-            f"(on-policy {m['rm_accuracy_on_policy']:.3f}), gain {m.get('reward_gain', float('nan')):+.3f}, kl base {m.get('kl_base', float('nan')):.3f}, "
-            f"{'candidate' if passed else 'rejected'} (hidden {record.candidate_hidden if record.candidate_hidden is not None else float('nan'):.3f}, "
+            f"  {learner} seed {seed} round {r}: serving {serving_hidden:.3f}, history {len(history)}, "
+            f"RM acc {m['rm_accuracy']:.3f} "
+            f"(on-policy {m['rm_accuracy_on_policy']:.3f}), gain {m.get('reward_gain', float('nan')):+.3f}, "
+            f"kl base {m.get('kl_base', float('nan')):.3f}, "
+            f"{'candidate' if passed else 'rejected'} "
+            f"(hidden {record.candidate_hidden if record.candidate_hidden is not None else float('nan'):.3f}, "
             f"{record.seconds:.0f}s)",
             flush=True,
         )
@@ -344,11 +355,11 @@ def main() -> None:
         print(f"{learner:<14}{cells[0]:>8}" + "".join(f"{c:>12}" for c in cells[1:]) + f"{seconds:>12.0f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        runs = {
+        by_learner = {
             k: {seed: {"start": start, "rounds": [r.__dict__ for r in recs]} for seed, (start, recs) in d.items()}
             for k, d in results.items()
         }
-        args.out.write_text(json.dumps(runs, indent=1, default=str))
+        args.out.write_text(json.dumps(by_learner, indent=1, default=str))
         plot_curves(results, args.out.with_suffix(".png"))
 
 

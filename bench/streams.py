@@ -45,6 +45,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench._kafka import broker, median
+from core.kafka_log import client_logging
 from core.settings import KafkaSettings
 from schemas import FeedbackEvent, TrainingStatus, TrainTrigger
 from schemas.topics import topic_name
@@ -104,7 +105,13 @@ class Tail:
 
     def __init__(self, bootstrap: str, topic: str, from_start: bool = False):
         self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "bench-unused", "enable.auto.commit": False, "fetch.wait.max.ms": 10}
+            {
+                "bootstrap.servers": bootstrap,
+                **client_logging(bootstrap),
+                "group.id": "bench-unused",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
         )
         partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         tps = []
@@ -126,7 +133,9 @@ class Tail:
         while time.monotonic() < deadline:
             msg = self.consumer.poll(0.05)
             if msg is not None and not msg.error():
-                return msg.value()
+                value = msg.value()
+                assert value is not None  # every record here has a value
+                return value
         raise TimeoutError(f"nothing arrived in {timeout:.0f}s")
 
     def close(self) -> None:
@@ -200,9 +209,11 @@ def bare_pipe(bootstrap: str, producer: Producer, batch: list[tuple[bytes, str, 
     The bytes are cycled up to BARE_MIN_EVENTS: a few thousand records take milliseconds, too short to time."""
     batch = [batch[i % len(batch)] for i in range(max(len(batch), BARE_MIN_EVENTS))]
     topic = f"bench-bare-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **client_logging(bootstrap)})
     admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[topic].result()
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-unused", "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, **client_logging(bootstrap), "group.id": "bench-unused", "enable.auto.commit": False}
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     consumer.poll(0.5)  # connect and fetch metadata before the clock starts
     done = threading.Event()
@@ -232,7 +243,7 @@ def bare_pipe(bootstrap: str, producer: Producer, batch: list[tuple[bytes, str, 
 def throughput(bootstrap: str, home: Path, events: int, repeats: int) -> tuple[list[float], list[float], list[float]]:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     create_topics(KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=PARTITIONS))
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    producer = Producer({"bootstrap.servers": bootstrap, **client_logging(bootstrap), **PRODUCER_DEFAULTS})
     batches = [make_events(events) for _ in range(repeats)]
     worker_rates, bare_rates, cpu_ms = [], [], []
     with worker(bootstrap, prefix, home, train_threshold=events, buffer_size=events) as proc:
@@ -263,7 +274,7 @@ def throughput(bootstrap: str, home: Path, events: int, repeats: int) -> tuple[l
 def latency(bootstrap: str, home: Path, threshold: int, count: int, settle_s: float) -> list[float]:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     create_topics(KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=PARTITIONS))
-    producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    producer = Producer({"bootstrap.servers": bootstrap, **client_logging(bootstrap), **PRODUCER_DEFAULTS})
     feedback = topic_name(prefix, "feedback")
     samples = []
     with worker(bootstrap, prefix, home, train_threshold=threshold, buffer_size=max(1000, threshold)) as proc:
@@ -312,7 +323,8 @@ def main() -> None:
         )
         ratio = median([w / b for w, b in zip(worker_rates, bare_rates, strict=True)])
         print(
-            f"\nmedian of {args.repeats}: worker {median(worker_rates):,.0f} accepted events/s ({median(cpu_ms):.3f} CPU ms/event), "
+            f"\nmedian of {args.repeats}: worker {median(worker_rates):,.0f} accepted events/s "
+            f"({median(cpu_ms):.3f} CPU ms/event), "
             f"bare broker produce->consume {median(bare_rates):,.0f} events/s, ratio {ratio:.4f}; "
             f"trigger latency p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms (os.cpu_count() {os.cpu_count()}, "
             f"load average {os.getloadavg()[0]:.1f})"

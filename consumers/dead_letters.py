@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import Message
 
+from core.kafka_messages import position
 from core.redaction import Redactor
 from schemas import DeadLetter
 
@@ -17,11 +18,12 @@ def dead_letter_of(msg: Message, reason: str, redactor: Redactor | None = None) 
     value = (msg.value() or b"").decode(errors="replace")
     if redactor is not None:
         value = redactor.kept(value)
+    origin = position(msg)
     return DeadLetter(
         reason=reason[:MAX_REASON_CHARS],
-        origin_topic=msg.topic(),
-        origin_partition=msg.partition(),
-        origin_offset=msg.offset(),
-        key=msg.key().decode(errors="replace") if msg.key() else None,
+        origin_topic=origin.topic,
+        origin_partition=origin.partition,
+        origin_offset=origin.offset,
+        key=key.decode(errors="replace") if (key := msg.key()) else None,
         value=value,
     )

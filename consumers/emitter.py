@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, Producer
 from core.errors import DeliveryError
 from core.kafka_clients import client_config
 from core.settings import Settings
-from schemas import Event, TrainingStatus, TrainTrigger
+from schemas import DeadLetter, Event, TrainingStatus, TrainTrigger
 from schemas.topics import topic_name
 from sdk.client import PRODUCER_DEFAULTS
 
@@ -28,7 +28,7 @@ class EventEmitter:
         self._producer = Producer({**client_config(settings.kafka), **PRODUCER_DEFAULTS, "linger.ms": 0})
         self._prefix = settings.kafka.topic_prefix
 
-    def emit(self, topic: str, event: Event, key: str | None = None) -> None:
+    def emit(self, topic: str, event: Event | DeadLetter, key: str | None = None) -> None:
         """Write `event` to `topic` and return once the broker has it; raise DeliveryError otherwise."""
         failures: list[KafkaError] = []
         name = topic_name(self._prefix, topic)

@@ -9,27 +9,30 @@ confluent-kafka (librdkafka: the SDK, trainer, sink, decider, replay, admin, dem
 A wrong password or an untrusted certificate must fail in seconds with a message that says so,
 not hang: librdkafka reports both as errors (`error_cb`, or a failed request) within a connection
 attempt, and `describe_client_error` turns its codes into an answer naming the setting to check.
+Every client's log and errors go through Python logging, quiet while a broker is away (`core.kafka_log`).
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
 from core.errors import BrokerError
+from core.kafka_log import KAFKA_LOG, client_logging
 from core.settings import KafkaSettings
 
 
-def client_config(kafka: KafkaSettings) -> dict[str, Any]:
+def client_config(kafka: KafkaSettings, logger: logging.Logger = KAFKA_LOG) -> dict[str, Any]:
     """librdkafka properties: the bootstrap servers and the security settings, secrets revealed
-    here and only here (the dict goes to the client, never to a log), and an `error_cb` that raises
-    BrokerError from the client's next poll when the credentials or certificates are refused (other
-    errors, a broker away, are retried by the client as usual). A client that sets its own
-    `error_cb` passes those errors to `raise_if_refused`."""
+    here and only here (the dict goes to the client, never to a log), librdkafka's log to `logger`,
+    and an `error_cb` that raises BrokerError from the client's next poll when the credentials or
+    certificates are refused (other errors, a broker away, are logged, sparingly, and retried by the
+    client as usual). A client that sets its own `error_cb` passes those errors to `raise_if_refused`."""
     config: dict[str, Any] = {
         "bootstrap.servers": kafka.bootstrap_servers,
         "security.protocol": kafka.security_protocol,
-        "error_cb": lambda err: raise_if_refused(err.code(), err.str(), kafka),
+        **client_logging(kafka.bootstrap_servers, logger, lambda err: raise_if_refused(err.code(), err.str(), kafka)),
     }
     if kafka.security_protocol.startswith("SASL_"):
         config |= {
@@ -94,8 +97,8 @@ def describe_client_error(code: int, text: str, kafka: KafkaSettings) -> str | N
     """A clear sentence for an authentication or TLS failure, naming what to check; None otherwise."""
     if code == _AUTHENTICATION:
         return (
-            f"Kafka refused the credentials of user {kafka.sasl_username!r} ({kafka.sasl_mechanism} over {kafka.security_protocol}): "
-            f"check kafka.sasl_username and kafka.sasl_password ({text})"
+            f"Kafka refused the credentials of user {kafka.sasl_username!r} "
+            f"({kafka.sasl_mechanism} over {kafka.security_protocol}): check kafka.sasl_username and kafka.sasl_password ({text})"
         )
     if code == _SSL:
         return (

@@ -107,6 +107,7 @@ class DemoPlan:
     budget_s: float = 14 * 60
     seed: int = 0
     fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
+    config: Path | None = None  # the YAML file every process reads (None: $RLHF_CONFIG or ./rlhf.yaml, as any command)
 
 
 @dataclass
@@ -125,7 +126,8 @@ class DemoError(RlhfError):
 
 
 def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboard_port: int, serve_port: int) -> dict[str, str]:
-    """Every child process gets the same configuration, through RLHF_* variables."""
+    """The environment of every process of the demo: the same configuration for all, through RLHF_*
+    variables (the driver loads its own settings from it too, `Demo.settings`)."""
     values = {
         "RLHF_HOME": str(run_dir / "state"),
         "RLHF_POLICY__BASE_MODEL": plan.policy,
@@ -139,6 +141,7 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
         "RLHF_AB_TESTING__HORIZON_S": str(plan.ab_horizon_s or profile_of(plan.policy).ab_horizon_s),
         "RLHF_AB_TESTING__DECIDE_EVERY_S": "5",
         "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
+        **({"RLHF_CONFIG": str(plan.config)} if plan.config else {}),
     }
     # The user's own RLHF_* settings (and RLHF_CONFIG) reach every process; the demo's wiring wins.
     return {**profile_of(plan.policy).settings, **os.environ, **values}
@@ -159,19 +162,16 @@ class StatusWatch:
 
     def poll(self) -> None:
         for msg in self.consumer.consume(500, timeout=0.05):
-            if msg.error():
+            topic = msg.topic()
+            if msg.error() or topic is None:
                 continue
-            if msg.topic().endswith("model-published"):
+            if topic.endswith("model-published"):
                 self.published.append(parse_event(ModelPublished, msg.value()))
-            elif msg.topic().endswith("experiments"):
+            elif topic.endswith("experiments"):
                 event = parse_event(ExperimentEvent, msg.value()).root
                 (self.started if isinstance(event, ExperimentStarted) else self.decided).setdefault(event.experiment_id, event)  # type: ignore[arg-type]
             else:
                 self.training = parse_event(TrainingStatus, msg.value())
-
-    @property
-    def training_active(self) -> bool:
-        return self.training is not None and self.training.active
 
     def open_experiment(self) -> str | None:
         return next((i for i in self.started if i not in self.decided), None)
@@ -187,6 +187,7 @@ class Demo:
         self.broker = LocalBroker(run_dir / "kafka", port=free_port(), controller_port=free_port())
         self.dashboard_port, self.serve_port = free_port(), free_port()
         self.env = demo_environment(run_dir, self.broker, plan, self.dashboard_port, self.serve_port)
+        self.settings = load_settings(None, environ=self.env)  # what every service of the demo loads
         self.supervisor = Supervisor(run_dir / "logs", self.env)
         self.results: list[RoundResult] = []
         self.timeline: list[dict] = []
@@ -195,19 +196,6 @@ class Demo:
         self.round_started = time.monotonic()
         self.serving = _serving_counts()
         self.count_tokens: Callable[[list[str]], int] = lambda texts: 0
-
-    @property
-    def settings(self) -> Settings:
-        saved = {k: os.environ.get(k) for k in self.env if k.startswith("RLHF_")}
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("RLHF_")})
-        try:
-            return load_settings(None)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def start(self) -> Settings:
         self.broker.up()
@@ -224,7 +212,8 @@ class Demo:
         _wait_http(f"http://127.0.0.1:{self.serve_port}/healthz", 180, self.supervisor)
         _wait_http(f"http://127.0.0.1:{self.dashboard_port}/healthz", 180, self.supervisor)
         print(
-            f"dashboard: http://127.0.0.1:{self.dashboard_port}/   assistant: http://127.0.0.1:{self.serve_port}/versions   logs: {self.supervisor.log_dir}",
+            f"dashboard: http://127.0.0.1:{self.dashboard_port}/   assistant: http://127.0.0.1:{self.serve_port}/versions   "
+            f"logs: {self.supervisor.log_dir}",
             flush=True,
         )
         return settings
@@ -256,8 +245,7 @@ class Demo:
                 bar.update(len(self.results) - bar.n)
                 if len(self.results) >= self.plan.rounds:
                     break
-                if watch.training_active:  # training owns the CPU; users wait instead of competing
-                    t = watch.training
+                if (t := watch.training) is not None and t.active:  # training owns the CPU; users wait
                     bar.set_postfix_str(f"training {t.stage or t.state} {_short(t.metrics)}")
                     self._fault_drill("trainer")
                     time.sleep(1.0)

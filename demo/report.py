@@ -12,7 +12,8 @@ import base64
 import html
 import io
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,11 @@ def figures_of(result: dict, truth: dict[str, float], on_policy: dict[str, float
     )
 
 
+def _values(values: Iterable[float | None]) -> list[float]:
+    """A series to plot: a missing value is a gap (NaN)."""
+    return [math.nan if v is None else v for v in values]
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.1%}"
 
@@ -136,8 +142,10 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
         lines += [
             f"  round {n}: {r.candidate} -> {r.decision.upper()}",
             f"    reward model held-out pairwise accuracy  {_num(r.reward_accuracy, '.1%')}",
-            f"    policy mean reward (reward model)        {_num(r.reward_before)} -> {_num(r.reward_after)}  ({_pct(r.policy_reward_gain)})",
-            f"    positive-feedback rate control/treatment {_num(r.control_rate)} / {_num(r.treatment_rate)}  lift {_pct(r.lift)} {interval}"
+            f"    policy mean reward (reward model)        {_num(r.reward_before)} -> {_num(r.reward_after)}  "
+            f"({_pct(r.policy_reward_gain)})",
+            f"    positive-feedback rate control/treatment {_num(r.control_rate)} / {_num(r.treatment_rate)}  "
+            f"lift {_pct(r.lift)} {interval}"
             f"  (per user; {_num(r.users_control, '.0f')} / {_num(r.users_treatment, '.0f')} users)",
             "    decision                                 "
             + (
@@ -145,16 +153,23 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
                 if r.decision == "rejected"
                 else f"the decider: {r.decision} ({r.decision_reason or 'no reason recorded'})"
             ),
-            f"    hidden user preference (ground truth)    {_num(r.true_quality_parent)} -> {_num(r.true_quality_candidate)}"
+            f"    hidden user preference (ground truth)    {_num(r.true_quality_parent)} -> "
+            f"{_num(r.true_quality_candidate)}"
             f"  (serving after the round: {_num(r.serving_truth)})",
             f"    reward model on the newest answers       held-out newest pairs {_num(r.reward_accuracy_recent, '.1%')}, "
-            f"parent's own answers {_num(r.reward_accuracy_on_policy, '.1%')} (ground truth); trained on {_num(r.history_events, '.0f')} events",
-            f"    ensemble disagreement / gate reward      {_num(r.disagreement)} (PPO's last rollout {_num(r.disagreement_ppo)}); "
+            f"parent's own answers {_num(r.reward_accuracy_on_policy, '.1%')} (ground truth); "
+            f"trained on {_num(r.history_events, '.0f')} events",
+            f"    ensemble disagreement / gate reward      {_num(r.disagreement)} "
+            f"(PPO's last rollout {_num(r.disagreement_ppo)}); "
             f"gate {_num(r.gate_before)} -> {_num(r.gate_after)}",
-            f"    KL per token to parent / to base         {_num(r.kl_parent)} / {_num(r.kl_base)}      wall time {_num(r.seconds and r.seconds / 60, '.1f')} min",
-            f"    stages                                   serving {_num(r.serving_seconds, '.0f')} s ({_num(r.serving_answers, '.0f')} answers, "
-            f"{_num(r.serving_tokens and r.serving_seconds and r.serving_tokens / r.serving_seconds, '.0f')} tokens/s through the API), "
-            f"reward model {_num(r.reward_model_seconds, '.0f')} s, policy job {_num(r.policy_seconds, '.0f')} s (PPO {_num(r.ppo_seconds, '.0f')} s)",
+            f"    KL per token to parent / to base         {_num(r.kl_parent)} / {_num(r.kl_base)}      "
+            f"wall time {_num(r.seconds and r.seconds / 60, '.1f')} min",
+            f"    stages                                   serving {_num(r.serving_seconds, '.0f')} s "
+            f"({_num(r.serving_answers, '.0f')} answers, "
+            f"{_num(r.serving_tokens and r.serving_seconds and r.serving_tokens / r.serving_seconds, '.0f')} "
+            "tokens/s through the API), "
+            f"reward model {_num(r.reward_model_seconds, '.0f')} s, policy job {_num(r.policy_seconds, '.0f')} s "
+            f"(PPO {_num(r.ppo_seconds, '.0f')} s)",
         ]
     lines += [f"  report: {html_path}", f"  dashboard (while running): {dashboard_url}", ""]
     return "\n".join(lines)
@@ -182,10 +197,10 @@ def _ab_plot(rounds: list[RoundFigures]) -> str:
 def _reward_plot(rounds: list[RoundFigures]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = list(range(1, len(rounds) + 1))
-    ax.plot(xs, [r.reward_before for r in rounds], "o--", label="parent policy (reward model)")
-    ax.plot(xs, [r.reward_after for r in rounds], "o-", label="candidate policy (reward model)")
-    ax.plot(xs, [r.true_quality_parent for r in rounds], "s--", alpha=0.6, label="parent (hidden preference)")
-    ax.plot(xs, [r.true_quality_candidate for r in rounds], "s-", alpha=0.6, label="candidate (hidden preference)")
+    ax.plot(xs, _values(r.reward_before for r in rounds), "o--", label="parent policy (reward model)")
+    ax.plot(xs, _values(r.reward_after for r in rounds), "o-", label="candidate policy (reward model)")
+    ax.plot(xs, _values(r.true_quality_parent for r in rounds), "s--", alpha=0.6, label="parent (hidden preference)")
+    ax.plot(xs, _values(r.true_quality_candidate for r in rounds), "s-", alpha=0.6, label="candidate (hidden preference)")
     ax.set(xlabel="round", ylabel="mean reward on held-out queries", title="Policy improvement", xticks=xs)
     ax.legend(fontsize=7)
     return _png(fig)
@@ -196,7 +211,7 @@ def _rounds_plot(rounds: list[RoundFigures]) -> str:
     the reward model's accuracy on the parent's own answers."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = list(range(0, len(rounds) + 1))
-    serving = [rounds[0].true_quality_parent if rounds else None] + [r.serving_truth for r in rounds]
+    serving = _values([rounds[0].true_quality_parent if rounds else None] + [r.serving_truth for r in rounds])
     ax.plot(xs, serving, "-", color="tab:blue", label="serving version (hidden preference)")
     markers = {
         "promote": ("^", "tab:green"),
@@ -208,7 +223,7 @@ def _rounds_plot(rounds: list[RoundFigures]) -> str:
         marker, colour = markers.get(r.decision, ("o", "black"))
         ax.scatter(
             [x],
-            [r.true_quality_candidate if r.true_quality_candidate is not None else r.serving_truth],
+            _values([r.true_quality_candidate if r.true_quality_candidate is not None else r.serving_truth]),
             marker=marker,
             color=colour,
             zorder=3,
@@ -217,7 +232,7 @@ def _rounds_plot(rounds: list[RoundFigures]) -> str:
         ax.scatter([], [], marker=marker, color=colour, label=f"candidate: {decision}")
     ax.plot(
         xs[1:],
-        [r.reward_accuracy_on_policy for r in rounds],
+        _values(r.reward_accuracy_on_policy for r in rounds),
         "s--",
         color="tab:purple",
         alpha=0.7,
@@ -297,11 +312,18 @@ def on_policy_accuracy(
     return sum((x > y) == (quality(q, a) > quality(q, b)) for (q, a, b), x, y in zip(pairs, ra, rb, strict=True)) / len(pairs)
 
 
+def _answers_of(policy: Any, max_new_tokens: int) -> Callable[[list[str], int], list[str]]:
+    """A loaded policy's answers to some questions, sampled with a seed."""
+    from assistant.service import answer
+
+    return lambda queries, seed: answer(policy, queries, max_new_tokens, seed=seed)
+
+
 def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_tokens: int) -> dict[str, float]:
     """Per round (keyed by candidate), its reward model's `on_policy_accuracy` on the parent's answers."""
-    from assistant.service import answer, load_version
+    from assistant.service import load_version
     from registry.store import ModelRegistry
-    from trainers.reward import RewardModel
+    from trainers.reward_model import RewardModel
     from trainers.synthetic import split_questions
 
     registry = ModelRegistry(registry_root)
@@ -311,10 +333,9 @@ def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_to
         rm_version, parent = r.get("published", {}).get("reward_model_version"), r.get("parent")
         if not rm_version or not parent or not registry.exists("reward_models", rm_version):
             continue
-        policy = load_version(registry, parent)
         accuracy = on_policy_accuracy(
             RewardModel.load(registry.path("reward_models", rm_version) / "model").predict,
-            lambda queries, seed, policy=policy: answer(policy, queries, max_new_tokens, seed=seed),
+            _answers_of(load_version(registry, parent), max_new_tokens),
             held_out,
         )
         if accuracy is not None:

@@ -74,7 +74,8 @@ class LocalCluster:
                     raise BrokerError(f"node {node.node_id} exited; see {node.log_file} and {node.data_dir / 'broker.stdout'}")
                 if time.monotonic() > deadline:
                     raise BrokerError(
-                        f"cluster not ready within {timeout:.0f}s: node {node.node_id} on {node.bootstrap_servers}; see {node.log_file}"
+                        f"cluster not ready within {timeout:.0f}s: node {node.node_id} on {node.bootstrap_servers}; "
+                        f"see {node.log_file}"
                     )
                 time.sleep(0.5)
 

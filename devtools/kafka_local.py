@@ -163,7 +163,10 @@ class LocalBroker:
         ensure_tls(self.tls.directory)
         user, password = self.sasl.username, self.sasl.password
         scram = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";'
-        plain = f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{user}" password="{password}" user_{user}="{password}";'
+        plain = (
+            f'org.apache.kafka.common.security.plain.PlainLoginModule required username="{user}" password="{password}" '
+            f'user_{user}="{password}";'
+        )
         return {
             "sasl.enabled.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
             "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
@@ -221,10 +224,14 @@ class LocalBroker:
         """Does it answer a metadata request naming at least `brokers` brokers?"""
         from confluent_kafka.admin import AdminClient
 
+        from core.kafka_log import client_logging
+
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout):
                 pass
-            admin = AdminClient({**self.client_config(), "socket.timeout.ms": int(timeout * 1000)})
+            admin = AdminClient(
+                {**self.client_config(), **client_logging(self.bootstrap_servers), "socket.timeout.ms": int(timeout * 1000)}
+            )
             return len(admin.list_topics(timeout=timeout).brokers) >= brokers
         except Exception:
             return False

@@ -184,16 +184,17 @@ class ModelRegistry:
         return json.loads(file.read_text()) if file.is_file() else {}
 
     def serving(self, policy: str) -> str | None:
-        return self.pointers().get(policy, {}).get("serving")
+        version: str | None = self.pointers().get(policy, {}).get("serving")
+        return version
 
     def candidate(self, policy: str) -> str | None:
         """The A/B candidate, never a rejected version."""
-        version = self.pointers().get(policy, {}).get("candidate")
+        version: str | None = self.pointers().get(policy, {}).get("candidate")
         if version is None or self.manifest("policies", version).status == "rejected":
             return None
         return version
 
-    def register_base(self, policy: str, version: str, write: Callable[[Path], None]) -> None:
+    def register_base(self, policy: str, version: str, write: Callable[[Path], object]) -> None:
         """Publish the starting policy and make it serve, if the policy has nothing serving yet."""
 
         def build(directory: Path) -> Manifest:
@@ -230,17 +231,17 @@ class ModelRegistry:
         self.set_status("policies", version, "promoted", reason)
         return version
 
-    def rollback(self, policy: str, reason: str = "") -> str | None:
+    def rollback(self, policy: str, reason: str = "") -> str:
         """Drop the candidate if there is one; otherwise go back to the previously serving version."""
         with self._pointer_update() as pointers:
             entry = pointers.get(policy)
             if entry is None:
                 raise RegistryError(f"policy {policy!r} has nothing serving")
-            dropped = entry.get("candidate")
-            if dropped is not None:
-                entry["candidate"] = None
+            candidate: str | None = entry.get("candidate")
+            if candidate is not None:
+                entry["candidate"], dropped = None, candidate
             elif len(entry["history"]) > 1:
-                dropped = entry["history"].pop()
+                dropped = str(entry["history"].pop())
                 entry["serving"] = entry["history"][-1]
             else:
                 raise RegistryError(f"policy {policy!r} has no earlier version to roll back to")

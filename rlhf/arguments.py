@@ -13,12 +13,19 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def command(
-    sub: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], int | None], **kw
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    func: Callable[[argparse.Namespace], int | None],
+    *,
+    log_level: int | None = None,
+    **kw,
 ) -> argparse.ArgumentParser:
-    """Add a subcommand whose handler is `func(args)`; returns its parser for arguments."""
+    """Add a subcommand whose handler is `func(args)`; returns its parser for arguments. With
+    `log_level`, the CLI logs records of that level and above before calling it (`rlhf.logs`)."""
     parser = sub.add_parser(name, help=help, description=help, **kw)
     add_config_option(parser)
-    parser.set_defaults(func=func)
+    parser.set_defaults(func=func, log_level=log_level)
     return parser
 
 

@@ -11,6 +11,7 @@ import sys
 
 from core.errors import RlhfError
 from rlhf.commands import analytics, core, demo, policy, privacy, reward, services, streams
+from rlhf.logs import configure_logging
 
 COMMAND_GROUPS = (core, streams, reward, policy, services, analytics, privacy, demo)
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.log_level is not None:
+        configure_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
     except RlhfError as exc:

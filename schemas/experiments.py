@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
@@ -51,12 +51,16 @@ class ExperimentStarted(Event):
     started_at: datetime = Field(default_factory=utc_now)
     horizon_users: int = Field(ge=1, description="Exposed users per variant at which the experiment ends undecided.")
     horizon_s: float = Field(gt=0, description="Duration after which the experiment ends undecided.")
-    non_inferiority_margin: float | None = Field(
-        None,
-        gt=0,
-        lt=1,
-        description="At the horizon, promote a treatment whose positive-rate lift is above 0 and its interval's low end above -margin (relative); None: the horizon keeps control.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed_margin(cls, data: Any) -> Any:
+        """Events written by 0.1.0 carry `non_inferiority_margin` (null unless set), a rule measured
+        and dropped (docs/settings-history.md#non_inferiority_margin); it is read and ignored so the
+        experiments topic replays. A compatibility reader: removed in 0.3.0."""
+        if isinstance(data, dict) and "non_inferiority_margin" in data:
+            data = {k: v for k, v in data.items() if k != "non_inferiority_margin"}
+        return data
 
     @model_validator(mode="after")
     def _arms_are_distinct(self) -> ExperimentStarted:
@@ -74,7 +78,8 @@ class ExperimentDecided(Event):
     policy: Id
     trigger_id: Id
     outcome: ExperimentOutcome = Field(
-        description="promote; rollback (significantly worse or a guardrail); expired (horizon reached without a win: control kept); a horizon promote says so in its reason."
+        description="promote; rollback (significantly worse or a guardrail); expired (the horizon reached without a win: "
+        "control kept)."
     )
     serving_version: Id = Field(description="The version serving after the decision.")
     statistics: dict[str, float] = Field(default_factory=dict)

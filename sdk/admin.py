@@ -12,6 +12,7 @@ from core.errors import BrokerError
 from core.kafka_clients import client_config
 from core.settings import KafkaSettings
 from schemas.topics import TOPICS, min_insync_replicas_of, partitions_of, topic_name
+from sdk import KAFKA_LOG
 
 
 def create_topics(kafka: KafkaSettings, timeout: float = 30.0) -> dict[str, str]:
@@ -19,7 +20,7 @@ def create_topics(kafka: KafkaSettings, timeout: float = 30.0) -> dict[str, str]
     each topic's min ISR (`min_insync_replicas_of`); returns {name: 'created'|'exists'}."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient(client_config(kafka))
+    admin = AdminClient(client_config(kafka, KAFKA_LOG))
     existing = set(_metadata(admin, kafka, timeout).topics)
     wanted = [
         NewTopic(
@@ -76,7 +77,7 @@ def group_progress(kafka: KafkaSettings, group: str, names: list[str], timeout: 
     # A group the broker has not seen yet gets its coordinator assigned on first use: until then the
     # broker answers "not coordinator" or "loading", which only means "ask again in a moment".
     settling = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
-    consumer = Consumer({**client_config(kafka), "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**client_config(kafka, KAFKA_LOG), "group.id": group, "enable.auto.commit": False})
     try:
         parts = [
             TopicPartition(topic_name(kafka.topic_prefix, n), p)

@@ -37,6 +37,7 @@ from core.kafka_clients import client_config
 from core.settings import ProducerSettings, Settings, data_home
 from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, validate_event
 from schemas.topics import topic_name
+from sdk import KAFKA_LOG
 from sdk.pump import Notice, ProducerStats, Pump
 
 PRODUCER_DEFAULTS = {
@@ -87,7 +88,7 @@ class FeedbackClient:
     def from_settings(
         cls, settings: Settings, on_notice: Callable[[Notice], None] | None = None, **producer_config: Any
     ) -> FeedbackClient:
-        security = {k: v for k, v in client_config(settings.kafka).items() if k != "bootstrap.servers"}
+        security = {k: v for k, v in client_config(settings.kafka, KAFKA_LOG).items() if k != "bootstrap.servers"}
         return cls(
             settings.kafka.bootstrap_servers,
             settings.kafka.topic_prefix,
@@ -120,9 +121,9 @@ class FeedbackClient:
     def _send_sampled(self, model: type[E], topic: str, event: E | dict[str, Any]) -> E | None:
         """Validate, then send only if the interaction is sampled (the same choice in every process)."""
         ev = validate_event(model, event)
-        if not self.sampled(ev.interaction_id):  # type: ignore[attr-defined]
+        if not self.sampled(ev.interaction_id):
             return None
-        self.send(topic, ev, key=ev.user_id)  # type: ignore[attr-defined]
+        self.send(topic, ev, key=ev.user_id)
         return ev
 
     def exposure(self, event: ExposureEvent | None = None, /, **fields: Any) -> ExposureEvent:
@@ -150,7 +151,8 @@ class FeedbackClient:
         if lost:
             detail = self._pump.recent_failures() or f"spool policy {self._pump.o.spool_on_full}"
             raise DeliveryError(
-                f"{lost} events lost since the last flush ({stats.failed} refused by Kafka, {stats.dropped} dropped in all): {detail}"
+                f"{lost} events lost since the last flush "
+                f"({stats.failed} refused by Kafka, {stats.dropped} dropped in all): {detail}"
             )
 
     def wait_drained(self, timeout: float) -> bool:

@@ -32,18 +32,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from core.errors import DeliveryError
+from core.kafka_log import client_logging
 from core.settings import ProducerSettings
+from sdk import KAFKA_LOG
+from sdk.notices import Mode, Notice, Notices, ProducerStats
 from sdk.spool import Record, Spool, SpoolFullError, claim
 
+__all__ = ["Notice", "ProducerStats", "Pump"]
 log = logging.getLogger(__name__)
-Mode = Literal["direct", "switching", "spooling"]
 TICK_S = 0.005  # idle poll: the longest an accepted event waits in the inbox before it is written
 SLICE = 256  # records of Python work between releases of the client's lock
 RECORD_OVERHEAD = 64  # spool bytes per record beyond its value, for the cap check in the caller
@@ -58,30 +60,6 @@ RETRIABLE = {
 }
 
 
-@dataclass(frozen=True)
-class Notice:
-    """What the optional callback is told (from the pump thread): losses, and mode changes."""
-
-    kind: Literal["failed", "dropped", "corrupt", "spooling", "direct"]
-    count: int
-    detail: str
-
-
-@dataclass(frozen=True)
-class ProducerStats:
-    mode: Mode
-    produced: int  # handed to librdkafka by a send
-    spooled: int  # written to the spool
-    resent: int  # re-sent from the spool and acknowledged
-    failed: int  # permanent delivery failures (the broker refused the event)
-    dropped: int  # lost to a cap (spool, inbox), by policy
-    corrupt: int  # damaged spool records skipped
-    spool_depth: int  # spooled events not yet acknowledged
-    spool_bytes: int
-    inbox: int  # accepted, in memory, not yet spooled
-    in_librdkafka: int
-
-
 class Pump:
     """The caller-facing `send`, the pump thread, and the barriers (`flush`, `close`) of one client."""
 
@@ -92,12 +70,13 @@ class Pump:
         spool_dir: Path,
         on_notice: Callable[[Notice], None] | None = None,
     ):
-        self.o, self._on_notice, self._spool_dir = options, on_notice, spool_dir
+        self.o, self._spool_dir = options, spool_dir
+        self._notices = Notices(on_notice, options.spool_on_full)
         if options.gil_switch_interval_ms is not None:
             sys.setswitchinterval(min(sys.getswitchinterval(), options.gil_switch_interval_ms / 1000))
-        self._config_error_cb: Callable[[KafkaError], None] | None = config.get(
-            "error_cb"
-        )  # e.g. one that names refused credentials
+        # librdkafka's log and errors to the SDK's logger, sparingly, unless the config brings its own
+        config = {**client_logging(config["bootstrap.servers"], KAFKA_LOG), **config}
+        self._config_error_cb: Callable[[KafkaError], None] = config["error_cb"]  # may raise: refused credentials
         self._config = {**config, "error_cb": self._on_error, "queue.buffering.max.messages": options.queue_max_events}
         self.refused: str | None = None  # what the config's error_cb raised (refused credentials): flush() reports it
         self._producer = Producer(self._config)
@@ -124,8 +103,6 @@ class Pump:
         self._window, self._window_open, self._carry = 0, True, []  # type: ignore[var-annotated]
         self._spool_bytes = self._spool.bytes if self._spool else 0
         self._spool_depth = self._spool.depth if self._spool else 0
-        self._reported: dict[str, int] = {}
-        self._reported_at = 0.0
         self._cond = threading.Condition()
         self._flush_req = self._flush_done = 0
         self._flush_ack_s = 0.0
@@ -149,16 +126,20 @@ class Pump:
                 self._overflow.append(record)
             return
         try:
-            if self.mode == "direct":
-                try:
-                    self._producer.produce(topic, value, key, on_delivery=self._on_direct_report)
-                    self.produced += 1
-                    return
-                except BufferError:  # librdkafka's queue is full: from here on, events are spooled
-                    self.mode = "switching"
-            self._admit(record)
+            self._take(record)
         finally:
             self._lock.release()
+
+    def _take(self, record: Record) -> None:
+        """Produce directly, or queue for the spool (lock held)."""
+        if self.mode == "direct":
+            try:
+                self._producer.produce(record[0], record[2], record[1], on_delivery=self._on_direct_report)
+                self.produced += 1
+                return
+            except BufferError:  # librdkafka's queue is full: from here on, events are spooled
+                self.mode = "switching"
+        self._admit(record)
 
     def _admit(self, record: Record) -> None:
         """Queue for the spool (lock held), applying the cap policy now, so `raise` reaches the caller."""
@@ -180,13 +161,12 @@ class Pump:
 
     # -- librdkafka callbacks (served in the pump thread) --------------------------------------
     def _on_error(self, err: KafkaError) -> None:
-        if self._config_error_cb is not None:
-            try:
-                self._config_error_cb(err)
-            except Exception as exc:
-                if self.refused is None:
-                    log.error("producer: %s", exc)
-                self.refused = str(exc)
+        try:
+            self._config_error_cb(err)
+        except Exception as exc:
+            if self.refused is None:
+                log.error("producer: %s", exc)
+            self.refused = str(exc)
         if err.fatal():
             log.error("producer fatal error, rebuilding the producer: %s", err.str())
             self._fatal = self._down = True
@@ -254,16 +234,8 @@ class Pump:
             return
         with self._lock:  # sends queue behind the overflow until it is empty, keeping their order
             while self._overflow:
-                record = self._overflow.popleft()
-                if self.mode == "direct":
-                    try:
-                        self._producer.produce(record[0], record[2], record[1], on_delivery=self._on_direct_report)
-                        self.produced += 1
-                        continue
-                    except BufferError:
-                        self.mode = "switching"
                 try:
-                    self._admit(record)
+                    self._take(self._overflow.popleft())
                 except SpoolFullError:
                     self._caller_dropped += 1
 
@@ -272,20 +244,25 @@ class Pump:
         with self._lock:
             self.mode = "switching"
         self._rescued = []
-        in_flight, start = self._down, time.monotonic()
-        self._producer.purge(in_queue=True, in_flight=in_flight, blocking=False)
-        while len(self._producer) and time.monotonic() - start < 10:
-            self._producer.poll(0.005)
-            if not in_flight and (self._down or time.monotonic() - start > 1.0):  # in-flight sends are not being acknowledged
-                self._producer.purge(in_queue=True, in_flight=True, blocking=False)
-                in_flight = True
+        self._take_back(10.0, in_flight=self._down)
         rescued, self._rescued = [*self._late, *self._rescued], None
         self._late.clear()
         self._spool_write(rescued)
         with self._lock:
             self.mode = "spooling"
         reason = "no broker reachable" if self._down else "librdkafka's queue is full or not acknowledged"
-        self._notice("spooling", len(rescued), f"{reason}: spooling events ({len(rescued)} taken back from librdkafka)")
+        self._notices.tell("spooling", len(rescued), f"{reason}: spooling events ({len(rescued)} taken back from librdkafka)")
+
+    def _take_back(self, wait_s: float, in_flight: bool = True) -> None:
+        """Purge librdkafka's queue (and what is in flight, at once or once it is not acknowledged
+        within a second) and serve the purged events' reports, for at most `wait_s`."""
+        self._producer.purge(in_queue=True, in_flight=in_flight, blocking=False)
+        start = time.monotonic()
+        while len(self._producer) and time.monotonic() - start < wait_s:
+            self._producer.poll(0.005)
+            if not in_flight and (self._down or time.monotonic() - start > 1.0):  # in-flight sends are not being acknowledged
+                self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+                in_flight = True
 
     def _write_inbox(self, limit: int) -> None:
         if self._late:  # retriable failures reported after their switch ended: behind what is spooled
@@ -293,7 +270,7 @@ class Pump:
             self._late.clear()
             self._spool_write(late)
         while self._inbox and limit > 0:
-            batch = []
+            batch: list[Record] = []
             while self._inbox and len(batch) < SLICE:
                 batch.append(self._inbox.popleft())
             limit -= len(batch)
@@ -321,11 +298,8 @@ class Pump:
                     self.mode = "direct"
             return
         if spool is None or self._down or self._drain_failed:  # stop, and read the unacknowledged window again later
-            if self._window or self._carry:
-                self._producer.purge(in_queue=True, in_flight=True, blocking=False)
-                start = time.monotonic()
-                while len(self._producer) and time.monotonic() - start < 10:
-                    self._producer.poll(0.005)
+            if spool is not None and (self._window or self._carry):  # a window is read from the spool
+                self._take_back(10.0)
                 spool.rewind()
                 self._window, self._window_open, self._carry = 0, True, []
             if self._drain_failed:
@@ -358,7 +332,7 @@ class Pump:
                 if not self._inbox and not self._overflow and not self._late:
                     self.mode = "direct"
             if self.mode == "direct":
-                self._notice("direct", self.resent, "broker reachable and spool re-sent: sending directly")
+                self._notices.tell("direct", self.resent, "broker reachable and spool re-sent: sending directly")
 
     def _probe_loop(self) -> None:
         """While the broker is thought down, ask it for metadata (blocking here, not in the pump)."""
@@ -392,28 +366,8 @@ class Pump:
             self._cond.notify_all()
 
     # -- reporting ------------------------------------------------------------------------------
-    def _notice(self, kind: str, count: int, detail: str) -> None:
-        (log.warning if kind in ("failed", "dropped", "corrupt") else log.info)("producer: %s", detail)
-        if self._on_notice is not None:
-            try:
-                self._on_notice(Notice(kind, count, detail))  # type: ignore[arg-type]
-            except Exception:
-                log.exception("producer notice callback failed")
-
     def _report(self) -> None:
-        """Log and call back each loss counter that grew, at most once a second."""
-        now = time.monotonic()
-        if now - self._reported_at < 1.0:
-            return
-        self._reported_at = now
-        stats = self.stats()
-        for kind, value in (("failed", stats.failed), ("dropped", stats.dropped), ("corrupt", stats.corrupt)):
-            if value > self._reported.get(kind, 0):
-                extra = f" (latest: {'; '.join(self._recent)})" if kind == "failed" else f" (spool policy {self.o.spool_on_full})"
-                self._notice(
-                    kind, value - self._reported.get(kind, 0), f"{value - self._reported.get(kind, 0)} events {kind}{extra}"
-                )
-                self._reported[kind] = value
+        self._notices.losses(self.stats, self.recent_failures)
 
     @property
     def delivered(self) -> int:
@@ -469,7 +423,6 @@ class Pump:
             self._thread.join(timeout)
             self._closed = True
             if len(self._producer):  # a window in flight: it is in the spool, re-sent by the next process
-                self._producer.purge(in_queue=True, in_flight=True, blocking=False)
-                self._producer.poll(0.1)
+                self._take_back(0.1)
             if self._spool is not None:
                 self._spool.close()

@@ -18,6 +18,7 @@ Not thread-safe: one thread (the producer's pump, sdk/pump.py) appends, reads an
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import logging
 import os
@@ -99,6 +100,11 @@ class Segment:
 
 class Spool:
     """One process's spool directory (held with an exclusive lock while open)."""
+
+    # Where reading goes on: segment number, byte offset in it, records read from it.
+    _read_seg: int
+    _read_off: int
+    _read_records: int
 
     def __init__(
         self,
@@ -199,7 +205,8 @@ class Spool:
     def append(self, records: Iterable[Record]) -> int:
         """Append in order; returns how many records the cap policy refused (counted in
         `dropped_newest`). Under `drop_oldest` the oldest segments are deleted to make room instead."""
-        refused, buf, buffered = 0, [], 0
+        refused, buffered = 0, 0
+        buf: list[bytes] = []
         for record in records:
             blob = encode(record)
             if self.bytes + buffered + len(blob) > self.max_bytes:
@@ -222,7 +229,7 @@ class Spool:
             self.sync()
         return refused
 
-    def _write(self, blobs: list[bytes]) -> None:
+    def _write(self, blobs: list[builtins.bytes]) -> None:  # `bytes` in this class is the property
         if not blobs:
             return
         data = memoryview(b"".join(blobs))

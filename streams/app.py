@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 from confluent_kafka import KafkaError, KafkaException
@@ -124,8 +124,9 @@ def build(settings: Settings) -> Streams:
 
     def raw_topic(topic: str, **kw: Any) -> TopicT:
         # RawSchema (streams/transport.py): the bytes as they are, without a codec lookup per record.
-        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-        return app.topic(topic, schema=RawSchema(), **raw, **kw)
+        return app.topic(
+            topic, schema=RawSchema(), key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw
+        )
 
     external = ("feedback", "feedback-dlq", "training-status", "experiments", "train-triggers", "metrics")
     topics = {n: raw_topic(topic_name(k.topic_prefix, n)) for n in external}
@@ -135,16 +136,15 @@ def build(settings: Settings) -> Streams:
     state = app.Table("policy-state", key_type=str, partitions=k.partitions)
     # Marks older than the horizon are never consulted again; let the broker delete them.
     seen_retention_ms = int(2 * cl.dedupe_horizon_s * 1000)
-    seen = app.tables.add(
-        MarksTable(
-            app,
-            name="seen",
-            key_type=str,
-            partitions=k.partitions,
-            beacon=app.tables.beacon,
-            extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": seen_retention_ms},
-        )
+    seen = MarksTable(
+        app,
+        name="seen",
+        key_type=str,
+        partitions=k.partitions,
+        beacon=app.tables.beacon,
+        extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": seen_retention_ms},
     )
+    app.tables.add(seen)  # returns `seen` itself, typed as the wider CollectionT
     # The ledger writes through views that name the changelog partition (streams/changelog.py).
     state_view, seen_view = ChangelogView(state), MarksView(seen)
     ledger = PolicyLedger(state_view, seen_view, cl, topic_name(k.topic_prefix, "feedback"))
@@ -152,7 +152,8 @@ def build(settings: Settings) -> Streams:
 
     def batches(stream: StreamT) -> AsyncIterator[Sequence[EventT]]:
         # The events are acked when the loop body has run for them: a batch is applied or re-read.
-        return stream.take_events(batching.max_events, within=batching.max_wait_s)
+        # `StreamT` does not declare `take_events`; every stream an agent gets is a `faust.Stream`, which has it.
+        return cast(faust.Stream, stream).take_events(batching.max_events, within=batching.max_wait_s)
 
     redactor = Redactor.from_settings(settings.privacy)
 
@@ -267,7 +268,8 @@ def _creation_config(topic: TopicT) -> dict[str, str]:
         config["cleanup.policy"] = ",".join(flags)
     if topic.retention:
         config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
-    return config | {key: str(value) for key, value in topic.config.items()}
+    # `Topic.__init__` stores `config or {}`: None never stays, but `TopicT` declares it Optional.
+    return config | {key: str(value) for key, value in (topic.config or {}).items()}
 
 
 def create_internal_topics(streams: Streams) -> None:
@@ -283,7 +285,8 @@ def create_internal_topics(streams: Streams) -> None:
     missing = [
         NewTopic(
             t.get_topic_name(),
-            num_partitions=t.partitions,
+            # As Faust declares its topics: no partition count of its own means the app's `topic_partitions`.
+            num_partitions=t.partitions or streams.app.conf.topic_partitions,
             replication_factor=k.replication_factor,
             config={**_creation_config(t), "min.insync.replicas": str(k.min_insync_replicas)},
         )

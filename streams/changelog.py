@@ -68,7 +68,7 @@ class ChangelogView(MutableMapping[str, Any]):
 
 
 class MarksView(ChangelogView):
-    def update(self, other: Any = (), /, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """All of `other` to the store, and to the changelog as one record."""
         items = dict(other, **kwargs)
         if not items:
@@ -88,7 +88,7 @@ class MarksTable(faust.Table):
             key, value = event.key, event.value
             if isinstance(key, str) and key.startswith(MARKS_BATCH_PREFIX) and isinstance(value, Mapping):
                 for mark_key, mark in value.items():
-                    store.data[mark_key] = mark  # type: ignore[attr-defined]
+                    store.data[mark_key] = mark
                     # So that the memory store drops them with their partition when it is revoked.
                     store._key_partition[mark_key] = event.message.partition  # type: ignore[attr-defined]
             else:

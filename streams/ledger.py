@@ -53,7 +53,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
-from core.settings import ContinuousLearningSettings
+from core.learning_settings import ContinuousLearningSettings
 from schemas import OffsetRange, TrainingStatus, TrainTrigger, WindowMetrics
 from schemas.events import CANDIDATE_STAGE, FeedbackType
 from schemas.experiments import ExperimentStarted

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.settings import PiiType
 from schemas import FeedbackEvent, TrainingStatus
 from schemas.events import FeedbackType
 from schemas.experiments import ExperimentDecided, ExperimentStarted
@@ -50,7 +51,7 @@ class Accepted(Record):
 
     @classmethod
     def of(
-        cls, event: FeedbackEvent, partition: int, offset: int, record_ts: float, pii: Mapping[str, int] | None = None
+        cls, event: FeedbackEvent, partition: int, offset: int, record_ts: float, pii: Mapping[PiiType, int] | None = None
     ) -> Accepted:
         found = {"pii": pii} if pii else {}  # an empty count is the default: not validated per event
         return cls(

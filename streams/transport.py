@@ -98,7 +98,7 @@ class BatchDeliveryConsumer(faust_aiokafka.Consumer):
         if unsought:
             await self._thread.seek_wait(unsought)
 
-    async def _drain_messages(self, fetcher: Service) -> None:  # pragma: no cover - runs in a worker
+    async def _drain_messages(self, fetcher: Service) -> None:  # type: ignore[override]  # pragma: no cover - runs in a worker
         consumer_stopped = cast(Service, self)._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
         try:

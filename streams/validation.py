@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from core.errors import EventValidationError
 from core.redaction import NO_PII, PiiFound, Redactor
+from core.settings import PiiType
 from schemas import DeadLetter, FeedbackEvent, parse_event
 
 
@@ -24,7 +25,7 @@ def _text(raw: bytes | None) -> str | None:
 
 def validate_feedback(
     value: bytes | None, key: bytes | None, topic: str, partition: int, offset: int, redactor: Redactor
-) -> tuple[FeedbackEvent | DeadLetter, Mapping[str, int]]:
+) -> tuple[FeedbackEvent | DeadLetter, Mapping[PiiType, int]]:
     # The origin (and the key's text) is built only for a dead letter, not for every accepted event.
     try:
         event = parse_event(FeedbackEvent, value)

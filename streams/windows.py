@@ -43,7 +43,7 @@ class WindowDims(NamedTuple):
 
 
 class WindowCount(NamedTuple):
-    count: int = 0
+    count: int = 0  # type: ignore[assignment]  # shadows tuple.count; the name is in every stored window
     rating_sum: int = 0
     rating_count: int = 0
     pii: dict[str, int] | None = None  # PII found per type; None (not {}) so state written before it reads the same

@@ -35,11 +35,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from transformers.trainer_callback import PrinterCallback
 
 from core.errors import GuardrailRejection, TrainingError
+from core.learning_settings import PolicyTrainingSettings
+from core.settings import FeedbackSettings
 from schemas.events import FeedbackEvent, latest_verdicts
 from trainers.chat_format import format_completion, format_prompt
 from trainers.device import pick_device, use_bf16
-from trainers.policy import RewardFn, StatusFn, generate, no_status
-from trainers.policy_config import PolicyTrainingConfig, lora_config
+from trainers.policy import RewardFn, StatusFn, generate, no_status, step_metrics
+from trainers.policy_config import lora_config
 
 # Offline examples drawn per training query when KTO / DPO label the policy's own samples.
 SELF_LABEL_SAMPLES = 4
@@ -63,7 +65,8 @@ class _StatusCallback(TrainerCallback):
             control.should_training_stop = True
             self.on_status("guardrail", self.algorithm, f"step {state.global_step}: non-finite loss; stopping", metrics)
             return
-        self.on_status("progress", self.algorithm, f"step {state.global_step}/{state.max_steps}", metrics)
+        progress = {**metrics, **step_metrics(state.global_step, state.max_steps)}
+        self.on_status("progress", self.algorithm, f"step {state.global_step}/{state.max_steps}", progress)
 
 
 def _reward_for_trl(reward_fn: RewardFn):
@@ -76,13 +79,13 @@ def _reward_for_trl(reward_fn: RewardFn):
     return reward
 
 
-def _common_args(config: PolicyTrainingConfig, output_dir: str) -> dict[str, Any]:
+def _common_args(config: PolicyTrainingSettings, seed: int, output_dir: str) -> dict[str, Any]:
     device = pick_device()
     return {
         "output_dir": output_dir,
         "learning_rate": config.learning_rate,
         "max_grad_norm": config.max_grad_norm,
-        "seed": config.seed,
+        "seed": seed,
         "bf16": use_bf16(device),
         "use_cpu": device.type == "cpu",
         "gradient_checkpointing": False,
@@ -146,15 +149,16 @@ def _self_labelled(
     tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn,
     queries: Sequence[str],
-    config: PolicyTrainingConfig,
+    config: PolicyTrainingSettings,
+    seed: int,
 ) -> dict[str, list[tuple[str, float]]]:
     """SELF_LABEL_SAMPLES scored samples of the starting policy per query, for a seeded draw of
     queries worth `epochs * batch_size` samples in all (PPO's rollout budget)."""
     n_queries = max(1, config.epochs * config.batch_size // SELF_LABEL_SAMPLES)
-    drawn = random.Random(config.seed).sample(list(queries), min(n_queries, len(queries)))
+    drawn = random.Random(seed).sample(list(queries), min(n_queries, len(queries)))
     repeated = [q for q in drawn for _ in range(SELF_LABEL_SAMPLES)]
     scored: dict[str, list[tuple[str, float]]] = defaultdict(list)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     for i in range(0, len(repeated), 64):
         ro = generate(
             lm,
@@ -219,33 +223,40 @@ def train_alternative(
     tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn,
     train_queries: Sequence[str],
-    config: PolicyTrainingConfig,
+    config: PolicyTrainingSettings,
     *,
+    seed: int = 0,
+    min_rating: int = FeedbackSettings().min_rating,
     feedback_events: Sequence[FeedbackEvent] | None = None,
     on_status: StatusFn = no_status,
 ) -> tuple[PreTrainedModel, dict[str, float]]:
     """Train `lm` with TRL's `algorithm` (grpo, rloo, kto, dpo); returns the trained model (LoRA
-    merged) and a few figures (steps, final loss, examples used). Raises TrainingError when there
-    is nothing to learn from, GuardrailRejection when the loss went non-finite."""
+    merged) and a few figures (steps, final loss, examples used). `seed` seeds TRL and the
+    self-labelled samples; `min_rating` (`feedback.min_rating`) makes a rating a thumbs up for KTO
+    and DPO. Raises TrainingError when there is nothing to learn from, GuardrailRejection when the
+    loss went non-finite."""
     from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, KTOConfig, KTOTrainer, RLOOConfig, RLOOTrainer
 
     if not train_queries and not feedback_events:
         raise TrainingError(f"{algorithm}: no training queries or feedback")
     callback = _StatusCallback(algorithm, on_status)
     with tempfile.TemporaryDirectory(prefix=f"rlhf-{algorithm}-") as scratch:
-        common = _common_args(config, scratch)
+        common = _common_args(config, seed, scratch)
         if algorithm in ("grpo", "rloo"):
-            online = {
+            online: dict[str, Any] = {
                 "per_device_train_batch_size": config.batch_size,
                 "num_generations": config.num_generations,
                 "max_completion_length": config.max_new_tokens,
                 "temperature": config.temperature,
                 "top_p": config.top_p,
-                "beta": config.init_kl_coef,
+                "beta": config.kl_coef,
                 # `epochs` generation rounds, each optimised `ppo_epochs` times, as PPO does.
                 "num_iterations": config.ppo_epochs,
                 "max_steps": config.epochs * config.ppo_epochs,
             }
+            # TRL's config and trainer classes share no base that types their keyword arguments.
+            args_cls: Any
+            trainer_cls: Any
             args_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
             data = Dataset.from_dict(
                 {"prompt": [format_prompt(tokenizer, q) for q in train_queries], "query": list(train_queries)}
@@ -264,9 +275,9 @@ def train_alternative(
             source = "feedback" if feedback_events else "self-labelled samples"
             if feedback_events:
                 make = kto_examples if algorithm == "kto" else dpo_pairs
-                rows = make(feedback_events, config.min_rating, tokenizer)
+                rows = make(feedback_events, min_rating, tokenizer)
             else:
-                scored = _self_labelled(lm, tokenizer, reward_fn, train_queries, config)
+                scored = _self_labelled(lm, tokenizer, reward_fn, train_queries, config, seed)
                 rows = _self_labelled_kto(scored, tokenizer) if algorithm == "kto" else _self_labelled_dpo(scored, tokenizer)
             if not rows:
                 raise TrainingError(
@@ -274,9 +285,8 @@ def train_alternative(
                     + (" (no query has a liked and a disliked answer)" if algorithm == "dpo" else "")
                 )
             if algorithm == "kto" and len({r["label"] for r in rows}) < 2:
-                raise TrainingError(
-                    f"kto: needs both desirable and undesirable examples; the {source} gave only {'desirable' if rows[0]['label'] else 'undesirable'} ones"
-                )
+                only = "desirable" if rows[0]["label"] else "undesirable"
+                raise TrainingError(f"kto: needs both desirable and undesirable examples; the {source} gave only {only} ones")
             offline = {
                 "per_device_train_batch_size": config.batch_size,
                 "num_train_epochs": config.offline_epochs,

@@ -122,9 +122,11 @@ def _dequantise(gguf: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trainers.loading import load_model
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model = load_model(AutoModelForCausalLM, str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # a truncated file, an unsupported architecture, `gguf` missing: name the file, keep the cause
         raise ModelLoadError(f"{gguf}: cannot read GGUF model: {type(exc).__name__}: {exc}") from exc
     # The weights are plain fp32 now: without this, save_pretrained refuses a "quantised" model.

@@ -1,6 +1,6 @@
 """The one place prompts are built: for serving (`assistant.answering` through `trainers.policy.sample`),
 PPO rollouts, the TRL alternatives (`trainers.alternatives`) and the reward model's input
-(`trainers.reward`).
+(`trainers.reward_model`).
 
 A tokenizer with a chat template (SmolLM2, any instruct model) gets the conversation in its own
 format: a system turn (`SYSTEM_PROMPT`), the user's turns, and the assistant's turn to come (or,
@@ -42,9 +42,9 @@ def format_prompt(
 ) -> str:
     """The text the policy continues with its answer; tokenise it with `add_special_tokens=False`
     (a chat template writes its own special tokens)."""
-    if not has_chat_template(tokenizer):
+    if tokenizer is None or not has_chat_template(tokenizer):
         return tiny_policy.format_prompt(query)
-    return tokenizer.apply_chat_template(messages(query, history, system), tokenize=False, add_generation_prompt=True)
+    return str(tokenizer.apply_chat_template(messages(query, history, system), tokenize=False, add_generation_prompt=True))
 
 
 def format_prompts(tokenizer: PreTrainedTokenizerBase | None, queries: Sequence[str]) -> list[str]:
@@ -62,10 +62,10 @@ def reward_parts(tokenizer: PreTrainedTokenizerBase | None, query: str, response
     """The reward model's input as (prompt part, response part), to be tokenised apart so that
     truncation can cut the prompt and keep the response; joined they are the whole conversation
     (with a chat template: the assistant turn closed by its end-of-turn marker)."""
-    if not has_chat_template(tokenizer):
+    if tokenizer is None or not has_chat_template(tokenizer):
         return tiny_policy.format_prompt(query), tiny_policy.format_completion(response)
     head = format_prompt(tokenizer, query)
-    whole = tokenizer.apply_chat_template([*messages(query), {"role": "assistant", "content": response}], tokenize=False)
+    whole = str(tokenizer.apply_chat_template([*messages(query), {"role": "assistant", "content": response}], tokenize=False))
     if not whole.startswith(head):  # a template that renders the last turn differently: score the turn as plain text
         return head, response
     return head, whole[len(head) :]

@@ -167,7 +167,7 @@ def build_dataset(
     pairs = _dedupe(pairs, lambda p: (query_key(p.query), p.chosen, p.rejected), "duplicate_pair", dropped)
     points = _dedupe(points, lambda p: (query_key(p.query), p.response, p.label), "duplicate_point", dropped)
 
-    split = {"train_pairs": [], "eval_pairs": [], "train_points": [], "eval_points": []}
+    split: dict[str, list[Any]] = {"train_pairs": [], "eval_pairs": [], "train_points": [], "eval_points": []}
     for pair in pairs:
         split["eval_pairs" if is_eval_query(pair.query, eval_fraction, split_salt) else "train_pairs"].append(pair)
     for point in points:
@@ -265,10 +265,10 @@ def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset
     for up, down in product(ups, downs):
         add(up, down, "thumbs")
     for e in group:
-        if e.feedback_type == "correction":
+        if e.correction is not None:  # the schema requires it exactly when feedback_type is "correction"
             pairs.append(
                 Pair(e.query, e.correction, e.response, "correction", "correction", "corrected", e.event_id in recent_ids)
-            )  # type: ignore[arg-type]
+            )
             used.add(e.event_id)
     return pairs, used
 

@@ -30,8 +30,8 @@ from trainers.chat_format import format_completion, format_prompt
 def corrections(events: Iterable[FeedbackEvent]) -> list[tuple[str, str]]:
     """(query, correction) of every correction still standing (`latest_verdicts`), one per distinct
     pair, in the order given."""
-    out = {(e.query, e.correction): None for e in latest_verdicts(events) if e.feedback_type == "correction" and e.correction}
-    return list(out)  # type: ignore[arg-type]
+    out = {(e.query, e.correction): None for e in latest_verdicts(events) if e.correction}
+    return list(out)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def split(batch: list[int], weights: torch.Tensor) -> tuple[list[int], float]:
     mine = shard(batch, rank(), world())
     if not mine:
         return batch[:1], 0.0
-    total = max(float(weights[batch].sum()), 1e-8)  # the clamp of trainers.reward's weighted mean
+    total = max(float(weights[batch].sum()), 1e-8)  # the clamp of trainers.reward_losses' weighted mean
     return mine, world() * float(weights[mine].sum()) / total
 
 

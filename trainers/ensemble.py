@@ -1,4 +1,4 @@
-"""The reward PPO sees from an ensemble of reward heads (`trainers.reward`, `ensemble_members`):
+"""The reward PPO sees from an ensemble of reward heads (`trainers.reward_model`, `ensemble_members`):
 their mean less `penalty` times their spread, so an answer the heads disagree about earns less
 than one they agree is as good (Coste et al. 2024, "uncertainty-weighted optimisation"). The
 spread is also the signal PPO stops on when it grows (`trainers.ppo`): the policy has moved to
@@ -20,7 +20,7 @@ from trainers.reward_config import RewardConfig
 
 
 class HeadScorer(Protocol):
-    """What the ensemble needs of a reward model (`trainers.reward.RewardModel` is one)."""
+    """What the ensemble needs of a reward model (`trainers.reward_model.RewardModel` is one)."""
 
     config: RewardConfig
 
@@ -48,6 +48,6 @@ class EnsembleReward:
         self.last_disagreement = 0.0
 
     def __call__(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
-        members = self.rm.head_scores(queries, responses)[:, : self.rm.config.ensemble_members]
+        members = self.rm.head_scores(queries, responses)[:, : self.rm.config.training.ensemble_members]
         self.last_disagreement = float(disagreement(members).mean()) if len(members) else 0.0
         return penalised_reward(members, self.penalty).tolist()

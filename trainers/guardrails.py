@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.learning_settings import PolicyTrainingSettings
 from trainers.policy import StatusFn
-from trainers.policy_config import PolicyTrainingConfig
 
 
-def check_guardrails(stats: dict[str, float], start_length: float, config: PolicyTrainingConfig) -> list[str]:
+def check_guardrails(stats: dict[str, float], start_length: float, config: PolicyTrainingSettings) -> list[str]:
     """Names of the failure modes `stats` (kl, mean_length, repetition, ...) of a batch of answers
     show; lengths are judged against the starting policy's `start_length`."""
     problems = []
@@ -59,7 +59,7 @@ class Rollbacks:
     moved is steeper, and the same step size would overshoot again and again)."""
 
     def __init__(
-        self, policy: nn.Module, optimizer: torch.optim.Optimizer, config: PolicyTrainingConfig, on_status: StatusFn
+        self, policy: nn.Module, optimizer: torch.optim.Optimizer, config: PolicyTrainingSettings, on_status: StatusFn
     ) -> None:
         self.policy, self.optimizer, self.on_status = policy, optimizer, on_status
         self.limit, self.kl_backoff, self.learning_rate = (

@@ -20,13 +20,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import GuardrailRejection, TrainingError
 from core.files import write_atomically
-from core.settings import ALGORITHMS
+from core.learning_settings import ALGORITHMS, PolicyTrainingSettings
+from core.settings import FeedbackSettings
 from schemas.events import FeedbackEvent
 from trainers.alternatives import train_alternative
 from trainers.demonstrations import corrections, fit_demonstrations
 from trainers.guardrails import check_guardrails
 from trainers.policy import RewardFn, StatusFn, evaluate_policy, load_policy, no_status
-from trainers.policy_config import PolicyTrainingConfig, lora_config
+from trainers.policy_config import with_adapters
 from trainers.ppo import train_ppo
 
 
@@ -36,11 +37,13 @@ def optimise_policy(
     reward_fn: RewardFn,
     train_queries: Sequence[str],
     eval_queries: Sequence[str],
-    config: PolicyTrainingConfig,
+    config: PolicyTrainingSettings,
     out_dir: str | Path,
     on_status: StatusFn = no_status,
     feedback_events: Sequence[FeedbackEvent] | None = None,
     *,
+    seed: int = 0,
+    min_rating: int = FeedbackSettings().min_rating,
     gate_fn: RewardFn | None = None,
     original_path: str | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -56,7 +59,8 @@ def optimise_policy(
     it beside `reward_fn`'s (`gate_reward_before/after`). `feedback_events` feed KTO (thumbs) and
     DPO (pairs), and give PPO the users' corrections as demonstrations; without them those two
     label the starting policy's own samples with `reward_fn`. `checkpoint_dir` makes a PPO run
-    resumable (`train_ppo`); the TRL algorithms do not use it. Returns floats
+    resumable (`train_ppo`); the TRL algorithms do not use it. `seed` seeds training (evaluation
+    always draws the same samples); `min_rating` is `feedback.min_rating`, for KTO / DPO. Returns floats
     (mean_reward_before/after, reward_gain, kl, kl_parent, kl_base, mean_length, rollbacks, ...)
     plus `guardrails_fired` (empty: a final policy that fails a guardrail raises instead) and `out_dir`."""
     if algorithm not in ALGORITHMS:
@@ -74,7 +78,7 @@ def optimise_policy(
         # SFT then RL: the users' corrections first, as supervised passes (`demo_epochs`); the
         # start PPO's KL is held to is then the fine-tuned model (or the original, `reference: base`).
         demos = corrections(feedback_events or ()) if algorithm == "ppo" else []
-        lm, demo_loss = _fit_corrections(lm, tokenizer, demos, config)
+        lm, demo_loss = _fit_corrections(lm, tokenizer, demos, config, seed)
         start = (
             copy.deepcopy(lm).requires_grad_(False).eval()
             if demos and config.demo_epochs
@@ -91,7 +95,6 @@ def optimise_policy(
             temperature=config.temperature,
             top_p=config.top_p,
             samples_per_query=config.eval_samples_per_query,
-            seed=config.eval_seed,
             gate_fn=gate_fn,
             others={"parent": parent, "base": original},
         )
@@ -117,6 +120,7 @@ def optimise_policy(
                 reward_fn,
                 train_queries,
                 config,
+                seed=seed,
                 reference=ppo_reference,
                 on_status=on_status,
                 demonstrations=demos,
@@ -140,7 +144,16 @@ def optimise_policy(
             }
         else:
             lm, extra = train_alternative(
-                algorithm, lm, tokenizer, reward_fn, train_queries, config, feedback_events=feedback_events, on_status=on_status
+                algorithm,
+                lm,
+                tokenizer,
+                reward_fn,
+                train_queries,
+                config,
+                seed=seed,
+                min_rating=min_rating,
+                feedback_events=feedback_events,
+                on_status=on_status,
             )
         train_seconds = time.monotonic() - train_started
 
@@ -184,7 +197,11 @@ def optimise_policy(
 
 
 def _fit_corrections(
-    lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], config: PolicyTrainingConfig
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[tuple[str, str]],
+    config: PolicyTrainingSettings,
+    seed: int,
 ) -> tuple[PreTrainedModel, float]:
     """The users' corrections as supervised passes (`demo_epochs`, at most `demo_max_steps` steps);
     returns the fitted model and the last epoch's loss. Under LoRA only adapters learn, merged
@@ -192,10 +209,7 @@ def _fit_corrections(
     what it knew."""
     if not demos or not config.demo_epochs:
         return lm, float("nan")
-    if config.lora_r:
-        from peft import get_peft_model
-
-        lm = get_peft_model(lm, lora_config(config))
+    lm = with_adapters(lm, config)
     loss = fit_demonstrations(
         lm,
         tokenizer,
@@ -203,10 +217,10 @@ def _fit_corrections(
         epochs=config.demo_epochs,
         batch_size=config.mini_batch_size,
         learning_rate=config.demo_learning_rate,
-        seed=config.seed,
+        seed=seed,
         max_steps=config.demo_max_steps,
     )
-    return (lm.merge_and_unload().requires_grad_(True) if config.lora_r else lm), loss
+    return (lm.merge_and_unload().requires_grad_(True) if config.lora_r else lm), loss  # type: ignore[operator]  # a PeftModel's
 
 
 def gate_verdict(metrics: dict[str, Any], margin: float) -> tuple[bool, str]:

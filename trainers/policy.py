@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,11 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import ModelLoadError, TrainingError
+from core.learning_settings import SAMPLING_TEMPERATURE, SAMPLING_TOP_P
 from trainers.base_models import resolve_base_model
 from trainers.chat_format import format_prompts
 from trainers.device import pick_device, use_bf16
+from trainers.loading import load_model
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 StatusFn = Callable[[str, str, str, dict[str, float]], None]
@@ -34,6 +37,12 @@ def no_status(state: str, stage: str, message: str, metrics: dict[str, float]) -
     """The status function of a caller that does not listen."""
 
 
+def step_metrics(done: int, total: int) -> dict[str, float]:
+    """How far a training loop is, for the metrics of its `progress` status: `step` of `steps` done.
+    Progress bars read these; the message is for people and may be reworded."""
+    return {"step": float(done), "steps": float(total)}
+
+
 def load_policy(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Any base model `trainers.base_models` resolves (`tiny`, `smollm2`, a .gguf file, a local
     directory, a Hub id), in fp32 on the GPU if there is one; ModelLoadError naming the path when
@@ -41,7 +50,7 @@ def load_policy(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizer
     path = resolve_base_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        lm = load_model(AutoModelForCausalLM, path, dtype=torch.float32)
     except Exception as exc:  # a corrupt directory raises OSError, ValueError or the safetensors reader's own error
         raise ModelLoadError(f"{path}: cannot load policy: {type(exc).__name__}: {exc}") from None
     if tokenizer.pad_token is None:  # many causal LMs ship without one
@@ -67,7 +76,7 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.
 
 def repetition_share(tokens: Sequence[int]) -> float:
     """Share of a response's bigrams that already occurred earlier in it (0: none repeat)."""
-    bigrams = list(zip(tokens, tokens[1:], strict=True))
+    bigrams = list(pairwise(tokens))
     return 1.0 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
 
 
@@ -135,7 +144,7 @@ def sample(
     tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
     enc = tokenizer(format_prompts(tokenizer, queries), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device)):
-        out = lm.generate(
+        out = lm.generate(  # type: ignore[operator]  # typed as an nn.Module, it is a PreTrainedModel
             **enc,
             do_sample=not greedy,
             temperature=temperature if not greedy else None,
@@ -203,8 +212,8 @@ def evaluate_policy(
     *,
     reference: PreTrainedModel | None = None,
     max_new_tokens: int = 32,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
+    temperature: float = SAMPLING_TEMPERATURE,
+    top_p: float = SAMPLING_TOP_P,
     samples_per_query: int = 2,
     seed: int = 1234,
     batch_size: int = 64,
@@ -220,7 +229,11 @@ def evaluate_policy(
     lm.eval()
     device = next(lm.parameters()).device
     repeated = [q for q in queries for _ in range(samples_per_query)]
-    rewards, kls, lengths, reps, gates = [], [], [], [], []
+    rewards: list[float] = []
+    kls: list[tuple[float, float]] = []
+    lengths: list[float] = []
+    reps: list[float] = []
+    gates: list[float] = []
     other_kls: dict[str, list[tuple[float, float]]] = {name: [] for name in others or {}}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)

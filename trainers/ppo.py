@@ -1,9 +1,17 @@
 """PPO-RLHF (InstructGPT style) on any `AutoModelForCausalLM`, written here because TRL no longer
-ships a PPOTrainer. Reads top to bottom like CleanRL's `ppo.py`: the losses as pure functions, the
-policy with its value head, the guardrails, then the training loop. `trainers.optimise` runs it
-(or an alternative from `trainers.alternatives`) for the trainer consumer and the CLI.
+ships a PPOTrainer. `trainers.optimise.optimise_policy` runs it (or an alternative from
+`trainers.alternatives`) for the trainer consumer and the CLI:
 
     rlhf policy train --algorithm ppo --synthetic      # the tiny policy on the generated world
+    lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config)   # config: a PolicyTrainingSettings
+
+This module reads top to bottom: the policy with its value head and the frozen reference, one
+rollout and one update, then the loop (`train_ppo`). Its pieces live beside it: the maths as pure
+functions (whitening, KL-shaped rewards, GAE, the clipped losses, the adaptive KL coefficient) in
+`trainers.ppo_maths`, sampling and log-probs in `trainers.policy`, the guardrails and rollbacks in
+`trainers.guardrails`, the resumable batch streams and checkpoints in `trainers.ppo_resume`,
+corrections as a supervised term in `trainers.demonstrations`, the hyperparameters in
+`core.learning_settings.PolicyTrainingSettings`.
 
 One PPO iteration: sample `batch_size` queries -> generate answers (top_p / temperature) ->
 score them with `reward_fn(queries, responses)` -> per-token reward = -kl_coef * KL(policy || ref)
@@ -27,15 +35,14 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import TrainingError
-from core.files import write_atomically
-from trainers.demonstrations import DemoBatch, demonstration_loss, encode_demonstrations
+from core.learning_settings import PolicyTrainingSettings
+from trainers.demonstrations import DemoBatch, demonstration_loss
 from trainers.device import use_bf16
 from trainers.ensemble import EnsembleReward
 from trainers.guardrails import Rollbacks, check_guardrails, restore
@@ -49,8 +56,9 @@ from trainers.policy import (
     positions,
     response_logprobs,
     sequence_logprobs,
+    step_metrics,
 )
-from trainers.policy_config import PolicyTrainingConfig, lora_config
+from trainers.policy_config import with_adapters
 from trainers.ppo_maths import (
     AdaptiveKLController,
     RunningScoreScale,
@@ -60,12 +68,10 @@ from trainers.ppo_maths import (
     value_loss,
     whiten,
 )
+from trainers.ppo_resume import MAY_CHANGE_ON_RESUME, Counted, demo_batches, load_checkpoint, query_batches, save_checkpoint
 
-T = TypeVar("T")
-
-# Below this spread (std of the members' sigmoid rewards) the ensemble agrees to within a point; a
-# growth from there is noise: bench/rounds.py saw PPO stopped after one update when a warm-started
-# ensemble's first spread was 0.001.
+# Below this spread (std of the members' sigmoid rewards) the ensemble agrees to within a point, and
+# a growth from there is noise (measured: docs/settings-history.md#max_disagreement_growth).
 DISAGREEMENT_FLOOR = 0.01
 
 # ----------------------------------------------------------------------------- policy + value head
@@ -108,7 +114,7 @@ class Reference:
     ) -> torch.Tensor:
         if self.copy is not None:
             return sequence_logprobs(self.copy, input_ids, attention_mask, response_len, temperature)
-        with self.policy.lm.disable_adapter():
+        with self.policy.lm.disable_adapter():  # type: ignore[operator]  # a PeftModel's, behind nn.Module's typing
             return sequence_logprobs(self.policy.lm, input_ids, attention_mask, response_len, temperature)
 
 
@@ -127,30 +133,6 @@ class PPOResult:
     disagreement_first: float = float("nan")  # the reward ensemble's spread on the first and last kept rollouts
     disagreement_last: float = float("nan")
     start_length: float = float("nan")  # mean answer length of the first rollout: what the length guardrails judge against
-
-
-def _query_batches(queries: Sequence[str], batch_size: int, rng: random.Random) -> Iterator[list[str]]:
-    """Endless batches, reshuffled every pass, so every training query is used equally often."""
-    pool: list[str] = []
-    while True:
-        if len(pool) < batch_size:
-            fresh = list(queries)
-            rng.shuffle(fresh)
-            pool += fresh
-        yield pool[:batch_size]
-        pool = pool[batch_size:]
-
-
-def _demo_batches(
-    tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], config: PolicyTrainingConfig, device: torch.device
-) -> Iterator[DemoBatch]:
-    """Endless mini-batches of demonstrations, reshuffled every pass."""
-    rng = random.Random(config.seed)
-    order = list(demos)
-    while True:
-        rng.shuffle(order)
-        for start in range(0, len(order), config.mini_batch_size):
-            yield encode_demonstrations(tokenizer, order[start : start + config.mini_batch_size], device=device)
 
 
 @dataclass
@@ -181,7 +163,7 @@ def _rollout(
     tokenizer: PreTrainedTokenizerBase,
     queries: list[str],
     reward_fn: RewardFn,
-    config: PolicyTrainingConfig,
+    config: PolicyTrainingSettings,
     autocast: torch.autocast,
 ) -> _Batch:
     """Sample and score answers to `queries`, and the log-probs and values the update starts from."""
@@ -224,7 +206,7 @@ def _update(
     batch: _Batch,
     advantages: torch.Tensor,
     returns: torch.Tensor,
-    config: PolicyTrainingConfig,
+    config: PolicyTrainingSettings,
     autocast: torch.autocast,
     demos: Iterator[DemoBatch] | None = None,
 ) -> tuple[dict[str, float], bool]:
@@ -265,56 +247,6 @@ def _update(
     return losses, True
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-CHECKPOINT_FILE = "ppo_state.pt"
-# What may change between a run and its resumption: how far it goes, how often it saves, and how
-# a step is split over memory (the same step either way). Anything else is another run.
-_MAY_CHANGE_ON_RESUME = {"epochs", "checkpoint_every", "grad_accumulation_steps"}
-
-
-class _Counted(Iterator[T]):
-    """An endless iterator that counts what it handed out: a resumed run replays that many draws,
-    and so goes on with the batches the uninterrupted run would have drawn."""
-
-    def __init__(self, items: Iterator[T], skip: int = 0) -> None:
-        self.items, self.drawn = items, 0
-        for _ in range(skip):
-            next(self)
-
-    def __next__(self) -> T:
-        self.drawn += 1
-        return next(self.items)
-
-
-def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    """Everything the loop needs to go on as if never stopped, swapped in whole (an interruption
-    while writing leaves the previous checkpoint)."""
-    state["rng"] = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    write_atomically(directory, lambda tmp: torch.save(state, tmp / CHECKPOINT_FILE), replace=True)
-
-
-def _load_checkpoint(directory: Path, config: PolicyTrainingConfig, policy: PolicyWithValue) -> dict[str, Any] | None:
-    """The checkpoint in `directory`, or None when there is none; TrainingError when it belongs to
-    another run. Sets the RNG states; the caller restores the rest."""
-    path = directory / CHECKPOINT_FILE
-    if not path.is_file():
-        return None
-    # On the CPU: the RNG state must be a CPU tensor; weights and optimizer state are copied onto the policy's device.
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    differing = sorted(k for k, v in config.model_dump(exclude=_MAY_CHANGE_ON_RESUME).items() if state["config"].get(k) != v)
-    trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
-    if differing or set(state["trainable"]) != trainable:
-        raise TrainingError(
-            f"{path}: a checkpoint of another training run (differs in {', '.join(differing) or 'trainable parameters'}); "
-            "remove it or give another checkpoint_dir"
-        )
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -323,8 +255,9 @@ def train_ppo(
     tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn,
     train_queries: Sequence[str],
-    config: PolicyTrainingConfig,
+    config: PolicyTrainingSettings,
     *,
+    seed: int = 0,
     reference: PreTrainedModel | None = None,
     on_status: StatusFn = no_status,
     demonstrations: Sequence[tuple[str, str]] = (),
@@ -335,7 +268,8 @@ def train_ppo(
     caller already holds one; else the starting `lm`: with LoRA that is `lm` itself with the
     adapters off, without it a copy. `demonstrations`, (query, wanted answer) such as users'
     corrections, add a supervised term (`demo_coef`). When `reward_fn` is an `EnsembleReward`, a
-    growing disagreement of its members stops training. Rollouts happen on `lm`'s device.
+    growing disagreement of its members stops training. Rollouts happen on `lm`'s device. `seed`
+    seeds the query order, the sampling and the value head.
 
     With `checkpoint_dir`, the run's state is written there every `checkpoint_every` iterations,
     and a run given a directory that holds a checkpoint resumes from it (the same starting model,
@@ -345,18 +279,15 @@ def train_ppo(
         raise TrainingError("PPO needs at least one training query")
     device = next(lm.parameters()).device
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    torch.manual_seed(config.seed)
-    if config.lora_r:
-        from peft import get_peft_model
-
-        lm = get_peft_model(lm, lora_config(config))
+    torch.manual_seed(seed)
+    lm = with_adapters(lm, config)
     policy = PolicyWithValue(lm).to(device).eval()  # eval: no dropout, so rollout and update log-probs agree
     # With LoRA the starting weights stay in `lm` under the adapters: switched off, they are the
     # reference and a large model is held once. A reference that is not the start (`reference:
     # base`) is the caller's frozen model, already in memory.
-    reference = Reference(policy, reference if reference is not None else (None if config.lora_r else copy.deepcopy(lm)))
+    frozen = Reference(policy, reference if reference is not None else (None if config.lora_r else copy.deepcopy(lm)))
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate, eps=1e-5)
-    kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+    kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
     score_scale = RunningScoreScale()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device))
     guard = Rollbacks(policy, optimizer, config, on_status)
@@ -366,7 +297,8 @@ def train_ppo(
     disagreements: list[float] = []
     done = 0  # iterations finished
     drawn = {"queries": 0, "demos": 0}
-    state = _load_checkpoint(checkpoint_dir, config, policy) if checkpoint_dir is not None else None
+    run = {**config.model_dump(exclude=MAY_CHANGE_ON_RESUME), "seed": seed}  # what a checkpoint must have been made with
+    state = load_checkpoint(checkpoint_dir, run, policy) if checkpoint_dir is not None else None
     if state is not None:
         done, drawn = state["iterations"], state["drawn"]
         start_length, first_disagreement = state["start_length"], state["first_disagreement"]
@@ -376,11 +308,14 @@ def train_ppo(
         kl_ctl.value = state["kl_coef"]
         score_scale.count, score_scale.mean, score_scale.m2 = state["score_scale"]
         on_status(
-            "progress", "ppo", f"resumed from the checkpoint after iteration {done}/{config.epochs}", {"iteration": float(done)}
+            "progress",
+            "ppo",
+            f"resumed from the checkpoint after iteration {done}/{config.epochs}",
+            {"iteration": float(done), **step_metrics(done, config.epochs)},
         )
-    batches = _Counted(_query_batches(train_queries, config.batch_size, random.Random(config.seed)), skip=drawn["queries"])
+    batches = Counted(query_batches(train_queries, config.batch_size, random.Random(seed)), skip=drawn["queries"])
     demos = (
-        _Counted(_demo_batches(tokenizer, demonstrations, config, device), skip=drawn["demos"])
+        Counted(demo_batches(tokenizer, demonstrations, config.mini_batch_size, seed, device), skip=drawn["demos"])
         if demonstrations and config.demo_coef
         else None
     )
@@ -394,10 +329,10 @@ def train_ppo(
             and iteration - 1 > done
             and (iteration - 1) % config.checkpoint_every == 0
         ):
-            _save_checkpoint(
+            save_checkpoint(
                 checkpoint_dir,
                 {
-                    "config": config.model_dump(exclude=_MAY_CHANGE_ON_RESUME),
+                    "config": run,
                     "iterations": iteration - 1,
                     "drawn": {"queries": batches.drawn, "demos": demos.drawn if demos is not None else 0},
                     "start_length": start_length,
@@ -413,7 +348,7 @@ def train_ppo(
             )
 
         # 1. Rollout with the current policy, scored by the reward function.
-        batch = _rollout(policy, reference, tokenizer, next(batches), reward_fn, config, autocast)
+        batch = _rollout(policy, frozen, tokenizer, next(batches), reward_fn, config, autocast)
         stats = batch.stats(iteration, kl_ctl.value)
         start_length = stats["mean_length"] if start_length is None else start_length
 
@@ -438,8 +373,7 @@ def train_ppo(
         # 3. KL-shaped per-token rewards (scores in units of their running std), GAE, whitened advantages.
         ro = batch.rollout
         score_scale.update(ro.scores)
-        scores_for_rl = score_scale.scale(ro.scores) if config.score_scaling else ro.scores
-        rewards = kl_penalised_rewards(scores_for_rl, batch.logprobs, batch.ref_logprobs, ro.mask, kl_ctl.value)
+        rewards = kl_penalised_rewards(score_scale.scale(ro.scores), batch.logprobs, batch.ref_logprobs, ro.mask, kl_ctl.value)
         advantages, returns = compute_gae(rewards, batch.values, ro.mask, config.gamma, config.lam)
         advantages = whiten(advantages, ro.mask)
 
@@ -460,18 +394,20 @@ def train_ppo(
                 break
         else:
             guard.updated()
-            if config.adaptive_kl:
-                kl_ctl.update(stats["kl"], config.batch_size)
-        on_status("progress", "ppo", f"iteration {iteration}/{config.epochs}", stats)
+            kl_ctl.update(stats["kl"], config.batch_size)
+        on_status(
+            "progress", "ppo", f"iteration {iteration}/{config.epochs}", {**stats, **step_metrics(iteration, config.epochs)}
+        )
 
     # 6. One rollout more than there are updates: the last update, like every other, must pass the
     #    guardrails on answers sampled from the updated policy.
     if not guard.stopped:
-        batch = _rollout(policy, reference, tokenizer, next(batches), reward_fn, config, autocast)
+        batch = _rollout(policy, frozen, tokenizer, next(batches), reward_fn, config, autocast)
         stats = batch.stats(config.epochs + 1, kl_ctl.value)
-        guard.judge(check_guardrails(stats, start_length, config), f"iteration {config.epochs + 1}", stats)
+        start = stats["mean_length"] if start_length is None else start_length  # None: no update ran
+        guard.judge(check_guardrails(stats, start, config), f"iteration {config.epochs + 1}", stats)
 
-    lm = policy.lm.merge_and_unload() if config.lora_r else policy.lm
+    lm = policy.lm.merge_and_unload() if config.lora_r else policy.lm  # type: ignore[operator]  # a PeftModel's
     if checkpoint_dir is not None:  # finished: a later run pointed here starts afresh
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     nan = float("nan")

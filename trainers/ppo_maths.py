@@ -73,8 +73,8 @@ class AdaptiveKLController:
     """Ziegler et al. (2019): nudge kl_coef so the observed KL tracks `target`; the error is
     clipped to +-20% so one noisy batch cannot swing it."""
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
-        self.value = init_kl_coef
+    def __init__(self, kl_coef: float, target: float, horizon: int) -> None:
+        self.value = kl_coef  # the initial coefficient (`policy.training.kl_coef`), adapted from there
         self.target = target
         self.horizon = horizon
 

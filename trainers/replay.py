@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from core.errors import EventValidationError, TrainingError
 from core.kafka_clients import client_config
+from core.kafka_messages import position
 from core.redaction import PiiFound, Redactor
 from core.settings import Settings
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger, parse_event
@@ -68,8 +69,9 @@ def _first_copies(
             except EventValidationError:
                 continue
             first = found.get(event.event_id)
-            if keep(event) and (first is None or (msg.partition(), msg.offset()) < first[:2]):
-                found[event.event_id] = (msg.partition(), msg.offset(), event)
+            at = position(msg)
+            if keep(event) and (first is None or (at.partition, at.offset) < first[:2]):
+                found[event.event_id] = (at.partition, at.offset, event)
     finally:
         consumer.close()
     return found

@@ -65,7 +65,8 @@ def all_questions() -> list[Question]:
 
 def split_questions(seed: int = 0, eval_fraction: float = 0.2) -> tuple[list[Question], list[Question]]:
     """Train / held-out questions, split by (app, action) so held-out ones are new combinations."""
-    train, held_out = [], []
+    train: list[Question] = []
+    held_out: list[Question] = []
     for q in all_questions():
         (held_out if stable_fraction("split", str(seed), q.app, q.obj) < eval_fraction else train).append(q)
     return train, held_out

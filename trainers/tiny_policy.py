@@ -26,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from core.files import write_atomically
 from core.settings import cache_home
+from trainers.loading import quiet_transformers
 from trainers.synthetic import warmup_corpus
 
 # The prompt ends at the colon and the completion starts with the space, GPT-2 style: byte-level
@@ -68,7 +69,10 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFa
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # its bar, written to stderr without a terminal, is blank lines
     )
     tok.train_from_iterator(texts, trainer=trainer)
     # A pad token distinct from EOS keeps "the response ended" separable from "this is padding".
@@ -144,6 +148,7 @@ def build_tiny_policy(out_dir: str | Path, **recipe_overrides: int | float) -> P
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    quiet_transformers()  # no "Writing model shards" bar
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     meta = {"recipe": recipe, "final_loss": loss.item(), "build_seconds": round(time.monotonic() - started, 1)}

@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from core.errors import TrainingError
+from core.kafka_messages import position
 
 
 def range_consumer(connection: dict[str, Any], purpose: str) -> Consumer:
@@ -45,18 +46,20 @@ def read_ranges(
         msg = consumer.poll(0.5)
         if msg is None:
             continue
-        tp = (msg.topic(), msg.partition())
-        if msg.error():
-            if msg.error().code() != KafkaError._PARTITION_EOF:
-                raise TrainingError(f"{what}: reading {tp}: {msg.error().str()}")
-            if tp in ends and msg.offset() >= ends[tp]:
-                del ends[tp]
+        if (error := msg.error()) is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                raise TrainingError(f"{what}: reading {msg.topic()}[{msg.partition()}]: {error.str()}")
+            at = position(msg)  # an end-of-partition event says where the end is
+            if ends.get((at.topic, at.partition), at.offset + 1) <= at.offset:
+                del ends[(at.topic, at.partition)]
             continue
+        at = position(msg)
+        tp = (at.topic, at.partition)
         end = ends.get(tp)
         if end is None:
             continue
-        if msg.offset() >= end - 1:
+        if at.offset >= end - 1:
             del ends[tp]
             consumer.pause([TopicPartition(*tp)])
-        if msg.offset() < end:
+        if at.offset < end:
             yield msg

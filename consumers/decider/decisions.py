@@ -44,7 +44,7 @@ def close_experiment(
         experiment_id=experiment_id,
         policy=policy,
         trigger_id=manifest.trigger_id or candidate,
-        outcome=record.outcome,  # type: ignore[arg-type]
+        outcome=record.outcome,
         serving_version=record.serving or candidate,
         statistics=record.statistics,
         reason=record.reason,

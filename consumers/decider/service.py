@@ -55,24 +55,7 @@ def verdict(started: ExperimentStarted, report: dict[str, Any] | None, now: date
         horizon = f"horizon: {elapsed:.0f} s without a significant result"
     else:
         return None
-    if non_inferior(report, started.non_inferiority_margin):
-        s = report["statistics"]
-        return (
-            "promote",
-            f"{horizon}; non-inferior: lift {s['lift']:+.1%} [{s['lift_low']:+.1%}, {s['lift_high']:+.1%}], low end above -{started.non_inferiority_margin:.1%}",
-        )
     return "expired", f"{horizon}; control kept"
-
-
-def non_inferior(report: dict[str, Any], margin: float | None) -> bool:
-    """Whether the analysis found no fault with a treatment (no verdict: no guardrail fired, enough
-    users, no sample-ratio mismatch) that is ahead and whose lift interval stays above -margin.
-    The fixed-horizon interval is read once, at the horizon the experiment started with."""
-    decisions, s = report.get("decisions") or [], report.get("statistics") or {}
-    if margin is None or len(decisions) != 1 or decisions[0].get("rule") != "no_verdict":
-        return False
-    lift, low = s.get("lift"), s.get("lift_low")
-    return lift is not None and low is not None and lift > 0 and low > -margin
 
 
 class Decider:
@@ -168,9 +151,9 @@ def run(settings: Settings, decider: Decider | None = None, stop: threading.Even
     try:
         while not stop.is_set():
             for msg in consumer.consume(100, timeout=0.5):
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error: %s", msg.error())
+                if (error := msg.error()) is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error: %s", error)
                     continue
                 try:
                     decider.experiments.apply(parse_event(ExperimentEvent, msg.value()).root)

@@ -126,20 +126,13 @@ def published_row(e: ModelPublished, _: Settings) -> dict[str, Any]:
 
 def experiment_row(e: ExperimentEvent, _: Settings) -> dict[str, Any]:
     event = e.root
-    started = isinstance(event, ExperimentStarted)
-    return {
-        "kind": event.kind,
-        "experiment_id": event.experiment_id,
-        "policy": event.policy,
-        "trigger_id": event.trigger_id,
-        "control_version": event.control_version if started else "",
-        "treatment_version": event.treatment_version if started else "",
-        "outcome": "" if started else event.outcome,
-        "serving_version": "" if started else event.serving_version,
-        "reason": "" if started else event.reason,
-        "statistics": [] if started else list(event.statistics.items()),
-        "ts": event.timestamp,
-    }
+    common = {"kind": event.kind, "experiment_id": event.experiment_id, "policy": event.policy, "trigger_id": event.trigger_id}
+    if isinstance(event, ExperimentStarted):
+        step = {"control_version": event.control_version, "treatment_version": event.treatment_version}
+        return {**common, **step, "outcome": "", "serving_version": "", "reason": "", "statistics": [], "ts": event.timestamp}
+    decision = {"outcome": event.outcome, "serving_version": event.serving_version, "reason": event.reason}
+    statistics = list(event.statistics.items())
+    return {**common, "control_version": "", "treatment_version": "", **decision, "statistics": statistics, "ts": event.timestamp}
 
 
 def dead_letter_row(dlq: str) -> Callable[[DeadLetter, Settings], dict[str, Any]]:

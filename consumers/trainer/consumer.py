@@ -1,10 +1,11 @@
 """Trainer consumer (`rlhf trainer run`): group "trainers" on the train-trigger topic.
 
 For each trigger the job (consumers/trainer/job.py) runs in a worker thread while this loop
-keeps polling with its partitions paused (one job at a time, any number of partitions), so a long training never gets the consumer thrown out
-of its group. The offset is committed only after the outcome is recorded (published, rejected,
-or dead-lettered) and the broker has acknowledged its events: at-least-once. A re-delivered trigger is recognised by its trigger id in the
-registry and is not trained twice. Retryable failures back off and retry a bounded number of
+keeps polling with its partitions paused (one job at a time, any number of partitions), so a
+long training never gets the consumer thrown out of its group. The offset is committed only
+after the outcome is recorded (published, rejected, or dead-lettered) and the broker has
+acknowledged its events: at-least-once. A re-delivered trigger is recognised by its trigger id
+in the registry and is not trained twice. Retryable failures back off and retry a bounded number of
 times, then the trigger goes to the DLQ with the error. SIGTERM abandons the current job without
 committing, so another trainer (or this one, restarted) retries it.
 """
@@ -17,12 +18,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message
 
 from consumers.dead_letters import dead_letter_of
 from consumers.emitter import EventEmitter
 from core.errors import DeliveryError, EventValidationError, TrainingError
 from core.kafka_clients import client_config
+from core.kafka_messages import position
 from core.settings import Settings
 from schemas import TrainTrigger, parse_event
 from schemas.topics import CONSUMER_GROUPS, group_id, topic_name
@@ -115,12 +117,12 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
                 current = _finish_if_done(consumer, current)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", msg.error())
+            if (error := msg.error()) is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", error)
                 continue
             if current is not None:  # a partition assigned mid-job delivered a trigger: it waits its turn
-                consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+                consumer.seek(position(msg))
                 consumer.pause(consumer.assignment())
                 continue
             # One job at a time, whatever the number of partitions: every assigned partition pauses
@@ -145,10 +147,10 @@ def _finish_if_done(
     msg, worker, outcome = current
     if worker.is_alive():
         return current
-    partition = TopicPartition(msg.topic(), msg.partition(), msg.offset() + 1)
+    partition = position(msg, offset_delta=1)
     if outcome and outcome[0]:  # the outcome's events are acknowledged (EventEmitter.emit)
         consumer.commit(offsets=[partition], asynchronous=False)
     else:  # abandoned, or its outcome could not be recorded: rewind so the trigger is consumed again
-        consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+        consumer.seek(position(msg))
     consumer.resume(consumer.assignment())
     return None

@@ -15,8 +15,9 @@ import math
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from consumers.decider.decisions import published
 from consumers.emitter import EventEmitter
@@ -30,6 +31,7 @@ from schemas.experiments import Arm, ExperimentStarted, experiment_id_for
 
 if TYPE_CHECKING:  # the trainer's libraries load when a training starts
     from trainers.history import History
+    from trainers.reward_model import RewardModel
 
 BASE_VERSION = "base"
 
@@ -39,6 +41,16 @@ Progress = Callable[..., None]  # progress(stage, metrics=None, message="")
 
 class JobAbandoned(RlhfError):
     """The trainer is shutting down; the trigger stays uncommitted and will be retried."""
+
+
+@dataclass(frozen=True)
+class RoundRewardModel:
+    """A round's reward model, as its policy step needs it."""
+
+    version: str  # its registry version: `rm-` and the start of the trigger id
+    model: RewardModel  # loaded from the registry
+    metrics: dict[str, float]  # its manifest's metrics; the policy's manifest repeats them as `rm_*`
+    history: History  # the feedback it learned from; the policy's queries and corrections come from it too
 
 
 def config_hash(settings: Settings) -> str:
@@ -55,7 +67,8 @@ def ensure_base_policy(settings: Settings, policy: str = DEFAULT_POLICY) -> str:
         source = Path(resolve_base_model(settings.policy.base_model))
         if not source.is_dir():
             raise TrainingError(
-                f"policy.base_model {settings.policy.base_model!r}: the registry needs a local directory to copy as the base version"
+                f"policy.base_model {settings.policy.base_model!r}: "
+                "the registry needs a local directory to copy as the base version"
             )
         registry.register_base(policy, BASE_VERSION, lambda d: shutil.copytree(source, d, dirs_exist_ok=True))
     return registry.serving(policy) or BASE_VERSION
@@ -111,21 +124,17 @@ class TrainingJob:
                 raise JobAbandoned("shutdown requested")
             emitter.status(trigger, "progress", stage=stage, message=message, metrics=metrics or {})
 
-        rm_version, reward_model, rm_metrics, history = self._reward_model(trigger, latest, progress)
-        progress("policy", rm_metrics)
+        reward = self._reward_model(trigger, latest, progress)
+        progress("policy", reward.metrics)
         manifest = self.registry.publish(
-            "policies",
-            version,
-            lambda d: self._policy(
-                d, trigger, version, parent, (rm_version, reward_model, rm_metrics), history, progress, emitter
-            ),
+            "policies", version, lambda d: self._policy(d, trigger, version, parent, reward, progress, emitter)
         )
         if manifest is None:  # another trainer published this trigger meanwhile
             emitter.status(trigger, "finished", message=f"already published as {version}")
             return
-        self._mark_late_erasures(history.events)
+        self._mark_late_erasures(reward.history.events)
         emitter.emit("model-published", published(manifest, manifest.status, manifest.reason), trigger.policy)  # type: ignore[arg-type]
-        stage = manifest.status
+        stage: str = manifest.status
         if (
             manifest.status == "candidate" and self.settings.ab_testing.enabled
         ):  # the round stays open until its experiment is decided
@@ -160,22 +169,23 @@ class TrainingJob:
                 salt=ab.salt,
                 horizon_users=ab.horizon_users,
                 horizon_s=ab.horizon_s,
-                non_inferiority_margin=ab.non_inferiority_margin,
                 arms=tuple(Arm(name=v.name, model_version=by_spec.get(v.model, v.model), weight=v.weight) for v in ab.variants),
             ),
             trigger.policy,
         )
 
-    def _reward_model(self, trigger: TrainTrigger, latest: list[FeedbackEvent], progress: Progress):
+    def _reward_model(self, trigger: TrainTrigger, latest: list[FeedbackEvent], progress: Progress) -> RoundRewardModel:
         """The round's reward model, trained on the latest trigger's feedback and the earlier
         triggers the history window allows (trainers.history; the newest events and a stable
         sample of the rest, `reward_sample_events`), warm-started from the previous round's;
-        returns it with the whole history's feedback (the policy's corrections and queries come
-        from all of it) and the triggers that feedback came from."""
+        with the whole history's feedback (the policy's corrections and queries come from all of
+        it) and the triggers that feedback came from."""
         from trainers.history import HistoryWindow, load_history, replay_history, replay_sample, save_history, select_history
+        from trainers.policy import step_metrics
         from trainers.replay import replay_accepted, replay_trigger
-        from trainers.reward import RewardModel, train_reward_model
+        from trainers.reward import train_reward_model
         from trainers.reward_config import RewardConfig
+        from trainers.reward_model import RewardModel
 
         rm_version = f"rm-{trigger.trigger_id[:16]}"
         if self.registry.exists("reward_models", rm_version):  # a redelivered trigger: the same data again
@@ -197,7 +207,7 @@ class TrainingJob:
 
             def report(done: int, total: int, running: dict[str, float]) -> None:
                 if done % max(1, total // 5) == 0 or done == total:  # a status event per fifth, not per step
-                    progress("reward_model", {**running, "step": done, "steps": total})
+                    progress("reward_model", {**running, **step_metrics(done, total)})
 
             def build(directory: Path) -> Manifest:
                 config = RewardConfig.from_settings(self.settings)
@@ -231,8 +241,8 @@ class TrainingJob:
                 {"history_triggers": float(len(used)), "history_events": float(len(events)), "recent_events": float(len(recent))},
             )
             self.registry.publish("reward_models", rm_version, build)
-        manifest = self.registry.manifest("reward_models", rm_version)
-        return rm_version, RewardModel.load(self.registry.path("reward_models", rm_version) / "model"), manifest.metrics, history
+        model = RewardModel.load(self.registry.path("reward_models", rm_version) / "model")
+        return RoundRewardModel(rm_version, model, self.registry.manifest("reward_models", rm_version).metrics, history)
 
     def _original_policy(self) -> str | None:
         """The base version the loop started from, where the registry holds its weights."""
@@ -246,15 +256,24 @@ class TrainingJob:
         mine = [m for m in self.registry.versions("reward_models") if m.policy == policy]
         return self.registry.path("reward_models", mine[-1].version) if mine else None
 
-    def _policy(self, directory: Path, trigger, version, parent, reward, history, progress: Progress, emitter) -> Manifest:
+    def _policy(
+        self,
+        directory: Path,
+        trigger: TrainTrigger,
+        version: str,
+        parent: str,
+        reward: RoundRewardModel,
+        progress: Progress,
+        emitter: EventEmitter,
+    ) -> Manifest:
+        """The round's policy, trained from `parent` against `reward` into `directory`, as the
+        manifest of a candidate or of a rejected version (the gate's or the guardrails' verdict)."""
         from trainers.dataset import split_policy_queries
         from trainers.ensemble import EnsembleReward
         from trainers.optimise import gate_verdict, optimise_policy
-        from trainers.policy_config import PolicyTrainingConfig
 
-        rm_version, reward_model, rm_metrics = reward
-        config = PolicyTrainingConfig.from_settings(self.settings)
-        events = history.events
+        config = self.settings.policy.training
+        history, events = reward.history, reward.history.events
         train_queries, eval_queries = split_policy_queries(events)
 
         def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
@@ -263,13 +282,13 @@ class TrainingJob:
             else:  # the job owns started/finished; progress also abandons the job on shutdown
                 progress(stage, metrics, message)
 
-        lineage = dict(
+        lineage: dict[str, Any] = dict(
             version=version,
             kind="policies",
             policy=trigger.policy,
             trigger_id=trigger.trigger_id,
             parent_version=parent,
-            reward_model_version=rm_version,
+            reward_model_version=reward.version,
             data_ranges=data_ranges(history),
             history_triggers=[t.trigger_id for t in history.triggers],
             config_hash=config_hash(self.settings),
@@ -281,14 +300,15 @@ class TrainingJob:
             metrics = optimise_policy(
                 self.settings.policy.algorithm,
                 str(self.registry.path("policies", parent)),
-                EnsembleReward(reward_model, config.uncertainty_penalty),
+                EnsembleReward(reward.model, config.uncertainty_penalty),
                 train_queries,
                 eval_queries,
                 config,
                 directory,
                 on_status=on_status,
                 feedback_events=events,
-                gate_fn=reward_model.gate_reward if reward_model.config.gate_head else None,
+                min_rating=self.settings.feedback.min_rating,
+                gate_fn=reward.model.gate_reward if reward.model.config.training.gate_head else None,
                 original_path=self._original_policy(),
                 checkpoint_dir=self.settings.home
                 / "checkpoints"
@@ -298,7 +318,7 @@ class TrainingJob:
             return Manifest(
                 **lineage,
                 status="rejected",
-                metrics={f"rm_{k}": v for k, v in rm_metrics.items()},
+                metrics={f"rm_{k}": v for k, v in reward.metrics.items()},
                 reason=str(exc),
                 guardrails_fired=["eval_after"],
             )
@@ -308,7 +328,7 @@ class TrainingJob:
             **lineage,
             status="candidate" if improved else "rejected",
             reason=reason,
-            metrics={**{f"rm_{k}": v for k, v in rm_metrics.items()}, **flatten_metrics(metrics)},
+            metrics={**{f"rm_{k}": v for k, v in reward.metrics.items()}, **flatten_metrics(metrics)},
         )
 
     def _mark_late_erasures(self, events: list[FeedbackEvent]) -> None:

@@ -36,7 +36,6 @@ def _sink_run(args: argparse.Namespace) -> None:
     from analytics.clickhouse import open_warehouse
     from consumers.sink.consumer import GROUP, Sink
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     settings = _settings(args)
     # Set before anything opens, so a stop during start-up still ends in a clean, committed exit.
     stop = threading.Event()
@@ -57,7 +56,8 @@ def _sink_run(args: argparse.Namespace) -> None:
         sink.run(stop)
     stats = sink.stats
     print(
-        f"sink stopped: {stats.messages} messages in {stats.batches} batches, {stats.inserted} rows stored, {stats.dead_letters} dead letters"
+        f"sink stopped: {stats.messages} messages in {stats.batches} batches, {stats.inserted} rows stored, "
+        f"{stats.dead_letters} dead letters"
     )
 
 
@@ -74,8 +74,8 @@ def _sql(args: argparse.Namespace) -> None:
 
     if args.name is None:
         for q in QUERIES.values():
-            params = ", ".join(f"{k}={v!r}" for k, v in q.defaults.items())
-            print(f"{q.name:26} {q.description}{f' [{params}]' if params else ''}")
+            defaults = ", ".join(f"{k}={v!r}" for k, v in q.defaults.items())
+            print(f"{q.name:26} {q.description}{f' [{defaults}]' if defaults else ''}")
         return
     params = _parse_params(args.param)
     get_query(args.name).bind(params)  # a typo fails here, before any connection
@@ -113,17 +113,20 @@ def _ab_analyze(args: argparse.Namespace) -> None:
         p = d["primary"]
         print(d["summary"])
         print(
-            f"  positive rate per user (CUPED variance x{_num(d['cuped_variance_ratio'])}): {d['control']} {_interval(p['control'])} "
+            f"  positive rate per user (CUPED variance x{_num(d['cuped_variance_ratio'])}): "
+            f"{d['control']} {_interval(p['control'])} "
             f"n={_num(p['n_control'])} users, {d['treatment']} {_interval(p['treatment'])} n={_num(p['n_treatment'])} users; "
             f"lift {_interval(p['lift'])}; z-test p={_num(p['p_value'])}, always-valid p={_num(p['sequential_p'])}"
         )
         for g in d["guardrails"]:
             print(
-                f"  guardrail {g['metric']}: {_interval(g['control'])} -> {_interval(g['treatment'])}, always-valid p={_num(g['sequential_p'])}"
+                f"  guardrail {g['metric']}: {_interval(g['control'])} -> {_interval(g['treatment'])}, "
+                f"always-valid p={_num(g['sequential_p'])}"
             )
         e = d["per_event"]
         print(
-            f"  per event, descriptive only: {_num(e['n_control'])} / {_num(e['n_treatment'])} events, z-test p={_num(e['p_value'])} "
+            f"  per event, descriptive only: {_num(e['n_control'])} / {_num(e['n_treatment'])} events, "
+            f"z-test p={_num(e['p_value'])} "
             f"(ignores that one user's events are alike)"
         )
         print(
@@ -159,7 +162,8 @@ def _ab_simulate(args: argparse.Namespace) -> None:
         given = simulate(args.experiments, args.users, args.lift, args.peeks, ab, args.seed, progress=bar.update)
         smallest = smallest_lift(args.users, args.peeks, ab, args.seed, args.experiments, progress=bar.update)
     print(
-        f"A/A: {aa.experiments} experiments, {aa.users} users per arm, {aa.peeks} looks, alpha {ab.alpha}; share with a promote or rollback"
+        f"A/A: {aa.experiments} experiments, {aa.users} users per arm, {aa.peeks} looks, alpha {ab.alpha}; "
+        "share with a promote or rollback"
     )
     for name, rates in (("per user (delta method, CUPED, mSPRT)", aa.per_user), ("per event (every event a unit)", aa.per_event)):
         print(f"  {name:40} {rates.one_look:7.2%} at one look, {rates.peeking:7.2%} peeking after every batch")
@@ -174,7 +178,8 @@ def _ab_simulate(args: argparse.Namespace) -> None:
         )
     else:
         print(
-            f"no lift up to +100% is promoted with 80% power at {smallest.users} users per arm ({smallest.promoted.peeking:.1%} at +100%)"
+            f"no lift up to +100% is promoted with 80% power at {smallest.users} users per arm "
+            f"({smallest.promoted.peeking:.1%} at +100%)"
         )
 
 
@@ -193,6 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         "Consume interactions, feedback, exposures, metrics, training status and publishes into ClickHouse.",
         _sink_run,
+        log_level=logging.WARNING,
     )
     p.add_argument(
         "--no-dashboard",
@@ -200,7 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Do not serve the dashboard and /sql (sensible with a ClickHouse server, which other processes query directly).",
     )
     p.add_argument("--port", type=int, help="Dashboard port (default: clickhouse.dashboard_port).")
-    p.add_argument("--verbose", "-v", action="store_true", help="Log every batch.")
+    p.add_argument("--verbose", "-v", dest="log_level", action="store_const", const=logging.INFO, help="Log every batch.")
 
     p = command(sub, "sql", "Run a named analytics query (no NAME: list them).", _sql)
     p.add_argument("name", nargs="?", metavar="NAME")

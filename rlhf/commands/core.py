@@ -1,4 +1,4 @@
-"""Core subcommands: `config show`, `kafka up|down|status`, `topics create|list`, `schemas export`."""
+"""Core subcommands: `config show|reference`, `kafka up|down|status`, `topics create|list`, `schemas export`."""
 
 from __future__ import annotations
 
@@ -45,8 +45,19 @@ def _local_user(settings: Settings, data_dir: Path) -> Sasl:
 
 def _config_show(args: argparse.Namespace) -> None:
     settings = settings_of(args)
+    if args.describe:
+        from core.config_reference import describe
+
+        print(describe(settings), end="")
+        return
     data = json.loads(settings.model_dump_json())  # SecretStr prints as '**********'
     print(yaml.safe_dump({"rlhf": data}, sort_keys=False), end="")
+
+
+def _config_reference(args: argparse.Namespace) -> None:
+    from core.config_reference import reference_markdown
+
+    print(reference_markdown(), end="")
 
 
 def _kafka_up(args: argparse.Namespace) -> None:
@@ -63,12 +74,14 @@ def _kafka_up(args: argparse.Namespace) -> None:
             else "<your kafka.sasl_password>"
         )
         print(
-            f"  RLHF_KAFKA__SECURITY_PROTOCOL=SASL_SSL RLHF_KAFKA__SASL_MECHANISM=SCRAM-SHA-512 RLHF_KAFKA__SASL_USERNAME={broker.sasl.username}\n"
+            "  RLHF_KAFKA__SECURITY_PROTOCOL=SASL_SSL RLHF_KAFKA__SASL_MECHANISM=SCRAM-SHA-512 "
+            f"RLHF_KAFKA__SASL_USERNAME={broker.sasl.username}\n"
             f"  RLHF_KAFKA__SASL_PASSWORD={password} RLHF_KAFKA__SSL_CA_LOCATION={tls.ca if tls else ''}"
         )
     if isinstance(broker, LocalCluster):
         print(
-            f"  RLHF_KAFKA__REPLICATION_FACTOR={min(3, len(broker.ports))} RLHF_KAFKA__MIN_INSYNC_REPLICAS={min(2, len(broker.ports))}"
+            f"  RLHF_KAFKA__REPLICATION_FACTOR={min(3, len(broker.ports))} "
+            f"RLHF_KAFKA__MIN_INSYNC_REPLICAS={min(2, len(broker.ports))}"
         )
 
 
@@ -86,7 +99,8 @@ def _kafka_status(args: argparse.Namespace) -> int:
         ready = pid is not None and node.is_ready(brokers=len(nodes))
         all_ready &= ready
         print(
-            f"{'running' if pid else 'stopped'}{f' (pid {pid})' if pid else ''}; {'ready' if ready else 'not ready'} on {node.bootstrap_servers}; data {node.data_dir}"
+            f"{'running' if pid else 'stopped'}{f' (pid {pid})' if pid else ''}; "
+            f"{'ready' if ready else 'not ready'} on {node.bootstrap_servers}; data {node.data_dir}"
         )
     return 0 if all_ready else 1
 
@@ -106,12 +120,14 @@ def _topics_list(args: argparse.Namespace) -> None:
     for spec in TOPICS.values():
         extra = ", ".join(f"{k}={v}" for k, v in spec.config.items())
         print(
-            f"{topic_name(s.kafka.topic_prefix, spec.name):32} partitions={partitions_of(spec, s.kafka.partitions)} key={spec.key} "
-            f"value={spec.value_schema.__name__} {','.join(spec.producers)} -> {','.join(spec.consumers)} {extra} {'dlq=' + spec.dlq if spec.dlq else ''}"
+            f"{topic_name(s.kafka.topic_prefix, spec.name):32} partitions={partitions_of(spec, s.kafka.partitions)} "
+            f"key={spec.key} value={spec.value_schema.__name__} {','.join(spec.producers)} -> {','.join(spec.consumers)} "
+            f"{extra} {'dlq=' + spec.dlq if spec.dlq else ''}"
         )
     for internal in INTERNAL_TOPICS:
         print(
-            f"{s.kafka.topic_prefix + internal.name:32} (stream worker's own) key={internal.key} value={internal.value}: {internal.purpose}"
+            f"{s.kafka.topic_prefix + internal.name:32} (stream worker's own) key={internal.key} value={internal.value}: "
+            f"{internal.purpose}"
         )
 
 
@@ -124,13 +140,18 @@ def _schemas_export(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     cfg = group(sub, "config", "Inspect the configuration.")
-    command(cfg, "show", "Print the effective configuration (file + environment + defaults).", _config_show)
+    show = command(cfg, "show", "Print the effective configuration (file + environment + defaults).", _config_show)
+    show.add_argument(
+        "--describe", action="store_true", help="One entry per setting: dotted path, value, default and what it does."
+    )
+    command(cfg, "reference", "Print the configuration reference, docs/configuration.md (Markdown).", _config_reference)
 
     kafka = group(sub, "kafka", "Run a local Apache Kafka broker or cluster (KRaft, 127.0.0.1, no Docker), plaintext or secured.")
     for name, help, func in (
         (
             "up",
-            "Start the broker (downloads the jars with Maven on first use) and wait until ready; prints the settings that reach it.",
+            "Start the broker (downloads the jars with Maven on first use) and wait until ready; "
+            "prints the settings that reach it.",
             _kafka_up,
         ),
         ("down", "Stop the broker; data and topics persist.", _kafka_down),

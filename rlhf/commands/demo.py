@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -16,11 +15,8 @@ def _demo(args: argparse.Namespace) -> int:
     from demo import report
     from demo.driver import DemoPlan, profile_of, run_demo
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     run_dir = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    if args.config:  # every service of the demo reads the same file
-        os.environ["RLHF_CONFIG"] = str(Path(args.config).resolve())
     # Unless told, the budget grows with the rounds asked for and the starting policy's minutes a
     # round (the tiny one ~3 on 2 cores, SmolLM2 ~30), and is 14 min at least.
     rounds = args.rounds or DemoPlan.rounds
@@ -33,8 +29,9 @@ def _demo(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "budget_s": budget_min * 60,
     }
+    config = Path(args.config).resolve() if args.config else None  # every service of the demo reads the same file
     plan = DemoPlan(
-        **{k: v for k, v in given.items() if v is not None}, fault_drill=args.fault_drill
+        **{k: v for k, v in given.items() if v is not None}, fault_drill=args.fault_drill, config=config
     )  # the rest: DemoPlan's defaults
     print(f"rlhf demo: {plan.rounds} rounds from the {plan.policy} policy, logs and state in {run_dir}")
     started = time.monotonic()
@@ -49,7 +46,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = command(
-        sub, "demo", "Run the whole closed loop on this machine with simulated users, then print and write a report.", _demo
+        sub,
+        "demo",
+        "Run the whole closed loop on this machine with simulated users, then print and write a report.",
+        _demo,
+        log_level=logging.WARNING,
     )
     p.add_argument(
         "--policy",

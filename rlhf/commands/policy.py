@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError, ModelLoadError, RlhfError, TrainingError
-from core.settings import ALGORITHMS
+from core.learning_settings import ALGORITHMS
 from rlhf.arguments import command, group, settings_of
-
-_STEP = re.compile(r"(?:step|iteration) (\d+)/(\d+)")
 
 
 def _quiet() -> None:
@@ -114,7 +111,7 @@ def _task(args: argparse.Namespace, eval_fraction: float) -> dict[str, Any]:
     if not args.reward_model or not args.data:
         raise ConfigError("give --synthetic, or both --reward-model DIR and --data FILE")
     from trainers.dataset import split_policy_queries
-    from trainers.reward import RewardModel
+    from trainers.reward_model import RewardModel
 
     rm = RewardModel.load(_existing(args.reward_model, "reward model", directory=True))
     events = _events(_existing(args.data, "feedback file", directory=False))
@@ -135,7 +132,6 @@ def _train(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from trainers.optimise import optimise_policy
-    from trainers.policy_config import PolicyTrainingConfig
 
     settings = settings_of(args)
     algorithm = args.algorithm or settings.policy.algorithm
@@ -143,8 +139,8 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else settings.home / "policies" / datetime.now(UTC).strftime(f"{algorithm}-%Y%m%dT%H%M%SZ")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: already exists and is not an empty directory; choose another --out")
-    overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None}
-    config = PolicyTrainingConfig.from_settings(settings, **overrides)
+    config = settings.policy.training
+    config = config.updated(epochs=args.epochs) if args.epochs is not None else config
     task = _task(args, settings.reward_model.training.eval_fraction)
     _quiet()
     print(
@@ -154,10 +150,9 @@ def _train(args: argparse.Namespace) -> None:
     with tqdm(desc=algorithm, unit="step", dynamic_ncols=True) as bar:
 
         def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
-            step = _STEP.search(message) if state == "progress" and stage == algorithm else None
-            if step:
-                bar.total = int(step.group(2))
-                bar.update(int(step.group(1)) - bar.n)
+            if state == "progress" and stage == algorithm and "steps" in metrics:  # trainers.policy.step_metrics
+                bar.total = int(metrics["steps"])
+                bar.update(int(metrics["step"]) - bar.n)
                 shown = {k: metrics[k] for k in ("mean_score", "reward", "kl", "loss") if k in metrics}
                 bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
             elif state == "guardrail":
@@ -175,6 +170,8 @@ def _train(args: argparse.Namespace) -> None:
             out,
             on_status=on_status,
             feedback_events=task["events"] if algorithm in ("kto", "dpo") else None,
+            seed=args.seed or 0,
+            min_rating=settings.feedback.min_rating,
         )
     print(summary(metrics, config.kl_bound))
 
@@ -185,7 +182,8 @@ def summary(m: dict[str, Any], kl_bound: float) -> str:
     return "\n".join(
         [
             f"policy      {m['out_dir']} ({m['algorithm']})",
-            f"mean reward {m['mean_reward_before']:.4f} -> {m['mean_reward_after']:.4f} on {int(m['eval_samples'])} held-out samples",
+            f"mean reward {m['mean_reward_before']:.4f} -> {m['mean_reward_after']:.4f}"
+            f" on {int(m['eval_samples'])} held-out samples",
             f"gain        {m['reward_gain']:+.1%}"
             if math.isfinite(m["reward_gain"])
             else "gain        n/a (the starting policy's mean reward is 0)",
@@ -199,10 +197,9 @@ def summary(m: dict[str, Any], kl_bound: float) -> str:
 
 def _eval(args: argparse.Namespace) -> None:
     from trainers.policy import evaluate_policy, load_policy
-    from trainers.policy_config import PolicyTrainingConfig
 
     settings = settings_of(args)
-    config = PolicyTrainingConfig.from_settings(settings)
+    config = settings.policy.training
     model = _policy_path(args.model, "policy")
     reference = _policy_path(args.reference, "reference policy") if args.reference else None
     task = _task(args, settings.reward_model.training.eval_fraction)
@@ -219,7 +216,6 @@ def _eval(args: argparse.Namespace) -> None:
         temperature=config.temperature,
         top_p=config.top_p,
         samples_per_query=config.eval_samples_per_query,
-        seed=config.eval_seed,
     )
     figures = {
         "mean_reward": result.mean_reward,

@@ -55,7 +55,8 @@ def _eval(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from trainers.dataset import build_dataset, read_jsonl
-    from trainers.reward import RewardModel, evaluate
+    from trainers.reward_eval import evaluate
+    from trainers.reward_model import RewardModel
 
     _quiet_transformers()
     rm = RewardModel.load(args.model)

@@ -22,7 +22,6 @@ def _trainer_run(args: argparse.Namespace) -> None:
     from consumers.trainer import consumer as trainer
     from consumers.trainer.job import TrainingJob
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_of(args)
     trainer.run(settings, TrainingJob(settings), trainer.RetryPolicy(attempts=args.attempts, first_backoff_s=args.backoff))
 
@@ -30,7 +29,6 @@ def _trainer_run(args: argparse.Namespace) -> None:
 def _decider_run(args: argparse.Namespace) -> None:
     from consumers.decider import service
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     service.run(settings_of(args))
 
 
@@ -73,9 +71,11 @@ def _models_rollback(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from assistant.service import serve
     from consumers.trainer.job import ensure_base_policy
+    from core.access import ApiKeys, require_keys_beyond_loopback
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_of(args)
+    # Refused before the base policy is built: an open API beyond loopback never starts.
+    require_keys_beyond_loopback(args.host, ApiKeys(settings.assistant.api_keys), "assistant.api_keys")
     ensure_base_policy(settings)
     serve(settings, args)
 
@@ -83,7 +83,11 @@ def _serve(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     trainer = group(sub, "trainer", "The trainer consumer (group 'trainers').")
     p = command(
-        trainer, "run", "Consume train triggers: replay data, train reward model + policy, evaluate, publish.", _trainer_run
+        trainer,
+        "run",
+        "Consume train triggers: replay data, train reward model + policy, evaluate, publish.",
+        _trainer_run,
+        log_level=logging.INFO,
     )
     p.add_argument("--attempts", type=int, default=3, help="tries per trigger before it goes to the DLQ")
     p.add_argument("--backoff", type=float, default=5.0, help="seconds before the first retry (doubles each time)")
@@ -95,6 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Analyse every open experiment per user on a timer; promote, roll back, or expire it at its horizon "
         "(ab_testing.horizon_users / horizon_s), through the registry, once.",
         _decider_run,
+        log_level=logging.INFO,
     )
 
     models = group(sub, "models", "The model registry: versions, lineage, promotion.")
@@ -114,6 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "promote":
             p.add_argument("version", nargs="?")
 
-    p = command(sub, "serve", "Run the assistant service (HTTP): A/B routing, interaction + exposure logging, hot swap.", _serve)
+    p = command(
+        sub,
+        "serve",
+        "Run the assistant service (HTTP): A/B routing, interaction + exposure logging, hot swap.",
+        _serve,
+        log_level=logging.INFO,
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8300)

@@ -108,6 +108,7 @@ def test_kafka_container_is_one_kraft_node_advertising_its_bound_host_port(no_do
 def test_kafka_container_picks_a_free_host_port_by_default(no_docker):
     kafka = ApacheKafkaContainer()
     (port,) = kafka.ports.values()
+    assert port is not None
     assert kafka.image == "apache/kafka:4.1.1" and kafka.bootstrap_servers == f"docker-host.example:{port}" and port > 0
 
 

@@ -19,6 +19,7 @@ import pytest
 from analytics.clickhouse import Warehouse, open_warehouse
 from core.settings import Settings, load_settings
 from devtools.kafka_local import free_port
+from schemas import FeedbackEvent
 from schemas.topics import topic_name
 from sdk.client import FeedbackClient
 from tests.integration.analytics.world import World
@@ -53,7 +54,7 @@ def produce(settings: Settings, world: World, duplicates: int = 0, bad: int = 0)
             client.send_bytes(
                 topic_name(prefix, topic), event.to_bytes(), getattr(event, "user_id", None) or getattr(event, "policy", None)
             )
-        for event in [e for t, e in world.events if t == "feedback"][:duplicates]:
+        for event in world.of("feedback", FeedbackEvent)[:duplicates]:
             client.send_bytes(topic_name(prefix, "feedback"), event.to_bytes(), event.user_id)
         for n in range(bad):
             topic = ("feedback", "exposures", "interactions")[n % 3]

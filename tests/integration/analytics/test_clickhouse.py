@@ -12,6 +12,7 @@ from analytics.errors import ClickHouseError
 from analytics.queries import QUERIES, run_query
 from analytics.tables import EVENT_TABLES
 from consumers.sink.rows import ROUTES
+from schemas import ExposureEvent, FeedbackEvent, WindowMetrics
 from schemas.events import latest_verdicts
 from tests.integration.analytics.world import World, build_world
 
@@ -68,7 +69,7 @@ def test_redelivered_batches_count_once_in_tables_and_views(warehouse, warehouse
 def changed_minds(world: World, every: int = 5) -> World:
     """Every `every`-th thumb answered again a minute later with the other thumb (a new event id)."""
     flip = {"thumbs_up": "thumbs_down", "thumbs_down": "thumbs_up"}
-    thumbs = [e for t, e in world.events if t == "feedback" and e.feedback_type in flip][::every]
+    thumbs = [e for e in world.of("feedback", FeedbackEvent) if e.feedback_type in flip][::every]
     later = [
         (
             "feedback",
@@ -82,15 +83,15 @@ def changed_minds(world: World, every: int = 5) -> World:
         )
         for e in thumbs
     ]
-    return World(world.events + later)
+    return World([*world.events, *later])
 
 
 def test_per_user_sums_agree_with_the_raw_events_counting_each_answers_latest_verdict(warehouse, warehouse_settings):
     world = changed_minds(build_world(warehouse_settings, users=300))
     insert_world(warehouse, warehouse_settings, world)
     ab = warehouse_settings.ab_testing
-    exposed = {e.user_id: e for t, e in world.events if t == "exposures"}
-    every_verdict = [e for t, e in world.events if t == "feedback"]
+    exposed = {e.user_id: e for e in world.of("exposures", ExposureEvent)}
+    every_verdict = world.of("feedback", FeedbackEvent)
     feedback = latest_verdicts(every_verdict)
     assert len(feedback) < len(every_verdict)
     sums = run_query(warehouse, "ab_users", {"experiment": ab.experiment}).set_index("variant")
@@ -134,7 +135,7 @@ def test_the_experiment_lifecycle_shows_open_and_decided_experiments(warehouse, 
 
 def test_a_re_emitted_window_replaces_the_earlier_one(warehouse, warehouse_settings):
     world = build_world(warehouse_settings, users=1)
-    window = next(e for t, e in world.events if t == "metrics")
+    window = world.of("metrics", WindowMetrics)[0]
     later = window.model_copy(update={"count": 99, "timestamp": window.timestamp.replace(second=30)})
     route = ROUTES["metrics"]
     for event in (window, later):
@@ -180,8 +181,7 @@ def test_current_experiment_is_the_latest_candidate_instance(warehouse, warehous
                 "timestamp": e.timestamp + timedelta(days=9),
             }
         )
-        for t, e in world.events
-        if t == "exposures"
+        for e in world.of("exposures", ExposureEvent)
     ]
     insert_world(warehouse, warehouse_settings, world)
     route = ROUTES["exposures"]
@@ -195,8 +195,8 @@ def test_pii_counts_from_the_windows_add_up_per_type(warehouse, warehouse_settin
     world = build_world(warehouse_settings, users=100)
     insert_world(warehouse, warehouse_settings, world)
     expected: dict[str, int] = {}
-    for topic, event in world.events:
-        for pii_type, n in event.pii.items() if topic == "metrics" else ():
+    for window in world.of("metrics", WindowMetrics):
+        for pii_type, n in window.pii.items():
             expected[pii_type] = expected.get(pii_type, 0) + n
     found = run_query(warehouse, "pii_found", {"bucket_s": 86_400}).groupby("pii_type")["found"].sum().to_dict()
     assert found == expected and expected["phone"] > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from analytics.assignment import assign_from_settings
 from core.settings import Settings
@@ -15,6 +16,7 @@ from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, Model
 from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
+E = TypeVar("E", bound=Event | ExperimentEvent)
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,13 @@ class World:
     def count(self, topic: str) -> int:
         """Distinct events on a topic (the world itself holds no duplicates)."""
         return sum(t == topic for t, _ in self.events)
+
+    def of(self, topic: str, kind: type[E]) -> list[E]:
+        """The events on a topic, in order; each is a `kind` (the world puts one type on a topic)."""
+        on_topic = [e for t, e in self.events if t == topic]
+        typed: list[E] = [e for e in on_topic if isinstance(e, kind)]
+        assert len(typed) == len(on_topic), f"{topic} holds events other than {kind.__name__}"
+        return typed
 
 
 def build_world(
@@ -156,16 +165,14 @@ def lifecycle(settings: Settings) -> list[ExperimentStarted | ExperimentDecided]
                 horizon_s=ab.horizon_s,
             )
         )
-    out.append(
-        ExperimentDecided(
-            timestamp=START + timedelta(days=1),
-            experiment_id=out[0].experiment_id,
-            policy="assistant",
-            trigger_id="trigger-a",
-            outcome="promote",
-            serving_version=out[0].treatment_version,
-            reason="positive rate rose",
-            statistics={"lift": 0.12, "lift_low": 0.03, "lift_high": 0.21, "sequential_p": 0.01},
-        )
+    decided = ExperimentDecided(
+        timestamp=START + timedelta(days=1),
+        experiment_id=out[0].experiment_id,
+        policy="assistant",
+        trigger_id="trigger-a",
+        outcome="promote",
+        serving_version=out[0].treatment_version,
+        reason="positive rate rose",
+        statistics={"lift": 0.12, "lift_low": 0.03, "lift_high": 0.21, "sequential_p": 0.01},
     )
-    return out
+    return [*out, decided]

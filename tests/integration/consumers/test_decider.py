@@ -98,5 +98,6 @@ def test_two_deciders_and_a_sigkill_give_exactly_one_decision(settings, tmp_path
         and registry.serving("assistant") == "base"
         and registry.candidate("assistant") is None
     )
-    assert registry.experiment_decision("assistant", "policy-ab:v1").outcome == "expired"
+    decision = registry.experiment_decision("assistant", "policy-ab:v1")
+    assert decision is not None and decision.outcome == "expired"
     assert registry.manifest("policies", "v1").status == "rolled_back"

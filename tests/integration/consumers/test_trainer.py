@@ -20,7 +20,7 @@ from sdk.admin import create_topics
 from sdk.client import FeedbackClient
 from tests.conftest import FAST_TRAINING
 from trainers.history import load_history
-from trainers.reward import RewardModel
+from trainers.reward_model import RewardModel
 from trainers.synthetic import feedback_events, split_questions
 
 pytestmark = pytest.mark.integration
@@ -113,6 +113,7 @@ def test_trigger_to_published_version_with_faults(settings, stack):
     # ... and it learned from the whole history, warm-started from the first round's reward model;
     # its manifest names every range, history.json the triggers themselves (exactly replayable).
     later = registry.manifest("policies", version_for(second.policy, second.trigger_id))
+    assert later.reward_model_version is not None
     assert later.history_triggers == [first.trigger_id, second.trigger_id]
     assert [OffsetRange(**r) for r in later.data_ranges] == [*first.ranges, *second.ranges]
     known, used = load_history(registry.path("reward_models", later.reward_model_version))
@@ -141,7 +142,7 @@ def test_trigger_to_published_version_with_faults(settings, stack):
     statuses.until(lambda s: any(x.trigger_id == second.trigger_id and "already published" in x.message for x in s), 120, stack)
 
     versions = [m for m in registry.versions("policies") if m.status != "base"]
-    assert sorted(m.trigger_id for m in versions) == sorted([first.trigger_id, second.trigger_id])
+    assert sorted(m.trigger_id or "" for m in versions) == sorted([first.trigger_id, second.trigger_id])  # all have one
     assert len([p for p in published.items if p.trigger_id == second.trigger_id]) == 1
 
 
@@ -170,7 +171,9 @@ def test_one_job_at_a_time_on_a_multi_partition_trigger_topic(kafka_bootstrap, t
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})  # kept referenced until the future resolves
     admin.create_topics([NewTopic(topic_name(prefix, "train-triggers"), 3, 1)])[topic_name(prefix, "train-triggers")].result()
     create_topics(settings.kafka)  # the rest; train-triggers exists with 3
-    running, seen, overlaps = [], [], []
+    running: list[str] = []
+    seen: list[str] = []
+    overlaps: list[int] = []
     lock = threading.Lock()
 
     def job(trigger, emitter, stop):

@@ -101,7 +101,8 @@ def test_the_loop_runs_authenticated_over_sasl_ssl(secure_broker, tmp_path):
     }
     ensure_base_policy(settings)
     services = Supervisor(tmp_path / "logs", env)
-    sink = SinkProcess(settings, **env_of(settings))
+    # The environment's names are all RLHF_*: none fills SinkProcess's `port` or `launcher`.
+    sink = SinkProcess(settings, **env_of(settings))  # type: ignore[arg-type]
     try:
         services.start("streams", "streams", "worker")
         services.start("trainer", "trainer", "run", "--backoff", "1")

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from core.kafka_messages import position
 from core.settings import ProducerSettings
 from devtools.kafka_local import LocalBroker, free_port
 from schemas import FeedbackEvent, validate_event
@@ -76,8 +77,10 @@ def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, b
     while any(seen[p] < ends[p] for p in ends) and time.monotonic() < deadline:
         for msg in consumer.consume(10_000, timeout=1.0):
             assert msg.error() is None, msg.error()
-            out.append((msg.partition(), msg.key(), EVENT_ID.search(msg.value()).group(1)))
-            seen[msg.partition()] = msg.offset() + 1
+            at, key, found = position(msg), msg.key(), EVENT_ID.search(msg.value() or b"")
+            assert key is not None and found is not None, msg.value()
+            out.append((at.partition, key, found.group(1)))
+            seen[at.partition] = at.offset + 1
     consumer.close()
     return out
 
@@ -85,7 +88,10 @@ def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, b
 def percentiles(ns: list[int]) -> str:
     s = sorted(ns)
     q = lambda p: s[min(len(s) - 1, int(p * len(s)))] / 1000  # noqa: E731
-    return f"p50 {q(0.5):.1f} µs, p99 {q(0.99):.1f} µs, p99.9 {q(0.999):.1f} µs, max {s[-1] / 1000:.1f} µs, over 1 ms: {sum(v > 1e6 for v in s)}"
+    return (
+        f"p50 {q(0.5):.1f} µs, p99 {q(0.99):.1f} µs, p99.9 {q(0.999):.1f} µs, max {s[-1] / 1000:.1f} µs, "
+        f"over 1 ms: {sum(v > 1e6 for v in s)}"
+    )
 
 
 def fields(n: int) -> dict:
@@ -153,7 +159,8 @@ def test_broker_down_60s_sends_never_block_and_every_event_arrives_once(own_brok
     print(f"send latency:     {percentiles(latencies)}")
     print(f"baseline (validation alone, same loop): {percentiles(baseline)}")
     print(
-        f"on the topic: {len(records):,} records, {len(ids):,} distinct event ids ({len(records) - len(ids):,} re-sent duplicates)"
+        f"on the topic: {len(records):,} records, {len(ids):,} distinct event ids "
+        f"({len(records) - len(ids):,} re-sent duplicates)"
     )
     assert during_outage[0] >= 200_000 and outage >= OUTAGE_S
     assert stats.spooled >= during_outage[0] and stats.failed == 0 and stats.dropped == 0
@@ -221,7 +228,8 @@ def test_sigkill_while_spooling_then_restart_delivers_the_spool(own_broker: Loca
     accepted = set(range(returned))
     lost = sorted(accepted - ids)
     print(
-        f"\nSIGKILL after {returned:,} returned sends; the restarted process found {recovered:,} events in the spool and delivered them: "
+        f"\nSIGKILL after {returned:,} returned sends; the restarted process found {recovered:,} events in the spool "
+        "and delivered them: "
         f"{len(ids & accepted):,} of the returned sends are on the topic, {len(lost):,} lost ({lost[:3]}...{lost[-3:]}), "
         f"{len(ids - accepted)} beyond the last returned call (the call in progress at the kill)"
     )

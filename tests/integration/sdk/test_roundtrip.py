@@ -55,6 +55,7 @@ def test_sdk_events_read_back_by_independent_client(settings, local_broker, tmp_
                 feedback_type=kind,
                 **extra,
             )
+            assert ev is not None  # collection_rate 1.0: every one is sent
             sent.add(ev.event_id)
         for bad in ({"feedback_type": "rating"}, {"feedback_type": "thumbs_up", "rating": 5}, {"feedback_type": "correction"}):
             with pytest.raises(EventValidationError):

@@ -73,7 +73,7 @@ def test_drop_newest_is_counted_called_back_and_raised_from_flush(tmp_path):
     stats = client.stats()
     assert stats.dropped > 0 and stats.spooled + stats.dropped == 1000
     client.flush(10)  # reported once
-    client._pump._reported_at = 0
+    client._pump._notices.reported_at = 0
     client._pump._report()
     assert any(n.kind == "dropped" and n.count == stats.dropped for n in notices)
     client.close()

@@ -80,7 +80,9 @@ class Reader:
         while time.monotonic() < deadline:
             msg = self.consumer.poll(0.2)
             if msg is not None and not msg.error():
-                self.values.append(msg.value())
+                value = msg.value()
+                assert value is not None  # every record here has a value
+                self.values.append(value)
         return self.values
 
     def wait_for(self, count: int, timeout: float = 60.0) -> list[bytes]:

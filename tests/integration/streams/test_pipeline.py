@@ -83,7 +83,7 @@ def test_triggers_dead_letters_and_replay(settings, start_worker, reader, client
 
     # The old events' window (late by 10 minutes) is reported as deltas that add up to the batch.
     late = [m for m in map(WindowMetrics.model_validate_json, metrics.poll(2.0)) if m.window_start <= long_ago < m.window_end]
-    by_type = Counter()
+    by_type: Counter[str] = Counter()
     for m in late:
         by_type[m.feedback_type] += m.count
     assert by_type == Counter(e.feedback_type for e in valid[200:])

@@ -11,13 +11,15 @@ import pytest
 from datasets import Dataset
 
 from consumers.trainer.job import ensure_base_policy
+from core.learning_settings import RewardTrainingSettings
 from core.settings import Settings
 from registry.store import ModelRegistry
 from rlhf.cli import main
 from trainers.base_models import SMOLLM2, resolve_base_model
 from trainers.dataset import POINT_FEATURES
-from trainers.reward import RewardModel, fit
+from trainers.reward import fit
 from trainers.reward_config import RewardConfig
+from trainers.reward_model import RewardModel
 
 QUESTION = "How do I reset my password in Mail?"
 
@@ -41,11 +43,16 @@ def test_policy_chat_answers_in_its_chat_format(smollm2: Path, capsys: pytest.Ca
 
 def test_a_score_head_on_smollm2_trains_and_reads_the_response(smollm2: Path):
     rm = RewardModel.create(
-        RewardConfig(base_model=SMOLLM2, max_length=48, truncation="keep_response", batch_size=2, epochs=1, num_threads=2)
+        RewardConfig(
+            base_model=SMOLLM2,
+            training=RewardTrainingSettings(max_length=48, truncation="keep_response", batch_size=2, epochs=1),
+            num_threads=2,
+        )
     )
     assert rm.tokenizer.eos_token == "<|im_end|>" and rm.tokenizer.chat_template
     ids = rm.encode(["Please rewrite this very long text " * 30], ["Short answer."])[0]
-    assert len(ids) == 48 and rm.tokenizer.decode(ids).endswith("<|im_start|>assistant\nShort answer.<|im_end|>\n")
+    text = rm.tokenizer.decode(ids)
+    assert len(ids) == 48 and isinstance(text, str) and text.endswith("<|im_start|>assistant\nShort answer.<|im_end|>\n")
     pairs = Dataset.from_dict(
         {
             "query": [QUESTION] * 2,

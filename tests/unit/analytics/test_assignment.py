@@ -7,7 +7,7 @@ import pytest
 
 from analytics.assignment import assign, assign_from_settings, expected_shares
 from analytics.errors import ExperimentConfigError
-from core.settings import ABTestingSettings, VariantSettings
+from core.learning_settings import ABTestingSettings, VariantSettings
 
 VARIANTS = [("control", 0.5), ("variant_a", 0.3), ("variant_b", 0.2)]
 USERS = [f"user-{n}" for n in range(200)]

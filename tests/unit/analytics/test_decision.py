@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from analytics.decision import SUM_COLUMNS, Arm, decide, report, user_terms
-from core.settings import ABTestingSettings, VariantSettings
+from core.learning_settings import ABTestingSettings, VariantSettings
 
 AB = ABTestingSettings(experiment="exp", min_users_per_variant=200)
 

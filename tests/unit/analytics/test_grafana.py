@@ -17,7 +17,7 @@ def test_placeholders_become_grafana_variables():
 
 
 def test_panels_do_not_overlap():
-    cells = set()
+    cells: set[tuple[int, int]] = set()
     for panel in dashboard()["panels"]:
         p = panel["gridPos"]
         mine = {(x, y) for x in range(p["x"], p["x"] + p["w"]) for y in range(p["y"], p["y"] + p["h"])}

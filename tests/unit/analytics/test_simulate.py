@@ -2,7 +2,7 @@
 project's own decision code. Seeded, so the figures are the same on every run."""
 
 from analytics.simulate import simulate, smallest_lift
-from core.settings import ABTestingSettings
+from core.learning_settings import ABTestingSettings
 
 AB = ABTestingSettings(min_users_per_variant=100)
 

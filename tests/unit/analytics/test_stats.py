@@ -73,8 +73,9 @@ def test_functions_take_arrays_of_experiments_as_well():
     together = stats.ratio(
         stats.RatioMoments(*(np.array([getattr(moments(y, w), f) for y, w in arms]) for f in ("n", "y", "w", "yy", "ww", "yw")))
     )
-    assert np.allclose(together.value, [e.value for e in one_by_one]) and np.allclose(
-        together.variance, [e.variance for e in one_by_one]
+    # One experiment at a time gives floats (asserted below).
+    assert np.allclose(together.value, [float(e.value) for e in one_by_one]) and np.allclose(
+        together.variance, [float(e.variance) for e in one_by_one]
     )
     assert isinstance(one_by_one[0].value, float)  # one experiment: plain floats, JSON-safe
 

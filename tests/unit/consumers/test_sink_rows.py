@@ -2,8 +2,11 @@
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import pytest
+from confluent_kafka import Message
+from pydantic import BaseModel
 
 from consumers.sink.consumer import Batch
 from consumers.sink.rows import ROUTES, feedback_row
@@ -11,7 +14,6 @@ from core.settings import load_settings
 from schemas import (
     DeadLetter,
     ErasureRequest,
-    Event,
     ExposureEvent,
     FeedbackEvent,
     InteractionEvent,
@@ -45,6 +47,11 @@ class FakeMessage:
         return self._offset
 
 
+def message(topic: str, partition: int, offset: int) -> Message:
+    """A consumed record as Batch sees it: it reads only the topic, partition and offset."""
+    return cast(Message, FakeMessage(topic, partition, offset))
+
+
 @pytest.mark.parametrize(
     "kw,positive,reward",
     [
@@ -69,7 +76,7 @@ def test_positive_follows_configured_min_rating():
 
 # One real event per route, optional fields left unset where the row must fill them in.
 START = datetime(2025, 3, 1, tzinfo=UTC)
-SAMPLES: dict[str, Event] = {
+SAMPLES: dict[str, BaseModel] = {
     "interactions": InteractionEvent(user_id="u1", query="q?", response="a", model_version="v1", latency_ms=12.5),
     "feedback": fb(feedback_type="rating", rating=2, metadata={"k": 1}),
     "exposures": ExposureEvent(user_id="u1", experiment="policy-ab", variant="control", model_version="v1"),
@@ -147,7 +154,9 @@ def test_experiment_rows_keep_each_kind_and_the_decision_statistics():
         reason="lift +12%",
     )
     route = ROUTES["experiments"]
-    rows = [route.row(parse_event(ExperimentEvent, e.to_bytes()), SETTINGS) for e in (SAMPLES["experiments"].root, decided)]
+    started = SAMPLES["experiments"]
+    assert isinstance(started, ExperimentEvent)
+    rows = [route.row(parse_event(ExperimentEvent, e.to_bytes()), SETTINGS) for e in (started.root, decided)]
     stored = route.table.to_arrow(rows).to_pylist()
     assert [r["kind"] for r in stored] == ["started", "decided"]
     assert stored[0]["treatment_version"] == "assistant-v2" and stored[0]["outcome"] == "" and stored[0]["statistics"] == []
@@ -155,17 +164,19 @@ def test_experiment_rows_keep_each_kind_and_the_decision_statistics():
 
 
 def test_feedback_row_keeps_the_rating():
-    row = feedback_row(SAMPLES["feedback"], SETTINGS)
+    event = SAMPLES["feedback"]
+    assert isinstance(event, FeedbackEvent)
+    row = feedback_row(event, SETTINGS)
     assert ROUTES["feedback"].table.to_arrow([row]).column("rating").to_pylist() == [2]
 
 
 def test_batch_dedupes_ids_and_tracks_next_offsets():
     batch = Batch()
     a, b = feedback_row(fb(feedback_type="thumbs_up"), SETTINGS), feedback_row(fb(feedback_type="thumbs_down"), SETTINGS)
-    batch.add(FakeMessage("t.feedback", 0, 10), "feedback", a)
-    batch.add(FakeMessage("t.feedback", 0, 11), "feedback", a)  # the producer re-sent it
-    batch.add(FakeMessage("t.feedback", 1, 5), "feedback", b)
-    batch.add(FakeMessage("t.feedback", 1, 6))  # dead-lettered: offset only
+    batch.add(message("t.feedback", 0, 10), "feedback", a)
+    batch.add(message("t.feedback", 0, 11), "feedback", a)  # the producer re-sent it
+    batch.add(message("t.feedback", 1, 5), "feedback", b)
+    batch.add(message("t.feedback", 1, 6))  # dead-lettered: offset only
     assert len(batch.rows["feedback"]) == 2 and batch.messages == 4
     assert batch.offsets == {("t.feedback", 0): 12, ("t.feedback", 1): 7}
     assert batch.due(max_rows=4, max_seconds=60) and not batch.due(max_rows=5, max_seconds=60)

@@ -7,6 +7,7 @@ import threading
 
 from confluent_kafka import Message
 
+from consumers.emitter import EventEmitter
 from consumers.trainer.consumer import RetryPolicy, handle_trigger
 from core.errors import DeliveryError, TrainingError
 from schemas import DeadLetter, OffsetRange, TrainTrigger
@@ -16,8 +17,8 @@ TRIGGER = TrainTrigger(
 )
 
 
-class RecordingEmitter:
-    """Stands in for EventEmitter: records what would be written, or fails like an unreachable broker."""
+class RecordingEmitter(EventEmitter):
+    """Stands in for EventEmitter (no producer): records what would be written, or fails like an unreachable broker."""
 
     def __init__(self, fail: bool = False):
         self.fail = fail

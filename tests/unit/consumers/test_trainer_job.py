@@ -4,14 +4,17 @@ rejection is an outcome recorded as a rejected version; a TrainingError fails th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 import trainers.optimise
-from consumers.trainer.job import TrainingJob
+from consumers.trainer.job import RoundRewardModel, TrainingJob
 from core.errors import GuardrailRejection, TrainingError
+from core.learning_settings import RewardTrainingSettings
 from core.settings import load_settings
+from registry.store import Manifest
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
 from trainers.history import History
 from trainers.reward_config import RewardConfig
@@ -29,26 +32,27 @@ EVENTS = [
 
 
 class StubRewardModel:
-    config = RewardConfig(ensemble_members=2, gate_head=False)
+    config = RewardConfig(training=RewardTrainingSettings(ensemble_members=2, gate_head=False))
 
     def head_scores(self, queries: list[str], responses: list[str]) -> torch.Tensor:
         return torch.zeros(len(queries), 2)  # two members agreeing on a sigmoid of 0.5
 
 
-def run_policy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimise) -> object:
+def run_policy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimise) -> Manifest:
     monkeypatch.setattr(trainers.optimise, "optimise_policy", optimise)
     monkeypatch.delenv("RLHF_CONFIG", raising=False)
     job = TrainingJob(load_settings(None, home=tmp_path))
-    reward = ("rm-1", StubRewardModel(), {"eval.pairwise_accuracy": 0.8})
+    history = History(EVENTS, frozenset(), [TRIGGER], [BETWEEN])
+    reward = RoundRewardModel("rm-1", StubRewardModel(), {"eval.pairwise_accuracy": 0.8}, history)  # type: ignore[arg-type]
+    # No emitter: none of these optimisers reports a guardrail status.
     return job._policy(
         tmp_path / "staging",
         TRIGGER,
         "assistant-v1",
         "base",
         reward,
-        History(EVENTS, frozenset(), [TRIGGER], [BETWEEN]),
         lambda *a, **k: None,
-        emitter=None,
+        emitter=None,  # type: ignore[arg-type]
     )
 
 
@@ -70,7 +74,7 @@ def test_a_training_error_fails_the_job(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_trained_policy_is_a_candidate_only_past_the_margin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    seen = {}
+    seen: dict[str, Any] = {}
 
     def improving(algorithm, base, reward_fn, train, held_out, config, out_dir, **kwargs):
         seen.update(reward=reward_fn(["q"], ["a"]), split=(len(train), len(held_out)))

@@ -5,16 +5,18 @@ slices) are left alone; events come back as new frozen events; the modes; never 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from stdnum import luhn
 
 import core.redaction as redaction
 from core.errors import ConfigError, RlhfError
 from core.redaction import PLACEHOLDERS, PiiFound, Redactor, redact
-from core.settings import PII_TYPES, load_settings
+from core.settings import PII_TYPES, PiiType, load_settings
 from schemas.events import FeedbackEvent, InteractionEvent
 
 PLANTED: dict[str, list[str]] = {
@@ -113,7 +115,8 @@ def test_placeholders_do_not_swallow_neighbouring_punctuation():
 
 def test_detectors_can_be_chosen():
     text = "ann@example.com, +1 650-253-0000"
-    done = Redactor(detectors=("email",)).redact(text)
+    detectors: tuple[PiiType, ...] = ("email",)
+    done = Redactor(detectors=detectors).redact(text)
     assert done.text == "<EMAIL>, +1 650-253-0000" and done.counts == {"email": 1}
 
 
@@ -133,7 +136,7 @@ def test_a_failing_validator_redacts_its_candidate(monkeypatch):
     def broken(_: str) -> bool:
         raise RuntimeError("validator bug")
 
-    monkeypatch.setattr(redaction.luhn, "is_valid", broken)
+    monkeypatch.setattr(luhn, "is_valid", broken)  # the module core.redaction calls
     assert redact("card 4111 1111 1111 1112").text == "card <CARD>"
 
 
@@ -290,9 +293,9 @@ CLEAN_TEXTS = [
 ]
 
 
-def ungated(text: str) -> tuple[str, dict[str, int]]:
+def ungated(text: str) -> tuple[str, dict[PiiType, int]]:
     """Every detector on the text, in order, with no pre-filter: what redaction finds by definition."""
-    counts = {}
+    counts: dict[PiiType, int] = {}
     for kind, detector in redaction._DETECTORS:
         text, n = detector(text, "US")
         if n:
@@ -340,7 +343,7 @@ def test_each_pii_type_planted_in_clean_text_passes_the_pre_filter(kind, value):
 @pytest.mark.parametrize(("kind", "value"), CASES, ids=[v for _, v in CASES])
 def test_pii_in_any_one_text_of_an_otherwise_clean_event_is_found(kind, value, where):
     planted = f"it is {value}, thanks"
-    fields = dict(
+    fields: dict[str, Any] = dict(
         query=CLEAN_TEXTS[0], response=CLEAN_TEXTS[1], correction=CLEAN_TEXTS[2], metadata={"note": CLEAN_TEXTS[3], "n": 3}
     )
     if where in ("query", "response", "correction"):
@@ -368,8 +371,8 @@ def test_clean_texts_and_events_reach_no_detector(monkeypatch):
         metadata={"note": CLEAN_TEXTS[1], "n": 3},
     )
     monkeypatch.setattr(Redactor, "redact", lambda *_: pytest.fail("a clean event's texts are not redacted one by one"))
-    done = redactor.redact_event(event)
-    assert done.event is event and done.counts == {} and called == []
+    done_event = redactor.redact_event(event)
+    assert done_event.event is event and done_event.counts == {} and called == []
 
 
 def test_number_detectors_run_only_on_enough_digits(monkeypatch):

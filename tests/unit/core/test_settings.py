@@ -8,17 +8,17 @@ from core.settings import load_settings
 
 def test_plan_shaped_yaml_loads(tmp_path):
     cfg = tmp_path / "rlhf.yaml"
-    cfg.write_text("rlhf:\n  policy:\n    training:\n      batch_size: 4\n  continuous_learning:\n    train_threshold: 50\n")
+    cfg.write_text("rlhf:\n  policy:\n    training:\n      batch_size: 8\n  continuous_learning:\n    train_threshold: 50\n")
     s = load_settings(cfg)
-    assert s.policy.training.batch_size == 4 and s.policy.training.mini_batch_size == 8
+    assert s.policy.training.batch_size == 8 and s.policy.training.mini_batch_size == 8
     assert s.continuous_learning.train_threshold == 50
 
 
 def test_environment_overrides_file(tmp_path, monkeypatch):
     cfg = tmp_path / "rlhf.yaml"
-    cfg.write_text("rlhf:\n  policy:\n    training:\n      batch_size: 4\n")
-    monkeypatch.setenv("RLHF_POLICY__TRAINING__BATCH_SIZE", "9")
-    assert load_settings(cfg).policy.training.batch_size == 9
+    cfg.write_text("rlhf:\n  policy:\n    training:\n      batch_size: 8\n")
+    monkeypatch.setenv("RLHF_POLICY__TRAINING__BATCH_SIZE", "12")
+    assert load_settings(cfg).policy.training.batch_size == 12
 
 
 def test_bad_value_names_key_and_reason(tmp_path):
@@ -35,6 +35,10 @@ def test_cross_field_rule_and_missing_file(tmp_path):
     cfg.write_text("rlhf:\n  continuous_learning:\n    buffer_size: 10\n    train_threshold: 20\n")
     with pytest.raises(ConfigError, match="train_threshold \\(20\\) must not exceed buffer_size"):
         load_settings(cfg)
+    cfg.write_text("rlhf:\n  policy:\n    training:\n      batch_size: 4\n")  # the trainer's rules hold at load time
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert str(info.value).endswith("policy.training: Value error, mini_batch_size (8) must not exceed batch_size (4)")
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "nope.yaml")
     (tmp_path / "broken.yaml").write_text("rlhf: [unclosed")

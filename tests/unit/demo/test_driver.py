@@ -1,11 +1,14 @@
-"""The demo's wiring of its processes: `--policy` profiles and who wins over whom."""
+"""The demo's wiring of its processes: `--policy` profiles, who wins over whom, and the driver's
+own settings, loaded from the same environment."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from core.settings import load_settings
 from demo.driver import DemoPlan, demo_environment, profile_of
 
 
@@ -41,3 +44,20 @@ def test_the_users_variables_beat_the_profile_and_the_demos_wiring_beats_both(mo
 def test_a_model_without_a_profile_gets_the_tiny_ones_budget():
     assert profile_of("/models/my-policy") == profile_of("tiny")
     assert environment(DemoPlan(policy="/models/my-policy"))["RLHF_POLICY__BASE_MODEL"] == "/models/my-policy"
+
+
+def test_the_driver_loads_what_its_services_load_and_leaves_its_own_environment_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.chdir(tmp_path)  # no ./rlhf.yaml
+    monkeypatch.delenv("RLHF_CONFIG", raising=False)
+    monkeypatch.setenv("RLHF_POLICY__BASE_MODEL", "some/hub-model")
+    before = dict(os.environ)
+    settings = load_settings(None, environ=environment(DemoPlan(policy="smollm2")))
+    assert (settings.policy.base_model, settings.policy.training.lora_r) == ("smollm2", 16)
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9" and settings.home == Path("/run/state")
+    assert dict(os.environ) == before
+
+
+def test_the_config_file_reaches_every_process():
+    assert environment(DemoPlan(config=Path("/etc/rlhf.yaml")))["RLHF_CONFIG"] == "/etc/rlhf.yaml"

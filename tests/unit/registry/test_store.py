@@ -98,9 +98,11 @@ def test_an_experiment_is_decided_once_whoever_asks_again(tmp_path):
     registry = ModelRegistry(tmp_path)
     registry.register_base("assistant", "base", lambda d: (d / "w").write_text("base"))
     for version in ("v1", "v2"):
-        registry.publish(
-            "policies", version, lambda d, v=version: Manifest(version=v, kind="policies", policy="assistant", status="candidate")
-        )
+
+        def manifest(directory, v=version):
+            return Manifest(version=v, kind="policies", policy="assistant", status="candidate")
+
+        registry.publish("policies", version, manifest)
     registry.offer_candidate("assistant", "v1")
     first = registry.decide_experiment("assistant", "exp:v1", "v1", "promote", "lift +20%")
     assert (
@@ -119,4 +121,5 @@ def test_an_experiment_is_decided_once_whoever_asks_again(tmp_path):
         kept = registry.decide_experiment("assistant", "exp:v2", "v2", "expired", "horizon reached")
     assert kept.outcome == "expired" and registry.serving("assistant") == "v1" and registry.candidate("assistant") is None
     assert registry.manifest("policies", "v2").status == "rolled_back"
-    assert registry.experiment_decision("assistant", "exp:v2").serving == "v1"
+    decision = registry.experiment_decision("assistant", "exp:v2")
+    assert decision is not None and decision.serving == "v1"

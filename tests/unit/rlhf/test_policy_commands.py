@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel
 
+from core.learning_settings import RewardTrainingSettings
 from rlhf.cli import main
 from trainers.base_models import resolve_base_model
 from trainers.reward import train_reward_model
@@ -42,7 +43,11 @@ def feedback(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         )
     ).save_pretrained(root / "bert")
     tokenizer.save_pretrained(root / "bert")
-    train_reward_model(events, RewardConfig(base_model=str(root / "bert"), epochs=1, batch_size=8, num_threads=1), root / "model")
+    train_reward_model(
+        events,
+        RewardConfig(base_model=str(root / "bert"), training=RewardTrainingSettings(epochs=1, batch_size=8), num_threads=1),
+        root / "model",
+    )
     return root / "model", data
 
 

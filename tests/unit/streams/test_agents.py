@@ -23,7 +23,7 @@ def streams(tmp_path):
     )
     built = build(settings)
     for topic in built.topics.values():
-        topic.send = AsyncMock()
+        topic.send = AsyncMock()  # type: ignore[method-assign]
     return built
 
 
@@ -63,7 +63,7 @@ def test_validation_dead_letters_bad_records_and_forwards_good_ones(streams):
     assert "Invalid JSON" in dead[0].reason and "rating: required" in dead[1].reason
     forwarded = [PolicyRecord.model_validate_json(call["value"]) for call in sent(streams, "policy-events")]
     # One record per policy per validation batch; `put` waits for its batch, so each holds one event here.
-    assert [(f.policy, [(a.event_id, a.partition, a.offset) for a in f.batch]) for f in forwarded] == [
+    assert [(f.policy, [(a.event_id, a.partition, a.offset) for a in f.batch or ()]) for f in forwarded] == [
         ("assistant", [("e0", 0, 0)]),
         ("search", [("e2", 0, 3)]),
     ]

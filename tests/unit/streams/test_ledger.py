@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from core.settings import ContinuousLearningSettings
+from core.learning_settings import ContinuousLearningSettings
 from schemas import TrainingStatus
 from streams.ledger import WINDOW_GRACE_S, WINDOW_S, BufferedEvent, DedupeMark, PolicyLedger, PolicyState, WindowCount
 from streams.records import Accepted, PolicyRecord

@@ -7,6 +7,7 @@ registry in tmp_path with an emitter that records what it would send."""
 
 import threading
 
+from consumers.emitter import EventEmitter
 from consumers.trainer.job import TrainingJob
 from core.settings import Settings
 from registry.store import Manifest, ModelRegistry, version_for
@@ -14,15 +15,15 @@ from schemas.experiments import experiment_id_for
 from tests.unit.streams.test_ledger import Run, fb
 
 
-class RecordingEmitter:
-    def __init__(self):
+class RecordingEmitter(EventEmitter):
+    def __init__(self):  # no producer: records what it would send
         self.statuses = []
         self.emitted = []
 
     def status(self, trigger, state, stage="", message="", metrics=None):
         self.statuses.append((trigger.trigger_id, state, message))
 
-    def emit(self, topic, event, key):
+    def emit(self, topic, event, key=None):
         self.emitted.append((topic, event.experiment_id if topic == "experiments" else event))
 
 

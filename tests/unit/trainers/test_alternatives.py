@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.errors import TrainingError
 from core.hashing import stable_fraction
+from core.learning_settings import PolicyTrainingSettings
 from schemas.events import FeedbackEvent
 from trainers.alternatives import (
     _reward_for_trl,
@@ -26,7 +27,6 @@ from trainers.base_models import resolve_base_model
 from trainers.chat_format import format_prompt as chat_prompt
 from trainers.optimise import optimise_policy
 from trainers.policy import load_policy
-from trainers.policy_config import PolicyTrainingConfig
 from trainers.synthetic import feedback_events, quality_reward, split_questions
 from trainers.tiny_policy import format_prompt
 
@@ -96,7 +96,10 @@ def test_kto_examples_and_dpo_pairs_from_feedback():
 
 def test_with_a_chat_template_the_examples_are_in_the_policys_chat_format():
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("minilm"))
-    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     events = [_event(1, "q1", "good", "thumbs_up"), _event(2, "q1", "bad", "thumbs_down")]
     kto = kto_examples(events, min_rating=4, tokenizer=tokenizer)
     assert [(r["prompt"], r["completion"]) for r in kto] == [
@@ -129,8 +132,13 @@ def test_kto_weights_balance_the_two_sides():
 
 
 def test_trl_reward_function_scores_the_raw_query_and_the_stripped_completion():
-    seen = []
-    reward = _reward_for_trl(lambda q, r: seen.append((q, r)) or [1.0] * len(q))
+    seen: list[tuple[list[str], list[str]]] = []
+
+    def scores(queries: list[str], responses: list[str]) -> list[float]:
+        seen.append((queries, responses))
+        return [1.0] * len(queries)
+
+    reward = _reward_for_trl(scores)
     assert reward([format_prompt("q")], [" answer "], query=["q"], completion_ids=[[1]]) == [1.0]
     assert seen == [(["q"], ["answer"])]
 
@@ -165,7 +173,7 @@ def test_online_alternatives_train_evaluate_and_save(micro_policy: str, tmp_path
         varied_reward,
         TRAIN,
         HELD_OUT,
-        PolicyTrainingConfig(**FAST),
+        PolicyTrainingSettings(**FAST),
         tmp_path / "policy",
         on_status=lambda *a: states.append(a),
     )
@@ -185,7 +193,7 @@ def test_offline_alternatives_learn_from_feedback_events(micro_policy: str, tmp_
         quality_reward,
         TRAIN,
         HELD_OUT,
-        PolicyTrainingConfig(**FAST),
+        PolicyTrainingSettings(**FAST),
         tmp_path / "policy",
         feedback_events=events,
     )
@@ -196,7 +204,7 @@ def test_offline_alternatives_learn_from_feedback_events(micro_policy: str, tmp_
 @pytest.mark.parametrize("algorithm", ["kto", "dpo"])
 def test_offline_alternatives_label_the_policys_own_samples_without_feedback(micro_policy: str, tmp_path: Path, algorithm: str):
     metrics = optimise_policy(
-        algorithm, micro_policy, varied_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "policy"
+        algorithm, micro_policy, varied_reward, TRAIN, HELD_OUT, PolicyTrainingSettings(**FAST), tmp_path / "policy"
     )
     _check(metrics, tmp_path / "policy", algorithm)
     budget = FAST["epochs"] * FAST["batch_size"]  # PPO's rollout budget: 2 queries x 4 samples here
@@ -209,7 +217,7 @@ def test_offline_alternatives_label_the_policys_own_samples_without_feedback(mic
 def test_alternative_with_lora_returns_a_plain_model(micro_policy: str):
     lm, tok = load_policy(micro_policy)
     before = torch.cat([p.detach().flatten() for p in lm.parameters()]).clone()
-    trained, figures = train_alternative("grpo", lm, tok, varied_reward, TRAIN, PolicyTrainingConfig(**FAST, lora_r=4))
+    trained, figures = train_alternative("grpo", lm, tok, varied_reward, TRAIN, PolicyTrainingSettings(**FAST, lora_r=4))
     assert type(trained).__name__ == "LlamaForCausalLM" and figures["steps"] == 2
     assert not torch.equal(before, torch.cat([p.detach().flatten() for p in trained.parameters()]))
 
@@ -223,7 +231,7 @@ def test_offline_alternatives_refuse_one_sided_data(micro_policy: str, tmp_path:
             quality_reward,
             TRAIN,
             HELD_OUT,
-            PolicyTrainingConfig(**FAST),
+            PolicyTrainingSettings(**FAST),
             tmp_path / "k",
             feedback_events=liked,
         )
@@ -234,11 +242,11 @@ def test_offline_alternatives_refuse_one_sided_data(micro_policy: str, tmp_path:
             quality_reward,
             TRAIN,
             HELD_OUT,
-            PolicyTrainingConfig(**FAST),
+            PolicyTrainingSettings(**FAST),
             tmp_path / "d",
             feedback_events=liked,
         )
     constant = lambda q, r: [0.5] * len(q)  # noqa: E731 - every sample ties: nothing to prefer
     with pytest.raises(TrainingError, match="no usable examples in the self-labelled samples"):
-        optimise_policy("dpo", micro_policy, constant, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "s")
+        optimise_policy("dpo", micro_policy, constant, TRAIN, HELD_OUT, PolicyTrainingSettings(**FAST), tmp_path / "s")
     assert not any(tmp_path.iterdir())

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from trainers.base_models import resolve_base_model
 from trainers.chat_format import SYSTEM_PROMPT, format_completion, format_prompt, has_chat_template, reward_parts, reward_text
-from trainers.reward import format_input
+from trainers.reward_model import format_input
 from trainers.tiny_policy import format_prompt as plain_prompt
 
 # ChatML, as SmolLM2 writes it (with its default system turn when none is given).

@@ -59,7 +59,8 @@ def test_only_the_correction_and_its_eos_are_targets():
         )
         predicted = row[1:][target.bool()].tolist()  # the tokens the loss asks the policy to produce
         assert predicted[-1] == tok.eos_token_id
-        assert tok.decode(predicted[:-1]).strip() in ("Open Mail.", "Go to Maps > Settings.")
+        answer = tok.decode(predicted[:-1])
+        assert isinstance(answer, str) and answer.strip() in ("Open Mail.", "Go to Maps > Settings.")
         assert target[: prompt - 1].sum() == 0
 
 
@@ -83,9 +84,12 @@ def test_the_supervised_passes_stop_at_max_steps(monkeypatch):
     lm, tok = load_policy("tiny")
     seen: list[int] = []  # demonstrations in each step's batch
     real_loss = demonstrations.demonstration_loss
-    monkeypatch.setattr(
-        demonstrations, "demonstration_loss", lambda lm, batch: seen.append(len(batch.input_ids)) or real_loss(lm, batch)
-    )
+
+    def counting_loss(lm, batch):
+        seen.append(len(batch.input_ids))
+        return real_loss(lm, batch)
+
+    monkeypatch.setattr(demonstrations, "demonstration_loss", counting_loss)
     demos = [(f"How do I open item {n} in Mail?", f"Open Mail, then item {n}.") for n in range(5)]
     fit_demonstrations(lm, tok, demos, epochs=4, batch_size=2, learning_rate=1e-4)
     assert seen == [2, 2, 1] * 4  # 4 passes of 3 batches

@@ -14,10 +14,13 @@ import torch
 import torch.multiprocessing as mp
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from core.learning_settings import RewardTrainingSettings
 from trainers import distributed
 from trainers.base_models import resolve_base_model
-from trainers.reward import RewardModel, example_weights, pairwise_loss, train_reward_model
+from trainers.reward import train_reward_model
 from trainers.reward_config import RewardConfig
+from trainers.reward_losses import example_weights, pairwise_loss
+from trainers.reward_model import RewardModel
 from trainers.synthetic import feedback_events, split_questions
 
 
@@ -74,7 +77,11 @@ def _train(base: str, out: Path) -> dict:
     the second process runs with factor 0."""
     train_questions, _ = split_questions()
     events = feedback_events(train_questions, 80, seed=3)
-    config = RewardConfig(base_model=base, epochs=2, batch_size=9, learning_rate=1e-3, eval_fraction=0.2, num_threads=1)
+    config = RewardConfig(
+        base_model=base,
+        training=RewardTrainingSettings(epochs=2, batch_size=9, learning_rate=1e-3, eval_fraction=0.2),
+        num_threads=1,
+    )
     _, metrics = train_reward_model(events, config, out, recent_ids=frozenset(e.event_id for e in events[::2]))
     return metrics
 

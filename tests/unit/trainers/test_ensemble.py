@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from core.learning_settings import RewardTrainingSettings
 from trainers.ensemble import EnsembleReward, disagreement, penalised_reward
 from trainers.reward_config import RewardConfig
 
@@ -36,13 +37,13 @@ def test_the_penalty_lowers_answers_the_members_disagree_about():
 class Heads:
     """Two members and a gate head; the gate head must not reach PPO's reward."""
 
-    config = RewardConfig(ensemble_members=2, gate_head=True)
+    config = RewardConfig(training=RewardTrainingSettings(ensemble_members=2, gate_head=True))
 
     def head_scores(self, queries, responses):
         return torch.tensor([[L3, -L3, 100.0]] * len(queries))
 
 
 def test_the_ensemble_reward_uses_the_members_only_and_remembers_their_disagreement():
-    reward = EnsembleReward(Heads(), penalty=1.0)  # type: ignore[arg-type]
+    reward = EnsembleReward(Heads(), penalty=1.0)
     assert reward(["q", "q"], ["a", "b"]) == pytest.approx([0.25, 0.25])
     assert reward.last_disagreement == pytest.approx(0.25)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from core.learning_settings import PolicyTrainingSettings
 from trainers.guardrails import check_guardrails
 from trainers.policy import kl_estimate, masked_mean, repetition_share
-from trainers.policy_config import PolicyTrainingConfig
 from trainers.ppo_maths import (
     AdaptiveKLController,
     RunningScoreScale,
@@ -84,6 +84,7 @@ def test_policy_loss_gradient_vanishes_outside_the_trust_region():
     logprobs = torch.log(T([[1.5, 1.1]])).requires_grad_()
     loss, _ = policy_loss(logprobs, torch.zeros(1, 2), T([[1.0, 1.0]]), T([[1.0, 1.0]]), cliprange=0.2)
     loss.backward()
+    assert logprobs.grad is not None
     assert logprobs.grad[0, 0] == 0.0 and logprobs.grad[0, 1] != 0.0
 
 
@@ -96,7 +97,7 @@ def test_clipped_value_loss_hand_computed():
 
 
 def test_adaptive_kl_controller_hand_computed():
-    ctl = AdaptiveKLController(init_kl_coef=0.2, target=0.1, horizon=100)
+    ctl = AdaptiveKLController(kl_coef=0.2, target=0.1, horizon=100)
     assert ctl.update(0.15, n_steps=16) == pytest.approx(0.2 * 1.032)  # error +0.5 clipped to +0.2: x(1 + 0.2 * 16/100)
     assert ctl.update(0.09, n_steps=16) == pytest.approx(0.2 * 1.032 * 0.984)  # error -0.1: x(1 - 0.1 * 0.16)
     assert ctl.update(0.0, n_steps=50) == pytest.approx(0.2 * 1.032 * 0.984 * 0.9)  # error -1 clipped to -0.2
@@ -133,16 +134,18 @@ def test_repetition_share():
 )
 def test_guardrails(change, expected):
     stats = {"mean_score": 0.4, "kl": 0.1, "mean_length": 10.0, "repetition": 0.05, **change}
-    assert check_guardrails(stats, start_length=10.0, config=PolicyTrainingConfig()) == expected
+    assert check_guardrails(stats, start_length=10.0, config=PolicyTrainingSettings()) == expected
 
 
-def test_config_validates_batches_and_maps_settings():
+def test_the_settings_validate_batches_and_are_the_trainers_config():
     from core.settings import load_settings
 
     with pytest.raises(ValidationError, match="mini_batch_size"):
-        PolicyTrainingConfig(batch_size=4, mini_batch_size=8)
+        PolicyTrainingSettings(batch_size=4, mini_batch_size=8)
     with pytest.raises(ValidationError, match="num_generations"):
-        PolicyTrainingConfig(batch_size=6, mini_batch_size=2, num_generations=4)
-    cfg = PolicyTrainingConfig.from_settings(load_settings(None), learning_rate=5e-5)
-    assert (cfg.epochs, cfg.batch_size, cfg.init_kl_coef, cfg.target_kl, cfg.learning_rate) == (20, 16, 0.2, 0.1, 5e-5)
+        PolicyTrainingSettings(batch_size=6, mini_batch_size=2, num_generations=4)
+    with pytest.raises(ValidationError, match="mini_batch_size"):
+        PolicyTrainingSettings().updated(mini_batch_size=32)  # a change is validated too
+    cfg = load_settings(None).policy.training.updated(learning_rate=5e-5)
+    assert (cfg.epochs, cfg.batch_size, cfg.kl_coef, cfg.target_kl, cfg.learning_rate) == (20, 16, 0.2, 0.1, 5e-5)
     assert (cfg.demo_epochs, cfg.demo_learning_rate) == (30, 5e-4)  # the corrections' SFT keeps its own rate when PPO's changes

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from core.errors import TrainingError
+from core.learning_settings import PolicyTrainingSettings
 from core.settings import load_settings
-from trainers import optimise, ppo
+from trainers import optimise, ppo, ppo_resume
 from trainers.policy import load_policy
-from trainers.policy_config import PolicyTrainingConfig, lora_config
+from trainers.policy_config import lora_config
 from trainers.synthetic import quality_reward, split_questions
 
 FAST = {
@@ -41,8 +42,9 @@ def _params(lm: torch.nn.Module) -> torch.Tensor:
 
 
 def test_lora_settings_reach_peft_from_yaml_and_environment(monkeypatch: pytest.MonkeyPatch):
-    assert lora_config(PolicyTrainingConfig()) is None  # lora_r 0: a full fine-tune
-    default = lora_config(PolicyTrainingConfig(lora_r=4))
+    assert lora_config(PolicyTrainingSettings()) is None  # lora_r 0: a full fine-tune
+    default = lora_config(PolicyTrainingSettings(lora_r=4))
+    assert default is not None
     assert (default.r, default.lora_alpha, default.lora_dropout, default.target_modules) == (
         4,
         8,
@@ -61,13 +63,15 @@ def test_lora_settings_reach_peft_from_yaml_and_environment(monkeypatch: pytest.
             }
         }
     )
-    config = PolicyTrainingConfig.from_settings(settings)
+    config = settings.policy.training
     assert (config.grad_accumulation_steps, config.checkpoint_every) == (4, 5)
     peft = lora_config(config)
+    assert peft is not None
     assert (peft.r, peft.lora_alpha, peft.lora_dropout, peft.target_modules) == (8, 32, 0.1, {"q_proj", "v_proj"})
     monkeypatch.setenv("RLHF_POLICY__TRAINING__LORA_R", "16")
     monkeypatch.setenv("RLHF_POLICY__TRAINING__LORA_TARGET_MODULES", '["q_proj"]')
-    assert lora_config(PolicyTrainingConfig.from_settings(load_settings())).target_modules == {"q_proj"}
+    from_env = lora_config(load_settings().policy.training)
+    assert from_env is not None and from_env.target_modules == {"q_proj"}
 
 
 def test_ppo_with_lora_holds_the_kl_to_the_model_with_its_adapters_off(
@@ -82,7 +86,7 @@ def test_ppo_with_lora_holds_the_kl_to_the_model_with_its_adapters_off(
 
     monkeypatch.setattr(ppo, "Reference", SpyReference)
     lm, tok = load_policy(micro_policy)
-    config = PolicyTrainingConfig(**FAST, lora_r=4, lora_target_modules=["q_proj", "v_proj"])
+    config = PolicyTrainingSettings(**FAST, lora_r=4, lora_target_modules=["q_proj", "v_proj"])
     trained, result = ppo.train_ppo(lm, tok, quality_reward, TRAIN, config)
     assert (
         frozen_refs == [None] and type(trained).__name__ == "LlamaForCausalLM" and result.iterations == 2
@@ -94,7 +98,12 @@ def test_ppo_with_lora_holds_the_kl_to_the_model_with_its_adapters_off(
 
     passed = []
     real = optimise.train_ppo
-    monkeypatch.setattr(optimise, "train_ppo", lambda *a, **kw: (passed.append(kw["reference"]), real(*a, **kw))[1])
+
+    def recording_train_ppo(*a, **kw):
+        passed.append(kw["reference"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(optimise, "train_ppo", recording_train_ppo)
     optimise.optimise_policy("ppo", micro_policy, quality_reward, TRAIN, HELD_OUT, config, tmp_path / "out")
     assert passed == [None]  # optimise_policy leaves the reference to the adapters-off model too
 
@@ -102,7 +111,7 @@ def test_ppo_with_lora_holds_the_kl_to_the_model_with_its_adapters_off(
 @pytest.mark.parametrize("steps", [2, 3])
 def test_gradient_accumulation_takes_the_same_step(micro_policy: str, steps: int):
     # Mini-batches of 3 rollouts and 3 demonstrations: 2 or 3 micro-batches of unequal sizes.
-    config = PolicyTrainingConfig(**{**FAST, "epochs": 1, "mini_batch_size": 3, "ppo_epochs": 2}, demo_coef=0.5)
+    config = PolicyTrainingSettings(**{**FAST, "epochs": 1, "mini_batch_size": 3, "ppo_epochs": 2}, demo_coef=0.5)
     start = _params(load_policy(micro_policy)[0])
     trained = {}
     for n in (1, steps):
@@ -122,7 +131,7 @@ class Interrupted(Exception):
 
 @pytest.mark.parametrize("lora_r", [0, 4])
 def test_a_resumed_run_ends_where_the_uninterrupted_run_does(micro_policy: str, tmp_path: Path, lora_r: int):
-    config = PolicyTrainingConfig(**{**FAST, "epochs": 4}, checkpoint_every=2, demo_coef=0.5, lora_r=lora_r)
+    config = PolicyTrainingSettings(**{**FAST, "epochs": 4}, checkpoint_every=2, demo_coef=0.5, lora_r=lora_r)
     lm, tok = load_policy(micro_policy)
     whole, whole_result = ppo.train_ppo(lm, tok, quality_reward, TRAIN, config, demonstrations=DEMOS)
 
@@ -142,7 +151,7 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_does(micro_policy: str, 
             checkpoint_dir=checkpoints,
             on_status=crash_in_iteration_3,
         )
-    assert [p.name for p in checkpoints.iterdir()] == [ppo.CHECKPOINT_FILE]
+    assert [p.name for p in checkpoints.iterdir()] == [ppo_resume.CHECKPOINT_FILE]
     seen = []
     resumed, resumed_result = ppo.train_ppo(
         load_policy(micro_policy)[0],
@@ -161,7 +170,7 @@ def test_a_resumed_run_ends_where_the_uninterrupted_run_does(micro_policy: str, 
 
 
 def test_a_checkpoint_of_another_run_is_refused(micro_policy: str, tmp_path: Path):
-    config = PolicyTrainingConfig(**{**FAST, "epochs": 3}, checkpoint_every=1)
+    config = PolicyTrainingSettings(**{**FAST, "epochs": 3}, checkpoint_every=1)
     lm, tok = load_policy(micro_policy)
 
     def crash(state, stage, message, metrics):
@@ -186,7 +195,7 @@ def test_the_trl_algorithms_train_the_adapters_the_settings_name(micro_policy: s
 
     lm, tok = load_policy(micro_policy)
     before = {k: v.clone() for k, v in lm.state_dict().items()}
-    config = PolicyTrainingConfig(**FAST, lora_r=4, lora_target_modules=["v_proj"], lora_dropout=0.1)
+    config = PolicyTrainingSettings(**FAST, lora_r=4, lora_target_modules=["v_proj"], lora_dropout=0.1)
     trained, _ = train_alternative("grpo", lm, tok, lambda q, r: [float(len(x)) for x in r], TRAIN, config)
     changed = {k for k, v in trained.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.endswith("v_proj.weight") for k in changed)  # merged back, and only where adapters were

@@ -11,12 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.errors import GuardrailRejection, TrainingError
+from core.learning_settings import PolicyTrainingSettings, RewardTrainingSettings
 from schemas import FeedbackEvent
 from trainers.demonstrations import fit_demonstrations
 from trainers.ensemble import EnsembleReward
 from trainers.optimise import gate_verdict, optimise_policy
 from trainers.policy import evaluate_policy, load_policy
-from trainers.policy_config import PolicyTrainingConfig
 from trainers.ppo import train_ppo
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import quality_reward, split_questions
@@ -43,11 +43,14 @@ def test_ppo_updates_the_policy(micro_policy: str):
     lm, tok = load_policy(micro_policy)
     before = _params(lm)
     seen = []
-    trained, result = train_ppo(lm, tok, quality_reward, TRAIN, PolicyTrainingConfig(**FAST), on_status=lambda *a: seen.append(a))
+    trained, result = train_ppo(
+        lm, tok, quality_reward, TRAIN, PolicyTrainingSettings(**FAST), on_status=lambda *a: seen.append(a)
+    )
     assert not torch.equal(before, _params(trained))
     assert (result.iterations, result.rollbacks, result.guardrails_fired, result.stopped_early) == (2, 0, [], False)
     assert [s[0] for s in seen] == ["progress", "progress"]
     assert {"mean_score", "kl", "kl_coef", "mean_length", "pg_loss", "vf_loss", "clipfrac"} <= set(seen[-1][3])
+    assert [(s[3]["step"], s[3]["steps"]) for s in seen] == [(1, 2), (2, 2)]  # what a progress bar reads
     assert result.start_length == seen[0][3]["mean_length"]  # what the length guardrails judge against
 
 
@@ -56,7 +59,7 @@ def test_an_update_past_the_kl_bound_is_rolled_back_and_training_stops(micro_pol
     before = _params(lm)
     seen = []
     # A large step: the k3 KL estimate is second order, so a small first update could pass any bound.
-    config = PolicyTrainingConfig(**{**FAST, "epochs": 10, "learning_rate": 0.5}, kl_bound=1e-6, max_consecutive_rollbacks=3)
+    config = PolicyTrainingSettings(**{**FAST, "epochs": 10, "learning_rate": 0.5}, kl_bound=1e-6, max_consecutive_rollbacks=3)
     trained, result = train_ppo(lm, tok, quality_reward, TRAIN, config, on_status=lambda *a: seen.append(a))
     assert torch.equal(before, _params(trained))  # every update was undone
     # Each update is judged on the rollout after it: update, rollback, (restored policy passes) update, ...
@@ -78,7 +81,7 @@ def test_the_last_update_is_checked_on_a_fresh_rollout_too(micro_policy: str):
         calls.append(len(queries))
         return quality_reward(queries, responses) if len(calls) == 1 else [math.nan] * len(queries)
 
-    trained, result = train_ppo(lm, tok, reward_going_bad, TRAIN, PolicyTrainingConfig(**{**FAST, "epochs": 1}))
+    trained, result = train_ppo(lm, tok, reward_going_bad, TRAIN, PolicyTrainingSettings(**{**FAST, "epochs": 1}))
     assert len(calls) == 2  # one update, then one rollout that only checks it
     assert torch.equal(before, _params(trained))  # it failed the check: back to the starting weights
     assert (result.iterations, result.rollbacks, result.guardrails_fired) == (1, 1, ["non_finite_rollout"])
@@ -87,14 +90,14 @@ def test_the_last_update_is_checked_on_a_fresh_rollout_too(micro_policy: str):
 def test_a_non_finite_reward_never_reaches_the_weights(micro_policy: str):
     lm, tok = load_policy(micro_policy)
     before = _params(lm)
-    trained, result = train_ppo(lm, tok, lambda q, r: [math.nan] * len(q), TRAIN, PolicyTrainingConfig(**FAST))
+    trained, result = train_ppo(lm, tok, lambda q, r: [math.nan] * len(q), TRAIN, PolicyTrainingSettings(**FAST))
     assert torch.equal(before, _params(trained))
     assert set(result.guardrails_fired) == {"non_finite_rollout"}
 
 
 def test_ppo_with_lora_returns_a_plain_model(micro_policy: str):
     lm, tok = load_policy(micro_policy)
-    trained, result = train_ppo(lm, tok, quality_reward, TRAIN, PolicyTrainingConfig(**FAST, lora_r=4))
+    trained, result = train_ppo(lm, tok, quality_reward, TRAIN, PolicyTrainingSettings(**FAST, lora_r=4))
     assert type(trained).__name__ == "LlamaForCausalLM" and result.iterations == 2
 
 
@@ -115,7 +118,7 @@ def test_optimise_policy_saves_atomically_and_reports(micro_policy: str, tmp_pat
         quality_reward,
         TRAIN,
         HELD_OUT,
-        PolicyTrainingConfig(**FAST),
+        PolicyTrainingSettings(**FAST),
         out,
         on_status=lambda *a: states.append(a[0]),
     )
@@ -129,7 +132,7 @@ def test_optimise_policy_saves_atomically_and_reports(micro_policy: str, tmp_pat
 
 def test_optimise_policy_rejects_unknown_algorithms_and_reports_failure(micro_policy: str, tmp_path: Path):
     with pytest.raises(TrainingError, match="unknown algorithm"):
-        optimise_policy("sft", micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingConfig(**FAST), tmp_path / "p")
+        optimise_policy("sft", micro_policy, quality_reward, TRAIN, HELD_OUT, PolicyTrainingSettings(**FAST), tmp_path / "p")
     states = []
     with pytest.raises(TrainingError, match="at least one training query"):
         optimise_policy(
@@ -138,7 +141,7 @@ def test_optimise_policy_rejects_unknown_algorithms_and_reports_failure(micro_po
             quality_reward,
             [],
             HELD_OUT,
-            PolicyTrainingConfig(**FAST),
+            PolicyTrainingSettings(**FAST),
             tmp_path / "p",
             on_status=lambda *a: states.append(a[0]),
         )
@@ -148,7 +151,7 @@ def test_optimise_policy_rejects_unknown_algorithms_and_reports_failure(micro_po
 def test_a_trained_policy_failing_a_guardrail_is_a_rejection_not_a_training_error(micro_policy: str, tmp_path: Path):
     states = []
     # Every answer is far shorter than 100x the starting length: each rollout and the final evaluation fail.
-    config = PolicyTrainingConfig(**FAST, min_length_ratio=100.0)
+    config = PolicyTrainingSettings(**FAST, min_length_ratio=100.0)
     with pytest.raises(GuardrailRejection, match="length_collapse") as caught:
         optimise_policy(
             "ppo",
@@ -168,7 +171,7 @@ def test_a_trained_policy_failing_a_guardrail_is_a_rejection_not_a_training_erro
 class SpreadingEnsemble:
     """An ensemble whose members agree on the first rollout and disagree ever more after it."""
 
-    config = RewardConfig(ensemble_members=2, gate_head=False)
+    config = RewardConfig(training=RewardTrainingSettings(ensemble_members=2, gate_head=False))
 
     def __init__(self) -> None:
         self.calls = 0
@@ -188,7 +191,7 @@ def test_ppo_stops_and_undoes_the_last_update_when_the_ensemble_disagreement_gro
         tok,
         EnsembleReward(SpreadingEnsemble(), penalty=1.0),
         TRAIN,
-        PolicyTrainingConfig(**{**FAST, "epochs": 5}),
+        PolicyTrainingSettings(**{**FAST, "epochs": 5}),
         on_status=lambda *a: seen.append(a),
     )
     assert result.stopped_early and result.iterations == 2 and result.guardrails_fired == ["disagreement"]
@@ -208,7 +211,7 @@ class QuietEnsemble(SpreadingEnsemble):
 def test_a_growth_of_a_spread_below_a_point_does_not_stop_ppo(micro_policy: str):
     lm, tok = load_policy(micro_policy)
     _, result = train_ppo(
-        lm, tok, EnsembleReward(QuietEnsemble(), penalty=1.0), TRAIN, PolicyTrainingConfig(**{**FAST, "epochs": 3})
+        lm, tok, EnsembleReward(QuietEnsemble(), penalty=1.0), TRAIN, PolicyTrainingSettings(**{**FAST, "epochs": 3})
     )
     assert not result.stopped_early and result.iterations == 3 and result.disagreement_last > 4 * result.disagreement_first
 
@@ -238,7 +241,7 @@ def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micr
         )
         for n in range(3)
     ]
-    config = PolicyTrainingConfig(**FAST, demo_epochs=2, kl_base_bound=100.0)
+    config = PolicyTrainingSettings(**FAST, demo_epochs=2, kl_base_bound=100.0)
     metrics = optimise_policy(
         "ppo",
         str(parent),
@@ -260,7 +263,7 @@ def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micr
         quality_reward,
         TRAIN,
         HELD_OUT,
-        PolicyTrainingConfig(**FAST, start_from="base"),
+        PolicyTrainingSettings(**FAST, start_from="base"),
         tmp_path / "restart",
         original_path=micro_policy,
     )
@@ -272,7 +275,7 @@ def test_optimise_policy_measures_kl_to_parent_and_base_and_the_gate_reward(micr
             quality_reward,
             TRAIN,
             HELD_OUT,
-            PolicyTrainingConfig(**FAST, kl_base_bound=0.01),
+            PolicyTrainingSettings(**FAST, kl_base_bound=0.01),
             tmp_path / "far",
             original_path=micro_policy,
         )
@@ -294,13 +297,15 @@ def test_under_lora_the_corrections_train_adapters_too(micro_policy: str, tmp_pa
         )
         for n in range(4)
     ]
-    config = PolicyTrainingConfig(**FAST, lora_r=4, demo_epochs=3, kl_base_bound=100.0)
+    config = PolicyTrainingSettings(**FAST, lora_r=4, demo_epochs=3, kl_base_bound=100.0)
     metrics = optimise_policy(
         "ppo", micro_policy, quality_reward, TRAIN, HELD_OUT, config, tmp_path / "out", feedback_events=events
     )
     parent, trained = AutoModelForCausalLM.from_pretrained(micro_policy), AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert metrics["demonstrations"] == 4.0 and math.isfinite(metrics["demo_loss"])
-    assert torch.equal(parent.get_input_embeddings().weight, trained.get_input_embeddings().weight)
+    parent_embeddings, trained_embeddings = parent.get_input_embeddings().weight, trained.get_input_embeddings().weight
+    assert isinstance(parent_embeddings, torch.Tensor) and isinstance(trained_embeddings, torch.Tensor)
+    assert torch.equal(parent_embeddings, trained_embeddings)
     assert not torch.equal(_params(parent), _params(trained))
 
 

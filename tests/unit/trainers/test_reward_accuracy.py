@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.learning_settings import RewardTrainingSettings
 from trainers.reward import train_reward_model
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, preference_pairs, split_questions
@@ -18,7 +19,10 @@ def test_minilm_reward_model_generalises_to_held_out_questions(tmp_path):
     train_questions, held_out = split_questions()
     events = feedback_events(train_questions, 400, seed=1)
     rm, metrics = train_reward_model(
-        events, RewardConfig(base_model="minilm", epochs=1, num_threads=2), tmp_path / "rm", lineage={}
+        events,
+        RewardConfig(base_model="minilm", training=RewardTrainingSettings(epochs=1), num_threads=2),
+        tmp_path / "rm",
+        lineage={},
     )
 
     pairs = preference_pairs(held_out, 300, seed=2)

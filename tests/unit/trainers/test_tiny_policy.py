@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers import tiny_policy
@@ -28,8 +29,9 @@ def test_build_saves_a_loadable_causal_lm(micro: Path):
     assert tok.eos_token == "<|endoftext|>" and tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
     assert lm.config.hidden_size == 32 and lm.config.num_hidden_layers == 1
     enc = tok([format_prompt("How do I reset my password in Mail?")], return_tensors="pt", add_special_tokens=False)
-    out = lm.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out.shape[1] > enc["input_ids"].shape[1]
+    # transformers' own stubs: its auto model class does not match the self type `generate` declares.
+    out = lm.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)  # type: ignore[misc]
+    assert isinstance(out, torch.Tensor) and out.shape[1] > enc["input_ids"].shape[1]
     assert (micro / "tiny_policy.json").is_file()
 
 
@@ -40,7 +42,8 @@ def test_prompt_tokens_are_a_prefix_of_prompt_plus_completion(micro: Path):
     joined = prompt + format_completion("Open Mail, go to Storage, select history, then press Export.")
     p, j = tok(prompt, add_special_tokens=False)["input_ids"], tok(joined, add_special_tokens=False)["input_ids"]
     assert j[: len(p)] == p
-    assert tok.decode(j[len(p) :]).strip().startswith("Open Mail")
+    completion = tok.decode(j[len(p) :])
+    assert isinstance(completion, str) and completion.strip().startswith("Open Mail")
 
 
 def test_warm_up_lowers_the_loss_below_chance(micro: Path):
