@@ -13,7 +13,9 @@ Routes:
     GET /healthz           {"status": "ok", "mode": "chdb" | "server"}: the only route without a key
 
 With `clickhouse.dashboard_keys`, every other route takes `Authorization: Bearer KEY` or `?key=KEY`;
-listening beyond loopback without one is refused at start (core/access.py).
+listening beyond loopback without one is refused at start (core/access.py). Errors follow the
+project's one policy (core/web.py) as `{"error": message}`: a bad parameter is a 400 naming it, an
+unknown query a 404, anything unexpected a 500 with an id that is in the log.
 
 Plots are server-rendered inline SVG, so the page works offline and needs no JavaScript.
 """
@@ -25,19 +27,21 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import pandas as pd
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel
 
 from analytics.clickhouse import Warehouse
 from analytics.decision import Decision, analyze, current_experiment, report
-from analytics.errors import AnalyticsError, UnknownQueryError
-from analytics.queries import QUERIES, run_query
+from analytics.errors import AnalyticsError, ClickHouseError, UnknownQueryError
+from analytics.queries import MAX_TEXT_PARAMETER, PARAMETER_BOUNDS, QUERIES, run_query
 from core.access import WWW_AUTHENTICATE, ApiKeys, bearer, require_keys_beyond_loopback
-from core.errors import RlhfError
 from core.settings import Settings
+from core.web import error_responses, install_error_policy
 
 # Time buckets the page may pick; it takes the smallest giving at most ~60 bars over the data's span.
 _BUCKETS_S = (60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400)
@@ -51,6 +55,16 @@ def _duration(seconds: int) -> str:
     return (
         f"{seconds // 86_400} d" if seconds >= 86_400 else f"{seconds // 3600} h" if seconds >= 3600 else f"{seconds // 60} min"
     )
+
+
+class ErrorReply(BaseModel):
+    """An error of the dashboard's routes."""
+
+    error: str
+
+
+def render_error(_path: str, _status: int, message: str) -> dict[str, str]:
+    return {"error": message}
 
 
 def frame_json(frame: pd.DataFrame) -> Response:
@@ -72,27 +86,34 @@ def create_app(warehouse: Warehouse, settings: Settings) -> FastAPI:
             )
 
     app = FastAPI(title="rlhf-stream analytics", docs_url=None, redoc_url=None)
-    private = APIRouter(dependencies=[Depends(key_holder)])
+    private = APIRouter(dependencies=[Depends(key_holder)], responses=error_responses(ErrorReply, 400, 401))
 
-    @app.exception_handler(RlhfError)
-    async def _our_error(_: Request, exc: RlhfError) -> JSONResponse:
-        status = 404 if isinstance(exc, UnknownQueryError) else 400 if isinstance(exc, AnalyticsError) else 500
-        return JSONResponse({"error": str(exc)}, status_code=status)
+    # A warehouse that fails is the server's fault (500, logged with an id), a bad name or parameter the client's.
+    install_error_policy(app, render_error, statuses={UnknownQueryError: 404, ClickHouseError: 500, AnalyticsError: 400})
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "mode": warehouse.mode, "database": warehouse.database}
 
     @private.get("/api/queries")
-    def queries() -> list[dict]:
+    def queries() -> list[dict[str, Any]]:
         return [{"name": q.name, "description": q.description, "parameters": dict(q.defaults)} for q in QUERIES.values()]
 
-    @private.get("/sql/{name}")
-    def sql(name: str, request: Request) -> Response:
+    @private.get("/sql/{name}", responses=error_responses(ErrorReply, 404))
+    def sql(
+        name: Annotated[str, Path(json_schema_extra={"enum": sorted(QUERIES)})],
+        request: Request,
+        # Declared for the OpenAPI schema (clients, schemathesis); every parameter given is passed on and bound below.
+        bucket_s: Annotated[int | None, Query(ge=PARAMETER_BOUNDS["bucket_s"][0], le=PARAMETER_BOUNDS["bucket_s"][1])] = None,
+        limit: Annotated[int | None, Query(ge=PARAMETER_BOUNDS["limit"][0], le=PARAMETER_BOUNDS["limit"][1])] = None,
+        experiment: Annotated[str | None, Query(max_length=MAX_TEXT_PARAMETER)] = None,
+        user: Annotated[str | None, Query(max_length=MAX_TEXT_PARAMETER)] = None,
+    ) -> Response:
+        """The named query's rows; it takes the parameters `/api/queries` lists for it (others are a 400)."""
         return frame_json(run_query(warehouse, name, {k: v for k, v in request.query_params.items() if k != "key"}))
 
     @private.get("/api/ab")
-    def ab(experiment: str | None = None) -> dict:
+    def ab(experiment: str | None = None) -> dict[str, Any]:
         return report(analyze(warehouse, settings, experiment))
 
     @private.get("/", response_class=HTMLResponse)
@@ -121,7 +142,7 @@ def _panel_html(p: Panel) -> str:
 
 
 def _table(frame: pd.DataFrame, max_rows: int = 30) -> str:
-    return frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="data")
+    return str(frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0, classes="data"))
 
 
 def _decision_html(decisions: tuple[Decision, ...]) -> str:
@@ -129,14 +150,19 @@ def _decision_html(decisions: tuple[Decision, ...]) -> str:
     for d in decisions:
         p, (down, rating), e = d.primary, d.guardrails, d.per_event
         items.append(
-            f'<div class="decision {d.action}"><b>{html.escape(d.treatment)} vs {html.escape(d.control)}: {d.action.replace("_", " ")}</b>'
+            f'<div class="decision {d.action}"><b>{html.escape(d.treatment)} vs {html.escape(d.control)}: '
+            f"{d.action.replace('_', ' ')}</b>"
             f" &mdash; {html.escape('; '.join(d.reasons))}<br>"
-            f"per user: positive rate {p.control.estimate:.3f} &rarr; {p.treatment.estimate:.3f} ({p.n_control:.0f} / {p.n_treatment:.0f} users), "
-            f"lift {p.lift.estimate:+.1%} [{p.lift.low:+.1%}, {p.lift.high:+.1%}], z-test p={p.p_value:.3g}, always-valid p={p.sequential_p:.3g}, "
-            f"CUPED variance &times;{d.cuped_variance_ratio:.2f}; thumbs-down {down.control.estimate:.3f} &rarr; {down.treatment.estimate:.3f} "
+            f"per user: positive rate {p.control.estimate:.3f} &rarr; {p.treatment.estimate:.3f} "
+            f"({p.n_control:.0f} / {p.n_treatment:.0f} users), "
+            f"lift {p.lift.estimate:+.1%} [{p.lift.low:+.1%}, {p.lift.high:+.1%}], z-test p={p.p_value:.3g}, "
+            f"always-valid p={p.sequential_p:.3g}, "
+            f"CUPED variance &times;{d.cuped_variance_ratio:.2f}; "
+            f"thumbs-down {down.control.estimate:.3f} &rarr; {down.treatment.estimate:.3f} "
             f"(p={down.sequential_p:.3g}); mean rating {rating.control.estimate:.2f} &rarr; {rating.treatment.estimate:.2f} "
             f"(p={rating.sequential_p:.3g}); SRM p={d.srm.p_value:.3g}; detectable rise {d.mde_abs:.3f}. "
-            f"Per event (descriptive, ignores users): {e.n_control:.0f} / {e.n_treatment:.0f} events, z-test p={e.p_value:.3g}</div>"
+            f"Per event (descriptive, ignores users): {e.n_control:.0f} / {e.n_treatment:.0f} events, "
+            f"z-test p={e.p_value:.3g}</div>"
         )
     return "".join(items)
 
@@ -218,7 +244,8 @@ main { display: grid; grid-template-columns: repeat(auto-fit, minmax(620px, 1fr)
 .panel.wide { grid-column: 1 / -1; }
 .panel h2 { font-size: 15px; margin: 4px 0 8px; }
 .panel svg { width: 100%; height: auto; }
-table.data { border-collapse: collapse; font-size: 11px; } table.data td, table.data th { padding: 2px 6px; border-bottom: 1px solid #eee; }
+table.data { border-collapse: collapse; font-size: 11px; }
+table.data td, table.data th { padding: 2px 6px; border-bottom: 1px solid #eee; }
 .decision { font-size: 12px; margin: 6px 0; padding: 6px; border-left: 5px solid #757575; background: #f5f5f5; }
 .decision.promote { border-color: #2e7d32; } .decision.rollback { border-color: #c62828; }
 .empty { color: #999; }

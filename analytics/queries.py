@@ -29,16 +29,30 @@ class NamedQuery:
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def bind(self, given: Mapping[str, str | int | float]) -> dict[str, Any]:
-        """Defaults overridden by `given`, each cast to its default's type (CLI and URL values arrive as text)."""
+        """Defaults overridden by `given`, each cast to its default's type (CLI and URL values arrive as text)
+        and checked against its bounds (`PARAMETER_BOUNDS`, `MAX_TEXT_PARAMETER`): AnalyticsError naming it."""
         unknown = set(given) - set(self.defaults)
         if unknown:
             raise AnalyticsError(
                 f"query {self.name!r} has no parameter {sorted(unknown)}; it takes {sorted(self.defaults) or 'none'}"
             )
         try:
-            return {k: type(v)(given[k]) if k in given else v for k, v in self.defaults.items()}
+            bound = {k: type(v)(given[k]) if k in given else v for k, v in self.defaults.items()}
         except ValueError as exc:
             raise AnalyticsError(f"query {self.name!r}: bad parameter value: {exc}") from None
+        for key, value in bound.items():
+            bounds = PARAMETER_BOUNDS.get(key)
+            if isinstance(value, int) and bounds is not None and not bounds[0] <= value <= bounds[1]:
+                raise AnalyticsError(f"query {self.name!r}: {key} must be between {bounds[0]} and {bounds[1]}, got {value}")
+            if isinstance(value, str) and len(value) > MAX_TEXT_PARAMETER:
+                raise AnalyticsError(f"query {self.name!r}: {key} has {len(value)} characters, at most {MAX_TEXT_PARAMETER}")
+        return bound
+
+
+# Integer parameters are UInt32 placeholders: a value outside these bounds is refused here, not
+# wrapped by ClickHouse (bucket_s=99999999999 read as a 2008 date) or failed on by it (0, -1).
+PARAMETER_BOUNDS: Mapping[str, tuple[int, int]] = MappingProxyType({"bucket_s": (1, 366 * 86_400), "limit": (1, 100_000)})
+MAX_TEXT_PARAMETER = 1_000  # experiment ids and user ids are at most 128 characters
 
 
 # `experiment = ''` selects every experiment.
@@ -83,7 +97,8 @@ _QUERIES = (
         "feedback and the sums of each user's feedback, positives, thumbs-down, their squares and cross-products; the same "
         "for ratings over users who rated; and each user's pre-experiment positive rate (feedback before their first "
         "exposure) as the CUPED covariate: users with history, sum of rates, of squares, and their products with "
-        "positives and feedback. Each answer counts its latest verdict (a changed mind once). analytics.decision reads these columns.",
+        "positives and feedback. Each answer counts its latest verdict (a changed mind once). "
+        "analytics.decision reads these columns.",
         f"""
         WITH exposed AS (
             SELECT user_id, argMin(variant, ts) AS variant, min(ts) AS first_exposure, argMax(model_version, ts) AS model_version
@@ -142,7 +157,8 @@ _QUERIES = (
         "decision's outcome), what serves since, and the decision's lift with its interval and always-valid p-value.",
         f"""
         SELECT experiment_id, any(policy) AS policy, minIf(ts, kind = 'started') AS started,
-               anyIf(control_version, kind = 'started') AS control_version, anyIf(treatment_version, kind = 'started') AS treatment_version,
+               anyIf(control_version, kind = 'started') AS control_version,
+               anyIf(treatment_version, kind = 'started') AS treatment_version,
                if(countIf(kind = 'decided') > 0, argMaxIf(outcome, ts, kind = 'decided'), 'open') AS state,
                if(countIf(kind = 'decided') > 0, maxIf(ts, kind = 'decided'), NULL) AS decided,
                argMaxIf(serving_version, ts, kind = 'decided') AS serving_version,
@@ -159,7 +175,8 @@ _QUERIES = (
         SELECT experiment, variant, model_version, day,
                uniqExactMerge(users_exposed) AS users_exposed, sum(exposures) AS exposures, sum(interactions) AS interactions,
                sum(feedback) AS feedback, sum(thumbs_up) / nullIf(sum(feedback), 0) AS thumbs_up_rate,
-               sum(thumbs_down) / nullIf(sum(feedback), 0) AS thumbs_down_rate, sum(positives) / nullIf(sum(feedback), 0) AS positive_rate,
+               sum(thumbs_down) / nullIf(sum(feedback), 0) AS thumbs_down_rate,
+               sum(positives) / nullIf(sum(feedback), 0) AS positive_rate,
                sum(rating_sum) / nullIf(sum(ratings), 0) AS mean_rating, sum(corrections) AS corrections,
                sum(reward_sum) / nullIf(sum(feedback), 0) AS mean_reward
         FROM variant_daily WHERE {_EXPERIMENT_FILTER}
@@ -180,7 +197,8 @@ _QUERIES = (
     ),
     NamedQuery(
         "positive_rate_over_time",
-        "Share of positive feedback (thumbs up, or rating at or above feedback.min_rating; each answer's latest verdict) per time bucket and variant.",
+        "Share of positive feedback (thumbs up, or rating at or above feedback.min_rating; each answer's latest verdict) "
+        "per time bucket and variant.",
         f"""
         SELECT toStartOfInterval(ts, toIntervalSecond({{bucket_s:UInt32}})) AS bucket, variant,
                count() AS feedback, avg(positive) AS positive_rate
@@ -236,7 +254,8 @@ _QUERIES = (
     ),
     NamedQuery(
         "pii_found",
-        "PII found in feedback (and redacted, or dropped to the DLQ, per privacy.mode), per type and time bucket, from the stream app's windows.",
+        "PII found in feedback (and redacted, or dropped to the DLQ, per privacy.mode), per type and time bucket, "
+        "from the stream app's windows.",
         """
         SELECT toStartOfInterval(window_start, toIntervalSecond({bucket_s:UInt32})) AS bucket, pii_type, sum(found) AS found
         FROM (SELECT window_start, pii FROM metrics FINAL) ARRAY JOIN mapKeys(pii) AS pii_type, mapValues(pii) AS found
@@ -256,8 +275,8 @@ _QUERIES = (
         "consumer_lag",
         "Each consumer group's latest sampled lag per topic (records behind the end), as the sink last saw it.",
         """
-        SELECT consumer_group, topic, argMax(lag, ts) AS lag, argMax(committed_offset, ts) AS committed, argMax(end_offset, ts) AS end,
-               max(ts) AS sampled
+        SELECT consumer_group, topic, argMax(lag, ts) AS lag, argMax(committed_offset, ts) AS committed,
+               argMax(end_offset, ts) AS end, max(ts) AS sampled
         FROM consumer_lag GROUP BY consumer_group, topic ORDER BY consumer_group, topic
         """,
     ),

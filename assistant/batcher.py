@@ -1,122 +1,197 @@
-"""Micro-batching of generation: request threads queue their queries and wait; one worker thread
-takes everything waiting (up to `max_batch` requests, holding the first for at most `wait_s` so
-that others can join), and answers each group of requests with ONE generate call.
+"""Micro-batching of generation, fair between clients: request threads queue their queries and wait;
+one worker thread takes up to `max_batch` queries at a time, in turn from each client's queue (holding
+the oldest for at most `wait_s` so that others can join), and answers each group with ONE generate call.
 
-A group is the requests routed to the same policy version with the same sampling settings
-(temperature, top_p, max_new_tokens). Requests that differ in sampling are answered by separate
+Fairness is per query, not per request: a client's queries wait in its own queue (a client is an API
+key, or with none configured a client address: assistant/limits.py), and a batch takes one query
+from each client in turn, so a request of another client is answered within the next batch or two
+however many queries one client has queued: a 32-query /chat/batch, or many of them, is answered a
+slice per batch beside everyone else's, not before them. Admission counts queries too: the queue
+holds at most `queue_size` of them (a full queue refuses at once, 503, instead of letting latency
+grow without bound) and one client at most `client_share` of them (429 past it), so one client
+cannot fill the queue and turn everyone else away.
+
+A group is the queries routed to the same policy version with the same sampling settings
+(temperature, top_p, max_new_tokens). Queries that differ in sampling are answered by separate
 calls rather than one call with the largest max_new_tokens cut down afterwards: truncating would
 need the token boundaries back, and the callers that leave sampling alone (the chat page, the
 demo, anyone using the defaults) still share a call. One worker means one generation at a time,
 so torch keeps every core (or the GPU) for the batch instead of contending calls.
 
-A full queue refuses at once (503) instead of letting latency grow without bound. A generate
-call that raises fails every request of its group with that error, and the worker goes on.
+A generate call that raises fails every request with a query in its group with that error (their
+queries not yet taken are dropped), and the worker goes on.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import HTTPException
 
 log = logging.getLogger("rlhf.serve")
-Generate = Callable[[object, list[str], Hashable], list[str]]  # (policy, queries, sampling) -> answers
+Generate = Callable[[Any, list[str], Any], list[str]]  # (policy, queries, sampling) -> answers
+BUSY_RETRY_AFTER_S = "1"
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
-    policy: object  # anything with a `version`: the answering LoadedPolicy
+    """One request's queries for one version and sampling setting; answered once every query is."""
+
+    policy: Any  # anything with a `version`: the answering LoadedPolicy
     queries: list[str]
     sampling: Hashable
+    client: Hashable = None
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
+    taken: int = 0  # queries handed to the worker so far
+    answers: list[str | None] = field(default_factory=list)
+    missing: int = 0
+
+    def __post_init__(self) -> None:
+        self.answers = [None] * len(self.queries)
+        self.missing = len(self.queries)
 
     @property
     def group(self) -> tuple[str, Hashable]:
         return self.policy.version, self.sampling
 
 
-class Batcher:
-    """`submit` queues a request's queries and returns the future of its answers (503 when full)."""
+Item = tuple[Job, int]  # a job and the index of one of its queries
 
-    def __init__(self, generate: Generate, max_batch: int, wait_s: float, queue_size: int):
+
+class Batcher:
+    """`submit` queues a request's queries and returns the future of its answers (503 when the queue
+    is full, 429 when the client holds its share of it)."""
+
+    def __init__(self, generate: Generate, max_batch: int, wait_s: float, queue_size: int, client_share: int | None = None):
         self.generate = generate
         self.max_batch = max_batch
         self.wait_s = wait_s
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.client_share = queue_size if client_share is None else client_share
+        self._clients: OrderedDict[Hashable, deque[Job]] = OrderedDict()  # the order in which clients are served next
+        self._queued = 0  # queries waiting, over all clients
+        self._held: Counter[Hashable] = Counter()  # queries waiting per client
+        self._ready = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._run, daemon=True, name="generate-batches")
         self._worker.start()
 
-    def submit(self, policy: object, queries: list[str], sampling: Hashable) -> Future:
-        if self._closed:
-            raise HTTPException(503, "the assistant is shutting down")
-        job = Job(policy, list(queries), sampling)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise HTTPException(
-                503,
-                f"the assistant is busy: {self._queue.maxsize} requests are already waiting to be answered; retry shortly",
-                headers={"Retry-After": "1"},
-            ) from None
+    def submit(self, policy: object, queries: list[str], sampling: Hashable, client: Hashable = None) -> Future:
+        job = Job(policy, list(queries), sampling, client)
+        if not job.queries:
+            job.future.set_result([])
+            return job.future
+        n = len(job.queries)
+        with self._ready:
+            if self._closed:
+                raise HTTPException(503, "the assistant is shutting down")
+            if self._queued + n > self.queue_size:
+                raise HTTPException(
+                    503,
+                    f"the assistant is busy: {self._queued} queries are already waiting to be answered, at most "
+                    f"{self.queue_size} (`assistant.queue_size`); retry shortly",
+                    headers={"Retry-After": BUSY_RETRY_AFTER_S},
+                )
+            if self._held[client] + n > self.client_share:
+                raise HTTPException(
+                    429,
+                    f"too many queries waiting from this client: {self._held[client]} queued, {n} more asked, at most "
+                    f"{self.client_share} (half of `assistant.queue_size`); retry shortly",
+                    headers={"Retry-After": BUSY_RETRY_AFTER_S},
+                )
+            self._clients.setdefault(client, deque()).append(job)
+            self._queued += n
+            self._held[client] += n
+            self._ready.notify()
         return job.future
 
     def close(self) -> None:
         """Stop the worker once what is queued has been answered."""
-        self._closed = True
-        self._queue.put(None)
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            for jobs in _grouped(batch).values():
-                self._answer(jobs)
+            for items in _grouped(batch).values():
+                self._answer(items)
 
-    def _take(self) -> list[Job] | None:
-        """The next batch: the first job, then whatever else joins before its wait is up (a job that
-        already waited through the previous batch takes only those already queued); None to stop."""
-        first = self._queue.get()
-        if first is None:
-            return None
-        batch = [first]
-        deadline = first.queued_at + self.wait_s
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:  # close(): answer this batch, then stop
-                self._queue.put(None)
-                break
-            batch.append(job)
-        return batch
+    def _take(self) -> list[Item] | None:
+        """The next batch, None to stop: once `max_batch` queries wait, or the oldest has waited `wait_s`
+        (one that already waited through the previous batch goes at once), one query from each client
+        in turn; a client that had a query taken goes to the back of the line."""
+        with self._ready:
+            while True:
+                self._drop_failed()
+                if not self._queued:
+                    if self._closed:
+                        return None
+                    self._ready.wait()
+                    continue
+                oldest = min(jobs[0].queued_at for jobs in self._clients.values())
+                remaining = oldest + self.wait_s - time.monotonic()
+                if self._queued >= self.max_batch or remaining <= 0 or self._closed:
+                    break
+                self._ready.wait(remaining)
+            batch: list[Item] = []
+            while len(batch) < self.max_batch and self._clients:
+                client, jobs = next(iter(self._clients.items()))
+                job = jobs[0]
+                batch.append((job, job.taken))
+                job.taken += 1
+                self._queued -= 1
+                self._held[client] -= 1
+                if job.taken == len(job.queries):
+                    jobs.popleft()
+                if jobs:
+                    self._clients.move_to_end(client)
+                else:
+                    del self._clients[client]
+                    del self._held[client]
+            return batch
 
-    def _answer(self, jobs: list[Job]) -> None:
-        queries = [q for job in jobs for q in job.queries]
+    def _drop_failed(self) -> None:
+        """Forget the queries of requests that already failed (a generate call answering some of them raised)."""
+        for client, jobs in list(self._clients.items()):
+            for job in [j for j in jobs if j.future.done()]:
+                jobs.remove(job)
+                left = len(job.queries) - job.taken
+                self._queued -= left
+                self._held[client] -= left
+            if not jobs:
+                del self._clients[client]
+                del self._held[client]
+
+    def _answer(self, items: list[Item]) -> None:
+        policy, sampling = items[0][0].policy, items[0][0].sampling
+        queries = [job.queries[i] for job, i in items]
         try:
-            answers = self.generate(jobs[0].policy, queries, jobs[0].sampling)
+            answers = self.generate(policy, queries, sampling)
             if len(answers) != len(queries):
                 raise RuntimeError(f"generate returned {len(answers)} answers for {len(queries)} queries")
         except Exception as exc:
-            log.exception("generating %d answers with %s failed", len(queries), jobs[0].policy.version)
-            for job in jobs:
-                job.future.set_exception(exc)
+            log.exception("generating %d answers with %s failed", len(queries), policy.version)
+            for job in {id(job): job for job, _ in items}.values():
+                if not job.future.done():
+                    job.future.set_exception(exc)
             return
-        start = 0
-        for job in jobs:
-            job.future.set_result(answers[start : start + len(job.queries)])
-            start += len(job.queries)
+        for (job, i), text in zip(items, answers, strict=True):
+            job.answers[i] = text
+            job.missing -= 1
+            if not job.missing and not job.future.done():
+                job.future.set_result(list(job.answers))
 
 
-def _grouped(batch: list[Job]) -> dict[tuple[str, Hashable], list[Job]]:
-    groups: dict[tuple[str, Hashable], list[Job]] = {}
-    for job in batch:
-        groups.setdefault(job.group, []).append(job)
+def _grouped(batch: list[Item]) -> dict[tuple[str, Hashable], list[Item]]:
+    groups: dict[tuple[str, Hashable], list[Item]] = {}
+    for job, i in batch:
+        groups.setdefault(job.group, []).append((job, i))
     return groups

@@ -63,7 +63,9 @@ class ExperimentFollower:
                 if error is None:
                     self._apply(msg)
                 elif error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition())
+                    partition = msg.partition()
+                    if partition is not None:  # an end-of-partition event always names its partition
+                        at_end.add(partition)
                     if at_end >= set(partitions):
                         self.caught_up.set()
                 else:

@@ -3,9 +3,13 @@
 The request names the interaction and the verdict; the server fills in what it served (query,
 response, model version, experiment, variant, user: assistant/recent.py), so a client cannot
 forge them, and produces the `FeedbackEvent` through the SDK, flushed: a 2xx means Kafka has it, or,
-while Kafka is away, the SDK's local spool has it, fsynced, to be re-sent (sdk/pump.py); or, with
-`recorded: false`, that the interaction was sampled out at `feedback.collection_rate`. A 503 means
+while Kafka is away, the SDK's local spool has it, fsynced, to be re-sent (sdk/pump.py). A 503 means
 the event was lost (refused by the broker, or dropped at the spool's cap): send it again.
+
+Nothing is dropped silently. Whether an answer's feedback is collected (`feedback.collection_rate`)
+was decided when it was served, and the answer said so (`feedback_collected`, a token only then):
+every verdict presented with a valid token is recorded; one on an answer outside the sample (from a
+key holder, or on an open API, without a token) is refused with 409, never accepted and dropped.
 
 Who may post: an API key holder, or whoever holds the interaction's feedback token (Bearer or a
 `token` field: a browser needs no key); with no key configured, anyone. A token is checked even
@@ -28,10 +32,12 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.answering import Assistant
+from assistant.openai_api import OpenAIError
 from assistant.recent import ExpiredInteraction, RecentInteractions, ServedInteraction, UnknownInteraction
-from assistant.tokens import Claims, TokenError
+from assistant.tokens import MAX_TOKEN_CHARS, Claims, TokenError
 from core.access import WWW_AUTHENTICATE, ApiKeys, bearer
 from core.errors import DeliveryError, EventValidationError
+from core.web import error_responses
 from schemas.events import MAX_RESPONSE_CHARS, FeedbackEvent, FeedbackType, Id, validate_event
 
 MAX_COMMENT_CHARS = 2_000
@@ -45,7 +51,11 @@ class FeedbackRequest(BaseModel):
     rating: int | None = Field(None, ge=1, le=5)
     correction: str | None = Field(None, min_length=1, max_length=MAX_RESPONSE_CHARS)
     comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
-    token: str | None = Field(None, description="The interaction's feedback token, when not sent as `Authorization: Bearer`.")
+    token: str | None = Field(
+        None,
+        max_length=MAX_TOKEN_CHARS,
+        description="The interaction's feedback token, when not sent as `Authorization: Bearer`.",
+    )
     user: Id | None = Field(None, description="If given, must be the user the interaction was served to.")
 
 
@@ -53,7 +63,7 @@ class FeedbackReceipt(BaseModel):
     event_id: str
     interaction_id: str
     recorded: bool = Field(
-        description="False when the interaction is sampled out (`feedback.collection_rate`): nothing was sent."
+        description="Always true: a verdict is recorded, or refused with an error (409: its answer's feedback is not collected)."
     )
 
 
@@ -117,19 +127,32 @@ def event_of(body: FeedbackRequest, served: ServedInteraction, recent: RecentInt
 def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:
     api = APIRouter(prefix="/v1")
 
-    @api.post("/feedback", response_model=FeedbackReceipt)
+    @api.post(
+        "/feedback",
+        response_model=FeedbackReceipt,
+        operation_id="post_feedback",
+        responses=error_responses(OpenAIError, 400, 401, 403, 404, 409, 410, 413, 429, 503),
+    )
     def feedback(body: FeedbackRequest, request: Request) -> FeedbackReceipt:
         claims = authorise(body, body.token or bearer(request), keys, assistant)
         served = served_interaction(body, claims, assistant)
+        # A token is issued only for an answer whose feedback is collected: what it was promised is kept.
+        if claims is None and not assistant.client.sampled(served.interaction_id):
+            raise HTTPException(
+                409,
+                f"interaction_id: feedback on {served.interaction_id} is not collected: its answer was outside the "
+                f"feedback sample (`feedback.collection_rate` {assistant.client.collection_rate}) and said so "
+                "(`feedback_collected: false`)",
+            )
         try:
             event = event_of(body, served, assistant.recent)
         except EventValidationError as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise HTTPException(400, str(exc).removeprefix("invalid FeedbackEvent: ")) from None
         try:
-            sent = assistant.client.feedback(event)
+            assistant.client.send("feedback", event, key=event.user_id)  # validated above; decided at serving, not sampled again
             assistant.client.flush()  # acknowledged by the broker, or spooled and fsynced
         except DeliveryError as exc:
             raise HTTPException(503, f"feedback not delivered, send it again: {exc}") from None
-        return FeedbackReceipt(event_id=event.event_id, interaction_id=event.interaction_id, recorded=sent is not None)
+        return FeedbackReceipt(event_id=event.event_id, interaction_id=event.interaction_id, recorded=True)
 
     return api

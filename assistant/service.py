@@ -12,8 +12,11 @@ neither a promotion nor an experiment's start drops or stalls a request.
 Routes: the OpenAI-compatible API (assistant/openai_api.py), feedback over HTTP with signed
 per-interaction tokens (assistant/feedback.py), the chat page at `/` (assistant/static/chat.html),
 and the original single-turn routes, which the demo's users call. API keys (core/access.py)
-guard every route that generates; with none configured the service is open. Concurrent requests
-are micro-batched (assistant/batcher.py): one generate call per version and sampling setting.
+guard every route that generates; with none configured the service is open, and `serve` refuses to
+listen beyond loopback (as the sink's dashboard does). Concurrent requests are micro-batched
+(assistant/batcher.py): one generate call per version and sampling setting, fair between callers.
+Every request is limited where it enters (assistant/limits.py) and every error answered by the
+project's one policy (core/web.py): 4xx naming the field or limit, 500 with an id that is in the log.
 
     rlhf serve --port 8300        POST /v1/chat/completions   GET /v1/models   POST /v1/feedback   GET /
                                   POST /chat {"user_id": "u1", "query": "..."}   GET /versions
@@ -26,17 +29,19 @@ import logging
 import threading
 from importlib.resources import files
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse
 
 from assistant import feedback, openai_api
 from assistant.answering import Assistant, ChatReply, ChatRequest, PolicyPool, answer, load_version
 from assistant.experiments import ExperimentFollower
-from assistant.openai_api import FEEDBACK_TOKEN_HEADER, install_error_shape
+from assistant.limits import CallerLimit, caller
+from assistant.openai_api import FEEDBACK_TOKEN_HEADER, Detail, feedback_link, render_error
 from assistant.routing import routed_experiment
-from core.access import ApiKeys
+from core.access import ApiKeys, require_keys_beyond_loopback
 from core.settings import Settings
+from core.web import BodyLimit, error_responses, install_error_policy
 from registry.store import ModelRegistry
 from schemas.experiments import ExperimentBook
 from sdk.client import FeedbackClient
@@ -57,7 +62,8 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     book = ExperimentBook()
     follower = ExperimentFollower(settings, book)
     pool = PolicyPool(registry, book)
-    assistant = Assistant(settings, pool, FeedbackClient.from_settings(settings))
+    client = FeedbackClient.from_settings(settings)
+    assistant = Assistant(settings, pool, client)
     stop = threading.Event()
 
     def catch_up() -> None:
@@ -68,7 +74,7 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
 
     app = build_app(settings, assistant)
     app.router.on_startup.append(catch_up)
-    app.router.on_shutdown.extend([stop.set, assistant.close, assistant.client.close])
+    app.router.on_shutdown.extend([stop.set, assistant.close, client.close])
     threading.Thread(target=follower.run, args=(stop,), daemon=True, name="experiments-follow").start()
     threading.Thread(target=pool.watch, args=(stop,), daemon=True, name="registry-watch").start()
     return app
@@ -78,16 +84,20 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
     """The routes over an `Assistant`, without the background threads that keep it current."""
     app = FastAPI(title="rlhf-stream assistant")
     pool = assistant.pool
-    keys = ApiKeys(settings.assistant.api_keys)
-    if settings.assistant.cors_origins:
+    limits = settings.assistant
+    keys = ApiKeys(limits.api_keys)
+    # Outermost last: CORS, then the body's size, then the caller's concurrency, then the error policy's catch-all.
+    install_error_policy(app, render_error)
+    app.add_middleware(CallerLimit, keys=keys, max_concurrent=limits.max_concurrent_per_key, render=render_error)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, render=render_error)
+    if limits.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=list(settings.assistant.cors_origins),
+            allow_origins=list(limits.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=[FEEDBACK_TOKEN_HEADER],
         )
-    install_error_shape(app)
     app.include_router(openai_api.router(assistant, keys))
     app.include_router(feedback.router(assistant, keys))
 
@@ -95,13 +105,23 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
     def page() -> str:
         return CHAT_PAGE.read_text(encoding="utf-8")
 
-    @app.post("/chat", response_model=ChatReply, dependencies=[Depends(keys.require)])
-    def chat(request: ChatRequest) -> ChatReply:
-        return assistant.chat([request])[0]
+    answered = {200: {"links": feedback_link("interaction_id")}, **error_responses(Detail, 400, 401, 413, 429, 503)}
 
-    @app.post("/chat/batch", response_model=list[ChatReply], dependencies=[Depends(keys.require)])
-    def chat_batch(requests: list[ChatRequest]) -> list[ChatReply]:
-        return assistant.chat(requests)
+    @app.post("/chat", response_model=ChatReply, dependencies=[Depends(keys.require)], responses=answered)
+    def chat(body: ChatRequest, request: Request) -> ChatReply:
+        return assistant.chat([body], client=caller(request))[0]
+
+    @app.post(
+        "/chat/batch",
+        response_model=list[ChatReply],
+        dependencies=[Depends(keys.require)],
+        responses=error_responses(Detail, 400, 401, 413, 429, 503),
+    )
+    def chat_batch(body: list[ChatRequest], request: Request) -> list[ChatReply]:
+        """Several answers in one request, all or none; its queries wait their turn beside other callers'."""
+        if len(body) > limits.max_batch_items:
+            raise HTTPException(400, f"body: {len(body)} items, at most {limits.max_batch_items} (`assistant.max_batch_items`)")
+        return assistant.chat(body, client=caller(request))
 
     @app.get("/versions")
     def versions() -> dict[str, str | None]:
@@ -122,6 +142,8 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:
+    """Serve on `args.host`; ConfigError (before anything loads) for an open API beyond loopback."""
     import uvicorn
 
+    require_keys_beyond_loopback(args.host, ApiKeys(settings.assistant.api_keys), "assistant.api_keys")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")

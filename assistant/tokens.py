@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from core.errors import RlhfError
 
+MAX_TOKEN_CHARS = 1024  # an issued token has at most ~440 (two 128-character ids, an expiry, a signature)
+
 
 class TokenError(RlhfError):
     """A feedback token that cannot be accepted: malformed, forged, or expired."""
@@ -58,8 +60,9 @@ class FeedbackTokens:
     def verify(self, token: str, now: float | None = None) -> Claims:
         """The token's claims; TokenError saying why it is refused."""
         payload, _, signature = token.partition(".")
-        if not payload or not signature:
-            raise TokenError("feedback token is malformed (expected <payload>.<signature>)")
+        # A token is base64url text: anything else (non-ASCII, which the comparison below cannot take) is malformed.
+        if not payload or not signature or not token.isascii() or len(token) > MAX_TOKEN_CHARS:
+            raise TokenError("feedback token is malformed (expected <payload>.<signature>, base64url)")
         if not hmac.compare_digest(signature, self._sign(payload)):
             raise TokenError("feedback token signature does not match (forged, altered, or signed by another server secret)")
         try:

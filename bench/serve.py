@@ -56,6 +56,9 @@ class OneVersion:
 class DroppedEvents:
     """The SDK client, as the assistant uses it, without a broker: events are dropped."""
 
+    def sampled(self, interaction_id: str) -> bool:
+        return True
+
     def interaction(self, **event: object) -> None: ...
     def exposure(self, **event: object) -> None: ...
     def flush(self) -> None: ...
@@ -66,7 +69,8 @@ class DroppedEvents:
 def served(model_dir: Path, max_batch: int) -> Iterator[str]:
     """The assistant app with `max_batch`, under uvicorn on a free port; yields its base URL."""
     settings = Settings(assistant=AssistantSettings(max_batch=max_batch))
-    assistant = Assistant(settings, PolicyPool(OneVersion(model_dir), ExperimentBook()), DroppedEvents())
+    # Stand-ins for the registry and the SDK client: PolicyPool and Assistant name the concrete classes.
+    assistant = Assistant(settings, PolicyPool(OneVersion(model_dir), ExperimentBook()), DroppedEvents())  # type: ignore[arg-type]
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound before the server starts: no race for the port
     server = uvicorn.Server(uvicorn.Config(build_app(settings, assistant), log_level="warning"))
@@ -139,11 +143,13 @@ def main() -> None:
                     result = load(urls[name], clients, max(args.requests, 4 * clients), questions)
                     runs.setdefault((name, clients), []).append(result)
                     print(
-                        f"repeat {repeat + 1} clients {clients:>2} {name:<14} {result['rps']:7.1f} req/s  p50 {result['p50_ms']:7.0f} ms  p99 {result['p99_ms']:7.0f} ms",
+                        f"repeat {repeat + 1} clients {clients:>2} {name:<14} {result['rps']:7.1f} req/s  "
+                        f"p50 {result['p50_ms']:7.0f} ms  p99 {result['p99_ms']:7.0f} ms",
                         flush=True,
                     )
     print(
-        f"\nmedian of {args.repeats} repeats; batched = max_batch {args.max_batch}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+        f"\nmedian of {args.repeats} repeats; batched = max_batch {args.max_batch}, "
+        f"device {'cuda' if torch.cuda.is_available() else 'cpu'}"
     )
     print(f"{'clients':>7} | {'one-at-a-time req/s  p50 ms  p99 ms':>36} | {'batched req/s  p50 ms  p99 ms':>30} | ratio")
     for clients in args.concurrency:
@@ -153,7 +159,8 @@ def main() -> None:
             cells.append(m)
         one, many = cells
         print(
-            f"{clients:>7} | {one['rps']:20.1f} {one['p50_ms']:7.0f} {one['p99_ms']:7.0f} | {many['rps']:13.1f} {many['p50_ms']:7.0f} {many['p99_ms']:7.0f} | {many['rps'] / one['rps']:4.1f}x"
+            f"{clients:>7} | {one['rps']:20.1f} {one['p50_ms']:7.0f} {one['p99_ms']:7.0f} | "
+            f"{many['rps']:13.1f} {many['p50_ms']:7.0f} {many['p99_ms']:7.0f} | {many['rps'] / one['rps']:4.1f}x"
         )
 
 

@@ -4,13 +4,16 @@
 With no key configured a surface is open (a local or demo deployment); with keys, a request
 without one, or with a wrong one, is a 401. The assistant's feedback also accepts an interaction's
 feedback token in place of a key (assistant/feedback.py), so a browser needs no credentials. A
-surface bound beyond loopback must have keys (`require_keys_beyond_loopback`).
+surface bound beyond loopback must have keys (`require_keys_beyond_loopback`, which the assistant's
+`rlhf serve` and the sink's dashboard both call before they listen): a host name counts as loopback
+only when every address it resolves to is one.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from collections.abc import Iterable
 
 from fastapi import HTTPException, Request
@@ -27,6 +30,13 @@ def bearer(request: Request) -> str | None:
     return credential.strip() or None if scheme.lower() == "bearer" else None
 
 
+def bearer_of_headers(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """`bearer` for an ASGI middleware, from the scope's raw headers."""
+    value = next((v for k, v in headers if k.lower() == b"authorization"), b"").decode("latin-1")
+    scheme, _, credential = value.partition(" ")
+    return credential.strip() or None if scheme.lower() == "bearer" else None
+
+
 class ApiKeys:
     def __init__(self, keys: Iterable[SecretStr]):
         self._keys = [k.get_secret_value().encode() for k in keys]
@@ -36,11 +46,17 @@ class ApiKeys:
         return not self._keys
 
     def matches(self, credential: str | None) -> bool:
+        return self.which(credential) is not None
+
+    def which(self, credential: str | None) -> int | None:
+        """The number of the configured key `credential` is (None: none of them), so limits can count per key
+        without holding its text."""
         if credential is None:
-            return False
-        given = credential.encode()
+            return None
+        given = credential.encode(errors="surrogatepass")
         # Every key is compared, so the time taken says nothing about which one nearly matched.
-        return sum(hmac.compare_digest(given, key) for key in self._keys) > 0
+        hits = [n for n, key in enumerate(self._keys) if hmac.compare_digest(given, key)]
+        return hits[0] if hits else None
 
     def require(self, request: Request) -> None:
         """FastAPI dependency: a 401 unless the API is open or the request's Bearer key is one of ours."""
@@ -54,12 +70,18 @@ class ApiKeys:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+    """Whether a server bound to `host` can be reached from this machine only: an address, or a name
+    every address of which (as the resolver answers now) is a loopback one. A name that does not
+    resolve, and the empty host (every interface), are not."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        return False  # a host name: it may resolve anywhere
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)} if host else set()
+    except (OSError, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(str(a).partition("%")[0]).is_loopback for a in addresses)
 
 
 def require_keys_beyond_loopback(host: str, keys: ApiKeys, setting: str) -> None:

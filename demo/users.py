@@ -87,7 +87,7 @@ class Population:
         completion = post(http, "/v1/chat/completions", {"messages": [{"role": "user", "content": q.text}], "user": user})
         response = completion["choices"][0]["message"]["content"]
         verdict = self.reaction(q, response, rng)
-        if verdict is None:
+        if verdict is None or not completion.get("feedback_collected", True):  # outside `feedback.collection_rate`: not asked
             return response, None
         token = {"Authorization": f"Bearer {completion['feedback_token']}"}  # as a browser: the answer's token, no API key
         post(http, "/v1/feedback", {"interaction_id": completion["id"], **verdict}, headers=token)  # a 2xx: Kafka has it

@@ -35,6 +35,10 @@ class TopicSpec:
     keyed_partitions: bool = True  # False: one partition, total order (see `why_one_partition`)
     config: dict[str, str] = field(default_factory=dict)
     dlq: str | None = None
+    # The one process that dead-letters this topic's bad records (a letter per record); any other
+    # consumer of the topic counts such a record and skips it. Topics without a DLQ of their own
+    # dead-letter into the feedback DLQ, written by the sink, the one consumer that validates them all.
+    dlq_owner: str = "sink"
     why_one_partition: str = ""
     min_insync_replicas: int = 1  # at least this many replicas must have a write (acks=all) where there are that many
 
@@ -50,7 +54,8 @@ class InternalTopic:
 
 
 # Processes: "operators" (people, through `rlhf` commands), "assistant" (HTTP service), "sdk" (any Python app),
-# "streams" (Faust worker), "trainer", "decider" (`rlhf decider run`, and `rlhf models promote|rollback` by hand), "sink", "demo" (driver).
+# "streams" (Faust worker), "trainer", "decider" (`rlhf decider run`, and `rlhf models promote|rollback` by hand),
+# "sink", "demo" (driver).
 TOPICS: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
@@ -71,6 +76,7 @@ TOPICS: dict[str, TopicSpec] = {
             ("streams", "trainer", "sink"),
             config={"retention.ms": str(365 * DAY_MS)},
             dlq="feedback-dlq",
+            dlq_owner="streams",
             min_insync_replicas=2,
         ),
         TopicSpec(
@@ -94,7 +100,9 @@ TOPICS: dict[str, TopicSpec] = {
             ("trainer",),
             keyed_partitions=False,
             dlq="train-triggers-dlq",
-            why_one_partition="one total order of trainings across policies; the trainer also works with several partitions, one job at a time",
+            dlq_owner="trainer",
+            why_one_partition="one total order of trainings across policies; "
+            "the trainer also works with several partitions, one job at a time",
         ),
         TopicSpec(
             "train-triggers-dlq",
@@ -132,7 +140,8 @@ TOPICS: dict[str, TopicSpec] = {
             keyed_partitions=False,
             config={"retention.ms": str(365 * DAY_MS)},
             min_insync_replicas=2,
-            why_one_partition="an experiment's start and decision in one order; one active decider (the partition's owner) at a time",
+            why_one_partition="an experiment's start and decision in one order; "
+            "one active decider (the partition's owner) at a time",
         ),
         TopicSpec("metrics", "window", WindowMetrics, ("streams",), ("sink",)),
         # Compacted: the latest request per user is kept forever, so an erasure outlives any retention.

@@ -7,8 +7,11 @@ At-least-once with idempotent effects: a batch (by `clickhouse.batch_rows` or
 `clickhouse.batch_seconds`) is validated, inserted with Arrow, and only then are its offsets
 committed. A crash between insert and commit re-delivers the batch; the warehouse skips ids it
 already holds and the tables are ReplacingMergeTree on the event id, so nothing is lost or
-counted twice. Records that fail their schema go to the DLQ with topic/partition/offset and the
-reason, never into a table. The DLQ topics themselves are stored too (`dead_letters`), and a
+counted twice. Records that fail their schema never go into a table; each gets one dead letter,
+from the one process that owns its topic's DLQ (`TopicSpec.dlq_owner` in schemas/topics.py): the
+sink writes the letters of the topics it owns, with topic/partition/offset and the reason, and
+counts and skips the others' (bad feedback is the stream worker's to dead-letter, which it does
+before any trainer sees it). The DLQ topics themselves are stored too (`dead_letters`), and a
 background thread samples every consumer group's lag into `consumer_lag` (consumers/sink/lag.py),
 so the dashboard shows both.
 
@@ -36,6 +39,7 @@ from consumers.sink.lag import SAMPLE_EVERY_S, lag_rows
 from consumers.sink.rows import ROUTES
 from core.errors import DeliveryError, EventValidationError
 from core.kafka_clients import client_config
+from core.kafka_messages import position
 from core.redaction import PiiFound, Redactor
 from core.settings import Settings
 from schemas import DeadLetter, parse_event
@@ -65,7 +69,8 @@ class Batch:
         if not self.messages:
             self.started = time.monotonic()
         self.messages += 1
-        self.offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        at = position(msg, offset_delta=1)
+        self.offsets[(at.topic, at.partition)] = at.offset
         if route is None or row is None:
             return
         id_col = ROUTES[route].table.id_column
@@ -86,6 +91,7 @@ class SinkStats:
     messages: int = 0
     inserted: int = 0
     dead_letters: int = 0
+    skipped_invalid: int = 0  # bad records of topics whose DLQ another process owns: counted, not dead-lettered
 
 
 class Sink:
@@ -149,12 +155,17 @@ class Sink:
             if err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", err)
             return
-        name = self._topics[msg.topic()]
+        name = self._topics[position(msg).topic]
         route = ROUTES[name]
         try:
             event = self._private(parse_event(route.model, msg.value()))
         except (EventValidationError, PiiFound) as exc:
-            self._dead_letter(msg, name, str(exc))
+            owner = TOPICS[name].dlq_owner
+            if owner == "sink":
+                self._dead_letter(msg, name, str(exc))
+            else:
+                self.stats.skipped_invalid += 1
+                log.info("skipping invalid %s[%d]@%d (%s dead-letters it): %s", name, msg.partition(), msg.offset(), owner, exc)
             self._batch.add(msg)
             return
         self._batch.add(msg, name, route.row(event, self.settings))

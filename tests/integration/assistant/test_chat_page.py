@@ -30,9 +30,15 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[3] / "artifacts"
 
 SCENARIO = """(async () => {
-  const wait = async (ready) => { for (let i = 0; i < 1200; i++) { if (ready()) return; await new Promise(r => setTimeout(r, 100)); } throw new Error("timed out"); };
+  const wait = async (ready) => {
+    for (let i = 0; i < 1200; i++) { if (ready()) return; await new Promise(r => setTimeout(r, 100)); }
+    throw new Error("timed out");
+  };
   const answers = () => document.querySelectorAll("[data-interaction]");
-  const ask = async (q, n) => { document.getElementById("question").value = q; document.getElementById("send").click(); await wait(() => answers().length >= n); };
+  const ask = async (q, n) => {
+    document.getElementById("question").value = q; document.getElementById("send").click();
+    await wait(() => answers().length >= n);
+  };
   const thanks = (n) => [...document.querySelectorAll(".status")].filter(s => s.textContent === "thanks").length >= n;
   await ask("How do I reset my password?", 1);
   answers()[0].querySelector("[data-feedback=thumbs_down]").click(); await wait(() => thanks(1));
@@ -41,7 +47,10 @@ SCENARIO = """(async () => {
   await ask("How do I change my e-mail address?", 3);
   window.prompt = () => "Open Settings > Account > E-mail and enter the new address.";
   answers()[2].querySelector("[data-feedback=correction]").click(); await wait(() => thanks(3));
-  return JSON.stringify({ids: [...answers()].map(a => a.dataset.interaction), version: document.getElementById("version").textContent});
+  const key = document.getElementById("apikey"); key.value = "sk-typed"; key.dispatchEvent(new Event("change"));
+  const stored = {local: JSON.stringify(localStorage), session: sessionStorage.getItem("rlhf-api-key")};
+  const version = document.getElementById("version").textContent;
+  return JSON.stringify({ids: [...answers()].map(a => a.dataset.interaction), version, stored});
 })()"""
 
 
@@ -143,6 +152,8 @@ def test_the_chat_page_sends_thumbs_a_rating_and_a_correction(served, tmp_path):
         browser.close()
 
     assert page["version"] == "base" and len(set(page["ids"])) == 3
+    # The API key typed in stays in the tab (sessionStorage), never in persistent storage (issue 33, finding 8).
+    assert page["stored"]["session"] == "sk-typed" and "sk-typed" not in page["stored"]["local"]
     feedback = sorted(read(settings, "feedback", FeedbackEvent, 3), key=lambda f: page["ids"].index(f.interaction_id))
     assert [(f.interaction_id, f.feedback_type, f.rating) for f in feedback] == [
         (page["ids"][0], "thumbs_down", None),

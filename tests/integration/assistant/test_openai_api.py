@@ -6,11 +6,13 @@ ClickHouse, attributed to the user's arm."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import openai
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from fastapi.testclient import TestClient
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import SecretStr
 
 from analytics.assignment import assign
@@ -36,7 +38,8 @@ def read(settings, topic: str, model, expected: int, timeout: float = 30.0) -> l
     try:
         partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
         consumer.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p in partitions])
-        events, deadline = [], time.monotonic() + timeout
+        events: list[Any] = []
+        deadline = time.monotonic() + timeout
         while len(events) < expected and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None:
@@ -65,14 +68,18 @@ def test_a_chat_app_on_the_openai_client_chats_streams_and_sends_feedback(app_se
         arm = assign(START.salt, "u-7", [(a.name, a.weight) for a in START.arms])
         version = {a.name: a.model_version for a in START.arms}[arm]
 
-        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": QUESTION},
+        ]
         reply = client.chat.completions.create(model="assistant", messages=messages, user="u-7", temperature=0.5, max_tokens=16)
-        assert reply.model == version and reply.choices[0].message.content
+        assert reply.model == version and reply.choices[0].message.content and reply.model_extra is not None
         assert {m.id for m in client.models.list().data} == {"base", "v-good"}
 
         stream = client.chat.completions.create(model="assistant", messages=messages, user="u-7", stream=True)
         streamed = list(stream)
         assert len({c.id for c in streamed}) == 1 and streamed[-1].choices[0].finish_reason == "stop"
+        assert streamed[0].model_extra is not None
         token = streamed[0].model_extra["feedback_token"]
 
         with pytest.raises(openai.BadRequestError, match=r"messages\.0\.role"):

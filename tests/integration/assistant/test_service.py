@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from analytics.assignment import assign
 from assistant.service import create_app
-from registry.store import Manifest, ModelRegistry
+from core.settings import AssistantSettings
+from registry.store import Manifest, ModelRegistry, Status
 from schemas.experiments import Arm, ExperimentDecided, ExperimentStarted
 from sdk.client import FeedbackClient
 
@@ -40,16 +43,20 @@ DECISION = ExperimentDecided(
 def registry(settings, micro_policy) -> ModelRegistry:
     registry = ModelRegistry(settings.registry_path)
     copy = lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True)  # noqa: E731
+
+    def published(version: str, status: Status) -> Callable[[Path], Manifest]:
+        def build(d: Path) -> Manifest:
+            copy(d)
+            return Manifest(
+                version=version, kind="policies", policy="assistant", status=status, trigger_id="t" * 20, parent_version="base"
+            )
+
+        return build
+
     registry.register_base("assistant", "base", copy)
-    for version, status in (("v-rejected", "rejected"), ("v-good", "candidate")):
-        registry.publish(
-            "policies",
-            version,
-            lambda d, v=version, s=status: (
-                copy(d),
-                Manifest(version=v, kind="policies", policy="assistant", status=s, trigger_id="t" * 20, parent_version="base"),
-            )[1],
-        )
+    releases: tuple[tuple[str, Status], ...] = (("v-rejected", "rejected"), ("v-good", "candidate"))
+    for version, status in releases:
+        registry.publish("policies", version, published(version, status))
     return registry
 
 
@@ -60,11 +67,14 @@ def produce(settings, *events) -> None:
 
 
 def chat(client: TestClient, users: int) -> list[dict]:
-    response = client.post(
-        "/chat/batch", json=[{"user_id": f"u{n}", "query": "How do I reset my password?"} for n in range(users)]
-    )
-    assert response.status_code == 200
-    return response.json()
+    """One answer per user u0..u<users>, in /chat/batch requests of at most `assistant.max_batch_items`."""
+    items = [{"user_id": f"u{n}", "query": "How do I reset my password?"} for n in range(users)]
+    replies = []
+    for i in range(0, users, AssistantSettings().max_batch_items):
+        response = client.post("/chat/batch", json=items[i : i + AssistantSettings().max_batch_items])
+        assert response.status_code == 200, response.text
+        replies += response.json()
+    return replies
 
 
 def in_experiment(replies: list[dict]) -> None:

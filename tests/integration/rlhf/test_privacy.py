@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from analytics.clickhouse import open_warehouse
 from consumers.trainer.job import data_users
 from core.hashing import user_fingerprint
-from registry.store import Manifest, ModelRegistry
+from registry.store import Kind, Manifest, ModelRegistry
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
 from schemas.topics import topic_name
 from sdk.client import FeedbackClient
@@ -62,7 +62,7 @@ def trigger_over(settings, events: list[FeedbackEvent]) -> TrainTrigger:
     return TrainTrigger(policy="assistant", model_version="v1", ranges=tuple(ranges), event_ids=tuple(e.event_id for e in events))
 
 
-def publish(registry: ModelRegistry, kind: str, version: str, users: list[str], **lineage) -> None:
+def publish(registry: ModelRegistry, kind: Kind, version: str, users: list[str], **lineage) -> None:
     registry.publish(
         kind,
         version,
@@ -171,9 +171,9 @@ def test_planted_pii_reaches_neither_clickhouse_nor_a_rebuilt_dataset(settings):
     send(settings, events)
     with FeedbackClient(
         settings.kafka.bootstrap_servers, settings.kafka.topic_prefix
-    ) as client:  # fails validation: a dead letter
+    ) as client:  # fails validation: a dead letter, written by the sink (the interactions topic's DLQ owner)
         client.send_bytes(
-            topic_name(settings.kafka.topic_prefix, "feedback"),
+            topic_name(settings.kafka.topic_prefix, "interactions"),
             f'{{"user_id": "u-bad", "query": "{PII["email"]}"}}'.encode(),
             "u-bad",
         )

@@ -4,6 +4,7 @@ completions (plain and streamed), the errors' shape, API keys, CORS, and feedbac
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -231,3 +232,107 @@ def test_requests_beyond_the_queue_are_503s_and_sampling_comes_from_the_settings
     release.set()
     assert [f.result(10) for f in busy] == [["v1: generating"], ["v1: queued"]]
     assert seen[0] == (assistant.settings.policy.training.max_new_tokens, {"temperature": 0.5, "top_p": 0.7})
+
+
+# Issue 33, finding 3: 4xx, never a 500, for what a client can send.
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', "messages.0.content"),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}', None),
+        ("/chat", b'{"user_id": "u\\ud800", "query": "hi"}', "user_id"),
+        ("/chat", b'{"user_id": "u-1", "query": "hi \\ud800"}', "query"),
+        ("/chat/batch", b'[{"user_id": "u-1", "query": "q?"}, {"user_id": "u-2", "query": "\\ud800"}]', "1.query"),
+        ("/v1/feedback", b'{"interaction_id": "i-1", "type": "thumbs_up", "comment": "\\ud800"}', "comment"),
+        ("/v1/feedback", b'{"interaction_id": "i-1", "type": "thumbs_up", "token": "\\ud800.\\ud800"}', None),
+    ],
+)
+def test_a_lone_surrogate_in_the_body_is_a_4xx_naming_the_field(api, path, body, field):
+    client, _, producer = api
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    text = r.json()["error"]["message"] if path.startswith("/v1/") else r.json()["detail"]
+    assert field is None or text.startswith(f"{field}:"), text
+    assert producer.interactions == [] and producer.feedbacks == []
+
+
+@pytest.mark.parametrize("token", ["é.é", "eyJpIjoiaS0xIn0.ñ", "a" * 5000 + ".b"])
+def test_a_token_with_non_ascii_characters_is_a_401_not_a_500(api, token):
+    r = api[0].post("/v1/feedback", json={"interaction_id": "i-1", "type": "thumbs_up", "token": token})
+    assert r.status_code in (400, 401) and "token" in r.json()["error"]["message"]
+
+
+def test_an_unexpected_error_is_a_500_with_an_id_that_is_in_the_log_and_no_traceback(api, monkeypatch, caplog):
+    client, assistant, _ = api
+    monkeypatch.setattr(type(assistant), "route", lambda self, user: 1 / 0)
+    with caplog.at_level("ERROR", logger="rlhf.http"):
+        r = client.post("/v1/chat/completions", json=ASK)
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    message = r.json()["error"]["message"]
+    error_id = message.split()[2].rstrip(":")
+    assert "Traceback" not in r.text and "ZeroDivisionError" not in r.text
+    assert any(error_id in rec.getMessage() and rec.exc_info for rec in caplog.records)
+    assert client.post("/chat", json={"user_id": "u", "query": "q?"}).json()["detail"].startswith("internal error ")
+
+
+# Issue 33, finding 4: validation before any work or event; a request fails with no side effect.
+def test_a_bad_user_id_is_a_400_before_anything_is_generated_or_logged(loads, monkeypatch):  # noqa: F811
+    calls: list[list[str]] = []
+
+    def counted(policy, queries, *args, **sampling):
+        calls.append(queries)
+        return ["a"] * len(queries)
+
+    monkeypatch.setattr(answering, "answer", counted)
+    client, _, producer = make(loads)
+    r = client.post("/chat", json={"user_id": "bad user", "query": "q?"})
+    assert r.status_code == 400 and r.json()["detail"].startswith("user_id: ")
+    batch = [{"user_id": "good", "query": "q?"}, {"user_id": "bad user", "query": "q?"}, {"user_id": "fine", "query": "q?"}]
+    r = client.post("/chat/batch", json=batch)
+    assert r.status_code == 400 and r.json()["detail"].startswith("1.user_id: ")
+    assert calls == [] and producer.interactions == [] and producer.exposures == []
+
+
+def test_a_batch_whose_generation_fails_logs_none_of_its_items(loads, monkeypatch):  # noqa: F811
+    def partly(policy, queries, *a, **kw):
+        if any("boom" in q for q in queries):
+            raise RuntimeError("the model fell over")
+        return [f"{policy.version}: {q}" for q in queries]
+
+    monkeypatch.setattr(answering, "answer", partly)
+    client, _, producer = make(loads, max_batch=1)  # one query per generate call: the good ones are answered first
+    r = client.post("/chat/batch", json=[{"user_id": "u1", "query": "fine"}, {"user_id": "u2", "query": "boom"}])
+    assert r.status_code == 500 and producer.interactions == []
+    assert client.post("/chat/batch", json=[{"user_id": "u1", "query": "fine"}]).status_code == 200
+    assert len(producer.interactions) == 1
+
+
+# Issue 33, finding 6: feedback sampling is decided when the answer is served, and no verdict is dropped.
+def test_an_answer_says_whether_its_feedback_is_collected_and_every_verdict_with_a_token_is_recorded(loads):  # noqa: F811
+    client, assistant, producer = make(loads)
+    producer.collection_rate = 0.3
+    replies = [client.post("/v1/chat/completions", json={**ASK, "user": f"u-{n}"}).json() for n in range(60)]
+    collected = [r for r in replies if r["feedback_collected"]]
+    assert 0 < len(collected) < 60 and all(r["feedback_token"] for r in collected)
+    assert all(r["feedback_token"] is None for r in replies if not r["feedback_collected"])
+    assert [e["interaction_id"] for e in producer.interactions] == [r["id"] for r in collected]  # logged where collected
+    for r in collected:
+        receipt = post_feedback(client, r["feedback_token"], interaction_id=r["id"], type="thumbs_down")
+        assert receipt["status"] == 200 and receipt["recorded"] is True
+    assert sorted(e.interaction_id for e in producer.feedbacks) == sorted(r["id"] for r in collected)
+    outside = next(r for r in replies if not r["feedback_collected"])
+    refused = post_feedback(client, None, interaction_id=outside["id"], type="thumbs_up")  # open API, no token
+    assert refused["status"] == 409 and "not collected" in message(refused)
+    assert len(producer.feedbacks) == len(collected)
+    # A token stays good for what it promised, even if the rate changes under it (a restart with another setting).
+    producer.collection_rate = 0.0
+    again = post_feedback(client, collected[0]["feedback_token"], interaction_id=collected[0]["id"], type="thumbs_up")
+    assert again["status"] == 200 and len(producer.feedbacks) == len(collected) + 1
+
+
+def test_the_chat_page_keeps_the_api_key_out_of_persistent_storage_and_shows_when_feedback_is_not_collected(api):
+    """Issue 33, finding 8 (the browser run is tests/integration/assistant/test_chat_page.py)."""
+    page = api[0].get("/").text
+    assert 'sessionStorage.setItem("rlhf-api-key"' in page
+    assert not re.search(r"localStorage\.(setItem|getItem)\(\"rlhf-api-key\"", page)
+    assert "feedback_collected" in page

@@ -103,3 +103,53 @@ def test_after_close_requests_are_refused_and_queued_ones_still_answered():
     assert err.value.status_code == 503
     generate.release.set()
     assert [f.result(10) for f in queued] == [[f"v1: q{n}"] for n in range(3)]
+
+
+def test_one_callers_2000_queries_do_not_hold_back_another_callers_query():
+    """Fairness per query (issue 33, finding 1): a query of another caller goes into the next batch, not after
+    everything a flooding caller queued; the flood is answered a slice per batch."""
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=32, wait_s=0, queue_size=4096)
+    first = batcher.submit(V1, ["first"], "s", client="flood")
+    assert generate.entered.wait(10)  # generating: what comes now is queued
+    flood = [batcher.submit(V1, [f"f{n}-{i}" for i in range(100)], "s", client="flood") for n in range(20)]
+    other = batcher.submit(V1, ["mine"], "s", client="other")
+    generate.release.set()
+    assert other.result(10) == ["v1: mine"] and first.result(10) == ["v1: first"]
+    assert [f.result(10) for f in flood] == [[f"v1: f{n}-{i}" for i in range(100)] for n in range(20)]
+    batches = [queries for _, queries, _ in generate.calls[1:]]
+    assert "mine" in batches[0] and all(len(b) <= 32 for b in batches)
+    assert sum(len(b) for b in batches) == 2001
+
+
+def test_callers_take_turns_query_by_query_and_a_caller_holds_at_most_its_share():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=4, wait_s=0, queue_size=10, client_share=5)
+    batcher.submit(V1, ["first"], "s", client="a")
+    assert generate.entered.wait(10)
+    a = batcher.submit(V1, ["a0", "a1", "a2", "a3", "a4"], "s", client="a")
+    with pytest.raises(HTTPException) as err:
+        batcher.submit(V1, ["a5"], "s", client="a")
+    assert err.value.status_code == 429 and "at most 5" in err.value.detail
+    b = batcher.submit(V1, ["b0", "b1"], "s", client="b")
+    c = batcher.submit(V1, ["c0"], "s", client="c")
+    generate.release.set()
+    assert (a.result(10), b.result(10), c.result(10)) == (
+        [f"v1: a{i}" for i in range(5)],
+        ["v1: b0", "v1: b1"],
+        ["v1: c0"],
+    )
+    assert [q for _, q, _ in generate.calls[1:]] == [["a0", "b0", "c0", "a1"], ["b1", "a2", "a3", "a4"]]
+
+
+def test_a_cancelled_request_leaves_its_queries_unanswered():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=2, wait_s=0, queue_size=100)
+    batcher.submit(V1, ["first"], "s")
+    assert generate.entered.wait(10)
+    dropped = batcher.submit(V1, [f"d{n}" for n in range(10)], "s", client="gone")
+    assert dropped.cancel()  # its HTTP request failed elsewhere (another version refused it)
+    kept = batcher.submit(V1, ["kept"], "s", client="here")
+    generate.release.set()
+    assert kept.result(10) == ["v1: kept"]
+    assert [q for _, q, _ in generate.calls[1:]] == [["kept"]]

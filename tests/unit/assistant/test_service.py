@@ -3,6 +3,7 @@ experiment names, and chat labels interactions and exposures with the experiment
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,9 +11,11 @@ from fastapi import HTTPException
 
 import assistant.answering as service
 from assistant.answering import Assistant, ChatRequest, PolicyPool
-from core.errors import ModelLoadError
+from core.errors import ConfigError, ModelLoadError
 from core.settings import Settings
+from schemas.events import ExposureEvent, InteractionEvent, validate_event
 from schemas.experiments import ExperimentBook
+from sdk.client import is_sampled
 from tests.unit.assistant.test_routing import decided, started
 
 
@@ -23,22 +26,34 @@ class Registry:
     def serving(self, policy: str) -> str | None:
         return self.serving_version
 
+    def path(self, kind: str, version: str) -> Path:
+        return Path(kind) / version  # never read: the tests stand in for `load_version`
+
 
 class Client:
-    def __init__(self):
+    """The producer SDK's surface without Kafka: events validated as the SDK validates them, and
+    sampled as it samples them (`collection_rate`), then kept in lists."""
+
+    def __init__(self, collection_rate: float = 1.0):
+        self.collection_rate = collection_rate
         self.interactions: list[dict] = []
         self.exposures: list[dict] = []
-
         self.feedbacks: list = []
 
-    def interaction(self, **event):
-        self.interactions.append(event)
+    def sampled(self, interaction_id: str) -> bool:
+        return is_sampled(interaction_id, self.collection_rate)
 
-    def feedback(self, event):
+    def interaction(self, **event):
+        validate_event(InteractionEvent, event)
+        if self.sampled(event["interaction_id"]):
+            self.interactions.append(event)
+
+    def send(self, topic: str, event, key):
+        assert topic == "feedback" and key == event.user_id
         self.feedbacks.append(event)
-        return event
 
     def exposure(self, **event):
+        validate_event(ExposureEvent, event)
         self.exposures.append(event)
 
     def flush(self):
@@ -65,14 +80,17 @@ def loads(monkeypatch) -> list[str]:
 
 def test_the_pool_loads_the_open_experiments_arms_and_keeps_serving_loaded(loads):
     book = ExperimentBook()
-    pool = PolicyPool(Registry("v1"), book)
+    registry = Registry("v1")
+    pool = PolicyPool(registry, book)
+    assert pool.served.serving is not None
     assert set(pool.served.versions) == {"v1"} and pool.served.serving.version == "v1"
     book.apply(started())
     pool.refresh()
     assert set(pool.served.versions) == {"v1", "v2"}
     book.apply(decided())
-    pool.registry.serving_version = "v2"  # promoted
+    registry.serving_version = "v2"  # promoted
     pool.refresh()
+    assert pool.served.serving is not None
     assert set(pool.served.versions) == {"v2"} and pool.served.serving.version == "v2"
     assert loads == ["v1", "v2"]  # nothing loaded twice
 
@@ -110,3 +128,28 @@ def test_no_serving_version_is_a_503(loads):
     with pytest.raises(HTTPException) as err:
         Assistant(Settings(), PolicyPool(Registry(None), ExperimentBook()), Client()).route("u1")
     assert err.value.status_code == 503
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "assistant.example"])
+def test_serve_refuses_to_listen_beyond_loopback_without_keys_before_anything_loads(host, monkeypatch):
+    """Issue 33, finding 2: a host name is resolved before deciding (assistant.example: a public address here)."""
+    import argparse
+    import socket
+
+    import uvicorn
+
+    import assistant.service as served
+
+    real = socket.getaddrinfo
+    public = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", 0))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda h, *a, **kw: public if h == "assistant.example" else real(h, *a, **kw))
+    monkeypatch.setattr(served, "create_app", lambda *a, **kw: pytest.fail("create_app ran before the check"))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("uvicorn started"))
+    with pytest.raises(ConfigError, match=r"assistant\.api_keys: none configured, but the server would listen on"):
+        served.serve(Settings(), argparse.Namespace(host=host, port=8300))
+    started = []
+    monkeypatch.setattr(served, "create_app", lambda *a, **kw: "app")
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append((app, kw["host"])))
+    served.serve(Settings(assistant={"api_keys": ["sk-1"]}), argparse.Namespace(host=host, port=8300))
+    served.serve(Settings(), argparse.Namespace(host="localhost", port=8300))
+    assert started == [("app", host), ("app", "localhost")]

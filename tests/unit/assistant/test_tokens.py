@@ -44,3 +44,10 @@ def test_recent_interactions_forget_the_oldest_for_room_and_expire_after_the_ttl
         recent.get("i-0", now=105)
     with pytest.raises(ExpiredInteraction, match="i-1"):
         recent.get("i-1", now=111)
+
+
+@pytest.mark.parametrize("token", ["é.é", TOKENS.issue("i-1", "u-1") + "ñ", "\ud800.\ud800", "a" * 2000 + ".b"])
+def test_a_token_that_is_not_base64url_text_is_malformed_not_an_error(token):
+    """Issue 33, finding 3: hmac.compare_digest refuses non-ASCII str with a TypeError (a 500 before)."""
+    with pytest.raises(TokenError, match="malformed"):
+        TOKENS.verify(token)
