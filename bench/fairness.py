@@ -21,27 +21,19 @@ what the flood got (answers, refusals by status).
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import torch
-import uvicorn
 from pydantic import SecretStr
 
 import assistant.answering as answering
-from assistant.answering import Assistant, PolicyPool
-from assistant.service import build_app
 from bench.policy_gain import quiet
-from bench.serve import DroppedEvents, OneVersion
-from core.settings import AssistantSettings, Settings
-from schemas.experiments import ExperimentBook
+from bench.serve import served
+from core.settings import AssistantSettings
 from trainers.synthetic import split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 
@@ -54,26 +46,6 @@ def stand_in(fixed_ms: float, per_query_ms: float):
         return [f"{policy.version}: {q}" for q in queries]
 
     return generate
-
-
-@contextmanager
-def served(model_dir: Path) -> Iterator[str]:
-    settings = Settings(assistant=AssistantSettings(api_keys=(SecretStr(FLOOD), SecretStr(OTHER))))
-    assistant = Assistant(settings, PolicyPool(OneVersion(model_dir), ExperimentBook()), DroppedEvents())  # type: ignore[arg-type]
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(build_app(settings, assistant), log_level="warning", backlog=4096, limit_concurrency=None)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        assistant.close()
 
 
 def ask(http: httpx.Client, question: str, user: str) -> float:
@@ -148,7 +120,12 @@ def main() -> None:
         answering.answer = stand_in(fixed, per_query)  # looked up at each call (assistant.answering._generate)
     _, held_out = split_questions()
     questions = [q.text for q in held_out]
-    with served(model_dir) as url, httpx.Client(base_url=url, timeout=300, headers={"Authorization": f"Bearer {OTHER}"}) as http:
+    keys = AssistantSettings(api_keys=(SecretStr(FLOOD), SecretStr(OTHER)))
+    other = {"Authorization": f"Bearer {OTHER}"}
+    with (
+        served(model_dir, keys, backlog=4096, limit_concurrency=None) as url,
+        httpx.Client(base_url=url, timeout=300, headers=other) as http,
+    ):
         for n in range(5):
             ask(http, questions[n], "warm-up")
         idle = [ask(http, questions[n % len(questions)], "other") for n in range(args.idle_requests)]

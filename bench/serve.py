@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
@@ -56,24 +57,27 @@ class OneVersion:
 class DroppedEvents:
     """The SDK client, as the assistant uses it, without a broker: events are dropped."""
 
+    collection_rate = 1.0
+
     def sampled(self, interaction_id: str) -> bool:
         return True
 
     def interaction(self, **event: object) -> None: ...
     def exposure(self, **event: object) -> None: ...
+    def send(self, topic: str, event: object, key: str | None) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
 
 @contextmanager
-def served(model_dir: Path, max_batch: int) -> Iterator[str]:
-    """The assistant app with `max_batch`, under uvicorn on a free port; yields its base URL."""
-    settings = Settings(assistant=AssistantSettings(max_batch=max_batch))
-    # Stand-ins for the registry and the SDK client: PolicyPool and Assistant name the concrete classes.
-    assistant = Assistant(settings, PolicyPool(OneVersion(model_dir), ExperimentBook()), DroppedEvents())  # type: ignore[arg-type]
+def served(model_dir: Path, assistant_settings: AssistantSettings, **options: Any) -> Iterator[str]:
+    """The assistant app with `assistant_settings` over stand-ins for the registry and the SDK client,
+    under uvicorn (`options`: more of its settings) on a free port; yields its base URL."""
+    settings = Settings(assistant=assistant_settings)
+    assistant = Assistant(settings, PolicyPool(OneVersion(model_dir), ExperimentBook()), DroppedEvents())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound before the server starts: no race for the port
-    server = uvicorn.Server(uvicorn.Config(build_app(settings, assistant), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(build_app(settings, assistant), log_level="warning", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -133,7 +137,10 @@ def main() -> None:
     questions = [q.text for q in held_out]
     variants = {"one-at-a-time": 1, "batched": args.max_batch}
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
-    with served(model_dir, 1) as single, served(model_dir, args.max_batch) as batched:
+    with (
+        served(model_dir, AssistantSettings(max_batch=1)) as single,
+        served(model_dir, AssistantSettings(max_batch=args.max_batch)) as batched,
+    ):
         urls = {"one-at-a-time": single, "batched": batched}
         for url in urls.values():
             load(url, 4, 8, questions)  # warm-up: first calls pay for allocation and lazy imports

@@ -93,7 +93,7 @@ def reference_markdown() -> str:
     out = [
         "# Configuration reference",
         "",
-        f"<!-- Generated from core/settings.py by `{REFERENCE_COMMAND}`; do not edit by hand. -->",
+        f"<!-- Generated from the settings models by `{REFERENCE_COMMAND}`; do not edit by hand. -->",
         "",
         f"Every setting of `{DEFAULT_CONFIG_FILE}` (everything under an `rlhf:` key; `$RLHF_CONFIG` names another file),",
         "with its default. An environment variable overrides the file: `RLHF_` and the dotted path in capitals,",
