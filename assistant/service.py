@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from collections.abc import Callable
 from importlib.resources import files
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -141,9 +142,11 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
     return app
 
 
-def serve(settings: Settings, args: argparse.Namespace) -> None:
-    """Serve on `args.host`; ConfigError (before anything loads) for an open API beyond loopback."""
+def serve(settings: Settings, args: argparse.Namespace, prepare: Callable[[Settings], object] = lambda settings: None) -> None:
+    """Serve on `args.host`, after `prepare(settings)` (e.g. building the base policy); ConfigError,
+    before anything is prepared or loaded, for an open API beyond loopback."""
     import uvicorn
 
     require_keys_beyond_loopback(args.host, ApiKeys(settings.assistant.api_keys), "assistant.api_keys")
+    prepare(settings)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")

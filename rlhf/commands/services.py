@@ -71,13 +71,8 @@ def _models_rollback(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from assistant.service import serve
     from consumers.trainer.job import ensure_base_policy
-    from core.access import ApiKeys, require_keys_beyond_loopback
 
-    settings = settings_of(args)
-    # Refused before the base policy is built: an open API beyond loopback never starts.
-    require_keys_beyond_loopback(args.host, ApiKeys(settings.assistant.api_keys), "assistant.api_keys")
-    ensure_base_policy(settings)
-    serve(settings, args)
+    serve(settings_of(args), args, prepare=ensure_base_policy)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,6 +14,7 @@ from core.errors import TrainingError
 from core.hashing import stable_fraction
 from core.learning_settings import PolicyTrainingSettings
 from schemas.events import FeedbackEvent
+from tests.unit.trainers.fast import FAST
 from trainers.alternatives import (
     _reward_for_trl,
     _self_labelled_dpo,
@@ -30,17 +31,7 @@ from trainers.policy import load_policy
 from trainers.synthetic import feedback_events, quality_reward, split_questions
 from trainers.tiny_policy import format_prompt
 
-FAST = {
-    "epochs": 2,
-    "batch_size": 4,
-    "mini_batch_size": 2,
-    "ppo_epochs": 1,
-    "max_new_tokens": 6,
-    "num_generations": 2,
-    "learning_rate": 1e-3,
-    "eval_samples_per_query": 1,
-    "offline_epochs": 1,
-}
+FAST = {**FAST, "offline_epochs": 1}
 
 TRAIN_QS, HELD_OUT_QS = (qs[:8] for qs in split_questions())
 TRAIN, HELD_OUT = [q.text for q in TRAIN_QS], [q.text for q in HELD_OUT_QS]

@@ -13,21 +13,12 @@ import torch
 from core.errors import TrainingError
 from core.learning_settings import PolicyTrainingSettings
 from core.settings import load_settings
+from tests.unit.trainers.fast import FAST
 from trainers import optimise, ppo, ppo_resume
 from trainers.policy import load_policy
 from trainers.policy_config import lora_config
 from trainers.synthetic import quality_reward, split_questions
 
-FAST = {
-    "epochs": 2,
-    "batch_size": 4,
-    "mini_batch_size": 2,
-    "ppo_epochs": 1,
-    "max_new_tokens": 6,
-    "num_generations": 2,
-    "learning_rate": 1e-3,
-    "eval_samples_per_query": 1,
-}
 TRAIN, HELD_OUT = ([q.text for q in qs[:8]] for qs in split_questions())
 # Corrections of different lengths: their micro-batches hold different shares of the target tokens.
 DEMOS = [

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.errors import GuardrailRejection, TrainingError
 from core.learning_settings import PolicyTrainingSettings, RewardTrainingSettings
 from schemas import FeedbackEvent
+from tests.unit.trainers.fast import FAST
 from trainers.demonstrations import fit_demonstrations
 from trainers.ensemble import EnsembleReward
 from trainers.optimise import gate_verdict, optimise_policy
@@ -20,17 +21,6 @@ from trainers.policy import evaluate_policy, load_policy
 from trainers.ppo import train_ppo
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import quality_reward, split_questions
-
-FAST = {
-    "epochs": 2,
-    "batch_size": 4,
-    "mini_batch_size": 2,
-    "ppo_epochs": 1,
-    "max_new_tokens": 6,
-    "num_generations": 2,
-    "learning_rate": 1e-3,
-    "eval_samples_per_query": 1,
-}
 
 TRAIN, HELD_OUT = ([q.text for q in qs[:8]] for qs in split_questions())
 
