@@ -54,7 +54,7 @@ from core.settings import PII_TYPES, PiiType, PrivacyMode, PrivacySettings
 
 # The free-text fields of the events that carry user or model text (schemas/events.py); ids, versions
 # and timestamps are not free text. Fields an event does not have are skipped.
-TEXT_FIELDS: tuple[str, ...] = ("query", "response", "correction", "metadata")
+TEXT_FIELDS: tuple[str, ...] = ("query", "response", "correction", "metadata", "context")
 
 PLACEHOLDERS: Mapping[PiiType, str] = {t: f"<{t.upper()}>" for t in PII_TYPES}
 
@@ -368,6 +368,10 @@ class Redactor:
                 new_map = _scrub_mapping(value, name, scrub)
                 if new_map != value:
                     updates[name] = new_map
+            elif isinstance(value, tuple) and value:  # a conversation's earlier turns (schemas.events.Turn)
+                turns = tuple(t.model_copy(update={"content": scrub(t.content, f"{name}.{n}")}) for n, t in enumerate(value))
+                if turns != value:
+                    updates[name] = turns
         if not updates:
             return RedactedEvent(event)
         return RedactedEvent(event.model_copy(update=updates), counts, tuple(dict.fromkeys(fields)))
@@ -392,6 +396,8 @@ def _texts(event: BaseModel) -> list[str]:
             texts.append(value)
         elif value and isinstance(value, Mapping):  # None or empty: no text (and no slow ABC check)
             texts += [s for item in value.items() for s in item if isinstance(s, str)]
+        elif value and isinstance(value, tuple):
+            texts += [turn.content for turn in value]
     return texts
 
 

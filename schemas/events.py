@@ -20,6 +20,8 @@ MAX_QUERY_CHARS = 4_000
 MAX_RESPONSE_CHARS = 16_000
 MAX_ID_CHARS = 128
 MAX_METADATA_KEYS = 32
+MAX_CONTEXT_TURNS = 64
+MAX_CONTEXT_CHARS = 64_000
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9._:@/+=-]+$")]
 Query = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)]
@@ -65,7 +67,60 @@ class Event(BaseModel):
         return self.__pydantic_serializer__.to_json(self)
 
 
-class InteractionEvent(Event):
+Role = Literal["system", "user", "assistant"]
+
+
+class Turn(BaseModel):
+    """One earlier message of a conversation: who said it and what."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    content: Annotated[str, StringConstraints(max_length=MAX_RESPONSE_CHARS)]
+
+    @model_validator(mode="after")
+    def _has_text(self) -> Turn:
+        if not self.content.strip():
+            raise ValueError("content: empty (a turn must say something)")
+        return self
+
+
+class ConversationEvent(Event):
+    """An event about one answered turn of a conversation (schema version 2): the turns before it
+    (`context`, the app's system prompt first when it sent one), the conversation and the turn's place
+    in it. A version 1 event (no conversation fields) is read as a one-turn conversation: no context,
+    its own interaction as the conversation, turn 0."""
+
+    schema_version: Literal[1, 2] = 2  # type: ignore[assignment]  # versions 1 and 2 both read here
+    context: tuple[Turn, ...] = Field(
+        (), max_length=MAX_CONTEXT_TURNS, description="The conversation before the answered question, oldest first."
+    )
+    conversation_id: Id | None = Field(None, description="The conversation the turn belongs to (v1: the interaction).")
+    turn_index: int = Field(0, ge=0, le=10_000, description="How many user questions came before this one in the conversation.")
+
+    @model_validator(mode="after")
+    def _conversation_fits(self) -> ConversationEvent:
+        if self.schema_version == 1 and (self.context or self.conversation_id is not None or self.turn_index):
+            raise ValueError("schema_version: 1 carries no conversation (context, conversation_id, turn_index); send 2")
+        for n, turn in enumerate(self.context):
+            if turn.role == "system" and n:
+                raise ValueError(f"context.{n}.role: a system turn may only come first")
+        if (chars := sum(len(t.content) for t in self.context)) > MAX_CONTEXT_CHARS:
+            raise ValueError(f"context: {chars} characters in all, at most {MAX_CONTEXT_CHARS}")
+        return self
+
+    @property
+    def system(self) -> str | None:
+        """The app's system prompt, when it sent one."""
+        return self.context[0].content if self.context and self.context[0].role == "system" else None
+
+    @property
+    def history(self) -> tuple[tuple[str, str], ...]:
+        """The earlier user and assistant turns as (role, text), oldest first (the system prompt apart)."""
+        return tuple((t.role, t.content) for t in self.context if t.role != "system")
+
+
+class InteractionEvent(ConversationEvent):
     """One question answered by the assistant."""
 
     interaction_id: Id = Field(default_factory=new_id)
@@ -81,8 +136,8 @@ class InteractionEvent(Event):
 DEFAULT_POLICY = "assistant"  # the model family a deployment trains unless events name another
 
 
-class FeedbackEvent(Event):
-    """A user's judgement of one interaction."""
+class FeedbackEvent(ConversationEvent):
+    """A user's judgement of one interaction (with the interaction's conversation)."""
 
     event_id: Id = Field(default_factory=new_id)
     interaction_id: Id

@@ -1,3 +1,5 @@
+import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -39,7 +41,7 @@ def test_rejection_names_field_and_reason():
 
 def test_unknown_schema_version_and_fields_rejected():
     with pytest.raises(EventValidationError, match="schema_version"):
-        validate_event(FeedbackEvent, {**BASE, "feedback_type": "thumbs_up", "schema_version": 2})
+        validate_event(FeedbackEvent, {**BASE, "feedback_type": "thumbs_up", "schema_version": 3})
     with pytest.raises(EventValidationError, match="colour: Extra inputs are not permitted"):
         validate_event(FeedbackEvent, {**BASE, "feedback_type": "thumbs_up", "colour": "red"})
 
@@ -111,3 +113,45 @@ def test_no_bytes_crash_parsing(raw):
         parse_event(FeedbackEvent, raw)
     except EventValidationError:
         pass
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Reset Mail?"},
+    {"role": "assistant", "content": "Settings."},
+]
+
+
+def test_a_version_1_event_is_a_one_turn_conversation():
+    ev = parse_event(FeedbackEvent, json.dumps({**BASE, "feedback_type": "thumbs_up", "schema_version": 1}))
+    assert (ev.schema_version, ev.context, ev.conversation_id, ev.turn_index) == (1, (), None, 0)
+    assert ev.system is None and ev.history == ()
+    with pytest.raises(EventValidationError, match="schema_version: 1 carries no conversation"):
+        validate_event(FeedbackEvent, {**BASE, "feedback_type": "thumbs_up", "schema_version": 1, "context": CONVERSATION})
+
+
+def test_a_version_2_event_carries_its_conversation():
+    ev = validate_event(
+        FeedbackEvent, {**BASE, "feedback_type": "thumbs_up", "context": CONVERSATION, "conversation_id": "c1", "turn_index": 1}
+    )
+    assert ev.schema_version == 2 and ev.system == "Be brief."
+    assert ev.history == (("user", "Reset Mail?"), ("assistant", "Settings."))
+    assert parse_event(FeedbackEvent, ev.to_bytes()) == ev
+
+
+@pytest.mark.parametrize(
+    ("context", "reason"),
+    [
+        ([{"role": "bot", "content": "hi"}], "context.0.role: Input should be 'system', 'user' or 'assistant'"),
+        ([{"role": "user", "content": "  "}], "context.0: content: empty"),
+        ([{"role": "user", "content": "hi"}] * 10_000, "context: Tuple should have at most 64 items"),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}],
+            "context.1.role: a system turn may only come first",
+        ),
+        ([{"role": "user", "content": "x" * 16_000}] * 5, "context: 80000 characters in all, at most 64000"),
+    ],
+)
+def test_a_malformed_conversation_names_the_field(context, reason):
+    with pytest.raises(EventValidationError, match=re.escape(reason)):
+        validate_event(FeedbackEvent, {**BASE, "feedback_type": "thumbs_up", "context": context})

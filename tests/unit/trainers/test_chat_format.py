@@ -7,7 +7,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from trainers.base_models import resolve_base_model
-from trainers.chat_format import SYSTEM_PROMPT, format_completion, format_prompt, has_chat_template, reward_parts, reward_text
+from trainers.chat_format import (
+    SYSTEM_PROMPT,
+    Conversation,
+    format_completion,
+    format_prompt,
+    has_chat_template,
+    reward_parts,
+    reward_text,
+)
 from trainers.reward_model import format_input
 from trainers.tiny_policy import format_prompt as plain_prompt
 
@@ -48,7 +56,7 @@ def test_with_a_template_system_and_user_turns_then_the_assistant_turn(chat):
     assert format_completion(chat, "Open Settings.") == "Open Settings."
     history = [("user", "Hi"), ("assistant", "Hello!")]
     assert "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nq?" in format_prompt(
-        chat, "q?", history
+        chat, Conversation("q?", tuple(history))
     )
 
 
