@@ -23,22 +23,28 @@ class RewardTrainingSettings(Section):
     max_length: int = Field(
         128,
         ge=8,
-        description="Tokens of the (query, response) input kept, at most the backbone's limit (MiniLM 512, SmolLM2 8192 tokens).",
+        description="Tokens of the (conversation, response) input kept, at most the backbone's limit "
+        "(MiniLM 512, SmolLM2 8192 tokens).",
     )
     truncation: Literal["keep_response", "right"] = Field(
-        "right",
-        description="How an input longer than `max_length` is cut: `right` cuts the joined text's end, `keep_response` "
-        "cuts the prompt from the left and keeps the response whole (measurements: docs/settings-history.md#truncation).",
+        "keep_response",
+        description="How an input longer than `max_length` is cut: `keep_response` keeps the response whole and cuts the "
+        "conversation from the left (oldest turns first), `right` cuts the joined text's end "
+        "(measurements: docs/settings-history.md#truncation).",
     )
 
     # --- data
-    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of queries, chosen by stable hash, held out for evaluation.")
+    eval_fraction: float = Field(
+        0.2, ge=0, lt=1, description="Share of conversation contexts, chosen by stable hash, held out for evaluation."
+    )
     max_text_chars: int = Field(
         4_000,
         ge=1,
         description="Events whose query, response or correction is longer than this are dropped and counted (characters).",
     )
-    max_pairs_per_query: int = Field(64, ge=1, description="Most preference pairs one query contributes (pairs).")
+    max_pairs_per_query: int = Field(
+        64, ge=1, description="Most preference pairs one conversation context (earlier turns and question) contributes (pairs)."
+    )
 
     # --- optimisation
     epochs: int = Field(

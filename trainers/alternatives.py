@@ -4,7 +4,7 @@
 - GRPO / RLOO: online, `num_generations` samples per query scored by the reward function; the
   group (GRPO) or leave-one-out (RLOO) mean is the baseline, so no value head is needed.
 - KTO: offline, straight from thumbs up / down (the natural fit for binary feedback).
-- DPO: offline, from preference pairs on the same query.
+- DPO: offline, from preference pairs in the same conversation (the same earlier turns and question).
 
 KTO and DPO take their examples from feedback events when given; otherwise they label the
 starting policy's own samples with the reward function (above / below the median for KTO; each
@@ -12,8 +12,11 @@ sample preferred over the worse ones to the same query for DPO), which keeps `op
 usable with a reward model alone. Self-labelling draws `epochs * batch_size` samples, the rollout
 budget PPO gets, so the algorithms are compared at equal sampling cost.
 
-Prompts and completions come from `trainers.chat_format`: the policy's chat template when its
-tokenizer has one, else the plain `Query: ...\nResponse:` template.
+Every example is a question in its conversation: feedback gives `Conversation.of(event)`, the
+online algorithms sample the prompts they are given (`trainers.chat_format.Prompt`), and the prompt
+text holds the system prompt and the earlier turns, from `trainers.chat_format`: the policy's chat
+template when its tokenizer has one, else the plain multi-turn format (`Query: ...\nResponse:`
+for a one-turn conversation).
 
 CPU runs fp32 without gradient checkpointing (TRL's bf16 / checkpointing defaults fail or crawl
 there); a GPU runs bf16. The device is picked automatically.
@@ -38,7 +41,7 @@ from core.errors import GuardrailRejection, TrainingError
 from core.learning_settings import PolicyTrainingSettings
 from core.settings import FeedbackSettings
 from schemas.events import FeedbackEvent, latest_verdicts
-from trainers.chat_format import format_completion, format_prompt
+from trainers.chat_format import Conversation, Prompt, as_conversation, format_completion, format_prompt
 from trainers.device import pick_device, use_bf16
 from trainers.policy import RewardFn, StatusFn, generate, no_status, step_metrics
 from trainers.policy_config import lora_config
@@ -69,12 +72,13 @@ class _StatusCallback(TrainerCallback):
         self.on_status("progress", self.algorithm, f"step {state.global_step}/{state.max_steps}", progress)
 
 
-def _reward_for_trl(reward_fn: RewardFn):
+def _reward_for_trl(reward_fn: RewardFn, queries: Sequence[Prompt]):
     """TRL calls reward functions with the formatted prompts, the completions and every extra
-    dataset column as keyword arguments; the `query` column carries the raw query."""
+    dataset column as keyword arguments; the `index` column says which of `queries` a row is, so
+    `reward_fn` sees the prompt it was given (its conversation included), not the formatted text."""
 
-    def reward(prompts: list[str], completions: list[str], query: list[str], **_: Any) -> list[float]:
-        return [float(r) for r in reward_fn(list(query), [c.strip() for c in completions])]
+    def reward(prompts: list[str], completions: list[str], index: list[int], **_: Any) -> list[float]:
+        return [float(r) for r in reward_fn([queries[i] for i in index], [c.strip() for c in completions])]
 
     return reward
 
@@ -99,23 +103,24 @@ def _common_args(config: PolicyTrainingSettings, seed: int, output_dir: str) -> 
 # ----------------------------------------------------------------------------- data for KTO / DPO
 
 
-def judgements(events: Sequence[FeedbackEvent], min_rating: int) -> list[tuple[str, str, bool]]:
-    """(query, response, liked) from feedback: thumbs and ratings liked when positive
+def judgements(events: Sequence[FeedbackEvent], min_rating: int) -> list[tuple[Conversation, str, bool]]:
+    """(conversation, response, liked) from feedback: thumbs and ratings liked when positive
     (`FeedbackEvent.is_positive`), and corrections (the correction is liked, the answer it
     corrected is not); of a user's changed mind, the latest verdict."""
     out = []
     for e in latest_verdicts(events):
+        conversation = Conversation.of(e)
         if e.feedback_type == "correction" and e.correction:
-            out += [(e.query, e.correction, True), (e.query, e.response, False)]
+            out += [(conversation, e.correction, True), (conversation, e.response, False)]
         else:
-            out.append((e.query, e.response, e.is_positive(min_rating)))
+            out.append((conversation, e.response, e.is_positive(min_rating)))
     return out
 
 
 def kto_examples(
     events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> list[dict[str, Any]]:
-    """KTO rows (prompt, completion, label): one per judgement, in `tokenizer`'s chat format."""
+    """KTO rows (prompt, completion, label): one per judgement, the conversation in `tokenizer`'s chat format."""
     return [
         {"prompt": format_prompt(tokenizer, q), "completion": format_completion(tokenizer, r), "label": liked}
         for q, r, liked in judgements(events, min_rating)
@@ -125,10 +130,11 @@ def kto_examples(
 def dpo_pairs(
     events: Sequence[FeedbackEvent], min_rating: int, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> list[dict[str, str]]:
-    """DPO rows (prompt, chosen, rejected): every liked answer against every disliked answer to
-    the same query (so a correction is preferred over the answer it corrected)."""
-    liked: dict[str, dict[str, None]] = defaultdict(dict)  # dicts as ordered sets: stable, deduplicated
-    disliked: dict[str, dict[str, None]] = defaultdict(dict)
+    """DPO rows (prompt, chosen, rejected): every liked answer against every disliked answer in the
+    same conversation (so a correction is preferred over the answer it corrected); the same last
+    question after other earlier turns is another conversation."""
+    liked: dict[Conversation, dict[str, None]] = defaultdict(dict)  # dicts as ordered sets: stable, deduplicated
+    disliked: dict[Conversation, dict[str, None]] = defaultdict(dict)
     for q, r, good in judgements(events, min_rating):
         (liked if good else disliked)[q][r] = None
     return [
@@ -148,16 +154,16 @@ def _self_labelled(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn,
-    queries: Sequence[str],
+    queries: Sequence[Prompt],
     config: PolicyTrainingSettings,
     seed: int,
-) -> dict[str, list[tuple[str, float]]]:
+) -> dict[Prompt, list[tuple[str, float]]]:
     """SELF_LABEL_SAMPLES scored samples of the starting policy per query, for a seeded draw of
     queries worth `epochs * batch_size` samples in all (PPO's rollout budget)."""
     n_queries = max(1, config.epochs * config.batch_size // SELF_LABEL_SAMPLES)
     drawn = random.Random(seed).sample(list(queries), min(n_queries, len(queries)))
     repeated = [q for q in drawn for _ in range(SELF_LABEL_SAMPLES)]
-    scored: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    scored: dict[Prompt, list[tuple[str, float]]] = defaultdict(list)
     torch.manual_seed(seed)
     for i in range(0, len(repeated), 64):
         ro = generate(
@@ -185,7 +191,7 @@ def kto_weights(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def _self_labelled_kto(
-    scored: dict[str, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None
+    scored: dict[Prompt, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None
 ) -> list[dict[str, Any]]:
     # The median is scale-free: a reward model's scores have no fixed threshold of "good".
     median = statistics.median(s for samples in scored.values() for _, s in samples)
@@ -197,7 +203,7 @@ def _self_labelled_kto(
 
 
 def _self_labelled_dpo(
-    scored: dict[str, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None
+    scored: dict[Prompt, list[tuple[str, float]]], tokenizer: PreTrainedTokenizerBase | None = None
 ) -> list[dict[str, str]]:
     # Every strictly better sample over every worse one of the same query: up to 6 pairs from 4
     # samples rather than only best-versus-worst, which leaves DPO too few pairs to move.
@@ -222,7 +228,7 @@ def train_alternative(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn,
-    train_queries: Sequence[str],
+    train_queries: Sequence[Prompt],
     config: PolicyTrainingSettings,
     *,
     seed: int = 0,
@@ -259,11 +265,15 @@ def train_alternative(
             trainer_cls: Any
             args_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
             data = Dataset.from_dict(
-                {"prompt": [format_prompt(tokenizer, q) for q in train_queries], "query": list(train_queries)}
+                {
+                    "prompt": [format_prompt(tokenizer, q) for q in train_queries],  # the conversation, formatted
+                    "query": [as_conversation(q).query for q in train_queries],  # the question, for people
+                    "index": list(range(len(train_queries))),  # which prompt: what the reward function scores
+                }
             )
             trainer = trainer_cls(
                 model=lm,
-                reward_funcs=_reward_for_trl(reward_fn),
+                reward_funcs=_reward_for_trl(reward_fn, train_queries),
                 args=args_cls(**common, **online),
                 train_dataset=data,
                 processing_class=tokenizer,

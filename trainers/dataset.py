@@ -1,11 +1,18 @@
 """Training data from user feedback. For the reward model: pairwise preferences where the feedback
-supports them, pointwise labels for the rest, split train/eval by a stable hash of the query. For
-the policy: the queries users gave feedback on, split the same way (`split_policy_queries`).
+supports them, pointwise labels for the rest, split train/eval by a stable hash of the conversation
+context. For the policy: the conversations users gave feedback on, split the same way
+(`split_policy_queries`).
 
     from trainers.dataset import build_dataset, read_jsonl
     data = build_dataset(read_jsonl("feedback.jsonl"), min_rating=4)
     data.summary            # counts per source, per split, dropped and why
-    data.train_pairs        # datasets.Dataset: query, chosen, rejected, source, chosen_kind, rejected_kind
+    data.train_pairs        # datasets.Dataset: query, conversation, chosen, rejected, source, chosen_kind, ...
+    prompts(data.train_pairs)   # the rows' conversations (`trainers.chat_format.Conversation`)
+
+Every example is an answer in its conversation: `Conversation.of(event)`, the app's system prompt
+and the turns before the answered question (none for a version 1 event, which is a one-turn
+conversation). The `query` column is the answered question, for people; `conversation` holds the
+whole context (`Conversation.to_json`), and that is what the reward model reads.
 
 Input is any iterable of `FeedbackEvent`s, or of raw records (dicts, JSON text or bytes) that are
 validated here: a trigger's replayed offset range, a JSONL file, a ClickHouse query. A record that
@@ -13,7 +20,9 @@ fails validation is counted under `invalid` in the summary, never raised.
 Of several verdicts on one answer (a user who changed their mind) only the latest counts
 (`schemas.events.latest_verdicts`; a correction is kept beside the verdict).
 
-Pairing rules, within one query (compared after collapsing whitespace and case):
+Pairing rules, within one conversation context (`context_key`: the same system prompt, earlier
+turns and question, compared after collapsing whitespace and case; the same last question in two
+different conversations is two contexts):
 - ratings: a response rated higher is preferred over one rated lower;
 - thumbs: a thumbs_up response is preferred over a thumbs_down one;
 - corrections: the user's correction is preferred over the response it corrects.
@@ -36,17 +45,21 @@ from datasets import Dataset, Features, Value
 from core.errors import EventValidationError, RlhfError, TrainingError
 from core.hashing import stable_fraction, stable_hash64
 from schemas.events import FeedbackEvent, latest_verdicts, parse_event, validate_event
+from trainers.chat_format import Conversation, Prompt, as_conversation
 
 PAIR_FEATURES = Features(
     {
-        **{name: Value("string") for name in ("query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")},
+        # `query`: the answered question, for people; `conversation`: its whole context (`Conversation.to_json`)
+        **{
+            name: Value("string")
+            for name in ("query", "conversation", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")
+        },
         "recent": Value("bool"),
     }
 )
 POINT_FEATURES = Features(
     {
-        "query": Value("string"),
-        "response": Value("string"),
+        **{name: Value("string") for name in ("query", "conversation", "response")},
         "label": Value("float32"),
         "kind": Value("string"),
         "recent": Value("bool"),
@@ -61,7 +74,7 @@ class DatasetError(RlhfError):
 
 @dataclass(frozen=True)
 class Pair:
-    query: str
+    prompt: Conversation  # the answered question in its conversation
     chosen: str
     rejected: str
     source: str  # the rule that made the pair: rating, thumbs or correction
@@ -72,7 +85,7 @@ class Pair:
 
 @dataclass(frozen=True)
 class Point:
-    query: str
+    prompt: Conversation
     response: str
     label: float
     kind: str
@@ -100,27 +113,56 @@ def read_jsonl(path: str | Path) -> Iterator[str]:
 
 
 def query_key(query: str) -> str:
-    """What makes two queries "the same": whitespace and case do not matter."""
+    """What makes two questions "the same": whitespace and case do not matter."""
     return " ".join(query.split()).casefold()
 
 
-def is_eval_query(query: str, eval_fraction: float, salt: str) -> bool:
-    """Stable across processes and runs, so a query always lands on the same side."""
-    return stable_fraction("reward-split", salt, query_key(query)) < eval_fraction
+def context_key(prompt: Prompt) -> str:
+    """What makes two answered questions "the same" (pairing, dedupe, the train/eval split): the same
+    conversation context, `Conversation.key`. A lone question (no earlier turns, no system prompt: every
+    version 1 event) is its `query_key`, as before conversations, so old feedback pairs and splits as it did."""
+    conversation = as_conversation(prompt)
+    return conversation.key if conversation.history or conversation.system else query_key(conversation.query)
 
 
-def split_policy_queries(events: Iterable[FeedbackEvent], eval_fraction: float = 0.2) -> tuple[list[str], list[str]]:
-    """Every distinct query users gave feedback on, whatever the verdict (a policy must learn the
-    questions it answered badly too), split into (train, held-out) by a stable hash of the text,
-    so a query never moves sides as feedback grows. TrainingError when either side is empty."""
-    queries = sorted({e.query for e in events})
-    held_out = [q for q in queries if stable_fraction("policy-eval", q) < eval_fraction]
-    train = [q for q in queries if stable_fraction("policy-eval", q) >= eval_fraction]
+def is_eval_query(prompt: Prompt, eval_fraction: float, salt: str) -> bool:
+    """Stable across processes and runs, so a conversation context always lands on the same side."""
+    return _hashes_to_eval(context_key(prompt), eval_fraction, salt)
+
+
+def _hashes_to_eval(key: str, eval_fraction: float, salt: str) -> bool:
+    return stable_fraction("reward-split", salt, key) < eval_fraction
+
+
+def prompts(rows: Dataset) -> list[Prompt]:
+    """The conversations of a dataset's rows (its `conversation` column); for a hand-made dataset with
+    only a `query` column, its bare questions (one-turn conversations)."""
+    if "conversation" in rows.column_names:
+        return [Conversation.from_json(text) for text in rows["conversation"]]
+    return list(rows["query"])
+
+
+def split_policy_queries(
+    events: Iterable[FeedbackEvent], eval_fraction: float = 0.2
+) -> tuple[list[Conversation], list[Conversation]]:
+    """Every distinct conversation users gave feedback on (up to the answered question; whatever the
+    verdict: a policy must learn the questions it answered badly too), split into (train, held-out) by
+    a stable hash of its context, so a conversation never moves sides as feedback grows and every
+    answer to one context lands on one side. TrainingError when either side is empty."""
+    conversations = sorted({Conversation.of(e) for e in events}, key=lambda c: (c.query, c.to_json()))
+    held_out = [c for c in conversations if _policy_side(c) < eval_fraction]
+    train = [c for c in conversations if _policy_side(c) >= eval_fraction]
     if not train or not held_out:
         raise TrainingError(
             f"need queries on both sides of the train / held-out split, got {len(train)} train and {len(held_out)} held-out"
         )
     return train, held_out
+
+
+def _policy_side(conversation: Conversation) -> float:
+    # A lone question hashes its own text, as before conversations: old feedback keeps its split.
+    lone = not conversation.history and not conversation.system
+    return stable_fraction("policy-eval", conversation.query if lone else conversation.key)
 
 
 def kind_of(event: FeedbackEvent) -> str:
@@ -137,7 +179,7 @@ def build_dataset(
     max_pairs_per_query: int = 64,
     recent_ids: frozenset[str] = frozenset(),
 ) -> RewardData:
-    """Pairs and points from feedback records, split by query; see the module docstring for the rules.
+    """Pairs and points from feedback records, split by conversation context; see the module docstring for the rules.
 
     `recent_ids` names the newest events (the latest trigger's, when training on a history): a pair
     of two of them, or a point from one, is `recent`, so training can weigh it up and evaluation can
@@ -146,32 +188,32 @@ def build_dataset(
     invalid: list[str] = []
     events = _accepted_events(records, max_text_chars, dropped, invalid)
 
-    by_query: dict[str, list[FeedbackEvent]] = defaultdict(list)
+    by_context: dict[str, list[FeedbackEvent]] = defaultdict(list)
     for event in events:
-        by_query[query_key(event.query)].append(event)
+        by_context[context_key(Conversation.of(event))].append(event)
 
     pairs: list[Pair] = []
     points: list[Point] = []
-    for group in by_query.values():
+    for group in by_context.values():
         group_pairs, paired_ids = _pairs_of(group, recent_ids)
         if len(group_pairs) > max_pairs_per_query:
             dropped["pair_cap"] += len(group_pairs) - max_pairs_per_query
             # Keep a deterministic, content-based subset so replaying a trigger rebuilds the same data;
-            # the newest comparisons first (older answers of this query are what the policy no longer says).
+            # the newest comparisons first (older answers in this context are what the policy no longer says).
             group_pairs = sorted(group_pairs, key=lambda p: (not p.recent, stable_hash64(p.chosen, p.rejected)))[
                 :max_pairs_per_query
             ]
         pairs += group_pairs
         points += [_point_of(e, min_rating, e.event_id in recent_ids) for e in group if e.event_id not in paired_ids]
 
-    pairs = _dedupe(pairs, lambda p: (query_key(p.query), p.chosen, p.rejected), "duplicate_pair", dropped)
-    points = _dedupe(points, lambda p: (query_key(p.query), p.response, p.label), "duplicate_point", dropped)
+    pairs = _dedupe(pairs, lambda p: (context_key(p.prompt), p.chosen, p.rejected), "duplicate_pair", dropped)
+    points = _dedupe(points, lambda p: (context_key(p.prompt), p.response, p.label), "duplicate_point", dropped)
 
     split: dict[str, list[Any]] = {"train_pairs": [], "eval_pairs": [], "train_points": [], "eval_points": []}
     for pair in pairs:
-        split["eval_pairs" if is_eval_query(pair.query, eval_fraction, split_salt) else "train_pairs"].append(pair)
+        split["eval_pairs" if is_eval_query(pair.prompt, eval_fraction, split_salt) else "train_pairs"].append(pair)
     for point in points:
-        split["eval_points" if is_eval_query(point.query, eval_fraction, split_salt) else "train_points"].append(point)
+        split["eval_points" if is_eval_query(point.prompt, eval_fraction, split_salt) else "train_points"].append(point)
 
     summary = {
         "events": {"accepted": len(events), "invalid": len(invalid), "by_type": dict(Counter(e.feedback_type for e in events))},
@@ -183,8 +225,10 @@ def build_dataset(
             "points": sum(p.recent for p in points),
         },
         "points_by_kind": dict(Counter(p.kind for p in points)),
+        # Answers to a follow-up (a question with earlier turns), the turns a single-turn model misreads.
+        "follow_ups": {"events": sum(bool(e.history) for e in events), "pairs": sum(bool(p.prompt.history) for p in pairs)},
         "splits": {name: len(rows) for name, rows in split.items()},
-        "queries": {"total": len(by_query), "eval": sum(is_eval_query(q, eval_fraction, split_salt) for q in by_query)},
+        "queries": {"total": len(by_context), "eval": sum(_hashes_to_eval(k, eval_fraction, split_salt) for k in by_context)},
         "dropped": dict(dropped),
         "time_range": [min(e.timestamp for e in events).isoformat(), max(e.timestamp for e in events).isoformat()]
         if events
@@ -242,9 +286,9 @@ def _unusable_text(event: FeedbackEvent, max_chars: int) -> str | None:
 
 
 def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset()) -> tuple[list[Pair], set[str]]:
-    """Every preference one query's events support, and the ids of the events used in one. Pairs
-    cross model versions: during an A/B test two versions answer the same query, and their judged
-    answers are comparisons of the newest policies."""
+    """Every preference the events of one conversation context support, and the ids of the events
+    used in one. Pairs cross model versions: during an A/B test two versions answer the same
+    question, and their judged answers are comparisons of the newest policies."""
     pairs: list[Pair] = []
     used: set[str] = set()
 
@@ -252,7 +296,15 @@ def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset
         if chosen.response != rejected.response:  # two verdicts on the same text are no preference
             recent = chosen.event_id in recent_ids and rejected.event_id in recent_ids
             pairs.append(
-                Pair(chosen.query, chosen.response, rejected.response, source, kind_of(chosen), kind_of(rejected), recent)
+                Pair(
+                    Conversation.of(chosen),
+                    chosen.response,
+                    rejected.response,
+                    source,
+                    kind_of(chosen),
+                    kind_of(rejected),
+                    recent,
+                )
             )
             used.update((chosen.event_id, rejected.event_id))
 
@@ -266,16 +318,15 @@ def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset
         add(up, down, "thumbs")
     for e in group:
         if e.correction is not None:  # the schema requires it exactly when feedback_type is "correction"
-            pairs.append(
-                Pair(e.query, e.correction, e.response, "correction", "correction", "corrected", e.event_id in recent_ids)
-            )
+            recent = e.event_id in recent_ids
+            pairs.append(Pair(Conversation.of(e), e.correction, e.response, "correction", "correction", "corrected", recent))
             used.add(e.event_id)
     return pairs, used
 
 
 def _point_of(event: FeedbackEvent, min_rating: int, recent: bool) -> Point:
     # Only ratings and thumbs get here: a correction always makes a pair.
-    return Point(event.query, event.response, float(event.is_positive(min_rating)), kind_of(event), recent)
+    return Point(Conversation.of(event), event.response, float(event.is_positive(min_rating)), kind_of(event), recent)
 
 
 def _dedupe(rows: list, key: Any, reason: str, dropped: Counter[str]) -> list:
@@ -292,4 +343,6 @@ def _dedupe(rows: list, key: Any, reason: str, dropped: Counter[str]) -> list:
 
 
 def _to_dataset(rows: list[Pair] | list[Point], features: Features) -> Dataset:
-    return Dataset.from_dict({name: [getattr(r, name) for r in rows] for name in features}, features=features)
+    text = {"query": [r.prompt.query for r in rows], "conversation": [r.prompt.to_json() for r in rows]}
+    columns = {name: text[name] if name in text else [getattr(r, name) for r in rows] for name in features}
+    return Dataset.from_dict(columns, features=features)

@@ -2,7 +2,7 @@
 learns it directly (a supervised term beside the RL objective, `policy.training.demo_coef`), not
 only through the reward model's (correction > original) pair.
 
-    demos = corrections(events)                          # [(query, correction)], the latest per answer
+    demos = corrections(events)                          # [(conversation, correction)], the latest per answer
     batch = encode_demonstrations(tokenizer, demos[:8])  # prompt + correction + EOS, right-padded
     loss = demonstration_loss(lm, batch)                 # mean NLL of the correction's tokens
     fit_demonstrations(lm, tokenizer, demos, epochs=2, batch_size=8, learning_rate=2e-4)   # a supervised pass before RL
@@ -10,6 +10,9 @@ only through the reward model's (correction > original) pair.
 Two uses, both in `policy.training`: `demo_epochs` supervised passes over the corrections before
 PPO starts (SFT then RL, as InstructGPT; the KL reference is then the fine-tuned start), and
 `demo_coef`, the same loss as an anchor term inside every PPO update.
+
+A correction is learned in its conversation: the prompt is the whole context the corrected answer
+replied to (the app's system prompt, the earlier turns, the question), in the policy's chat format.
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from schemas.events import FeedbackEvent, latest_verdicts
-from trainers.chat_format import format_completion, format_prompt
+from trainers.chat_format import Conversation, Prompt, format_completion, format_prompt
 
 
-def corrections(events: Iterable[FeedbackEvent]) -> list[tuple[str, str]]:
-    """(query, correction) of every correction still standing (`latest_verdicts`), one per distinct
-    pair, in the order given."""
-    out = {(e.query, e.correction): None for e in latest_verdicts(events) if e.correction}
+def corrections(events: Iterable[FeedbackEvent]) -> list[tuple[Conversation, str]]:
+    """(conversation, correction) of every correction still standing (`latest_verdicts`), one per
+    distinct pair, in the order given."""
+    out = {(Conversation.of(e), e.correction): None for e in latest_verdicts(events) if e.correction}
     return list(out)
 
 
@@ -43,15 +46,16 @@ class DemoBatch:
 
 def encode_demonstrations(
     tokenizer: PreTrainedTokenizerBase,
-    demos: Sequence[tuple[str, str]],
+    demos: Sequence[tuple[Prompt, str]],
     max_tokens: int = 256,
     device: torch.device | str = "cpu",
 ) -> DemoBatch:
-    """Prompt (the policy's own chat format) + correction + EOS per demonstration; the prompt is
-    cut from the left when the whole would pass `max_tokens`."""
+    """Prompt (the conversation in the policy's own chat format) + correction + EOS per
+    demonstration; the prompt is cut from the left (the oldest turns first) when the whole would
+    pass `max_tokens`."""
     rows, targets = [], []
-    for query, correction in demos:
-        prompt = tokenizer(format_prompt(tokenizer, query), add_special_tokens=False)["input_ids"]
+    for conversation, correction in demos:
+        prompt = tokenizer(format_prompt(tokenizer, conversation), add_special_tokens=False)["input_ids"]
         answer = tokenizer(format_completion(tokenizer, correction), add_special_tokens=False)["input_ids"] + [
             tokenizer.eos_token_id
         ]
@@ -80,7 +84,7 @@ def demonstration_loss(lm: nn.Module, batch: DemoBatch) -> torch.Tensor:
 def fit_demonstrations(
     lm: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    demos: Sequence[tuple[str, str]],
+    demos: Sequence[tuple[Prompt, str]],
     *,
     epochs: int,
     batch_size: int,

@@ -5,7 +5,7 @@ spread is also the signal PPO stops on when it grows (`trainers.ppo`): the polic
 answers the reward model was not trained on.
 
     reward = EnsembleReward(RewardModel.load(path), penalty=1.0)
-    reward(queries, responses)      # -> list[float] in (0, 1): mean - penalty * std of the members' sigmoids
+    reward(prompts, responses)      # -> list[float] in (0, 1): mean - penalty * std of the members' sigmoids
     reward.last_disagreement        # mean std over the last batch scored
 """
 
@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from trainers.chat_format import Prompt
 from trainers.reward_config import RewardConfig
 
 
@@ -24,7 +25,7 @@ class HeadScorer(Protocol):
 
     config: RewardConfig
 
-    def head_scores(self, queries: Sequence[str], responses: Sequence[str]) -> torch.Tensor: ...
+    def head_scores(self, queries: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor: ...
 
 
 def disagreement(member_scores: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ class EnsembleReward:
         self.rm, self.penalty = rm, penalty
         self.last_disagreement = 0.0
 
-    def __call__(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
+    def __call__(self, queries: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         members = self.rm.head_scores(queries, responses)[:, : self.rm.config.training.ensemble_members]
         self.last_disagreement = float(disagreement(members).mean()) if len(members) else 0.0
         return penalised_reward(members, self.penalty).tolist()

@@ -24,6 +24,7 @@ from core.learning_settings import ALGORITHMS, PolicyTrainingSettings
 from core.settings import FeedbackSettings
 from schemas.events import FeedbackEvent
 from trainers.alternatives import train_alternative
+from trainers.chat_format import Prompt
 from trainers.demonstrations import corrections, fit_demonstrations
 from trainers.guardrails import check_guardrails
 from trainers.policy import RewardFn, StatusFn, evaluate_policy, load_policy, no_status
@@ -35,8 +36,8 @@ def optimise_policy(
     algorithm: str,
     base_model_path: str,
     reward_fn: RewardFn,
-    train_queries: Sequence[str],
-    eval_queries: Sequence[str],
+    train_queries: Sequence[Prompt],
+    eval_queries: Sequence[Prompt],
     config: PolicyTrainingSettings,
     out_dir: str | Path,
     on_status: StatusFn = no_status,
@@ -50,7 +51,8 @@ def optimise_policy(
 ) -> dict[str, Any]:
     """Train a new policy for the one at `base_model_path` (the parent, serving now) with
     `algorithm`, evaluate it against the parent on `eval_queries`, and save it (save_pretrained,
-    atomically; an existing `out_dir` is replaced) to `out_dir`.
+    atomically; an existing `out_dir` is replaced) to `out_dir`. The queries are prompts: questions
+    in their conversations (`trainers.chat_format.Prompt`), as `reward_fn` receives them.
 
     `original_path` is the policy the loop started from: training restarts from it under
     `config.start_from == "base"`, PPO's KL is held to it under `config.reference == "base"`, and
@@ -199,7 +201,7 @@ def optimise_policy(
 def _fit_corrections(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    demos: Sequence[tuple[str, str]],
+    demos: Sequence[tuple[Prompt, str]],
     config: PolicyTrainingSettings,
     seed: int,
 ) -> tuple[PreTrainedModel, float]:

@@ -1,14 +1,16 @@
 """The policy side every algorithm, the evaluation and the assistant service share: load a causal
-LM, sample answers to queries, score them, and measure a policy on held-out queries.
+LM, sample answers to prompts, score them, and measure a policy on held-out prompts.
 
     lm, tokenizer = load_policy("tiny")          # `tiny`, `smollm2`, a .gguf file, a local directory or a Hub id
-    answers = sample(lm, tokenizer, queries, max_new_tokens=32, temperature=0.8, top_p=0.95).responses
-    rollout = generate(lm, tokenizer, queries, reward_fn, max_new_tokens=32, temperature=0.8, top_p=0.95)
+    answers = sample(lm, tokenizer, prompts, max_new_tokens=32, temperature=0.8, top_p=0.95).responses
+    rollout = generate(lm, tokenizer, prompts, reward_fn, max_new_tokens=32, temperature=0.8, top_p=0.95)
     evaluate_policy(lm, tokenizer, reward_fn, held_out, reference=start)   # mean reward, KL, length
 
-Prompts are built by `trainers.chat_format` (the tokenizer's chat template when it has one). A
-reward function takes the raw queries and the answers and returns one float per answer; a status
-function receives `(state, stage, message, metrics)` as training goes.
+A prompt is a question in its conversation (`trainers.chat_format.Prompt`: a `Conversation` with
+the system prompt and earlier turns, or a bare question), formatted by `trainers.chat_format` (the
+tokenizer's chat template when it has one). A reward function takes the prompts as given and the
+answers and returns one float per answer; a status function receives `(state, stage, message,
+metrics)` as training goes.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from core.errors import ModelLoadError, TrainingError
 from core.learning_settings import SAMPLING_TEMPERATURE, SAMPLING_TOP_P
 from trainers.base_models import resolve_base_model
-from trainers.chat_format import format_prompts
+from trainers.chat_format import Prompt, format_prompts
 from trainers.device import pick_device, use_bf16
 from trainers.loading import load_model
 
-RewardFn = Callable[[list[str], list[str]], list[float]]
+RewardFn = Callable[[list[Prompt], list[str]], list[float]]  # (prompts as sampled, answers) -> one score each
 StatusFn = Callable[[str, str, str, dict[str, float]], None]
 
 
@@ -104,7 +106,7 @@ def sequence_logprobs(
 
 @dataclass
 class Samples:
-    queries: list[str]
+    queries: list[Prompt]  # as given to `sample`
     responses: list[str]
     input_ids: torch.Tensor  # (B, P + R): left-padded prompt, then the response, right-padded
     attention_mask: torch.Tensor  # (B, P + R)
@@ -131,18 +133,24 @@ class Rollout(Samples):
 def sample(
     lm: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    queries: list[str],
+    queries: Sequence[Prompt],
     *,
     max_new_tokens: int,
     temperature: float,
     top_p: float,
     greedy: bool = False,
 ) -> Samples:
-    """Answer `queries` (nucleus sampling, or `greedy`), each prompted in the tokenizer's chat
-    format (`trainers.chat_format`); the tokens after EOS are masked out."""
+    """Answer `queries`, each a question in its conversation (nucleus sampling, or `greedy`),
+    prompted in the tokenizer's chat format (`trainers.chat_format`); the tokens after EOS are masked
+    out. A prompt that would leave the answer no room in the model's positions is cut from the left:
+    the oldest turns go, the question stays."""
     device = next(lm.parameters()).device
     tokenizer.padding_side = "left"  # generation continues from the right edge of every prompt
-    enc = tokenizer(format_prompts(tokenizer, queries), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    enc = dict(tokenizer(format_prompts(tokenizer, queries), return_tensors="pt", padding=True, add_special_tokens=False))
+    room = getattr(getattr(lm, "config", None), "max_position_embeddings", None)
+    if isinstance(room, int) and enc["input_ids"].shape[1] > room - max_new_tokens > 0:
+        enc = {name: t[:, max_new_tokens - room :] for name, t in enc.items()}  # left-padded: the prompts' ends are aligned
+    enc = {name: t.to(device) for name, t in enc.items()}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device)):
         out = lm.generate(  # type: ignore[operator]  # typed as an nn.Module, it is a PreTrainedModel
             **enc,
@@ -169,7 +177,7 @@ def sample(
 def generate(
     lm: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    queries: list[str],
+    queries: Sequence[Prompt],
     reward_fn: RewardFn,
     *,
     max_new_tokens: int,
@@ -208,7 +216,7 @@ def evaluate_policy(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn,
-    queries: Sequence[str],
+    queries: Sequence[Prompt],
     *,
     reference: PreTrainedModel | None = None,
     max_new_tokens: int = 32,

@@ -13,8 +13,9 @@ functions (whitening, KL-shaped rewards, GAE, the clipped losses, the adaptive K
 corrections as a supervised term in `trainers.demonstrations`, the hyperparameters in
 `core.learning_settings.PolicyTrainingSettings`.
 
-One PPO iteration: sample `batch_size` queries -> generate answers (top_p / temperature) ->
-score them with `reward_fn(queries, responses)` -> per-token reward = -kl_coef * KL(policy || ref)
+One PPO iteration: sample `batch_size` prompts (questions in their conversations, formatted by
+`trainers.chat_format`) -> generate answers (top_p / temperature) -> score them with
+`reward_fn(prompts, responses)` -> per-token reward = -kl_coef * KL(policy || ref)
 plus the score (over its running std) on the last token -> GAE -> `ppo_epochs` passes of clipped
 surrogate + clipped value loss over mini-batches -> adapt kl_coef towards `target_kl`. Guardrails
 roll back an update that pushes KL past `kl_bound` (the next try takes a smaller step), produces a
@@ -42,6 +43,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import TrainingError
 from core.learning_settings import PolicyTrainingSettings
+from trainers.chat_format import Prompt
 from trainers.demonstrations import DemoBatch, demonstration_loss
 from trainers.device import use_bf16
 from trainers.ensemble import EnsembleReward
@@ -161,7 +163,7 @@ def _rollout(
     policy: PolicyWithValue,
     reference: Reference,
     tokenizer: PreTrainedTokenizerBase,
-    queries: list[str],
+    queries: list[Prompt],
     reward_fn: RewardFn,
     config: PolicyTrainingSettings,
     autocast: torch.autocast,
@@ -254,19 +256,19 @@ def train_ppo(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     reward_fn: RewardFn,
-    train_queries: Sequence[str],
+    train_queries: Sequence[Prompt],
     config: PolicyTrainingSettings,
     *,
     seed: int = 0,
     reference: PreTrainedModel | None = None,
     on_status: StatusFn = no_status,
-    demonstrations: Sequence[tuple[str, str]] = (),
+    demonstrations: Sequence[tuple[Prompt, str]] = (),
     checkpoint_dir: str | Path | None = None,
 ) -> tuple[PreTrainedModel, PPOResult]:
     """Optimise `lm` in place against `reward_fn` with PPO; returns the trained model (LoRA
     merged back) and what happened. `reference` is a frozen model the KL is held to, if the
     caller already holds one; else the starting `lm`: with LoRA that is `lm` itself with the
-    adapters off, without it a copy. `demonstrations`, (query, wanted answer) such as users'
+    adapters off, without it a copy. `demonstrations`, (prompt, wanted answer) such as users'
     corrections, add a supervised term (`demo_coef`). When `reward_fn` is an `EnsembleReward`, a
     growing disagreement of its members stops training. Rollouts happen on `lm`'s device. `seed`
     seeds the query order, the sampling and the value head.

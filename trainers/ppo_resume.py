@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from core.errors import TrainingError
 from core.files import write_atomically
+from trainers.chat_format import Prompt
 from trainers.demonstrations import DemoBatch, encode_demonstrations
 
 T = TypeVar("T")
@@ -26,9 +27,10 @@ CHECKPOINT_FILE = "ppo_state.pt"
 MAY_CHANGE_ON_RESUME = {"epochs", "checkpoint_every", "grad_accumulation_steps"}
 
 
-def query_batches(queries: Sequence[str], batch_size: int, rng: random.Random) -> Iterator[list[str]]:
-    """Endless batches, reshuffled every pass, so every training query is used equally often."""
-    pool: list[str] = []
+def query_batches(queries: Sequence[Prompt], batch_size: int, rng: random.Random) -> Iterator[list[Prompt]]:
+    """Endless batches of prompts (questions in their conversations), reshuffled every pass, so every
+    training prompt is used equally often."""
+    pool: list[Prompt] = []
     while True:
         if len(pool) < batch_size:
             fresh = list(queries)
@@ -39,7 +41,7 @@ def query_batches(queries: Sequence[str], batch_size: int, rng: random.Random) -
 
 
 def demo_batches(
-    tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[str, str]], batch_size: int, seed: int, device: torch.device
+    tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[Prompt, str]], batch_size: int, seed: int, device: torch.device
 ) -> Iterator[DemoBatch]:
     """Endless mini-batches of demonstrations, reshuffled every pass."""
     rng = random.Random(seed)

@@ -1,5 +1,6 @@
 """Training a reward model: Bradley-Terry on preference pairs and BCE on unpaired (pointwise)
-feedback, then evaluation on held-out queries and an atomic version directory.
+feedback, then evaluation on held-out conversations and an atomic version directory. Every answer
+is scored in its conversation (the earlier turns and the question, `trainers.dataset.prompts`).
 
     from trainers.reward import train_reward_model
     model, metrics = train_reward_model(events, RewardConfig.from_settings(settings), version_dir, lineage={...})
@@ -32,7 +33,7 @@ from core.errors import TrainingError
 from schemas.events import FeedbackEvent
 from trainers import distributed
 from trainers.batching import length_batches
-from trainers.dataset import RewardData, build_dataset
+from trainers.dataset import RewardData, build_dataset, prompts
 from trainers.reward_config import RewardConfig
 from trainers.reward_eval import evaluate
 from trainers.reward_losses import example_weights, pairwise_loss, pointwise_loss
@@ -54,9 +55,10 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
     if len(pairs) + len(points) == 0:
         raise TrainingError("no training examples: every event was invalid, dropped or held out")
     start = time.perf_counter()
-    chosen = rm.encode(pairs["query"], pairs["chosen"])
-    rejected = rm.encode(pairs["query"], pairs["rejected"])
-    point_ids = rm.encode(points["query"], points["response"])
+    pair_prompts = prompts(pairs)  # each answer in its conversation (`trainers.dataset`)
+    chosen = rm.encode(pair_prompts, pairs["chosen"])
+    rejected = rm.encode(pair_prompts, pairs["rejected"])
+    point_ids = rm.encode(prompts(points), points["response"])
     labels = torch.tensor(points["label"], dtype=torch.float32)
     pair_weights = example_weights(_recent(pairs), run.heads, cfg.recent_weight, run.seed)
     point_weights = example_weights(_recent(points), run.heads, cfg.recent_weight, run.seed + 1)

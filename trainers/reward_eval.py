@@ -1,6 +1,6 @@
-"""How good a reward model is on held-out feedback: pairwise accuracy (overall, per pairing rule,
-on the newest data and for the gate head), the ensemble's disagreement, ROC-AUC of pointwise
-labels and the reward distribution per feedback kind.
+"""How good a reward model is on held-out feedback, each answer scored in its conversation:
+pairwise accuracy (overall, per pairing rule, on the newest data and for the gate head), the
+ensemble's disagreement, ROC-AUC of pointwise labels and the reward distribution per feedback kind.
 
     metrics = evaluate(RewardModel.load(version_dir), data.eval_pairs, data.eval_points)
 
@@ -18,6 +18,8 @@ import numpy as np
 from datasets import Dataset
 from scipy.stats import rankdata
 
+from trainers.chat_format import as_conversation
+from trainers.dataset import prompts
 from trainers.ensemble import disagreement
 from trainers.reward_model import RewardModel
 
@@ -27,11 +29,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Pairwise accuracy (overall and per pairing rule), ROC-AUC of pointwise labels and the reward
     distribution per feedback kind; `progress(texts scored, total)` as scoring goes, if given."""
-    texts = sorted(
-        {(q, r) for q, c, j in zip(pairs["query"], pairs["chosen"], pairs["rejected"], strict=True) for r in (c, j)}
-        | set(zip(points["query"], points["response"], strict=True))
+    pair_prompts, point_prompts = prompts(pairs), prompts(points)
+    texts = sorted(  # each (conversation, answer) once, in an order that does not depend on the rows'
+        {(p, r) for p, c, j in zip(pair_prompts, pairs["chosen"], pairs["rejected"], strict=True) for r in (c, j)}
+        | set(zip(point_prompts, points["response"], strict=True)),
+        key=lambda text: (as_conversation(text[0]).query, text[1], as_conversation(text[0]).to_json()),
     )
-    heads = rm.head_scores([q for q, _ in texts], [r for _, r in texts], progress)
+    heads = rm.head_scores([p for p, _ in texts], [r for _, r in texts], progress)
     members = heads[:, : rm.config.training.ensemble_members]
     reward = dict(zip(texts, members.mean(dim=1).tolist(), strict=True))
     gate = dict(zip(texts, heads[:, -1].tolist(), strict=True)) if rm.config.training.gate_head else reward
@@ -39,16 +43,16 @@ def evaluate(
     by_kind: dict[str, list[float]] = defaultdict(list)
     right_by_source: dict[str, list[bool]] = defaultdict(list)  # thumbs pairs carry users' coin flips; corrections do not
     margins, gate_right, recent_right = [], [], []
-    for row in pairs:
-        good, bad = reward[row["query"], row["chosen"]], reward[row["query"], row["rejected"]]
+    for prompt, row in zip(pair_prompts, pairs, strict=True):
+        good, bad = reward[prompt, row["chosen"]], reward[prompt, row["rejected"]]
         margins.append(good - bad)
-        gate_right.append(gate[row["query"], row["chosen"]] > gate[row["query"], row["rejected"]])
+        gate_right.append(gate[prompt, row["chosen"]] > gate[prompt, row["rejected"]])
         if row["recent"]:
             recent_right.append(good > bad)
         right_by_source[row["source"]].append(good > bad)
         by_kind[row["chosen_kind"]].append(good)
         by_kind[row["rejected_kind"]].append(bad)
-    point_scores = [reward[q, r] for q, r in zip(points["query"], points["response"], strict=True)]
+    point_scores = [reward[p, r] for p, r in zip(point_prompts, points["response"], strict=True)]
     for kind, score in zip(points["kind"], point_scores, strict=True):
         by_kind[kind].append(score)
 

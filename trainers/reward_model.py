@@ -1,15 +1,18 @@
 """The reward model: a backbone with a scalar head per ensemble member (and the gate's), scoring a
-(query, response); how it is created, saved as a version directory, loaded back and used to predict.
+(prompt, response), the prompt a question in its conversation (`trainers.chat_format.Prompt`: a
+`Conversation`, or a bare question); how it is created, saved as a version directory, loaded back
+and used to predict.
 
     rm = RewardModel.create(RewardConfig.from_settings(settings))   # the base model with a fresh head
-    RewardModel.load(version_dir).predict(queries, responses)       # -> list[float], logits
-    RewardModel.load(version_dir).reward(queries, responses)        # -> their sigmoid, in (0, 1)
+    RewardModel.load(version_dir).predict(prompts, responses)       # -> list[float], logits
+    RewardModel.load(version_dir).reward(prompts, responses)        # -> their sigmoid, in (0, 1)
 
 The backbone is `reward_model.base_model`: the MiniLM encoder (`minilm`, the default), SmolLM2 with
 a score head (`smollm2`) or any model `trainers.base_models` resolves. Its input is the
 conversation in the backbone's chat format (`trainers.chat_format`; `Query: ...\nResponse: ...`
-without a template). Truncation to `max_length` keeps the response and cuts the prompt from the
-left (`truncation: keep_response`); `bench/reward_real.py` measures it on real human preferences.
+without a template). Truncation to `max_length` (`truncation: keep_response`) keeps the response
+and cuts the conversation from the left: the system prompt and the oldest turns go first, the
+newest turn and the question stay; `bench/reward_real.py` measures it on real human preferences.
 
 A version directory is written atomically (`core.files.write_atomically`), so a crash never leaves
 a half-written version that loads. `trainers.reward` trains the model, `trainers.reward_eval`
@@ -32,7 +35,7 @@ from core.errors import ConfigError, ModelLoadError, RlhfError
 from core.files import write_atomically
 from trainers.base_models import resolve_base_model
 from trainers.batching import pad_batch
-from trainers.chat_format import reward_parts, reward_text
+from trainers.chat_format import Prompt, reward_parts, reward_text
 from trainers.device import pick_device, use_bf16
 from trainers.loading import load_model
 from trainers.reward_config import RewardConfig
@@ -54,7 +57,7 @@ def format_input(query: str, response: str) -> str:
 def keep_response(prompt: list[int], response: list[int], budget: int) -> list[int]:
     """`prompt + response` in at most `budget` tokens: the response whole when it leaves the prompt
     a quarter of the budget, else cut from the right; the prompt takes the rest, cut from the left
-    (its end, where the question usually is, stays)."""
+    (its end stays: the question and the newest turns; the oldest turns go first)."""
     if len(prompt) + len(response) <= budget:
         return prompt + response
     response = response[: budget - min(len(prompt), budget // 4)]
@@ -135,7 +138,7 @@ class RewardModel:
         model.eval()
         return cls(model.to(pick_device(device or config.device)), tokenizer, config, metrics, lineage)
 
-    def encode(self, queries: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
+    def encode(self, queries: Sequence[Prompt], responses: Sequence[str]) -> list[list[int]]:
         """Token ids, truncated (`config.training.truncation`) but not padded: each batch pads to its own longest later."""
         parts = [reward_parts(self.tokenizer, q, r) for q, r in zip(queries, responses, strict=True)]
         if not parts:
@@ -168,29 +171,29 @@ class RewardModel:
         return logits.float()
 
     def predict(
-        self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None
+        self, queries: Sequence[Prompt], responses: Sequence[str], progress: Callable[[int, int], None] | None = None
     ) -> list[float]:
-        """The reward of each (query, response), the ensemble members' mean score; `progress(done,
+        """The reward of each (prompt, response), the ensemble members' mean score; `progress(done,
         total)` after each batch if given."""
         return self.head_scores(queries, responses, progress)[:, : self.config.training.ensemble_members].mean(dim=1).tolist()
 
     def head_scores(
-        self, queries: Sequence[str], responses: Sequence[str], progress: Callable[[int, int], None] | None = None
+        self, queries: Sequence[Prompt], responses: Sequence[str], progress: Callable[[int, int], None] | None = None
     ) -> torch.Tensor:
         """Every head's score, (N, heads): the ensemble members, then the gate head if any."""
         return self.predict_ids(self.encode(queries, responses), progress)
 
-    def gate_reward(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
+    def gate_reward(self, queries: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         """The candidate gate's reward: the sigmoid of the gate head, which no policy was optimised
         against (the members' mean when the model has no gate head)."""
         scores = self.head_scores(queries, responses)
         gate = scores[:, -1] if self.config.training.gate_head else scores.mean(dim=1)
         return torch.sigmoid(gate.double()).tolist()
 
-    def predict_reward(self, query: str, response: str) -> float:
+    def predict_reward(self, query: Prompt, response: str) -> float:
         return self.predict([query], [response])[0]
 
-    def reward(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
+    def reward(self, queries: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
         """The reward a policy is trained and judged on: the sigmoid of each score. A Bradley-Terry
         score is a logit (sigmoid: P(the user liked it)), so this lies in (0, 1) and relative
         gains ("+15% mean reward") are well defined."""

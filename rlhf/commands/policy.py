@@ -116,13 +116,13 @@ def _task(args: argparse.Namespace, eval_fraction: float) -> dict[str, Any]:
     rm = RewardModel.load(_existing(args.reward_model, "reward model", directory=True))
     events = _events(_existing(args.data, "feedback file", directory=False))
     try:
-        train, held_out = split_policy_queries(events, eval_fraction)
+        conversations = split_policy_queries(events, eval_fraction)
     except TrainingError as exc:  # the file's fault: say which file
         raise ConfigError(f"{args.data}: {exc}") from None
     return {
         "reward_fn": rm.reward,
-        "train": train,
-        "held_out": held_out,
+        "train": conversations[0],
+        "held_out": conversations[1],
         "events": events,
         "reward": f"reward model {args.reward_model}",
     }

@@ -16,6 +16,7 @@ from core.learning_settings import RewardTrainingSettings
 from core.settings import load_settings
 from registry.store import Manifest
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
+from schemas.events import Turn
 from trainers.history import History
 from trainers.reward_config import RewardConfig
 
@@ -38,11 +39,11 @@ class StubRewardModel:
         return torch.zeros(len(queries), 2)  # two members agreeing on a sigmoid of 0.5
 
 
-def run_policy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimise) -> Manifest:
+def run_policy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimise, events=EVENTS) -> Manifest:
     monkeypatch.setattr(trainers.optimise, "optimise_policy", optimise)
     monkeypatch.delenv("RLHF_CONFIG", raising=False)
     job = TrainingJob(load_settings(None, home=tmp_path))
-    history = History(EVENTS, frozenset(), [TRIGGER], [BETWEEN])
+    history = History(events, frozenset(), [TRIGGER], [BETWEEN])
     reward = RoundRewardModel("rm-1", StubRewardModel(), {"eval.pairwise_accuracy": 0.8}, history)  # type: ignore[arg-type]
     # No emitter: none of these optimisers reports a guardrail status.
     return job._policy(
@@ -100,3 +101,21 @@ def test_the_gate_judges_by_the_gate_reward_when_there_is_one(tmp_path: Path, mo
 
     manifest = run_policy_step(tmp_path, monkeypatch, hacked)
     assert manifest.status == "rejected" and "gate reward 0.500 -> 0.450" in manifest.reason
+
+
+def test_the_policy_trains_on_the_conversations_of_version_2_feedback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    earlier = (Turn(role="user", content="How do I reset my password in Mail?"), Turn(role="assistant", content="Open Mail."))
+    followed = [
+        e.model_copy(update={"context": earlier, "conversation_id": f"c{n}", "turn_index": 1}) for n, e in enumerate(EVENTS)
+    ]
+    seen: dict[str, Any] = {}
+
+    def recording(algorithm, base, reward_fn, train, held_out, config, out_dir, **kwargs):
+        seen.update(prompts=[*train, *held_out], events=kwargs["feedback_events"])
+        return {"mean_reward_before": 0.4, "mean_reward_after": 0.6, "guardrails_fired": []}
+
+    run_policy_step(tmp_path, monkeypatch, recording, followed)
+    assert {(c.history, c.query) for c in seen["prompts"]} == {
+        ((("user", "How do I reset my password in Mail?"), ("assistant", "Open Mail.")), e.query) for e in EVENTS
+    }
+    assert seen["events"] == followed  # KTO / DPO and the corrections read the same conversations

@@ -4,6 +4,7 @@ events and from the policy's own samples, and the example builders with literal 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.errors import TrainingError
 from core.hashing import stable_fraction
 from core.learning_settings import PolicyTrainingSettings
-from schemas.events import FeedbackEvent
+from schemas.events import FeedbackEvent, Turn
 from tests.unit.trainers.fast import FAST
 from trainers.alternatives import (
     _reward_for_trl,
@@ -25,6 +26,7 @@ from trainers.alternatives import (
     train_alternative,
 )
 from trainers.base_models import resolve_base_model
+from trainers.chat_format import Conversation, Prompt
 from trainers.chat_format import format_prompt as chat_prompt
 from trainers.optimise import optimise_policy
 from trainers.policy import load_policy
@@ -37,7 +39,7 @@ TRAIN_QS, HELD_OUT_QS = (qs[:8] for qs in split_questions())
 TRAIN, HELD_OUT = [q.text for q in TRAIN_QS], [q.text for q in HELD_OUT_QS]
 
 
-def varied_reward(queries: list[str], responses: list[str]) -> list[float]:
+def varied_reward(queries: Sequence[Prompt], responses: list[str]) -> list[float]:
     """The micro policy's answers all score 0 under the hidden preference; this one spreads them
     over [0, 1) (a stable hash of the text) so self-labelling finds better and worse samples."""
     return [stable_fraction("test-reward", r) for r in responses]
@@ -104,7 +106,7 @@ def test_with_a_chat_template_the_examples_are_in_the_policys_chat_format():
 
 
 def test_self_labelled_examples_split_at_the_median_and_pair_every_better_sample():
-    scored = {"q": [("a", 0.9), ("b", 0.5), ("c", 0.1), ("d", 0.5)]}
+    scored: dict[Prompt, list[tuple[str, float]]] = {"q": [("a", 0.9), ("b", 0.5), ("c", 0.1), ("d", 0.5)]}
     assert [(r["completion"], r["label"]) for r in _self_labelled_kto(scored)] == [
         (" a", True),
         (" b", False),
@@ -113,7 +115,8 @@ def test_self_labelled_examples_split_at_the_median_and_pair_every_better_sample
     ]
     pairs = {(p["chosen"], p["rejected"]) for p in _self_labelled_dpo(scored)}
     assert pairs == {(" a", " b"), (" a", " c"), (" a", " d"), (" b", " c"), (" d", " c")}  # ties give no pair
-    assert _self_labelled_dpo({"q": [("a", 0.5), ("b", 0.5)]}) == []
+    ties: dict[Prompt, list[tuple[str, float]]] = {"q": [("a", 0.5), ("b", 0.5)]}
+    assert _self_labelled_dpo(ties) == []
 
 
 def test_kto_weights_balance_the_two_sides():
@@ -122,16 +125,49 @@ def test_kto_weights_balance_the_two_sides():
     assert kto_weights([{"label": True}] * 2 + [{"label": False}]) == {"desirable_weight": 1.0, "undesirable_weight": 2.0}
 
 
-def test_trl_reward_function_scores_the_raw_query_and_the_stripped_completion():
-    seen: list[tuple[list[str], list[str]]] = []
+def test_trl_reward_function_scores_the_prompt_as_given_and_the_stripped_completion():
+    seen: list[tuple[list, list[str]]] = []
 
-    def scores(queries: list[str], responses: list[str]) -> list[float]:
+    def scores(queries: list, responses: list[str]) -> list[float]:
         seen.append((queries, responses))
         return [1.0] * len(queries)
 
-    reward = _reward_for_trl(scores)
-    assert reward([format_prompt("q")], [" answer "], query=["q"], completion_ids=[[1]]) == [1.0]
-    assert seen == [(["q"], ["answer"])]
+    follow_up = Conversation("And how do I undo that?", MAIL)
+    reward = _reward_for_trl(scores, ["q", follow_up])
+    scored = reward([format_prompt("q"), "..."], [" answer ", "b"], query=["q", "x"], index=[0, 1], completion_ids=[[1], [2]])
+    assert scored == [1.0, 1.0]
+    assert seen == [(["q", follow_up], ["answer", "b"])]  # the conversation itself, not its formatted text
+
+
+MAIL = (("user", "How do I reset my password in Mail?"), ("assistant", "Open Mail, go to Security, then press Reset."))
+DRIVE = (("user", "How do I share a folder in Drive?"), ("assistant", "Open Drive, go to Sharing, then press Share."))
+
+
+def test_kto_and_dpo_prompts_hold_the_earlier_turns_and_pair_only_in_one_conversation():
+    undo = "And how do I undo that?"
+    context = lambda turns: tuple(Turn(role=r, content=t) for r, t in turns)  # noqa: E731
+    events = [
+        _event(1, undo, "Press Restore in Mail.", "thumbs_up", context=context(MAIL), turn_index=1),
+        _event(2, undo, "Open Drive.", "thumbs_down", context=context(MAIL), turn_index=1),
+        _event(3, undo, "Press Unshare in Drive.", "thumbs_up", context=context(DRIVE), turn_index=1),
+        _event(4, undo, "Wrong.", "correction", correction="Press Unshare.", context=context(DRIVE), turn_index=1),
+    ]
+    kto = kto_examples(events, min_rating=4)
+    in_mail = "Query: How do I reset my password in Mail?\nResponse: Open Mail, go to Security, then press Reset.\n"
+    assert kto[0]["prompt"] == in_mail + format_prompt(undo) == chat_prompt(None, Conversation(undo, MAIL))
+    assert [(r["prompt"].startswith(in_mail), r["completion"], r["label"]) for r in kto] == [
+        (True, " Press Restore in Mail.", True),
+        (True, " Open Drive.", False),
+        (False, " Press Unshare in Drive.", True),
+        (False, " Press Unshare.", True),
+        (False, " Wrong.", False),
+    ]
+    pairs = [(p["prompt"].split("\n")[0], p["chosen"], p["rejected"]) for p in dpo_pairs(events, min_rating=4)]
+    assert pairs == [  # the same last question, two conversations: never a pair across them
+        ("Query: How do I reset my password in Mail?", " Press Restore in Mail.", " Open Drive."),
+        ("Query: How do I share a folder in Drive?", " Press Unshare in Drive.", " Wrong."),
+        ("Query: How do I share a folder in Drive?", " Press Unshare.", " Wrong."),
+    ]
 
 
 # ----------------------------------------------------------------------------- training on the micro policy
@@ -211,6 +247,19 @@ def test_alternative_with_lora_returns_a_plain_model(micro_policy: str):
     trained, figures = train_alternative("grpo", lm, tok, varied_reward, TRAIN, PolicyTrainingSettings(**FAST, lora_r=4))
     assert type(trained).__name__ == "LlamaForCausalLM" and figures["steps"] == 2
     assert not torch.equal(before, torch.cat([p.detach().flatten() for p in trained.parameters()]))
+
+
+def test_grpo_samples_and_scores_conversations(micro_policy: str):
+    lm, tok = load_policy(micro_policy)
+    prompts = [Conversation(q, MAIL, "Be brief.") for q in TRAIN[:4]]
+    seen: list = []
+
+    def reward(queries: list, responses: list[str]) -> list[float]:
+        seen.extend(queries)
+        return varied_reward(queries, responses)
+
+    train_alternative("grpo", lm, tok, reward, prompts, PolicyTrainingSettings(**FAST))
+    assert seen and set(seen) <= set(prompts)  # each completion scored with the conversation it answered
 
 
 def test_offline_alternatives_refuse_one_sided_data(micro_policy: str, tmp_path: Path):

@@ -75,3 +75,23 @@ def test_sampling_prompts_the_policy_in_its_chat_format(micro_policy: str):
     s = sample(lm, tokenizer, ["q one?", "a longer question two?"], max_new_tokens=3, temperature=1.0, top_p=1.0, greedy=True)
     prompt_ids = s.input_ids[1, : s.input_ids.shape[1] - s.response_len]
     assert tokenizer.decode(prompt_ids) == format_prompt(tokenizer, "a longer question two?")
+
+
+def test_sampling_answers_a_conversation_and_cuts_its_oldest_turns_to_fit(micro_policy: str):
+    from trainers.policy import load_policy, sample
+
+    lm, tokenizer = load_policy(micro_policy)
+    earlier = (("user", "How do I reset my password in Mail?"), ("assistant", "Open Mail, go to Security, then press Reset."))
+    follow_up = Conversation("And how do I undo that?", earlier, "Be brief.")
+    s = sample(lm, tokenizer, ["q?", follow_up], max_new_tokens=3, temperature=1.0, top_p=1.0, greedy=True)
+    assert s.queries == ["q?", follow_up]
+    prompt_ids = s.input_ids[1, : s.input_ids.shape[1] - s.response_len]
+    assert tokenizer.decode(prompt_ids) == format_prompt(tokenizer, follow_up)  # the whole conversation, in order
+    assert format_prompt(tokenizer, follow_up).startswith("System: Be brief.\nQuery: How do I reset my password in Mail?")
+
+    long = Conversation("And how do I undo that?", earlier * 20)  # past the policy's 256 positions
+    room = lm.config.max_position_embeddings - 3
+    s = sample(lm, tokenizer, [long, "q?"], max_new_tokens=3, temperature=1.0, top_p=1.0, greedy=True)
+    assert s.input_ids.shape[1] - s.response_len == room  # the oldest turns went
+    kept = str(tokenizer.decode(s.input_ids[0, :room]))
+    assert kept.endswith("Response: Open Mail, go to Security, then press Reset.\nQuery: And how do I undo that?\nResponse:")

@@ -1,5 +1,5 @@
 """The reward dataset builder on hand-made feedback: pairing rules, labels, dedupe, drops, split;
-and the policy's query split."""
+the policy's query split; and both on conversations (answers compared only in the same context)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from datetime import timedelta
 import pytest
 
 from core.errors import RlhfError, TrainingError
-from schemas.events import FeedbackEvent
-from trainers.dataset import build_dataset, query_key, read_jsonl, split_policy_queries
+from core.hashing import stable_fraction
+from schemas.events import FeedbackEvent, Turn
+from trainers.chat_format import Conversation, as_conversation
+from trainers.dataset import build_dataset, context_key, prompts, query_key, read_jsonl, split_policy_queries
 
 _ids = itertools.count()
 Q = "How do I reset my password in Mail?"
@@ -24,8 +26,13 @@ def ev(
     rating: int | None = None,
     correction: str | None = None,
     event_id: str | None = None,
+    context: tuple[tuple[str, str], ...] = (),
 ) -> FeedbackEvent:
+    """A feedback event; with `context` ((role, text) turns before the question) a version 2 one."""
     return FeedbackEvent(
+        context=tuple(Turn(role=role, content=text) for role, text in context),
+        turn_index=sum(role == "user" for role, _ in context),
+        conversation_id=f"c{next(_ids)}" if context else None,
         event_id=event_id or f"e{next(_ids)}",
         interaction_id=f"i{next(_ids)}",
         user_id="u1",
@@ -239,7 +246,16 @@ def test_popular_query_is_capped_deterministically():
 def test_empty_input_gives_empty_typed_datasets():
     data = build([])
     assert len(data.train_pairs) == len(data.eval_points) == 0
-    assert data.train_pairs.column_names == ["query", "chosen", "rejected", "source", "chosen_kind", "rejected_kind", "recent"]
+    assert data.train_pairs.column_names == [
+        "query",
+        "conversation",
+        "chosen",
+        "rejected",
+        "source",
+        "chosen_kind",
+        "rejected_kind",
+        "recent",
+    ]
     assert data.summary["time_range"] is None
 
 
@@ -257,7 +273,7 @@ def test_policy_queries_keep_every_verdict_and_never_leak():
         ev("r", "thumbs_up", query="q1")
     ]
     train, held_out = split_policy_queries(events)
-    assert sorted(train + held_out) == sorted({e.query for e in events})  # negatives included, deduplicated
+    assert sorted(c.query for c in train + held_out) == sorted({e.query for e in events})  # negatives included, deduplicated
     assert not set(train) & set(held_out)
     assert 20 <= len(held_out) <= 60
     more_train, more_held = split_policy_queries(events + [ev("r", "thumbs_up", query="new")])
@@ -269,3 +285,98 @@ def test_policy_queries_need_both_sides_of_the_split():
         split_policy_queries([ev("r", "thumbs_up", query="q0")], eval_fraction=0.0)
     with pytest.raises(TrainingError, match="got 0 train and 0 held-out"):
         split_policy_queries([])
+
+
+# ----------------------------------------------------------------------------- conversations
+
+MAIL = (("user", "How do I reset my password in Mail?"), ("assistant", "Open Mail, go to Security, then press Reset."))
+DRIVE = (("user", "How do I share a folder in Drive?"), ("assistant", "Open Drive, go to Sharing, then press Share."))
+UNDO = "And how do I undo that?"
+CONVERSATION = {"context", "conversation_id", "turn_index"}  # the fields version 2 added
+
+
+def test_the_same_last_question_in_two_conversations_never_pairs():
+    data = build(
+        [ev("Press Restore in Mail.", "thumbs_up", UNDO, context=MAIL), ev("No idea.", "thumbs_down", UNDO, context=DRIVE)]
+    )
+    assert pairs_of(data) == set()
+    assert points_of(data) == {("Press Restore in Mail.", 1.0, "thumbs_up"), ("No idea.", 0.0, "thumbs_down")}
+    assert data.summary["queries"]["total"] == 2
+    # Nor does a lone question pair with the same question asked as a follow-up.
+    assert pairs_of(build([ev("A", "thumbs_up", UNDO), ev("B", "thumbs_down", UNDO, context=MAIL)])) == set()
+    # Nor two conversations that differ only by the app's system prompt.
+    support = (("system", "You are Mail's support assistant."), *MAIL)
+    assert pairs_of(build([ev("A", "thumbs_up", UNDO, context=MAIL), ev("B", "thumbs_down", UNDO, context=support)])) == set()
+
+
+def test_the_same_context_and_question_in_two_events_pairs_in_that_conversation():
+    again = tuple((role, f"  {text.upper()} ") for role, text in MAIL)  # whitespace and case aside, the same turns
+    data = build(
+        [
+            ev("Press Restore in Mail.", "rating", UNDO, rating=5, context=MAIL),
+            ev("Open Drive.", "rating", f" {UNDO.lower()}", rating=2, context=again),
+            ev("Wrong.", "correction", UNDO, correction="Press Restore.", context=MAIL),
+        ]
+    )
+    assert pairs_of(data) == {("Press Restore in Mail.", "Open Drive.", "rating"), ("Press Restore.", "Wrong.", "correction")}
+    rows = data.train_pairs.to_list()
+    assert {r["query"] for r in rows} == {UNDO}  # the readable question
+    assert all(as_conversation(p).history == MAIL for p in prompts(data.train_pairs))  # the whole context travels with the row
+    assert Conversation.from_json(rows[0]["conversation"]) == prompts(data.train_pairs)[0]
+    assert data.summary["follow_ups"] == {"events": 3, "pairs": 2}
+
+
+def test_a_conversation_context_lands_on_one_side_of_the_split():
+    events = []
+    for i in range(200):
+        earlier = (("user", f"How do I do thing {i}?"), ("assistant", f"Like this {i}."))
+        events += [
+            ev(f"good {i}", "thumbs_up", UNDO, context=earlier),
+            ev(f"bad {i}", "thumbs_down", UNDO.upper(), context=earlier),
+            ev(f"meh {i}", "rating", UNDO, rating=3, context=earlier),
+        ]
+    data = build_dataset(events, eval_fraction=0.3)
+    train = {context_key(p) for d in (data.train_pairs, data.train_points) for p in prompts(d)}
+    held = {context_key(p) for d in (data.eval_pairs, data.eval_points) for p in prompts(d)}
+    assert train and held and not train & held  # one question, 200 contexts: split by context, not by question
+    assert 0.2 < len(held) / 200 < 0.4 and data.summary["queries"] == {"total": 200, "eval": len(held)}
+    policy_train, policy_held = split_policy_queries(events)
+    assert not {context_key(c) for c in policy_train} & {context_key(c) for c in policy_held}
+    assert len(policy_train) + len(policy_held) == 400  # two spellings of the question per context, each a prompt
+    assert all(isinstance(c, Conversation) and c.history for c in policy_train + policy_held)
+
+
+def test_a_version_1_event_pairs_and_splits_as_before_conversations():
+    v1 = [  # as a version 1 producer sends them: no conversation fields at all
+        FeedbackEvent.model_validate(
+            {**ev(f"r{i}", "rating", f"Q {i // 3}?", rating=1 + i % 5).model_dump(exclude=CONVERSATION), "schema_version": 1}
+        )
+        for i in range(60)
+    ]
+    data = build_dataset(v1, eval_fraction=0.3, split_salt="s")
+    rows = data.train_pairs.to_list() + data.eval_pairs.to_list()
+    assert all(Conversation.from_json(r["conversation"]) == Conversation(r["query"]) for r in rows)  # one turn, no system
+    assert {r["query"] for r in data.eval_pairs} == {  # the split hashes the normalised question, as it always did
+        e.query for e in v1 if stable_fraction("reward-split", "s", query_key(e.query)) < 0.3
+    } & {r["query"] for r in rows}
+    assert pairs_of(data) == pairs_of(build_dataset([e.model_copy(update={"schema_version": 2}) for e in v1], eval_fraction=0.3))
+    train, held_out = split_policy_queries(v1)
+    assert [c.query for c in held_out] == sorted(
+        {e.query for e in v1 if stable_fraction("policy-eval", e.query) < 0.2}
+    )  # the policy's split and order too
+    assert all(c == Conversation(c.query) for c in train + held_out)
+
+
+def test_an_event_stripped_of_its_context_trains_as_a_one_turn_conversation():
+    # How a "last turn only" ablation trains: the same feedback with `context` removed.
+    followed = [ev("Press Restore.", "thumbs_up", UNDO, context=MAIL), ev("No idea.", "thumbs_down", UNDO, context=DRIVE)]
+    stripped = [e.model_copy(update={"context": (), "conversation_id": None, "turn_index": 0}) for e in followed]
+    data = build(stripped)
+    assert pairs_of(data) == {("Press Restore.", "No idea.", "thumbs")}
+    assert prompts(data.train_pairs) == [Conversation(UNDO)]
+
+
+def test_prompts_of_a_hand_made_dataset_are_its_questions():
+    from datasets import Dataset
+
+    assert prompts(Dataset.from_dict({"query": ["q?"], "chosen": ["a"], "rejected": ["b"]})) == ["q?"]

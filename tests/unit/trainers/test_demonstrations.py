@@ -9,6 +9,9 @@ from datetime import UTC, datetime, timedelta
 import torch
 
 from schemas import FeedbackEvent
+from schemas.events import Turn
+from trainers import chat_format
+from trainers.chat_format import Conversation
 from trainers.demonstrations import corrections, demonstration_loss, encode_demonstrations, fit_demonstrations
 from trainers.policy import load_policy, sample
 from trainers.tiny_policy import format_prompt
@@ -41,9 +44,26 @@ def test_corrections_standing_are_the_demonstrations_once_each():
         event(5, "correction", "i3", "Open Mail, go to Sync."),
     ]  # a changed correction: the latest counts
     assert corrections(events) == [
-        ("How do I reset my password in Mail?", "Open Mail, go to Security."),
-        ("How do I reset my password in Mail?", "Open Mail, go to Sync."),
+        (Conversation("How do I reset my password in Mail?"), "Open Mail, go to Security."),
+        (Conversation("How do I reset my password in Mail?"), "Open Mail, go to Sync."),
     ]
+
+
+def test_a_correction_is_learned_in_its_conversation(micro_policy: str):
+    _, tok = load_policy(micro_policy)
+    earlier = (("user", "How do I reset my password in Mail?"), ("assistant", "Open Mail, go to Security, then press Reset."))
+    followed = event(1, "correction", "i1", "Open Mail, go to Security, then press Restore.", query="And how do I undo that?")
+    followed = followed.model_copy(update={"context": tuple(Turn(role=r, content=t) for r, t in earlier), "turn_index": 1})
+    (demo,) = corrections([followed])
+    assert demo == (Conversation("And how do I undo that?", earlier), "Open Mail, go to Security, then press Restore.")
+    batch = encode_demonstrations(tok, [demo])
+    prompt = batch.input_ids[0][: int(batch.target_mask[0].nonzero()[0]) + 1]
+    assert tok.decode(prompt) == chat_format.format_prompt(tok, demo[0])  # the earlier turns, then the question
+    # Too long: the oldest turn goes, the question and the answer stay whole.
+    last = chat_format.format_prompt(tok, demo[0].query) + chat_format.format_completion(tok, demo[1])
+    cut = encode_demonstrations(tok, [demo], max_tokens=len(tok(last)["input_ids"]) + 1 + 4)
+    text = str(tok.decode(cut.input_ids[0]))
+    assert "password" not in text and text.endswith("Query: And how do I undo that?\nResponse: " + demo[1] + tok.eos_token)
 
 
 def test_only_the_correction_and_its_eos_are_targets():

@@ -13,7 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from core.errors import GuardrailRejection, TrainingError
 from core.learning_settings import PolicyTrainingSettings, RewardTrainingSettings
 from schemas import FeedbackEvent
+from schemas.events import Turn
 from tests.unit.trainers.fast import FAST
+from trainers.chat_format import Conversation, Prompt
 from trainers.demonstrations import fit_demonstrations
 from trainers.ensemble import EnsembleReward
 from trainers.optimise import gate_verdict, optimise_policy
@@ -67,7 +69,7 @@ def test_the_last_update_is_checked_on_a_fresh_rollout_too(micro_policy: str):
     before = _params(lm)
     calls = []
 
-    def reward_going_bad(queries: list[str], responses: list[str]) -> list[float]:
+    def reward_going_bad(queries: list[Prompt], responses: list[str]) -> list[float]:
         calls.append(len(queries))
         return quality_reward(queries, responses) if len(calls) == 1 else [math.nan] * len(queries)
 
@@ -118,6 +120,36 @@ def test_optimise_policy_saves_atomically_and_reports(micro_policy: str, tmp_pat
     assert metrics["guardrails_fired"] == [] and metrics["algorithm"] == "ppo"
     AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     assert [p.name for p in tmp_path.iterdir()] == ["policy"]  # no temporary leftovers
+
+
+def test_ppo_rolls_out_evaluates_and_learns_corrections_in_their_conversations(micro_policy: str, tmp_path: Path):
+    earlier = (("user", "How do I reset my password in Mail?"), ("assistant", "Open Mail, go to Security, then press Reset."))
+    train = [Conversation(q, earlier, "Be brief.") for q in TRAIN[:4]]
+    held_out = [Conversation(q, earlier) for q in HELD_OUT[:2]]
+    scored: list = []
+
+    def reward(prompts: list, responses: list[str]) -> list[float]:
+        scored.extend(prompts)
+        return [0.5] * len(prompts)
+
+    context = (Turn(role="system", content="Be brief."), *(Turn(role=r, content=t) for r, t in earlier))
+    fix = FeedbackEvent(
+        interaction_id="i1",
+        user_id="u",
+        conversation_id="c1",
+        turn_index=1,
+        context=context,
+        query=TRAIN[0],
+        response="Sorry.",
+        model_version="v0",
+        feedback_type="correction",
+        correction="Open Mail, go to Security.",
+    )
+    metrics = optimise_policy(
+        "ppo", micro_policy, reward, train, held_out, PolicyTrainingSettings(**FAST), tmp_path / "p", feedback_events=[fix]
+    )
+    assert metrics["demonstrations"] == 1.0 and metrics["iterations"] == FAST["epochs"]
+    assert set(scored) == {*train, *held_out}  # the reward saw every rollout's conversation, as sampled
 
 
 def test_optimise_policy_rejects_unknown_algorithms_and_reports_failure(micro_policy: str, tmp_path: Path):

@@ -8,8 +8,12 @@ import math
 
 import pytest
 
+import trainers.reward_model
 from core.errors import TrainingError
+from core.learning_settings import RewardTrainingSettings
 from core.settings import Settings
+from schemas.events import FeedbackEvent, Turn
+from trainers.chat_format import Conversation
 from trainers.reward import train_reward_model
 from trainers.reward_config import RewardConfig
 from trainers.synthetic import feedback_events, split_questions
@@ -75,3 +79,39 @@ def test_no_usable_events_is_a_training_error(tiny_base, tmp_path):
     with pytest.raises(TrainingError, match="no training examples"):
         train_reward_model([{"bad": "event"}], RewardConfig(base_model=tiny_base), tmp_path / "rm")
     assert not (tmp_path / "rm").exists()
+
+
+def test_every_answer_is_trained_and_evaluated_in_its_conversation(tiny_base, tmp_path, monkeypatch):
+    seen: list = []
+    real_parts = trainers.reward_model.reward_parts
+
+    def spy(tokenizer, prompt, response):
+        seen.append(prompt)
+        return real_parts(tokenizer, prompt, response)
+
+    monkeypatch.setattr(trainers.reward_model, "reward_parts", spy)
+    events = [
+        FeedbackEvent(
+            event_id=f"e{n}-{kind}",
+            interaction_id=f"i{n}-{kind}",
+            user_id="u",
+            conversation_id=f"c{n}",
+            turn_index=1,
+            context=(
+                Turn(role="system", content="Be brief."),
+                Turn(role="user", content=f"How do I do thing {n}?"),
+                Turn(role="assistant", content="Like so."),
+            ),
+            query="And how do I undo that?",
+            response=f"{kind} answer {n}",
+            model_version="v1",
+            feedback_type=kind,
+        )
+        for n in range(12)
+        for kind in ("thumbs_up", "thumbs_down")
+    ]
+    config = RewardConfig(base_model=tiny_base, training=RewardTrainingSettings(epochs=1, eval_fraction=0.5), num_threads=1)
+    _, metrics = train_reward_model(events, config, tmp_path / "rm")
+    assert metrics["data"]["splits"]["train_pairs"] and metrics["eval"]["pairs"]  # both sides were scored
+    history = [(("user", f"How do I do thing {n}?"), ("assistant", "Like so.")) for n in range(12)]
+    assert set(seen) == {Conversation("And how do I undo that?", turns, "Be brief.") for turns in history}

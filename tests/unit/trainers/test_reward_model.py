@@ -13,6 +13,7 @@ import torch
 from core.errors import ConfigError, ModelLoadError
 from core.learning_settings import RewardTrainingSettings
 from trainers.base_models import resolve_base_model
+from trainers.chat_format import Conversation
 from trainers.reward_config import RewardConfig
 from trainers.reward_model import RewardModel, VersionExistsError, format_input, keep_response
 
@@ -36,12 +37,37 @@ def test_truncation_keeps_the_response_or_cuts_the_end(tiny_base):
     keep = RewardModel.create(
         RewardConfig(base_model=tiny_base, training=RewardTrainingSettings(max_length=24, truncation="keep_response"))
     )
-    right = RewardModel.create(RewardConfig(base_model=tiny_base, training=RewardTrainingSettings(max_length=24)))  # the default
+    right = RewardModel.create(
+        RewardConfig(base_model=tiny_base, training=RewardTrainingSettings(max_length=24, truncation="right"))
+    )
     kept, cut = keep.encode([long_query], [answer])[0], right.encode([long_query], [answer])[0]
     assert len(kept) == len(cut) == 24
     assert str(keep.tokenizer.decode(kept, skip_special_tokens=True)).endswith("response : press the reset button")
     assert "press" not in right.tokenizer.decode(cut) and kept[0] == cut[0] and kept[-1] == cut[-1]  # [CLS] ... [SEP] both
     assert keep.encode(["q?"], ["a."]) == right.encode(["q?"], ["a."])  # short texts: the same ids either way
+
+
+def test_truncation_drops_the_oldest_turns_and_keeps_the_newest_turn_and_the_response(tiny_base):
+    conversation = Conversation(
+        "And how do I undo that?",
+        (
+            ("user", "How do I archive an album in Photos?"),
+            ("assistant", "Open Photos, go to Storage, select the album, then press Archive. " * 3),
+            ("user", "How do I reset my password in Mail?"),
+            ("assistant", "Open Mail, go to Security, then press Reset."),
+        ),
+        system="You are the support assistant of the Example suite.",
+    )
+    rm = RewardModel.create(RewardConfig(base_model=tiny_base, training=RewardTrainingSettings(max_length=48)))  # the default
+    assert rm.config.training.truncation == "keep_response"
+    ids = rm.encode([conversation], ["Press Restore in Mail's Security page."])[0]
+    text = str(rm.tokenizer.decode(ids, skip_special_tokens=True))
+    assert len(ids) == 48 and len(rm.encode([conversation.query], ["x"])[0]) < 48  # only the context made it long
+    assert text.endswith(
+        "response : open mail, go to security, then press reset. query : and how do i undo that? "
+        "response : press restore in mail ' s security page."
+    )  # the newest turn, the question and the whole response
+    assert "photos" not in text and "example suite" not in text  # the oldest turn and the system prompt went first
 
 
 def test_max_length_past_the_backbone_limit_is_a_config_error(tiny_base):
