@@ -16,9 +16,9 @@ materialized views, which see every inserted block, count each event once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pandas as pd
@@ -28,11 +28,14 @@ from clickhouse_connect.driver.client import Client
 from analytics.errors import ClickHouseError
 from analytics.tables import (
     CONSUMER_LAG,
+    CONVERSATION,
     COUNTS,
     DEAD_LETTERS,
     ERASURES,
     EVENT_TABLES,
     EXPERIMENTS,
+    FEEDBACK,
+    INTERACTIONS,
     USER_TABLES,
     WINDOW_METRICS,
     Table,
@@ -48,6 +51,20 @@ class Migration:
     id: str
     statements: tuple[str, ...]
 
+
+def add_columns(table: Table, after: str, names: Sequence[str], defaults: Mapping[str, str] | None = None) -> str:
+    """ALTER TABLE adding `table`'s declared columns `names` where missing, in order after `after`, so
+    an existing table ends as analytics.tables declares it (a fresh one already is: it skips them).
+    `defaults` are ClickHouse expressions for what the rows stored before the column read."""
+    declared = {c.name: c for c in table.columns}
+    columns = [replace(declared[name], default=(defaults or {}).get(name, declared[name].default)) for name in names]
+    places = (after, *names[:-1])
+    clauses = (f"ADD COLUMN IF NOT EXISTS {c.ddl} AFTER {place}" for c, place in zip(columns, places, strict=True))
+    return f"ALTER TABLE {table.name} {', '.join(clauses)}"
+
+
+# Rows stored before schema version 2 read as a version 1 event does: its own conversation, turn 0, no context.
+_BEFORE_CONVERSATIONS = {"conversation_id": "interaction_id", "context": "'[]'"}
 
 MIGRATIONS: tuple[Migration, ...] = (
     # Created as analytics.tables declares them. A later column change needs its own migration
@@ -97,6 +114,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0005_erasures", (ERASURES.ddl(),)),
     Migration(
         "0006_pii_counts", (f"ALTER TABLE {WINDOW_METRICS.name} ADD COLUMN IF NOT EXISTS pii {COUNTS.sql} AFTER rating_count",)
+    ),
+    Migration(
+        "0007_conversations",
+        tuple(
+            add_columns(table, "response", [c.name for c in CONVERSATION], _BEFORE_CONVERSATIONS)
+            for table in (INTERACTIONS, FEEDBACK)
+        ),
     ),
 )
 

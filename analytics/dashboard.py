@@ -1,9 +1,10 @@
 """The dashboard and the named-SQL endpoint, served by the process that owns the warehouse (the sink).
 
 Routes:
-    GET /                  HTML page: feedback volume, positive rate by variant, A/B results and
-                           decision, experiments (open and decided, with their intervals), training
-                           runs (reward / KL), the per-day materialized view
+    GET /                  HTML page: feedback volume, positive rate by variant, positive rate on
+                           first turns vs follow-ups per model version, A/B results and decision,
+                           experiments (open and decided, with their intervals), training runs
+                           (reward / KL), the per-day materialized view
     GET /sql/{name}?k=v    a named query (analytics.queries) as JSON {"columns": [...], "data": [[...]]}
     GET /api/queries       the named queries with their parameters
     GET /                  ?experiment=NAME shows that experiment (default: the current one)
@@ -108,6 +109,7 @@ def create_app(warehouse: Warehouse, settings: Settings) -> FastAPI:
         limit: Annotated[int | None, Query(ge=PARAMETER_BOUNDS["limit"][0], le=PARAMETER_BOUNDS["limit"][1])] = None,
         experiment: Annotated[str | None, Query(max_length=MAX_TEXT_PARAMETER)] = None,
         user: Annotated[str | None, Query(max_length=MAX_TEXT_PARAMETER)] = None,
+        conversation: Annotated[str | None, Query(max_length=MAX_TEXT_PARAMETER)] = None,
     ) -> Response:
         """The named query's rows; it takes the parameters `/api/queries` lists for it (others are a 400)."""
         return frame_json(run_query(warehouse, name, {k: v for k, v in request.query_params.items() if k != "key"}))
@@ -175,6 +177,7 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
     bucket = bucket_for((span["last"] - span["first"]).total_seconds()) if span["rows"] else 3600
     volume = run_query(warehouse, "feedback_volume", {"bucket_s": bucket})
     rate = run_query(warehouse, "positive_rate_over_time", {"experiment": experiment, "bucket_s": bucket})
+    by_turn = run_query(warehouse, "positive_rate_by_turn")
     decisions = analyze(warehouse, settings, experiment)
     exposed = sum(decisions[0].srm.observed.values()) if decisions else 0  # users exposed, over all variants
     lifecycle = run_query(warehouse, "experiment_lifecycle")
@@ -196,6 +199,12 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
             f"Positive rate over time by variant ({experiment})",
             len(rate),
             plots.positive_rate(rate) if len(rate) else "",
+        ),
+        Panel(
+            "positive_rate_by_turn",
+            "Positive rate on first turns and on follow-ups, per model version and variant",
+            len(by_turn),
+            plots.positive_rate_by_turn(by_turn) + _table(by_turn) if len(by_turn) else "",
         ),
         Panel(
             "ab_results",

@@ -26,6 +26,7 @@ _TIME_SERIES, _TABLE = 0, 1  # the plugin's `format` values
 PANELS: tuple[tuple[str, str, str, int, int], ...] = (
     ("feedback_volume", "Feedback volume by type", "timeseries", 12, 8),
     ("positive_rate_over_time", "Positive rate over time by variant", "timeseries", 12, 8),
+    ("positive_rate_by_turn", "Positive rate on first turns vs follow-ups, per model version and variant", "table", 24, 6),
     ("ab_users", "A/B per-user sums per variant (inputs of the decision)", "table", 24, 6),
     ("experiment_lifecycle", "Experiments: open, and decided with their lift and interval", "table", 24, 8),
     ("training_curve", "Training runs: reward and KL", "timeseries", 12, 8),

@@ -60,6 +60,23 @@ def positive_rate(frame: pd.DataFrame) -> str:
     return _svg(fig)
 
 
+def positive_rate_by_turn(frame: pd.DataFrame) -> str:
+    """Per model version and variant (the `positive_rate_by_turn` query): positive rate on first turns
+    beside that on follow-ups; a side without feedback has no bar."""
+    fig, (ax,) = _figure()
+    xs = range(len(frame))
+    sides = (("first_turn", "first turns", "#1565c0"), ("follow_up", "follow-ups", "#ef6c00"))
+    for offset, (side, label, colour) in enumerate(sides):
+        rate = frame[f"{side}_positive_rate"].fillna(0)
+        ax.bar([x + (offset - 0.5) * 0.4 for x in xs], rate, width=0.4, label=label, color=colour)
+    labels = [f"{m}\n{v}" if v else str(m) for m, v in zip(frame["model_version"], frame["variant"], strict=True)]
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set_ylabel("positive rate")
+    ax.set_ylim(0, 1.15)  # headroom for the legend
+    ax.legend(fontsize=8, ncols=2, loc="upper left")
+    return _svg(fig)
+
+
 def ab_intervals(decisions: Sequence[Decision], alpha: float) -> str:
     """Per variant: positive and thumbs-down rates with their intervals; per treatment: lift with its interval."""
     fig, (rates, lift) = _figure(2)

@@ -208,6 +208,36 @@ _QUERIES = (
         {"experiment": "", "bucket_s": 3600},
     ),
     NamedQuery(
+        "positive_rate_by_turn",
+        "Share of positive feedback (each answer's latest verdict) per model version and variant, first turns of a "
+        "conversation (turn_index 0; every version 1 event) apart from follow-ups (turn_index > 0), with how many of each.",
+        f"""
+        SELECT model_version, variant,
+               countIf(turn_index = 0) AS first_turn_feedback, avgIf(positive, turn_index = 0) AS first_turn_positive_rate,
+               countIf(turn_index > 0) AS follow_up_feedback, avgIf(positive, turn_index > 0) AS follow_up_positive_rate
+        FROM {_verdicts(_EXPERIMENT_FILTER)}
+        GROUP BY model_version, variant ORDER BY model_version, variant
+        """,
+        {"experiment": ""},
+    ),
+    NamedQuery(
+        "conversation",
+        "One conversation as stored, turn by turn: its interactions and the feedback on them, each with the turns before "
+        "it (context, JSON) and their size. A version 1 event's conversation is its interaction id.",
+        """
+        SELECT * FROM (
+            SELECT 'interaction' AS row, turn_index, ts, interaction_id, '' AS event_id, model_version, variant,
+                   '' AS feedback_type, query, response, context_turns, context_chars, context
+            FROM interactions FINAL WHERE conversation_id = {conversation:String}
+            UNION ALL
+            SELECT 'feedback', turn_index, ts, interaction_id, event_id, model_version, variant,
+                   feedback_type, query, response, context_turns, context_chars, context
+            FROM feedback FINAL WHERE conversation_id = {conversation:String}
+        ) ORDER BY turn_index, row DESC, ts LIMIT {limit:UInt32}
+        """,
+        {"conversation": "", "limit": 200},
+    ),
+    NamedQuery(
         "user_rows",
         "Rows each table holds for one user, dead letters naming them included: what `rlhf privacy forget` must bring to 0.",
         f"""

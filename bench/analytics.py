@@ -150,6 +150,12 @@ def synthetic_tables(rows: int, seed: int = 1) -> tuple[pa.Table, pa.Table]:
         "reward": reward,
         "query": np.full(n_fb, ""),
         "response": np.full(n_fb, ""),
+        # One-turn conversations (as a version 1 event is stored): the A/B query reads none of these.
+        "conversation_id": np.char.add("f-", np.arange(n_fb).astype(str)),
+        "turn_index": np.zeros(n_fb, np.uint16),
+        "context": np.full(n_fb, "[]"),
+        "context_turns": np.zeros(n_fb, np.uint16),
+        "context_chars": np.zeros(n_fb, np.uint32),
         "metadata": np.full(n_fb, "{}"),
         "ts": ts_exp[who] + shift,
     }

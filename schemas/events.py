@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from core.errors import EventValidationError
 
@@ -78,11 +78,12 @@ class Turn(BaseModel):
     role: Role
     content: Annotated[str, StringConstraints(max_length=MAX_RESPONSE_CHARS)]
 
-    @model_validator(mode="after")
-    def _has_text(self) -> Turn:
-        if not self.content.strip():
-            raise ValueError("content: empty (a turn must say something)")
-        return self
+    @field_validator("content")
+    @classmethod
+    def _has_text(cls, content: str) -> str:
+        if not content.strip():
+            raise ValueError("empty (a turn must say something)")
+        return content
 
 
 class ConversationEvent(Event):

@@ -1,4 +1,9 @@
-"""Write the JSON Schema of every topic's value model (`rlhf schemas export DIR`)."""
+"""Write the JSON Schema of every topic's value model (`rlhf schemas export DIR`).
+
+A schema reads every version its topic accepts (`schema_version`'s enum, e.g. [1, 2] for feedback;
+`TopicSpec.value_versions`); a field a later version added is optional, with the default an
+older event is read with (docs/event-versions.md).
+"""
 
 from __future__ import annotations
 

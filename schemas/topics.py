@@ -1,5 +1,7 @@
-"""Topics as code: every topic's name, key, value schema, retention, DLQ, and who produces and consumes
-it: the path of any event is readable from the `TOPICS` table. `sdk.admin.create_topics` creates them.
+"""Topics as code: every topic's name, key, value schema (and the schema versions it reads), retention,
+DLQ, and who produces and consumes it: the path of any event is readable from the `TOPICS` table
+(`rlhf topics list` prints it). `sdk.admin.create_topics` creates them. How a new schema version is
+introduced: docs/event-versions.md.
 """
 
 from __future__ import annotations
@@ -41,6 +43,23 @@ class TopicSpec:
     dlq_owner: str = "sink"
     why_one_partition: str = ""
     min_insync_replicas: int = 1  # at least this many replicas must have a write (acks=all) where there are that many
+
+    @property
+    def value_versions(self) -> tuple[int, ...]:
+        """The `schema_version`s a value on this topic may carry (consumers read them all)."""
+        return schema_versions(self.value_schema)
+
+
+def schema_versions(model: type[BaseModel]) -> tuple[int, ...]:
+    """The `schema_version`s `model` reads, from its JSON Schema (of a union, e.g. ExperimentEvent: its members')."""
+    schema = model.model_json_schema()
+    defs = schema.get("$defs", {})
+    members = [defs[m["$ref"].rsplit("/", 1)[-1]] for m in schema.get("oneOf", ())] or [schema]
+    versions: set[int] = set()
+    for member in members:
+        version = member["properties"]["schema_version"]
+        versions.update(version["enum"] if "enum" in version else (version["const"],))
+    return tuple(sorted(versions))
 
 
 @dataclass(frozen=True)

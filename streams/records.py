@@ -3,7 +3,8 @@
 Accepted feedback (one record per policy per validation batch), training-status updates, experiment
 starts and decisions, and timer ticks for one policy travel through one internal topic keyed by
 policy, so a single agent applies them in one order and owns all of that policy's state. Only
-the fields the policy stage needs are carried (not the query/response text).
+the fields the policy stage needs are carried (not the text, nor the conversation): a trigger names
+offsets, and trainers replay the events whole from the feedback topic, whatever their version.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from analytics.tables import (
     DEAD_LETTERS,
@@ -36,11 +36,25 @@ from schemas import (
     TrainingStatus,
     WindowMetrics,
 )
+from schemas.events import Turn
 from schemas.experiments import ExperimentEvent, ExperimentStarted
+
+_TURNS = TypeAdapter(tuple[Turn, ...])
 
 
 def _ab(event: InteractionEvent | FeedbackEvent | ExposureEvent | WindowMetrics) -> dict[str, Any]:
     return {"model_version": event.model_version, "experiment": event.experiment or "", "variant": event.variant or ""}
+
+
+def _conversation(e: InteractionEvent | FeedbackEvent) -> dict[str, Any]:
+    """The answered turn's place in its conversation; a version 1 event is its own one-turn conversation."""
+    return {
+        "conversation_id": e.conversation_id or e.interaction_id,
+        "turn_index": e.turn_index,
+        "context": _TURNS.dump_json(e.context).decode(),  # as on the wire: [{"role":"system","content":"..."},...]
+        "context_turns": len(e.context),
+        "context_chars": sum(len(turn.content) for turn in e.context),
+    }
 
 
 def interaction_row(e: InteractionEvent, _: Settings) -> dict[str, Any]:
@@ -51,6 +65,7 @@ def interaction_row(e: InteractionEvent, _: Settings) -> dict[str, Any]:
         "latency_ms": e.latency_ms,
         "query": e.query,
         "response": e.response,
+        **_conversation(e),
         "ts": e.timestamp,
     }
 
@@ -69,6 +84,7 @@ def feedback_row(e: FeedbackEvent, settings: Settings) -> dict[str, Any]:
         "reward": e.reward,
         "query": e.query,
         "response": e.response,
+        **_conversation(e),
         "metadata": json.dumps(e.metadata),
         "ts": e.timestamp,
     }

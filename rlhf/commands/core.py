@@ -121,7 +121,9 @@ def _topics_list(args: argparse.Namespace) -> None:
         extra = ", ".join(f"{k}={v}" for k, v in spec.config.items())
         print(
             f"{topic_name(s.kafka.topic_prefix, spec.name):32} partitions={partitions_of(spec, s.kafka.partitions)} "
-            f"key={spec.key} value={spec.value_schema.__name__} {','.join(spec.producers)} -> {','.join(spec.consumers)} "
+            f"key={spec.key} value={spec.value_schema.__name__} "
+            f"versions={','.join(map(str, spec.value_versions))} "
+            f"{','.join(spec.producers)} -> {','.join(spec.consumers)} "
             f"{extra} {'dlq=' + spec.dlq if spec.dlq else ''}"
         )
     for internal in INTERNAL_TOPICS:

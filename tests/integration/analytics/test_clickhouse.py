@@ -14,16 +14,9 @@ from analytics.tables import EVENT_TABLES
 from consumers.sink.rows import ROUTES
 from schemas import ExposureEvent, FeedbackEvent, WindowMetrics
 from schemas.events import latest_verdicts
-from tests.integration.analytics.world import World, build_world
+from tests.integration.analytics.world import World, build_world, insert_world
 
 pytestmark = pytest.mark.integration
-
-
-def insert_world(warehouse, settings, world) -> dict[str, int]:
-    rows: dict[str, list] = {}
-    for topic, event in world.events:
-        rows.setdefault(topic, []).append(ROUTES[topic].row(event, settings))
-    return {t: warehouse.insert_new(ROUTES[t].table, ROUTES[t].table.to_arrow(r)) for t, r in rows.items()}
 
 
 def test_migrations_are_idempotent(warehouse, warehouse_settings):

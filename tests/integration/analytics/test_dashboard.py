@@ -26,6 +26,7 @@ ARTIFACTS = REPO / "artifacts"
 PANELS = (
     "feedback_volume",
     "positive_rate",
+    "positive_rate_by_turn",
     "ab_results",
     "experiments",
     "training_runs",

@@ -11,30 +11,30 @@ import schemathesis
 
 from analytics.dashboard import create_app
 from analytics.tables import FEEDBACK
+from consumers.sink.rows import feedback_row
+from schemas import FeedbackEvent
+from schemas.events import Turn
 from tests.integration.assistant.test_fuzz import EXAMPLES, fuzz
 
 pytestmark = pytest.mark.integration
 
 
 def test_every_dashboard_route_survives_fuzzing_with_no_5xx_and_no_schema_break(warehouse, warehouse_settings):
-    row = {
-        "event_id": "e-1",
-        "interaction_id": "i-1",
-        "user_id": "u-1",
-        "model_version": "v1",
-        "experiment": "policy-ab:v2",
-        "variant": "control",
-        "policy": "assistant",
-        "feedback_type": "thumbs_up",
-        "rating": None,
-        "correction": "",
-        "positive": 1,
-        "reward": 1.0,
-        "query": "q?",
-        "response": "a.",
-        "metadata": "{}",
-        "ts": time.time(),
-    }
+    event = FeedbackEvent(
+        event_id="e-1",
+        interaction_id="i-1",
+        user_id="u-1",
+        query="q?",
+        response="a.",
+        model_version="v1",
+        experiment="policy-ab:v2",
+        variant="control",
+        feedback_type="thumbs_up",
+        context=(Turn(role="user", content="First?"), Turn(role="assistant", content="Yes.")),
+        conversation_id="c-1",
+        turn_index=1,
+    )
+    row = feedback_row(event, warehouse_settings)
     warehouse.insert_new(FEEDBACK, FEEDBACK.to_arrow([row]))  # a panel with data, a span for the time buckets
     statuses: dict[str, int] = {}
 

@@ -1,7 +1,8 @@
 """A small A/B world for the integration tests: users assigned by the real `assign`, exposures,
 interactions, feedback whose positive rate depends on the variant (and, for some users, feedback
-from before the experiment: the CUPED history), training progress, and the experiment lifecycle
-(an earlier experiment decided, the current one open)."""
+from before the experiment, as version 1 events: the CUPED history), training progress, and the
+experiment lifecycle (an earlier experiment decided, the current one open). A user's interactions
+are one conversation with the app's system prompt: the first a first turn, the others follow-ups."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from analytics.assignment import assign_from_settings
+from analytics.clickhouse import Warehouse
+from consumers.sink.rows import ROUTES
 from core.settings import Settings
 from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, ModelPublished, TrainingStatus, WindowMetrics
+from schemas.events import Turn
 from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
+SYSTEM = Turn(role="system", content="You answer questions about the Mail and Calendar apps.")
 E = TypeVar("E", bound=Event | ExperimentEvent)
 
 
@@ -55,6 +60,7 @@ def build_world(
                 (
                     "feedback",
                     FeedbackEvent(
+                        schema_version=1,  # from before conversations: a one-turn conversation
                         timestamp=START - timedelta(days=1, minutes=k),
                         interaction_id=f"pre-{u}-{k}",
                         user_id=user,
@@ -66,12 +72,15 @@ def build_world(
                 )
             )
         events.append(("exposures", ExposureEvent(timestamp=when, **common)))
+        context: tuple[Turn, ...] = (SYSTEM,)
         for k in range(rng.randint(1, 4)):
             at = when + timedelta(minutes=10 * k)
+            turn = {"context": context, "conversation_id": f"conversation-{u}", "turn_index": k}
             inter = InteractionEvent(
-                timestamp=at, query=f"question {u}.{k}", response="an answer", latency_ms=rng.uniform(50, 400), **common
+                timestamp=at, query=f"question {u}.{k}", response="an answer", latency_ms=rng.uniform(50, 400), **common, **turn
             )
             events.append(("interactions", inter))
+            context += (Turn(role="user", content=inter.query), Turn(role="assistant", content=inter.response))
             if rng.random() < 0.8:
                 good = rng.random() < positive[variant]
                 kind = rng.choice(["thumbs", "thumbs", "rating", "correction"])
@@ -91,6 +100,7 @@ def build_world(
                             query=inter.query,
                             response=inter.response,
                             **common,
+                            **turn,
                             **extra,
                         ),
                     )
@@ -141,6 +151,14 @@ def build_world(
         )
     events += [("experiments", ExperimentEvent(e)) for e in lifecycle(settings)]
     return World(events)
+
+
+def insert_world(warehouse: Warehouse, settings: Settings, world: World) -> dict[str, int]:
+    """The world's rows straight into the warehouse, as the sink makes them: rows inserted per topic."""
+    rows: dict[str, list] = {}
+    for topic, event in world.events:
+        rows.setdefault(topic, []).append(ROUTES[topic].row(event, settings))
+    return {t: warehouse.insert_new(ROUTES[t].table, ROUTES[t].table.to_arrow(r)) for t, r in rows.items()}
 
 
 def lifecycle(settings: Settings) -> list[ExperimentStarted | ExperimentDecided]:

@@ -24,7 +24,7 @@ INVALID = [
     b"not json",
     json.dumps({**GOOD, "feedback_type": "rating"}).encode(),  # rating missing
     json.dumps({**GOOD, "query": "x" * 5_000}).encode(),  # oversize text
-    json.dumps({**GOOD, "schema_version": 2}).encode(),
+    json.dumps({**GOOD, "schema_version": 3}).encode(),  # a version no reader knows
     json.dumps({**GOOD, "feedback_type": "rating", "rating": "five"}).encode(),
 ]
 

@@ -1,5 +1,6 @@
 """The sink's pure parts: event -> row (positive, reward), batching and in-batch dedupe. No I/O."""
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
@@ -9,7 +10,7 @@ from confluent_kafka import Message
 from pydantic import BaseModel
 
 from consumers.sink.consumer import Batch
-from consumers.sink.rows import ROUTES, feedback_row
+from consumers.sink.rows import ROUTES, feedback_row, interaction_row
 from core.settings import load_settings
 from schemas import (
     DeadLetter,
@@ -22,6 +23,7 @@ from schemas import (
     WindowMetrics,
     parse_event,
 )
+from schemas.events import Turn
 from schemas.experiments import Arm, ExperimentDecided, ExperimentEvent, ExperimentStarted
 
 SETTINGS = load_settings(None)
@@ -189,3 +191,28 @@ def test_a_dead_letter_row_names_its_dlq():
         ("feedback-dlq", "rlhf.feedback", 41),
         ("train-triggers-dlq", "rlhf.train-triggers", 7),
     ]
+
+
+def test_a_row_holds_the_turns_place_in_its_conversation():
+    context = (
+        Turn(role="system", content="Be brief."),
+        Turn(role="user", content="Mail?"),
+        Turn(role="assistant", content="Øpen."),
+    )
+    turn = {"context": context, "conversation_id": "c1", "turn_index": 1}
+    for row in (
+        feedback_row(fb(feedback_type="thumbs_up", **turn), SETTINGS),
+        interaction_row(
+            InteractionEvent(user_id="u1", query="q?", response="a", model_version="v1", latency_ms=1, **turn), SETTINGS
+        ),
+    ):
+        assert json.loads(row["context"]) == [t.model_dump() for t in context] and row["context"].startswith('[{"role":"system"')
+        assert (row["conversation_id"], row["turn_index"], row["context_turns"], row["context_chars"]) == ("c1", 1, 3, 19)
+    old = feedback_row(fb(feedback_type="thumbs_up", schema_version=1), SETTINGS)  # a version 1 event: its own conversation
+    assert (old["conversation_id"], old["turn_index"], old["context"], old["context_turns"], old["context_chars"]) == (
+        "i1",
+        0,
+        "[]",
+        0,
+        0,
+    )

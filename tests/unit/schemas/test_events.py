@@ -143,7 +143,7 @@ def test_a_version_2_event_carries_its_conversation():
     ("context", "reason"),
     [
         ([{"role": "bot", "content": "hi"}], "context.0.role: Input should be 'system', 'user' or 'assistant'"),
-        ([{"role": "user", "content": "  "}], "context.0: content: empty"),
+        ([{"role": "user", "content": "  "}], "context.0.content: empty"),
         ([{"role": "user", "content": "hi"}] * 10_000, "context: Tuple should have at most 64 items"),
         (
             [{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}],

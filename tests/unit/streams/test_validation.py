@@ -31,6 +31,24 @@ def test_valid_record_parses():
     assert isinstance(event, FeedbackEvent) and event.event_id == "e1" and event.policy == "assistant" and pii == {}
 
 
+def test_a_conversation_and_a_version_1_record_both_parse():
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Mail?"},
+        {"role": "assistant", "content": "Open Mail."},
+    ]
+    event, _ = validate_feedback(raw(context=turns, conversation_id="c1", turn_index=1), b"u1", "t.feedback", 0, 1, REDACT)
+    assert isinstance(event, FeedbackEvent) and event.schema_version == 2 and event.system == "Be brief."
+    assert [t.model_dump() for t in event.context] == turns and (event.conversation_id, event.turn_index) == ("c1", 1)
+    old, _ = validate_feedback(raw(schema_version=1), b"u1", "t.feedback", 0, 2, REDACT)
+    assert isinstance(old, FeedbackEvent) and (old.schema_version, old.context, old.conversation_id, old.turn_index) == (
+        1,
+        (),
+        None,
+        0,
+    )
+
+
 def test_pii_is_counted_and_under_drop_mode_is_a_dead_letter_without_it():
     planted = raw(query="I am ann@example.com, card 4111 1111 1111 1111", response="Noted, ann@example.com.")
     event, pii = validate_feedback(planted, b"u1", "t.feedback", 0, 1, REDACT)
@@ -54,7 +72,12 @@ def test_pii_is_counted_and_under_drop_mode_is_a_dead_letter_without_it():
         (raw(feedback_type="rating"), "rating: required"),
         (raw(rating="five", feedback_type="rating"), "rating: Input should be a valid integer"),
         (raw(query="x" * 5_000), "query: String should have at most 4000 characters"),
-        (raw(schema_version=2), "schema_version: Input should be 1"),
+        (raw(schema_version=3), "schema_version: Input should be 1 or 2"),
+        (raw(schema_version=1, turn_index=1), "schema_version: 1 carries no conversation"),
+        (raw(context=[{"role": "robot", "content": "hi"}]), "context.0.role: Input should be 'system', 'user' or 'assistant'"),
+        (raw(context=[{"role": "user", "content": "x"}] * 10_000), "context: Tuple should have at most 64 items"),
+        (raw(context=[{"role": "user", "content": " "}]), "context.0.content: empty"),
+        (raw(context=[{"role": "user", "content": "x" * 16_000}] * 5), "context: 80000 characters in all, at most 64000"),
         (raw(surprise=1), "surprise: Extra inputs are not permitted"),
     ],
 )
