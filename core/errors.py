@@ -38,3 +38,7 @@ class GuardrailRejection(RlhfError):
 
 class ServiceError(RlhfError):
     """A supervised service kept dying; the message names its log file."""
+
+
+class EngineError(RlhfError):
+    """The local inference engine (vLLM) could not be installed, started or reached; the message names its log."""

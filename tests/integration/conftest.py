@@ -1,0 +1,37 @@
+"""Services more than one folder of integration tests uses: vLLM's CPU build serving SmolLM2.
+
+The engine is installed through the project's own installer (devtools/engine_install.py) when its
+cached venv is absent, so a fresh machine needs nothing by hand: the first session pays the install
+(minutes), later ones find it cached. An install or start that fails errors every test using the
+fixture, with the reason and the log's path; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.engine import LocalEngine
+from devtools.kafka_local import free_port
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngine]:
+    """vLLM serving SmolLM2-135M-Instruct as `smollm2` on a free loopback port, LoRA adapters
+    loadable at run time, started once per session and stopped (with its worker) at its end."""
+    from trainers.base_models import SMOLLM2, resolve_base_model
+
+    engine = LocalEngine(
+        model_dir=Path(resolve_base_model(SMOLLM2)),
+        data_dir=tmp_path_factory.mktemp("engine"),
+        served_name=SMOLLM2,
+        port=free_port(),
+        kv_cache_bytes=256 << 20,
+    )
+    try:
+        engine.up(timeout=600)
+        yield engine
+    finally:
+        engine.down()
