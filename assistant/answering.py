@@ -2,12 +2,18 @@
 registry and the open experiment), and `Assistant`, which routes each user to a version
 (assistant/routing.py), generates, logs the interaction and exposure through the producer SDK,
 remembers what it served (assistant/recent.py) and signs a feedback token for it (assistant/tokens.py).
-Generation goes through the micro-batcher (assistant/batcher.py): concurrent requests share calls.
+Generation goes through the micro-batcher (assistant/batcher.py): concurrent requests share calls
+(assistant/generation.py: one generate call per batch, each row streamed as it is written).
+
+What a policy answers is the question in its conversation (`ChatRequest.context`: the app's system
+prompt and the earlier turns), formatted by trainers/chat_format.py; the interaction event carries
+the same conversation (schema version 2: `context`, `conversation_id`, `turn_index`).
 
 A request fails with no side effect or succeeds with all of them: every item is routed and its
 events validated before anything is generated or sent, and events are sent only once every answer
 of the request is in. Whether an answer's feedback is collected (`feedback.collection_rate`) is
-decided when it is served: only then does it carry a feedback token, and says so (`feedback_collected`).
+decided before it is generated, so a streamed answer says so in its first chunk: only then does it
+carry a feedback token, and says so (`feedback_collected`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +33,20 @@ from fastapi import HTTPException
 from pydantic import BaseModel, Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from assistant import generation
 from assistant.batcher import Batcher
+from assistant.generation import Answer, Ask, Sink
 from assistant.recent import RecentInteractions, ServedInteraction
 from assistant.routing import Route, route
 from assistant.tokens import FeedbackTokens
 from core.errors import EventValidationError, ModelLoadError
 from core.settings import AssistantSettings, Settings
 from registry.store import Kind
-from schemas.events import DEFAULT_POLICY, Event, ExposureEvent, Id, InteractionEvent, Query, new_id, validate_event
+from schemas.events import DEFAULT_POLICY, Event, ExposureEvent, Id, InteractionEvent, Query, Turn, new_id, validate_event
 from schemas.experiments import ExperimentBook
+from schemas.messages import QuestionInContext
 from trainers import policy as policies
+from trainers.chat_format import Conversation, Prompt
 
 log = logging.getLogger("rlhf.serve")
 DEFAULTS = AssistantSettings()  # the sampling `answer` uses when its caller (the demo's report) names none
@@ -77,11 +87,13 @@ def load_version(registry: PolicyRegistry, version: str) -> LoadedPolicy:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one request's answers are generated; temperature 0 is greedy decoding."""
+    """How one request's answers are generated; temperature 0 is greedy decoding. An answer has at
+    least `min_new_tokens` tokens: the end of turn is not written before."""
 
     max_new_tokens: int
     temperature: float
     top_p: float
+    min_new_tokens: int = 1
 
     @classmethod
     def configured(cls, settings: Settings) -> Sampling:
@@ -91,26 +103,18 @@ class Sampling:
 
 def answer(
     policy: LoadedPolicy,
-    queries: list[str],
+    queries: Sequence[Prompt],
     max_new_tokens: int,
     seed: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
 ) -> list[str]:
-    """Sampled answers (a given `seed` repeats them); by default with the assistant's default sampling settings."""
+    """The answers the service gives (a given `seed` repeats them); by default with its default sampling settings."""
     if seed is not None:
         torch.manual_seed(seed)
     temperature = DEFAULTS.temperature if temperature is None else temperature
-    top_p = DEFAULTS.top_p if top_p is None else top_p
-    return policies.sample(
-        policy.model,
-        policy.tokenizer,
-        queries,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature or 1.0,
-        top_p=top_p,
-        greedy=temperature == 0,
-    ).responses
+    sampling = Sampling(max_new_tokens, temperature, DEFAULTS.top_p if top_p is None else top_p)
+    return [a.text for a in generation.generate(policy, [Ask(q) for q in queries], sampling)]
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,17 @@ class PolicyPool:
 class ChatRequest(BaseModel):
     user_id: Id
     query: Query
+    context: tuple[Turn, ...] = Field(
+        (), description="The conversation before the question, oldest first, the app's system prompt first when it has one."
+    )
+    conversation_id: Id | None = Field(
+        None,
+        description="The conversation the question belongs to; none: derived from the user, system prompt and first question.",
+    )
+
+    @property
+    def asked(self) -> QuestionInContext:
+        return QuestionInContext(self.context, self.query)
 
 
 class ChatReply(BaseModel):
@@ -173,6 +188,7 @@ class ChatReply(BaseModel):
     model_version: str
     experiment: str | None
     variant: str | None
+    conversation_id: str = Field(description="The conversation's id: send it with the next turn to keep the turns together.")
     feedback_collected: bool = Field(
         description="Whether feedback on this answer is collected (`feedback.collection_rate`, decided when it was served)."
     )
@@ -181,6 +197,40 @@ class ChatReply(BaseModel):
         description="Lets whoever holds it post feedback on this interaction (POST /v1/feedback), until it expires; "
         "none when feedback on it is not collected.",
     )
+
+
+@dataclass(frozen=True)
+class Routed:
+    """One question of a request, routed to its version, its events validated and its ids chosen: ready to answer."""
+
+    request: ChatRequest
+    policy: LoadedPolicy
+    route: Route
+    interaction_id: str
+    conversation_id: str
+    feedback_collected: bool
+    feedback_token: str | None
+
+    @property
+    def conversation(self) -> Conversation:
+        return Conversation.of(self.request.asked)
+
+    def interaction(self, response: str, latency_ms: float) -> dict[str, Any]:
+        """The interaction event's fields."""
+        request, route = self.request, self.route
+        return {
+            "interaction_id": self.interaction_id,
+            "user_id": request.user_id,
+            "model_version": self.policy.version,
+            "experiment": route.experiment,
+            "variant": route.variant,
+            **request.asked.event_fields(request.user_id, self.conversation_id),
+            "response": response,
+            "latency_ms": latency_ms,
+        }
+
+
+Pending = list[tuple[list[int], Future]]  # the indices of a request's questions routed to one version, and their answers
 
 
 class Assistant:
@@ -213,76 +263,116 @@ class Assistant:
     def chat(self, requests: list[ChatRequest], sampling: Sampling | None = None, client: Hashable = None) -> list[ChatReply]:
         """Answer `requests` (the items of one HTTP request) for `client` (whom the batcher is fair between):
         all of them, their events sent, or an error and nothing sent."""
-        sampling = sampling or Sampling.configured(self.settings)
-        routed = [self.route(r.user_id) for r in requests]
-        ids = [new_id() for _ in requests]  # returned even when the SDK samples the event out
-        for n, (request, (policy, routing), interaction_id) in enumerate(zip(requests, routed, ids, strict=True)):
-            self._check_events(request, policy, routing, interaction_id, f"{n}." if len(requests) > 1 else "")
+        items = self.prepare(requests)
         start = time.perf_counter()
-        # Every version's queries are queued before any is awaited, so they can share one batch.
-        pending: list[tuple[LoadedPolicy, list[int], Future]] = []
+        pending = self.submit(items, sampling or Sampling.configured(self.settings), client)
         try:
-            for policy in {id(p): p for p, _ in routed}.values():
-                idx = [i for i, (p, _) in enumerate(routed) if p is policy]
-                pending.append((policy, idx, self.batcher.submit(policy, [requests[i].query for i in idx], sampling, client)))
             answered = []
-            for policy, idx, future in pending:
+            for idx, future in pending:
                 answers = future.result()
-                answered.append((policy, idx, answers, (time.perf_counter() - start) * 1000 / len(idx)))
+                answered.append((idx, answers, (time.perf_counter() - start) * 1000 / len(idx)))
         except BaseException:
-            for _, _, future in pending:
+            for _, future in pending:
                 future.cancel()  # its queries not yet taken are dropped (assistant/batcher.py)
             raise
         replies: list[ChatReply | None] = [None] * len(requests)
-        for policy, idx, answers, latency_ms in answered:  # latency: queueing included, what the user waited
-            for i, text in zip(idx, answers, strict=True):
-                replies[i] = self._served(requests[i], policy, routed[i][1], ids[i], text, latency_ms)
+        for idx, answers, latency_ms in answered:  # latency: queueing included, what the user waited
+            for i, answer in zip(idx, answers, strict=True):
+                replies[i] = self.served(items[i], answer.text, latency_ms)
         self.client.flush()
         return [r for r in replies if r is not None]
 
-    def _check_events(self, request: ChatRequest, policy: LoadedPolicy, routing: Route, interaction_id: str, where: str) -> None:
-        """Validate the events this request will send (its answer unknown yet), so a bad one fails it before any work."""
-        labels = {"experiment": routing.experiment, "variant": routing.variant}
-        common = {"user_id": request.user_id, "model_version": policy.version, "interaction_id": interaction_id, **labels}
+    def prepare(self, requests: list[ChatRequest]) -> list[Routed]:
+        """Route each question and validate the events it will send (its answer unknown yet), so a bad one
+        fails the request (400 naming the field) before any work."""
+        items = []
+        for n, request in enumerate(requests):
+            policy, routing = self.route(request.user_id)
+            interaction_id = new_id()  # returned even when the SDK samples the event out
+            conversation_id = request.conversation_id or request.asked.conversation_id(request.user_id)
+            collected = self.client.sampled(interaction_id)
+            token = self.tokens.issue(interaction_id, request.user_id) if collected else None
+            item = Routed(request, policy, routing, interaction_id, conversation_id, collected, token)
+            self._check_events(item, f"{n}." if len(requests) > 1 else "")
+            items.append(item)
+        return items
+
+    def submit(
+        self, items: list[Routed], sampling: Sampling, client: Hashable, stop: tuple[str, ...] = (), sink: Sink | None = None
+    ) -> Pending:
+        """Queue the questions for generation (`sink`: where a single streamed question's text goes);
+        every version's questions are queued before any is awaited, so they can share one batch."""
+        pending: Pending = []
         try:
-            validate_event(InteractionEvent, {**common, "query": request.query, "response": "", "latency_ms": 0.0})
-            if routing.experiment is not None:
+            for policy in {id(item.policy): item.policy for item in items}.values():
+                idx = [i for i, item in enumerate(items) if item.policy is policy]
+                asks = [Ask(items[i].conversation, stop, sink) for i in idx]
+                pending.append((idx, self.batcher.submit(policy, asks, sampling, client)))
+        except BaseException:
+            for _, future in pending:
+                future.cancel()
+            raise
+        return pending
+
+    def _check_events(self, item: Routed, where: str) -> None:
+        common = {
+            "user_id": item.request.user_id,
+            "model_version": item.policy.version,
+            "interaction_id": item.interaction_id,
+            "experiment": item.route.experiment,
+            "variant": item.route.variant,
+        }
+        try:
+            validate_event(InteractionEvent, item.interaction("", 0.0))
+            if item.route.experiment is not None:
                 validate_event(ExposureEvent, common)
         except EventValidationError as exc:
             raise HTTPException(400, f"{where}{str(exc).partition(': ')[2]}") from None
 
-    def _served(
-        self, request: ChatRequest, policy: LoadedPolicy, routing: Route, interaction_id: str, text: str, latency_ms: float
-    ) -> ChatReply:
-        """Log one answered item (interaction, exposure), remember it for feedback, and its reply."""
-        labels = {"experiment": routing.experiment, "variant": routing.variant}
-        user_id = request.user_id
-        self.client.interaction(
-            interaction_id=interaction_id,
-            user_id=user_id,
-            query=request.query,
-            response=text,
-            model_version=policy.version,
-            latency_ms=latency_ms,
-            **labels,
-        )
+    def expose(self, item: Routed) -> None:
+        """Log that the user was shown the variant's answer, while an experiment is routed."""
+        routing = item.route
         if routing.experiment is not None:
-            self.client.exposure(user_id=user_id, model_version=policy.version, interaction_id=interaction_id, **labels)
+            labels = {"experiment": routing.experiment, "variant": routing.variant}
+            self.client.exposure(
+                user_id=item.request.user_id, model_version=item.policy.version, interaction_id=item.interaction_id, **labels
+            )
+
+    def served(self, item: Routed, text: str, latency_ms: float, exposed: bool = False) -> ChatReply:
+        """Log one answered question (interaction, and exposure unless already `exposed`), remember it for
+        feedback, and its reply; the caller flushes the SDK client."""
+        request, routing, version = item.request, item.route, item.policy.version
+        labels = {"experiment": routing.experiment, "variant": routing.variant}
+        event = item.interaction(text, latency_ms)
+        self.client.interaction(**event)
+        if not exposed:
+            self.expose(item)
         self.recent.add(
-            ServedInteraction(interaction_id, user_id, request.query, text, policy.version, routing.experiment, routing.variant)
+            ServedInteraction(
+                item.interaction_id,
+                request.user_id,
+                request.query,
+                text,
+                version,
+                routing.experiment,
+                routing.variant,
+                context=request.context,
+                conversation_id=item.conversation_id,
+                turn_index=event["turn_index"],
+            )
         )
-        collected = self.client.sampled(interaction_id)
         return ChatReply(
-            interaction_id=interaction_id,
-            user_id=user_id,
+            interaction_id=item.interaction_id,
+            user_id=request.user_id,
             response=text,
-            model_version=policy.version,
-            feedback_collected=collected,
-            feedback_token=self.tokens.issue(interaction_id, user_id) if collected else None,
+            model_version=version,
+            conversation_id=item.conversation_id,
+            feedback_collected=item.feedback_collected,
+            feedback_token=item.feedback_token,
             **labels,
         )
 
 
-def _generate(policy: LoadedPolicy, queries: list[str], sampling: Sampling) -> list[str]:
-    # Looks `answer` up at each call, so tests can stand a fake in for the model.
-    return answer(policy, queries, sampling.max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
+def _generate(policy: LoadedPolicy, asks: list[Ask], sampling: Sampling) -> list[Answer]:
+    # Looks `generation.generate` up at each call, so tests can stand a fake in for the model.
+    return generation.generate(policy, asks, sampling)

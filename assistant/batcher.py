@@ -2,6 +2,12 @@
 one worker thread takes up to `max_batch` queries at a time, in turn from each client's queue (holding
 the oldest for at most `wait_s` so that others can join), and answers each group with ONE generate call.
 
+A batch starts once `max_batch` queries wait, or `wait_s` after the oldest query arrived or after
+the previous batch was answered, whichever is later. Counting from the previous batch lets the
+clients it just answered come back in time to join the next one: clients that send their next
+request as soon as an answer ends (a streamed answer ends with its own row, assistant/streaming.py)
+otherwise split into two batches that take turns, each waiting for the other's whole generation.
+
 Fairness is per query, not per request: a client's queries wait in its own queue (a client is an API
 key, or with none configured a client address: assistant/limits.py), and a batch takes one query
 from each client in turn, so a request of another client is answered within the next batch or two
@@ -11,15 +17,21 @@ holds at most `queue_size` of them (a full queue refuses at once, 503, instead o
 grow without bound) and one client at most `client_share` of them (429 past it), so one client
 cannot fill the queue and turn everyone else away.
 
-A group is the queries routed to the same policy version with the same sampling settings
-(temperature, top_p, max_new_tokens). Queries that differ in sampling are answered by separate
+A query is whatever the generate function answers (the service's: assistant/generation.py `Ask`,
+a question in its conversation with its stop sequences and, streamed, where its text goes as it is
+written). A group is the queries routed to the same policy version with the same sampling settings
+(temperature, top_p, max_new_tokens); stop sequences are per query and split no group. Queries
+that differ in sampling are answered by separate
 calls rather than one call with the largest max_new_tokens cut down afterwards: truncating would
 need the token boundaries back, and the callers that leave sampling alone (the chat page, the
 demo, anyone using the defaults) still share a call. One worker means one generation at a time,
 so torch keeps every core (or the GPU) for the batch instead of contending calls.
 
 A generate call that raises fails every request with a query in its group with that error (their
-queries not yet taken are dropped), and the worker goes on.
+queries not yet taken are dropped), and the worker goes on. A request cancelled while it waits (its
+future cancelled: another of its versions failed, or a streaming client went away) has its queries
+not yet taken dropped; a query already generating is stopped by its generate call (a streamed row
+whose reader went away), and its answer, if any, is not delivered.
 """
 
 from __future__ import annotations
@@ -29,14 +41,14 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
 
 log = logging.getLogger("rlhf.serve")
-Generate = Callable[[Any, list[str], Any], list[str]]  # (policy, queries, sampling) -> answers
+Generate = Callable[[Any, list[Any], Any], list[Any]]  # (policy, queries, sampling) -> answers
 BUSY_RETRY_AFTER_S = "1"
 
 
@@ -45,13 +57,13 @@ class Job:
     """One request's queries for one version and sampling setting; answered once every query is."""
 
     policy: Any  # anything with a `version`: the answering LoadedPolicy
-    queries: list[str]
+    queries: list[Any]
     sampling: Hashable
     client: Hashable = None
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
     taken: int = 0  # queries handed to the worker so far
-    answers: list[str | None] = field(default_factory=list)
+    answers: list[Any] = field(default_factory=list)
     missing: int = 0
 
     def __post_init__(self) -> None:
@@ -81,10 +93,11 @@ class Batcher:
         self._held: Counter[Hashable] = Counter()  # queries waiting per client
         self._ready = threading.Condition()
         self._closed = False
+        self._answered_at = 0.0  # when the previous batch was answered (time.monotonic)
         self._worker = threading.Thread(target=self._run, daemon=True, name="generate-batches")
         self._worker.start()
 
-    def submit(self, policy: object, queries: list[str], sampling: Hashable, client: Hashable = None) -> Future:
+    def submit(self, policy: object, queries: list[Any], sampling: Hashable, client: Hashable = None) -> Future:
         job = Job(policy, list(queries), sampling, client)
         if not job.queries:
             job.future.set_result([])
@@ -123,11 +136,12 @@ class Batcher:
         while (batch := self._take()) is not None:
             for items in _grouped(batch).values():
                 self._answer(items)
+            self._answered_at = time.monotonic()
 
     def _take(self) -> list[Item] | None:
-        """The next batch, None to stop: once `max_batch` queries wait, or the oldest has waited `wait_s`
-        (one that already waited through the previous batch goes at once), one query from each client
-        in turn; a client that had a query taken goes to the back of the line."""
+        """The next batch, None to stop: once `max_batch` queries wait, or `wait_s` after the oldest query
+        or the previous batch (module docstring), one query from each client in turn; a client that had
+        a query taken goes to the back of the line."""
         with self._ready:
             while True:
                 self._drop_failed()
@@ -137,7 +151,7 @@ class Batcher:
                     self._ready.wait()
                     continue
                 oldest = min(jobs[0].queued_at for jobs in self._clients.values())
-                remaining = oldest + self.wait_s - time.monotonic()
+                remaining = max(oldest, self._answered_at) + self.wait_s - time.monotonic()
                 if self._queued >= self.max_batch or remaining <= 0 or self._closed:
                     break
                 self._ready.wait(remaining)
@@ -180,14 +194,24 @@ class Batcher:
         except Exception as exc:
             log.exception("generating %d answers with %s failed", len(queries), policy.version)
             for job in {id(job): job for job, _ in items}.values():
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                _settle(job.future, exception=exc)
             return
         for (job, i), text in zip(items, answers, strict=True):
             job.answers[i] = text
             job.missing -= 1
-            if not job.missing and not job.future.done():
-                job.future.set_result(list(job.answers))
+            if not job.missing:
+                _settle(job.future, result=list(job.answers))
+
+
+def _settle(future: Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Deliver to a request that may have been cancelled meanwhile (by its own thread, at any moment)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass  # cancelled: nobody waits for it
 
 
 def _grouped(batch: list[Item]) -> dict[tuple[str, Hashable], list[Item]]:

@@ -1,7 +1,8 @@
 """`POST /v1/feedback`: a user's verdict on one answer, over HTTP, into the `feedback` topic.
 
-The request names the interaction and the verdict; the server fills in what it served (query,
-response, model version, experiment, variant, user: assistant/recent.py), so a client cannot
+The request names the interaction and the verdict; the server fills in what it served (the question
+in its conversation, as the interaction event carries it: `context`, `conversation_id`, `turn_index`;
+the response, model version, experiment, variant, user: assistant/recent.py), so a client cannot
 forge them, and produces the `FeedbackEvent` through the SDK, flushed: a 2xx means Kafka has it, or,
 while Kafka is away, the SDK's local spool has it, fsynced, to be re-sent (sdk/pump.py). A 503 means
 the event was lost (refused by the broker, or dropped at the spool's cap): send it again.
@@ -110,6 +111,7 @@ def event_of(body: FeedbackRequest, served: ServedInteraction, recent: RecentInt
         "interaction_id": served.interaction_id,
         "user_id": served.user_id,
         "query": served.query,
+        **served.conversation_fields(),
         "response": served.response,
         "model_version": served.model_version,
         "experiment": served.experiment,

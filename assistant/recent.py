@@ -1,5 +1,5 @@
 """What the service served, kept so that feedback names an interaction and the server fills in
-the rest (query, response, version, experiment, variant, user): a client cannot forge them.
+the rest (the conversation, response, version, experiment, variant, user): a client cannot forge them.
 
 Bounded twice: at most `capacity` interactions (the oldest forgotten first) and each one only for
 `ttl_s` seconds (as long as its feedback token). An id never served, or already forgotten for
@@ -18,8 +18,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.errors import RlhfError
+from schemas.events import Turn
 
 
 class UnknownInteraction(RlhfError):
@@ -39,7 +41,14 @@ class ServedInteraction:
     model_version: str
     experiment: str | None
     variant: str | None
+    context: tuple[Turn, ...] = ()  # the conversation before the query, as its interaction event carries it
+    conversation_id: str | None = None
+    turn_index: int = 0
     served_at: float = field(default_factory=time.time)
+
+    def conversation_fields(self) -> dict[str, Any]:
+        """The conversation fields its feedback event repeats (`schemas.events.ConversationEvent`)."""
+        return {"context": self.context, "conversation_id": self.conversation_id, "turn_index": self.turn_index}
 
 
 class RecentInteractions:

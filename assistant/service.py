@@ -9,9 +9,11 @@ version, unlabelled. A background consumer follows the topic (assistant/experime
 thread watches the registry's serving pointer; versions are loaded before they are swapped in, so
 neither a promotion nor an experiment's start drops or stalls a request.
 
-Routes: the OpenAI-compatible API (assistant/openai_api.py), feedback over HTTP with signed
-per-interaction tokens (assistant/feedback.py), the chat page at `/` (assistant/static/chat.html),
-and the original single-turn routes, which the demo's users call. API keys (core/access.py)
+Routes: the OpenAI-compatible API (assistant/openai_api.py: whole conversations, streamed if
+asked), feedback over HTTP with signed per-interaction tokens (assistant/feedback.py), the chat page
+at `/` (assistant/static/chat.html: a conversation of several turns, streamed, feedback on every
+answer), and the original routes, which the demo's users call: a question, with its conversation
+before it as `context` if it has one. API keys (core/access.py)
 guard every route that generates; with none configured the service is open, and `serve` refuses to
 listen beyond loopback (as the sink's dashboard does). Concurrent requests are micro-batched
 (assistant/batcher.py): one generate call per version and sampling setting, fair between callers.
@@ -19,7 +21,7 @@ Every request is limited where it enters (assistant/limits.py) and every error a
 project's one policy (core/web.py): 4xx naming the field or limit, 500 with an id that is in the log.
 
     rlhf serve --port 8300        POST /v1/chat/completions   GET /v1/models   POST /v1/feedback   GET /
-                                  POST /chat {"user_id": "u1", "query": "..."}   GET /versions
+                                  POST /chat {"user_id": "u1", "query": "...", "context": [...]}   GET /versions
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ import httpx
 import torch
 from pydantic import SecretStr
 
-import assistant.answering as answering
+from assistant import generation
+from assistant.generation import Answer
 from bench.policy_gain import quiet
 from bench.serve import served
 from core.settings import AssistantSettings
@@ -41,9 +42,9 @@ FLOOD, OTHER = "sk-flood", "sk-other"
 
 
 def stand_in(fixed_ms: float, per_query_ms: float):
-    def generate(policy, queries, max_new_tokens, **sampling):
-        time.sleep((fixed_ms + per_query_ms * len(queries)) / 1000)
-        return [f"{policy.version}: {q}" for q in queries]
+    def generate(policy, asks, sampling):
+        time.sleep((fixed_ms + per_query_ms * len(asks)) / 1000)
+        return [Answer(f"{policy.version}: {ask.prompt.query}", "stop", 1, 1) for ask in asks]
 
     return generate
 
@@ -117,7 +118,7 @@ def main() -> None:
     model_dir = ensure_tiny_policy()
     if args.stand_in:
         fixed, per_query = (float(v) for v in args.stand_in.split(","))
-        answering.answer = stand_in(fixed, per_query)  # looked up at each call (assistant.answering._generate)
+        generation.generate = stand_in(fixed, per_query)  # looked up at each call (assistant.answering._generate)
     _, held_out = split_questions()
     questions = [q.text for q in held_out]
     keys = AssistantSettings(api_keys=(SecretStr(FLOOD), SecretStr(OTHER)))

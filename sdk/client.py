@@ -3,8 +3,14 @@
     from sdk.client import FeedbackClient
     with FeedbackClient.from_settings(load_settings()) as client:
         client.interaction(user_id="u1", query=q, response=a, model_version="v1", latency_ms=120)
+        client.interaction(user_id="u1", messages=messages, response=a, model_version="v1", latency_ms=120)
         client.feedback(interaction_id=..., user_id="u1", query=q, response=a, model_version="v1",
                         feedback_type="rating", rating=5)
+
+A chat app passes the conversation it sent its model as `messages` (OpenAI's shape: the system
+prompt, the earlier turns, the user's question last) instead of `query`: it is read as the assistant
+reads it (schemas/messages.py) into the event's `context`, `query`, `turn_index` and, unless given,
+a `conversation_id` derived from the user, system prompt and first question (the same for every turn).
 
 Events are validated before anything is queued (bad input raises `EventValidationError` and
 sends nothing), keyed by user id so one user's events stay ordered, and sampled per interaction
@@ -31,11 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.errors import DeliveryError
+from core.errors import DeliveryError, EventValidationError
 from core.hashing import stable_fraction
 from core.kafka_clients import client_config
 from core.settings import ProducerSettings, Settings, data_home
 from schemas import Event, ExposureEvent, FeedbackEvent, InteractionEvent, validate_event
+from schemas.messages import QuestionInContext
 from schemas.topics import topic_name
 from sdk import KAFKA_LOG
 from sdk.pump import Notice, ProducerStats, Pump
@@ -53,6 +60,18 @@ PRODUCER_DEFAULTS = {
     "reconnect.backoff.max.ms": 1000,
 }
 E = TypeVar("E", InteractionEvent, FeedbackEvent)
+
+
+def with_conversation(fields: dict[str, Any]) -> dict[str, Any]:
+    """Event fields with `messages` read into the conversation fields (`context`, `query`, `turn_index`,
+    `conversation_id`); without `messages`, as given. EventValidationError naming `messages.N...`."""
+    if "messages" not in fields:
+        return fields
+    rest = {k: v for k, v in fields.items() if k != "messages"}
+    if clash := sorted({"query", "context", "turn_index"} & rest.keys()):
+        raise EventValidationError(f"messages: given with {', '.join(clash)}; send the conversation one way")
+    asked = QuestionInContext.of(fields["messages"])
+    return {**rest, **asked.event_fields(str(rest.get("user_id", "")), rest.get("conversation_id"))}
 
 
 def is_sampled(interaction_id: str, collection_rate: float) -> bool:
@@ -113,10 +132,12 @@ class FeedbackClient:
         return is_sampled(interaction_id, self.collection_rate)
 
     def interaction(self, event: InteractionEvent | None = None, /, **fields: Any) -> InteractionEvent | None:
-        return self._send_sampled(InteractionEvent, "interactions", event or fields)
+        """Send an interaction: an event, or its fields, with `messages` (OpenAI-style) in place of `query` if you like."""
+        return self._send_sampled(InteractionEvent, "interactions", event or with_conversation(fields))
 
     def feedback(self, event: FeedbackEvent | None = None, /, **fields: Any) -> FeedbackEvent | None:
-        return self._send_sampled(FeedbackEvent, "feedback", event or fields)
+        """Send feedback: an event, or its fields, with `messages` in place of `query` (the interaction's conversation)."""
+        return self._send_sampled(FeedbackEvent, "feedback", event or with_conversation(fields))
 
     def _send_sampled(self, model: type[E], topic: str, event: E | dict[str, Any]) -> E | None:
         """Validate, then send only if the interaction is sampled (the same choice in every process)."""

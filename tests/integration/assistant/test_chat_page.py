@@ -1,6 +1,7 @@
-"""The chat page in headless Chromium against the real service and broker: ask three questions,
-thumbs-down the first answer, two stars on the second, a correction on the third; three
-FeedbackEvents with those interaction ids reach Kafka. The screenshot is kept as an artifact
+"""The chat page in headless Chromium against the real service and broker: ask three questions in
+one conversation (streamed answers), thumbs-down the first answer, two stars on the second, a
+correction on the third; three FeedbackEvents with those interaction ids reach Kafka, and the
+interactions are the turns of one conversation, each with the turns before it. The screenshot is kept as an artifact
 (artifacts/chat.png). Chromium is driven over the DevTools protocol on a pipe (its fds 3 and 4,
 NUL-separated JSON), which needs no package beyond the browser."""
 
@@ -21,7 +22,7 @@ import uvicorn
 from assistant.service import create_app
 from core.settings import FeedbackSettings
 from devtools.kafka_local import free_port
-from schemas import FeedbackEvent
+from schemas import FeedbackEvent, InteractionEvent
 from tests.integration.assistant.test_openai_api import read
 from tests.integration.assistant.test_service import registry  # noqa: F401 (a fixture)
 
@@ -161,3 +162,11 @@ def test_the_chat_page_sends_thumbs_a_rating_and_a_correction(served, tmp_path):
         (page["ids"][2], "correction", None),
     ]
     assert feedback[2].correction.startswith("Open Settings") and len({f.user_id for f in feedback}) == 1
+    interactions = sorted(read(settings, "interactions", InteractionEvent, 3), key=lambda i: i.turn_index)
+    assert [i.interaction_id for i in interactions] == page["ids"] and len({i.conversation_id for i in interactions}) == 1
+    assert [t.content for t in interactions[2].context if t.role == "user"] == [
+        "How do I reset my password?",
+        "How do I export my data?",
+    ]
+    assert [t.content for t in interactions[2].context if t.role == "assistant"] == [i.response for i in interactions[:2]]
+    assert (feedback[2].conversation_id, feedback[2].turn_index) == (interactions[2].conversation_id, 2)

@@ -121,4 +121,4 @@ def test_a_version_1_event_produced_with_kcat_is_accepted_buffered_stored_and_tr
     assert data.summary["events"] == {"accepted": 1, "invalid": 0, "by_type": {"thumbs_up": 1}}
     (point,) = data.train_points
     assert (point["response"], point["label"]) == (VERSION_1["response"], 1.0)
-    assert Conversation.from_json(point["conversation"]) == Conversation(VERSION_1["query"])  # no system prompt, no history
+    assert Conversation.from_json(point["conversation"]) == Conversation(str(VERSION_1["query"]))  # no system prompt, no history

@@ -13,13 +13,16 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 import assistant.answering as answering
+from assistant import generation
 from assistant.answering import Assistant, PolicyPool
 from assistant.feedback import feedback_event_id
+from assistant.generation import Ask
 from assistant.service import build_app
 from core.settings import AssistantSettings, Settings
 from schemas.events import latest_verdicts
 from schemas.experiments import ExperimentBook
-from tests.unit.assistant.test_service import Client, Registry, loads  # noqa: F401 (a fixture)
+from tests.unit.assistant.test_service import Client, Registry, echo, loads  # noqa: F401 (a fixture)
+from trainers.chat_format import Conversation
 
 KEY = "sk-test-1"
 ASK = {
@@ -41,7 +44,7 @@ def api(loads):  # noqa: F811
     return make(loads)
 
 
-def test_a_completion_answers_the_last_user_turn_and_names_its_interaction_and_version(api):
+def test_a_completion_answers_the_user_and_names_its_interaction_and_version(api):
     client, assistant, producer = api
     r = client.post("/v1/chat/completions", json=ASK)
     assert r.status_code == 200, r.text
@@ -53,6 +56,7 @@ def test_a_completion_answers_the_last_user_turn_and_names_its_interaction_and_v
     assert [(e["interaction_id"], e["user_id"], e["query"]) for e in producer.interactions] == [
         (body["id"], "u-1", "How do I reset my password?")
     ]
+    assert [(t.role, t.content) for t in producer.interactions[0]["context"]] == [("system", "Be brief.")]
 
 
 def test_a_streamed_completion_is_openai_chunks_ending_with_done(api):
@@ -214,24 +218,24 @@ def test_the_chat_page_is_served(api):
 def test_requests_beyond_the_queue_are_503s_and_sampling_comes_from_the_settings(loads, monkeypatch):  # noqa: F811
     entered, release, seen = threading.Event(), threading.Event(), []
 
-    def held(policy, queries, max_new_tokens, **sampling):
-        seen.append((max_new_tokens, sampling))
+    def held(policy, asks, sampling):
+        seen.append(sampling)
         entered.set()
         release.wait(10)
-        return [f"{policy.version}: {q}" for q in queries]
+        return echo(policy, asks, sampling)
 
-    monkeypatch.setattr(answering, "answer", held)
+    monkeypatch.setattr(generation, "generate", held)
     client, assistant, _ = make(loads, max_batch=1, queue_size=1, temperature=0.5, top_p=0.7)
     policy, _ = assistant.route("u-1")
     sampling = answering.Sampling.configured(assistant.settings)
-    busy = [assistant.batcher.submit(policy, ["generating"], sampling)]
+    busy = [assistant.batcher.submit(policy, [Ask(Conversation("generating"))], sampling)]
     assert entered.wait(10)  # the worker has taken it: the next one waits in the queue, and fills it
-    busy.append(assistant.batcher.submit(policy, ["queued"], sampling))
+    busy.append(assistant.batcher.submit(policy, [Ask(Conversation("queued"))], sampling))
     r = client.post("/v1/chat/completions", json=ASK)
     assert r.status_code == 503 and "busy" in r.json()["error"]["message"] and r.headers["retry-after"] == "1"
     release.set()
-    assert [f.result(10) for f in busy] == [["v1: generating"], ["v1: queued"]]
-    assert seen[0] == (assistant.settings.policy.training.max_new_tokens, {"temperature": 0.5, "top_p": 0.7})
+    assert [[a.text for a in f.result(10)] for f in busy] == [["v1: generating"], ["v1: queued"]]
+    assert seen[0] == answering.Sampling(assistant.settings.policy.training.max_new_tokens, 0.5, 0.7)
 
 
 # Issue 33, finding 3: 4xx, never a 500, for what a client can send.
@@ -277,13 +281,13 @@ def test_an_unexpected_error_is_a_500_with_an_id_that_is_in_the_log_and_no_trace
 
 # Issue 33, finding 4: validation before any work or event; a request fails with no side effect.
 def test_a_bad_user_id_is_a_400_before_anything_is_generated_or_logged(loads, monkeypatch):  # noqa: F811
-    calls: list[list[str]] = []
+    calls: list[list] = []
 
-    def counted(policy, queries, *args, **sampling):
-        calls.append(queries)
-        return ["a"] * len(queries)
+    def counted(policy, asks, sampling):
+        calls.append(asks)
+        return echo(policy, asks, sampling)
 
-    monkeypatch.setattr(answering, "answer", counted)
+    monkeypatch.setattr(generation, "generate", counted)
     client, _, producer = make(loads)
     r = client.post("/chat", json={"user_id": "bad user", "query": "q?"})
     assert r.status_code == 400 and r.json()["detail"].startswith("user_id: ")
@@ -294,12 +298,12 @@ def test_a_bad_user_id_is_a_400_before_anything_is_generated_or_logged(loads, mo
 
 
 def test_a_batch_whose_generation_fails_logs_none_of_its_items(loads, monkeypatch):  # noqa: F811
-    def partly(policy, queries, *a, **kw):
-        if any("boom" in q for q in queries):
+    def partly(policy, asks, sampling):
+        if any("boom" in ask.prompt.query for ask in asks):
             raise RuntimeError("the model fell over")
-        return [f"{policy.version}: {q}" for q in queries]
+        return echo(policy, asks, sampling)
 
-    monkeypatch.setattr(answering, "answer", partly)
+    monkeypatch.setattr(generation, "generate", partly)
     client, _, producer = make(loads, max_batch=1)  # one query per generate call: the good ones are answered first
     r = client.post("/chat/batch", json=[{"user_id": "u1", "query": "fine"}, {"user_id": "u2", "query": "boom"}])
     assert r.status_code == 500 and producer.interactions == []

@@ -153,3 +153,18 @@ def test_a_cancelled_request_leaves_its_queries_unanswered():
     generate.release.set()
     assert kept.result(10) == ["v1: kept"]
     assert [q for _, q, _ in generate.calls[1:]] == [["kept"]]
+
+
+def test_a_batch_waits_for_the_clients_the_previous_one_answered():
+    """Queries queued during a generation wait `wait_s` after it, so a client answered by it (which asks
+    again at once) joins them in one call rather than waiting for the next."""
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=32, wait_s=2.0, queue_size=100)
+    first = batcher.submit(V1, ["first"], "s", client="a")
+    assert generate.entered.wait(10)
+    waiting = batcher.submit(V1, ["waiting"], "s", client="b")  # queued during the generation
+    generate.release.set()
+    assert first.result(10) == ["v1: first"]
+    again = batcher.submit(V1, ["again"], "s", client="a")  # the answered client, back at once
+    assert waiting.result(10) == ["v1: waiting"] and again.result(10) == ["v1: again"]
+    assert [q for _, q, _ in generate.calls] == [["first"], ["waiting", "again"]]

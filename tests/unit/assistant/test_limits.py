@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-import assistant.answering as answering
+from assistant import generation
 from assistant.limits import CallerLimit
 from tests.unit.assistant.test_api import ASK, make
-from tests.unit.assistant.test_service import loads  # noqa: F401 (a fixture)
+from tests.unit.assistant.test_service import echo, loads  # noqa: F401 (a fixture)
 
 KEYS = (SecretStr("sk-flood"), SecretStr("sk-other"))
 
@@ -27,13 +27,13 @@ def error(r) -> str:
 
 
 def test_a_2000_item_batch_is_refused_whole_naming_the_limit_and_nothing_is_generated(loads, monkeypatch):  # noqa: F811
-    calls: list[list[str]] = []
+    calls: list[list] = []
 
-    def counted(policy, queries, *args, **sampling):
-        calls.append(queries)
-        return ["a"] * len(queries)
+    def counted(policy, asks, sampling):
+        calls.append(asks)
+        return echo(policy, asks, sampling)
 
-    monkeypatch.setattr(answering, "answer", counted)
+    monkeypatch.setattr(generation, "generate", counted)
     client, _, producer = make(loads)
     r = client.post("/chat/batch", json=[{"user_id": f"u{n}", "query": "q?"} for n in range(2000)])
     assert r.status_code == 400 and "2000 items, at most 32" in error(r) and "assistant.max_batch_items" in error(r)
@@ -76,12 +76,12 @@ def test_too_many_turns_or_too_long_a_turn_is_a_400_naming_the_limit(loads, mess
 def test_requests_in_progress_past_the_callers_limit_are_429s_and_other_callers_are_served(loads, monkeypatch):  # noqa: F811
     entered, release = threading.Semaphore(0), threading.Event()
 
-    def held(policy, queries, max_new_tokens, **sampling):
+    def held(policy, asks, sampling):
         entered.release()
         release.wait(10)
-        return [f"{policy.version}: {q}" for q in queries]
+        return echo(policy, asks, sampling)
 
-    monkeypatch.setattr(answering, "answer", held)
+    monkeypatch.setattr(generation, "generate", held)
     client, _, _ = make(loads, api_keys=KEYS, max_concurrent_per_key=2, max_batch=1)
     flood = {"Authorization": "Bearer sk-flood"}
     with ThreadPoolExecutor(8) as pool:

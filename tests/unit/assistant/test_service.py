@@ -3,6 +3,7 @@ experiment names, and chat labels interactions and exposures with the experiment
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,13 +11,16 @@ import pytest
 from fastapi import HTTPException
 
 import assistant.answering as service
+from assistant import generation
 from assistant.answering import Assistant, ChatRequest, PolicyPool
+from assistant.generation import Answer, Ask
 from core.errors import ConfigError, ModelLoadError
 from core.settings import Settings
 from schemas.events import ExposureEvent, InteractionEvent, validate_event
 from schemas.experiments import ExperimentBook
 from sdk.client import is_sampled
 from tests.unit.assistant.test_routing import decided, started
+from trainers.chat_format import as_conversation
 
 
 class Registry:
@@ -72,10 +76,21 @@ def loads(monkeypatch) -> list[str]:
         return SimpleNamespace(version=version)
 
     monkeypatch.setattr(service, "load_version", load_version)
-    monkeypatch.setattr(
-        service, "answer", lambda policy, queries, max_new_tokens, **sampling: [f"{policy.version}: {q}" for q in queries]
-    )
+    monkeypatch.setattr(generation, "generate", echo)
     return loaded
+
+
+def echo(policy, asks: list[Ask], sampling) -> list[Answer]:
+    """A stand-in for the model: answers `version: question`, streamed word by word to the rows that stream."""
+    answers = []
+    for ask in asks:
+        question = as_conversation(ask.prompt).query
+        text = f"{policy.version}: {question}"
+        if ask.sink is not None:
+            for word in re.findall(r"\s*\S+", text):
+                ask.sink.put(word)
+        answers.append(Answer(text, "stop", prompt_tokens=len(question.split()), completion_tokens=len(text.split())))
+    return answers
 
 
 def test_the_pool_loads_the_open_experiments_arms_and_keeps_serving_loaded(loads):
