@@ -16,43 +16,59 @@ the per-user lift of the positive rate (analytics.stats, the decider's statistic
 interval above zero. The figure is the hidden preference (`trainers.synthetic.quality`, the
 ground truth the learners never see) of the serving version on the held-out questions per round.
 Every learner gets the same feedback budget per round. Wall time is this machine's.
+
+Conversations, and what learning in context is worth:
+
+    python -m bench.rounds --conversations --rounds 3 --seeds 0 1 --learners continuous
+
+With `--conversations` users hold conversations of 1-3 questions whose follow-ups depend on the
+earlier turn (`demo.users` with conversations, `synthetic.draw_dialogue`), every feedback event
+carries its conversation, and the hidden preference is also measured on follow-up turns
+(`synthetic.follow_up_quality`: held-out two-question conversations, the version's own first answer
+in the context; 4 samples each). Each round then trains a twin candidate from the same parent on the
+same feedback events with their context stripped (the last turn alone, as the learners did before
+conversations): its reward model (warm-started from the previous twin's) and PPO see "And in
+Calendar?" without the question it follows. The twin is measured, never served, so both candidates
+of a round rest on identical feedback and start from the same version; it costs one more reward
+model and PPO run a round, where a whole second learner line would also need its own traffic.
+
+The rule, written before the first run: the context ablation holds when, on every seed, the last
+round's twin scores lower on follow-ups than that round's in-context candidate, by at least 0.05
+(about 1.5 standard errors of the difference of two 540-answer means).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
-import random
 import statistics
 import tempfile
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from analytics.stats import RatioMoments, ratio, relative_lift
+from bench._traffic import EPOCH, Traffic, Version, ab_lift, answers, follow_up_preference, hidden_preference, last_turn_only
 from bench.policy_gain import quiet
 from core.errors import GuardrailRejection
-from core.hashing import stable_fraction
-from core.learning_settings import SAMPLING_TEMPERATURE, SAMPLING_TOP_P
-from core.settings import FeedbackSettings, Settings
+from core.settings import Settings
 from demo.report import on_policy_accuracy
-from demo.users import Population
 from schemas import FeedbackEvent, OffsetRange, TrainTrigger
 from trainers.dataset import split_policy_queries
 from trainers.ensemble import EnsembleReward
 from trainers.history import HistoryWindow, replay_history, replay_sample, select_history
 from trainers.optimise import gate_verdict, optimise_policy
-from trainers.policy import load_policy, sample
+from trainers.policy import load_policy
 from trainers.reward import train_reward_model
 from trainers.reward_config import RewardConfig
-from trainers.synthetic import Question, all_questions, quality, split_questions
+from trainers.synthetic import split_questions
 from trainers.tiny_policy import ensure_tiny_policy
 
 # What each learner changes from the project's defaults (rlhf.yaml):
@@ -74,17 +90,6 @@ LEARNERS: dict[str, tuple[dict, dict, dict]] = {
     "restart": ({}, {}, {"start_from": "base"}),
     "ref-base": ({}, {}, {"reference": "base"}),
 }
-USERS = 500
-MIN_RATING = FeedbackSettings().min_rating
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class Version:
-    name: str
-    path: Path
-    lm: Any
-    tokenizer: Any
 
 
 @dataclass
@@ -93,6 +98,10 @@ class RoundRecord:
     decision: str = ""  # rejected (by the gate) | promoted | rolled_back (by the A/B test)
     serving_after: float = float("nan")  # hidden preference of the version serving once the round is decided
     candidate_hidden: float | None = None
+    # With conversations: the same on follow-up turns, and the context ablation's twin (first turns, follow-ups).
+    serving_follow_up: float = float("nan")
+    candidate_follow_up: float | None = None
+    twin: tuple[float, float] | None = None
     ab_lift: list[float] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -110,125 +119,95 @@ def settings_for(learner: str) -> Settings:
     )
 
 
-def answers(version: Version, queries: list[str], seed: int) -> list[str]:
-    """The version's sampled answers, as the assistant serves them (its default temperature and top-p)."""
-    torch.manual_seed(seed)
-    out: list[str] = []
-    for i in range(0, len(queries), 64):
-        out += sample(
-            version.lm,
-            version.tokenizer,
-            queries[i : i + 64],
-            max_new_tokens=32,
-            temperature=SAMPLING_TEMPERATURE,
-            top_p=SAMPLING_TOP_P,
-        ).responses
-    return out
+@dataclass
+class Learner:
+    """What a learner keeps between rounds and how it trains a round's candidate."""
 
+    settings: Settings
+    rm_config: RewardConfig
+    base_path: Path
+    workdir: Path
+    seed: int
+    previous_rm: Path | None = None
 
-def hidden_preference(version: Version, held_out: list[Question]) -> float:
-    """Mean ground-truth quality of the version's answers to the held-out questions (2 samples each)."""
-    scores = [
-        quality(q, a)
-        for s in range(2)
-        for q, a in zip(held_out, answers(version, [q.text for q in held_out], seed=s), strict=True)
-    ]
-    return sum(scores) / len(scores)
+    def train(self, history: list[FeedbackEvent], recent: frozenset[str], parent: Version, tag: str) -> tuple[Any, dict, bool]:
+        """A reward model on the history, then a PPO candidate from `parent` saved as policy-TAG,
+        then the gate: (the reward model, the policy job's metrics, whether the gate passed it)."""
+        settings = self.settings
+        warm = self.previous_rm if settings.continuous_learning.warm_start else None
+        sample = replay_sample(history, recent, settings.continuous_learning.reward_sample_events)
+        rm_dir = self.workdir / f"rm-{tag}"
+        rm, rm_metrics = train_reward_model(sample, self.rm_config, rm_dir, recent_ids=recent, warm_start=warm)
+        self.previous_rm = rm_dir
+        train_q, eval_q = split_policy_queries(history)
+        policy_config = settings.policy.training
+        try:
+            metrics = optimise_policy(
+                "ppo",
+                str(parent.path),
+                EnsembleReward(rm, policy_config.uncertainty_penalty),
+                train_q,
+                eval_q,
+                policy_config,
+                self.workdir / f"policy-{tag}",
+                feedback_events=history,
+                seed=self.seed,
+                min_rating=settings.feedback.min_rating,
+                gate_fn=rm.gate_reward if rm.config.training.gate_head else None,
+                original_path=str(self.base_path),
+            )
+            passed, _ = gate_verdict(metrics, settings.registry.promotion_margin)
+        except GuardrailRejection as exc:  # an outcome, as in the trainer consumer
+            metrics, passed = {"guardrail": str(exc)[:200]}, False
+        evaluation = rm_metrics["eval"]
+        rm_figures = {
+            "rm_accuracy": evaluation["pairwise_accuracy"],
+            "rm_accuracy_recent": evaluation["accuracy_recent"],
+            "rm_disagreement": evaluation["disagreement"],
+            "rm_seconds": rm_metrics["train"]["seconds"],
+        }
+        return rm, {**rm_figures, **metrics}, passed
 
-
-class Traffic:
-    """Simulated users asking the serving version (and a candidate on its A/B test) and reacting."""
-
-    def __init__(self, seed: int) -> None:
-        self.population = Population(USERS, seed=seed)
-        self.rng = random.Random(seed)
-        self.questions = all_questions()
-        self.seed = seed
-        self.count = 0
-
-    def collect(
-        self, arms: list[Version], budget: int, round_no: int
-    ) -> tuple[list[FeedbackEvent], dict[str, dict[str, list[int]]]]:
-        """`budget` feedback events; with two arms users are split 50/50 by a stable hash. Also
-        per arm, per user: [positives, feedback]."""
-        events: list[FeedbackEvent] = []
-        per_user: dict[str, dict[str, list[int]]] = {v.name: defaultdict(lambda: [0, 0]) for v in arms}
-        while len(events) < budget:
-            asks = [(self.rng.choice(self.population.users), self.rng.choice(self.questions)) for _ in range(128)]
-            arm_of = [arms[int(stable_fraction("bench-ab", str(round_no), user) * len(arms))] for user, _ in asks]
-            replies: dict[int, str] = {}
-            for arm in arms:
-                idx = [i for i, a in enumerate(arm_of) if a is arm]
-                for i, text in zip(idx, answers(arm, [asks[i][1].text for i in idx], seed=self.rng.getrandbits(31)), strict=True):
-                    replies[i] = text
-            for i, (user, q) in enumerate(asks):
-                verdict = self.population.reaction(q, replies[i], self.rng)
-                if verdict is None or len(events) >= budget:
-                    continue
-                kind = verdict.pop("type")
-                self.count += 1
-                events.append(
-                    FeedbackEvent(
-                        event_id=f"b{self.seed}-{self.count}",
-                        interaction_id=f"b{self.seed}-i{self.count}",
-                        user_id=user,
-                        query=q.text,
-                        response=replies[i],
-                        model_version=arm_of[i].name,
-                        feedback_type=kind,
-                        timestamp=EPOCH + timedelta(seconds=self.count),
-                        **verdict,
-                    )
-                )
-                tally = per_user[arm_of[i].name][user]
-                tally[0] += events[-1].is_positive(MIN_RATING)  # the rule the A/B analysis counts by
-                tally[1] += 1
-        return events, per_user
-
-
-def ab_lift(per_user: dict[str, dict[str, list[int]]], control: str, treatment: str) -> list[float]:
-    """Relative lift of the positive rate, per user (delta method), with its 95% interval."""
-
-    def moments(users: dict[str, list[int]]) -> RatioMoments:
-        y = [p for p, _ in users.values()]
-        w = [n for _, n in users.values()]
-        return RatioMoments(
-            len(y), sum(y), sum(w), sum(a * a for a in y), sum(b * b for b in w), sum(a * b for a, b in zip(y, w, strict=True))
-        )
-
-    lift = relative_lift(ratio(moments(per_user[treatment])), ratio(moments(per_user[control])))
-    return [float(lift.estimate), float(lift.low), float(lift.high)]
+    def trained(self, metrics: dict, tag: str) -> Version | None:
+        """The candidate policy-TAG, if the job saved one (whatever the gate said)."""
+        if "mean_reward_after" not in metrics:
+            return None
+        return Version(tag, self.workdir / f"policy-{tag}", *load_policy(str(self.workdir / f"policy-{tag}")))
 
 
 def run_learner(
-    learner: str, seed: int, rounds: int, budget: int, threads: int, workdir: Path
-) -> tuple[float, list[RoundRecord]]:
-    """(the base policy's hidden preference, one record per round)."""
+    learner: str, seed: int, rounds: int, budget: int, threads: int, workdir: Path, conversations: bool = False
+) -> tuple[tuple[float, float], list[RoundRecord]]:
+    """(the base policy's hidden preference on first turns and on follow-ups (NaN without
+    `conversations`), one record per round)."""
     settings = settings_for(learner)
     torch.manual_seed(seed)
     base_path = ensure_tiny_policy()
     _, held_out = split_questions()
-    traffic = Traffic(seed)
+    traffic = Traffic(seed, conversations)
     serving = Version("base", base_path, *load_policy(str(base_path)))
-    serving_hidden = start_hidden = hidden_preference(serving, held_out)
+
+    def follow_ups(version: Version) -> float:
+        return follow_up_preference(version) if conversations else float("nan")
+
+    serving_hidden, serving_follow_up = start = hidden_preference(serving, held_out), follow_ups(serving)
     candidate: Version | None = None
     triggers: list[TrainTrigger] = []
     events_of: dict[str, list[FeedbackEvent]] = {}
-    previous_rm: Path | None = None
     records: list[RoundRecord] = []
-    rm_config = RewardConfig.from_settings(settings, num_threads=threads)
-    policy_config = settings.policy.training
+    main = Learner(settings, RewardConfig.from_settings(settings, num_threads=threads), base_path, workdir, seed)
+    twin = Learner(settings, main.rm_config, base_path, workdir, seed)  # the context ablation's
     window = HistoryWindow.from_settings(settings)
 
     def decide(per_user: dict[str, dict[str, list[int]]]) -> None:
         """The last candidate's A/B test is over: promote it or keep the serving version."""
-        nonlocal serving, serving_hidden, candidate
+        nonlocal serving, serving_hidden, serving_follow_up, candidate
         last = records[-1]
         last.ab_lift = ab_lift(per_user, serving.name, candidate.name)  # type: ignore[union-attr]
         last.decision = "promoted" if last.ab_lift[1] > 0 else "rolled_back"
         if last.decision == "promoted":
-            serving, serving_hidden = candidate, last.candidate_hidden  # type: ignore[assignment]
-        last.serving_after, candidate = serving_hidden, None
+            serving, serving_hidden, serving_follow_up = candidate, last.candidate_hidden, last.candidate_follow_up  # type: ignore[assignment]
+        last.serving_after, last.serving_follow_up, candidate = serving_hidden, serving_follow_up, None
 
     for r in range(1, rounds + 1):
         started = time.monotonic()
@@ -251,66 +230,49 @@ def run_learner(
         history, recent, _, _ = replay_history(used, lambda t: events_of[t.trigger_id])  # contiguous: nothing between triggers
 
         # 3. Reward model, then the PPO candidate, then the gate.
-        rm_dir = workdir / f"rm-{r}"
-        warm = previous_rm if settings.continuous_learning.warm_start else None
-        sample = replay_sample(history, recent, settings.continuous_learning.reward_sample_events)
-        rm, rm_metrics = train_reward_model(sample, rm_config, rm_dir, recent_ids=recent, warm_start=warm)
-        previous_rm = rm_dir
-        train_q, eval_q = split_policy_queries(history)
-        record = RoundRecord(r, serving_after=serving_hidden)
+        rm, metrics, passed = main.train(history, recent, serving, f"r{r}")
+        record = RoundRecord(r, serving_after=serving_hidden, serving_follow_up=serving_follow_up)
+        on_policy = on_policy_accuracy(rm.predict, lambda queries, seed: answers(serving, queries, seed), held_out)
         record.metrics = {
             "history_events": float(len(history)),
-            "rm_accuracy": rm_metrics["eval"]["pairwise_accuracy"] or float("nan"),
-            "rm_accuracy_recent": rm_metrics["eval"]["accuracy_recent"] or float("nan"),
-            "rm_disagreement": rm_metrics["eval"]["disagreement"] or float("nan"),
-            "rm_seconds": rm_metrics["train"]["seconds"],
-            "rm_accuracy_on_policy": on_policy_accuracy(
-                rm.predict, lambda queries, seed: answers(serving, queries, seed), held_out
-            )
-            or float("nan"),
             "serving_before": serving_hidden,
+            "rm_accuracy_on_policy": on_policy or float("nan"),
+            **{k: float("nan" if v is None else v) for k, v in metrics.items() if v is None or isinstance(v, (int, float))},
         }
-        try:
-            metrics = optimise_policy(
-                "ppo",
-                str(serving.path),
-                EnsembleReward(rm, policy_config.uncertainty_penalty),
-                train_q,
-                eval_q,
-                policy_config,
-                workdir / f"policy-{r}",
-                feedback_events=history,
-                seed=seed,
-                min_rating=settings.feedback.min_rating,
-                gate_fn=rm.gate_reward if rm.config.training.gate_head else None,
-                original_path=str(base_path),
-            )
-            passed, _ = gate_verdict(metrics, settings.registry.promotion_margin)
-        except GuardrailRejection as exc:  # an outcome, as in the trainer consumer
-            metrics, passed = {"guardrail": str(exc)[:200]}, False
-        record.metrics.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        if "mean_reward_after" in metrics:  # trained and saved: its ground truth, whatever the gate says
-            trained = Version(f"r{r}", workdir / f"policy-{r}", *load_policy(str(workdir / f"policy-{r}")))
-            record.candidate_hidden = hidden_preference(trained, held_out)
+        if trained := main.trained(metrics, f"r{r}"):  # its ground truth, whatever the gate says
+            record.candidate_hidden, record.candidate_follow_up = hidden_preference(trained, held_out), follow_ups(trained)
             candidate = trained if passed else None
         if not passed:
             record.decision = "rejected"
+        # 4. The context ablation: the same parent and feedback, the last turn alone.
+        if conversations:
+            _, twin_metrics, _ = twin.train(last_turn_only(history), recent, serving, f"r{r}-last-turn")
+            if ablated := twin.trained(twin_metrics, f"r{r}-last-turn"):
+                record.twin = (hidden_preference(ablated, held_out), follow_ups(ablated))
         record.seconds = time.monotonic() - started
         records.append(record)
         m = record.metrics
+        guardrail = f" by a guardrail ({metrics['guardrail']})" if "guardrail" in metrics else ""
         print(
-            f"  {learner} seed {seed} round {r}: serving {serving_hidden:.3f}, history {len(history)}, "
-            f"RM acc {m['rm_accuracy']:.3f} "
+            f"  {learner} seed {seed} round {r}: serving {serving_hidden:.3f} (follow-ups {serving_follow_up:.3f}), "
+            f"history {len(history)}, RM acc {m['rm_accuracy']:.3f} "
             f"(on-policy {m['rm_accuracy_on_policy']:.3f}), gain {m.get('reward_gain', float('nan')):+.3f}, "
-            f"kl base {m.get('kl_base', float('nan')):.3f}, "
-            f"{'candidate' if passed else 'rejected'} "
-            f"(hidden {record.candidate_hidden if record.candidate_hidden is not None else float('nan'):.3f}, "
-            f"{record.seconds:.0f}s)",
+            f"kl base {m.get('kl_base', float('nan')):.3f}, {'candidate' if passed else 'rejected'}{guardrail} "
+            f"(hidden {_num(record.candidate_hidden)}, follow-ups {_num(record.candidate_follow_up)}; "
+            f"last-turn twin {_num(record.twin and record.twin[1])}, {record.seconds:.0f}s)",
             flush=True,
         )
     if candidate:  # the last candidate's A/B test: one more round of traffic, no training
         decide(traffic.collect([serving, candidate], budget, rounds + 1)[1])
-    return start_hidden, records
+    return start, records
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+Results = dict[str, dict[int, tuple[tuple[float, float], list[RoundRecord]]]]  # learner -> seed -> (start, rounds)
+ABLATION_MARGIN = 0.05  # the rule of the context ablation (module docstring)
 
 
 def main() -> None:
@@ -326,33 +288,30 @@ def main() -> None:
         default=1,
         help="(learner, seed) runs at once, each in its own process (e.g. --jobs 2 --threads 1 on 2 cores)",
     )
+    parser.add_argument(
+        "--conversations",
+        action="store_true",
+        help="users hold conversations with follow-ups; figures on follow-up turns too, and the context ablation",
+    )
     parser.add_argument("--out", type=Path, help="write every round's figures as JSON here, and the curves as a PNG beside it")
     args = parser.parse_args()
     runs = [(learner, seed) for learner in args.learners for seed in args.seeds]
-    results: dict[str, dict[int, tuple[float, list[RoundRecord]]]] = defaultdict(dict)
+    results: Results = defaultdict(dict)
+    jobs = [(learner, seed, args.rounds, args.budget, args.threads, args.conversations) for learner, seed in runs]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        done = pool.map(run_in_process, [(learner, seed, args.rounds, args.budget, args.threads) for learner, seed in runs])
-        for (learner, seed), result in zip(runs, done, strict=True):
+        for (learner, seed), result in zip(runs, pool.map(run_in_process, jobs), strict=True):
             results[learner][seed] = result
-    print(
-        f"\nhidden preference of the serving version after each round (median over seeds {args.seeds}); "
-        "per seed: P promoted, R rolled back by the A/B test, x rejected by the gate"
+    print_table(
+        results, args.rounds, f"hidden preference of the serving version after each round (median over seeds {args.seeds})"
     )
-    print(
-        f"{'learner':<14}{'start':>8}"
-        + "".join(f"{'r' + str(r):>12}" for r in range(1, args.rounds + 1))
-        + f"{'min s/round':>12}"
-    )
-    for learner, by_seed in results.items():
-        cells = [f"{statistics.median(start for start, _ in by_seed.values()):.3f}"]
-        for r in range(args.rounds):
-            value = statistics.median(recs[r].serving_after for _, recs in by_seed.values())
-            marks = "".join(
-                {"promoted": "P", "rolled_back": "R", "rejected": "x"}.get(recs[r].decision, "?") for _, recs in by_seed.values()
-            )
-            cells.append(f"{value:.3f} {marks}")
-        seconds = statistics.median(rec.seconds for _, recs in by_seed.values() for rec in recs)
-        print(f"{learner:<14}{cells[0]:>8}" + "".join(f"{c:>12}" for c in cells[1:]) + f"{seconds:>12.0f}")
+    if args.conversations:
+        print_table(results, args.rounds, "... on follow-up turns", follow_ups=True)
+        print("\ncontext ablation, last round: follow-up hidden preference, in-context candidate vs its last-turn-only twin")
+        for learner, by_seed in results.items():
+            for seed, (_, recs) in by_seed.items():
+                ours, twin = recs[-1].candidate_follow_up, recs[-1].twin and recs[-1].twin[1]
+                holds = ours is not None and twin is not None and ours - twin >= ABLATION_MARGIN
+                print(f"  {learner} seed {seed}: {_num(ours)} vs {_num(twin)}: {'holds' if holds else 'does not hold'}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         by_learner = {
@@ -363,17 +322,35 @@ def main() -> None:
         plot_curves(results, args.out.with_suffix(".png"))
 
 
-def run_in_process(job: tuple[str, int, int, int, int]) -> tuple[float, list[RoundRecord]]:
+def print_table(results: Results, rounds: int, title: str, follow_ups: bool = False) -> None:
+    """The serving version's hidden preference per learner and round (on follow-up turns with `follow_ups`)."""
+    print(f"\n{title}; per seed: P promoted, R rolled back by the A/B test, x rejected by the gate")
+    print(f"{'learner':<14}{'start':>8}" + "".join(f"{'r' + str(r):>12}" for r in range(1, rounds + 1)) + f"{'min s/round':>12}")
+    for learner, by_seed in results.items():
+        cells = [f"{statistics.median(start[follow_ups] for start, _ in by_seed.values()):.3f}"]
+        for r in range(rounds):
+            value = statistics.median(
+                recs[r].serving_follow_up if follow_ups else recs[r].serving_after for _, recs in by_seed.values()
+            )
+            marks = "".join(
+                {"promoted": "P", "rolled_back": "R", "rejected": "x"}.get(recs[r].decision, "?") for _, recs in by_seed.values()
+            )
+            cells.append(f"{value:.3f} {marks}")
+        seconds = statistics.median(rec.seconds for _, recs in by_seed.values() for rec in recs)
+        print(f"{learner:<14}{cells[0]:>8}" + "".join(f"{c:>12}" for c in cells[1:]) + f"{seconds:>12.0f}")
+
+
+def run_in_process(job: tuple[str, int, int, int, int, bool]) -> tuple[tuple[float, float], list[RoundRecord]]:
     """One learner on one seed, in a worker process of its own (torch threads set there)."""
-    learner, seed, rounds, budget, threads = job
+    learner, seed, rounds, budget, threads, conversations = job
     quiet()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
-        return run_learner(learner, seed, rounds, budget, threads, Path(tmp))
+        return run_learner(learner, seed, rounds, budget, threads, Path(tmp), conversations)
 
 
-def plot_curves(results: dict[str, dict[int, tuple[float, list[RoundRecord]]]], path: Path) -> None:
-    """The serving version's hidden preference per round, one line per learner and seed."""
+def plot_curves(results: Results, path: Path) -> None:
+    """The serving version's hidden preference per round, one line per learner and seed (dashed: on follow-up turns)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,14 +359,17 @@ def plot_curves(results: dict[str, dict[int, tuple[float, list[RoundRecord]]]], 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for n, (learner, by_seed) in enumerate(results.items()):
         for k, (start, recs) in enumerate(by_seed.values()):
+            xs = range(len(recs) + 1)
             ax.plot(
-                range(len(recs) + 1),
-                [start, *(r.serving_after for r in recs)],
+                xs,
+                [start[0], *(r.serving_after for r in recs)],
                 "o-",
                 color=f"C{n}",
                 alpha=0.7,
                 label=learner if k == 0 else None,
             )
+            if not math.isnan(start[1]):
+                ax.plot(xs, [start[1], *(r.serving_follow_up for r in recs)], "s--", color=f"C{n}", alpha=0.7)
     rounds = max(len(recs) for by_seed in results.values() for _, recs in by_seed.values())
     ax.set(
         xlabel="round (0: the base policy)",

@@ -2,6 +2,7 @@
 
     rlhf demo                          # two rounds, 3-8 min on 2 cores (an undecided A/B test runs to its horizon)
     rlhf demo --rounds 3 --seed 1      # one round more, another population of users
+    rlhf demo --conversations          # users hold conversations with follow-ups (demo/users.py)
 
 It starts a private Kafka broker, creates the topics, registers the tiny starting policy, and runs
 the stream worker, the sink (+ dashboard, embedded ClickHouse), the trainer consumer, the decider
@@ -96,7 +97,7 @@ class DemoPlan:
     policy: str = "tiny"  # the starting assistant: `tiny`, `smollm2`, or any policy.base_model
     rounds: int = 2
     users: int = 500
-    batch: int = 32  # questions asked per simulation step
+    batch: int = 32  # users asking per simulation step (one question each, or one conversation with `conversations`)
     # Feedback events per train trigger. 2,400 was measured too (5 rounds, seeds 0/1/2): final
     # hidden preference 0.922 / 0.895 / 0.935 against 0.876 / 0.948 / 0.936 here, runs 1-4 min longer.
     train_threshold: int = 1200
@@ -107,6 +108,7 @@ class DemoPlan:
     budget_s: float = 14 * 60
     seed: int = 0
     fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
+    conversations: bool = False  # users hold conversations of 1-3 questions, follow-ups on the earlier turn
     config: Path | None = None  # the YAML file every process reads (None: $RLHF_CONFIG or ./rlhf.yaml, as any command)
 
 
@@ -220,7 +222,7 @@ class Demo:
 
     def run(self) -> list[RoundResult]:
         settings = self.start()
-        population = Population(self.plan.users, seed=self.plan.seed)
+        population = Population(self.plan.users, seed=self.plan.seed, conversations=self.plan.conversations)
         watch = StatusWatch(settings)
         deadline = time.monotonic() + self.plan.budget_s
         serve = httpx.Client(base_url=f"http://127.0.0.1:{self.serve_port}")
@@ -257,7 +259,17 @@ class Demo:
                 self.serving["tokens"] += self.count_tokens(stats.answers)
                 self.feedback_sent += stats.feedback
                 self.timeline.append(
-                    {"t": time.time(), "feedback": self.feedback_sent, "positive": stats.positive, "n": stats.feedback}
+                    {
+                        "t": time.time(),
+                        "feedback": self.feedback_sent,
+                        "positive": stats.positive,
+                        "n": stats.feedback,
+                        **(
+                            {"follow_up_positive": stats.follow_up_positive, "follow_up_n": stats.follow_up_feedback}
+                            if self.plan.conversations
+                            else {}
+                        ),
+                    }
                 )
                 self._fault_drill("streams")
                 self._fault_drill("broker")
@@ -384,6 +396,7 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
                 "sink_lag": sink.lag,
                 "fault_drill": sorted(demo.drills_done),
                 "policy": plan.policy,
+                "conversations": plan.conversations,
                 "max_new_tokens": demo.settings.policy.training.max_new_tokens,
             }
         )

@@ -3,7 +3,10 @@ policy reward +15%, positive feedback +20%), in the terminal and as HTML with pl
 
 Figures come from what the system itself recorded (the trainer's published metrics, the decider's
 ExperimentDecided with the per-user statistics it rested on); the hidden user preference is used only for the "ground
-truth" column, which the system never sees.
+truth" column, which the system never sees. After a run with conversations (`rlhf demo --conversations`)
+the ground truth is given on first turns (held-out questions asked alone) and on follow-up turns
+(`synthetic.follow_up_quality`: held-out two-question conversations, the version's own first answer
+in the context) apart.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +28,7 @@ import matplotlib.pyplot as plt
 
 if TYPE_CHECKING:  # the assistant's model code loads when a report is written
     from assistant.answering import LoadedPolicy
+    from trainers.chat_format import Prompt
 
 TARGETS = {"reward_accuracy": 0.85, "policy_reward_gain": 0.15, "positive_lift": 0.20}
 
@@ -48,6 +52,8 @@ class RoundFigures:
     decision_reason: str = ""
     true_quality_parent: float | None = None
     true_quality_candidate: float | None = None
+    follow_up_parent: float | None = None  # the same ground truth on follow-up turns, after a run with conversations
+    follow_up_candidate: float | None = None
     # Issue 14's per-round figures: how the reward model fares on the newest answers, how far the policy moved.
     reward_accuracy_recent: float | None = None  # held-out feedback pairs of the newest trigger (the newest policies' answers)
     reward_accuracy_on_policy: float | None = None  # pairs of the parent's own answers, judged by the hidden preference
@@ -73,14 +79,22 @@ class RoundFigures:
         return self.true_quality_candidate if self.decision == "promote" else self.true_quality_parent
 
     @property
+    def serving_follow_up(self) -> float | None:
+        """... on follow-up turns."""
+        return self.follow_up_candidate if self.decision == "promote" else self.follow_up_parent
+
+    @property
     def policy_reward_gain(self) -> float | None:
         if self.reward_before is None or self.reward_after is None or self.reward_before <= 0:
             return None
         return self.reward_after / self.reward_before - 1
 
 
-def figures_of(result: dict, truth: dict[str, float], on_policy: dict[str, float] | None = None) -> RoundFigures:
-    """The round's figures: the trainer's published metrics and the decider's recorded statistics."""
+def figures_of(
+    result: dict, truth: dict[str, float], on_policy: dict[str, float] | None = None, follow_ups: dict[str, float] | None = None
+) -> RoundFigures:
+    """The round's figures: the trainer's published metrics and the decider's recorded statistics,
+    beside the ground truth of its versions (`truth`, and on follow-up turns `follow_ups`)."""
     metrics = result.get("published", {}).get("metrics", {})
     stats = result.get("ab", {}).get("statistics", {})
     serving = result.get("serving") or {}
@@ -100,6 +114,8 @@ def figures_of(result: dict, truth: dict[str, float], on_policy: dict[str, float
         decision_reason=result.get("ab", {}).get("reason", ""),
         true_quality_parent=truth.get(result.get("parent") or ""),
         true_quality_candidate=truth.get(result["candidate"]),
+        follow_up_parent=(follow_ups or {}).get(result.get("parent") or ""),
+        follow_up_candidate=(follow_ups or {}).get(result["candidate"]),
         reward_accuracy_recent=metrics.get("rm_eval.accuracy_recent"),
         reward_accuracy_on_policy=(on_policy or {}).get(result["candidate"]),
         disagreement=metrics.get("rm_eval.disagreement"),
@@ -137,6 +153,11 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
         "",
         "rlhf demo: results per round (targets: reward-model accuracy >= 85%, policy reward +15%, positive feedback +20%)",
     ]
+    if any(r.follow_up_parent is not None for r in rounds):
+        lines.append(
+            "  hidden user preference on first turns (held-out questions asked alone) and, apart, on follow-up turns "
+            "(held-out two-question conversations)"
+        )
     for n, r in enumerate(rounds, 1):
         interval = "n/a" if r.lift_low is None else f"[{r.lift_low:+.1%}, {r.lift_high:+.1%}]"
         lines += [
@@ -156,6 +177,14 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
             f"    hidden user preference (ground truth)    {_num(r.true_quality_parent)} -> "
             f"{_num(r.true_quality_candidate)}"
             f"  (serving after the round: {_num(r.serving_truth)})",
+            *(
+                [
+                    f"    ... on follow-up turns                   {_num(r.follow_up_parent)} -> "
+                    f"{_num(r.follow_up_candidate)}  (serving after the round: {_num(r.serving_follow_up)})"
+                ]
+                if r.follow_up_parent is not None or r.follow_up_candidate is not None
+                else []
+            ),
             f"    reward model on the newest answers       held-out newest pairs {_num(r.reward_accuracy_recent, '.1%')}, "
             f"parent's own answers {_num(r.reward_accuracy_on_policy, '.1%')} (ground truth); "
             f"trained on {_num(r.history_events, '.0f')} events",
@@ -213,6 +242,9 @@ def _rounds_plot(rounds: list[RoundFigures]) -> str:
     xs = list(range(0, len(rounds) + 1))
     serving = _values([rounds[0].true_quality_parent if rounds else None] + [r.serving_truth for r in rounds])
     ax.plot(xs, serving, "-", color="tab:blue", label="serving version (hidden preference)")
+    if rounds and rounds[0].follow_up_parent is not None:
+        follow_ups = _values([rounds[0].follow_up_parent] + [r.serving_follow_up for r in rounds])
+        ax.plot(xs, follow_ups, "--", color="tab:cyan", label="... on follow-up turns")
     markers = {
         "promote": ("^", "tab:green"),
         "rollback": ("v", "tab:red"),
@@ -243,17 +275,25 @@ def _rounds_plot(rounds: list[RoundFigures]) -> str:
     return _png(fig)
 
 
+def _moving_rate(timeline: list[dict], positive: str, n: str, window: int = 8) -> list[float]:
+    """The positive share of the feedback over the last `window` steps, at each step."""
+    rates = []
+    for i in range(len(timeline)):
+        chunk = timeline[max(0, i - window + 1) : i + 1]
+        total = sum(c[n] for c in chunk)
+        rates.append(sum(c[positive] for c in chunk) / total if total else float("nan"))
+    return rates
+
+
 def _timeline_plot(timeline: list[dict]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if timeline:
         t0 = timeline[0]["t"]
-        window = 8  # steps in the moving average
-        rates = []
-        for i in range(len(timeline)):
-            chunk = timeline[max(0, i - window + 1) : i + 1]
-            n = sum(c["n"] for c in chunk)
-            rates.append(sum(c["positive"] for c in chunk) / n if n else float("nan"))
-        ax.plot([(p["t"] - t0) / 60 for p in timeline], rates)
+        minutes = [(p["t"] - t0) / 60 for p in timeline]
+        ax.plot(minutes, _moving_rate(timeline, "positive", "n"), label="all answers")
+        if "follow_up_n" in timeline[0]:
+            ax.plot(minutes, _moving_rate(timeline, "follow_up_positive", "follow_up_n"), label="answers to follow-ups")
+            ax.legend(fontsize=7)
     ax.set(xlabel="minutes", ylabel="positive-feedback rate (moving avg)", title="What users felt over the run", ylim=(0, 1))
     return _png(fig)
 
@@ -273,13 +313,23 @@ def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], sum
     return path
 
 
-def true_quality(registry_root: Path, versions: set[str], max_new_tokens: int) -> dict[str, float]:
-    """`held_out_quality` of each registry version."""
+def true_quality(
+    registry_root: Path, versions: set[str], max_new_tokens: int, follow_ups: bool = False
+) -> tuple[dict[str, float], dict[str, float]]:
+    """`held_out_quality` of each registry version and, with `follow_ups`, its hidden preference on
+    follow-up turns (`synthetic.follow_up_quality`; else none)."""
     from assistant.service import load_version
     from registry.store import ModelRegistry
+    from trainers.synthetic import follow_up_quality
 
     registry = ModelRegistry(registry_root)
-    return {version: held_out_quality(load_version(registry, version), max_new_tokens) for version in sorted(versions)}
+    first, follow = {}, {}
+    for version in sorted(versions):
+        policy = load_version(registry, version)
+        first[version] = held_out_quality(policy, max_new_tokens)
+        if follow_ups:
+            follow[version] = follow_up_quality(_answers_of(policy, max_new_tokens))
+    return first, follow
 
 
 def held_out_quality(policy: LoadedPolicy, max_new_tokens: int, samples: int = 2) -> float:
@@ -312,8 +362,8 @@ def on_policy_accuracy(
     return sum((x > y) == (quality(q, a) > quality(q, b)) for (q, a, b), x, y in zip(pairs, ra, rb, strict=True)) / len(pairs)
 
 
-def _answers_of(policy: Any, max_new_tokens: int) -> Callable[[list[str], int], list[str]]:
-    """A loaded policy's answers to some questions, sampled with a seed."""
+def _answers_of(policy: Any, max_new_tokens: int) -> Callable[[Sequence[Prompt], int], list[str]]:
+    """A loaded policy's answers to some questions (or conversations), sampled with a seed."""
     from assistant.service import answer
 
     return lambda queries, seed: answer(policy, queries, max_new_tokens, seed=seed)
@@ -343,8 +393,9 @@ def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_to
     return out
 
 
-def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_tokens: int) -> str:
-    """RUN/report.html and the terminal summary (returned) of a finished demo run."""
+def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_tokens: int, follow_ups: bool = False) -> str:
+    """RUN/report.html and the terminal summary (returned) of a finished demo run; with `follow_ups`
+    (a run with conversations) the ground truth on follow-up turns too."""
     from registry.store import ModelRegistry
     from trainers.base_models import is_model_dir
 
@@ -353,10 +404,12 @@ def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_to
     registry_root = run_dir / "state" / "registry"
     registry = ModelRegistry(registry_root)
     saved = {r.candidate for r in results if is_model_dir(registry.path("policies", r.candidate))}
-    truth = true_quality(registry_root, saved | {r.parent for r in results if r.parent}, max_new_tokens)
+    truth, truth_follow_ups = true_quality(
+        registry_root, saved | {r.parent for r in results if r.parent}, max_new_tokens, follow_ups
+    )
     dumped = [asdict(r) for r in results]
     on_policy = reward_models_on_policy(registry_root, dumped, max_new_tokens)
-    rounds = [figures_of(r, truth, on_policy) for r in dumped]
+    rounds = [figures_of(r, truth, on_policy, truth_follow_ups) for r in dumped]
     html_path = run_dir / "report.html"
     dashboard = f"rerun `RLHF_HOME={run_dir}/state rlhf sink run` to browse the dashboard again"
     summary = terminal_summary(rounds, dashboard, html_path) + f"  wall time: {elapsed_s / 60:.1f} min\n"

@@ -10,7 +10,7 @@ A tokenizer with a chat template (SmolLM2, any instruct model) gets the conversa
 format: a system turn (the app's, else `SYSTEM_PROMPT`), the earlier turns, the question, and the
 assistant's turn to come (or, for the reward model, the answer as that turn). A tokenizer without
 one (the tiny policy, MiniLM) gets the plain multi-turn format, one line per turn, which for a
-one-turn conversation is exactly the template of `trainers.tiny_policy`:
+one-turn conversation is `Query: {query}\nResponse:`, the template the tiny policy was built on:
 
     System: {the app's system prompt, when it sent one}
     Query: {an earlier question}
@@ -32,10 +32,14 @@ from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
-from trainers import tiny_policy
-
 SYSTEM_PROMPT = "You are the product's support assistant. Answer the user's question briefly and precisely."
 PLAIN_LABELS = {"system": "System:", "user": "Query:", "assistant": "Response:"}
+# The plain prompt ends at the colon and the completion starts with the space, GPT-2 style: byte-level
+# BPE merges a space into the word after it, so only this split makes the tokens of the prompt a
+# prefix of the tokens of prompt + completion. Generation sees the prompt alone while TRL's KTO/DPO
+# tokenise the two joined; both must train the same context. The text as a whole is
+# `Query: {query}\nResponse: {response}`, what the reward model scores.
+PLAIN_PROMPT = "Query: {query}\nResponse:"
 
 # Earlier turns of a conversation as (role, text), role `user` or `assistant`; the query is the last user turn.
 History = Sequence[tuple[str, str]]
@@ -111,7 +115,12 @@ def plain_prompt(prompt: Prompt) -> str:
     conversation = as_conversation(prompt)
     lines = [f"{PLAIN_LABELS['system']} {conversation.system}"] if conversation.system else []
     lines += [f"{PLAIN_LABELS[role]} {' '.join(text.split())}" for role, text in conversation.history]
-    return "\n".join([*lines, tiny_policy.format_prompt(conversation.query)])
+    return "\n".join([*lines, PLAIN_PROMPT.format(query=conversation.query)])
+
+
+def plain_completion(response: str) -> str:
+    """A response as a policy without a chat template writes it after the plain prompt (decoded completions are stripped)."""
+    return " " + response
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase | None, prompt: Prompt) -> str:
@@ -128,9 +137,9 @@ def format_prompts(tokenizer: PreTrainedTokenizerBase | None, prompts: Sequence[
 
 def format_completion(tokenizer: PreTrainedTokenizerBase | None, response: str) -> str:
     """A response as the policy writes it after its prompt: the plain template starts it with a
-    space (see `trainers.tiny_policy`); a chat template's assistant turn starts on a fresh line,
+    space (`PLAIN_PROMPT`); a chat template's assistant turn starts on a fresh line,
     and the trainers append the end-of-turn (EOS) token themselves."""
-    return response if has_chat_template(tokenizer) else tiny_policy.format_completion(response)
+    return response if has_chat_template(tokenizer) else plain_completion(response)
 
 
 def reward_parts(tokenizer: PreTrainedTokenizerBase | None, prompt: Prompt, response: str) -> tuple[str, str]:
@@ -138,7 +147,7 @@ def reward_parts(tokenizer: PreTrainedTokenizerBase | None, prompt: Prompt, resp
     truncation can cut the conversation from its oldest end and keep the response; joined they are the
     whole conversation (with a chat template: the assistant turn closed by its end-of-turn marker)."""
     if tokenizer is None or not has_chat_template(tokenizer):
-        return plain_prompt(prompt), tiny_policy.format_completion(response)
+        return plain_prompt(prompt), plain_completion(response)
     head = format_prompt(tokenizer, prompt)
     whole = str(tokenizer.apply_chat_template([*messages(prompt), {"role": "assistant", "content": response}], tokenize=False))
     if not whole.startswith(head):  # a template that renders the last turn differently: score the turn as plain text

@@ -4,7 +4,10 @@ useful size can be downloaded in an offline setup.
 It trains a byte-level BPE tokenizer and a ~1M-parameter Llama on the generated support-question
 world (`trainers.synthetic.warmup_corpus`), then warms it up with a short supervised pass so it
 answers in assistant style. The corpus is deliberately ~30% helpful, so the starting policy
-mixes helpful, dodging, echoing and wrong answers and RLHF has room to improve.
+mixes helpful, dodging, echoing and wrong answers and RLHF has room to improve. It holds one-question
+prompts and conversations of 2-3 questions in the plain multi-turn format (`trainers.chat_format`),
+whose follow-ups ("And in Calendar?") are answered as poorly, often by answering the earlier
+question again: the policy answers conversations in the right shape and starts poor on follow-ups.
 
     rlhf policy build-tiny --out /tmp/tiny          # or: ensure_tiny_policy() (cached, built once)
 
@@ -26,28 +29,25 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from core.files import write_atomically
 from core.settings import cache_home
+from trainers.chat_format import plain_completion as format_completion
+from trainers.chat_format import plain_prompt
 from trainers.loading import quiet_transformers
 from trainers.synthetic import warmup_corpus
 
-# The prompt ends at the colon and the completion starts with the space, GPT-2 style: byte-level
-# BPE merges a space into the word after it, so only this split makes the tokens of `prompt`
-# a prefix of the tokens of `prompt + completion`. Generation sees the prompt alone while TRL's
-# KTO/DPO tokenise the two joined; both must train the same context. The text as a whole is
-# `Query: {query}\nResponse: {response}`, what the reward model scores.
-PROMPT_TEMPLATE = "Query: {query}\nResponse:"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
 
 # Bump when the recipe below changes, so cached builds made by an older recipe are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 DEFAULT_RECIPE = {
     "version": RECIPE_VERSION,
-    "n_examples": 4000,
+    "n_examples": 4000,  # one-question prompts
+    "n_conversations": 1000,  # conversations of 2-3 questions, each of whose turns is an example
     "vocab_size": 1024,
     "hidden_size": 128,
     "num_layers": 2,
     "num_heads": 4,
-    "warmup_steps": 600,
+    "warmup_steps": 900,
     "batch_size": 32,
     "learning_rate": 3e-3,
     "seed": 0,
@@ -55,13 +55,8 @@ DEFAULT_RECIPE = {
 
 
 def format_prompt(query: str) -> str:
-    """The prompt every policy in the project is given."""
-    return PROMPT_TEMPLATE.format(query=query)
-
-
-def format_completion(response: str) -> str:
-    """A response as the policy writes it after the prompt (decoded completions are stripped)."""
-    return " " + response
+    """The plain prompt of a one-question conversation (`trainers.chat_format`)."""
+    return plain_prompt(query)
 
 
 def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -80,12 +75,12 @@ def _train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFa
 
 
 def _sft_batches(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[str, str]], batch_size: int, rng: random.Random):
-    """Endless shuffled batches of (input_ids, attention_mask, labels) with the loss on the
-    response and EOS only: the model should learn to answer, not to write questions."""
+    """Endless shuffled batches of (input_ids, attention_mask, labels) from (prompt text, response)
+    with the loss on the response and EOS only: the model should learn to answer, not to write questions."""
     examples = []
-    for query, response in pairs:
+    for prompt, response in pairs:
         # Prompt and response are tokenised separately, exactly as generation sees them.
-        p = tokenizer(format_prompt(query), add_special_tokens=False)["input_ids"]
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         r = tokenizer(format_completion(response), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         examples.append((p + r, [-100] * len(p) + r))
     while True:
@@ -112,8 +107,9 @@ def build_tiny_policy(out_dir: str | Path, **recipe_overrides: int | float) -> P
     rng = random.Random(recipe["seed"])
     torch.manual_seed(recipe["seed"])
 
-    pairs = warmup_corpus(int(recipe["n_examples"]), seed=int(recipe["seed"]))
-    tokenizer = _train_tokenizer([format_prompt(q) + format_completion(r) for q, r in pairs], int(recipe["vocab_size"]))
+    corpus = warmup_corpus(int(recipe["n_examples"]), int(recipe["seed"]), conversations=int(recipe["n_conversations"]))
+    pairs = [(plain_prompt(prompt), response) for prompt, response in corpus]
+    tokenizer = _train_tokenizer([p + format_completion(r) for p, r in pairs], int(recipe["vocab_size"]))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=int(recipe["hidden_size"]),

@@ -31,15 +31,18 @@ def _demo(args: argparse.Namespace) -> int:
     }
     config = Path(args.config).resolve() if args.config else None  # every service of the demo reads the same file
     plan = DemoPlan(
-        **{k: v for k, v in given.items() if v is not None}, fault_drill=args.fault_drill, config=config
+        **{k: v for k, v in given.items() if v is not None},
+        fault_drill=args.fault_drill,
+        conversations=args.conversations,
+        config=config,
     )  # the rest: DemoPlan's defaults
-    print(f"rlhf demo: {plan.rounds} rounds from the {plan.policy} policy, logs and state in {run_dir}")
+    talk = "conversations" if plan.conversations else "one question each"
+    print(f"rlhf demo: {plan.rounds} rounds from the {plan.policy} policy, users asking {talk}, logs and state in {run_dir}")
     started = time.monotonic()
     results = run_demo(plan, run_dir)
     elapsed = time.monotonic() - started
-    summary = report.write_report(
-        run_dir, results, elapsed, max_new_tokens=json.loads((run_dir / "run.json").read_text())["max_new_tokens"]
-    )
+    max_new_tokens = json.loads((run_dir / "run.json").read_text())["max_new_tokens"]
+    summary = report.write_report(run_dir, results, elapsed, max_new_tokens, follow_ups=plan.conversations)
     print(summary)
     return 0 if len(results) >= plan.rounds else 1
 
@@ -68,5 +71,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the simulated users (default 0)")
     p.add_argument(
         "--fault-drill", action="store_true", help="SIGKILL the stream worker and the trainer once, restart the broker once"
+    )
+    p.add_argument(
+        "--conversations",
+        action="store_true",
+        help='users hold conversations of 1-3 questions whose follow-ups depend on the earlier turn ("And in Calendar?", '
+        '"How do I undo that?"), sending the whole conversation (some with an app\'s system prompt); the report gives '
+        "the hidden preference on follow-up turns apart from first turns (default: one question per user)",
     )
     p.add_argument("--out", help="run directory (default runs/demo-TIMESTAMP)")

@@ -1,7 +1,8 @@
 """The closed loop end to end, on the real broker and embedded ClickHouse, with fast training:
-feedback -> trigger -> published version -> A/B analysis -> decision. The fault drill SIGKILLs the
-stream worker and the trainer and restarts the broker during the run; the loop must still close
-and ClickHouse must hold every feedback event the users sent, exactly once."""
+feedback -> trigger -> published version -> A/B analysis -> decision, with users holding
+conversations. The fault drill SIGKILLs the stream worker and the trainer and restarts the broker
+during a run of one-question users; the loop must still close and ClickHouse must hold every
+feedback event the users sent, exactly once."""
 
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ def check_loop_closed(run_dir, plan: DemoPlan, results) -> dict:
     return run
 
 
-def test_the_loop_closes(fast, tmp_path):
-    plan = replace(SHORT, rounds=2, budget_s=720)
+def test_the_loop_closes_on_conversations(fast, tmp_path):
+    plan = replace(SHORT, rounds=2, budget_s=720, conversations=True)
     results = run_demo(plan, tmp_path)
     run = check_loop_closed(tmp_path, plan, results)
     # The stream worker released round 2's trigger only after round 1's experiment was decided.
@@ -77,8 +78,9 @@ def test_the_loop_closes(fast, tmp_path):
     if first.ab:
         assert datetime.fromisoformat(second.published["timestamp"]) > datetime.fromisoformat(first.ab["decided_at"])
     assert feedback_in_clickhouse(tmp_path, plan) == (run["feedback_sent"], run["feedback_sent"])
-    summary = write_report(tmp_path, results, elapsed_s=60, max_new_tokens=16)
+    summary = write_report(tmp_path, results, elapsed_s=60, max_new_tokens=16, follow_ups=True)
     assert f"round 1: {results[0].candidate}" in summary and (tmp_path / "report.html").stat().st_size > 10_000
+    assert "on follow-up turns" in summary
 
 
 def test_fault_drill(fast, tmp_path):

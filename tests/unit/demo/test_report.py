@@ -75,3 +75,21 @@ def test_a_decided_round_reports_the_deciders_statistics(tmp_path: Path, micro_p
     assert "lift +25.0% [+10.0%, +40.0%]" in summary and "120 / 118 users" in summary
     assert "the decider: promote (positive rate up)" in summary
     assert "serving after the round: " in summary and "KL per token to parent / to base" in summary
+
+
+def test_after_a_run_with_conversations_follow_up_turns_are_reported_apart(tmp_path: Path, micro_policy: str):
+    registry = ModelRegistry(tmp_path / "state" / "registry")
+    registry.register_base("assistant", "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
+    rejected = RoundResult("v1", "base", "rejected", {"metrics": {"mean_reward_before": 0.3, "mean_reward_after": 0.2}})
+    (tmp_path / "timeline.json").write_text(
+        '[{"t": 0, "feedback": 10, "positive": 4, "n": 10, "follow_up_positive": 1, "follow_up_n": 4},'
+        ' {"t": 60, "feedback": 20, "positive": 5, "n": 10, "follow_up_positive": 2, "follow_up_n": 5}]'
+    )
+
+    summary = write_report(tmp_path, [rejected], elapsed_s=60.0, max_new_tokens=8, follow_ups=True)
+
+    line = next(x for x in summary.splitlines() if "on follow-up turns" in x and "->" in x)
+    assert re.search(r"(\d\.\d+) -> n/a +\(serving after the round: (\d\.\d+)\)", line)  # the base's, measured
+    assert "first turns" in summary
+    without = write_report(tmp_path, [rejected], elapsed_s=60.0, max_new_tokens=8)
+    assert "follow-up" not in without  # the single-turn demo's report is as before

@@ -1,5 +1,6 @@
 """Simulated users speak the chat-app API: a completion, then feedback with the answer's token;
-reproducible whatever order concurrent answers return in; a 503 is tried again."""
+reproducible whatever order concurrent answers return in; a 503 is tried again. With conversations
+they send the whole conversation each turn and judge follow-up answers against it."""
 
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ import pytest
 
 import demo.users as users
 from demo.users import Population
-from trainers.synthetic import all_questions, answer
+from trainers.chat_format import Conversation
+from trainers.synthetic import FollowUp, answer, resolve
 
-QUESTIONS = {q.text: q for q in all_questions()}
+
+def conversation_of(messages: list[dict]) -> Conversation:
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    turns = [(m["role"], m["content"]) for m in messages if m["role"] != "system"]
+    return Conversation(turns[-1][1], tuple(turns[:-1]), system)
 
 
 class FakeService:
     """The two endpoints the users call, recording what they were sent; answers arrive in random order."""
 
-    def __init__(self, busy: int = 0, broken: int = 0):
+    def __init__(self, busy: int = 0, broken: int = 0, forgetful: bool = False):
+        self.forgetful = forgetful  # answer a follow-up as if it were the conversation's first question
         self.busy = busy  # how many feedback posts answer 503 first
         self.broken = broken  # how many feedback posts meet a broken connection first
         self.completions: list[dict] = []
@@ -30,10 +37,14 @@ class FakeService:
         self.lock = threading.Lock()
         self.jitter = random.Random()
 
-    def answer(self, query: str, user: str) -> str:
+    def answer(self, messages: list[dict], user: str) -> str:
         """About half the answers helpful, the rest unrelated (by the request, not its arrival order)."""
-        seed = zlib.crc32(f"{user}:{query}".encode())
-        return answer(QUESTIONS[query], "helpful", random.Random(seed)) if seed % 2 else "Try turning it off and on again."
+        asked = resolve(conversation_of(messages))
+        assert asked is not None
+        seed = zlib.crc32(f"{user}:{json.dumps(messages)}".encode())
+        if self.forgetful and isinstance(asked, FollowUp):
+            return answer(asked, "earlier", random.Random(seed))
+        return answer(asked, "helpful", random.Random(seed)) if seed % 2 else "Try turning it off and on again."
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -41,14 +52,14 @@ class FakeService:
         with self.lock:
             if request.url.path == "/v1/chat/completions":
                 self.completions.append(body)
-                query = body["messages"][-1]["content"]
                 n = len(self.completions)
+                content = self.answer(body["messages"], body["user"])
                 return httpx.Response(
                     200,
                     json={
-                        "id": f"i-{body['user']}-{query}",
+                        "id": f"i-{body['user']}-{zlib.crc32(json.dumps(body['messages']).encode())}",
                         "feedback_token": f"tok-{n}",
-                        "choices": [{"message": {"role": "assistant", "content": self.answer(query, body["user"])}}],
+                        "choices": [{"message": {"role": "assistant", "content": content}}],
                     },
                 )
             if self.broken:
@@ -61,8 +72,8 @@ class FakeService:
             return httpx.Response(200, json={"event_id": "e", "interaction_id": body["interaction_id"], "recorded": True})
 
 
-def run(seed: int, service: FakeService, n: int = 64):
-    population = Population(50, seed=seed)
+def run(seed: int, service: FakeService, n: int = 64, conversations: bool = False):
+    population = Population(50, seed=seed, conversations=conversations)
     with httpx.Client(base_url="http://assistant", transport=httpx.MockTransport(service)) as http:
         stats = population.step(http, n)
     return stats
@@ -72,7 +83,8 @@ def test_users_ask_through_the_openai_api_and_send_feedback_with_the_answers_tok
     service = FakeService()
     stats = run(0, service)
     assert stats.interactions == len(service.completions) == len(stats.answers) == 64 and all(stats.answers)
-    assert all(c["messages"][0]["role"] == "user" and c["user"].startswith("user-0-") for c in service.completions)
+    assert all(len(c["messages"]) == 1 and c["user"].startswith("user-0-") for c in service.completions)
+    assert not any("conversation_id" in c for c in service.completions)  # one question each: as before
     assert stats.feedback == len(service.feedback) > 40  # feedback_rate 0.9
     for body, auth in service.feedback:
         assert body["interaction_id"].startswith("i-user-0-") and auth.startswith("Bearer tok-")
@@ -108,3 +120,26 @@ def test_a_broken_connection_is_tried_again_and_a_lasting_one_is_raised(monkeypa
     assert len(service.feedback) == stats.feedback  # every verdict landed in the end
     with pytest.raises(httpx.ReadError):
         run(0, FakeService(broken=10**6), n=2)
+
+
+def test_users_with_conversations_send_the_whole_conversation_each_turn():
+    service = FakeService()
+    stats = run(0, service, n=48, conversations=True)
+    assert stats.interactions == len(service.completions) > 48  # some conversations ask follow-ups
+    by_conversation: dict[str, list[list[dict]]] = {}
+    for c in service.completions:
+        by_conversation.setdefault(c["conversation_id"], []).append(c["messages"])
+    assert len(by_conversation) == 48 and {len(turns) for turns in by_conversation.values()} == {1, 2, 3}
+    for turns in by_conversation.values():
+        turns.sort(key=len)
+        for earlier, later in zip(turns, turns[1:], strict=False):  # each turn: the one before, its answer, the follow-up
+            assert later[: len(earlier)] == earlier and [m["role"] for m in later[len(earlier) :]] == ["assistant", "user"]
+        assert all(m["role"] != "system" for m in turns[0][1:])  # the app's system prompt, if any, first
+    assert any(turns[0][0]["role"] == "system" for turns in by_conversation.values())
+    assert 0 < stats.follow_up_feedback < stats.feedback
+
+
+def test_a_follow_up_answered_as_the_earlier_question_is_disliked():
+    stats = run(0, FakeService(forgetful=True), n=64, conversations=True)
+    first_turns = (stats.positive - stats.follow_up_positive) / (stats.feedback - stats.follow_up_feedback)
+    assert stats.follow_up_positive / stats.follow_up_feedback < 0.25 < first_turns
