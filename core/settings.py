@@ -256,7 +256,10 @@ class AssistantSettings(Section):
         "turn from each client's queue, 1: one at a time (queries).",
     )
     batch_wait_ms: float = Field(
-        5.0, ge=0, description="Longest the first queued request waits for others to join its batch (milliseconds)."
+        5.0,
+        ge=0,
+        description="Longest a batch waits for more requests to join it, from its first queued request or the end of the "
+        "previous batch, whichever is later (milliseconds).",
     )
     queue_size: int = Field(
         256,
