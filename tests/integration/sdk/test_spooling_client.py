@@ -75,7 +75,8 @@ def test_drop_newest_is_counted_called_back_and_raised_from_flush(tmp_path):
     client.flush(10)  # reported once
     client._pump._notices.reported_at = 0
     client._pump._report()
-    assert any(n.kind == "dropped" and n.count == stats.dropped for n in notices)
+    # Told as the counter grew (at most once a second), so a slow machine may split it in parts.
+    assert sum(n.count for n in notices if n.kind == "dropped") == stats.dropped
     client.close()
 
 
