@@ -25,16 +25,19 @@ With `--conversations` users hold conversations of 1-3 questions whose follow-up
 earlier turn (`demo.users` with conversations, `synthetic.draw_dialogue`), every feedback event
 carries its conversation, and the hidden preference is also measured on follow-up turns
 (`synthetic.follow_up_quality`: held-out two-question conversations, the version's own first answer
-in the context; 4 samples each). Each round then trains a twin candidate from the same parent on the
-same feedback events with their context stripped (the last turn alone, as the learners did before
-conversations): its reward model (warm-started from the previous twin's) and PPO see "And in
-Calendar?" without the question it follows. The twin is measured, never served, so both candidates
-of a round rest on identical feedback and start from the same version; it costs one more reward
-model and PPO run a round, where a whole second learner line would also need its own traffic.
+in the context; 4 samples each). A second, last-turn-only line of candidates learns from the same
+feedback events with their context stripped (the last turn alone, as the learners did before
+conversations): its reward model (warm-started from its own previous one) and PPO see "And in
+Calendar?" without the question it follows. Each round it trains a candidate from its own last
+candidate the gate passed (the base policy at first); it is measured, never served, so both lines
+rest on identical feedback, and it costs one more reward model and PPO run a round, where a line
+with traffic of its own would no longer see the same feedback.
 
-The rule, written before the first run: the context ablation holds when, on every seed, the last
-round's twin scores lower on follow-ups than that round's in-context candidate, by at least 0.05
-(about 1.5 standard errors of the difference of two 540-answer means).
+The rule, written before this design's run: the context ablation holds when, on every seed, the
+last-turn-only line's round-N candidate scores lower on follow-ups than the in-context line's
+round-N candidate, by at least 0.05 (about 1.5 standard errors of the difference of two 540-answer
+means); a candidate a guardrail stopped (no weights) counts as its line's parent. A first design,
+the twin trained each round from the in-context line's parent, is reported in docs/conversations.md.
 """
 
 from __future__ import annotations
@@ -98,10 +101,11 @@ class RoundRecord:
     decision: str = ""  # rejected (by the gate) | promoted | rolled_back (by the A/B test)
     serving_after: float = float("nan")  # hidden preference of the version serving once the round is decided
     candidate_hidden: float | None = None
-    # With conversations: the same on follow-up turns, and the context ablation's twin (first turns, follow-ups).
+    # With conversations: the same on follow-up turns, and the last-turn-only line's candidate (first
+    # turns, follow-ups; its parent's when a guardrail stopped it).
     serving_follow_up: float = float("nan")
     candidate_follow_up: float | None = None
-    twin: tuple[float, float] | None = None
+    last_turn_only: tuple[float, float] | None = None
     ab_lift: list[float] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -196,7 +200,8 @@ def run_learner(
     events_of: dict[str, list[FeedbackEvent]] = {}
     records: list[RoundRecord] = []
     main = Learner(settings, RewardConfig.from_settings(settings, num_threads=threads), base_path, workdir, seed)
-    twin = Learner(settings, main.rm_config, base_path, workdir, seed)  # the context ablation's
+    ablation = Learner(settings, main.rm_config, base_path, workdir, seed)  # the last-turn-only line
+    ablation_parent, ablation_figures = serving, start
     window = HistoryWindow.from_settings(settings)
 
     def decide(per_user: dict[str, dict[str, list[int]]]) -> None:
@@ -236,6 +241,7 @@ def run_learner(
         record.metrics = {
             "history_events": float(len(history)),
             "serving_before": serving_hidden,
+            "serving_follow_up_before": serving_follow_up,
             "rm_accuracy_on_policy": on_policy or float("nan"),
             **{k: float("nan" if v is None else v) for k, v in metrics.items() if v is None or isinstance(v, (int, float))},
         }
@@ -244,11 +250,17 @@ def run_learner(
             candidate = trained if passed else None
         if not passed:
             record.decision = "rejected"
-        # 4. The context ablation: the same parent and feedback, the last turn alone.
+        # 4. The context ablation: the same feedback, the last turn alone, a line of its own.
         if conversations:
-            _, twin_metrics, _ = twin.train(last_turn_only(history), recent, serving, f"r{r}-last-turn")
-            if ablated := twin.trained(twin_metrics, f"r{r}-last-turn"):
-                record.twin = (hidden_preference(ablated, held_out), follow_ups(ablated))
+            _, ablation_metrics, ablation_passed = ablation.train(
+                last_turn_only(history), recent, ablation_parent, f"r{r}-last-turn"
+            )
+            if ablated := ablation.trained(ablation_metrics, f"r{r}-last-turn"):
+                record.last_turn_only = (hidden_preference(ablated, held_out), follow_ups(ablated))
+                if ablation_passed:
+                    ablation_parent, ablation_figures = ablated, record.last_turn_only
+            else:
+                record.last_turn_only = ablation_figures
         record.seconds = time.monotonic() - started
         records.append(record)
         m = record.metrics
@@ -259,7 +271,7 @@ def run_learner(
             f"(on-policy {m['rm_accuracy_on_policy']:.3f}), gain {m.get('reward_gain', float('nan')):+.3f}, "
             f"kl base {m.get('kl_base', float('nan')):.3f}, {'candidate' if passed else 'rejected'}{guardrail} "
             f"(hidden {_num(record.candidate_hidden)}, follow-ups {_num(record.candidate_follow_up)}; "
-            f"last-turn twin {_num(record.twin and record.twin[1])}, {record.seconds:.0f}s)",
+            f"last-turn-only line {_num(record.last_turn_only and record.last_turn_only[1])}, {record.seconds:.0f}s)",
             flush=True,
         )
     if candidate:  # the last candidate's A/B test: one more round of traffic, no training
@@ -306,12 +318,14 @@ def main() -> None:
     )
     if args.conversations:
         print_table(results, args.rounds, "... on follow-up turns", follow_ups=True)
-        print("\ncontext ablation, last round: follow-up hidden preference, in-context candidate vs its last-turn-only twin")
+        print("\ncontext ablation, last round: follow-up hidden preference, in-context vs last-turn-only candidate")
         for learner, by_seed in results.items():
             for seed, (_, recs) in by_seed.items():
-                ours, twin = recs[-1].candidate_follow_up, recs[-1].twin and recs[-1].twin[1]
-                holds = ours is not None and twin is not None and ours - twin >= ABLATION_MARGIN
-                print(f"  {learner} seed {seed}: {_num(ours)} vs {_num(twin)}: {'holds' if holds else 'does not hold'}")
+                last = recs[-1]
+                ours = last.metrics["serving_follow_up_before"] if last.candidate_follow_up is None else last.candidate_follow_up
+                theirs = last.last_turn_only[1] if last.last_turn_only else float("nan")
+                verdict = "holds" if ours - theirs >= ABLATION_MARGIN else "does not hold"
+                print(f"  {learner} seed {seed}: {ours:.3f} vs {theirs:.3f}: {verdict}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         by_learner = {
