@@ -1,5 +1,5 @@
 """The reward model on real human preferences: held-out pairwise accuracy on the PandaLM pairs
-(../shared/data/pandalm-prefs.jsonl, 842 human-labelled pairs; see that folder's README), next to
+(bench/data/pandalm-prefs.jsonl, 842 human-labelled pairs; see bench/data/README.md), next to
 the length-only baseline ("the longer answer wins") on the same held-out pairs.
 
     python -m bench.reward_real                                   # MiniLM-128 as before, MiniLM keeping the response
@@ -31,7 +31,7 @@ from trainers.reward import fit
 from trainers.reward_config import RewardConfig
 from trainers.reward_model import RewardModel
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pandalm-prefs.jsonl"
+DATA = Path(__file__).resolve().parent / "data" / "pandalm-prefs.jsonl"
 TRUNCATION = {"right": "right", "keep": "keep_response"}
 
 
