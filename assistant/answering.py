@@ -37,11 +37,12 @@ from assistant import generation
 from assistant.batcher import Batcher
 from assistant.generation import Answer, Ask, Sink
 from assistant.recent import RecentInteractions, ServedInteraction
+from assistant.relay import EngineVersion, Relay
 from assistant.routing import Route, route
 from assistant.tokens import FeedbackTokens
 from core.errors import EventValidationError, ModelLoadError
 from core.settings import AssistantSettings, Settings
-from registry.store import Kind
+from registry.store import Deployment, Kind
 from schemas.events import DEFAULT_POLICY, Event, ExposureEvent, Id, InteractionEvent, Query, Turn, new_id, validate_event
 from schemas.experiments import ExperimentBook
 from schemas.messages import QuestionInContext
@@ -58,6 +59,7 @@ class PolicyRegistry(Protocol):
 
     def serving(self, policy: str) -> str | None: ...
     def path(self, kind: Kind, version: str) -> Path: ...
+    def deployments(self, policy: str) -> dict[str, Deployment]: ...
 
 
 class FeedbackSink(Protocol):
@@ -79,10 +81,26 @@ class LoadedPolicy:
     tokenizer: PreTrainedTokenizerBase
 
 
+Servable = LoadedPolicy | EngineVersion  # a version generated in process, or relayed to the engine that serves it
+
+
 def load_version(registry: PolicyRegistry, version: str) -> LoadedPolicy:
     """A registry version, loaded as training loads it; ModelLoadError naming its path if it cannot be."""
     model, tokenizer = policies.load_policy(str(registry.path("policies", version)))
     return LoadedPolicy(version, model.eval(), tokenizer)
+
+
+def resolve(registry: PolicyRegistry, version: str, deployments: Mapping[str, Deployment], previous: Servable | None) -> Servable:
+    """How `version` is answered now: by the engine its deployment names, else loaded in process
+    (`previous`, what answered it before, is kept while that has not changed)."""
+    deployment = deployments.get(version)
+    if deployment is not None:
+        return (
+            previous
+            if isinstance(previous, EngineVersion) and previous.deployment == deployment
+            else EngineVersion(version, deployment)
+        )
+    return previous if previous is not None and not isinstance(previous, EngineVersion) else load_version(registry, version)
 
 
 @dataclass(frozen=True)
@@ -121,8 +139,8 @@ def answer(
 class Served:
     """The loaded versions one request is routed over: the serving one and any other it may need."""
 
-    serving: LoadedPolicy | None = None
-    versions: Mapping[str, LoadedPolicy] = field(default_factory=dict)
+    serving: Servable | None = None
+    versions: Mapping[str, Servable] = field(default_factory=dict)
 
 
 class PolicyPool:
@@ -141,14 +159,15 @@ class PolicyPool:
         serving = self.registry.serving(self.policy)
         experiment = self.experiments.open(self.policy)
         previous = self.served.versions
+        deployments = self.registry.deployments(self.policy)
         # A serving version that does not load raises: the watch logs it and the previous set stays.
-        versions = {serving: previous.get(serving) or load_version(self.registry, serving)} if serving else {}
+        versions = {serving: resolve(self.registry, serving, deployments, previous.get(serving))} if serving else {}
         for arm in experiment.arms if experiment else ():
             version = arm.model_version
             if version in versions:
                 continue
             try:
-                versions[version] = previous.get(version) or load_version(self.registry, version)
+                versions[version] = resolve(self.registry, version, deployments, previous.get(version))
             except ModelLoadError:
                 # Routing leaves the experiment out until every arm loads; serving goes on.
                 if version not in self._unloadable:
@@ -204,7 +223,7 @@ class Routed:
     """One question of a request, routed to its version, its events validated and its ids chosen: ready to answer."""
 
     request: ChatRequest
-    policy: LoadedPolicy
+    policy: Servable
     route: Route
     interaction_id: str
     conversation_id: str
@@ -249,11 +268,13 @@ class Assistant:
         self.batcher = Batcher(
             _generate, a.max_batch, a.batch_wait_ms / 1000, a.queue_size, client_share=max(1, a.queue_size // 2)
         )
+        self.relay = Relay(settings.gateway)  # versions an engine serves (assistant/relay.py)
 
     def close(self) -> None:
         self.batcher.close()
+        self.relay.close()
 
-    def route(self, user_id: str) -> tuple[LoadedPolicy, Route]:
+    def route(self, user_id: str) -> tuple[Servable, Route]:
         served = self.pool.served
         if served.serving is None:
             raise HTTPException(503, "no policy version is serving yet")
@@ -307,7 +328,10 @@ class Assistant:
             for policy in {id(item.policy): item.policy for item in items}.values():
                 idx = [i for i, item in enumerate(items) if item.policy is policy]
                 asks = [Ask(items[i].conversation, stop, sink) for i in idx]
-                pending.append((idx, self.batcher.submit(policy, asks, sampling, client)))
+                if isinstance(policy, EngineVersion):
+                    pending.append((idx, self.relay.submit(policy, asks, sampling)))
+                else:
+                    pending.append((idx, self.batcher.submit(policy, asks, sampling, client)))
         except BaseException:
             for _, future in pending:
                 future.cancel()

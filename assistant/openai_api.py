@@ -53,7 +53,8 @@ from starlette.concurrency import run_in_threadpool
 from assistant.answering import Assistant, ChatRequest, Routed, Sampling
 from assistant.generation import Answer
 from assistant.limits import caller
-from assistant.streaming import QueueSink, Stream, extra_fields, usage
+from assistant.relay import EngineVersion
+from assistant.streaming import QueueSink, Stream, Watch, answered, extra_fields, usage
 from core.access import ApiKeys
 from core.errors import EventValidationError
 from core.settings import AssistantSettings
@@ -187,13 +188,17 @@ def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:
         item = assistant.prepare([question])[0]
         headers = {FEEDBACK_TOKEN_HEADER: item.feedback_token} if item.feedback_token else {}
         created, started = int(time.time()), time.perf_counter()
-        sink = QueueSink(asyncio.get_running_loop()) if body.stream else None
+        sink = QueueSink(asyncio.get_running_loop()) if body.stream else Watch()
         [(_, future)] = assistant.submit([item], sampling, caller(request), body.stop_sequences, sink)
-        if sink is not None:
+        if isinstance(sink, QueueSink):
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             stream = Stream(assistant, item, future, sink, include_usage, started, created, STREAM_FAILED)
+            if isinstance(item.policy, EngineVersion):
+                await stream.opened()
             return StreamingResponse(stream.chunks(), media_type="text/event-stream", headers=headers)
-        answer: Answer = (await asyncio.wrap_future(future))[0]
+        answer = await answered(future, sink, request.is_disconnected)
+        if answer is None:  # nobody is reading: nothing logged, nothing to send
+            return JSONResponse(openai_error(499, "the client closed the request"), status_code=499)
         assistant.served(item, answer.text, (time.perf_counter() - started) * 1000)
         await run_in_threadpool(assistant.client.flush)
         return JSONResponse(completion(item, answer, created), headers=headers)

@@ -19,9 +19,12 @@ no interaction is logged for it: the user saw no whole answer, and an interactio
 answer (a feedback token it already received then names an interaction this server never recorded:
 410). Its exposure is: while an experiment is routed, the exposure is logged with the answer's first
 piece of text, so a user who leaves a variant's answer midway still counts as exposed to it (the
-A/B analysis would otherwise lose exactly the users a bad variant drives away).
+A/B analysis would otherwise lose exactly the users a bad variant drives away). A non-streamed
+request whose client goes away (`answered` looks every `DISCONNECT_POLL_S`) stops its row too, and
+logs nothing at all: its user was shown nothing.
 A generation that fails after the stream has started ends it with an error event in OpenAI's shape
-(`{"error": {...}}`, which its SDKs raise), without `[DONE]`.
+(`{"error": {...}}`, which its SDKs raise), without `[DONE]`. A relayed answer (a version an engine
+serves) starts its stream with its first piece, so an engine that is down fails the request (503).
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from assistant.answering import Assistant, Routed
 from assistant.generation import Answer
 
 log = logging.getLogger("rlhf.serve")
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed request looks whether its client is still there
 
 
 class QueueSink:
@@ -66,6 +71,10 @@ class QueueSink:
             item += following
         return item
 
+    def push_back(self, item: str | Answer | None) -> None:
+        """Return an item taken with `get`: the next `get` gives it again."""
+        self._next.append(item)
+
     def put(self, item: str | Answer | None) -> None:
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -77,6 +86,32 @@ class QueueSink:
 
     def settled(self, _: object = None) -> None:
         self.put(None)
+
+
+class Watch:
+    """A non-streamed answer's sink: nothing is sent as it is written; it only tells the generation
+    (or the relay) that the reader went away, so its row stops."""
+
+    abandoned = False
+
+    def put(self, delta: str) -> None:
+        pass
+
+    def done(self, answer: Answer) -> None:
+        pass
+
+
+async def answered(future: Future, watch: Watch, gone: Callable[[], Awaitable[bool]]) -> Answer | None:
+    """The answer of a non-streamed request, or None once its client has gone away (`gone`, polled
+    while waiting): the row stops, and as for a stream, no interaction is logged."""
+    waiting = asyncio.wrap_future(future)
+    while not (await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S))[0]:
+        if await gone():
+            watch.abandoned = True
+            future.cancel()
+            return None
+    answer: Answer = waiting.result()[0]
+    return answer
 
 
 def sse(payload: dict[str, Any] | str) -> str:
@@ -117,6 +152,16 @@ class Stream:
 
     def __post_init__(self) -> None:
         self.future.add_done_callback(self.sink.settled)  # after every piece: the worker puts them before it settles
+
+    async def opened(self) -> None:
+        """Wait for the answer's first piece: a relayed answer (assistant/relay.py) whose engine fails
+        before answering then fails the request with the relay's status (503 with Retry-After, 400)
+        instead of an error event after a 200."""
+        first = await self.sink.get()
+        self.sink.push_back(first)
+        failure = self.future.exception() if first is None else None
+        if isinstance(failure, HTTPException):
+            raise failure
 
     async def chunks(self) -> AsyncIterator[str]:
         item = self.item

@@ -36,7 +36,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +50,7 @@ from assistant.answering import Assistant, PolicyPool
 from assistant.service import build_app
 from bench.policy_gain import quiet
 from core.settings import AssistantSettings, Settings
+from registry.store import Deployment
 from schemas.experiments import ExperimentBook
 from trainers.base_models import SMOLLM2, TINY, resolve_base_model
 from trainers.synthetic import split_questions
@@ -66,17 +67,22 @@ LONG_ANSWER = [
 
 
 class OneVersion:
-    """The registry, as the pool sees it: one serving version, `version`, loaded from `directory`."""
+    """The registry, as the pool sees it: one serving version, `version`, loaded from `directory`,
+    or relayed to the engine that `deployed` names for it."""
 
-    def __init__(self, directory: Path, version: str = "tiny"):
+    def __init__(self, directory: Path, version: str = "tiny", deployed: Mapping[str, Deployment] | None = None):
         self.directory = directory
         self.version = version
+        self.deployed = dict(deployed or {})
 
     def serving(self, policy: str) -> str:
         return self.version
 
     def path(self, kind: str, version: str) -> Path:
         return self.directory
+
+    def deployments(self, policy: str) -> dict[str, Deployment]:
+        return self.deployed
 
 
 class DroppedEvents:
@@ -95,11 +101,19 @@ class DroppedEvents:
 
 
 @contextmanager
-def served(model_dir: Path, assistant_settings: AssistantSettings, version: str = "tiny", **options: Any) -> Iterator[str]:
-    """The assistant app with `assistant_settings` over stand-ins for the registry and the SDK client,
-    under uvicorn (`options`: more of its settings) on a free port; yields its base URL."""
+def served(
+    model_dir: Path,
+    assistant_settings: AssistantSettings,
+    version: str = "tiny",
+    deployed: Mapping[str, Deployment] | None = None,
+    **options: Any,
+) -> Iterator[str]:
+    """The assistant app with `assistant_settings` over stand-ins for the registry (`deployed`: the
+    versions an engine serves) and the SDK client, under uvicorn (`options`: more of its settings)
+    on a free port; yields its base URL."""
     settings = Settings(assistant=assistant_settings)
-    assistant = Assistant(settings, PolicyPool(OneVersion(model_dir, version), ExperimentBook()), DroppedEvents())
+    registry = OneVersion(model_dir, version, deployed)
+    assistant = Assistant(settings, PolicyPool(registry, ExperimentBook()), DroppedEvents())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound before the server starts: no race for the port
     server = uvicorn.Server(uvicorn.Config(build_app(settings, assistant), log_level="warning", **options))
@@ -147,9 +161,12 @@ def load(url: str, clients: int, requests: int, questions: list[str]) -> dict[st
     return {"rps": requests / elapsed, "p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000}
 
 
-def streamed(url: str, clients: int, requests: int, max_tokens: int, min_tokens: int) -> dict[str, float]:
-    """`requests` streamed completions of `LONG_ANSWER` from `clients` threads, each one request at a time:
-    the p50/p99 of the time to the first piece of text and to the whole answer, the answers' mean length."""
+def streamed(
+    url: str, clients: int, requests: int, max_tokens: int, min_tokens: int, extra: Mapping[str, Any] | None = None
+) -> dict[str, float]:
+    """`requests` streamed completions of `LONG_ANSWER` from `clients` threads, each one request at a time
+    (`extra`: more fields of the request body): the p50/p99 of the time to the first piece of text and
+    to the whole answer, the answers' mean length, requests/s and completion tokens/s."""
     first: list[float] = []
     whole: list[float] = []
     tokens: list[int] = []
@@ -168,6 +185,7 @@ def streamed(url: str, clients: int, requests: int, max_tokens: int, min_tokens:
                     "min_tokens": min_tokens,
                     "stream": True,
                     "stream_options": {"include_usage": True},
+                    **(extra or {}),
                 }
                 sent, seen = time.perf_counter(), False
                 with http.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -192,8 +210,10 @@ def streamed(url: str, clients: int, requests: int, max_tokens: int, min_tokens:
     for t in threads:
         t.start()
     start.wait()
+    began = time.perf_counter()
     for t in threads:
         t.join()
+    elapsed = time.perf_counter() - began
     if failures or len(whole) != requests or len(first) != requests:
         raise RuntimeError(f"{len(failures)} of {requests} requests failed ({failures[:1]}); {len(first)} had text")
     ttft = statistics.quantiles(first, n=100, method="inclusive")
@@ -205,6 +225,8 @@ def streamed(url: str, clients: int, requests: int, max_tokens: int, min_tokens:
         "whole_p99_ms": total[98] * 1000,
         "ratio": ttft[49] / total[49],  # per run: a busy spell slows both of a run's figures alike
         "tokens": statistics.mean(tokens),
+        "rps": requests / elapsed,
+        "tokens_per_s": sum(tokens) / elapsed,
     }
 
 

@@ -41,4 +41,9 @@ class ServiceError(RlhfError):
 
 
 class EngineError(RlhfError):
-    """The local inference engine (vLLM) could not be installed, started or reached; the message names its log."""
+    """An inference engine (vLLM) could not be installed, started or reached, or refused a deployment;
+    the message names its URL or log and the engine's reason."""
+
+
+class EngineUnavailable(EngineError):
+    """An engine cannot answer now (down, overloaded, timed out): the assistant answers 503 with Retry-After."""

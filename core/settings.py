@@ -32,6 +32,7 @@ from core.learning_settings import (
     RewardModelSettings,
 )
 from core.sections import Section
+from core.serving_settings import EngineSettings, GatewaySettings
 
 DEFAULT_CONFIG_FILE = "rlhf.yaml"
 
@@ -289,27 +290,6 @@ class AssistantSettings(Section):
     )
 
 
-class EngineSettings(Section):
-    """The local vLLM server (`rlhf engine up`, devtools/engine.py), CPU build, on 127.0.0.1 only."""
-
-    model: str = Field(
-        "smollm2",
-        description="Base model the local vLLM server serves, named as `policy.base_model` names one, under the name's "
-        "last path component (name or path).",
-    )
-    port: int = Field(
-        8400, ge=1, le=65535, description="Port of the local vLLM server's OpenAI-compatible API, on 127.0.0.1 only (TCP port)."
-    )
-    max_model_len: int = Field(2048, ge=16, description="Longest prompt plus answer one request to the engine may hold (tokens).")
-    kv_cache_gib: float = Field(
-        1.0, gt=0, description="Memory the engine sets aside for its KV cache, instead of vLLM's default share of all RAM (GiB)."
-    )
-    max_loras: int = Field(2, ge=1, description="LoRA adapters the engine may apply within one batch (adapters).")
-    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
-        16, description="Highest rank of a LoRA adapter the engine can load, one of the sizes vLLM accepts (rank)."
-    )
-
-
 PrivacyMode = Literal["off", "redact", "drop"]
 PiiType = Literal["email", "phone", "card", "iban", "ip"]
 PII_TYPES: tuple[PiiType, ...] = get_args(PiiType)
@@ -357,6 +337,7 @@ class Settings(BaseSettings):
     assistant: AssistantSettings = AssistantSettings()
     privacy: PrivacySettings = PrivacySettings()
     engine: EngineSettings = EngineSettings()
+    gateway: GatewaySettings = GatewaySettings()
 
     @classmethod
     def settings_customise_sources(

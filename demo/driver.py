@@ -3,6 +3,12 @@
     rlhf demo                          # two rounds, 3-8 min on 2 cores (an undecided A/B test runs to its horizon)
     rlhf demo --rounds 3 --seed 1      # one round more, another population of users
     rlhf demo --conversations          # users hold conversations with follow-ups (demo/users.py)
+    rlhf demo --policy smollm2 --engine vllm --rounds 1   # both arms served by vLLM behind the assistant
+
+With `--engine vllm` the driver also starts the local vLLM server (devtools/engine.py) serving the
+starting policy, records the base version as deployed there, and points the loop at it
+(`gateway.engine_url`): the trainer loads each candidate's LoRA adapter into it before the
+experiment starts, the assistant relays both arms to it, the decider unloads retired adapters.
 
 It starts a private Kafka broker, creates the topics, registers the tiny starting policy, and runs
 the stream worker, the sink (+ dashboard, embedded ClickHouse), the trainer consumer, the decider
@@ -23,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from confluent_kafka import Consumer, TopicPartition
@@ -34,10 +41,14 @@ from consumers.sink.rows import ROUTES as SINK_ROUTES
 from consumers.trainer.job import ensure_base_policy
 from core.errors import RlhfError
 from core.kafka_clients import client_config
+from core.serving_settings import LORA_RANKS
 from core.settings import Settings, load_settings
 from demo.supervisor import Supervisor
 from demo.users import Population
+from devtools.engine import LocalEngine
 from devtools.kafka_local import LocalBroker, free_port
+from registry.deployment import Deployer
+from registry.store import ModelRegistry
 from schemas import ModelPublished, TrainingStatus, parse_event
 from schemas.events import DEFAULT_POLICY
 from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentStarted
@@ -109,6 +120,7 @@ class DemoPlan:
     seed: int = 0
     fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
     conversations: bool = False  # users hold conversations of 1-3 questions, follow-ups on the earlier turn
+    engine: Literal["embedded", "vllm"] = "embedded"  # who generates answers: the assistant itself, or vLLM behind it
     config: Path | None = None  # the YAML file every process reads (None: $RLHF_CONFIG or ./rlhf.yaml, as any command)
 
 
@@ -127,7 +139,9 @@ class DemoError(RlhfError):
     """The demo could not complete (a service kept dying, or the time budget ran out)."""
 
 
-def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboard_port: int, serve_port: int) -> dict[str, str]:
+def demo_environment(
+    run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboard_port: int, serve_port: int, engine_url: str | None = None
+) -> dict[str, str]:
     """The environment of every process of the demo: the same configuration for all, through RLHF_*
     variables (the driver loads its own settings from it too, `Demo.settings`)."""
     values = {
@@ -144,6 +158,7 @@ def demo_environment(run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboa
         "RLHF_AB_TESTING__DECIDE_EVERY_S": "5",
         "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
         **({"RLHF_CONFIG": str(plan.config)} if plan.config else {}),
+        **({"RLHF_GATEWAY__ENGINE_URL": engine_url} if engine_url else {}),
     }
     # The user's own RLHF_* settings (and RLHF_CONFIG) reach every process; the demo's wiring wins.
     return {**profile_of(plan.policy).settings, **os.environ, **values}
@@ -188,8 +203,12 @@ class Demo:
         self.run_dir = run_dir
         self.broker = LocalBroker(run_dir / "kafka", port=free_port(), controller_port=free_port())
         self.dashboard_port, self.serve_port = free_port(), free_port()
-        self.env = demo_environment(run_dir, self.broker, plan, self.dashboard_port, self.serve_port)
+        engine_port = free_port() if plan.engine == "vllm" else None
+        url = f"http://127.0.0.1:{engine_port}" if engine_port else None
+        self.env = demo_environment(run_dir, self.broker, plan, self.dashboard_port, self.serve_port, url)
         self.settings = load_settings(None, environ=self.env)  # what every service of the demo loads
+        lora_r = self.settings.policy.training.lora_r
+        self.engine = engine_for(plan, run_dir, engine_port, lora_r) if engine_port else None
         self.supervisor = Supervisor(run_dir / "logs", self.env)
         self.results: list[RoundResult] = []
         self.timeline: list[dict] = []
@@ -203,7 +222,13 @@ class Demo:
         self.broker.up()
         settings = self.settings
         create_topics(settings.kafka)
-        ensure_base_policy(settings, DEFAULT_POLICY)
+        base = ensure_base_policy(settings, DEFAULT_POLICY)
+        if self.engine is not None:
+            print(f"starting vLLM on {self.engine.url} (log {self.engine.log_file}) ...", flush=True)
+            self.engine.up(timeout=600)
+            deployer = Deployer(ModelRegistry(settings.registry_path), settings.gateway)
+            deployer.deploy(DEFAULT_POLICY, base)  # the control arm is the engine's from the first answer
+            deployer.close()
         tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(settings.policy.base_model))
         self.count_tokens = lambda texts: sum(map(len, tokenizer(texts, add_special_tokens=False)["input_ids"]))
         self.supervisor.start("streams", "streams", "worker")
@@ -353,6 +378,24 @@ class Demo:
     def stop(self) -> None:
         self.supervisor.stop_all()
         self.broker.down()
+        if self.engine is not None:
+            self.engine.down()
+
+
+def engine_for(plan: DemoPlan, run_dir: Path, port: int, lora_r: int) -> LocalEngine:
+    """The local vLLM server of a demo: the starting policy, adapters up to the rank `plan.rounds`
+    rounds of LoRA can reach (each round's SFT and PPO each add `lora_r`, trainers/adapters.py)."""
+    if not lora_r:
+        raise DemoError(f"--engine vllm serves versions as LoRA adapters: policy {plan.policy} trains none (lora_r 0)")
+    needed = 2 * lora_r * plan.rounds
+    rank = next((r for r in LORA_RANKS if r >= needed), LORA_RANKS[-1])
+    return LocalEngine(
+        model_dir=Path(resolve_base_model(plan.policy)),
+        data_dir=run_dir / "engine",
+        served_name=Path(plan.policy).name,
+        port=port,
+        max_lora_rank=rank,
+    )
 
 
 def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> None:
@@ -397,6 +440,7 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
                 "fault_drill": sorted(demo.drills_done),
                 "policy": plan.policy,
                 "conversations": plan.conversations,
+                "engine": plan.engine,
                 "max_new_tokens": demo.settings.policy.training.max_new_tokens,
             }
         )

@@ -66,6 +66,16 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """Where an inference engine serves a version (registry/deployment.py): its OpenAI-compatible API's
+    base URL and the model name it answers under; `adapter`: loaded at run time, unloaded once retired."""
+
+    url: str
+    model: str
+    adapter: bool
+
+
+@dataclass(frozen=True)
 class ExperimentRecord:
     """An experiment's decision as the registry applied it."""
 
@@ -290,6 +300,26 @@ class ModelRegistry:
     def experiment_decision(self, policy: str, experiment_id: str) -> ExperimentRecord | None:
         record = self.pointers().get(policy, {}).get("decisions", {}).get(experiment_id)
         return None if record is None else ExperimentRecord(**record, first=False)
+
+    # ---- deployments: which engine serves a version ----------------------------------------
+    def deployments(self, policy: str) -> dict[str, Deployment]:
+        """The policy's versions an engine serves; a version not here is generated in process."""
+        recorded = self.pointers().get(policy, {}).get("deployed", {})
+        return {version: Deployment(**fields) for version, fields in recorded.items()}
+
+    def record_deployment(self, policy: str, version: str, deployment: Deployment | None) -> None:
+        """Record where `version` is served, or (None) that no engine serves it any more."""
+        with self._pointer_update() as pointers:
+            deployed = pointers.setdefault(policy, {"serving": None, "candidate": None, "history": []}).setdefault("deployed", {})
+            if deployment is None:
+                deployed.pop(version, None)
+            else:
+                deployed[version] = asdict(deployment)
+
+    def rollback_target(self, policy: str) -> str | None:
+        """The version a rollback of the serving one would serve again."""
+        history: list[str] = self.pointers().get(policy, {}).get("history", [])
+        return history[-2] if len(history) > 1 else None
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -28,9 +28,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from analytics.remote import ab_report
 from consumers.decider.decisions import close_experiment
 from consumers.emitter import EventEmitter
-from core.errors import DeliveryError, EventValidationError, RlhfError
+from core.errors import DeliveryError, EngineError, EventValidationError, RlhfError
 from core.kafka_clients import client_config
 from core.settings import Settings
+from registry.deployment import Deployer
 from registry.store import ModelRegistry
 from schemas import parse_event
 from schemas.experiments import ExperimentBook, ExperimentEvent, ExperimentOutcome, ExperimentStarted
@@ -40,6 +41,10 @@ log = logging.getLogger("rlhf.decider")
 
 GROUP = CONSUMER_GROUPS["decider"]
 Analysis = Callable[[Settings, str], dict[str, Any]]
+
+# Adapters a decision leaves unused are unloaded this long after it: every assistant has reread the
+# registry (each second) and answers in flight on the retired version have ended.
+RETIRE_AFTER_S = 30.0
 
 
 def verdict(started: ExperimentStarted, report: dict[str, Any] | None, now: datetime) -> tuple[ExperimentOutcome, str] | None:
@@ -66,9 +71,13 @@ class Decider:
         self.emitter = emitter or EventEmitter(settings)
         self.experiments = ExperimentBook()
         self.last_look: dict[str, float] = {}
+        self.retiring: dict[str, float] = {}  # policies whose engine adapters a decision may have left unused: when
 
     def look_at_open_experiments(self) -> None:
         """Analyse each open experiment that is due, and decide those with a verdict."""
+        due = {p for p, at in self.retiring.items() if time.monotonic() - at >= RETIRE_AFTER_S}
+        if due:
+            self._retire(due)
         for started in self.experiments.all_open():
             if time.monotonic() - self.last_look.get(started.experiment_id, -1e9) < self.settings.ab_testing.decide_every_s:
                 continue
@@ -97,6 +106,20 @@ class Decider:
             "%s: %s (%s)%s", started.experiment_id, record.outcome, record.reason, "" if record.first else " [recorded earlier]"
         )
         self.experiments.apply(announced)  # closed here before its own event is read back
+        if self.settings.gateway.engine_url:
+            self.retiring[started.policy] = time.monotonic()
+
+    def _retire(self, policies: set[str]) -> None:
+        """Unload the adapters a decision left unused from the engine (registry/deployment.py)."""
+        deployer = Deployer(self.registry, self.settings.gateway)
+        try:
+            for policy in policies:
+                log.info("%s: retired from %s: %s", policy, deployer.admin.url, deployer.retire(policy) or "none")
+                self.retiring.pop(policy, None)
+        except EngineError as exc:  # tried again at the next look
+            log.warning("retiring unused adapters failed: %s", exc)
+        finally:
+            deployer.close()
 
     def _report(self, experiment_id: str) -> dict[str, Any] | None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import threading
@@ -24,6 +25,7 @@ from consumers.emitter import EventEmitter
 from core.errors import GuardrailRejection, RlhfError, TrainingError
 from core.hashing import user_fingerprint
 from core.settings import Settings
+from registry.deployment import ADAPTER_DIR, ADAPTER_ERROR, Deployer, root_base
 from registry.store import Manifest, ModelRegistry, code_version, version_for
 from schemas import FeedbackEvent, TrainTrigger
 from schemas.events import CANDIDATE_STAGE, DEFAULT_POLICY
@@ -34,6 +36,8 @@ if TYPE_CHECKING:  # the trainer's libraries load when a training starts
     from trainers.reward_model import RewardModel
 
 BASE_VERSION = "base"
+
+log = logging.getLogger(__name__)
 
 
 Progress = Callable[..., None]  # progress(stage, metrics=None, message="")
@@ -156,6 +160,14 @@ class TrainingJob:
         if self.registry.experiment_decision(trigger.policy, experiment_id_for(self.settings.ab_testing.experiment, candidate)):
             return  # decided already: a redelivered trigger must not reopen it
         ab = self.settings.ab_testing
+        if self.settings.gateway.engine_url:  # both arms on the engine first: an EngineError is retried, then failed
+            deployer = Deployer(self.registry, self.settings.gateway)
+            try:
+                emitter.status(trigger, "progress", stage="deploy", message=f"loading {candidate} into {deployer.admin.url}")
+                deployer.deploy(trigger.policy, control)
+                deployer.deploy(trigger.policy, candidate)
+            finally:
+                deployer.close()
         self.registry.offer_candidate(trigger.policy, candidate)
         by_spec = {"serving": control, "candidate": candidate}
         emitter.emit(
@@ -324,12 +336,26 @@ class TrainingJob:
             )
         metrics.pop("guardrails_fired")  # empty: a policy failing a guardrail raised GuardrailRejection above
         improved, reason = gate_verdict(metrics, self.settings.registry.promotion_margin)
+        if improved and config.lora_r:  # what an inference engine loads (registry/deployment.py)
+            self._publish_adapter(directory, parent)
         return Manifest(
             **lineage,
             status="candidate" if improved else "rejected",
             reason=reason,
             metrics={**{f"rm_{k}": v for k, v in reward.metrics.items()}, **flatten_metrics(metrics)},
         )
+
+    def _publish_adapter(self, directory: Path, parent: str) -> None:
+        """The version as a LoRA adapter on its lineage's base model, or why it has none."""
+        from trainers.adapters import AdapterError, export_adapter
+
+        base = self.registry.path("policies", root_base(self.registry, parent))
+        try:
+            info = export_adapter(base, directory, directory / ADAPTER_DIR)
+            modules = ", ".join(info.modules)
+            log.info("%s: adapter of rank %d on %s (residual %.1g)", directory.name, info.rank, modules, info.residual)
+        except AdapterError as exc:
+            (directory / ADAPTER_ERROR).write_text(f"{exc}\n")
 
     def _mark_late_erasures(self, events: list[FeedbackEvent]) -> None:
         """A user erased after the replay and before the publish: `rlhf privacy forget` marked the

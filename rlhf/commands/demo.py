@@ -34,10 +34,13 @@ def _demo(args: argparse.Namespace) -> int:
         **{k: v for k, v in given.items() if v is not None},
         fault_drill=args.fault_drill,
         conversations=args.conversations,
+        engine=args.engine,
         config=config,
     )  # the rest: DemoPlan's defaults
     talk = "conversations" if plan.conversations else "one question each"
-    print(f"rlhf demo: {plan.rounds} rounds from the {plan.policy} policy, users asking {talk}, logs and state in {run_dir}")
+    served = "served by vLLM behind the assistant" if plan.engine == "vllm" else "served by the assistant"
+    print(f"rlhf demo: {plan.rounds} rounds from the {plan.policy} policy ({served}), users asking {talk}")
+    print(f"  logs and state in {run_dir}")
     started = time.monotonic()
     results = run_demo(plan, run_dir)
     elapsed = time.monotonic() - started
@@ -78,5 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='users hold conversations of 1-3 questions whose follow-ups depend on the earlier turn ("And in Calendar?", '
         '"How do I undo that?"), sending the whole conversation (some with an app\'s system prompt); the report gives '
         "the hidden preference on follow-up turns apart from first turns (default: one question per user)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["embedded", "vllm"],
+        default="embedded",
+        help="who generates the answers: the assistant itself (default), or vLLM's CPU build started by the demo "
+        "(`rlhf engine`), the assistant relaying both arms to it and each candidate deployed to it as a LoRA adapter; "
+        "needs a LoRA policy such as smollm2",
     )
     p.add_argument("--out", help="run directory (default runs/demo-TIMESTAMP)")

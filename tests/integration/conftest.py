@@ -17,19 +17,19 @@ from devtools.engine import LocalEngine
 from devtools.kafka_local import free_port
 
 
+def smollm2_engine(data_dir: Path, kv_cache_bytes: int = 256 << 20) -> LocalEngine:
+    """vLLM serving SmolLM2-135M-Instruct as `smollm2` on a free loopback port (not started)."""
+    from trainers.base_models import SMOLLM2, resolve_base_model
+
+    model_dir = Path(resolve_base_model(SMOLLM2))
+    return LocalEngine(model_dir, data_dir, SMOLLM2, port=free_port(), kv_cache_bytes=kv_cache_bytes)
+
+
 @pytest.fixture(scope="session")
 def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngine]:
     """vLLM serving SmolLM2-135M-Instruct as `smollm2` on a free loopback port, LoRA adapters
     loadable at run time, started once per session and stopped (with its worker) at its end."""
-    from trainers.base_models import SMOLLM2, resolve_base_model
-
-    engine = LocalEngine(
-        model_dir=Path(resolve_base_model(SMOLLM2)),
-        data_dir=tmp_path_factory.mktemp("engine"),
-        served_name=SMOLLM2,
-        port=free_port(),
-        kv_cache_bytes=256 << 20,
-    )
+    engine = smollm2_engine(tmp_path_factory.mktemp("engine"))
     try:
         engine.up(timeout=600)
         yield engine

@@ -49,21 +49,26 @@ class TopicTail:
         return self.items
 
 
-@pytest.fixture
-def stack(settings, tmp_path):
-    # Every version passes the gate (margin -1) and opens an experiment; with no sink there is no
-    # analysis, so the decider ends each one at its 2-second horizon and the next round may start.
-    env = {
+def loop_environment(settings, **variables: str) -> dict[str, str]:
+    """The services' environment: these settings' broker, topics and home, fast training, every
+    version passing the gate (margin -1), and `variables` over them."""
+    return {
         **os.environ,
         **FAST_TRAINING,
         "RLHF_REGISTRY__PROMOTION_MARGIN": "-1.0",
         "RLHF_HOME": str(settings.home),
         "RLHF_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "RLHF_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "RLHF_AB_TESTING__HORIZON_S": "2",
-        "RLHF_AB_TESTING__DECIDE_EVERY_S": "1",
         "RLHF_CLICKHOUSE__DASHBOARD_PORT": "9",
+        **variables,
     }
+
+
+@pytest.fixture
+def stack(settings, tmp_path):
+    # Every version opens an experiment; with no sink there is no analysis, so the decider ends
+    # each one at its 2-second horizon and the next round may start.
+    env = loop_environment(settings, RLHF_AB_TESTING__HORIZON_S="2", RLHF_AB_TESTING__DECIDE_EVERY_S="1")
     ensure_base_policy(settings)
     services = Supervisor(tmp_path / "logs", env)
     services.start("streams", "streams", "worker")

@@ -33,6 +33,9 @@ class Registry:
     def path(self, kind: str, version: str) -> Path:
         return Path(kind) / version  # never read: the tests stand in for `load_version`
 
+    def deployments(self, policy: str) -> dict:
+        return {}  # every version generated in process
+
 
 class Client:
     """The producer SDK's surface without Kafka: events validated as the SDK validates them, and

@@ -121,20 +121,26 @@ def test_pieces_arrive_while_the_batch_is_still_generating(loads, monkeypatch): 
     assert [(e["response"], e["turn_index"]) for e in producer.interactions] == [("Open Settings.", 0)]
 
 
-def test_a_client_that_goes_away_mid_stream_stops_its_row_and_logs_its_exposure_only(loads, monkeypatch):  # noqa: F811
-    stopped = threading.Event()
+def until_abandoned(stopped: threading.Event, first: str = ""):
+    """A generate call that writes `first`, then runs until its row's reader goes away (`stopped` set then)."""
 
-    def until_abandoned(policy, asks, sampling):
+    def generate(policy, asks, sampling):
         (ask,) = asks
-        ask.sink.put("Open")
+        if first:
+            ask.sink.put(first)
         deadline = time.monotonic() + 10
         while not ask.sink.abandoned and time.monotonic() < deadline:  # what generation.RowsDone reads each step
             time.sleep(0.01)
         if ask.sink.abandoned:
             stopped.set()
-        return [Answer("Open", "length", 7, 1)]
+        return [Answer(first, "length", 7, 1)]
 
-    monkeypatch.setattr(generation, "generate", until_abandoned)
+    return generate
+
+
+def test_a_client_that_goes_away_mid_stream_stops_its_row_and_logs_its_exposure_only(loads, monkeypatch):  # noqa: F811
+    stopped = threading.Event()
+    monkeypatch.setattr(generation, "generate", until_abandoned(stopped, "Open"))
     client, assistant, producer = make(loads)
     assistant.pool.experiments.apply(started())  # routed: the user is shown a variant's answer
     assistant.pool.refresh()
@@ -282,3 +288,22 @@ def test_pieces_that_already_wait_are_sent_as_one_chunk():
         assert [await sink.get() for _ in range(3)] == ["Open Settings.", answer, None]
 
     run(scenario)
+
+
+def test_a_client_that_goes_away_before_a_non_streamed_answer_stops_its_row_and_logs_nothing(loads, monkeypatch):  # noqa: F811
+    stopped = threading.Event()
+    monkeypatch.setattr(generation, "generate", until_abandoned(stopped))
+    client, assistant, producer = make(loads)
+    assistant.pool.experiments.apply(started())
+    assistant.pool.refresh()
+
+    async def scenario() -> None:
+        exchange = Exchange(client.app, ASK)
+        task = asyncio.create_task(exchange.run())
+        await asyncio.sleep(0.3)  # queued and generating
+        exchange.leave()
+        await task
+
+    run(scenario)
+    assert stopped.wait(10)
+    assert producer.interactions == [] and producer.exposures == []
