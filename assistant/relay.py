@@ -16,11 +16,13 @@ the pieces join to exactly the final text.
 
 Failures: an engine that cannot be reached, times out, answers 503 or 429, or drops the stream
 (killed mid-answer) is unavailable: HTTP 503 with `Retry-After: gateway.retry_after_s` (a stream
-already started ends with an error event instead, assistant/streaming.py); a request the engine
-refuses (400, 422: a prompt longer than its context, a sampling value it rejects) is answered 400
-with the engine's own message; any other status 502. None of them logs an interaction. A reader
-that goes away closes the engine's stream, which makes the engine abort the request.
-Each question holds one thread while relayed; more than `gateway.max_relayed` at once are refused (503).
+already started ends with an error event instead, assistant/streaming.py). So is a model it does
+not serve (404: an engine restarted since the version was deployed forgets it), the message naming
+the command that deploys it again. A request the engine refuses (400, 422: a prompt longer than its
+context, a sampling value it rejects) is answered 400 with the engine's own message; any other
+status 502. None of them logs an interaction. A reader that goes away closes the engine's stream,
+which makes the engine abort the request. Each question holds one thread while relayed; more than
+`gateway.max_relayed` at once are refused (503).
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ class Relay:
         status, reason = response.status_code, engine_message(response)
         if status in (429, 503):
             return self.unavailable(f"the engine at {url} is overloaded ({status}): {reason}")
+        if status == 404:  # an engine restart forgets run-time adapters: the version must be deployed again
+            return self.unavailable(f"the engine at {url} does not serve {model} (`rlhf engine deploy {model}`): {reason}")
         if status in (400, 422):
             return HTTPException(400, f"the engine refused the request: {reason}")
         return HTTPException(502, f"the engine at {url} failed to answer for {model} ({status}): {reason}")

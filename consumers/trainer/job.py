@@ -145,6 +145,7 @@ class TrainingJob:
             self._start_experiment(trigger, version, parent, emitter)
             stage = CANDIDATE_STAGE
         elif manifest.status == "candidate":  # A/B testing switched off: the gate's verdict is final
+            self._deploy(trigger, [version], emitter)
             promoted = self.registry.promote(trigger.policy, version, reason=f"{manifest.reason}; ab_testing.enabled is false")
             emitter.emit(
                 "model-published",
@@ -160,14 +161,7 @@ class TrainingJob:
         if self.registry.experiment_decision(trigger.policy, experiment_id_for(self.settings.ab_testing.experiment, candidate)):
             return  # decided already: a redelivered trigger must not reopen it
         ab = self.settings.ab_testing
-        if self.settings.gateway.engine_url:  # both arms on the engine first: an EngineError is retried, then failed
-            deployer = Deployer(self.registry, self.settings.gateway)
-            try:
-                emitter.status(trigger, "progress", stage="deploy", message=f"loading {candidate} into {deployer.admin.url}")
-                deployer.deploy(trigger.policy, control)
-                deployer.deploy(trigger.policy, candidate)
-            finally:
-                deployer.close()
+        self._deploy(trigger, [control, candidate], emitter)  # both arms on the engine before any user is routed
         self.registry.offer_candidate(trigger.policy, candidate)
         by_spec = {"serving": control, "candidate": candidate}
         emitter.emit(
@@ -185,6 +179,21 @@ class TrainingJob:
             ),
             trigger.policy,
         )
+
+    def _deploy(self, trigger: TrainTrigger, versions: list[str], emitter: EventEmitter) -> None:
+        """With `gateway.engine_url`, serve `versions` from that engine (registry/deployment.py); an
+        EngineError (the engine's reason) fails the attempt: retried, then failed on training-status."""
+        if not self.settings.gateway.engine_url:
+            return
+        deployer = Deployer(self.registry, self.settings.gateway)
+        try:
+            emitter.status(
+                trigger, "progress", stage="deploy", message=f"loading {', '.join(versions)} into {deployer.admin.url}"
+            )
+            for version in versions:
+                deployer.deploy(trigger.policy, version)
+        finally:
+            deployer.close()
 
     def _reward_model(self, trigger: TrainTrigger, latest: list[FeedbackEvent], progress: Progress) -> RoundRewardModel:
         """The round's reward model, trained on the latest trigger's feedback and the earlier

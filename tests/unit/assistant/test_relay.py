@@ -4,8 +4,11 @@ from the engine."""
 
 from __future__ import annotations
 
+import httpx
+
 from assistant.generation import Answer, Ask
-from assistant.relay import RelayedText
+from assistant.relay import Relay, RelayedText
+from core.serving_settings import GatewaySettings
 
 
 class Pieces:
@@ -44,3 +47,17 @@ def test_an_answer_that_ends_in_whitespace_never_sends_it() -> None:
     text = RelayedText(Ask("q", sink=sink))
     text.add(chunk("Yes.  ", "stop"))
     assert text.end().text == "Yes." and sink.pieces == ["Yes."]
+
+
+def test_an_engines_refusal_becomes_the_status_its_reason_calls_for() -> None:
+    relay = Relay(GatewaySettings(retry_after_s=7))
+    try:
+        answers = {
+            status: relay._refusal("http://e", "v1", httpx.Response(status, json={"error": {"message": "why"}}))
+            for status in (400, 404, 422, 429, 500, 503)
+        }
+    finally:
+        relay.close()
+    assert {s: a.status_code for s, a in answers.items()} == {400: 400, 404: 503, 422: 400, 429: 503, 500: 502, 503: 503}
+    assert answers[404].headers == {"Retry-After": "7"} and "rlhf engine deploy v1" in answers[404].detail
+    assert all("why" in a.detail for a in answers.values())
