@@ -2,11 +2,17 @@
 one worker thread takes up to `max_batch` queries at a time, in turn from each client's queue (holding
 the oldest for at most `wait_s` so that others can join), and answers each group with ONE generate call.
 
-A batch starts once `max_batch` queries wait, or `wait_s` after the oldest query arrived or after
-the previous batch was answered, whichever is later. Counting from the previous batch lets the
-clients it just answered come back in time to join the next one: clients that send their next
-request as soon as an answer ends (a streamed answer ends with its own row, assistant/streaming.py)
-otherwise split into two batches that take turns, each waiting for the other's whole generation.
+A batch starts once as many queries wait as are expected, or `wait_s` after the oldest query
+arrived or after the previous batch was answered, whichever is later. Counting from the previous
+batch lets the clients it just answered come back in time to join the next one: clients that send
+their next request as soon as an answer ends (a streamed answer ends with its own row,
+assistant/streaming.py) otherwise split into two batches that take turns, each waiting for the
+other's whole generation. Expected: the queries that waited through the previous batch, plus those
+it answered times the share of a batch's queries that came back within `wait_s` of it (averaged over
+the batches so far, the past's weight halved each batch; 1 at first), at most `max_batch`. So clients
+that ask again as soon as they are answered are waited for, clients that think between questions
+are not, and a lone client's next question goes at once. A query that arrives later than `wait_s`
+after the previous batch expects nobody and goes at once.
 
 Fairness is per query, not per request: a client's queries wait in its own queue (a client is an API
 key, or with none configured a client address: assistant/limits.py), and a batch takes one query
@@ -94,6 +100,10 @@ class Batcher:
         self._ready = threading.Condition()
         self._closed = False
         self._answered_at = 0.0  # when the previous batch was answered (time.monotonic)
+        self._expected = 1  # queries the next batch may expect, within `wait_s` of the previous one (module docstring)
+        self._answered = 0  # queries the previous batch answered
+        self._returning = 0  # queries submitted within `wait_s` after it
+        self._return_share = 1.0  # of a batch's queries, the share that came back within `wait_s`, averaged
         self._worker = threading.Thread(target=self._run, daemon=True, name="generate-batches")
         self._worker.start()
 
@@ -121,6 +131,8 @@ class Batcher:
                     headers={"Retry-After": BUSY_RETRY_AFTER_S},
                 )
             self._clients.setdefault(client, deque()).append(job)
+            if time.monotonic() <= self._answered_at + self.wait_s:
+                self._returning += n
             self._queued += n
             self._held[client] += n
             self._ready.notify()
@@ -136,10 +148,18 @@ class Batcher:
         while (batch := self._take()) is not None:
             for items in _grouped(batch).values():
                 self._answer(items)
-            self._answered_at = time.monotonic()
+            with self._ready:
+                self._expect_after(len(batch))
+
+    def _expect_after(self, answered: int) -> None:
+        """A batch of `answered` queries is over: what the next one may expect (module docstring)."""
+        if self._answered:  # how many of the previous batch's came back within the wait
+            self._return_share = (self._return_share + min(1.0, self._returning / self._answered)) / 2
+        self._answered, self._returning, self._answered_at = answered, 0, time.monotonic()
+        self._expected = min(self.max_batch, self._queued + round(answered * self._return_share))
 
     def _take(self) -> list[Item] | None:
-        """The next batch, None to stop: once `max_batch` queries wait, or `wait_s` after the oldest query
+        """The next batch, None to stop: once the expected queries wait, or `wait_s` after the oldest query
         or the previous batch (module docstring), one query from each client in turn; a client that had
         a query taken goes to the back of the line."""
         with self._ready:
@@ -152,7 +172,9 @@ class Batcher:
                     continue
                 oldest = min(jobs[0].queued_at for jobs in self._clients.values())
                 remaining = max(oldest, self._answered_at) + self.wait_s - time.monotonic()
-                if self._queued >= self.max_batch or remaining <= 0 or self._closed:
+                # Past the wait after the previous batch, nobody it answered is coming back soon.
+                expected = self._expected if oldest <= self._answered_at + self.wait_s else 1
+                if self._queued >= expected or remaining <= 0 or self._closed:
                     break
                 self._ready.wait(remaining)
             batch: list[Item] = []

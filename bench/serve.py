@@ -32,6 +32,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import random
 import socket
 import statistics
 import threading
@@ -147,7 +148,7 @@ def load(url: str, clients: int, requests: int, questions: list[str]) -> dict[st
                 if r.status_code != 200:
                     failures.append(f"{r.status_code}: {r.text[:200]}")
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
     for t in threads:
         t.start()
     start.wait()
@@ -162,10 +163,17 @@ def load(url: str, clients: int, requests: int, questions: list[str]) -> dict[st
 
 
 def streamed(
-    url: str, clients: int, requests: int, max_tokens: int, min_tokens: int, extra: Mapping[str, Any] | None = None
+    url: str,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    min_tokens: int,
+    extra: Mapping[str, Any] | None = None,
+    think_s: float = 0.0,
 ) -> dict[str, float]:
     """`requests` streamed completions of `LONG_ANSWER` from `clients` threads, each one request at a time
-    (`extra`: more fields of the request body): the p50/p99 of the time to the first piece of text and
+    (`extra`: more fields of the request body; `think_s`: the mean of an exponential pause before each
+    next request, seeded, none by default): the p50/p99 of the time to the first piece of text and
     to the whole answer, the answers' mean length, requests/s and completion tokens/s."""
     first: list[float] = []
     whole: list[float] = []
@@ -174,10 +182,13 @@ def streamed(
     counter = itertools.count()
     start = threading.Barrier(clients + 1)
 
-    def client() -> None:
+    def client(seed: int) -> None:
+        pauses = random.Random(seed)
         with httpx.Client(base_url=url, timeout=600) as http:
             start.wait()
             while (n := next(counter)) < requests:
+                if think_s:
+                    time.sleep(pauses.expovariate(1 / think_s))
                 body = {
                     "messages": LONG_ANSWER,
                     "user": f"bench-{n}",
@@ -206,7 +217,7 @@ def streamed(
                         if chunk.get("usage"):
                             tokens.append(chunk["usage"]["completion_tokens"])
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
     for t in threads:
         t.start()
     start.wait()
@@ -242,7 +253,9 @@ def streaming(args: argparse.Namespace) -> None:
                 for repeat in range(args.repeats):
                     for clients in args.concurrency:
                         requests = max(args.requests, 4 * clients)
-                        result = clients_process.submit(streamed, url, clients, requests, args.max_tokens, min_tokens).result()
+                        result = clients_process.submit(
+                            streamed, url, clients, requests, args.max_tokens, min_tokens, None, args.think_ms / 1000
+                        ).result()
                         runs.setdefault((model, clients), []).append(result)
                         print(
                             f"repeat {repeat + 1} {model:<8} clients {clients:>2}  first piece p50 "
@@ -252,7 +265,7 @@ def streaming(args: argparse.Namespace) -> None:
                         )
     print(
         f"\nmedian of {args.repeats} repeats; max_tokens {args.max_tokens}, min_tokens {min_tokens}, "
-        f"max_batch {args.max_batch}, batch_wait_ms {args.batch_wait_ms:g}, "
+        f"max_batch {args.max_batch}, batch_wait_ms {args.batch_wait_ms:g}, think_ms {args.think_ms:g}, "
         f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, {args.threads} torch threads"
     )
     print(f"{'model':<8} {'clients':>7} | {'TTFT p50 / p99 ms':>17} | {'whole p50 / p99 ms':>18} | TTFT/whole | tokens")
@@ -316,6 +329,9 @@ def main() -> None:
     parser.add_argument("--streaming", action="store_true", help="time to the first piece of a streamed answer")
     parser.add_argument("--models", nargs="+", default=[TINY, SMOLLM2], help="base models streamed (trainers/base_models.py)")
     parser.add_argument("--max-tokens", type=int, default=48, help="streaming: max_tokens of each answer")
+    parser.add_argument(
+        "--think-ms", type=float, default=0.0, help="streaming: mean pause of each client before its next request (ms)"
+    )
     parser.add_argument("--min-tokens", type=int, help="streaming: min_tokens of each answer (default: --max-tokens)")
     args = parser.parse_args()
     args.concurrency = args.concurrency or ([1, 32] if args.streaming else [1, 8, 32])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -168,3 +169,29 @@ def test_a_batch_waits_for_the_clients_the_previous_one_answered():
     again = batcher.submit(V1, ["again"], "s", client="a")  # the answered client, back at once
     assert waiting.result(10) == ["v1: waiting"] and again.result(10) == ["v1: again"]
     assert [q for _, q, _ in generate.calls] == [["first"], ["waiting", "again"]]
+
+
+def test_a_lone_client_is_not_kept_waiting():
+    """Nothing expected (no batch within `wait_s`), or the one query the previous batch answered back:
+    a batch starts at once, not `wait_s` later."""
+    generate = Generate()
+    generate.release.set()
+    batcher = Batcher(generate, max_batch=32, wait_s=30.0, queue_size=100)
+    for n in range(3):
+        assert batcher.submit(V1, [f"q{n}"], "s", client="a").result(5) == [f"v1: q{n}"]
+
+
+def test_a_batch_expects_the_queries_that_waited_through_the_previous_one_and_those_it_answered():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=32, wait_s=30.0, queue_size=100)
+    first = batcher.submit(V1, ["a0", "a1"], "s", client="a")
+    assert generate.entered.wait(10)
+    waiting = batcher.submit(V1, ["b0"], "s", client="b")  # queued during the generation: 2 + 1 expected next
+    generate.release.set()
+    assert first.result(10) == ["v1: a0", "v1: a1"]
+    again = batcher.submit(V1, ["a2"], "s", client="a")
+    time.sleep(0.2)
+    assert not waiting.done()  # 2 of the 3 expected queries are in: the batch waits for the third
+    last = batcher.submit(V1, ["a3"], "s", client="a")
+    assert [f.result(5) for f in (waiting, again, last)] == [["v1: b0"], ["v1: a2"], ["v1: a3"]]
+    assert [q for _, q, _ in generate.calls] == [["a0", "a1"], ["b0", "a2", "a3"]]
