@@ -29,6 +29,10 @@ from registry.store import Deployment, ModelRegistry
 
 ADAPTER_DIR = "adapter"  # a version's LoRA adapter on its base model, under its registry directory
 ADAPTER_ERROR = "adapter.error"  # beside it instead: why the version has none
+NO_ADAPTER = (
+    "it was published without one (trained with policy.training.lora_r 0, or before adapters were written); "
+    "an engine can serve its full weights as a model of its own: `rlhf engine deploy VERSION --url URL --model NAME`"
+)
 
 
 def engine_message(response: httpx.Response) -> str:
@@ -115,10 +119,11 @@ class Deployer:
         else:
             directory = self.registry.path("policies", version)
             if not (directory / ADAPTER_DIR / "adapter_config.json").is_file():
-                why = (directory / ADAPTER_ERROR).read_text().strip() if (directory / ADAPTER_ERROR).is_file() else ""
-                raise EngineError(f"{version} has no LoRA adapter to load into the engine at {self.admin.url}: {why or 'none'}")
+                why = (directory / ADAPTER_ERROR).read_text().strip() if (directory / ADAPTER_ERROR).is_file() else NO_ADAPTER
+                raise EngineError(f"{version} has no LoRA adapter to load into the engine at {self.admin.url}: {why}")
             base = root_base(self.registry, version)
-            if base not in self.registry.deployments(policy):
+            recorded = self.registry.deployments(policy).get(base)
+            if recorded is None or recorded.url != self.admin.url:  # the adapter applies to this engine's base
                 self.deploy(policy, base)
             self.admin.load_adapter(version, self.engine_path(directory / ADAPTER_DIR))
             deployment = Deployment(self.admin.url, version, adapter=True)

@@ -87,3 +87,15 @@ def test_an_engines_refusal_is_read_in_either_shape_and_a_second_load_is_no_erro
     admin._client = httpx.Client(base_url=URL, transport=httpx.MockTransport(lambda request: openai_shape))
     with pytest.raises(EngineError, match=r"did not load adapter v1 from /a \(400\): rank 32 > 16"):
         admin.load_adapter("v1", "/a")
+
+
+def test_a_version_without_an_adapter_is_not_deployed_and_the_error_says_why(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    lineage(registry, "base", "v1", "v2")
+    (registry.path("policies", "v2") / "adapter.error").write_text("v2: model.norm.weight changed\n")
+    deployer = Deployer(registry, GatewaySettings(engine_url=URL))
+    with pytest.raises(EngineError, match="v1 has no LoRA adapter .*policy.training.lora_r 0"):
+        deployer.deploy("p", "v1")
+    with pytest.raises(EngineError, match="v2 has no LoRA adapter .*: v2: model.norm.weight changed"):
+        deployer.deploy("p", "v2")
+    assert registry.deployments("p") == {}
