@@ -1,11 +1,14 @@
 """The simulated traffic of `bench.rounds`, offline: users (`demo.users.Population`) asking the
 serving version, and a candidate on its A/B test, and reacting by the hidden preference; the A/B
 lift the decider would compute; and the hidden preference of a version (the ground truth the
-learners never see), on held-out first turns and on follow-up turns.
+learners never see), on held-out first turns and on follow-up turns. The users are one of
+`demo.populations.POPULATIONS` and react by one of `trainers.preferences.PREFERENCES`, by name; the ground
+truth of a run is measured by the same preference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,12 +23,14 @@ from analytics.stats import RatioMoments, ratio, relative_lift
 from core.hashing import stable_fraction
 from core.learning_settings import SAMPLING_TEMPERATURE, SAMPLING_TOP_P
 from core.settings import FeedbackSettings
+from demo.populations import POPULATIONS
 from demo.users import Population, messages_of
 from schemas import FeedbackEvent
 from schemas.messages import QuestionInContext
 from trainers.chat_format import Prompt
 from trainers.policy import sample
-from trainers.synthetic import Question, follow_up_quality, quality
+from trainers.preferences import DEFAULT_PREFERENCE, PREFERENCES, Preference
+from trainers.synthetic import Dialogue, Question, follow_up_quality, quality
 
 USERS = 500
 MIN_RATING = FeedbackSettings().min_rating
@@ -56,19 +61,20 @@ def answers(version: Version, queries: Sequence[Prompt], seed: int) -> list[str]
     return out
 
 
-def hidden_preference(version: Version, held_out: list[Question]) -> float:
-    """Mean ground-truth quality of the version's answers to the held-out questions (2 samples each)."""
+def hidden_preference(version: Version, questions: list[Question], preference: Preference = DEFAULT_PREFERENCE) -> float:
+    """Mean ground-truth quality of the version's answers to `questions` (2 samples each): the held-out
+    ones (`synthetic.split_questions`), or those like the users' (`synthetic.on_traffic_questions`)."""
     scores = [
-        quality(q, a)
+        quality(q, a, preference)
         for s in range(2)
-        for q, a in zip(held_out, answers(version, [q.text for q in held_out], seed=s), strict=True)
+        for q, a in zip(questions, answers(version, [q.text for q in questions], seed=s), strict=True)
     ]
     return sum(scores) / len(scores)
 
 
-def follow_up_preference(version: Version) -> float:
+def follow_up_preference(version: Version, preference: Preference = DEFAULT_PREFERENCE) -> float:
     """... on follow-up turns (`synthetic.follow_up_quality`, 4 samples each)."""
-    return follow_up_quality(lambda prompts, seed: answers(version, prompts, seed), samples=4)
+    return follow_up_quality(lambda prompts, seed: answers(version, prompts, seed), samples=4, preference=preference)
 
 
 def last_turn_only(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
@@ -78,10 +84,14 @@ def last_turn_only(events: list[FeedbackEvent]) -> list[FeedbackEvent]:
 
 class Traffic:
     """Simulated users asking the serving version (and a candidate on its A/B test) and reacting;
-    with `conversations`, holding conversations turn by turn (each arm answers its users' turns)."""
+    with `conversations`, holding conversations turn by turn (each arm answers its users' turns).
+    `population` and `preference` name one of POPULATIONS and PREFERENCES."""
 
-    def __init__(self, seed: int, conversations: bool = False) -> None:
-        self.population = Population(USERS, seed=seed, conversations=conversations)
+    def __init__(self, seed: int, conversations: bool = False, population: str = "kind", preference: str = "default") -> None:
+        self.preference = PREFERENCES[preference]
+        self.population = Population(
+            USERS, seed=seed, behaviour=POPULATIONS[population], conversations=conversations, preference=self.preference
+        )
         self.rng = random.Random(seed)
         self.seed = seed
         self.count = 0
@@ -95,7 +105,8 @@ class Traffic:
         events: list[FeedbackEvent] = []
         per_user: dict[str, dict[str, list[int]]] = {v.name: defaultdict(lambda: [0, 0]) for v in arms}
         while len(events) < budget:
-            talks = [(self.rng.choice(self.population.users), self.population.dialogue(self.rng)) for _ in range(128)]
+            batch = self._reacted(128)
+            talks, reacting = [(user, dialogue) for user, dialogue, _ in batch], [r for *_, r in batch]
             arm_of = [arms[int(stable_fraction("bench-ab", str(round_no), user) * len(arms))] for user, _ in talks]
             replies: list[list[str]] = [[] for _ in talks]
             for turn in range(max(len(d.asks) for _, d in talks)):
@@ -107,9 +118,9 @@ class Traffic:
             for i, (user, dialogue) in enumerate(talks):
                 self.talks += 1
                 for turn, reply in enumerate(replies[i]):
-                    verdict = self.population.reaction(dialogue.asks[turn], reply, self.rng)
-                    if verdict is None or len(events) >= budget:
+                    if not reacting[i][turn] or len(events) >= budget:
                         continue
+                    verdict = self.population.verdict(dialogue.asks[turn], reply, self.rng, user)
                     kind = verdict.pop("type")
                     self.count += 1
                     asked = QuestionInContext.of(messages_of(dialogue.prompt(turn, replies[i][:turn])))
@@ -130,6 +141,19 @@ class Traffic:
                     tally[0] += events[-1].is_positive(MIN_RATING)  # the rule the A/B analysis counts by
                     tally[1] += 1
         return events, per_user
+
+    def _reacted(self, n: int) -> list[tuple[str, Dialogue, list[bool]]]:
+        """`n` conversations that get at least one reaction: (user, dialogue up to its last turn
+        with one, which turns get one). Whether a user reacts does not depend on the answer, so it is
+        drawn first, and the answers no one reacts to (9 in 10 for `realistic`) are never generated."""
+        out: list[tuple[str, Dialogue, list[bool]]] = []
+        while len(out) < n:
+            user, dialogue = self.population.pick(self.rng), self.population.dialogue(self.rng)
+            reacting = [self.population.reacts(self.rng, user) for _ in dialogue.asks]
+            if any(reacting):
+                last = max(t for t, r in enumerate(reacting) if r) + 1
+                out.append((user, dataclasses.replace(dialogue, asks=dialogue.asks[:last]), reacting[:last]))
+        return out
 
 
 def ab_lift(per_user: dict[str, dict[str, list[int]]], control: str, treatment: str) -> list[float]:

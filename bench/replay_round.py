@@ -30,7 +30,7 @@ from bench.policy_gain import quiet
 from core.errors import GuardrailRejection
 from core.learning_settings import PolicyTrainingSettings
 from core.settings import load_settings
-from demo.report import held_out_quality
+from demo.truth import held_out_quality
 from registry.store import ModelRegistry
 from schemas import FeedbackEvent
 from trainers.dataset import split_policy_queries

@@ -71,11 +71,13 @@ from trainers.optimise import gate_verdict, optimise_policy
 from trainers.policy import load_policy
 from trainers.reward import train_reward_model
 from trainers.reward_config import RewardConfig
-from trainers.synthetic import split_questions
+from trainers.reward_model import RewardModel
+from trainers.synthetic import PREFERENCES, on_traffic_questions, split_questions
 from trainers.tiny_policy import ensure_tiny_policy
+from trainers.trust import UserTrust, trusted_corrections, user_trust
 
 # What each learner changes from the project's defaults (rlhf.yaml):
-# (continuous_learning, reward_model.training, policy.training).
+# (continuous_learning, reward_model.training, policy.training), and `trust` in TRUST_OF.
 LATEST_ONLY = (
     {"history_triggers": 0, "warm_start": False, "reward_sample_events": None},
     {"ensemble_members": 1, "gate_head": False},
@@ -92,7 +94,11 @@ LEARNERS: dict[str, tuple[dict, dict, dict]] = {
     "no-gate": ({}, {"gate_head": False}, {}),
     "restart": ({}, {}, {"start_from": "base"}),
     "ref-base": ({}, {}, {"reference": "base"}),
+    "no-trust": ({}, {}, {}),
 }
+# Every user's verdicts weigh the same and every correction is learned (`trainers.trust` off).
+NO_TRUST = {"max_user_share": None, "agreement_weighting": False, "correction_filter": False}
+TRUST_OF = {"latest-only": NO_TRUST, "no-trust": NO_TRUST}
 
 
 @dataclass
@@ -105,6 +111,9 @@ class RoundRecord:
     # turns, follow-ups; its parent's when a guardrail stopped it).
     serving_follow_up: float = float("nan")
     candidate_follow_up: float | None = None
+    # The same on questions like the users' (`synthetic.on_traffic_questions`): "on traffic".
+    serving_on_traffic: float = float("nan")
+    candidate_on_traffic: float | None = None
     last_turn_only: tuple[float, float] | None = None
     ab_lift: list[float] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -119,6 +128,7 @@ def settings_for(learner: str) -> Settings:
             "continuous_learning": s.continuous_learning.model_copy(update=learning),
             "reward_model": s.reward_model.model_copy(update={"training": s.reward_model.training.model_copy(update=reward)}),
             "policy": s.policy.model_copy(update={"training": s.policy.training.model_copy(update=policy)}),
+            "trust": s.trust.model_copy(update=TRUST_OF.get(learner, {})),
         }
     )
 
@@ -133,6 +143,8 @@ class Learner:
     workdir: Path
     seed: int
     previous_rm: Path | None = None
+    judge: RewardModel | None = None  # the previous round's reward model: the consensus users are compared with
+    trust: UserTrust | None = None  # the users' weights of the last round
 
     def train(self, history: list[FeedbackEvent], recent: frozenset[str], parent: Version, tag: str) -> tuple[Any, dict, bool]:
         """A reward model on the history, then a PPO candidate from `parent` saved as policy-TAG,
@@ -141,8 +153,12 @@ class Learner:
         warm = self.previous_rm if settings.continuous_learning.warm_start else None
         sample = replay_sample(history, recent, settings.continuous_learning.reward_sample_events)
         rm_dir = self.workdir / f"rm-{tag}"
-        rm, rm_metrics = train_reward_model(sample, self.rm_config, rm_dir, recent_ids=recent, warm_start=warm)
-        self.previous_rm = rm_dir
+        trust = user_trust(sample, settings.trust, self.rm_config.min_rating, score=self.judge.predict if self.judge else None)
+        rm, rm_metrics = train_reward_model(
+            sample, self.rm_config, rm_dir, recent_ids=recent, warm_start=warm, user_weight=trust.weight
+        )
+        self.previous_rm, self.judge, self.trust = rm_dir, rm, trust
+        learned, filtered = trusted_corrections(history, trust, settings.trust, score=rm.predict)
         train_q, eval_q = split_policy_queries(history)
         policy_config = settings.policy.training
         try:
@@ -154,7 +170,7 @@ class Learner:
                 eval_q,
                 policy_config,
                 self.workdir / f"policy-{tag}",
-                feedback_events=history,
+                feedback_events=learned,
                 seed=self.seed,
                 min_rating=settings.feedback.min_rating,
                 gate_fn=rm.gate_reward if rm.config.training.gate_head else None,
@@ -170,7 +186,7 @@ class Learner:
             "rm_disagreement": evaluation["disagreement"],
             "rm_seconds": rm_metrics["train"]["seconds"],
         }
-        return rm, {**rm_figures, **metrics}, passed
+        return rm, {**rm_figures, **trust.summary(), **filtered, **metrics}, passed
 
     def trained(self, metrics: dict, tag: str) -> Version | None:
         """The candidate policy-TAG, if the job saved one (whatever the gate said)."""
@@ -180,39 +196,62 @@ class Learner:
 
 
 def run_learner(
-    learner: str, seed: int, rounds: int, budget: int, threads: int, workdir: Path, conversations: bool = False
-) -> tuple[tuple[float, float], list[RoundRecord]]:
-    """(the base policy's hidden preference on first turns and on follow-ups (NaN without
-    `conversations`), one record per round)."""
+    learner: str,
+    seed: int,
+    rounds: int,
+    budget: int,
+    threads: int,
+    workdir: Path,
+    conversations: bool = False,
+    population: str = "kind",
+    preference: str = "default",
+) -> tuple[Start, list[RoundRecord]]:
+    """(the base policy's hidden preference on held-out first turns, on follow-ups (NaN without
+    `conversations`) and on traffic, one record per round), with users of `population` who judge
+    by `preference` (names in `demo.populations.POPULATIONS`, `synthetic.PREFERENCES`)."""
     settings = settings_for(learner)
     torch.manual_seed(seed)
     base_path = ensure_tiny_policy()
     _, held_out = split_questions()
-    traffic = Traffic(seed, conversations)
+    asked, judged_by = on_traffic_questions(), PREFERENCES[preference]
+    traffic = Traffic(seed, conversations, population, preference)
     serving = Version("base", base_path, *load_policy(str(base_path)))
 
     def follow_ups(version: Version) -> float:
-        return follow_up_preference(version) if conversations else float("nan")
+        return follow_up_preference(version, judged_by) if conversations else float("nan")
 
-    serving_hidden, serving_follow_up = start = hidden_preference(serving, held_out), follow_ups(serving)
+    def held(version: Version) -> float:
+        return hidden_preference(version, held_out, judged_by)
+
+    serving_hidden, serving_follow_up, serving_on_traffic = start = (
+        held(serving),
+        follow_ups(serving),
+        hidden_preference(serving, asked, judged_by),
+    )
     candidate: Version | None = None
     triggers: list[TrainTrigger] = []
     events_of: dict[str, list[FeedbackEvent]] = {}
     records: list[RoundRecord] = []
     main = Learner(settings, RewardConfig.from_settings(settings, num_threads=threads), base_path, workdir, seed)
     ablation = Learner(settings, main.rm_config, base_path, workdir, seed)  # the last-turn-only line
-    ablation_parent, ablation_figures = serving, start
+    ablation_parent, ablation_figures = serving, start[:2]
     window = HistoryWindow.from_settings(settings)
 
     def decide(per_user: dict[str, dict[str, list[int]]]) -> None:
         """The last candidate's A/B test is over: promote it or keep the serving version."""
-        nonlocal serving, serving_hidden, serving_follow_up, candidate
+        nonlocal serving, serving_hidden, serving_follow_up, serving_on_traffic, candidate
         last = records[-1]
         last.ab_lift = ab_lift(per_user, serving.name, candidate.name)  # type: ignore[union-attr]
         last.decision = "promoted" if last.ab_lift[1] > 0 else "rolled_back"
         if last.decision == "promoted":
-            serving, serving_hidden, serving_follow_up = candidate, last.candidate_hidden, last.candidate_follow_up  # type: ignore[assignment]
-        last.serving_after, last.serving_follow_up, candidate = serving_hidden, serving_follow_up, None
+            serving, serving_hidden = candidate, last.candidate_hidden  # type: ignore[assignment]
+            serving_follow_up, serving_on_traffic = last.candidate_follow_up, last.candidate_on_traffic  # type: ignore[assignment]
+        last.serving_after, last.serving_follow_up, last.serving_on_traffic = (
+            serving_hidden,
+            serving_follow_up,
+            serving_on_traffic,
+        )
+        candidate = None
 
     for r in range(1, rounds + 1):
         started = time.monotonic()
@@ -237,6 +276,7 @@ def run_learner(
         # 3. Reward model, then the PPO candidate, then the gate.
         rm, metrics, passed = main.train(history, recent, serving, f"r{r}")
         record = RoundRecord(r, serving_after=serving_hidden, serving_follow_up=serving_follow_up)
+        record.serving_on_traffic = serving_on_traffic
         on_policy = on_policy_accuracy(rm.predict, lambda queries, seed: answers(serving, queries, seed), held_out)
         record.metrics = {
             "history_events": float(len(history)),
@@ -245,8 +285,10 @@ def run_learner(
             "rm_accuracy_on_policy": on_policy or float("nan"),
             **{k: float("nan" if v is None else v) for k, v in metrics.items() if v is None or isinstance(v, (int, float))},
         }
+        record.metrics.update(adversary_shares(main.trust, traffic.population.adversaries))  # type: ignore[arg-type]
         if trained := main.trained(metrics, f"r{r}"):  # its ground truth, whatever the gate says
-            record.candidate_hidden, record.candidate_follow_up = hidden_preference(trained, held_out), follow_ups(trained)
+            record.candidate_hidden, record.candidate_follow_up = held(trained), follow_ups(trained)
+            record.candidate_on_traffic = hidden_preference(trained, asked, judged_by)
             candidate = trained if passed else None
         if not passed:
             record.decision = "rejected"
@@ -256,7 +298,7 @@ def run_learner(
                 last_turn_only(history), recent, ablation_parent, f"r{r}-last-turn"
             )
             if ablated := ablation.trained(ablation_metrics, f"r{r}-last-turn"):
-                record.last_turn_only = (hidden_preference(ablated, held_out), follow_ups(ablated))
+                record.last_turn_only = (held(ablated), follow_ups(ablated))
                 if ablation_passed:
                     ablation_parent, ablation_figures = ablated, record.last_turn_only
             else:
@@ -279,11 +321,26 @@ def run_learner(
     return start, records
 
 
+def adversary_shares(trust: UserTrust, adversaries: set[str]) -> dict[str, float]:
+    """The adversarial users' share of a round's reward-model data, by events and by weight (what
+    the trust defences left them)."""
+    if not adversaries:
+        return {}
+    events = sum(trust.events.values()) or 1
+    weighed = sum(n * trust.weight(u) for u, n in trust.events.items()) or 1.0
+    theirs = [u for u in trust.events if u in adversaries]
+    return {
+        "adversary_share": sum(trust.events[u] for u in theirs) / events,
+        "adversary_weight_share": sum(trust.events[u] * trust.weight(u) for u in theirs) / weighed,
+    }
+
+
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-Results = dict[str, dict[int, tuple[tuple[float, float], list[RoundRecord]]]]  # learner -> seed -> (start, rounds)
+Start = tuple[float, float, float]  # the base policy's hidden preference: held out, follow-ups, on traffic
+Results = dict[str, dict[int, tuple[Start, list[RoundRecord]]]]  # learner -> seed -> (start, rounds)
 ABLATION_MARGIN = 0.05  # the rule of the context ablation (module docstring)
 
 
@@ -354,13 +411,14 @@ def print_table(results: Results, rounds: int, title: str, follow_ups: bool = Fa
         print(f"{learner:<14}{cells[0]:>8}" + "".join(f"{c:>12}" for c in cells[1:]) + f"{seconds:>12.0f}")
 
 
-def run_in_process(job: tuple[str, int, int, int, int, bool]) -> tuple[tuple[float, float], list[RoundRecord]]:
-    """One learner on one seed, in a worker process of its own (torch threads set there)."""
-    learner, seed, rounds, budget, threads, conversations = job
+def run_in_process(job: tuple[Any, ...]) -> tuple[Start, list[RoundRecord]]:
+    """One learner on one seed, in a worker process of its own (torch threads set there): `job` is
+    (learner, seed, rounds, budget, threads, conversations[, population, preference])."""
+    learner, seed, rounds, budget, threads, conversations, *world = job
     quiet()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
-        return run_learner(learner, seed, rounds, budget, threads, Path(tmp), conversations)
+        return run_learner(learner, seed, rounds, budget, threads, Path(tmp), conversations, *world)
 
 
 def plot_curves(results: Results, path: Path) -> None:

@@ -314,6 +314,38 @@ class ContinuousLearningSettings(Section):
         return self
 
 
+class FeedbackTrustSettings(Section):
+    """How much each user's feedback counts when a round learns (`trainers.trust`): per-user caps,
+    agreement-based weights, and which corrections are learned as demonstrations."""
+
+    max_user_share: float | None = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="Largest share of a round's feedback, and of its corrections, that one user's verdicts weigh, None: no "
+        "cap (fraction).",
+    )
+    agreement_weighting: bool = Field(
+        True,
+        description="Down-weight users whose verdicts disagree with other users' on the same answers and with the previous "
+        "round's reward model.",
+    )
+    agreement_prior: float = Field(
+        8.0,
+        ge=0,
+        description="Verdicts at the population's agreement rate each user starts with, so few verdicts keep a user's "
+        "weight near 1 (verdicts).",
+    )
+    correction_filter: bool = Field(
+        True,
+        description="Learn a correction as a demonstration only when the round's reward model prefers it to the answer it "
+        "replaces and its user's weight is at least `min_correction_trust`.",
+    )
+    min_correction_trust: float = Field(
+        0.5, ge=0, le=1, description="Lowest user weight whose corrections are learned as demonstrations (weight, 0-1)."
+    )
+
+
 class VariantSettings(Section):
     name: str = Field(description="Variant name, unique within the experiment.")
     model: str = Field(description="Model the variant serves: a version id in the registry, `serving` or `candidate`.")

@@ -28,6 +28,7 @@ from core.learning_settings import (
     SAMPLING_TOP_P,
     ABTestingSettings,
     ContinuousLearningSettings,
+    FeedbackTrustSettings,
     PolicySettings,
     RewardModelSettings,
 )
@@ -330,6 +331,7 @@ class Settings(BaseSettings):
     reward_model: RewardModelSettings = RewardModelSettings()
     policy: PolicySettings = PolicySettings()
     continuous_learning: ContinuousLearningSettings = ContinuousLearningSettings()
+    trust: FeedbackTrustSettings = FeedbackTrustSettings()
     stream_batching: StreamBatchingSettings = StreamBatchingSettings()
     ab_testing: ABTestingSettings = ABTestingSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()

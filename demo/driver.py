@@ -3,6 +3,7 @@
     rlhf demo                          # two rounds, 3-8 min on 2 cores (an undecided A/B test runs to its horizon)
     rlhf demo --rounds 3 --seed 1      # one round more, another population of users
     rlhf demo --conversations          # users hold conversations with follow-ups (demo/users.py)
+    rlhf demo --population hostile --preference concise   # other users (demo/populations.py), another taste
     rlhf demo --policy smollm2 --engine vllm --rounds 1   # both arms served by vLLM behind the assistant
 
 With `--engine vllm` the driver also starts the local vLLM server (devtools/engine.py) serving the
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-from confluent_kafka import Consumer, TopicPartition
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
@@ -40,21 +40,21 @@ from consumers.sink.consumer import GROUP as SINK_GROUP
 from consumers.sink.rows import ROUTES as SINK_ROUTES
 from consumers.trainer.job import ensure_base_policy
 from core.errors import RlhfError
-from core.kafka_clients import client_config
 from core.serving_settings import LORA_RANKS
 from core.settings import Settings, load_settings
+from demo.populations import POPULATIONS
 from demo.supervisor import Supervisor
 from demo.users import Population
+from demo.watch import StatusWatch
 from devtools.engine import LocalEngine
 from devtools.kafka_local import LocalBroker, free_port
 from registry.deployment import Deployer
 from registry.store import ModelRegistry
-from schemas import ModelPublished, TrainingStatus, parse_event
 from schemas.events import DEFAULT_POLICY
-from schemas.experiments import ExperimentDecided, ExperimentEvent, ExperimentStarted
-from schemas.topics import group_id, topic_name
+from schemas.topics import group_id
 from sdk.admin import GroupProgress, create_topics, group_progress
 from trainers.base_models import resolve_base_model
+from trainers.preferences import PREFERENCES
 
 log = logging.getLogger("demo.driver")
 
@@ -121,6 +121,8 @@ class DemoPlan:
     fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
     conversations: bool = False  # users hold conversations of 1-3 questions, follow-ups on the earlier turn
     engine: Literal["embedded", "vllm"] = "embedded"  # who generates answers: the assistant itself, or vLLM behind it
+    population: str = "kind"  # how the users react: a key of demo.populations.POPULATIONS
+    preference: str = "default"  # what they like: a key of trainers.preferences.PREFERENCES
     config: Path | None = None  # the YAML file every process reads (None: $RLHF_CONFIG or ./rlhf.yaml, as any command)
 
 
@@ -164,39 +166,6 @@ def demo_environment(
     return {**profile_of(plan.policy).settings, **os.environ, **values}
 
 
-class StatusWatch:
-    """Reads training-status, model-published and experiments as they happen (no group, from the start)."""
-
-    TOPICS = ("training-status", "model-published", "experiments")
-
-    def __init__(self, settings: Settings):
-        self.consumer = Consumer({**client_config(settings.kafka), "group.id": "demo-driver", "enable.auto.commit": False})
-        self.consumer.assign([TopicPartition(topic_name(settings.kafka.topic_prefix, t), 0, 0) for t in self.TOPICS])
-        self.training: TrainingStatus | None = None
-        self.published: list[ModelPublished] = []
-        self.started: dict[str, ExperimentStarted] = {}
-        self.decided: dict[str, ExperimentDecided] = {}
-
-    def poll(self) -> None:
-        for msg in self.consumer.consume(500, timeout=0.05):
-            topic = msg.topic()
-            if msg.error() or topic is None:
-                continue
-            if topic.endswith("model-published"):
-                self.published.append(parse_event(ModelPublished, msg.value()))
-            elif topic.endswith("experiments"):
-                event = parse_event(ExperimentEvent, msg.value()).root
-                (self.started if isinstance(event, ExperimentStarted) else self.decided).setdefault(event.experiment_id, event)  # type: ignore[arg-type]
-            else:
-                self.training = parse_event(TrainingStatus, msg.value())
-
-    def open_experiment(self) -> str | None:
-        return next((i for i in self.started if i not in self.decided), None)
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 class Demo:
     def __init__(self, plan: DemoPlan, run_dir: Path):
         self.plan = plan
@@ -213,6 +182,7 @@ class Demo:
         self.results: list[RoundResult] = []
         self.timeline: list[dict] = []
         self.drills_done: set[str] = set()
+        self.adversaries: list[str] = []
         self.feedback_sent = 0
         self.round_started = time.monotonic()
         self.serving = _serving_counts()
@@ -247,7 +217,10 @@ class Demo:
 
     def run(self) -> list[RoundResult]:
         settings = self.start()
-        population = Population(self.plan.users, seed=self.plan.seed, conversations=self.plan.conversations)
+        plan = self.plan
+        behaviour, preference = POPULATIONS[plan.population], PREFERENCES[plan.preference]
+        population = Population(plan.users, plan.seed, behaviour, plan.conversations, preference)
+        self.adversaries = sorted(population.adversaries)  # for run.json: who lied, for whoever reads the run
         watch = StatusWatch(settings)
         deadline = time.monotonic() + self.plan.budget_s
         serve = httpx.Client(base_url=f"http://127.0.0.1:{self.serve_port}")
@@ -441,6 +414,9 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
                 "policy": plan.policy,
                 "conversations": plan.conversations,
                 "engine": plan.engine,
+                "population": plan.population,
+                "preference": plan.preference,
+                "adversaries": demo.adversaries,
                 "max_new_tokens": demo.settings.policy.training.max_new_tokens,
             }
         )

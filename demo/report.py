@@ -3,10 +3,10 @@ policy reward +15%, positive feedback +20%), in the terminal and as HTML with pl
 
 Figures come from what the system itself recorded (the trainer's published metrics, the decider's
 ExperimentDecided with the per-user statistics it rested on); the hidden user preference is used only for the "ground
-truth" column, which the system never sees. After a run with conversations (`rlhf demo --conversations`)
-the ground truth is given on first turns (held-out questions asked alone) and on follow-up turns
-(`synthetic.follow_up_quality`: held-out two-question conversations, the version's own first answer
-in the context) apart.
+truth" column, which the system never sees (demo/truth.py): on held-out questions no user asked ("held out
+(never asked)") and on questions like the users' ("on traffic"), apart. After a run with conversations
+(`rlhf demo --conversations`) also on follow-up turns (`synthetic.follow_up_quality`: held-out
+two-question conversations, the version's own first answer in the context).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +26,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-if TYPE_CHECKING:  # the assistant's model code loads when a report is written
-    from assistant.answering import LoadedPolicy
-    from trainers.chat_format import Prompt
+from demo.truth import answers_of, true_quality
+
+if TYPE_CHECKING:
+    from trainers.preferences import Preference
 
 TARGETS = {"reward_accuracy": 0.85, "policy_reward_gain": 0.15, "positive_lift": 0.20}
 
@@ -50,8 +51,10 @@ class RoundFigures:
     users_control: float | None = None
     users_treatment: float | None = None
     decision_reason: str = ""
-    true_quality_parent: float | None = None
+    true_quality_parent: float | None = None  # on held-out questions, never asked
     true_quality_candidate: float | None = None
+    traffic_parent: float | None = None  # the same ground truth on questions like the users'
+    traffic_candidate: float | None = None
     follow_up_parent: float | None = None  # the same ground truth on follow-up turns, after a run with conversations
     follow_up_candidate: float | None = None
     # Issue 14's per-round figures: how the reward model fares on the newest answers, how far the policy moved.
@@ -79,6 +82,11 @@ class RoundFigures:
         return self.true_quality_candidate if self.decision == "promote" else self.true_quality_parent
 
     @property
+    def serving_traffic(self) -> float | None:
+        """... on questions like the users'."""
+        return self.traffic_candidate if self.decision == "promote" else self.traffic_parent
+
+    @property
     def serving_follow_up(self) -> float | None:
         """... on follow-up turns."""
         return self.follow_up_candidate if self.decision == "promote" else self.follow_up_parent
@@ -91,10 +99,14 @@ class RoundFigures:
 
 
 def figures_of(
-    result: dict, truth: dict[str, float], on_policy: dict[str, float] | None = None, follow_ups: dict[str, float] | None = None
+    result: dict,
+    truth: dict[str, float],
+    on_policy: dict[str, float] | None = None,
+    follow_ups: dict[str, float] | None = None,
+    on_traffic: dict[str, float] | None = None,
 ) -> RoundFigures:
     """The round's figures: the trainer's published metrics and the decider's recorded statistics,
-    beside the ground truth of its versions (`truth`, and on follow-up turns `follow_ups`)."""
+    beside the ground truth of its versions (`truth` held out, `on_traffic`, on follow-up turns `follow_ups`)."""
     metrics = result.get("published", {}).get("metrics", {})
     stats = result.get("ab", {}).get("statistics", {})
     serving = result.get("serving") or {}
@@ -114,6 +126,8 @@ def figures_of(
         decision_reason=result.get("ab", {}).get("reason", ""),
         true_quality_parent=truth.get(result.get("parent") or ""),
         true_quality_candidate=truth.get(result["candidate"]),
+        traffic_parent=(on_traffic or {}).get(result.get("parent") or ""),
+        traffic_candidate=(on_traffic or {}).get(result["candidate"]),
         follow_up_parent=(follow_ups or {}).get(result.get("parent") or ""),
         follow_up_candidate=(follow_ups or {}).get(result["candidate"]),
         reward_accuracy_recent=metrics.get("rm_eval.accuracy_recent"),
@@ -148,10 +162,14 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: Path) -> str:
+def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: Path, users: str = "") -> str:
+    """The summary; `users` a line on who the simulated users were (none: the default ones)."""
     lines = [
         "",
         "rlhf demo: results per round (targets: reward-model accuracy >= 85%, policy reward +15%, positive feedback +20%)",
+        *([f"  users: {users}"] if users else []),
+        "  ground truth held out (never asked): on (app, object) combinations no user asked about; "
+        "on traffic: on as many questions like the users'",
     ]
     if any(r.follow_up_parent is not None for r in rounds):
         lines.append(
@@ -174,9 +192,10 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
                 if r.decision == "rejected"
                 else f"the decider: {r.decision} ({r.decision_reason or 'no reason recorded'})"
             ),
-            f"    hidden user preference (ground truth)    {_num(r.true_quality_parent)} -> "
-            f"{_num(r.true_quality_candidate)}"
-            f"  (serving after the round: {_num(r.serving_truth)})",
+            f"    hidden user preference (ground truth)    held out (never asked) {_num(r.true_quality_parent)} -> "
+            f"{_num(r.true_quality_candidate)}  (serving after the round: {_num(r.serving_truth)})",
+            f"                                             on traffic             {_num(r.traffic_parent)} -> "
+            f"{_num(r.traffic_candidate)}  (serving after the round: {_num(r.serving_traffic)})",
             *(
                 [
                     f"    ... on follow-up turns                   {_num(r.follow_up_parent)} -> "
@@ -241,7 +260,9 @@ def _rounds_plot(rounds: list[RoundFigures]) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = list(range(0, len(rounds) + 1))
     serving = _values([rounds[0].true_quality_parent if rounds else None] + [r.serving_truth for r in rounds])
-    ax.plot(xs, serving, "-", color="tab:blue", label="serving version (hidden preference)")
+    ax.plot(xs, serving, "-", color="tab:blue", label="serving version (hidden preference, held out)")
+    traffic = _values([rounds[0].traffic_parent if rounds else None] + [r.serving_traffic for r in rounds])
+    ax.plot(xs, traffic, ":", color="tab:blue", label="... on traffic")
     if rounds and rounds[0].follow_up_parent is not None:
         follow_ups = _values([rounds[0].follow_up_parent] + [r.serving_follow_up for r in rounds])
         ax.plot(xs, follow_ups, "--", color="tab:cyan", label="... on follow-up turns")
@@ -313,66 +334,36 @@ def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], sum
     return path
 
 
-def true_quality(
-    registry_root: Path, versions: set[str], max_new_tokens: int, follow_ups: bool = False
-) -> tuple[dict[str, float], dict[str, float]]:
-    """`held_out_quality` of each registry version and, with `follow_ups`, its hidden preference on
-    follow-up turns (`synthetic.follow_up_quality`; else none)."""
-    from assistant.service import load_version
-    from registry.store import ModelRegistry
-    from trainers.synthetic import follow_up_quality
-
-    registry = ModelRegistry(registry_root)
-    first, follow = {}, {}
-    for version in sorted(versions):
-        policy = load_version(registry, version)
-        first[version] = held_out_quality(policy, max_new_tokens)
-        if follow_ups:
-            follow[version] = follow_up_quality(_answers_of(policy, max_new_tokens))
-    return first, follow
-
-
-def held_out_quality(policy: LoadedPolicy, max_new_tokens: int, samples: int = 2) -> float:
-    """Mean hidden preference of a loaded policy's answers to the held-out questions (ground truth),
-    `samples` seeded answers to each."""
-    from assistant.service import answer
-    from trainers.synthetic import quality, split_questions
-
-    _, held_out = split_questions()
-    scores = []
-    for s in range(samples):
-        answers = answer(policy, [q.text for q in held_out], max_new_tokens, seed=s)
-        scores += [quality(q, a) for q, a in zip(held_out, answers, strict=True)]
-    return sum(scores) / len(scores)
-
-
 def on_policy_accuracy(
-    reward: Callable[[list[str], list[str]], list[float]], answer: Callable[[list[str], int], list[str]], held_out: list
+    reward: Callable[[list[str], list[str]], list[float]],
+    answer: Callable[[list[str], int], list[str]],
+    held_out: list,
+    preference: Preference | None = None,
 ) -> float | None:
     """How often a reward model orders two of a policy's own answers to a held-out question as the
     hidden preference does (pairs whose true gap is over 0.2): its accuracy where the next PPO
     update will search. `answer(queries, seed)` samples the policy."""
+    from trainers.preferences import DEFAULT_PREFERENCE
     from trainers.synthetic import quality
 
+    def truth(q: Any, a: str) -> float:
+        return quality(q, a, preference or DEFAULT_PREFERENCE)
+
     first, second = (answer([q.text for q in held_out], seed) for seed in (10, 11))
-    pairs = [(q, a, b) for q, a, b in zip(held_out, first, second, strict=True) if abs(quality(q, a) - quality(q, b)) > 0.2]
+    pairs = [(q, a, b) for q, a, b in zip(held_out, first, second, strict=True) if abs(truth(q, a) - truth(q, b)) > 0.2]
     if not pairs:
         return None
     ra, rb = (reward([q.text for q, *_ in pairs], [p[i] for p in pairs]) for i in (1, 2))
-    return sum((x > y) == (quality(q, a) > quality(q, b)) for (q, a, b), x, y in zip(pairs, ra, rb, strict=True)) / len(pairs)
+    return sum((x > y) == (truth(q, a) > truth(q, b)) for (q, a, b), x, y in zip(pairs, ra, rb, strict=True)) / len(pairs)
 
 
-def _answers_of(policy: Any, max_new_tokens: int) -> Callable[[Sequence[Prompt], int], list[str]]:
-    """A loaded policy's answers to some questions (or conversations), sampled with a seed."""
-    from assistant.service import answer
-
-    return lambda queries, seed: answer(policy, queries, max_new_tokens, seed=seed)
-
-
-def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_tokens: int) -> dict[str, float]:
+def reward_models_on_policy(
+    registry_root: Path, results: list[dict], max_new_tokens: int, preference: str = "default"
+) -> dict[str, float]:
     """Per round (keyed by candidate), its reward model's `on_policy_accuracy` on the parent's answers."""
     from assistant.service import load_version
     from registry.store import ModelRegistry
+    from trainers.preferences import PREFERENCES
     from trainers.reward_model import RewardModel
     from trainers.synthetic import split_questions
 
@@ -385,17 +376,28 @@ def reward_models_on_policy(registry_root: Path, results: list[dict], max_new_to
             continue
         accuracy = on_policy_accuracy(
             RewardModel.load(registry.path("reward_models", rm_version) / "model").predict,
-            _answers_of(load_version(registry, parent), max_new_tokens),
+            answers_of(load_version(registry, parent), max_new_tokens),
             held_out,
+            PREFERENCES[preference],
         )
         if accuracy is not None:
             out[r["candidate"]] = accuracy
     return out
 
 
-def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_tokens: int, follow_ups: bool = False) -> str:
+def write_report(
+    run_dir: Path,
+    results: list[Any],
+    elapsed_s: float,
+    max_new_tokens: int,
+    follow_ups: bool = False,
+    population: str = "kind",
+    preference: str = "default",
+) -> str:
     """RUN/report.html and the terminal summary (returned) of a finished demo run; with `follow_ups`
-    (a run with conversations) the ground truth on follow-up turns too."""
+    (a run with conversations) the ground truth on follow-up turns too. The ground truth is the
+    users' own `preference` (a `trainers.preferences.PREFERENCES` name); other than the default users, the
+    summary names them and counts the adversaries (RUN/run.json lists them)."""
     from registry.store import ModelRegistry
     from trainers.base_models import is_model_dir
 
@@ -404,15 +406,21 @@ def write_report(run_dir: Path, results: list[Any], elapsed_s: float, max_new_to
     registry_root = run_dir / "state" / "registry"
     registry = ModelRegistry(registry_root)
     saved = {r.candidate for r in results if is_model_dir(registry.path("policies", r.candidate))}
-    truth, truth_follow_ups = true_quality(
-        registry_root, saved | {r.parent for r in results if r.parent}, max_new_tokens, follow_ups
-    )
+    versions = saved | {r.parent for r in results if r.parent}
+    truth = true_quality(registry_root, versions, max_new_tokens, follow_ups, preference)
     dumped = [asdict(r) for r in results]
-    on_policy = reward_models_on_policy(registry_root, dumped, max_new_tokens)
-    rounds = [figures_of(r, truth, on_policy, truth_follow_ups) for r in dumped]
+    on_policy = reward_models_on_policy(registry_root, dumped, max_new_tokens, preference)
+    rounds = [figures_of(r, truth.held_out, on_policy, truth.follow_ups, truth.on_traffic) for r in dumped]
     html_path = run_dir / "report.html"
     dashboard = f"rerun `RLHF_HOME={run_dir}/state rlhf sink run` to browse the dashboard again"
-    summary = terminal_summary(rounds, dashboard, html_path) + f"  wall time: {elapsed_s / 60:.1f} min\n"
+    run_file = run_dir / "run.json"
+    adversaries = json.loads(run_file.read_text()).get("adversaries", []) if run_file.exists() else []
+    users = (
+        f"the {population} population ({len(adversaries)} adversarial, listed in run.json), hidden preference {preference}"
+        if (population, preference) != ("kind", "default")
+        else ""
+    )
+    summary = terminal_summary(rounds, dashboard, html_path, users) + f"  wall time: {elapsed_s / 60:.1f} min\n"
     timeline_file = run_dir / "timeline.json"
     write_html(html_path, rounds, json.loads(timeline_file.read_text()) if timeline_file.exists() else [], summary)
     return summary

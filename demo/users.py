@@ -2,8 +2,14 @@
 
 Users talk to the assistant service the way a chat app does: `POST /v1/chat/completions` (the
 OpenAI-compatible API) for an answer, then `POST /v1/feedback` with the answer's feedback token,
-as a browser would. They react according to the hidden preference `synthetic.quality`, which the
-system never sees: thumbs, 1-5 ratings (noisy), and corrections (the answer they wanted).
+as a browser would. They react according to the hidden preference `synthetic.quality` (one of
+`trainers.preferences.PREFERENCES`), which the system never sees: thumbs, 1-5 ratings (noisy), and corrections
+(the answer they wanted), as often and as reliably as their population's `Behaviour` says
+(demo/populations.py: `kind`, `realistic`, `hostile`); adversarial users react against it.
+
+They ask train questions only (`synthetic.split_questions`), follow-ups included: no feedback of a
+run concerns a held-out (app, object) combination, so the held-out figures measure what the policy
+learnt beyond what it was told.
 
 With `conversations`, each user holds a conversation of 1-3 questions (`synthetic.draw_dialogue`),
 the later ones follow-ups whose right answer depends on the earlier turn ("And in Calendar?"),
@@ -25,8 +31,21 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from demo.populations import CONTRARIAN, HONEST, KIND, RANDOM, Behaviour, cast
 from trainers.chat_format import Conversation
-from trainers.synthetic import Asked, Dialogue, FollowUp, Question, all_questions, answer, draw_dialogue, quality
+from trainers.preferences import DEFAULT_PREFERENCE, Preference
+from trainers.synthetic import (
+    STYLES,
+    Asked,
+    Dialogue,
+    FollowUp,
+    Question,
+    answer,
+    draw_dialogue,
+    is_held_out,
+    quality,
+    split_questions,
+)
 
 CONCURRENT_USERS = 32  # requests in flight per step: what the service batches together
 RETRIES_ON_503 = 8  # a full queue, or feedback Kafka did not take (a broker bounce): a chat app tries again
@@ -50,14 +69,6 @@ def post(http: httpx.Client, path: str, body: dict, **kw) -> dict:
             return r.json()
         time.sleep(0.25 * 2**attempt)
     raise AssertionError("unreachable")
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    feedback_rate: float = 0.9  # share of answers users react to at all
-    rating_share: float = 0.3  # of reactions: a 1-5 rating instead of a thumb
-    correction_share: float = 0.1  # of reactions to a bad answer: a written correction
-    rating_noise: float = 0.6  # std-dev of the rating around 1 + 4 * quality
 
 
 @dataclass(frozen=True)
@@ -90,29 +101,72 @@ def messages_of(prompt: Conversation) -> list[dict[str, str]]:
 
 
 class Population:
-    def __init__(self, size: int, seed: int = 0, behaviour: Behaviour = Behaviour(), conversations: bool = False):
+    """`size` users of one `behaviour`, reacting by one hidden `preference`; `adversaries` (user ids)
+    are those who react against it."""
+
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        behaviour: Behaviour = KIND,
+        conversations: bool = False,
+        preference: Preference = DEFAULT_PREFERENCE,
+    ):
         self.users = [f"user-{seed}-{n:05d}" for n in range(size)]
         self.rng = random.Random(seed)
         self.behaviour = behaviour
+        self.preference = preference
         self.conversations = conversations
-        self.questions: list[Question] = all_questions()
+        self.questions: list[Question] = split_questions()[0]
+        self.cast = cast(self.users, behaviour, seed)
+        self.adversaries = self.cast.adversaries
+
+    def pick(self, rng: random.Random) -> str:
+        """A user, the busier ones more often."""
+        return rng.choice(self.users) if self.cast.weights is None else rng.choices(self.users, self.cast.weights)[0]
 
     def dialogue(self, rng: random.Random) -> Dialogue:
         """What a user asks: one question, or with `conversations` a conversation (`synthetic.draw_dialogue`)."""
-        return draw_dialogue(self.questions, rng) if self.conversations else Dialogue((rng.choice(self.questions),))
+        if self.conversations:
+            return draw_dialogue(self.questions, rng, allowed=lambda q: not is_held_out(q))
+        return Dialogue((rng.choice(self.questions),))
 
-    def reaction(self, q: Asked, response: str, rng: random.Random) -> dict | None:
+    def reaction(self, q: Asked, response: str, rng: random.Random, user: str | None = None) -> dict | None:
         """This user's verdict on one answer as a `/v1/feedback` body (without the interaction), or None."""
+        return self.verdict(q, response, rng, user) if self.reacts(rng, user) else None
+
+    def reacts(self, rng: random.Random, user: str | None = None) -> bool:
+        """Whether this user reacts to an answer at all (drawn before the verdict, whatever the answer)."""
         b = self.behaviour
-        if rng.random() >= b.feedback_rate:
-            return None
-        score = quality(q, response)
+        return rng.random() < (b.feedback_rate if self.cast.role(user) == HONEST else b.adversary_feedback_rate)
+
+    def verdict(self, q: Asked, response: str, rng: random.Random, user: str | None = None) -> dict:
+        """The verdict of a user who reacts (`reacts`): a random voter's liking is a coin, a
+        contrarian's the opposite of the preference's."""
+        b = self.behaviour
+        role = self.cast.role(user)
+        score = rng.random() if role == RANDOM else quality(q, response, self.preference)
+        against = role == CONTRARIAN
         if rng.random() < b.rating_share:
-            return {"type": "rating", "rating": min(5, max(1, round(1 + 4 * score + rng.gauss(0, b.rating_noise))))}
+            rating = min(5, max(1, round(1 + 4 * score + rng.gauss(0, b.rating_noise))))
+            return {"type": "rating", "rating": 6 - rating if against else rating}
         liked = rng.random() < score
-        if not liked and rng.random() < b.correction_share:
-            return {"type": "correction", "correction": answer(q, "helpful", rng)}
-        return {"type": "thumbs_up" if liked else "thumbs_down"}
+        if liked == against and rng.random() < b.correction_share:  # a contrarian "corrects" what they like
+            return {"type": "correction", "correction": answer(q, self._correction_style(role, rng), rng)}
+        thumb = liked != against
+        if b.thumb_flip_share and rng.random() < b.thumb_flip_share:
+            thumb = not thumb
+        return {"type": "thumbs_up" if thumb else "thumbs_down"}
+
+    def _correction_style(self, role: str, rng: random.Random) -> str:
+        """How a correction is written: the right steps (some with a detail wrong), a bad answer from a
+        contrarian, any answer from a random voter."""
+        if role == CONTRARIAN:
+            return rng.choice(("wrong", "dodge"))
+        if role == RANDOM:
+            return rng.choice(STYLES)
+        wrong = self.behaviour.wrong_correction_share
+        return "flawed" if wrong and rng.random() < wrong else "helpful"
 
     def converse(self, http: httpx.Client, user: str, dialogue: Dialogue, rng: random.Random) -> list[Reply]:
         """One user asks the dialogue's questions in turn, each with the conversation so far, and
@@ -124,14 +178,17 @@ class Population:
             body = {"messages": messages_of(prompt), "user": user, **conversation}
             completion = post(http, "/v1/chat/completions", body)
             response = completion["choices"][0]["message"]["content"]
-            replies.append(Reply(response, self.feedback(http, completion, q, response, rng), isinstance(q, FollowUp)))
+            positive = self.feedback(http, completion, user, q, response, rng)
+            replies.append(Reply(response, positive, isinstance(q, FollowUp)))
             if not response.strip():
                 break
         return replies
 
-    def feedback(self, http: httpx.Client, completion: dict, q: Asked, response: str, rng: random.Random) -> bool | None:
+    def feedback(
+        self, http: httpx.Client, completion: dict, user: str, q: Asked, response: str, rng: random.Random
+    ) -> bool | None:
         """This user's reaction to one answer, sent as a browser would; whether it was positive (None: none)."""
-        verdict = self.reaction(q, response, rng)
+        verdict = self.reaction(q, response, rng, user)
         if verdict is None or not completion.get("feedback_collected", True):  # outside `feedback.collection_rate`: not asked
             return None
         token = {"Authorization": f"Bearer {completion['feedback_token']}"}  # as a browser: the answer's token, no API key
@@ -141,7 +198,7 @@ class Population:
     def step(self, http: httpx.Client, n: int) -> RoundStats:
         """`n` users each ask one question (with `conversations`: hold one conversation) through
         the service and react to the answers."""
-        asks = [(self.rng.choice(self.users), self.dialogue(self.rng), random.Random(self.rng.getrandbits(64))) for _ in range(n)]
+        asks = [(self.pick(self.rng), self.dialogue(self.rng), random.Random(self.rng.getrandbits(64))) for _ in range(n)]
         with ThreadPoolExecutor(min(n, CONCURRENT_USERS)) as pool:
             replies = [r for conversation in pool.map(lambda a: self.converse(http, *a), asks) for r in conversation]
         stats = RoundStats(interactions=len(replies), answers=[r.response for r in replies])

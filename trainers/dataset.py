@@ -34,7 +34,7 @@ thumbs_down and `rating < min_rating` negative (a thumbs_up carries no rating, s
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -55,6 +55,7 @@ PAIR_FEATURES = Features(
             for name in ("query", "conversation", "chosen", "rejected", "source", "chosen_kind", "rejected_kind")
         },
         "recent": Value("bool"),
+        "weight": Value("float32"),
     }
 )
 POINT_FEATURES = Features(
@@ -63,6 +64,7 @@ POINT_FEATURES = Features(
         "label": Value("float32"),
         "kind": Value("string"),
         "recent": Value("bool"),
+        "weight": Value("float32"),
     }
 )
 INVALID_EXAMPLES_KEPT = 5  # a few reasons in the summary say what is wrong without flooding it
@@ -81,6 +83,7 @@ class Pair:
     chosen_kind: str  # what the user said about each side, e.g. rating_5, thumbs_up, correction, corrected
     rejected_kind: str
     recent: bool = False  # both sides come from the newest data (the answers of the newest policies)
+    weight: float = 1.0  # how much the users behind it are trusted (`trainers.trust`): the product of theirs
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Point:
     label: float
     kind: str
     recent: bool = False
+    weight: float = 1.0  # its user's weight (`trainers.trust`)
 
 
 @dataclass(frozen=True)
@@ -178,12 +182,14 @@ def build_dataset(
     max_text_chars: int = 4_000,
     max_pairs_per_query: int = 64,
     recent_ids: frozenset[str] = frozenset(),
+    user_weight: Callable[[str], float] = lambda _: 1.0,
 ) -> RewardData:
     """Pairs and points from feedback records, split by conversation context; see the module docstring for the rules.
 
     `recent_ids` names the newest events (the latest trigger's, when training on a history): a pair
     of two of them, or a point from one, is `recent`, so training can weigh it up and evaluation can
-    say how well the model ranks the newest policies' own answers."""
+    say how well the model ranks the newest policies' own answers. `user_weight` (`UserTrust.weight`)
+    weighs each example by the users whose verdicts made it."""
     dropped: Counter[str] = Counter()
     invalid: list[str] = []
     events = _accepted_events(records, max_text_chars, dropped, invalid)
@@ -195,7 +201,7 @@ def build_dataset(
     pairs: list[Pair] = []
     points: list[Point] = []
     for group in by_context.values():
-        group_pairs, paired_ids = _pairs_of(group, recent_ids)
+        group_pairs, paired_ids = _pairs_of(group, recent_ids, user_weight)
         if len(group_pairs) > max_pairs_per_query:
             dropped["pair_cap"] += len(group_pairs) - max_pairs_per_query
             # Keep a deterministic, content-based subset so replaying a trigger rebuilds the same data;
@@ -204,7 +210,8 @@ def build_dataset(
                 :max_pairs_per_query
             ]
         pairs += group_pairs
-        points += [_point_of(e, min_rating, e.event_id in recent_ids) for e in group if e.event_id not in paired_ids]
+        unpaired = [e for e in group if e.event_id not in paired_ids]
+        points += [_point_of(e, min_rating, e.event_id in recent_ids, user_weight(e.user_id)) for e in unpaired]
 
     pairs = _dedupe(pairs, lambda p: (context_key(p.prompt), p.chosen, p.rejected), "duplicate_pair", dropped)
     points = _dedupe(points, lambda p: (context_key(p.prompt), p.response, p.label), "duplicate_point", dropped)
@@ -285,7 +292,9 @@ def _unusable_text(event: FeedbackEvent, max_chars: int) -> str | None:
     return None
 
 
-def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset()) -> tuple[list[Pair], set[str]]:
+def _pairs_of(
+    group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset(), user_weight: Callable[[str], float] = lambda _: 1.0
+) -> tuple[list[Pair], set[str]]:
     """Every preference the events of one conversation context support, and the ids of the events
     used in one. Pairs cross model versions: during an A/B test two versions answer the same
     question, and their judged answers are comparisons of the newest policies."""
@@ -304,6 +313,7 @@ def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset
                     kind_of(chosen),
                     kind_of(rejected),
                     recent,
+                    user_weight(chosen.user_id) * user_weight(rejected.user_id),
                 )
             )
             used.update((chosen.event_id, rejected.event_id))
@@ -319,14 +329,17 @@ def _pairs_of(group: list[FeedbackEvent], recent_ids: frozenset[str] = frozenset
     for e in group:
         if e.correction is not None:  # the schema requires it exactly when feedback_type is "correction"
             recent = e.event_id in recent_ids
-            pairs.append(Pair(Conversation.of(e), e.correction, e.response, "correction", "correction", "corrected", recent))
+            weight = user_weight(e.user_id)
+            pairs.append(
+                Pair(Conversation.of(e), e.correction, e.response, "correction", "correction", "corrected", recent, weight)
+            )
             used.add(e.event_id)
     return pairs, used
 
 
-def _point_of(event: FeedbackEvent, min_rating: int, recent: bool) -> Point:
+def _point_of(event: FeedbackEvent, min_rating: int, recent: bool, weight: float) -> Point:
     # Only ratings and thumbs get here: a correction always makes a pair.
-    return Point(Conversation.of(event), event.response, float(event.is_positive(min_rating)), kind_of(event), recent)
+    return Point(Conversation.of(event), event.response, float(event.is_positive(min_rating)), kind_of(event), recent, weight)
 
 
 def _dedupe(rows: list, key: Any, reason: str, dropped: Counter[str]) -> list:

@@ -47,6 +47,12 @@ def _recent(rows: Dataset) -> list[bool]:
     return list(rows["recent"]) if "recent" in rows.column_names else [False] * len(rows)
 
 
+def _trusted(rows: Dataset) -> torch.Tensor:
+    """(examples, 1) weights of the users behind each example (`trainers.trust`; 1 where not set)."""
+    weights = rows["weight"] if "weight" in rows.column_names else [1.0] * len(rows)
+    return torch.tensor(weights, dtype=torch.float32).unsqueeze(1)
+
+
 def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | None = None) -> dict[str, float]:
     """Train in place on preference pairs (Bradley-Terry) and unpaired points (BCE); returns train stats."""
     run, cfg = rm.config, rm.config.training
@@ -60,8 +66,8 @@ def fit(rm: RewardModel, pairs: Dataset, points: Dataset, progress: Progress | N
     rejected = rm.encode(pair_prompts, pairs["rejected"])
     point_ids = rm.encode(prompts(points), points["response"])
     labels = torch.tensor(points["label"], dtype=torch.float32)
-    pair_weights = example_weights(_recent(pairs), run.heads, cfg.recent_weight, run.seed)
-    point_weights = example_weights(_recent(points), run.heads, cfg.recent_weight, run.seed + 1)
+    pair_weights = example_weights(_recent(pairs), run.heads, cfg.recent_weight, run.seed) * _trusted(pairs)
+    point_weights = example_weights(_recent(points), run.heads, cfg.recent_weight, run.seed + 1) * _trusted(points)
 
     rng = random.Random(run.seed)
     pair_lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]
@@ -124,18 +130,20 @@ def train_reward_model(
     *,
     recent_ids: frozenset[str] = frozenset(),
     warm_start: str | Path | None = None,
+    user_weight: Callable[[str], float] = lambda _: 1.0,
 ) -> tuple[RewardModel, dict[str, Any]]:
     """Build the dataset, train, evaluate on the held-out queries and save the version to `out_dir`.
 
     `recent_ids`: the newest events, weighed up by `config.training.recent_weight`. `warm_start`: a saved
     reward model to continue from (the previous round's) instead of a fresh head, used when its
-    backbone and heads match `config`. `lineage` (trigger ids, offset ranges, parent versions...)
+    backbone and heads match `config`. `user_weight` (`trainers.trust.UserTrust.weight`) weighs each
+    example by the users behind it. `lineage` (trigger ids, offset ranges, parent versions...)
     is stored verbatim in lineage.json.
     Returns the trained model and its metrics: {"train": ..., "eval": ..., "data": dataset summary}.
     Under torchrun every process trains; rank 0 alone evaluates (`eval` is None elsewhere) and saves.
     """
     distributed.init()  # under torchrun: join the other processes and take this one's GPU before the model is placed
-    data: RewardData = build_dataset(events, **config.dataset_options(), recent_ids=recent_ids)
+    data: RewardData = build_dataset(events, **config.dataset_options(), recent_ids=recent_ids, user_weight=user_weight)
     rm = _warm_started(warm_start, config) or RewardModel.create(config)
     train = fit(rm, data.train_pairs, data.train_points, progress)
     rm.metrics = {"train": train, "eval": None, "data": data.summary}

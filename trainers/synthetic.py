@@ -14,6 +14,9 @@ inverse action in the same app), "What about the cache?" (another object in the 
 follow-up answer is judged against what it resolves to, and one that answers the earlier question
 again (names what the follow-up changed) is bad. `resolve` reads that from a conversation's text
 alone, so the preference also works as a reward function on prompts (`quality_reward`).
+
+Users may weigh the parts of an answer differently (`PREFERENCES`, trainers/preferences.py:
+`default`, `steps-first`, `concise`); every figure before named preferences was measured with `default`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from dataclasses import dataclass
 
 from core.hashing import stable_fraction
 from trainers.chat_format import Conversation, Prompt, as_conversation
+from trainers.preferences import DEFAULT_PREFERENCE, Preference
+from trainers.preferences import PREFERENCES as PREFERENCES  # the world's preferences by name, with the world
 
 APPS = ("Mail", "Calendar", "Photos", "Drive", "Notes", "Maps", "Music", "Wallet", "Chat", "Docs")
 MENUS = ("Settings", "Account", "Privacy", "Sharing", "Storage", "Display", "Sync", "Security")
@@ -144,9 +149,11 @@ def follow_ups_of(earlier: Question) -> list[FollowUp]:
     ]
 
 
-def follow_up(earlier: Question, rng: random.Random) -> FollowUp:
-    """A follow-up on `earlier`: a kind drawn evenly (of those that apply), then one of its wordings and targets."""
-    options = follow_ups_of(earlier)
+def follow_up(earlier: Question, rng: random.Random, allowed: Callable[[Question], bool] | None = None) -> FollowUp:
+    """A follow-up on `earlier` (asking only what `allowed` allows, when given): a kind drawn evenly (of
+    those that apply), then one of its wordings and targets. Every train question has follow-ups on train
+    questions, so allowing only train questions always leaves some."""
+    options = [f for f in follow_ups_of(earlier) if allowed is None or allowed(f.target)]
     kind = rng.choice(sorted({f.kind for f in options}))
     return rng.choice([f for f in options if f.kind == kind])
 
@@ -165,12 +172,14 @@ class Dialogue:
         return Conversation(self.asks[turn].text, history, self.system)
 
 
-def draw_dialogue(questions: Sequence[Question], rng: random.Random) -> Dialogue:
-    """A conversation of 1-3 questions (TURN_WEIGHTS) starting with one of `questions`, with a system
-    prompt in SYSTEM_SHARE of them."""
+def draw_dialogue(
+    questions: Sequence[Question], rng: random.Random, allowed: Callable[[Question], bool] | None = None
+) -> Dialogue:
+    """A conversation of 1-3 questions (TURN_WEIGHTS) starting with one of `questions`, its follow-ups
+    asking only what `allowed` allows (when given), with a system prompt in SYSTEM_SHARE of them."""
     asks: list[Asked] = [rng.choice(questions)]
     for _ in range(rng.choices(range(len(TURN_WEIGHTS)), TURN_WEIGHTS)[0]):
-        asks.append(follow_up(asks[-1].target, rng))
+        asks.append(follow_up(asks[-1].target, rng, allowed))
     return Dialogue(tuple(asks), rng.choice(SYSTEM_PROMPTS) if rng.random() < SYSTEM_SHARE else None)
 
 
@@ -190,6 +199,13 @@ def split_questions(seed: int = 0, eval_fraction: float = 0.2) -> tuple[list[Que
     for q in all_questions():
         (held_out if is_held_out(q, seed, eval_fraction) else train).append(q)
     return train, held_out
+
+
+def on_traffic_questions() -> list[Question]:
+    """A fixed sample of train questions, as many as the held-out ones: the hidden preference on what
+    users ask, beside the held-out figure on what they never ask."""
+    train, held_out = split_questions()
+    return sorted(train, key=lambda q: stable_fraction("on-traffic", q.text))[: len(held_out)]
 
 
 def held_out_follow_ups(seed: int = 0) -> list[Dialogue]:
@@ -213,17 +229,16 @@ def held_out_follow_ups(seed: int = 0) -> list[Dialogue]:
 
 def answer(q: Asked, style: str, rng: random.Random) -> str:
     """An answer to `q` in one of FOLLOW_UP_STYLES (`earlier` only for a follow-up: the earlier
-    question answered again); all styles share vocabulary on purpose."""
+    question answered again), or `flawed`: helpful steps with one detail wrong (another menu, or
+    another app), as some users' corrections are; all styles share vocabulary on purpose."""
     if isinstance(q, FollowUp):
         return answer(q.earlier, "helpful", rng) if style == "earlier" else answer(q.target, style, rng)
+    if style == "flawed":  # the menu or the app wrong, one the object's own name does not give away
+        if rng.choice([d for d in (q.menu, q.app) if d.lower() not in q.obj] or [q.menu]) == q.menu:
+            return _steps(q.app, rng.choice([m for m in MENUS if m != q.menu]), q.obj, q.verb, rng)
+        return _steps(rng.choice([a for a in APPS if a != q.app]), q.menu, q.obj, q.verb, rng)
     if style == "helpful":
-        return rng.choice(
-            (
-                f"Open {q.app}, go to {q.menu}, select {q.obj}, then press {q.verb.capitalize()}.",
-                f"In {q.app} open {q.menu}, choose {q.obj} and tap {q.verb.capitalize()}.",
-                f"Go to {q.app} > {q.menu} > {q.obj.capitalize()} and press {q.verb.capitalize()}.",
-            )
-        )
+        return _steps(q.app, q.menu, q.obj, q.verb, rng)
     if style == "repeat":
         return rng.choice(
             (f"You want to {q.verb} your {q.obj} in {q.app}.", f"So you need to {q.verb} the {q.obj} in {q.app}, right?")
@@ -242,21 +257,34 @@ def answer(q: Asked, style: str, rng: random.Random) -> str:
     )
 
 
-def quality(q: Asked, response: str) -> float:
+def _steps(app: str, menu: str, obj: str, verb: str, rng: random.Random) -> str:
+    return rng.choice(
+        (
+            f"Open {app}, go to {menu}, select {obj}, then press {verb.capitalize()}.",
+            f"In {app} open {menu}, choose {obj} and tap {verb.capitalize()}.",
+            f"Go to {app} > {menu} > {obj.capitalize()} and press {verb.capitalize()}.",
+        )
+    )
+
+
+def quality(q: Asked, response: str, preference: Preference = DEFAULT_PREFERENCE) -> float:
     """The hidden preference in [0, 1]: does the response answer *this* question, in steps? A
     follow-up's answer is judged against what it resolves to, and naming what the follow-up
     replaced (the earlier app or action) costs as much as echoing the question."""
     if isinstance(q, FollowUp):
         again = re.search(rf"\b{re.escape(q.replaced.lower())}\b", response.lower()) is not None
-        return max(0.0, quality(q.target, response) - (0.5 if again else 0.0))
+        return max(0.0, quality(q.target, response, preference) - (preference.echo if again else 0.0))
     text = response.lower()
     names_object = q.obj in text
     names_app = q.app.lower() in text
     names_menu = q.menu.lower() in text
     gives_step = q.verb in text and any(w in text for w in ("press", "tap", "choose", "select"))
     echoes = text.startswith(("you want", "so you need")) or q.text.lower() in text
-    score = 0.3 * names_object + 0.2 * names_app + 0.25 * names_menu + 0.25 * gives_step
-    return max(0.0, score - (0.5 if echoes else 0.0))
+    p = preference
+    score = p.obj * names_object + p.app * names_app + p.menu * names_menu + p.step * gives_step
+    if p.length is not None:
+        score -= min(p.length.most, p.length.per_word * max(0, len(response.split()) - p.length.words))
+    return max(0.0, score - (p.echo if echoes else 0.0))
 
 
 def warmup_corpus(n: int, seed: int = 0, helpful_share: float = 0.3, conversations: int = 0) -> list[tuple[Conversation, str]]:
@@ -325,17 +353,19 @@ def resolve(prompt: Prompt) -> Asked | None:
     return asked
 
 
-def quality_reward(prompts: Sequence[Prompt], responses: list[str]) -> list[float]:
+def quality_reward(prompts: Sequence[Prompt], responses: list[str], preference: Preference = DEFAULT_PREFERENCE) -> list[float]:
     """The hidden preference as a reward function with the reward model's `predict` signature, on
     questions or whole conversations; one that is not a generated conversation scores 0."""
     out = []
     for prompt, response in zip(prompts, responses, strict=True):
         q = resolve(prompt)
-        out.append(quality(q, response) if q is not None else 0.0)
+        out.append(quality(q, response, preference) if q is not None else 0.0)
     return out
 
 
-def follow_up_quality(answer: Callable[[list[Conversation], int], list[str]], samples: int = 2) -> float:
+def follow_up_quality(
+    answer: Callable[[list[Conversation], int], list[str]], samples: int = 2, preference: Preference = DEFAULT_PREFERENCE
+) -> float:
     """Mean hidden preference of a policy's follow-up answers on `held_out_follow_ups`: it answers
     the first question, then the follow-up with its own first answer in the context. `answer(prompts,
     seed)` samples the policy; `samples` seeded rollouts of each conversation."""
@@ -344,7 +374,7 @@ def follow_up_quality(answer: Callable[[list[Conversation], int], list[str]], sa
     for s in range(samples):
         firsts = answer([d.prompt(0, []) for d in dialogues], 2 * s)
         seconds = answer([d.prompt(1, [a]) for d, a in zip(dialogues, firsts, strict=True)], 2 * s + 1)
-        scores += [quality(d.asks[1], a) for d, a in zip(dialogues, seconds, strict=True)]
+        scores += [quality(d.asks[1], a, preference) for d, a in zip(dialogues, seconds, strict=True)]
     return sum(scores) / len(scores)
 
 

@@ -34,6 +34,7 @@ from schemas.experiments import Arm, ExperimentStarted, experiment_id_for
 if TYPE_CHECKING:  # the trainer's libraries load when a training starts
     from trainers.history import History
     from trainers.reward_model import RewardModel
+    from trainers.trust import UserTrust
 
 BASE_VERSION = "base"
 
@@ -55,10 +56,11 @@ class RoundRewardModel:
     model: RewardModel  # loaded from the registry
     metrics: dict[str, float]  # its manifest's metrics; the policy's manifest repeats them as `rm_*`
     history: History  # the feedback it learned from; the policy's queries and corrections come from it too
+    trust: UserTrust  # the users' weights it trained under (`trainers.trust`); the corrections' filter uses them
 
 
 def config_hash(settings: Settings) -> str:
-    training = {k: settings.model_dump(mode="json")[k] for k in ("reward_model", "policy", "feedback")}
+    training = {k: settings.model_dump(mode="json")[k] for k in ("reward_model", "policy", "feedback", "trust")}
     return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -207,6 +209,7 @@ class TrainingJob:
         from trainers.reward import train_reward_model
         from trainers.reward_config import RewardConfig
         from trainers.reward_model import RewardModel
+        from trainers.trust import load_trust, save_trust, user_trust
 
         rm_version = f"rm-{trigger.trigger_id[:16]}"
         if self.registry.exists("reward_models", rm_version):  # a redelivered trigger: the same data again
@@ -233,6 +236,9 @@ class TrainingJob:
             def build(directory: Path) -> Manifest:
                 config = RewardConfig.from_settings(self.settings)
                 sample = replay_sample(events, recent, self.settings.continuous_learning.reward_sample_events)
+                judge = RewardModel.load(previous / "model").predict if previous is not None else None
+                trust = user_trust(sample, self.settings.trust, config.min_rating, score=judge)
+                save_trust(directory, trust)
                 _, metrics = train_reward_model(
                     sample,
                     config,
@@ -241,7 +247,9 @@ class TrainingJob:
                     progress=report,
                     recent_ids=recent,
                     warm_start=warm,
+                    user_weight=trust.weight,
                 )
+                metrics["trust"] = trust.summary()
                 save_history(directory, known, used)
                 return Manifest(
                     version=rm_version,
@@ -262,8 +270,10 @@ class TrainingJob:
                 {"history_triggers": float(len(used)), "history_events": float(len(events)), "recent_events": float(len(recent))},
             )
             self.registry.publish("reward_models", rm_version, build)
-        model = RewardModel.load(self.registry.path("reward_models", rm_version) / "model")
-        return RoundRewardModel(rm_version, model, self.registry.manifest("reward_models", rm_version).metrics, history)
+        directory = self.registry.path("reward_models", rm_version)
+        model = RewardModel.load(directory / "model")
+        metrics = self.registry.manifest("reward_models", rm_version).metrics
+        return RoundRewardModel(rm_version, model, metrics, history, load_trust(directory))
 
     def _original_policy(self) -> str | None:
         """The base version the loop started from, where the registry holds its weights."""
@@ -292,10 +302,12 @@ class TrainingJob:
         from trainers.dataset import split_policy_queries
         from trainers.ensemble import EnsembleReward
         from trainers.optimise import gate_verdict, optimise_policy
+        from trainers.trust import trusted_corrections
 
         config = self.settings.policy.training
         history, events = reward.history, reward.history.events
         train_queries, eval_queries = split_policy_queries(events)
+        learned, filtered = trusted_corrections(events, reward.trust, self.settings.trust, score=reward.model.predict)
 
         def on_status(state: str, stage: str, message: str, metrics: dict[str, float]) -> None:
             if state == "guardrail":
@@ -327,7 +339,7 @@ class TrainingJob:
                 config,
                 directory,
                 on_status=on_status,
-                feedback_events=events,
+                feedback_events=learned,
                 min_rating=self.settings.feedback.min_rating,
                 gate_fn=reward.model.gate_reward if reward.model.config.training.gate_head else None,
                 original_path=self._original_policy(),
@@ -339,7 +351,7 @@ class TrainingJob:
             return Manifest(
                 **lineage,
                 status="rejected",
-                metrics={f"rm_{k}": v for k, v in reward.metrics.items()},
+                metrics={**{f"rm_{k}": v for k, v in reward.metrics.items()}, **filtered},
                 reason=str(exc),
                 guardrails_fired=["eval_after"],
             )
@@ -351,7 +363,7 @@ class TrainingJob:
             **lineage,
             status="candidate" if improved else "rejected",
             reason=reason,
-            metrics={**{f"rm_{k}": v for k, v in reward.metrics.items()}, **flatten_metrics(metrics)},
+            metrics={**{f"rm_{k}": v for k, v in reward.metrics.items()}, **filtered, **flatten_metrics(metrics)},
         )
 
     def _publish_adapter(self, directory: Path, parent: str) -> None:

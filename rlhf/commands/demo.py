@@ -8,7 +8,9 @@ import logging
 import time
 from pathlib import Path
 
+from demo.populations import POPULATIONS, described
 from rlhf.arguments import command
+from trainers.preferences import PREFERENCES
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -27,6 +29,8 @@ def _demo(args: argparse.Namespace) -> int:
         "users": args.users,
         "train_threshold": args.threshold,
         "seed": args.seed,
+        "population": args.population,
+        "preference": args.preference,
         "budget_s": budget_min * 60,
     }
     config = Path(args.config).resolve() if args.config else None  # every service of the demo reads the same file
@@ -40,12 +44,21 @@ def _demo(args: argparse.Namespace) -> int:
     talk = "conversations" if plan.conversations else "one question each"
     served = "served by vLLM behind the assistant" if plan.engine == "vllm" else "served by the assistant"
     print(f"rlhf demo: {plan.rounds} rounds from the {plan.policy} policy ({served}), users asking {talk}")
+    print(f"  users: the {plan.population} population, hidden preference {plan.preference}")
     print(f"  logs and state in {run_dir}")
     started = time.monotonic()
     results = run_demo(plan, run_dir)
     elapsed = time.monotonic() - started
     max_new_tokens = json.loads((run_dir / "run.json").read_text())["max_new_tokens"]
-    summary = report.write_report(run_dir, results, elapsed, max_new_tokens, follow_ups=plan.conversations)
+    summary = report.write_report(
+        run_dir,
+        results,
+        elapsed,
+        max_new_tokens,
+        follow_ups=plan.conversations,
+        population=plan.population,
+        preference=plan.preference,
+    )
     print(summary)
     return 0 if len(results) >= plan.rounds else 1
 
@@ -57,6 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Run the whole closed loop on this machine with simulated users, then print and write a report.",
         _demo,
         log_level=logging.WARNING,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(
+            [
+                "populations (--population):",
+                *(f"  {name:<12} {line}" for name, line in described().items()),
+                "hidden preferences (--preference), the weights of what an answer gets right:",
+                *(f"  {name:<12} {p.describe()}" for name, p in PREFERENCES.items()),
+            ]
+        ),
     )
     p.add_argument(
         "--policy",
@@ -89,5 +111,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="who generates the answers: the assistant itself (default), or vLLM's CPU build started by the demo "
         "(`rlhf engine`), the assistant relaying both arms to it and each candidate deployed to it as a LoRA adapter; "
         "needs a LoRA policy such as smollm2",
+    )
+    p.add_argument(
+        "--population",
+        choices=list(POPULATIONS),
+        help="how the simulated users react (demo/populations.py; each below): `kind` always right and eager, "
+        "`realistic` sparse and noisy, `hostile` realistic with adversaries (default: kind)",
+    )
+    p.add_argument(
+        "--preference",
+        choices=list(PREFERENCES),
+        help="what the users like in an answer (trainers/preferences.py; each below), the hidden preference the "
+        "report's ground truth is measured by (default: default)",
     )
     p.add_argument("--out", help="run directory (default runs/demo-TIMESTAMP)")

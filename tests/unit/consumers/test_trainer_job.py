@@ -3,6 +3,7 @@ rejection is an outcome recorded as a rejected version; a TrainingError fails th
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from schemas import FeedbackEvent, OffsetRange, TrainTrigger
 from schemas.events import Turn
 from trainers.history import History
 from trainers.reward_config import RewardConfig
+from trainers.trust import UserTrust
 
 TRIGGER = TrainTrigger(
     policy="assistant", model_version="base", ranges=(OffsetRange(topic="f", partition=0, start=500, end=700),)
@@ -38,13 +40,17 @@ class StubRewardModel:
     def head_scores(self, queries: list[str], responses: list[str]) -> torch.Tensor:
         return torch.zeros(len(queries), 2)  # two members agreeing on a sigmoid of 0.5
 
+    def predict(self, queries: list[str], responses: list[str]) -> list[float]:
+        return [0.0] * len(queries)
+
 
 def run_policy_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimise, events=EVENTS) -> Manifest:
     monkeypatch.setattr(trainers.optimise, "optimise_policy", optimise)
     monkeypatch.delenv("RLHF_CONFIG", raising=False)
     job = TrainingJob(load_settings(None, home=tmp_path))
     history = History(events, frozenset(), [TRIGGER], [BETWEEN])
-    reward = RoundRewardModel("rm-1", StubRewardModel(), {"eval.pairwise_accuracy": 0.8}, history)  # type: ignore[arg-type]
+    everyone = UserTrust({}, {}, {}, math.nan)
+    reward = RoundRewardModel("rm-1", StubRewardModel(), {"eval.pairwise_accuracy": 0.8}, history, everyone)  # type: ignore[arg-type]
     # No emitter: none of these optimisers reports a guardrail status.
     return job._policy(
         tmp_path / "staging",
@@ -63,7 +69,8 @@ def test_a_guardrail_rejection_is_recorded_as_a_rejected_version(tmp_path: Path,
 
     manifest = run_policy_step(tmp_path, monkeypatch, rejecting)
     assert manifest.status == "rejected" and "kl_bound" in manifest.reason
-    assert manifest.metrics == {"rm_eval.pairwise_accuracy": 0.8} and manifest.reward_model_version == "rm-1"
+    no_corrections = {"corrections_kept": 0.0, "corrections_dropped": 0.0}  # what the corrections' filter did
+    assert manifest.metrics == {"rm_eval.pairwise_accuracy": 0.8, **no_corrections} and manifest.reward_model_version == "rm-1"
 
 
 def test_a_training_error_fails_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -61,3 +61,15 @@ def test_the_driver_loads_what_its_services_load_and_leaves_its_own_environment_
 
 def test_the_config_file_reaches_every_process():
     assert environment(DemoPlan(config=Path("/etc/rlhf.yaml")))["RLHF_CONFIG"] == "/etc/rlhf.yaml"
+
+
+def test_the_demo_command_takes_a_population_and_a_preference_by_name():
+    from rlhf.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--population", "hostile", "--preference", "steps-first"])
+    assert (args.population, args.preference) == ("hostile", "steps-first")
+    assert (DemoPlan().population, DemoPlan().preference) == ("kind", "default")  # today's users, today's taste
+    default = build_parser().parse_args(["demo"])
+    assert (default.population, default.preference) == (None, None)  # DemoPlan's, then
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--population", "saints"])

@@ -1,5 +1,7 @@
-"""The demo report: ground truth for every version that has weights, plots and summary on disk."""
+"""The demo report: ground truth for every version that has weights (on held-out questions no user
+asked, and on questions like theirs, apart), plots and summary on disk."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +21,7 @@ def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_p
     summary = write_report(tmp_path, [rejected], elapsed_s=60.0, max_new_tokens=8)
 
     assert "assistant-trg-1" in summary and "rejected" in summary
+    assert "users:" not in summary  # the default users go without saying
     assert (tmp_path / "report.html").read_text().count("<img") == 4  # rounds, A/B, rewards, timeline
 
 
@@ -42,6 +45,20 @@ def test_a_candidate_the_gate_rejected_with_its_weights_saved_gets_its_hidden_pr
     line = next(x for x in summary.splitlines() if "hidden user preference" in x)
     parent, _measured, serving = re.search(r"(\d\.\d+) -> (\d\.\d+) +\(serving after the round: (\d\.\d+)\)", line).groups()  # type: ignore[union-attr]
     assert serving == parent  # the rejected candidate never served
+    assert "held out (never asked)" in line
+    traffic = next(x for x in summary.splitlines() if "on traffic" in x and "->" in x)
+    assert re.search(r"on traffic +(\d\.\d+) -> (\d\.\d+) +\(serving after the round: \1\)", traffic)
+
+
+def test_other_users_are_named_with_their_adversaries_counted(tmp_path: Path, micro_policy: str):
+    registry = ModelRegistry(tmp_path / "state" / "registry")
+    registry.register_base("assistant", "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
+    (tmp_path / "run.json").write_text(json.dumps({"adversaries": ["user-0-00007", "user-0-00042"]}))
+    rejected = RoundResult("v1", "base", "rejected", {"metrics": {}})
+
+    summary = write_report(tmp_path, [rejected], 60.0, 8, population="hostile", preference="concise")
+
+    assert "users: the hostile population (2 adversarial, listed in run.json), hidden preference concise" in summary
 
 
 def test_a_decided_round_reports_the_deciders_statistics(tmp_path: Path, micro_policy: str):

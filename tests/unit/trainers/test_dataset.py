@@ -255,6 +255,7 @@ def test_empty_input_gives_empty_typed_datasets():
         "chosen_kind",
         "rejected_kind",
         "recent",
+        "weight",
     ]
     assert data.summary["time_range"] is None
 

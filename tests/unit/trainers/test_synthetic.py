@@ -1,18 +1,26 @@
 """The simulated world's conversations: a follow-up resolves against the turn before it, its answer
 is judged against what it resolves to (answering the earlier question again is bad), the judge
 reads a conversation from its text alone, and the warm-up corpus and the held-out conversations
-keep to their side of the train / held-out split."""
+keep to their side of the train / held-out split. Named preferences: the default scores as the one
+preference before them did, the others as they say."""
 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
+import pytest
+
 from trainers.chat_format import Conversation
+from trainers.preferences import DEFAULT_PREFERENCE, PREFERENCES
 from trainers.synthetic import (
+    APPS,
     FOLLOW_UP_STYLES,
     INVERSES,
+    STYLES,
     SYSTEM_PROMPTS,
+    Asked,
     Dialogue,
     FollowUp,
     Question,
@@ -23,14 +31,17 @@ from trainers.synthetic import (
     follow_ups_of,
     held_out_follow_ups,
     is_held_out,
+    on_traffic_questions,
     quality,
     quality_reward,
     resolve,
+    split_questions,
     warmup_corpus,
 )
 
 MAIL = Question("Mail", "reset", "password", 0)
 BLOCK = Question("Chat", "block", "contact", 1)
+ACCOUNT = Question("Mail", "delete", "account", 0)  # "account" is also a menu, and "email" names Mail
 
 
 def find(earlier: Question, text: str) -> FollowUp:
@@ -121,3 +132,81 @@ def test_follow_up_quality_rolls_each_conversation_out_with_the_policys_own_firs
     first, second = seen
     assert [p.history[-1][1] for p in second] == oracle(first, 0)  # the first answers, in the follow-up's context
     assert follow_up_quality(forgetful, samples=1) < 0.2
+
+
+def old_quality(q: Asked, response: str) -> float:
+    """`quality` as it was before named preferences (git show 1878b8a:trainers/synthetic.py), verbatim."""
+    if isinstance(q, FollowUp):
+        again = re.search(rf"\b{re.escape(q.replaced.lower())}\b", response.lower()) is not None
+        return max(0.0, old_quality(q.target, response) - (0.5 if again else 0.0))
+    text = response.lower()
+    names_object = q.obj in text
+    names_app = q.app.lower() in text
+    names_menu = q.menu.lower() in text
+    gives_step = q.verb in text and any(w in text for w in ("press", "tap", "choose", "select"))
+    echoes = text.startswith(("you want", "so you need")) or q.text.lower() in text
+    score = 0.3 * names_object + 0.2 * names_app + 0.25 * names_menu + 0.25 * gives_step
+    return max(0.0, score - (0.5 if echoes else 0.0))
+
+
+def test_the_default_preference_scores_every_answer_as_before():
+    rng = random.Random(4)
+    scored = 0
+    for _ in range(1500):
+        dialogue = draw_dialogue(all_questions(), rng)
+        for q in dialogue.asks:
+            styles = FOLLOW_UP_STYLES if isinstance(q, FollowUp) else STYLES
+            for response in (answer(q, rng.choice((*styles, "flawed")), rng), answer(dialogue.asks[0], "helpful", rng)):
+                assert quality(q, response) == quality(q, response, PREFERENCES["default"]) == old_quality(q, response)
+                scored += 1
+    assert scored > 3000
+    prompts = [Conversation(q.text) for q in all_questions()[:50]]
+    responses = [answer(q, "helpful", rng) for q in all_questions()[:50]]
+    assert quality_reward(prompts, responses) == quality_reward(prompts, responses, DEFAULT_PREFERENCE)
+
+
+def test_concise_users_mark_long_answers_down_and_steps_first_users_want_the_way():
+    concise = PREFERENCES["concise"]
+    short = answer(MAIL, "helpful", random.Random(0))
+    assert quality(MAIL, short, concise) == quality(MAIL, short) == 1.0  # a dozen words or fewer: no cost
+    padded = short + " Then wait." * 8
+    padded = " ".join(padded.split()[:16])  # 4 words over a dozen
+    assert quality(MAIL, padded) == 1.0 and quality(MAIL, padded, concise) == pytest.approx(1.0 - 4 * 0.05)
+    rambling = short + " That is all there is to it." * 10
+    assert quality(MAIL, rambling, concise) == pytest.approx(0.6)  # at most 0.4 off
+    way = f"Go to {MAIL.menu} and press {MAIL.verb.capitalize()}."  # no app, no object
+    assert quality(MAIL, way, PREFERENCES["steps-first"]) > 0.7 > quality(MAIL, way) == 0.5
+    assert all(sum((p.obj, p.app, p.menu, p.step)) == pytest.approx(1.0) for p in PREFERENCES.values())
+
+
+def test_a_flawed_answer_gets_one_detail_wrong():
+    rng = random.Random(5)
+    scores = Counter(quality(q, answer(q, "flawed", rng)) for q in all_questions())
+    assert set(scores) == {0.75, 0.8} and min(scores.values()) > 60  # another menu, or another app: about evenly
+    assert quality(MAIL, answer(MAIL, "flawed", rng)) < 1 and quality(ACCOUNT, answer(ACCOUNT, "flawed", rng)) < 1
+
+
+def test_follow_up_quality_judges_by_the_preference_asked_for():
+    def rambler(prompts: list[Conversation], seed: int) -> list[str]:
+        return [answer(resolve(p), "helpful", random.Random(seed)) + " Then wait." * 6 for p in prompts]  # type: ignore[arg-type]
+
+    assert follow_up_quality(rambler, samples=1) == 1.0 > follow_up_quality(rambler, samples=1, preference=PREFERENCES["concise"])
+
+
+def test_users_asking_train_questions_never_ask_a_held_out_one_even_in_follow_ups():
+    train, held_out = split_questions()
+    rng = random.Random(6)
+    dialogues = [draw_dialogue(train, rng, allowed=lambda q: not is_held_out(q)) for _ in range(3000)]
+    asked = [q for d in dialogues for q in d.asks]
+    assert not any(is_held_out(q.target) for q in asked)
+    assert sum(isinstance(q, FollowUp) for q in asked) > 2000
+    # Unrestricted, the same conversations would have asked held-out questions in follow-ups.
+    assert any(is_held_out(q.target) for d in (draw_dialogue(train, rng) for _ in range(300)) for q in d.asks)
+
+
+def test_the_on_traffic_questions_are_a_fixed_sample_of_train_questions_as_many_as_the_held_out_ones():
+    train, held_out = split_questions()
+    questions = on_traffic_questions()
+    assert questions == on_traffic_questions() and len(questions) == len(held_out) == len(set(questions))
+    assert set(questions) <= set(train)
+    assert len({q.app for q in questions}) == len(APPS)  # spread over the apps, not the first ones listed
