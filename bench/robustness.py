@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import statistics
 from concurrent.futures import ProcessPoolExecutor
@@ -46,6 +47,7 @@ class Outcome:
     base_on_traffic: float
     held_out: float
     on_traffic: float
+    candidates_held_out: float  # median over the rounds' trained candidates, promoted or not: what the learner made
     promotions: int
     promoted_regressions: int
     first_promotion: int | None
@@ -60,11 +62,13 @@ def outcome(start: Start, records: list[RoundRecord]) -> Outcome:
     promoted = [r for r in records if r.decision == "promoted"]
     regressions = [r for r in promoted if (r.candidate_hidden or 0.0) < r.metrics["serving_before"] - REGRESSION]
     last = records[-1].metrics
+    made = [r.candidate_hidden for r in records if r.candidate_hidden is not None]
     return Outcome(
         base_held_out=start[0],
         base_on_traffic=start[2],
         held_out=records[-1].serving_after,
         on_traffic=records[-1].serving_on_traffic,
+        candidates_held_out=statistics.median(made) if made else math.nan,
         promotions=len(promoted),
         promoted_regressions=len(regressions),
         first_promotion=promoted[0].round if promoted else None,
@@ -87,7 +91,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each in its own process")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of each run")
     parser.add_argument("--out", type=Path, help="write every world's outcome and rounds as JSON here")
+    parser.add_argument("--report", type=Path, help="print the table and the rule of an earlier run's --out JSON, run nothing")
     args = parser.parse_args()
+    if args.report:
+        return report_of(args.report)
 
     worlds = [World(p, q, s) for p in args.populations for q in args.preferences for s in args.seeds]
     runs = [(learner, world) for world in worlds for learner in args.learners]
@@ -109,21 +116,37 @@ def main() -> None:
         args.out.write_text(json.dumps(rows, indent=1, default=str))
 
 
+def report_of(path: Path) -> None:
+    """The table and the rule of a saved run (`--out`), its outcomes recomputed from its rounds."""
+    rows = json.loads(path.read_text())
+    outcomes = {}
+    for row in rows:
+        start = (row["base_held_out"], math.nan, row["base_on_traffic"])
+        outcomes[row["learner"], World(row["population"], row["preference"], row["seed"])] = outcome(
+            start, [RoundRecord(**r) for r in row["rounds"]]
+        )
+    worlds = list(dict.fromkeys(world for _, world in outcomes))
+    learners = list(dict.fromkeys(learner for learner, _ in outcomes))
+    print_table(outcomes, worlds, learners)
+    print_rule(outcomes, worlds, learners)
+
+
 def print_table(outcomes: dict[tuple[str, World], Outcome], worlds: list[World], learners: list[str]) -> None:
     print(
         "\nhidden preference of the serving version after the last round: held out (never asked) / on traffic; "
-        "base: the starting policy's; P: promotions, !: promoted regressions, 1st: round of the first promotion; "
+        "base: the starting policy's; cand: the median candidate's held out, promoted or not; "
+        "P: promotions, !: promoted regressions, 1st: round of the first promotion; "
         "down: users down-weighted (share of feedback) and corrections not learned, last round; "
         "adv: adversaries' share of that round's data, by events -> by weight"
     )
-    print(f"{'world':<34}{'learner':<12}{'base':>13}{'final':>13}{'P':>3}{'!':>3}{'1st':>5}{'down':>16}{'adv':>14}")
+    print(f"{'world':<34}{'learner':<12}{'base':>13}{'final':>13}{'cand':>7}{'P':>3}{'!':>3}{'1st':>5}{'down':>16}{'adv':>14}")
     for w in worlds:
         for learner in learners:
             o = outcomes[learner, w]
             name = f"{w.population}/{w.preference}/seed {w.seed}"
             down = f"{o.down_weighted_users:.0f} ({o.down_weighted_share:.0%}) {o.corrections_dropped:.0f}"
             print(
-                f"{name:<34}{learner:<12}{o.base_held_out:>6.3f}/{o.base_on_traffic:.3f}{o.held_out:>7.3f}/{o.on_traffic:.3f}"
+                f"{name:<34}{learner:<12}{o.base_held_out:>6.3f}/{o.base_on_traffic:.3f}{o.held_out:>7.3f}/{o.on_traffic:.3f}{o.candidates_held_out:>7.3f}"
                 f"{o.promotions:>3}{o.promoted_regressions:>3}{o.first_promotion or '-':>5}{down:>16}"
                 f"{o.adversary_share:>7.0%} ->{o.adversary_weight_share:>4.0%}"
             )

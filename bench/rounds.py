@@ -186,7 +186,8 @@ class Learner:
             "rm_disagreement": evaluation["disagreement"],
             "rm_seconds": rm_metrics["train"]["seconds"],
         }
-        return rm, {**rm_figures, **trust.summary(), **filtered, **metrics}, passed
+        trusted = {f"trust_{k}": v for k, v in trust.summary().items()}
+        return rm, {**rm_figures, **trusted, **filtered, **metrics}, passed
 
     def trained(self, metrics: dict, tag: str) -> Version | None:
         """The candidate policy-TAG, if the job saved one (whatever the gate said)."""

@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from demo.truth import answers_of, true_quality
+from demo.truth import adversaries_down_weighted, answers_of, true_quality
 
 if TYPE_CHECKING:
     from trainers.preferences import Preference
@@ -75,6 +75,13 @@ class RoundFigures:
     reward_model_seconds: float | None = None
     policy_seconds: float | None = None  # the whole policy job: corrections' SFT, evaluations, PPO, saving
     ppo_seconds: float | None = None
+    # Issue 36's feedback trust (`trainers.trust`): whom the round's reward model down-weighted, and
+    # how many of them the simulated population made adversarial (the report knows; the trainer does not).
+    down_weighted_users: float | None = None
+    down_weighted_share: float | None = None  # of the round's feedback
+    adversaries_down_weighted: int | None = None
+    corrections_learned: float | None = None
+    corrections_not_learned: float | None = None
 
     @property
     def serving_truth(self) -> float | None:
@@ -104,9 +111,11 @@ def figures_of(
     on_policy: dict[str, float] | None = None,
     follow_ups: dict[str, float] | None = None,
     on_traffic: dict[str, float] | None = None,
+    caught: dict[str, int] | None = None,
 ) -> RoundFigures:
     """The round's figures: the trainer's published metrics and the decider's recorded statistics,
-    beside the ground truth of its versions (`truth` held out, `on_traffic`, on follow-up turns `follow_ups`)."""
+    beside the ground truth of its versions (`truth` held out, `on_traffic`, on follow-up turns `follow_ups`)
+    and the adversaries among the users its reward model down-weighted (`caught`, by candidate)."""
     metrics = result.get("published", {}).get("metrics", {})
     stats = result.get("ab", {}).get("statistics", {})
     serving = result.get("serving") or {}
@@ -146,6 +155,11 @@ def figures_of(
         reward_model_seconds=metrics.get("rm_train.seconds"),
         policy_seconds=metrics.get("wall_seconds"),
         ppo_seconds=metrics.get("train_seconds"),
+        down_weighted_users=metrics.get("rm_trust.users_down_weighted"),
+        down_weighted_share=metrics.get("rm_trust.feedback_share_down_weighted"),
+        adversaries_down_weighted=(caught or {}).get(result["candidate"]),
+        corrections_learned=metrics.get("corrections_kept"),
+        corrections_not_learned=metrics.get("corrections_dropped"),
     )
 
 
@@ -218,6 +232,11 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
             "tokens/s through the API), "
             f"reward model {_num(r.reward_model_seconds, '.0f')} s, policy job {_num(r.policy_seconds, '.0f')} s "
             f"(PPO {_num(r.ppo_seconds, '.0f')} s)",
+            f"    feedback trust                           {_num(r.down_weighted_users, '.0f')} users down-weighted "
+            f"({_num(r.down_weighted_share, '.0%')} of the feedback"
+            + (f", {r.adversaries_down_weighted} of them adversarial" if r.adversaries_down_weighted is not None else "")
+            + f"); corrections learned {_num(r.corrections_learned, '.0f')}, "
+            f"not learned {_num(r.corrections_not_learned, '.0f')}",
         ]
     lines += [f"  report: {html_path}", f"  dashboard (while running): {dashboard_url}", ""]
     return "\n".join(lines)
@@ -410,11 +429,12 @@ def write_report(
     truth = true_quality(registry_root, versions, max_new_tokens, follow_ups, preference)
     dumped = [asdict(r) for r in results]
     on_policy = reward_models_on_policy(registry_root, dumped, max_new_tokens, preference)
-    rounds = [figures_of(r, truth.held_out, on_policy, truth.follow_ups, truth.on_traffic) for r in dumped]
-    html_path = run_dir / "report.html"
-    dashboard = f"rerun `RLHF_HOME={run_dir}/state rlhf sink run` to browse the dashboard again"
     run_file = run_dir / "run.json"
     adversaries = json.loads(run_file.read_text()).get("adversaries", []) if run_file.exists() else []
+    caught = adversaries_down_weighted(registry_root, dumped, set(adversaries)) if adversaries else {}
+    rounds = [figures_of(r, truth.held_out, on_policy, truth.follow_ups, truth.on_traffic, caught) for r in dumped]
+    html_path = run_dir / "report.html"
+    dashboard = f"rerun `RLHF_HOME={run_dir}/state rlhf sink run` to browse the dashboard again"
     users = (
         f"the {population} population ({len(adversaries)} adversarial, listed in run.json), hidden preference {preference}"
         if (population, preference) != ("kind", "default")

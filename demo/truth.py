@@ -87,3 +87,19 @@ def answers_of(policy: Any, max_new_tokens: int) -> Callable[[Sequence[Prompt], 
     from assistant.service import answer
 
     return lambda queries, seed: answer(policy, queries, max_new_tokens, seed=seed)
+
+
+def adversaries_down_weighted(registry_root: Path, results: Sequence[dict], adversaries: set[str]) -> dict[str, int]:
+    """By candidate: how many of the users its round's reward model down-weighted (`trainers.trust`,
+    the weights saved beside it) the population made adversarial."""
+    from registry.store import ModelRegistry
+    from trainers.trust import DOWN_WEIGHTED, load_trust
+
+    registry = ModelRegistry(registry_root)
+    out = {}
+    for result in results:
+        rm_version = result.get("published", {}).get("reward_model_version")
+        if rm_version and registry.exists("reward_models", rm_version):
+            trust = load_trust(registry.path("reward_models", rm_version))
+            out[result["candidate"]] = sum(w < DOWN_WEIGHTED for u, w in trust.weights.items() if u in adversaries)
+    return out

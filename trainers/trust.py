@@ -58,13 +58,13 @@ class UserTrust:
         down = [u for u, w in self.weights.items() if w < DOWN_WEIGHTED]
         heaviest = max(self.events, key=lambda u: self.events[u], default=None)
         return {
-            "trust_users": float(len(self.weights)),
-            "trust_users_down_weighted": float(len(down)),
-            "trust_feedback_share_down_weighted": sum(self.events[u] for u in down) / total,
-            "trust_effective_share": sum(self.events[u] * w for u, w in self.weights.items()) / total,
-            "trust_population_agreement": self.population_agreement,
-            "trust_heaviest_user_share": self.events[heaviest] / total if heaviest else 0.0,
-            "trust_heaviest_user_weight": self.weights[heaviest] if heaviest else 1.0,
+            "users": float(len(self.weights)),
+            "users_down_weighted": float(len(down)),
+            "feedback_share_down_weighted": sum(self.events[u] for u in down) / total,
+            "effective_share": sum(self.events[u] * w for u, w in self.weights.items()) / total,
+            "population_agreement": self.population_agreement,
+            "heaviest_user_share": self.events[heaviest] / total if heaviest else 0.0,
+            "heaviest_user_weight": self.weights[heaviest] if heaviest else 1.0,
         }
 
 

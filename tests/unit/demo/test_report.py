@@ -4,11 +4,14 @@ asked, and on questions like theirs, apart), plots and summary on disk."""
 import json
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from demo.driver import RoundResult
-from demo.report import write_report
+from demo.report import figures_of, terminal_summary, write_report
+from demo.truth import adversaries_down_weighted
 from registry.store import Manifest, ModelRegistry
+from trainers.trust import UserTrust, save_trust
 
 
 def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_path: Path, micro_policy: str):
@@ -59,6 +62,23 @@ def test_other_users_are_named_with_their_adversaries_counted(tmp_path: Path, mi
     summary = write_report(tmp_path, [rejected], 60.0, 8, population="hostile", preference="concise")
 
     assert "users: the hostile population (2 adversarial, listed in run.json), hidden preference concise" in summary
+
+
+def test_the_summary_says_whom_the_reward_model_down_weighted_and_how_many_were_adversaries(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    weights = {"user-0-00007": 0.0, "user-0-00042": 0.9, "user-0-00001": 0.1, "user-0-00002": 1.0}
+    trust = UserTrust(weights, dict.fromkeys(weights, 5), {}, 0.7)  # one adversary and one other user caught
+    manifest = Manifest(version="rm-1", kind="reward_models", policy="assistant", status="candidate")
+    registry.publish("reward_models", "rm-1", lambda d: (save_trust(d, trust), manifest)[1])
+    trusted = {"rm_trust.users_down_weighted": 2.0, "rm_trust.feedback_share_down_weighted": 0.5}
+    metrics = {**trusted, "corrections_kept": 5.0, "corrections_dropped": 2.0}
+    result = asdict(RoundResult("v1", "base", "rejected", {"metrics": metrics, "reward_model_version": "rm-1"}))
+
+    caught = adversaries_down_weighted(tmp_path, [result], {"user-0-00007", "user-0-00042"})
+    summary = terminal_summary([figures_of(result, {}, caught=caught)], "", tmp_path / "report.html")
+
+    assert caught == {"v1": 1}
+    assert "2 users down-weighted (50% of the feedback, 1 of them adversarial); corrections learned 5, not learned 2" in summary
 
 
 def test_a_decided_round_reports_the_deciders_statistics(tmp_path: Path, micro_policy: str):

@@ -57,7 +57,7 @@ def test_a_heavy_user_is_capped_to_its_share_and_the_others_keep_weight_one():
     assert trust.weight("heavy") == pytest.approx(10 / 100)  # 5% of 200 events = 10, of its 100
     assert trust.weight("u3") == 1.0
     assert trust.weight("never-seen") == 1.0
-    assert trust.summary()["trust_heaviest_user_share"] == pytest.approx(0.5)
+    assert trust.summary()["heaviest_user_share"] == pytest.approx(0.5)
 
 
 def test_users_who_vote_against_or_at_random_on_the_same_answers_are_down_weighted():
@@ -73,7 +73,7 @@ def test_users_who_vote_against_or_at_random_on_the_same_answers_are_down_weight
     assert trust.weight("against") == 0.0
     assert trust.weight("coin") < 0.5
     assert min(trust.weight(f"u{u}") for u in range(40)) > 0.9
-    assert trust.summary()["trust_users_down_weighted"] == 2
+    assert trust.summary()["users_down_weighted"] == 2
 
 
 def test_the_previous_reward_model_is_the_consensus_where_no_two_users_judged_the_same_answer():
