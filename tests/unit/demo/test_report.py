@@ -69,7 +69,12 @@ def test_the_summary_says_whom_the_reward_model_down_weighted_and_how_many_were_
     weights = {"user-0-00007": 0.0, "user-0-00042": 0.9, "user-0-00001": 0.1, "user-0-00002": 1.0}
     trust = UserTrust(weights, dict.fromkeys(weights, 5), {}, 0.7)  # one adversary and one other user caught
     manifest = Manifest(version="rm-1", kind="reward_models", policy="assistant", status="candidate")
-    registry.publish("reward_models", "rm-1", lambda d: (save_trust(d, trust), manifest)[1])
+
+    def build(directory: Path) -> Manifest:
+        save_trust(directory, trust)
+        return manifest
+
+    registry.publish("reward_models", "rm-1", build)
     trusted = {"rm_trust.users_down_weighted": 2.0, "rm_trust.feedback_share_down_weighted": 0.5}
     metrics = {**trusted, "corrections_kept": 5.0, "corrections_dropped": 2.0}
     result = asdict(RoundResult("v1", "base", "rejected", {"metrics": metrics, "reward_model_version": "rm-1"}))
