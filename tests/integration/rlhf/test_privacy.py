@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from analytics.clickhouse import open_warehouse
 from consumers.trainer.job import data_users
@@ -54,12 +54,28 @@ def trigger_over(settings, events: list[FeedbackEvent]) -> TrainTrigger:
     try:
         ranges = []
         for p in range(settings.kafka.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, TopicPartition(topic, p))
             if high > low:
                 ranges.append(OffsetRange(topic=topic, partition=p, start=low, end=high))
     finally:
         consumer.close()
     return TrainTrigger(policy="assistant", model_version="v1", ranges=tuple(ranges), event_ids=tuple(e.event_id for e in events))
+
+
+UNSETTLED = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
+def watermarks(consumer: Consumer, partition: TopicPartition, timeout: float = 60) -> tuple[int, int]:
+    """The partition's offsets, asked again while the broker says a retriable no: a topic the
+    producer just created may not have elected its leaders yet (NOT_LEADER_FOR_PARTITION, seen in CI)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(partition, timeout=10)
+        except KafkaException as exc:
+            if exc.args[0].code() not in UNSETTLED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def publish(registry: ModelRegistry, kind: Kind, version: str, users: list[str], **lineage) -> None:
