@@ -1,6 +1,6 @@
-"""Do the defaults hold across worlds? The learner with the project's defaults, and with the
-feedback-trust defences switched off (`no-trust`: every verdict weighs the same, every correction
-is learned), over simulated populations x hidden preferences x seeds, offline: the loop of
+"""Do the defaults hold across worlds? The learner with the feedback-trust defences on (`trust`,
+`trainers.trust`) and off (`no-trust`: every verdict weighs the same, every correction is learned;
+the project's defaults since docs/decisions/0008), over simulated populations x hidden preferences x seeds, offline: the loop of
 `bench/rounds.py` (the trainer's functions, the A/B test on the next round's traffic).
 
     python -m bench.robustness                       # kind realistic hostile x default steps-first concise x seeds 0 1, 5 rounds
@@ -28,7 +28,7 @@ from bench.rounds import RoundRecord, Start, run_in_process
 from demo.populations import POPULATIONS
 from trainers.synthetic import PREFERENCES
 
-LEARNERS = ("continuous", "no-trust")  # the defaults, and the same without `trust`
+LEARNERS = ("trust", "no-trust")  # the feedback-trust defences on, and off (the defaults since docs/decisions/0008)
 REGRESSION = 0.02  # a promoted candidate this much worse than its parent (held out) is a promoted regression
 
 
@@ -121,6 +121,7 @@ def report_of(path: Path) -> None:
     rows = json.loads(path.read_text())
     outcomes = {}
     for row in rows:
+        row["learner"] = {"continuous": "trust"}.get(row["learner"], row["learner"])  # runs before the defaults changed
         start = (row["base_held_out"], math.nan, row["base_on_traffic"])
         outcomes[row["learner"], World(row["population"], row["preference"], row["seed"])] = outcome(
             start, [RoundRecord(**r) for r in row["rounds"]]

@@ -95,10 +95,13 @@ LEARNERS: dict[str, tuple[dict, dict, dict]] = {
     "restart": ({}, {}, {"start_from": "base"}),
     "ref-base": ({}, {}, {"reference": "base"}),
     "no-trust": ({}, {}, {}),
+    "trust": ({}, {}, {}),
 }
-# Every user's verdicts weigh the same and every correction is learned (`trainers.trust` off).
-NO_TRUST = {"max_user_share": None, "agreement_weighting": False, "correction_filter": False}
-TRUST_OF = {"latest-only": NO_TRUST, "no-trust": NO_TRUST}
+# `trainers.trust` off: every user's verdicts weigh the same and every correction is learned (the
+# default since docs/decisions/0008); and on, with the values that record measured.
+NO_TRUST: dict[str, Any] = {"max_user_share": None, "agreement_weighting": False, "correction_filter": False}
+TRUST_ON: dict[str, Any] = {"max_user_share": 0.02, "agreement_weighting": True, "correction_filter": True}
+TRUST_OF = {"latest-only": NO_TRUST, "no-trust": NO_TRUST, "trust": TRUST_ON}
 
 
 @dataclass

@@ -316,17 +316,18 @@ class ContinuousLearningSettings(Section):
 
 class FeedbackTrustSettings(Section):
     """How much each user's feedback counts when a round learns (`trainers.trust`): per-user caps,
-    agreement-based weights, and which corrections are learned as demonstrations."""
+    agreement-based weights, and which corrections are learned as demonstrations. All off by default:
+    the rule of docs/decisions/0008-feedback-trust.md switched them off (measured values there)."""
 
     max_user_share: float | None = Field(
-        0.02,
+        None,
         gt=0,
         le=1,
         description="Largest share of a round's feedback, and of its corrections, that one user's verdicts weigh, None: no "
-        "cap (fraction).",
+        "cap (fraction; measured at 0.02).",
     )
     agreement_weighting: bool = Field(
-        True,
+        False,
         description="Down-weight users whose verdicts disagree with other users' on the same answers and with the previous "
         "round's reward model.",
     )
@@ -337,7 +338,7 @@ class FeedbackTrustSettings(Section):
         "weight near 1 (verdicts).",
     )
     correction_filter: bool = Field(
-        True,
+        False,
         description="Learn a correction as a demonstration only when the round's reward model prefers it to the answer it "
         "replaces and its user's weight is at least `min_correction_trust`.",
     )

@@ -236,7 +236,9 @@ class TrainingJob:
             def build(directory: Path) -> Manifest:
                 config = RewardConfig.from_settings(self.settings)
                 sample = replay_sample(events, recent, self.settings.continuous_learning.reward_sample_events)
-                judge = RewardModel.load(previous / "model").predict if previous is not None else None
+                judge = None  # the previous round's reward model, the consensus users are compared with
+                if previous is not None and self.settings.trust.agreement_weighting:
+                    judge = RewardModel.load(previous / "model").predict
                 trust = user_trust(sample, self.settings.trust, config.min_rating, score=judge)
                 save_trust(directory, trust)
                 _, metrics = train_reward_model(

@@ -48,7 +48,9 @@ def honest_crowd(users: int = 40, per_user: int = 4) -> list[FeedbackEvent]:
     return events
 
 
-NO_CAP = FeedbackTrustSettings(max_user_share=None)
+# The defences are off by default (docs/decisions/0008): each test switches on what it checks.
+ON = FeedbackTrustSettings(max_user_share=0.02, agreement_weighting=True, correction_filter=True)
+NO_CAP = ON.model_copy(update={"max_user_share": None})
 
 
 def test_a_heavy_user_is_capped_to_its_share_and_the_others_keep_weight_one():
@@ -118,7 +120,7 @@ def test_corrections_from_untrusted_users_beyond_a_users_share_or_not_preferred_
     def score(prompts, responses):
         return [1.0 if r.startswith("Open") else -1.0 for r in responses]
 
-    settings = FeedbackTrustSettings(max_user_share=0.1)
+    settings = ON.model_copy(update={"max_user_share": 0.1})
     kept, report = trusted_corrections(events + fixes, trust, settings, score=score)
     learned = [e for e in kept if e.correction is not None]
     assert not [e for e in learned if e.user_id == "against" or e.correction == "Maybe later."]
@@ -127,7 +129,7 @@ def test_corrections_from_untrusted_users_beyond_a_users_share_or_not_preferred_
     assert report["corrections_dropped_not_preferred"] == 1
     assert report["corrections_dropped_user_share"] == 3  # u0's 6 corrections, 3 allowed
     assert len(kept) == len(events) + len(fixes) - 5  # every other event passes
-    all_kept, _ = trusted_corrections(events + fixes, trust, FeedbackTrustSettings(correction_filter=False), score=score)
+    all_kept, _ = trusted_corrections(events + fixes, trust, FeedbackTrustSettings(), score=score)  # the default: off
     assert len(all_kept) == len(events + fixes)
 
 
@@ -144,7 +146,7 @@ def test_the_dataset_weighs_pairs_by_both_users_and_points_by_their_user():
 
 def test_weights_saved_beside_a_reward_model_load_back_and_a_version_without_them_trusts_everyone(tmp_path):
     events = honest_crowd() + [verdict("heavy", True) for _ in range(50)]
-    trust = user_trust(events, FeedbackTrustSettings(), min_rating=4)
+    trust = user_trust(events, ON, min_rating=4)
     save_trust(tmp_path, trust)
     assert load_trust(tmp_path) == trust
     (tmp_path / "trust.json").unlink()
