@@ -61,7 +61,7 @@ CHAT_PAGE = files("assistant") / "static" / "chat.html"
 
 
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
-    registry = registry or ModelRegistry(settings.registry_path)
+    registry = registry or ModelRegistry.of(settings)
     book = ExperimentBook()
     follower = ExperimentFollower(settings, book)
     pool = PolicyPool(registry, book)

@@ -209,7 +209,14 @@ class ClickHouseSettings(Section):
 
 
 class RegistrySettings(Section):
-    path: Path | None = Field(None, description="Model registry directory, unset: `<home>/registry` (path).")
+    path: Path | None = Field(
+        None, description="Model registry directory, or with `url` its local cache, unset: `<home>/registry` (path)."
+    )
+    url: str | None = Field(
+        None,
+        description="Registry every host shares, as an s3:// URL (credentials and endpoint from the AWS_* variables), "
+        "unset: the local directory `path` (URL; docs/decisions/0009-shared-registry.md).",
+    )
     promotion_margin: float = Field(
         -0.02,
         description="Held-out gate-reward gain over the parent a candidate needs to reach users, negative: a tolerance "

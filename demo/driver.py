@@ -197,7 +197,7 @@ class Demo:
         if self.engine is not None:
             print(f"starting vLLM on {self.engine.url} (log {self.engine.log_file}) ...", flush=True)
             self.engine.up(timeout=600)
-            deployer = Deployer(ModelRegistry(settings.registry_path), settings.gateway)
+            deployer = Deployer(ModelRegistry.of(settings), settings.gateway)
             deployer.deploy(DEFAULT_POLICY, base)  # the control arm is the engine's from the first answer
             deployer.close()
         tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(settings.policy.base_model))

@@ -67,7 +67,7 @@ class Decider:
     def __init__(self, settings: Settings, analysis: Analysis = ab_report, emitter: EventEmitter | None = None):
         self.settings = settings
         self.analysis = analysis
-        self.registry = ModelRegistry(settings.registry_path)
+        self.registry = ModelRegistry.of(settings)
         self.emitter = emitter or EventEmitter(settings)
         self.experiments = ExperimentBook()
         self.last_look: dict[str, float] = {}

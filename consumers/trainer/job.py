@@ -68,7 +68,7 @@ def ensure_base_policy(settings: Settings, policy: str = DEFAULT_POLICY) -> str:
     """Register the configured starting policy (`policy.base_model`) as serving if nothing serves yet."""
     from trainers.base_models import resolve_base_model
 
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     if registry.serving(policy) is None:
         source = Path(resolve_base_model(settings.policy.base_model))
         if not source.is_dir():
@@ -105,7 +105,7 @@ def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
 class TrainingJob:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.registry = ModelRegistry(settings.registry_path)
+        self.registry = ModelRegistry.of(settings)
 
     def __call__(self, trigger: TrainTrigger, emitter: EventEmitter, stop: threading.Event) -> None:
         from trainers.replay import replay_trigger

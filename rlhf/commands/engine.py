@@ -70,7 +70,7 @@ def _deploy(args: argparse.Namespace) -> None:
     from registry.store import Deployment, ModelRegistry
 
     settings = settings_of(args)
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     registry.manifest("policies", args.version)  # ModelLoadError naming the path when there is no such version
     if args.url:  # full weights on an engine of their own: recorded, nothing loaded
         deployment = Deployment(args.url.rstrip("/"), args.model or args.version, adapter=False)
@@ -89,7 +89,7 @@ def _undeploy(args: argparse.Namespace) -> None:
     from registry.store import ModelRegistry
 
     settings = settings_of(args)
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     deployment = registry.deployments(args.policy).get(args.version)
     if deployment is None:
         print(f"{args.version}: not deployed; generated in process")

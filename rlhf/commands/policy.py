@@ -70,8 +70,8 @@ def _chat_model(name: str, args: argparse.Namespace) -> str:
     from registry.store import ModelRegistry
 
     settings = settings_of(args)
-    if "/" not in name and settings.registry_path.is_dir():
-        registry = ModelRegistry(settings.registry_path)
+    if "/" not in name and (settings.registry.url or settings.registry_path.is_dir()):
+        registry = ModelRegistry.of(settings)
         if registry.exists("policies", name):
             return str(registry.path("policies", name))
     return _policy_path(name, "policy")

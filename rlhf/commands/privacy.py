@@ -27,7 +27,7 @@ def _forget(args: argparse.Namespace) -> None:
     request = validate_event(ErasureRequest, {"user_id": args.user_id, "reason": args.reason})
     EventEmitter(settings).emit("erasures", request, request.user_id)
     print(f"erasure of {request.user_id} recorded: replays exclude their events from now on; the sink deletes their rows")
-    marked = ModelRegistry(settings.registry_path).mark_erased(user_fingerprint(request.user_id))
+    marked = ModelRegistry.of(settings).mark_erased(user_fingerprint(request.user_id))
     if not marked:
         print("no model version learned from their feedback")
     for kind, version in marked:

@@ -15,7 +15,7 @@ from schemas.events import DEFAULT_POLICY
 def _registry(args: argparse.Namespace):
     from registry.store import ModelRegistry
 
-    return ModelRegistry(settings_of(args).registry_path)
+    return ModelRegistry.of(settings_of(args))
 
 
 def _trainer_run(args: argparse.Namespace) -> None:

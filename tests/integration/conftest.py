@@ -15,6 +15,7 @@ import pytest
 
 from devtools.engine import LocalEngine
 from devtools.kafka_local import free_port
+from devtools.s3_local import LocalS3
 
 
 def smollm2_engine(data_dir: Path, kv_cache_bytes: int = 256 << 20) -> LocalEngine:
@@ -35,3 +36,18 @@ def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEngin
         yield engine
     finally:
         engine.down()
+
+
+@pytest.fixture(scope="session")
+def local_s3() -> Iterator[LocalS3]:
+    """moto's S3-compatible server on a loopback port, with a bucket `rlhf` (devtools/s3_local.py)."""
+    with LocalS3() as s3:
+        yield s3
+
+
+@pytest.fixture
+def s3_environ(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> LocalS3:
+    """The AWS variables pointing s3fs at `local_s3`, for this test."""
+    for name, value in local_s3.environ().items():
+        monkeypatch.setenv(name, value)
+    return local_s3

@@ -35,7 +35,7 @@ QUESTIONS = ["How do I reset my password in Mail?", "And how do I undo that?", "
 def smollm2_serving(settings) -> ModelRegistry:
     """A registry whose serving base version is SmolLM2 (its files linked, not copied)."""
     source = Path(resolve_base_model(SMOLLM2))
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
 
     def link(directory: Path) -> None:
         for file in source.iterdir():

@@ -80,7 +80,7 @@ def on_engine(settings, tmp_path, vllm_engine: LocalEngine):
 
 def test_a_lora_candidate_trained_by_the_loop_is_served_by_the_engine_through_the_gateway(on_engine, vllm_engine):
     settings, services = on_engine
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     experiments = TopicTail(settings, "experiments", ExperimentEvent)
     produce_feedback(settings, 100, seed=1)
     started = experiments.until(lambda e: len(e) >= 1, 900, services)[0].root
@@ -152,7 +152,7 @@ def publish_candidate(registry: ModelRegistry, version: str, rank: int) -> None:
 
 def test_an_adapter_the_engine_refuses_starts_no_experiment_and_says_why(on_engine, vllm_engine):
     settings, services = on_engine
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     trigger = TrainTrigger(policy=POLICY, model_version="base", ranges=(), event_ids=("e",))
     version = version_for(POLICY, trigger.trigger_id)
     publish_candidate(registry, version, rank=32)  # over the engine's --max-lora-rank 16
@@ -168,7 +168,7 @@ def test_an_adapter_the_engine_refuses_starts_no_experiment_and_says_why(on_engi
 
 def test_an_engine_that_is_not_there_is_named_and_answers_503_with_nothing_logged(settings, micro_policy):
     url = f"http://127.0.0.1:{free_port()}"
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     registry.register_base(POLICY, "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
     with pytest.raises(EngineError, match=url):
         Deployer(registry, GatewaySettings(engine_url=url)).deploy(POLICY, "base")
@@ -195,7 +195,7 @@ def doomed_engine(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_an_engine_killed_mid_answer_logs_nothing_and_the_other_arm_is_still_served(settings, micro_policy, doomed_engine):
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     registry.register_base(POLICY, "base", lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True))
     registry.record_deployment(POLICY, "engine", Deployment(doomed_engine.url, SMOLLM2, adapter=False))
     experiment = ExperimentStarted(

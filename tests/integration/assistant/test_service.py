@@ -41,7 +41,7 @@ DECISION = ExperimentDecided(
 
 @pytest.fixture
 def registry(settings, micro_policy) -> ModelRegistry:
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     copy = lambda d: shutil.copytree(micro_policy, d, dirs_exist_ok=True)  # noqa: E731
 
     def published(version: str, status: Status) -> Callable[[Path], Manifest]:

@@ -33,7 +33,7 @@ def experiment_events(settings) -> list:
 
 
 def test_two_deciders_and_a_sigkill_give_exactly_one_decision(settings, tmp_path):
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     registry.register_base("assistant", "base", lambda d: (d / "weights").write_text("base"))
     registry.publish(
         "policies",

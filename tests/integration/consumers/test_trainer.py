@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -15,6 +16,7 @@ from consumers.trainer.job import ensure_base_policy
 from demo.supervisor import Supervisor
 from registry.store import ModelRegistry, version_for
 from schemas import DeadLetter, ModelPublished, OffsetRange, TrainingStatus, TrainTrigger, parse_event
+from schemas.experiments import ExperimentDecided, ExperimentEvent
 from schemas.topics import group_id, topic_name
 from sdk.admin import create_topics
 from sdk.client import FeedbackClient
@@ -87,7 +89,7 @@ def produce_feedback(settings, n: int, seed: int) -> None:
 
 
 def test_trigger_to_published_version_with_faults(settings, stack):
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     triggers = TopicTail(settings, "train-triggers", TrainTrigger)
     published = TopicTail(settings, "model-published", ModelPublished)
     statuses = TopicTail(settings, "training-status", TrainingStatus)
@@ -213,3 +215,39 @@ def test_one_job_at_a_time_on_a_multi_partition_trigger_topic(kafka_bootstrap, t
     consumer.join(timeout=15)
     assert sorted(seen) == sorted(t.trigger_id for t in triggers)
     assert set(overlaps) == {0}
+
+
+def test_services_on_different_hosts_share_a_registry_on_s3(settings, s3_environ, tmp_path):
+    """A stream worker, a trainer and a decider, each with a home of its own (no shared disk), and a
+    reader on a fourth: they meet only in the S3-compatible store (registry.url) and in Kafka."""
+    url = f"s3://{s3_environ.bucket}/{uuid.uuid4().hex[:8]}"
+    on_s3 = settings.model_copy(update={"registry": settings.registry.model_copy(update={"url": url})})
+    ensure_base_policy(on_s3)
+    hosts = []
+    for host, command in (
+        ("worker-host", ("streams", "worker")),
+        ("trainer-host", ("trainer", "run")),
+        ("decider-host", ("decider", "run")),
+    ):
+        env = loop_environment(
+            settings,
+            RLHF_HOME=str(tmp_path / host),
+            RLHF_REGISTRY__URL=url,
+            RLHF_AB_TESTING__HORIZON_S="2",
+            RLHF_AB_TESTING__DECIDE_EVERY_S="1",
+        )
+        hosts.append(Supervisor(tmp_path / host / "logs", env))
+        hosts[-1].start(command[0], *command)
+    try:
+        produce_feedback(settings, 100, seed=3)
+        decided = TopicTail(settings, "experiments", ExperimentEvent)
+        record = decided.until(lambda e: any(isinstance(x.root, ExperimentDecided) for x in e), 600, hosts[1])
+        done = next(x.root for x in record if isinstance(x.root, ExperimentDecided))
+    finally:
+        for services in hosts:
+            services.stop_all()
+    reader = ModelRegistry(url, cache=tmp_path / "reader-host")
+    decision = reader.experiment_decision("assistant", done.experiment_id)
+    assert decision is not None and decision.outcome == done.outcome
+    assert load_version(reader, version_for(done.policy, done.trigger_id)).model is not None
+    assert not (tmp_path / "reader-host" / "pointers.json").exists()  # the pointers live in the store only

@@ -49,7 +49,7 @@ def check_loop_closed(run_dir, plan: DemoPlan, results) -> dict:
     the serving version from the decider's decision. No test code decides anything."""
     assert len(results) >= plan.rounds  # a rejected round and a decided one can end between two looks of the driver
     settings = Demo(plan, run_dir).settings
-    serving, margin = ModelRegistry(settings.registry_path), settings.registry.promotion_margin
+    serving, margin = ModelRegistry.of(settings), settings.registry.promotion_margin
     for round_ in results:
         published = round_.published
         assert published["trigger_id"] and published["version"] == round_.candidate

@@ -108,7 +108,7 @@ def test_forget_removes_a_user_from_training_data_and_clickhouse_and_lists_their
 
     # What the trainer would have published from that trigger: a reward model and a policy on it,
     # a child policy of that one (no new data of U's), and a version that never saw U.
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     publish(registry, "reward_models", "rm-1", data_users(replayed))
     publish(registry, "policies", "p-1", data_users(replayed), reward_model_version="rm-1", parent_version="base")
     publish(registry, "policies", "p-2", [user_fingerprint(V)], reward_model_version="rm-2", parent_version="p-1")

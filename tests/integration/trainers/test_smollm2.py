@@ -35,7 +35,7 @@ def smollm2() -> Path:
 def test_the_registry_registers_it_as_the_base_version(smollm2: Path, tmp_path: Path):
     settings = Settings(home=tmp_path, policy={"base_model": SMOLLM2})
     version = ensure_base_policy(settings)
-    assert (ModelRegistry(settings.registry_path).path("policies", version) / "model.safetensors").is_file()
+    assert (ModelRegistry.of(settings).path("policies", version) / "model.safetensors").is_file()
 
 
 def test_policy_chat_answers_in_its_chat_format(smollm2: Path, capsys: pytest.CaptureFixture):

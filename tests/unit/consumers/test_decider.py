@@ -78,7 +78,7 @@ class Recorder(EventEmitter):
 
 def test_a_second_decider_announces_the_recorded_decision_not_its_own(tmp_path):
     settings = Settings(home=tmp_path)
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     registry.register_base("assistant", "base", lambda d: (d / "w").write_text("base"))
     registry.publish(
         "policies",

@@ -36,7 +36,7 @@ def test_trigger_resent_after_a_crash_is_a_no_op_for_the_trainer(tmp_path):
 
     trigger = first[0]
     settings = Settings(home=tmp_path)
-    registry = ModelRegistry(settings.registry_path)
+    registry = ModelRegistry.of(settings)
     version = version_for(trigger.policy, trigger.trigger_id)
 
     def build(directory):
