@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from assistant.answering import Assistant
 from assistant.openai_api import OpenAIError
+from assistant.peers import PEER_WAIT_S, VERDICT_NUMBER
 from assistant.recent import ExpiredInteraction, RecentInteractions, ServedInteraction, UnknownInteraction
 from assistant.tokens import MAX_TOKEN_CHARS, Claims, TokenError
 from core.access import WWW_AUTHENTICATE, ApiKeys, bearer
@@ -93,6 +94,8 @@ def authorise(body: FeedbackRequest, credential: str | None, keys: ApiKeys, assi
 
 
 def served_interaction(body: FeedbackRequest, claims: Claims | None, assistant: Assistant) -> ServedInteraction:
+    if assistant.settings.assistant.replicas > 1:  # perhaps served by another replica, and not read here yet
+        assistant.recent.wait_for(body.interaction_id, PEER_WAIT_S)
     try:
         served = assistant.recent.get(body.interaction_id)
     except UnknownInteraction as exc:
@@ -123,7 +126,9 @@ def event_of(body: FeedbackRequest, served: ServedInteraction, recent: RecentInt
     }
     event = validate_event(FeedbackEvent, fields)  # the event's own rules (a rating only with type rating, ...) name the field
     number = recent.verdict_number(event.verdict_key, (body.type, body.rating, body.correction))
-    return event.model_copy(update={"event_id": feedback_event_id(event.verdict_key, number)})
+    return event.model_copy(
+        update={"event_id": feedback_event_id(event.verdict_key, number), "metadata": {**event.metadata, VERDICT_NUMBER: number}}
+    )
 
 
 def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:

@@ -60,16 +60,35 @@ class RecentInteractions:
         self._held: OrderedDict[str, ServedInteraction] = OrderedDict()
         self._verdicts: dict[str, dict[str, tuple[Hashable, int]]] = {}  # interaction -> slot -> (last verdict, its number)
         self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)
 
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(self, served: ServedInteraction) -> None:
+    def add(self, served: ServedInteraction, replace: bool = True) -> None:
+        """Hold `served`; one already held is kept unless `replace` (another replica's copy of an
+        interaction this one served is the same answer, read back later)."""
         with self._lock:
-            self._held[served.interaction_id] = served
+            if replace or served.interaction_id not in self._held:
+                self._held[served.interaction_id] = served
             while len(self._held) > self.capacity:
                 forgotten, _ = self._held.popitem(last=False)
                 self._verdicts.pop(forgotten, None)
+            self._added.notify_all()
+
+    def wait_for(self, interaction_id: str, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for `interaction_id` to be added (by another replica's event); True if held."""
+        with self._lock:
+            return self._added.wait_for(lambda: interaction_id in self._held, timeout_s)
+
+    def observe_verdict(self, key: tuple[str, str], verdict: Hashable, number: int) -> None:
+        """Another replica numbered `verdict` under `key`: a later verdict here continues from it."""
+        interaction_id, slot = key
+        with self._lock:
+            slots = self._verdicts.setdefault(interaction_id, {})
+            last = slots.get(slot)
+            if last is None or number > last[1]:
+                slots[slot] = (verdict, number)
 
     def verdict_number(self, key: tuple[str, str], verdict: Hashable) -> int:
         """The number of `verdict` among the user's verdicts under `key` (FeedbackEvent.verdict_key:

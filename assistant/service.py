@@ -38,9 +38,10 @@ from fastapi.responses import HTMLResponse
 
 from assistant import feedback, openai_api
 from assistant.answering import Assistant, ChatReply, ChatRequest, PolicyPool, answer, load_version
-from assistant.experiments import ExperimentFollower
+from assistant.experiments import experiment_follower
 from assistant.limits import CallerLimit, caller
 from assistant.openai_api import FEEDBACK_TOKEN_HEADER, Detail, feedback_link, render_error
+from assistant.peers import peer_follower
 from assistant.routing import routed_experiment
 from core.access import ApiKeys, require_keys_beyond_loopback
 from core.settings import Settings
@@ -63,7 +64,7 @@ CHAT_PAGE = files("assistant") / "static" / "chat.html"
 def create_app(settings: Settings, registry: ModelRegistry | None = None) -> FastAPI:
     registry = registry or ModelRegistry.of(settings)
     book = ExperimentBook()
-    follower = ExperimentFollower(settings, book)
+    follower = experiment_follower(settings, book)
     pool = PolicyPool(registry, book)
     client = FeedbackClient.from_settings(settings)
     assistant = Assistant(settings, pool, client)
@@ -80,6 +81,9 @@ def create_app(settings: Settings, registry: ModelRegistry | None = None) -> Fas
     app.router.on_shutdown.extend([stop.set, assistant.close, client.close])
     threading.Thread(target=follower.run, args=(stop,), daemon=True, name="experiments-follow").start()
     threading.Thread(target=pool.watch, args=(stop,), daemon=True, name="registry-watch").start()
+    if settings.assistant.replicas > 1:
+        peers = peer_follower(settings, assistant.recent)
+        threading.Thread(target=peers.run, args=(stop,), daemon=True, name="peers-follow").start()
     return app
 
 

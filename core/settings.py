@@ -240,6 +240,12 @@ class AssistantSettings(Section):
     recent_interactions: int = Field(
         100_000, ge=1, description="Served interactions kept in memory for feedback, the oldest forgotten first (interactions)."
     )
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="Assistant processes behind one load balancer; above 1 each reads what the others served from Kafka "
+        "(assistant/peers.py) and feedback_secret is required (processes).",
+    )
     cors_origins: tuple[str, ...] = Field(
         (), description="Browser origins allowed to call the API, such as https://chat.example.com, none: same origin only."
     )
@@ -296,6 +302,15 @@ class AssistantSettings(Section):
         description="Requests one API key, or a client address presenting none, may have in progress at once where keys are "
         "configured, more are refused with 429 (requests).",
     )
+
+    @model_validator(mode="after")
+    def _replicas_share_a_secret(self) -> AssistantSettings:
+        if self.replicas > 1 and self.feedback_secret is None:
+            raise ValueError(
+                f"assistant.feedback_secret: required with replicas {self.replicas}: each replica must accept the feedback "
+                "tokens the others sign, so all share one secret (set RLHF_ASSISTANT__FEEDBACK_SECRET on every replica)"
+            )
+        return self
 
 
 PrivacyMode = Literal["off", "redact", "drop"]

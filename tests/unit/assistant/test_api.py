@@ -166,7 +166,7 @@ def test_feedback_with_the_token_is_filled_from_what_was_served_one_id_per_disti
     )
     assert (first.feedback_type, first.metadata, second.feedback_type, second.rating) == (
         "thumbs_up",
-        {"source": "http", "comment": "nice"},
+        {"source": "http", "comment": "nice", "verdict_number": 0},
         "rating",
         2,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from assistant.recent import ExpiredInteraction, RecentInteractions, ServedInteraction, UnknownInteraction
@@ -51,3 +53,16 @@ def test_a_token_that_is_not_base64url_text_is_malformed_not_an_error(token):
     """Issue 33, finding 3: hmac.compare_digest refuses non-ASCII str with a TypeError (a 500 before)."""
     with pytest.raises(TokenError, match="malformed"):
         TOKENS.verify(token)
+
+
+def test_another_replicas_interactions_and_verdicts_continue_here():
+    recent = RecentInteractions(capacity=10, ttl_s=10)
+    threading.Timer(0.05, lambda: recent.add(served(7, at=100), replace=False)).start()
+    assert recent.wait_for("i-7", timeout_s=5) and not recent.wait_for("i-8", timeout_s=0.01)
+    recent.add(served(7, at=200), replace=False)  # read back from the topic: what this replica holds stays
+    assert recent.get("i-7", now=105).served_at == 100
+    recent.observe_verdict(("i-7", "verdict"), ("thumbs_up", None), 0)
+    recent.observe_verdict(("i-7", "verdict"), ("thumbs_down", None), 1)
+    recent.observe_verdict(("i-7", "verdict"), ("thumbs_up", None), 0)  # late and older: no effect
+    assert recent.verdict_number(("i-7", "verdict"), ("thumbs_down", None)) == 1  # a double click of the peer's verdict
+    assert recent.verdict_number(("i-7", "verdict"), ("thumbs_up", None)) == 2  # a change of mind after it

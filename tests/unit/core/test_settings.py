@@ -68,3 +68,11 @@ def test_a_disabled_switch_is_refused_not_ignored(tmp_path):
     cfg.write_text("rlhf:\n  ppo: {algorithm: grpo}\n  policy: {algorithm: ppo}\n")
     with pytest.raises(ConfigError, match="'ppo' and 'policy' both given"):
         load_settings(cfg)
+
+
+def test_replicas_need_one_shared_feedback_secret(monkeypatch):
+    monkeypatch.setenv("RLHF_ASSISTANT__REPLICAS", "2")
+    with pytest.raises(ConfigError, match="assistant.feedback_secret: required with replicas 2"):
+        load_settings()
+    monkeypatch.setenv("RLHF_ASSISTANT__FEEDBACK_SECRET", "shared")
+    assert load_settings().assistant.replicas == 2
