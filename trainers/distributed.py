@@ -1,7 +1,8 @@
 """Data-parallel training under torchrun: one process per device, each taking its share of every
-optimiser step's batch, PyTorch's DistributedDataParallel averaging the gradients in the backward
-pass, so the update equals the one-process update on the whole batch. The reward model uses it
-(`trainers.reward.fit`, `train_reward_model`); PPO runs in one process.
+optimiser step's batch, with the gradients added up across processes, so the update equals the
+one-process update on the whole batch. The reward model wraps its model in DistributedDataParallel
+(`data_parallel`, `trainers.reward.fit`); PPO shards each rollout and sums the gradients itself
+(`sum_gradients`, `trainers.ppo`), since its loss mixes two forward paths (policy and demonstrations).
 
     torchrun --nproc_per_node 2 -m rlhf.cli reward train --data feedback.jsonl --out runs/rm-ddp
 
@@ -102,6 +103,46 @@ def average(value: torch.Tensor) -> float:
     total = value.detach().clone()
     dist.all_reduce(total)
     return total.item() / world()
+
+
+def total(value: torch.Tensor) -> torch.Tensor:
+    """`value` (sums, counts) added up over the processes; `value` itself in one process."""
+    if world() == 1:
+        return value
+    summed = value.detach().clone()
+    dist.all_reduce(summed)
+    return summed
+
+
+def gathered(values: list[float]) -> list[float]:
+    """Every process's `values`, concatenated in rank order: for contiguous shards (`shard`), the
+    one-process list."""
+    if world() == 1:
+        return values
+    parts: list[list[float] | None] = [None] * world()
+    dist.all_gather_object(parts, values)
+    return [v for part in parts for v in part or []]
+
+
+def all_agree(flag: bool) -> bool:
+    """True only if every process says True, so that all take the same branch (one that stopped
+    alone would leave the others waiting in the next collective)."""
+    if world() == 1:
+        return flag
+    agreed = torch.tensor([float(flag)])
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
+def sum_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Add up the processes' gradients, each already weighted by its share of the batch: the sum is
+    the one-process gradient. A parameter without a gradient here counts as zero."""
+    if world() == 1:
+        return
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad)
 
 
 @contextmanager

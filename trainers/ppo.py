@@ -6,9 +6,10 @@ ships a PPOTrainer. `trainers.optimise.optimise_policy` runs it (or an alternati
     lm, result = train_ppo(lm, tokenizer, reward_fn, train_queries, config)   # config: a PolicyTrainingSettings
 
 This module reads top to bottom: the policy with its value head and the frozen reference, one
-rollout and one update, then the loop (`train_ppo`). Its pieces live beside it: the maths as pure
-functions (whitening, KL-shaped rewards, GAE, the clipped losses, the adaptive KL coefficient) in
-`trainers.ppo_maths`, sampling and log-probs in `trainers.policy`, the guardrails and rollbacks in
+rollout, then the loop (`train_ppo`). Its pieces live beside it: one update on a rollout (rewards,
+advantages, the clipped losses; data-parallel under torchrun) in `trainers.ppo_update`; the maths as
+pure functions (whitening, KL-shaped rewards, GAE, the clipped losses, the adaptive KL coefficient)
+in `trainers.ppo_maths`, sampling and log-probs in `trainers.policy`, the guardrails and rollbacks in
 `trainers.guardrails`, the resumable batch streams and checkpoints in `trainers.ppo_resume`,
 corrections as a supervised term in `trainers.demonstrations`, the hyperparameters in
 `core.learning_settings.PolicyTrainingSettings`.
@@ -33,7 +34,7 @@ from __future__ import annotations
 import copy
 import random
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,17 +44,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.errors import TrainingError
 from core.learning_settings import PolicyTrainingSettings
+from trainers import distributed
 from trainers.chat_format import Prompt
-from trainers.demonstrations import DemoBatch, demonstration_loss
 from trainers.device import use_bf16
 from trainers.ensemble import EnsembleReward
 from trainers.guardrails import Rollbacks, check_guardrails, restore
 from trainers.policy import (
     RewardFn,
-    Rollout,
     StatusFn,
     generate,
-    kl_estimate,
     no_status,
     positions,
     response_logprobs,
@@ -64,13 +63,9 @@ from trainers.policy_config import with_adapters
 from trainers.ppo_maths import (
     AdaptiveKLController,
     RunningScoreScale,
-    compute_gae,
-    kl_penalised_rewards,
-    policy_loss,
-    value_loss,
-    whiten,
 )
 from trainers.ppo_resume import MAY_CHANGE_ON_RESUME, Counted, demo_batches, load_checkpoint, query_batches, save_checkpoint
+from trainers.ppo_update import Batch, learn
 
 # Below this spread (std of the members' sigmoid rewards) the ensemble agrees to within a point, and
 # a growth from there is noise (measured: docs/settings-history.md#max_disagreement_growth).
@@ -137,28 +132,6 @@ class PPOResult:
     start_length: float = float("nan")  # mean answer length of the first rollout: what the length guardrails judge against
 
 
-@dataclass
-class _Batch:
-    """A rollout and what the policy, its value head and the reference made of it at sampling time."""
-
-    rollout: Rollout
-    logprobs: torch.Tensor
-    values: torch.Tensor
-    ref_logprobs: torch.Tensor
-
-    def stats(self, iteration: int, kl_coef: float) -> dict[str, float]:
-        ro = self.rollout
-        kl = kl_estimate(self.logprobs, self.ref_logprobs, ro.mask).item()
-        return {
-            "iteration": float(iteration),
-            "mean_score": ro.scores.mean().item(),
-            "kl": kl,
-            "kl_coef": kl_coef,
-            "mean_length": ro.lengths().mean().item(),
-            "repetition": ro.repetition(),
-        }
-
-
 def _rollout(
     policy: PolicyWithValue,
     reference: Reference,
@@ -167,8 +140,10 @@ def _rollout(
     reward_fn: RewardFn,
     config: PolicyTrainingSettings,
     autocast: torch.autocast,
-) -> _Batch:
-    """Sample and score answers to `queries`, and the log-probs and values the update starts from."""
+) -> Batch:
+    """Sample and score answers to `queries` (this process's share of them, in a data-parallel run),
+    and the log-probs and values the update starts from."""
+    queries = distributed.shard(queries, distributed.rank(), distributed.world())
     ro = generate(
         policy.lm,
         tokenizer,
@@ -181,72 +156,7 @@ def _rollout(
     with torch.no_grad(), autocast:
         logprobs, values = (t.float() for t in policy(ro.input_ids, ro.attention_mask, ro.response_len, config.temperature))
         ref_logprobs = reference.logprobs(ro.input_ids, ro.attention_mask, ro.response_len, config.temperature).float()
-    return _Batch(ro, logprobs, values, ref_logprobs)
-
-
-def _micro_batches(mask: torch.Tensor, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The rows of a mini-batch in up to `steps` micro-batches, each with its share of the
-    mini-batch's masked tokens. The losses are token means over the whole mini-batch, so a
-    micro-batch's mean times its share, summed over the micro-batches, is exactly the mini-batch's
-    mean (a plain mean of the micro-batches' means would weigh the tokens of short answers up)."""
-    total = mask.sum().clamp(min=1)
-    rows = torch.arange(len(mask), device=mask.device).tensor_split(steps)
-    return [(r, mask[r].sum() / total) for r in rows if len(r)]
-
-
-def _backward(loss: torch.Tensor) -> bool:
-    """Add `loss`'s gradients, unless it is non-finite (then none are added and False)."""
-    if not torch.isfinite(loss).item():
-        return False
-    loss.backward()
-    return True
-
-
-def _update(
-    policy: PolicyWithValue,
-    optimizer: torch.optim.Optimizer,
-    batch: _Batch,
-    advantages: torch.Tensor,
-    returns: torch.Tensor,
-    config: PolicyTrainingSettings,
-    autocast: torch.autocast,
-    demos: Iterator[DemoBatch] | None = None,
-) -> tuple[dict[str, float], bool]:
-    """`ppo_epochs` passes of clipped policy + value loss over shuffled mini-batches, plus
-    `demo_coef` x the corrections' supervised loss when `demos` yields batches. One optimiser step
-    per mini-batch, its gradients summed over `grad_accumulation_steps` micro-batches: the same
-    step, with one micro-batch's activations in memory at a time. Returns the last mini-batch's
-    losses and False if one was non-finite (the update then stopped there, before its step)."""
-    ro = batch.rollout
-    steps = config.grad_accumulation_steps
-    for _ in range(config.ppo_epochs):
-        for idx in torch.randperm(len(ro.queries), device=ro.mask.device).split(config.mini_batch_size):
-            optimizer.zero_grad(set_to_none=True)
-            losses = {"pg_loss": 0.0, "vf_loss": 0.0, "clipfrac": 0.0}
-            for rows, share in _micro_batches(ro.mask[idx], steps):
-                micro = idx[rows]
-                with autocast:
-                    logprobs, values = policy(ro.input_ids[micro], ro.attention_mask[micro], ro.response_len, config.temperature)
-                pg_loss, clipfrac = policy_loss(
-                    logprobs.float(), batch.logprobs[micro], advantages[micro], ro.mask[micro], config.cliprange
-                )
-                vf_loss = value_loss(values.float(), batch.values[micro], returns[micro], ro.mask[micro], config.cliprange_value)
-                for name, part in (("pg_loss", pg_loss), ("vf_loss", vf_loss), ("clipfrac", clipfrac)):
-                    losses[name] += (share * part).item()
-                if not _backward(share * (pg_loss + config.vf_coef * vf_loss)):
-                    return losses, False
-            if demos is not None:
-                demo, losses["demo_loss"] = next(demos), 0.0
-                for rows, share in _micro_batches(demo.target_mask, steps):
-                    micro_demo = DemoBatch(demo.input_ids[rows], demo.attention_mask[rows], demo.target_mask[rows])
-                    with autocast:
-                        demo_loss = share * demonstration_loss(policy.lm, micro_demo)
-                    losses["demo_loss"] += demo_loss.item()
-                    if not _backward(config.demo_coef * demo_loss):
-                        return losses, False
-            nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-            optimizer.step()
-    return losses, True
+    return Batch(ro, logprobs, values, ref_logprobs)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -281,9 +191,15 @@ def train_ppo(
         raise TrainingError("PPO needs at least one training query")
     device = next(lm.parameters()).device
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if config.batch_size < distributed.world():
+        raise TrainingError(
+            f"policy.training.batch_size {config.batch_size}: fewer prompts than the {distributed.world()} processes"
+        )
     torch.manual_seed(seed)
     lm = with_adapters(lm, config)
     policy = PolicyWithValue(lm).to(device).eval()  # eval: no dropout, so rollout and update log-probs agree
+    if distributed.world() > 1:  # the same start everywhere (above), then each process samples answers of its own
+        torch.manual_seed(seed + distributed.rank())
     # With LoRA the starting weights stay in `lm` under the adapters: switched off, they are the
     # reference and a large model is held once. A reference that is not the start (`reference:
     # base`) is the caller's frozen model, already in memory.
@@ -327,6 +243,7 @@ def train_ppo(
         # 0. A checkpoint of the iterations finished so far, before anything of this one happens.
         if (
             checkpoint_dir is not None
+            and distributed.is_main()  # one writer; every process holds the same state
             and config.checkpoint_every
             and iteration - 1 > done
             and (iteration - 1) % config.checkpoint_every == 0
@@ -359,7 +276,9 @@ def train_ppo(
         #    policy has reached answers the reward model knows little about (Coste et al. 2024).
         problems = check_guardrails(stats, start_length, config)
         if isinstance(reward_fn, EnsembleReward):
-            stats["disagreement"] = reward_fn.last_disagreement
+            rows = float(len(batch.rollout.scores))  # the whole batch's mean spread, as every process must judge it
+            spread, count = distributed.total(torch.tensor([reward_fn.last_disagreement * rows, rows])).tolist()
+            stats["disagreement"] = spread / count
             first_disagreement = stats["disagreement"] if first_disagreement is None else first_disagreement
             if stats["disagreement"] > config.max_disagreement_growth * max(first_disagreement, DISAGREEMENT_FLOOR):
                 problems.append("disagreement")
@@ -372,19 +291,13 @@ def train_ppo(
         if "disagreement" in stats:
             disagreements.append(stats["disagreement"])
 
-        # 3. KL-shaped per-token rewards (scores in units of their running std), GAE, whitened advantages.
-        ro = batch.rollout
-        score_scale.update(ro.scores)
-        rewards = kl_penalised_rewards(score_scale.scale(ro.scores), batch.logprobs, batch.ref_logprobs, ro.mask, kl_ctl.value)
-        advantages, returns = compute_gae(rewards, batch.values, ro.mask, config.gamma, config.lam)
-        advantages = whiten(advantages, ro.mask)
-
-        # 4. The update, at a rate that ramps up over the first updates: Adam's first steps are
-        #    full-size whatever the gradient, and one full step can collapse a policy an earlier
-        #    round already sharpened. len(scores) is this update's number: every kept rollout is trained on.
+        # 3-4. KL-shaped per-token rewards, GAE, whitened advantages, and the update (trainers.ppo_update),
+        #    at a rate that ramps up over the first updates: Adam's first steps are full-size whatever
+        #    the gradient, and one full step can collapse a policy an earlier round already sharpened.
+        #    len(scores) is this update's number: every kept rollout is trained on.
         for group in optimizer.param_groups:
             group["lr"] = guard.learning_rate * min(1.0, len(scores) / config.lr_warmup_updates)
-        losses, finite = _update(policy, optimizer, batch, advantages, returns, config, autocast, demos)
+        losses, finite = learn(policy, optimizer, batch, score_scale, kl_ctl.value, config, autocast, demos)
         stats.update(losses)
 
         # 5. A non-finite loss is undone at once. KL, length and repetition are judged on the next

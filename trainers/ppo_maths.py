@@ -5,16 +5,22 @@ score scale. `trainers.ppo` runs the loop that uses them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from trainers.policy import masked_mean
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit variance over the masked entries; padding stays zero."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries; padding stays zero. `total` adds a sum up
+    over the processes of a data-parallel run (`trainers.distributed.total`), whose shards together
+    are the batch: the statistics are then the whole batch's."""
+    count = total(mask.sum()).clamp(min=1)
+    mean = total((x * mask).sum()) / count
+    var = total((((x - mean) ** 2) * mask).sum()) / count
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
