@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumers.dead_letters import dead_letter_of
 from consumers.emitter import EventEmitter
@@ -104,11 +104,25 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
+            # A trainer joining or dying moves only the partitions that must move: a pool's other
+            # trainers keep theirs, and with them the jobs they are running.
+            "partition.assignment.strategy": "cooperative-sticky",
         }
     )
-    consumer.subscribe([topic_name(settings.kafka.topic_prefix, "train-triggers")])
-    emitter = EventEmitter(settings)
     current: tuple[Message, threading.Thread, list[bool]] | None = None
+    abandon = threading.Event()  # the running job's stop: shutdown, or its partition moved to another trainer
+
+    def revoked(_: Consumer, partitions: list[TopicPartition]) -> None:
+        if current is not None and any(
+            (p.topic, p.partition) == (current[0].topic(), current[0].partition()) for p in partitions
+        ):
+            log.warning(
+                "trigger at offset %d: its partition moved to another trainer, which retries it; abandoning", current[0].offset()
+            )
+            abandon.set()
+
+    consumer.subscribe([topic_name(settings.kafka.topic_prefix, "train-triggers")], on_revoke=revoked)
+    emitter = EventEmitter(settings)
     log.info("trainer consuming %s", topic_name(settings.kafka.topic_prefix, "train-triggers"))
     try:
         while not stop.is_set():
@@ -129,12 +143,14 @@ def run(settings: Settings, job: Job, retry: RetryPolicy = RetryPolicy(), stop: 
             # (un-fetched triggers wait on the broker) and polling goes on for the group heartbeat.
             consumer.pause(consumer.assignment())
             outcome: list[bool] = []
+            abandon = threading.Event()
             worker = threading.Thread(
-                target=lambda m=msg, o=outcome: o.append(handle_trigger(m, job, emitter, stop, retry)), daemon=True
+                target=lambda m=msg, o=outcome, a=abandon: o.append(handle_trigger(m, job, emitter, a, retry)), daemon=True
             )
             worker.start()
             current = (msg, worker, outcome)
     finally:
+        abandon.set()
         if current is not None and current[1].is_alive():
             log.warning("shutting down mid-job: trigger at offset %d left uncommitted for retry", current[0].offset())
             current[1].join(timeout=5)
@@ -148,9 +164,17 @@ def _finish_if_done(
     if worker.is_alive():
         return current
     partition = position(msg, offset_delta=1)
-    if outcome and outcome[0]:  # the outcome's events are acknowledged (EventEmitter.emit)
-        consumer.commit(offsets=[partition], asynchronous=False)
-    else:  # abandoned, or its outcome could not be recorded: rewind so the trigger is consumed again
+    owned = any((p.topic, p.partition) == (partition.topic, partition.partition) for p in consumer.assignment())
+    # A partition moved to another trainer mid-job is that trainer's to commit: it consumes the trigger
+    # again, and the version it would publish exists already (or is published once, by whoever gets there).
+    if owned and outcome and outcome[0]:  # the outcome's events are acknowledged (EventEmitter.emit)
+        try:
+            consumer.commit(offsets=[partition], asynchronous=False)
+        except KafkaException as exc:  # the group rebalanced as the job ended: the new owner re-reads the trigger
+            log.warning(
+                "trigger at offset %d: done, but not committed (%s); its retry finds the version published", msg.offset(), exc
+            )
+    elif owned:  # abandoned, or its outcome could not be recorded: rewind so the trigger is consumed again
         consumer.seek(position(msg))
     consumer.resume(consumer.assignment())
     return None
