@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from core.learning_settings import PolicyTrainingSettings
 from trainers import distributed
@@ -25,8 +26,19 @@ from trainers.demonstrations import DemoBatch, demonstration_loss
 from trainers.policy import Rollout, kl_estimate
 from trainers.ppo_maths import RunningScoreScale, compute_gae, kl_penalised_rewards, policy_loss, value_loss, whiten
 
-if TYPE_CHECKING:
-    from trainers.ppo import PolicyWithValue
+
+class PolicyWithValue(Protocol):
+    """What an update trains (`trainers.ppo.PolicyWithValue`): the response tokens' log-probs and the
+    values before them, and the language model itself for the corrections' supervised term."""
+
+    @property
+    def lm(self) -> PreTrainedModel: ...
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
 
 
 @dataclass
