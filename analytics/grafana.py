@@ -8,7 +8,8 @@ becomes a dashboard variable or macro: experiment -> '${experiment}' (a drop-dow
 `experiments` query), bucket_s -> $__interval_s, anything else -> its default. The A/B decision
 itself (statistics in Python) is only on the built-in dashboard and `rlhf ab analyze`; Grafana
 shows the per-user sums behind it (`ab_users`) and the decisions made (`experiment_lifecycle`).
-Consumer lag and dead letters are not in ClickHouse, so not here either.
+Consumer lag and dead letters are not in ClickHouse, so not here either. docker/compose.yaml's
+Grafana provisions it with the data source of docker/grafana/datasource.yaml.
 """
 
 from __future__ import annotations
@@ -80,24 +81,24 @@ def dashboard() -> dict[str, Any]:
         panels.append(_panel(panel_id, name, title, kind, {"x": x, "y": y, "w": width, "h": height}))
         x, row_height = x + width, max(row_height, height)
     return {
-        "__inputs": [
-            {
-                "name": "DS_CLICKHOUSE",
-                "label": "ClickHouse",
-                "type": "datasource",
-                "pluginId": "grafana-clickhouse-datasource",
-                "pluginName": "ClickHouse",
-            }
-        ],
         "title": "rlhf-stream analytics",
         "uid": "rlhf-stream-analytics",
         "editable": True,
         "schemaVersion": 39,
         "time": {"from": "now-7d", "to": "now"},
         "refresh": "30s",
-        # The assistant starts one experiment per candidate (`policy-ab:<version>`): offer them, latest first.
         "templating": {
             "list": [
+                # The data source is a variable, not an import-time input: a provisioned dashboard
+                # (docker/grafana/dashboards.yaml) gets no import step, and this resolves either way.
+                {
+                    "name": "DS_CLICKHOUSE",
+                    "label": "ClickHouse",
+                    "type": "datasource",
+                    "query": "grafana-clickhouse-datasource",
+                    "current": {},
+                },
+                # The assistant starts one experiment per candidate (`policy-ab:<version>`): offer them, latest first.
                 {
                     "name": "experiment",
                     "label": "experiment",
@@ -107,7 +108,7 @@ def dashboard() -> dict[str, Any]:
                     "refresh": 2,
                     "sort": 0,
                     "current": {},
-                }
+                },
             ]
         },
         "panels": panels,

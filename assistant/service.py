@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from importlib.resources import files
@@ -141,9 +143,12 @@ def build_app(settings: Settings, assistant: Assistant) -> FastAPI:
             "candidate": experiment.treatment_version if experiment else None,
         }
 
+    # Which replica answered, behind a load balancer: the host (a container's is its id) and the process.
+    replica = f"{socket.gethostname()}:{os.getpid()}"
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
-        return {"status": "ok" if pool.served.serving else "no-policy"}
+        return {"status": "ok" if pool.served.serving else "no-policy", "replica": replica}
 
     return app
 

@@ -207,8 +207,8 @@ class Demo:
         self.supervisor.start("trainer", "trainer", "run", "--backoff", "2")
         self.supervisor.start("decider", "decider", "run")
         self.supervisor.start("serve", "serve", "--port", str(self.serve_port))
-        _wait_http(f"http://127.0.0.1:{self.serve_port}/healthz", 180, self.supervisor)
-        _wait_http(f"http://127.0.0.1:{self.dashboard_port}/healthz", 180, self.supervisor)
+        self.supervisor.wait_http(f"http://127.0.0.1:{self.serve_port}/healthz", 180)
+        self.supervisor.wait_http(f"http://127.0.0.1:{self.dashboard_port}/healthz", 180)
         print(
             f"dashboard: http://127.0.0.1:{self.dashboard_port}/   assistant: http://127.0.0.1:{self.serve_port}/versions   "
             f"logs: {self.supervisor.log_dir}",
@@ -370,19 +370,6 @@ def engine_for(plan: DemoPlan, run_dir: Path, port: int, lora_r: int) -> LocalEn
         port=port,
         max_lora_rank=rank,
     )
-
-
-def _wait_http(url: str, timeout: float, supervisor: Supervisor) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        supervisor.check()
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise DemoError(f"{url} did not answer within {timeout:.0f}s; see {supervisor.log_dir}")
 
 
 def _serving_counts() -> dict:

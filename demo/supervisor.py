@@ -1,4 +1,5 @@
-"""Supervised child processes with logs in one directory, for `rlhf demo` and the end-to-end tests.
+"""Supervised child processes with logs in one directory, for `rlhf demo`, `rlhf stack up` and the
+end-to-end tests.
 
 Each service is an `rlhf ...` subcommand in its own process group; `stop_all` sends SIGTERM,
 waits, then SIGKILLs what is left, so Ctrl-C leaves nothing running. A service that dies is
@@ -15,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from core.errors import ServiceError
 
@@ -54,6 +57,11 @@ class Supervisor:
         log.info("started %s (pid %d)", name, service.proc.pid)
         return service
 
+    def start_program(self, name: str, argv: list[str]) -> Service:
+        """Like `start`, for a program other than `rlhf` (`python -m devtools.balancer ...`); restarted the same way."""
+        self.services.setdefault(name, Service(name, argv))
+        return self.start(name)
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal a service's whole process group (the fault drill uses SIGKILL)."""
         proc = self.services[name].proc
@@ -75,6 +83,19 @@ class Supervisor:
                 self.start(service.name, *service.argv[3:])
                 restarted.append(service.name)
         return restarted
+
+    def wait_http(self, url: str, timeout: float) -> None:
+        """Wait until `url` answers 200, restarting whatever dies meanwhile; ServiceError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise ServiceError(f"{url} did not answer within {timeout:.0f}s; see the logs in {self.log_dir}")
 
     def stop_all(self, timeout: float = 20.0) -> None:
         running = [s.proc for s in self.services.values() if s.proc is not None and s.proc.poll() is None]

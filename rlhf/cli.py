@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from core.errors import RlhfError
-from rlhf.commands import analytics, core, demo, engine, policy, privacy, reward, services, streams
+from rlhf.commands import analytics, core, demo, engine, policy, privacy, reward, services, stack, streams
 from rlhf.logs import configure_logging
 
-COMMAND_GROUPS = (core, streams, reward, policy, services, analytics, privacy, engine, demo)
+COMMAND_GROUPS = (core, streams, reward, policy, services, analytics, privacy, engine, demo, stack)
 
 
 def build_parser() -> argparse.ArgumentParser:

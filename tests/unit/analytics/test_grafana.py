@@ -24,3 +24,10 @@ def test_panels_do_not_overlap():
         assert not cells & mine and p["x"] + p["w"] <= 24
         cells |= mine
     assert len(json.loads(render())["panels"]) == len(PANELS)
+
+
+def test_the_data_source_is_a_variable_so_a_provisioned_dashboard_resolves_it():
+    board = dashboard()
+    variables = [v["name"] for v in board["templating"]["list"]]
+    assert "__inputs" not in board and variables.index("DS_CLICKHOUSE") < variables.index("experiment")
+    assert board["templating"]["list"][0]["query"] == "grafana-clickhouse-datasource"
