@@ -38,21 +38,22 @@ from transformers import AutoTokenizer
 
 from consumers.sink.consumer import GROUP as SINK_GROUP
 from consumers.sink.rows import ROUTES as SINK_ROUTES
-from consumers.trainer.job import ensure_base_policy
+from consumers.trainer.job import BASE_VERSION
 from core.errors import RlhfError
 from core.serving_settings import LORA_RANKS
-from core.settings import Settings, load_settings
+from core.settings import Settings
+from demo.chaos import Chaos, delivery_checks, experiment_decisions
 from demo.populations import POPULATIONS
-from demo.supervisor import Supervisor
+from demo.stack import Stack, StackPlan
 from demo.users import Population
 from demo.watch import StatusWatch
 from devtools.engine import LocalEngine
-from devtools.kafka_local import LocalBroker, free_port
+from devtools.kafka_local import free_port
 from registry.deployment import Deployer
 from registry.store import ModelRegistry
 from schemas.events import DEFAULT_POLICY
 from schemas.topics import group_id
-from sdk.admin import GroupProgress, create_topics, group_progress
+from sdk.admin import GroupProgress, group_progress
 from trainers.base_models import resolve_base_model
 from trainers.preferences import PREFERENCES
 
@@ -120,6 +121,9 @@ class DemoPlan:
     budget_s: float = 14 * 60
     seed: int = 0
     fault_drill: bool = False  # SIGKILL the stream worker and the trainer once, restart the broker once
+    replicas: int = 1  # stream workers, trainers, deciders and assistants (behind a balancer) of each
+    brokers: int = 1  # Kafka nodes: 1, or a KRaft cluster
+    chaos: bool = False  # SIGKILL one of each kind of service and a broker node, one at a time (demo/chaos.py)
     conversations: bool = False  # users hold conversations of 1-3 questions, follow-ups on the earlier turn
     engine: Literal["embedded", "vllm"] = "embedded"  # who generates answers: the assistant itself, or vLLM behind it
     population: str = "kind"  # how the users react: a key of demo.populations.POPULATIONS
@@ -142,15 +146,11 @@ class DemoError(RlhfError):
     """The demo could not complete (a service kept dying, or the time budget ran out)."""
 
 
-def demo_environment(
-    run_dir: Path, broker: LocalBroker, plan: DemoPlan, dashboard_port: int, serve_port: int, engine_url: str | None = None
-) -> dict[str, str]:
-    """The environment of every process of the demo: the same configuration for all, through RLHF_*
-    variables (the driver loads its own settings from it too, `Demo.settings`)."""
+def demo_environment(plan: DemoPlan, engine_url: str | None = None) -> dict[str, str]:
+    """The demo's configuration of every process, through RLHF_* variables; the stack (demo/stack.py)
+    adds where everything runs (home, brokers, dashboard) and loads the settings all share."""
     values = {
-        "RLHF_HOME": str(run_dir / "state"),
         "RLHF_POLICY__BASE_MODEL": plan.policy,
-        "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "RLHF_KAFKA__TOPIC_PREFIX": "demo.",
         "RLHF_FEEDBACK__COLLECTION_RATE": "1.0",
         "RLHF_CONTINUOUS_LEARNING__TRAIN_THRESHOLD": str(plan.train_threshold),
@@ -159,7 +159,6 @@ def demo_environment(
         "RLHF_AB_TESTING__MIN_USERS_PER_VARIANT": str(plan.ab_min_users_per_variant),
         "RLHF_AB_TESTING__HORIZON_S": str(plan.ab_horizon_s or profile_of(plan.policy).ab_horizon_s),
         "RLHF_AB_TESTING__DECIDE_EVERY_S": "5",
-        "RLHF_CLICKHOUSE__DASHBOARD_PORT": str(dashboard_port),
         **({"RLHF_CONFIG": str(plan.config)} if plan.config else {}),
         **({"RLHF_GATEWAY__ENGINE_URL": engine_url} if engine_url else {}),
     }
@@ -171,15 +170,19 @@ class Demo:
     def __init__(self, plan: DemoPlan, run_dir: Path):
         self.plan = plan
         self.run_dir = run_dir
-        self.broker = LocalBroker(run_dir / "kafka", port=free_port(), controller_port=free_port())
-        self.dashboard_port, self.serve_port = free_port(), free_port()
         engine_port = free_port() if plan.engine == "vllm" else None
         url = f"http://127.0.0.1:{engine_port}" if engine_port else None
-        self.env = demo_environment(run_dir, self.broker, plan, self.dashboard_port, self.serve_port, url)
-        self.settings = load_settings(None, environ=self.env)  # what every service of the demo loads
+        n = plan.replicas
+        self.stack = Stack(
+            StackPlan(workers=n, trainers=n, deciders=n, assistants=n, brokers=plan.brokers, port=free_port()),
+            run_dir,
+            environ=demo_environment(plan, url),
+        )
+        self.settings = self.stack.settings  # what every service of the demo loads
         lora_r = self.settings.policy.training.lora_r
         self.engine = engine_for(plan, run_dir, engine_port, lora_r) if engine_port else None
-        self.supervisor = Supervisor(run_dir / "logs", self.env)
+        self.supervisor = self.stack.supervisor
+        self.chaos = Chaos(self.stack, plan.train_threshold) if plan.chaos else None
         self.results: list[RoundResult] = []
         self.timeline: list[dict] = []
         self.drills_done: set[str] = set()
@@ -190,28 +193,22 @@ class Demo:
         self.count_tokens: Callable[[list[str]], int] = lambda texts: 0
 
     def start(self) -> Settings:
-        self.broker.up()
         settings = self.settings
-        create_topics(settings.kafka)
-        base = ensure_base_policy(settings, DEFAULT_POLICY)
-        if self.engine is not None:
-            print(f"starting vLLM on {self.engine.url} (log {self.engine.log_file}) ...", flush=True)
-            self.engine.up(timeout=600)
-            deployer = Deployer(ModelRegistry.of(settings), settings.gateway)
-            deployer.deploy(DEFAULT_POLICY, base)  # the control arm is the engine's from the first answer
-            deployer.close()
+
+        def deploy() -> None:  # the control arm is the engine's from the first answer
+            if self.engine is not None:
+                print(f"starting vLLM on {self.engine.url} (log {self.engine.log_file}) ...", flush=True)
+                self.engine.up(timeout=600)
+                registry = ModelRegistry.of(settings)
+                deployer = Deployer(registry, settings.gateway)
+                deployer.deploy(DEFAULT_POLICY, registry.serving(DEFAULT_POLICY) or BASE_VERSION)
+                deployer.close()
+
         tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(settings.policy.base_model))
         self.count_tokens = lambda texts: sum(map(len, tokenizer(texts, add_special_tokens=False)["input_ids"]))
-        self.supervisor.start("streams", "streams", "worker")
-        self.supervisor.start("sink", "sink", "run")
-        self.supervisor.start("trainer", "trainer", "run", "--backoff", "2")
-        self.supervisor.start("decider", "decider", "run")
-        self.supervisor.start("serve", "serve", "--port", str(self.serve_port))
-        self.supervisor.wait_http(f"http://127.0.0.1:{self.serve_port}/healthz", 180)
-        self.supervisor.wait_http(f"http://127.0.0.1:{self.dashboard_port}/healthz", 180)
+        self.stack.up(timeout=360, prepare=deploy)
         print(
-            f"dashboard: http://127.0.0.1:{self.dashboard_port}/   assistant: http://127.0.0.1:{self.serve_port}/versions   "
-            f"logs: {self.supervisor.log_dir}",
+            f"dashboard: {self.stack.dashboard_url}/   assistant: {self.stack.url}/versions   logs: {self.supervisor.log_dir}",
             flush=True,
         )
         return settings
@@ -224,7 +221,7 @@ class Demo:
         self.adversaries = sorted(population.adversaries)  # for run.json: who lied, for whoever reads the run
         watch = StatusWatch(settings)
         deadline = time.monotonic() + self.plan.budget_s
-        serve = httpx.Client(base_url=f"http://127.0.0.1:{self.serve_port}")
+        serve = httpx.Client(base_url=self.stack.url)
         bar = tqdm(total=self.plan.rounds, desc="RLHF rounds", unit="round", dynamic_ncols=True)
         self.round_started = time.monotonic()
         try:
@@ -237,7 +234,7 @@ class Demo:
                         self.plan.rounds,
                     )
                     break
-                self.supervisor.check()
+                self.stack.check()  # a dead service or broker node starts again
                 watch.poll()
                 # A round ends when the gate rejects it or the decider decides it: recorded as
                 # soon as seen, so the next round's training cannot hide it until later.
@@ -249,6 +246,8 @@ class Demo:
                 if (t := watch.training) is not None and t.active:  # training owns the CPU; users wait
                     bar.set_postfix_str(f"training {t.stage or t.state} {_short(t.metrics)}")
                     self._fault_drill("trainer")
+                    if self.chaos is not None:
+                        self.chaos.step(training=True, experiment=False)
                     time.sleep(1.0)
                     continue
                 asked = time.monotonic()
@@ -273,6 +272,8 @@ class Demo:
                 self._fault_drill("streams")
                 self._fault_drill("broker")
                 experiment = watch.open_experiment()
+                if self.chaos is not None:
+                    self.chaos.step(training=False, experiment=experiment is not None, feedback=self.feedback_sent)
                 bar.set_postfix_str(
                     f"A/B test {experiment} (the decider decides)"
                     if experiment
@@ -325,14 +326,14 @@ class Demo:
         if not self.plan.fault_drill or target in self.drills_done:
             return
         if target == "streams" and self.feedback_sent >= self.plan.train_threshold // 2:
-            self.supervisor.kill("streams")  # the supervisor restarts it on the next check
+            self.stack.kill("worker-1")  # the stack starts it again on the next check
         elif target == "trainer":
             time.sleep(3)  # let it get into the training proper
-            self.supervisor.kill("trainer")
+            self.stack.kill("trainer-1")
         # Once a trigger's worth of feedback is in: whatever the gate then decides, the bounce has happened.
         elif target == "broker" and self.feedback_sent >= self.plan.train_threshold:
-            self.broker.down()
-            self.broker.up()
+            self.stack.broker.down()
+            self.stack.broker.up()
         else:
             return
         log.warning("fault drill: %s", target)
@@ -346,12 +347,11 @@ class Demo:
             progress = group_progress(k, group_id(k.topic_prefix, SINK_GROUP), SINK_TOPICS)
             if progress.lag == 0 or time.monotonic() > deadline:
                 return progress
-            self.supervisor.check()
+            self.stack.check()
             time.sleep(1.0)
 
     def stop(self) -> None:
-        self.supervisor.stop_all()
-        self.broker.down()
+        self.stack.down()
         if self.engine is not None:
             self.engine.down()
 
@@ -385,12 +385,15 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
     (the rounds) and RUN/run.json (feedback sent, the sink's final lag)."""
     demo = Demo(plan, run_dir)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    checked = plan.replicas > 1 or plan.chaos  # what a scaled-out or disturbed run must still hold (demo/chaos.py)
     try:
         results = demo.run()
         sink = demo.drain(demo.settings)
+        decisions = experiment_decisions(demo.settings) if checked else {}
     finally:
         demo.stop()
         signal.signal(signal.SIGTERM, previous)
+    checks = delivery_checks(demo.settings, demo.feedback_sent, decisions) if checked else {}
     (run_dir / "result.json").write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
     (run_dir / "run.json").write_text(
         json.dumps(
@@ -399,6 +402,10 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
                 "sink_committed": sink.committed,
                 "sink_lag": sink.lag,
                 "fault_drill": sorted(demo.drills_done),
+                "chaos": demo.chaos.kills if demo.chaos is not None else [],
+                "checks": checks,
+                "replicas": plan.replicas,
+                "brokers": plan.brokers,
                 "policy": plan.policy,
                 "conversations": plan.conversations,
                 "engine": plan.engine,

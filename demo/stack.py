@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -101,16 +101,19 @@ class Stack:
         services |= {f"assistant-{n}": ["serve", "--port", str(port)] for n, port in enumerate(self.replica_ports, start=1)}
         return services
 
-    def up(self, timeout: float = 300.0) -> None:
-        """Start Kafka, create the topics, register the starting policy, start every service; return
-        when the replicas, the dashboard and the balancer answer, within `timeout` seconds of the
-        services' start (ServiceError naming the logs if not)."""
+    def up(self, timeout: float = 300.0, prepare: Callable[[], None] | None = None) -> None:
+        """Start Kafka, create the topics, register the starting policy, `prepare()` (the demo deploys
+        it to an engine there), start every service; return when the replicas, the dashboard and the
+        balancer answer, within `timeout` seconds of the services' start (ServiceError naming the logs
+        if not)."""
         _require_free(self.plan.port)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _write_private(self.run_dir / "stack.env", "".join(f"{k}={v}\n" for k, v in self.wiring.items()))
         self.broker.up()
         create_topics(self.settings.kafka)
         ensure_base_policy(self.settings)  # here, once: replicas starting together would race to register it
+        if prepare is not None:
+            prepare()
         for name, args in self.commands().items():
             self.supervisor.start(name, *args)
         upstreams = [url.removeprefix("http://") for url in self.replica_urls.values()]

@@ -37,6 +37,9 @@ def _demo(args: argparse.Namespace) -> int:
     plan = DemoPlan(
         **{k: v for k, v in given.items() if v is not None},
         fault_drill=args.fault_drill,
+        replicas=args.replicas,
+        brokers=args.brokers,
+        chaos=args.chaos,
         conversations=args.conversations,
         engine=args.engine,
         config=config,
@@ -96,6 +99,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the simulated users (default 0)")
     p.add_argument(
         "--fault-drill", action="store_true", help="SIGKILL the stream worker and the trainer once, restart the broker once"
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="stream workers, trainers, deciders and assistant replicas (behind a round-robin balancer) of each (default 1)",
+    )
+    p.add_argument("--brokers", type=int, default=1, choices=[1, 3], help="Kafka nodes: 1, or a 3-node KRaft cluster (default 1)")
+    p.add_argument(
+        "--chaos",
+        action="store_true",
+        help="SIGKILL a stream worker, an assistant, a trainer while it trains, a decider while an experiment is open and a "
+        "broker node, one at a time; RUN/run.json then holds the kills and the checks (feedback in ClickHouse exactly "
+        "once, each experiment decided once, no user in two arms); best with --replicas 2 --brokers 3",
     )
     p.add_argument(
         "--conversations",

@@ -12,12 +12,8 @@ from core.settings import load_settings
 from demo.driver import DemoPlan, demo_environment, profile_of
 
 
-class Broker:
-    bootstrap_servers = "127.0.0.1:9"
-
-
 def environment(plan: DemoPlan) -> dict[str, str]:
-    return demo_environment(Path("/run"), Broker(), plan, dashboard_port=1, serve_port=2)  # type: ignore[arg-type]
+    return demo_environment(plan)
 
 
 def test_a_policy_profile_sets_its_model_settings_and_ab_horizon():
@@ -55,7 +51,7 @@ def test_the_driver_loads_what_its_services_load_and_leaves_its_own_environment_
     before = dict(os.environ)
     settings = load_settings(None, environ=environment(DemoPlan(policy="smollm2")))
     assert (settings.policy.base_model, settings.policy.training.lora_r) == ("smollm2", 16)
-    assert settings.kafka.bootstrap_servers == "127.0.0.1:9" and settings.home == Path("/run/state")
+    assert settings.kafka.topic_prefix == "demo."
     assert dict(os.environ) == before
 
 
