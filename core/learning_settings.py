@@ -271,6 +271,12 @@ class PolicySettings(Section):
         "PyPI), a .gguf file, a local directory or a Hub id.",
     )
     algorithm: Algorithm = Field("ppo", description="Policy optimisation algorithm: ppo, grpo, rloo, kto or dpo.")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Processes the trainer job optimises the policy on, data-parallel under torchrun: one per GPU, or gloo "
+        "processes on CPU; only PPO then splits its work (trainers/launch.py) (processes).",
+    )
     training: PolicyTrainingSettings = PolicyTrainingSettings()
 
 

@@ -23,6 +23,7 @@ from core.files import write_atomically
 from core.learning_settings import ALGORITHMS, PolicyTrainingSettings
 from core.settings import FeedbackSettings
 from schemas.events import FeedbackEvent
+from trainers import distributed
 from trainers.alternatives import train_alternative
 from trainers.chat_format import Prompt
 from trainers.demonstrations import corrections, fit_demonstrations
@@ -187,7 +188,8 @@ def optimise_policy(
                 f"{algorithm}: trained policy failed guardrails {problems} (kl {after.kl:.3f}, kl to base "
                 f"{kl_to.get('base', 0.0):.3f}, length {after.mean_length:.1f})"
             )
-        write_atomically(out_dir, lambda tmp: (lm.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), replace=True)
+        if distributed.is_main():  # under torchrun every process holds the same weights: one writes them
+            write_atomically(out_dir, lambda tmp: (lm.save_pretrained(tmp), tokenizer.save_pretrained(tmp)), replace=True)
         metrics.update(guardrails_fired=[], out_dir=str(out_dir), algorithm=algorithm, wall_seconds=time.monotonic() - started)
         on_status(
             "finished", "save", f"{algorithm}: mean reward {before.mean_reward:.4f} -> {after.mean_reward:.4f}", _floats(metrics)

@@ -303,6 +303,7 @@ class TrainingJob:
         manifest of a candidate or of a rejected version (the gate's or the guardrails' verdict)."""
         from trainers.dataset import split_policy_queries
         from trainers.ensemble import EnsembleReward
+        from trainers.launch import RewardSpec, optimise_in_processes
         from trainers.optimise import gate_verdict, optimise_policy
         from trainers.trust import trusted_corrections
 
@@ -330,25 +331,40 @@ class TrainingJob:
             code_version=code_version(),
             data_users=data_users(events),
         )
+        gate = reward.model.config.training.gate_head
+        common: dict[str, Any] = dict(
+            on_status=on_status,
+            feedback_events=learned,
+            min_rating=self.settings.feedback.min_rating,
+            original_path=self._original_policy(),
+            # a killed trainer resumes PPO here (policy.training.checkpoint_every)
+            checkpoint_dir=self.settings.home / "checkpoints" / version,
+        )
+        parent_path, algorithm = str(self.registry.path("policies", parent)), self.settings.policy.algorithm
         try:
             # PPO optimises the ensemble's penalised reward; the gate judges with the head it never saw.
-            metrics = optimise_policy(
-                self.settings.policy.algorithm,
-                str(self.registry.path("policies", parent)),
-                EnsembleReward(reward.model, config.uncertainty_penalty),
-                train_queries,
-                eval_queries,
-                config,
-                directory,
-                on_status=on_status,
-                feedback_events=learned,
-                min_rating=self.settings.feedback.min_rating,
-                gate_fn=reward.model.gate_reward if reward.model.config.training.gate_head else None,
-                original_path=self._original_policy(),
-                checkpoint_dir=self.settings.home
-                / "checkpoints"
-                / version,  # a killed trainer resumes PPO here (policy.training.checkpoint_every)
-            )
+            if self.settings.policy.processes > 1:  # data-parallel, in processes of its own (trainers/launch.py)
+                log.info("%s: optimising the policy on %d processes (torchrun)", version, self.settings.policy.processes)
+                rm = RewardSpec(
+                    str(self.registry.path("reward_models", reward.version) / "model"), config.uncertainty_penalty, gate
+                )
+                metrics = optimise_in_processes(
+                    self.settings.policy.processes,
+                    algorithm,
+                    parent_path,
+                    rm,
+                    train_queries,
+                    eval_queries,
+                    config,
+                    directory,
+                    **common,
+                )
+            else:
+                reward_fn = EnsembleReward(reward.model, config.uncertainty_penalty)
+                gate_fn = reward.model.gate_reward if gate else None
+                metrics = optimise_policy(
+                    algorithm, parent_path, reward_fn, train_queries, eval_queries, config, directory, gate_fn=gate_fn, **common
+                )
         except GuardrailRejection as exc:  # an outcome: record it, it never serves. A TrainingError fails the trigger.
             return Manifest(
                 **lineage,

@@ -219,7 +219,8 @@ def test_one_job_at_a_time_on_a_multi_partition_trigger_topic(kafka_bootstrap, t
 
 def test_services_on_different_hosts_share_a_registry_on_s3(settings, s3_environ, tmp_path):
     """A stream worker, a trainer and a decider, each with a home of its own (no shared disk), and a
-    reader on a fourth: they meet only in the S3-compatible store (registry.url) and in Kafka."""
+    reader on a fourth: they meet only in the S3-compatible store (registry.url) and in Kafka. The
+    trainer optimises the policy data-parallel on two processes it launches itself."""
     url = f"s3://{s3_environ.bucket}/{uuid.uuid4().hex[:8]}"
     on_s3 = settings.model_copy(update={"registry": settings.registry.model_copy(update={"url": url})})
     ensure_base_policy(on_s3)
@@ -235,6 +236,7 @@ def test_services_on_different_hosts_share_a_registry_on_s3(settings, s3_environ
             RLHF_REGISTRY__URL=url,
             RLHF_AB_TESTING__HORIZON_S="2",
             RLHF_AB_TESTING__DECIDE_EVERY_S="1",
+            RLHF_POLICY__PROCESSES="2",  # the trainer host optimises the policy on two gloo processes (trainers/launch.py)
         )
         hosts.append(Supervisor(tmp_path / host / "logs", env))
         hosts[-1].start(command[0], *command)
@@ -251,3 +253,4 @@ def test_services_on_different_hosts_share_a_registry_on_s3(settings, s3_environ
     assert decision is not None and decision.outcome == done.outcome
     assert load_version(reader, version_for(done.policy, done.trigger_id)).model is not None
     assert not (tmp_path / "reader-host" / "pointers.json").exists()  # the pointers live in the store only
+    assert "optimising the policy on 2 processes" in (tmp_path / "trainer-host" / "logs" / "trainer.log").read_text()
