@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from schemas.events import FeedbackEvent, latest_verdicts
+from trainers import distributed
 from trainers.chat_format import Conversation, Prompt, format_completion, format_prompt
 
 
@@ -94,7 +95,11 @@ def fit_demonstrations(
 ) -> float:
     """Supervised passes over `demos` (AdamW, shuffled mini-batches), in place, ending early after
     `max_steps` optimiser steps if given; returns the last (possibly partial) epoch's mean loss
-    (nan without demonstrations)."""
+    (nan without demonstrations).
+
+    Data-parallel under torchrun (`trainers.distributed`): every process draws the same mini-batch,
+    computes the loss of its rows as their share of the mini-batch's target tokens, and the
+    gradients are added up before the step: the one-process update."""
     if not demos or epochs < 1:
         return float("nan")
     device = next(lm.parameters()).device
@@ -105,15 +110,24 @@ def fit_demonstrations(
     lm.train()
     batch_starts = [start for _ in range(epochs) for start in range(0, len(order), batch_size)][:max_steps]
     losses: list[float] = []
+    trainable = [p for p in lm.parameters() if p.requires_grad]
     for start in batch_starts:
         if start == 0:  # a new pass
             rng.shuffle(order)
             losses = []
-        loss = demonstration_loss(lm, encode_demonstrations(tokenizer, order[start : start + batch_size], device=device))
+        batch = encode_demonstrations(tokenizer, order[start : start + batch_size], device=device)
+        rows = torch.tensor(
+            distributed.shard(range(len(batch.input_ids)), distributed.rank(), distributed.world()), dtype=torch.long
+        )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=device)
+        if len(rows):  # a batch smaller than the processes leaves some without a row: they add nothing
+            mine = DemoBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.target_mask[rows])
+            loss = mine.target_mask.sum() / batch.target_mask.sum().clamp(min=1) * demonstration_loss(lm, mine)
+            loss.backward()
+        distributed.sum_gradients(trainable)
         nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(distributed.total(loss.detach()).item())
     lm.train(was_training)
     return sum(losses) / len(losses)
