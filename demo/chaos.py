@@ -56,11 +56,9 @@ class Chaos:
         }[when]
         if not ready:
             return
-        if name.startswith("kafka-"):
-            self.stack.kill(name)
-        else:
-            time.sleep(3 if when == "training" else 0)  # into the training proper
-            self.stack.kill(name)
+        if when == "training":
+            time.sleep(3)  # into the training proper
+        self.stack.kill(name)  # a service, or a broker node
         log.warning("chaos: SIGKILL %s (%s)", name, when)
         self.kills.append({"service": name, "when": when, "at": time.time()})
         self.plan.pop(0)

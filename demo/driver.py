@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,6 +44,7 @@ from core.settings import Settings
 from demo.chaos import Chaos, delivery_checks, experiment_decisions
 from demo.populations import POPULATIONS
 from demo.stack import Stack, StackPlan
+from demo.supervisor import sigterm_interrupts
 from demo.users import Population
 from demo.watch import StatusWatch
 from devtools.engine import LocalEngine
@@ -384,15 +384,14 @@ def run_demo(plan: DemoPlan, run_dir: Path) -> list[RoundResult]:
     """Run the loop, let the sink catch up, always stop every process; writes RUN/result.json
     (the rounds) and RUN/run.json (feedback sent, the sink's final lag)."""
     demo = Demo(plan, run_dir)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     checked = plan.replicas > 1 or plan.chaos  # what a scaled-out or disturbed run must still hold (demo/chaos.py)
-    try:
-        results = demo.run()
-        sink = demo.drain(demo.settings)
-        decisions = experiment_decisions(demo.settings) if checked else {}
-    finally:
-        demo.stop()
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_interrupts():
+        try:
+            results = demo.run()
+            sink = demo.drain(demo.settings)
+            decisions = experiment_decisions(demo.settings) if checked else {}
+        finally:
+            demo.stop()
     checks = delivery_checks(demo.settings, demo.feedback_sent, decisions) if checked else {}
     (run_dir / "result.json").write_text(json.dumps([asdict(r) for r in results], indent=2, default=str))
     (run_dir / "run.json").write_text(

@@ -139,8 +139,8 @@ class ModelRegistry:
     def path(self, kind: Kind, version: str) -> Path:
         """The version's files on this host: fetched into the cache first when the registry is remote."""
         directory = self.root / kind / version
-        if not self.local and not (directory / MANIFEST).is_file() and self.exists(kind, version):
-            manifest, document, _ = self._read_manifest(kind, version)
+        if not self.local and not (directory / MANIFEST).is_file() and (stored := self._stored_manifest(kind, version)):
+            manifest, document, _ = stored
             fetch_files(self.objects, document["files"], self.root, directory, {MANIFEST: json.dumps(asdict(manifest), indent=2)})
         return directory
 
@@ -151,8 +151,8 @@ class ModelRegistry:
         return self._read_manifest(kind, version)[0]
 
     def versions(self, kind: Kind) -> list[Manifest]:
-        found = [self.manifest(kind, name) for name in self.objects.children(kind) if self.exists(kind, name)]
-        return sorted(found, key=lambda m: m.created_at)
+        stored = (self._stored_manifest(kind, name) for name in self.objects.children(kind))
+        return sorted((found[0] for found in stored if found is not None), key=lambda m: m.created_at)
 
     def publish(self, kind: Kind, version: str, build: Callable[[Path], Manifest]) -> Manifest | None:
         """Stage `build(dir)` (writes the files, returns the manifest), then make it appear whole.
@@ -377,10 +377,18 @@ class ModelRegistry:
 
     def _read_manifest(self, kind: Kind, version: str) -> tuple[Manifest, dict[str, Any], str]:
         """The manifest, its stored document (with the file index of a remote version) and its tag."""
+        found = self._stored_manifest(kind, version)
+        if found is None:
+            key = _manifest_key(kind, version)
+            raise ModelLoadError(f"{self.objects.url}/{key}: no such {kind[:-1].replace('_', ' ')} version in the registry")
+        return found
+
+    def _stored_manifest(self, kind: Kind, version: str) -> tuple[Manifest, dict[str, Any], str] | None:
+        """`_read_manifest`'s answer in one read, or None where the version does not exist (yet)."""
         key = _manifest_key(kind, version)
         stored = self.objects.read(key)
         if stored is None:
-            raise ModelLoadError(f"{self.objects.url}/{key}: no such {kind[:-1].replace('_', ' ')} version in the registry")
+            return None
         try:
             document = json.loads(stored.data)
             fields = {k: v for k, v in document.items() if k != "files"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ docker/compose.yaml is the same deployment on containers (docs/deployment.md).""
 
 def _up(args: argparse.Namespace) -> int:
     from demo.stack import Stack, StackPlan
+    from demo.supervisor import sigterm_interrupts
 
     run_dir = Path(args.dir or f"runs/stack-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     plan = StackPlan(
@@ -43,21 +43,16 @@ def _up(args: argparse.Namespace) -> int:
     stack = Stack(plan, run_dir)
     counts = f"{plan.workers} stream worker(s), 1 sink, {plan.trainers} trainer(s), {plan.deciders} decider(s)"
     print(f"rlhf stack: {plan.brokers} Kafka node(s), {counts}, {plan.assistants} assistant(s); state in {run_dir}", flush=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the stack as Ctrl-C does
-    try:
-        stack.up()
-        print(f"ready:\n{stack.describe()}\nCtrl-C stops everything.", flush=True)
-        stack.watch()
-    except KeyboardInterrupt:
-        print("stopping ...", flush=True)
-    finally:
-        stack.down()
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_interrupts():  # SIGTERM stops the stack as Ctrl-C does
+        try:
+            stack.up()
+            print(f"ready:\n{stack.describe()}\nCtrl-C stops everything.", flush=True)
+            stack.watch()
+        except KeyboardInterrupt:
+            print("stopping ...", flush=True)
+        finally:
+            stack.down()
     return 0
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def register(sub: argparse._SubParsersAction) -> None:

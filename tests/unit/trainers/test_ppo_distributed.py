@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 
 from core.learning_settings import PolicyTrainingSettings
 from tests.unit.trainers.fast import FAST
+from tests.unit.trainers.test_distributed import _free_port
 from trainers import distributed
 from trainers.demonstrations import fit_demonstrations
 from trainers.policy import Rollout, load_policy
@@ -78,12 +78,6 @@ def _worker(rank: int, world: int, port: int, micro_policy: str, out: str) -> No
     _learn(micro_policy, _rows(batch, distributed.shard(range(len(batch.rollout.scores)), rank, world)), Path(out))
     _fit(micro_policy, Path(out))
     distributed.teardown()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_processes_make_the_same_ppo_update_and_supervised_passes_as_one(micro_policy: str, tmp_path: Path):
