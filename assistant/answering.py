@@ -266,7 +266,12 @@ class Assistant:
         self.recent = RecentInteractions(a.recent_interactions, a.feedback_token_ttl_s)
         # One client (API key, or client address) may hold half the queue: the other half is everyone else's.
         self.batcher = Batcher(
-            _generate, a.max_batch, a.batch_wait_ms / 1000, a.queue_size, client_share=max(1, a.queue_size // 2)
+            _generate,
+            a.max_batch,
+            a.batch_wait_ms / 1000,
+            a.queue_size,
+            client_share=max(1, a.queue_size // 2),
+            shared_slowdown=a.shared_batch_slowdown,
         )
         self.relay = Relay(settings.gateway)  # versions an engine serves (assistant/relay.py)
 

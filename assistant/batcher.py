@@ -23,6 +23,12 @@ holds at most `queue_size` of them (a full queue refuses at once, 503, instead o
 grow without bound) and one client at most `client_share` of them (429 past it), so one client
 cannot fill the queue and turn everyone else away.
 
+Fairness is also per cost: while more than one client is active (has queries waiting, or sent some
+within `SHARED_WINDOW_S`), a batch holds only as many queries as cost at most `1 + shared_slowdown`
+times one query (assistant/batch_costs.py, learned from the batches answered), so another client's
+question waits for a short batch in flight and rides in a short one. A lone client, and any client
+where a batch costs what one query costs (a GPU), still gets batches of `max_batch`.
+
 A query is whatever the generate function answers (the service's: assistant/generation.py `Ask`,
 a question in its conversation with its stop sequences and, streamed, where its text goes as it is
 written). A group is the queries routed to the same policy version with the same sampling settings
@@ -53,9 +59,14 @@ from typing import Any
 
 from fastapi import HTTPException
 
+from assistant.batch_costs import BatchCosts
+
 log = logging.getLogger("rlhf.serve")
 Generate = Callable[[Any, list[Any], Any], list[Any]]  # (policy, queries, sampling) -> answers
 BUSY_RETRY_AFTER_S = "1"
+# A client that sent queries this recently is still active: an interactive user asks again within
+# seconds, and a longer memory would keep short batches for a client left alone.
+SHARED_WINDOW_S = 2.0
 
 
 @dataclass(eq=False)
@@ -86,17 +97,28 @@ Item = tuple[Job, int]  # a job and the index of one of its queries
 
 class Batcher:
     """`submit` queues a request's queries and returns the future of its answers (503 when the queue
-    is full, 429 when the client holds its share of it)."""
+    is full, 429 when the client holds its share of it). `shared_slowdown` None: batches of `max_batch`
+    however many clients are active."""
 
-    def __init__(self, generate: Generate, max_batch: int, wait_s: float, queue_size: int, client_share: int | None = None):
+    def __init__(
+        self,
+        generate: Generate,
+        max_batch: int,
+        wait_s: float,
+        queue_size: int,
+        client_share: int | None = None,
+        shared_slowdown: float | None = None,
+    ):
         self.generate = generate
         self.max_batch = max_batch
+        self.costs = None if shared_slowdown is None else BatchCosts(max_batch, shared_slowdown)
         self.wait_s = wait_s
         self.queue_size = queue_size
         self.client_share = queue_size if client_share is None else client_share
         self._clients: OrderedDict[Hashable, deque[Job]] = OrderedDict()  # the order in which clients are served next
         self._queued = 0  # queries waiting, over all clients
         self._held: Counter[Hashable] = Counter()  # queries waiting per client
+        self._sent_at: dict[Hashable, float] = {}  # when each client last submitted, within SHARED_WINDOW_S
         self._ready = threading.Condition()
         self._closed = False
         self._answered_at = 0.0  # when the previous batch was answered (time.monotonic)
@@ -131,6 +153,7 @@ class Batcher:
                     headers={"Retry-After": BUSY_RETRY_AFTER_S},
                 )
             self._clients.setdefault(client, deque()).append(job)
+            self._sent_at[client] = time.monotonic()
             if time.monotonic() <= self._answered_at + self.wait_s:
                 self._returning += n
             self._queued += n
@@ -178,7 +201,8 @@ class Batcher:
                     break
                 self._ready.wait(remaining)
             batch: list[Item] = []
-            while len(batch) < self.max_batch and self._clients:
+            size = self._batch_size()
+            while len(batch) < size and self._clients:
                 client, jobs = next(iter(self._clients.items()))
                 job = jobs[0]
                 batch.append((job, job.taken))
@@ -193,6 +217,15 @@ class Batcher:
                     del self._clients[client]
                     del self._held[client]
             return batch
+
+    def _batch_size(self) -> int:
+        """`max_batch`, or the cost-bounded cap while more than one client is active (module docstring)."""
+        now = time.monotonic()
+        for client in [c for c, at in self._sent_at.items() if now - at > SHARED_WINDOW_S]:
+            del self._sent_at[client]
+        if self.costs is None or len(self._sent_at.keys() | self._clients.keys()) < 2:
+            return self.max_batch
+        return self.costs.shared_cap()
 
     def _drop_failed(self) -> None:
         """Forget the queries of requests that already failed (a generate call answering some of them raised)."""
@@ -210,9 +243,12 @@ class Batcher:
         policy, sampling = items[0][0].policy, items[0][0].sampling
         queries = [job.queries[i] for job, i in items]
         try:
+            started = time.perf_counter()
             answers = self.generate(policy, queries, sampling)
             if len(answers) != len(queries):
                 raise RuntimeError(f"generate returned {len(answers)} answers for {len(queries)} queries")
+            if self.costs is not None:
+                self.costs.observe(len(queries), time.perf_counter() - started)
         except Exception as exc:
             log.exception("generating %d answers with %s failed", len(queries), policy.version)
             for job in {id(job): job for job, _ in items}.values():

@@ -276,6 +276,12 @@ class AssistantSettings(Section):
         description="Longest a batch waits for more requests to join it, from its first queued request or the end of the "
         "previous batch, whichever is later (milliseconds).",
     )
+    shared_batch_slowdown: float = Field(
+        0.25,
+        ge=0,
+        description="While more than one client is active, how much longer than one query a batch may take to generate, "
+        "learned per batch size, so that one client's queued queries cannot slow everyone else's answers (fraction).",
+    )
     queue_size: int = Field(
         256,
         ge=1,

@@ -195,3 +195,33 @@ def test_a_batch_expects_the_queries_that_waited_through_the_previous_one_and_th
     last = batcher.submit(V1, ["a3"], "s", client="a")
     assert [f.result(5) for f in (waiting, again, last)] == [["v1: b0"], ["v1: a2"], ["v1: a3"]]
     assert [q for _, q, _ in generate.calls] == [["a0", "a1"], ["b0", "a2", "a3"]]
+
+
+def test_while_two_clients_are_active_a_batch_holds_what_costs_the_allowed_slowdown():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=32, wait_s=0, queue_size=200, shared_slowdown=0.25)
+    assert batcher.costs is not None
+    batcher.costs.observe(1, 0.061)  # what a CPU takes: a batch of 5 costs at most 1.25 x one query
+    batcher.costs.observe(32, 0.160)
+    batcher.submit(V1, ["first"], "s", client="flood")
+    assert generate.entered.wait(10)
+    flood = batcher.submit(V1, [f"f{n}" for n in range(40)], "s", client="flood")
+    other = batcher.submit(V1, ["mine"], "s", client="other")
+    generate.release.set()
+    assert other.result(10) == ["v1: mine"] and len(flood.result(10)) == 40
+    batches = [queries for _, queries, _ in generate.calls[1:]]
+    assert "mine" in batches[0] and all(len(b) <= 5 for b in batches)
+
+
+def test_a_lone_client_gets_full_batches_whatever_they_cost():
+    generate = Generate(held=True)
+    batcher = Batcher(generate, max_batch=32, wait_s=0, queue_size=200, shared_slowdown=0.25)
+    assert batcher.costs is not None
+    batcher.costs.observe(1, 0.061)
+    batcher.costs.observe(32, 0.160)
+    batcher.submit(V1, ["first"], "s", client="app")
+    assert generate.entered.wait(10)
+    queued = batcher.submit(V1, [f"q{n}" for n in range(40)], "s", client="app")
+    generate.release.set()
+    assert len(queued.result(10)) == 40
+    assert [len(queries) for _, queries, _ in generate.calls[1:]] == [32, 8]
