@@ -32,7 +32,7 @@ class TopicSpec:
     name: str
     key: str
     value_schema: type[BaseModel]
-    producers: tuple[str, ...]  # processes that write it (see the README's process map)
+    producers: tuple[str, ...]  # processes that write it (the README's process map)
     consumers: tuple[str, ...]  # processes (consumer groups) that read it
     keyed_partitions: bool = True  # False: one partition, total order (see `why_one_partition`)
     config: dict[str, str] = field(default_factory=dict)
