@@ -93,8 +93,12 @@ def authorise(body: FeedbackRequest, credential: str | None, keys: ApiKeys, assi
     return claims
 
 
-def served_interaction(body: FeedbackRequest, claims: Claims | None, assistant: Assistant) -> ServedInteraction:
-    if assistant.settings.assistant.replicas > 1:  # perhaps served by another replica, and not read here yet
+def served_interaction(body: FeedbackRequest, claims: Claims | None, vouched: bool, assistant: Assistant) -> ServedInteraction:
+    """What was served for the feedback's interaction. With replicas, one `vouched` for (a token that
+    proves the answer was given, or an API key's holder) may have been served by another replica and
+    not be read here yet: it is waited for. An unvouched id on an open API is not, so that made-up
+    ids cannot hold request threads for PEER_WAIT_S each."""
+    if assistant.settings.assistant.replicas > 1 and vouched:
         assistant.recent.wait_for(body.interaction_id, PEER_WAIT_S)
     try:
         served = assistant.recent.get(body.interaction_id)
@@ -142,7 +146,7 @@ def router(assistant: Assistant, keys: ApiKeys) -> APIRouter:
     )
     def feedback(body: FeedbackRequest, request: Request) -> FeedbackReceipt:
         claims = authorise(body, body.token or bearer(request), keys, assistant)
-        served = served_interaction(body, claims, assistant)
+        served = served_interaction(body, claims, claims is not None or not keys.open, assistant)
         # A token is issued only for an answer whose feedback is collected: what it was promised is kept.
         if claims is None and not assistant.client.sampled(served.interaction_id):
             raise HTTPException(

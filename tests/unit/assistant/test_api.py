@@ -340,3 +340,16 @@ def test_the_chat_page_keeps_the_api_key_out_of_persistent_storage_and_shows_whe
     assert 'sessionStorage.setItem("rlhf-api-key"' in page
     assert not re.search(r"localStorage\.(setItem|getItem)\(\"rlhf-api-key\"", page)
     assert "feedback_collected" in page
+
+
+def test_with_replicas_only_vouched_feedback_waits_for_an_interaction_another_replica_served(loads, monkeypatch):  # noqa: F811
+    """Issue 37: an id nobody vouches for (open API, no token) is not waited for, so made-up ids cannot
+    hold request threads; a token's interaction is, since another replica may have served it."""
+    client, assistant, _ = make(loads, replicas=2, feedback_secret=SecretStr("s" * 32))
+    waited: list[str] = []
+    monkeypatch.setattr(assistant.recent, "wait_for", lambda interaction, timeout_s: waited.append(interaction) or False)
+    assert post_feedback(client, None, interaction_id="made-up", type="thumbs_up")["status"] == 404
+    assert waited == []
+    token = assistant.tokens.issue("elsewhere", "u-1")  # signed by a peer sharing the secret, not read here yet
+    assert post_feedback(client, token, interaction_id="elsewhere", type="thumbs_up")["status"] == 410
+    assert waited == ["elsewhere"]
