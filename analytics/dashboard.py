@@ -198,7 +198,7 @@ def build_panels(warehouse: Warehouse, settings: Settings, experiment: str | Non
             "positive_rate",
             f"Positive rate over time by variant ({experiment})",
             len(rate),
-            plots.positive_rate(rate) if len(rate) else "",
+            plots.positive_rate(rate, bucket) if len(rate) else "",
         ),
         Panel(
             "positive_rate_by_turn",

@@ -1,28 +1,29 @@
-"""The dashboard served by the sink: events go through Kafka and the sink, the page is opened in
-headless Chromium, every panel renders with data, and the screenshot is kept as an artifact
-(artifacts/dashboard.png). On a brand-new warehouse the page, /api/ab and `rlhf ab analyze` say
-"no data yet"."""
+"""The dashboard served by the sink: events of an experiment lasting minutes, as in `rlhf demo`, go
+through Kafka and the sink, the page is opened in headless Chromium, every panel renders with data,
+the time axes span those minutes, no text or legend covers another, and the screenshot is kept as
+an artifact (artifacts/dashboard.png). On a brand-new warehouse the page, /api/ab and `rlhf ab
+analyze` say "no data yet"."""
 
 import re
-import shutil
-import subprocess
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from matplotlib import image
 from pydantic import SecretStr
 
-from analytics.dashboard import create_app
+from analytics.dashboard import bucket_for, create_app
 from core.errors import ConfigError
 from devtools.kafka_local import free_port
-from tests.integration.analytics.conftest import REPO, SinkProcess, produce, rlhf
-from tests.integration.analytics.world import build_world
+from tests.integration.analytics.conftest import SinkProcess, produce, rlhf
+from tests.integration.analytics.world import START, build_world, compress
+from tests.integration.browser import ARTIFACTS, LAYOUT, DevTools, need_chromium
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = REPO / "artifacts"
+# Not at midnight: there matplotlib would tick the date, not the time.
+DEMO_START, DEMO_SPAN = START + timedelta(hours=14, minutes=15), timedelta(minutes=6)
+PLOTTED = ("feedback_volume", "positive_rate", "positive_rate_by_turn", "ab_results", "experiments", "training_runs")
 PANELS = (
     "feedback_volume",
     "positive_rate",
@@ -37,33 +38,9 @@ PANELS = (
 )
 
 
-def screenshot(url: str, out: Path, profile: Path) -> None:
-    subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            f"--screenshot={out}",
-            "--window-size=1400,1900",
-            "--virtual-time-budget=5000",
-            url,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture
 def running_sink(settings):
-    world = build_world(settings, users=400)
+    world = compress(build_world(settings, users=400), DEMO_START, DEMO_SPAN)
     produce(settings, world, bad=3)  # undecodable records: the dead-letter panel has rows (the sink's 2; the feedback one
     # is the stream worker's to dead-letter, which is not running here)
     sink = SinkProcess(settings)
@@ -98,12 +75,39 @@ def test_dashboard_panels_render_with_data_in_headless_chromium(running_sink, tm
             values = [row[frame["columns"].index(column)] for row in frame["data"]]
             assert values and None not in values, (query, column, frame)
 
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"chromium not installed at {CHROMIUM} (apt-get install -y chromium); page checked over HTTP only")
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "dashboard.png"
-    screenshot(running_sink.url + "/", shot, tmp_path / "chromium-profile")
-    pixels = image.imread(shot)
+    need_chromium()
+    browser = DevTools(tmp_path / "chromium-profile", window=(1400, 1000))
+    try:
+        session = browser.open(running_sink.url + "/")
+        plots = {p["where"]: p for p in browser.evaluate(session, LAYOUT)}
+        page_width, view_width = browser.evaluate(session, "[document.scrollingElement.scrollWidth, window.innerWidth]")
+        browser.screenshot(session, ARTIFACTS / "dashboard.png", full_page=True)
+    finally:
+        browser.close()
+
+    assert set(PLOTTED) <= set(plots) and page_width <= view_width
+    for name in PLOTTED:
+        assert plots[name]["box"]["width"] > 400 and plots[name]["box"]["height"] > 150, (name, plots[name]["box"])
+        assert plots[name]["overlaps"] == [] and plots[name]["covering"] == [], (name, plots[name])
+    span = running_sink.get_json("/sql/time_span")["data"][0]
+    bucket = bucket_for((datetime.fromisoformat(span[1]) - datetime.fromisoformat(span[0])).total_seconds())
+    assert bucket == 60  # minutes of data: minute bars
+    volume = running_sink.get_json(f"/sql/feedback_volume?bucket_s={bucket}")["data"]
+    rate = running_sink.get_json(f"/sql/positive_rate_over_time?bucket_s={bucket}&experiment={ab['experiment']}")["data"]
+    for name, rows in (("feedback_volume", volume), ("positive_rate", rate)):
+        buckets = [datetime.fromisoformat(row[0]) for row in rows]
+        first, end = min(buckets), max(buckets) + timedelta(seconds=bucket)
+        (ticks,), (offsets,) = plots[name]["xticks"], plots[name]["offsets"]
+        # Clock times of the data's day (the date once, beside the axis), all within the plotted buckets.
+        assert len(ticks) >= 3 and all(re.fullmatch(r"\d\d:\d\d(:\d\d)?", t) for t in ticks), (name, ticks)
+        times = [
+            datetime.combine(DEMO_START.date(), datetime.strptime(t, "%H:%M:%S" if t.count(":") == 2 else "%H:%M").time())
+            for t in ticks
+        ]
+        assert times == sorted(times) and first <= times[0] and times[-1] <= end, (name, ticks, first, end)
+        assert f"{DEMO_START:%Y-%b-%d}" in offsets, (name, offsets)
+
+    pixels = image.imread(ARTIFACTS / "dashboard.png")
     assert pixels.shape[0] >= 1800 and pixels.shape[1] >= 1300
     # Plots put many distinct colours on screen; a blank or error page has a handful.
     colours = {tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}

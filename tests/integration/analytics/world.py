@@ -153,6 +153,21 @@ def build_world(
     return World(events)
 
 
+def compress(world: World, start: datetime, span: timedelta) -> World:
+    """The world's events retimed into [start, start + span], in the same order and proportion: a
+    days-long world as the few minutes a demo's experiment lasts."""
+    inner = [e.root if isinstance(e, ExperimentEvent) else e for _, e in world.events]
+    first, last = min(e.timestamp for e in inner), max(e.timestamp for e in inner)
+    scale = span / (last - first)
+    retimed = [e.model_copy(update={"timestamp": start + (e.timestamp - first) * scale}) for e in inner]
+    return World(
+        [
+            (t, ExperimentEvent(r) if isinstance(e, ExperimentEvent) else r)
+            for (t, e), r in zip(world.events, retimed, strict=True)
+        ]
+    )
+
+
 def insert_world(warehouse: Warehouse, settings: Settings, world: World) -> dict[str, int]:
     """The world's rows straight into the warehouse, as the sink makes them: rows inserted per topic."""
     rows: dict[str, list] = {}

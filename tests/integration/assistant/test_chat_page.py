@@ -2,19 +2,13 @@
 one conversation (streamed answers), thumbs-down the first answer, two stars on the second, a
 correction on the third; three FeedbackEvents with those interaction ids reach Kafka, and the
 interactions are the turns of one conversation, each with the turns before it. The screenshot is kept as an artifact
-(artifacts/chat.png). Chromium is driven over the DevTools protocol on a pipe (its fds 3 and 4,
-NUL-separated JSON), which needs no package beyond the browser."""
+(artifacts/chat.png). Chromium is driven over the DevTools protocol (tests/integration/browser.py)."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import shutil
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import uvicorn
@@ -25,10 +19,9 @@ from devtools.kafka_local import free_port
 from schemas import FeedbackEvent, InteractionEvent
 from tests.integration.assistant.test_openai_api import read
 from tests.integration.assistant.test_service import registry  # noqa: F401 (a fixture)
+from tests.integration.browser import ARTIFACTS, DevTools, need_chromium
 
 pytestmark = pytest.mark.integration
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[3] / "artifacts"
 
 SCENARIO = """(async () => {
   const wait = async (ready) => {
@@ -55,63 +48,6 @@ SCENARIO = """(async () => {
 })()"""
 
 
-class DevTools:
-    """Chromium with `--remote-debugging-pipe`: commands in on its fd 3, replies out on its fd 4."""
-
-    def __init__(self, profile: Path):
-        to_browser, self._in = os.pipe()
-        self._out, from_browser = os.pipe()
-
-        def wire() -> None:
-            os.dup2(to_browser, 3)
-            os.dup2(from_browser, 4)
-
-        self.process = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--remote-debugging-pipe",
-                f"--user-data-dir={profile}",
-                "--window-size=1000,900",
-                "about:blank",
-            ],
-            pass_fds=(3, 4),
-            preexec_fn=wire,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(to_browser)
-        os.close(from_browser)
-        self._buffer, self._next = b"", 0
-
-    def call(self, method: str, session: str | None = None, **params) -> dict:
-        self._next += 1
-        message = {"id": self._next, "method": method, "params": params, **({"sessionId": session} if session else {})}
-        os.write(self._in, json.dumps(message).encode() + b"\0")
-        while True:
-            while b"\0" not in self._buffer:
-                chunk = os.read(self._out, 1 << 20)
-                assert chunk, "chromium closed its DevTools pipe"
-                self._buffer += chunk
-            raw, self._buffer = self._buffer.split(b"\0", 1)
-            reply = json.loads(raw)
-            if reply.get("id") == self._next:
-                assert "error" not in reply, reply["error"]
-                return reply["result"]
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-        os.close(self._in)
-        os.close(self._out)
-
-
 @pytest.fixture
 def served(settings, registry):  # noqa: F811
     settings = settings.model_copy(update={"feedback": FeedbackSettings(collection_rate=1.0)})
@@ -130,25 +66,12 @@ def served(settings, registry):  # noqa: F811
 
 def test_the_chat_page_sends_thumbs_a_rating_and_a_correction(served, tmp_path):
     settings, url = served
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"chromium not installed at {CHROMIUM} (apt-get install -y chromium)")
+    need_chromium()
     browser = DevTools(tmp_path / "profile")
     try:
-        target = browser.call("Target.createTarget", url=url)["targetId"]
-        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        browser.call("Runtime.enable", session)
-        deadline = time.monotonic() + 30
-        while not browser.call(
-            "Runtime.evaluate", session, expression="document.readyState == 'complete' && !!document.getElementById('send')"
-        )["result"]["value"]:
-            assert time.monotonic() < deadline, "the page did not load"
-            time.sleep(0.2)
-        result = browser.call("Runtime.evaluate", session, expression=SCENARIO, awaitPromise=True, returnByValue=True)
-        assert "exceptionDetails" not in result, result
-        page = json.loads(result["result"]["value"])
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = browser.call("Page.captureScreenshot", session, format="png")["data"]
-        (ARTIFACTS / "chat.png").write_bytes(base64.b64decode(shot))
+        session = browser.open(url, ready="document.readyState == 'complete' && !!document.getElementById('send')")
+        page = json.loads(browser.evaluate(session, SCENARIO, awaits=True))
+        browser.screenshot(session, ARTIFACTS / "chat.png")
     finally:
         browser.close()
 
