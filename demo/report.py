@@ -1,5 +1,5 @@
 """The demo's report: the success metrics per round (reward-model accuracy > 85%,
-policy reward +15%, positive feedback +20%), in the terminal and as HTML with plots.
+policy reward +15%, positive feedback +20%), in the terminal and as HTML with plots (demo/report_page.py).
 
 Figures come from what the system itself recorded (the trainer's published metrics, the decider's
 ExperimentDecided with the per-user statistics it rested on); the hidden user preference is used only for the "ground
@@ -11,98 +11,20 @@ two-question conversations, the version's own first answer in the context).
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import math
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
+from demo.report_page import write_html
+from demo.round_figures import RoundFigures
 from demo.truth import adversaries_down_weighted, answers_of, true_quality
 
 if TYPE_CHECKING:
     from trainers.preferences import Preference
 
 TARGETS = {"reward_accuracy": 0.85, "policy_reward_gain": 0.15, "positive_lift": 0.20}
-
-
-@dataclass(frozen=True)
-class RoundFigures:
-    """One round's success metrics, extracted from its RoundResult."""
-
-    candidate: str
-    decision: str
-    reward_accuracy: float | None
-    reward_before: float | None
-    reward_after: float | None
-    control_rate: float | None
-    treatment_rate: float | None
-    lift: float | None
-    lift_low: float | None
-    lift_high: float | None
-    users_control: float | None = None
-    users_treatment: float | None = None
-    decision_reason: str = ""
-    true_quality_parent: float | None = None  # on held-out questions, never asked
-    true_quality_candidate: float | None = None
-    traffic_parent: float | None = None  # the same ground truth on questions like the users'
-    traffic_candidate: float | None = None
-    follow_up_parent: float | None = None  # the same ground truth on follow-up turns, after a run with conversations
-    follow_up_candidate: float | None = None
-    # Issue 14's per-round figures: how the reward model fares on the newest answers, how far the policy moved.
-    reward_accuracy_recent: float | None = None  # held-out feedback pairs of the newest trigger (the newest policies' answers)
-    reward_accuracy_on_policy: float | None = None  # pairs of the parent's own answers, judged by the hidden preference
-    disagreement: float | None = None  # the reward ensemble's spread on held-out feedback
-    disagreement_ppo: float | None = None  # ... on PPO's last rollout
-    kl_parent: float | None = None
-    kl_base: float | None = None
-    gate_before: float | None = None
-    gate_after: float | None = None
-    history_events: float | None = None
-    seconds: float | None = None  # wall time of the round, from the previous round's end to this one's
-    # Issue 15's per-stage figures: the users' side (asking through the HTTP API) and the trainer's.
-    serving_seconds: float | None = None
-    serving_answers: float | None = None
-    serving_tokens: float | None = None
-    reward_model_seconds: float | None = None
-    policy_seconds: float | None = None  # the whole policy job: corrections' SFT, evaluations, PPO, saving
-    ppo_seconds: float | None = None
-    # Issue 36's feedback trust (`trainers.trust`): whom the round's reward model down-weighted, and
-    # how many of them the simulated population made adversarial (the report knows; the trainer does not).
-    down_weighted_users: float | None = None
-    down_weighted_share: float | None = None  # of the round's feedback
-    adversaries_down_weighted: int | None = None
-    corrections_learned: float | None = None
-    corrections_not_learned: float | None = None
-
-    @property
-    def serving_truth(self) -> float | None:
-        """The hidden preference of the version serving once the round is decided."""
-        return self.true_quality_candidate if self.decision == "promote" else self.true_quality_parent
-
-    @property
-    def serving_traffic(self) -> float | None:
-        """... on questions like the users'."""
-        return self.traffic_candidate if self.decision == "promote" else self.traffic_parent
-
-    @property
-    def serving_follow_up(self) -> float | None:
-        """... on follow-up turns."""
-        return self.follow_up_candidate if self.decision == "promote" else self.follow_up_parent
-
-    @property
-    def policy_reward_gain(self) -> float | None:
-        if self.reward_before is None or self.reward_after is None or self.reward_before <= 0:
-            return None
-        return self.reward_after / self.reward_before - 1
 
 
 def figures_of(
@@ -161,11 +83,6 @@ def figures_of(
         corrections_learned=metrics.get("corrections_kept"),
         corrections_not_learned=metrics.get("corrections_dropped"),
     )
-
-
-def _values(values: Iterable[float | None]) -> list[float]:
-    """A series to plot: a missing value is a gap (NaN)."""
-    return [math.nan if v is None else v for v in values]
 
 
 def _pct(x: float | None) -> str:
@@ -240,117 +157,6 @@ def terminal_summary(rounds: list[RoundFigures], dashboard_url: str, html_path: 
         ]
     lines += [f"  report: {html_path}", f"  dashboard (while running): {dashboard_url}", ""]
     return "\n".join(lines)
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _ab_plot(rounds: list[RoundFigures]) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    xs = range(1, len(rounds) + 1)
-    ax.bar([x - 0.2 for x in xs], [r.control_rate or 0 for r in rounds], 0.4, label="control")
-    ax.bar([x + 0.2 for x in xs], [r.treatment_rate or 0 for r in rounds], 0.4, label="treatment (candidate)")
-    for x, r in zip(xs, rounds, strict=True):
-        ax.annotate(f"{_pct(r.lift)}\n{r.decision}", (x + 0.2, (r.treatment_rate or 0) + 0.02), ha="center", fontsize=8)
-    ax.set(xlabel="round", ylabel="positive-feedback rate", title="A/B test per round", xticks=list(xs), ylim=(0, 1))
-    ax.legend(loc="upper left", fontsize=8)
-    return _png(fig)
-
-
-def _reward_plot(rounds: list[RoundFigures]) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    xs = list(range(1, len(rounds) + 1))
-    ax.plot(xs, _values(r.reward_before for r in rounds), "o--", label="parent policy (reward model)")
-    ax.plot(xs, _values(r.reward_after for r in rounds), "o-", label="candidate policy (reward model)")
-    ax.plot(xs, _values(r.true_quality_parent for r in rounds), "s--", alpha=0.6, label="parent (hidden preference)")
-    ax.plot(xs, _values(r.true_quality_candidate for r in rounds), "s-", alpha=0.6, label="candidate (hidden preference)")
-    ax.set(xlabel="round", ylabel="mean reward on held-out queries", title="Policy improvement", xticks=xs)
-    ax.legend(fontsize=7)
-    return _png(fig)
-
-
-def _rounds_plot(rounds: list[RoundFigures]) -> str:
-    """The hidden preference of the serving version per round, each round's decision marked, and
-    the reward model's accuracy on the parent's own answers."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    xs = list(range(0, len(rounds) + 1))
-    serving = _values([rounds[0].true_quality_parent if rounds else None] + [r.serving_truth for r in rounds])
-    ax.plot(xs, serving, "-", color="tab:blue", label="serving version (hidden preference, held out)")
-    traffic = _values([rounds[0].traffic_parent if rounds else None] + [r.serving_traffic for r in rounds])
-    ax.plot(xs, traffic, ":", color="tab:blue", label="... on traffic")
-    if rounds and rounds[0].follow_up_parent is not None:
-        follow_ups = _values([rounds[0].follow_up_parent] + [r.serving_follow_up for r in rounds])
-        ax.plot(xs, follow_ups, "--", color="tab:cyan", label="... on follow-up turns")
-    markers = {
-        "promote": ("^", "tab:green"),
-        "rollback": ("v", "tab:red"),
-        "expired": ("v", "tab:orange"),
-        "rejected": ("x", "tab:gray"),
-    }
-    for x, r in zip(xs[1:], rounds, strict=True):
-        marker, colour = markers.get(r.decision, ("o", "black"))
-        ax.scatter(
-            [x],
-            _values([r.true_quality_candidate if r.true_quality_candidate is not None else r.serving_truth]),
-            marker=marker,
-            color=colour,
-            zorder=3,
-        )
-    for decision, (marker, colour) in markers.items():
-        ax.scatter([], [], marker=marker, color=colour, label=f"candidate: {decision}")
-    ax.plot(
-        xs[1:],
-        _values(r.reward_accuracy_on_policy for r in rounds),
-        "s--",
-        color="tab:purple",
-        alpha=0.7,
-        label="RM accuracy on the parent's answers",
-    )
-    ax.set(xlabel="round", ylabel="hidden preference / accuracy", title="Does it keep improving?", xticks=xs, ylim=(0, 1.02))
-    ax.legend(fontsize=6, loc="lower right")
-    return _png(fig)
-
-
-def _moving_rate(timeline: list[dict], positive: str, n: str, window: int = 8) -> list[float]:
-    """The positive share of the feedback over the last `window` steps, at each step."""
-    rates = []
-    for i in range(len(timeline)):
-        chunk = timeline[max(0, i - window + 1) : i + 1]
-        total = sum(c[n] for c in chunk)
-        rates.append(sum(c[positive] for c in chunk) / total if total else float("nan"))
-    return rates
-
-
-def _timeline_plot(timeline: list[dict]) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    if timeline:
-        t0 = timeline[0]["t"]
-        minutes = [(p["t"] - t0) / 60 for p in timeline]
-        ax.plot(minutes, _moving_rate(timeline, "positive", "n"), label="all answers")
-        if "follow_up_n" in timeline[0]:
-            ax.plot(minutes, _moving_rate(timeline, "follow_up_positive", "follow_up_n"), label="answers to follow-ups")
-            ax.legend(fontsize=7)
-    ax.set(xlabel="minutes", ylabel="positive-feedback rate (moving avg)", title="What users felt over the run", ylim=(0, 1))
-    return _png(fig)
-
-
-def write_html(path: Path, rounds: list[RoundFigures], timeline: list[dict], summary: str) -> Path:
-    images = (
-        [_rounds_plot(rounds), _ab_plot(rounds), _reward_plot(rounds), _timeline_plot(timeline)]
-        if rounds
-        else [_timeline_plot(timeline)]
-    )
-    body = "".join(f'<img src="data:image/png;base64,{img}" style="max-width:48%;margin:4px">' for img in images)
-    path.write_text(
-        "<!doctype html><meta charset=utf-8><title>rlhf demo report</title>"
-        "<style>body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}</style>"
-        f"<h1>rlhf-stream demo</h1>{body}<pre>{html.escape(summary)}</pre>"
-    )
-    return path
 
 
 def on_policy_accuracy(

@@ -25,7 +25,7 @@ def test_a_round_the_gate_rejected_is_reported_without_loading_its_weights(tmp_p
 
     assert "assistant-trg-1" in summary and "rejected" in summary
     assert "users:" not in summary  # the default users go without saying
-    assert (tmp_path / "report.html").read_text().count("<img") == 4  # rounds, A/B, rewards, timeline
+    assert (tmp_path / "report.html").read_text().count("<svg") == 4  # rounds, A/B, rewards, timeline
 
 
 def test_a_candidate_the_gate_rejected_with_its_weights_saved_gets_its_hidden_preference_measured(
