@@ -254,15 +254,13 @@ class AssistantSettings(Section):
         SAMPLING_TEMPERATURE,
         ge=0,
         le=2,
-        description="Sampling temperature of answers whose request sets none, 0: greedy, by default the policy's evaluation "
-        "setting.",
+        description="Sampling temperature of answers whose request sets none, 0: greedy, by default the policy's evaluation one.",
     )
     top_p: float = Field(
         SAMPLING_TOP_P,
         gt=0,
         le=1,
-        description="Nucleus sampling mass of answers whose request sets none, by default the policy's evaluation setting "
-        "(probability).",
+        description="Nucleus sampling mass of answers whose request sets none, by default the policy's evaluation one (mass).",
     )
     max_batch: int = Field(
         32,
@@ -277,10 +275,7 @@ class AssistantSettings(Section):
         "previous batch, whichever is later (milliseconds).",
     )
     shared_batch_slowdown: float = Field(
-        0.25,
-        ge=0,
-        description="While more than one client is active, how much longer than one query a batch may take to generate, "
-        "learned per batch size, so that one client's queued queries cannot slow everyone else's answers (fraction).",
+        0.25, ge=0, description="While several clients are active, how much longer than one query a batch may take (fraction)."
     )
     queue_size: int = Field(
         256,

@@ -347,7 +347,12 @@ def test_with_replicas_only_vouched_feedback_waits_for_an_interaction_another_re
     hold request threads; a token's interaction is, since another replica may have served it."""
     client, assistant, _ = make(loads, replicas=2, feedback_secret=SecretStr("s" * 32))
     waited: list[str] = []
-    monkeypatch.setattr(assistant.recent, "wait_for", lambda interaction, timeout_s: waited.append(interaction) or False)
+
+    def wait_for(interaction: str, timeout_s: float) -> bool:
+        waited.append(interaction)
+        return False
+
+    monkeypatch.setattr(assistant.recent, "wait_for", wait_for)
     assert post_feedback(client, None, interaction_id="made-up", type="thumbs_up")["status"] == 404
     assert waited == []
     token = assistant.tokens.issue("elsewhere", "u-1")  # signed by a peer sharing the secret, not read here yet
