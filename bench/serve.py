@@ -148,7 +148,7 @@ def load(url: str, clients: int, requests: int, questions: list[str]) -> dict[st
                 if r.status_code != 200:
                     failures.append(f"{r.status_code}: {r.text[:200]}")
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
+    threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     start.wait()
