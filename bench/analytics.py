@@ -9,12 +9,13 @@ chdb; rows/s is measured from its first commit to its last (so the group join is
 
 Analysis: `--rows` feedback rows from `--rows / 4` users (a heavy-tailed number each; a fifth of the
 rows are feedback from before the user's exposure, the CUPED history) and one exposure per user
-are inserted into embedded chdb. The `ab_users` named query (deduplicated with FINAL; per user
-and variant, then per variant: the sums analytics.decision reads, with each user's pre-experiment
-positive rate) is timed against pandas doing the same work on the same rows (drop duplicate ids,
-first exposure per user, history before it, per-user then per-variant sums); both results must
-agree column by column and give the same decision. Text columns the aggregation never reads are
-left empty in both. Medians of `--repeats` runs.
+are inserted into embedded chdb, each row the verdict on an answer of its own (a distinct
+interaction id). The `ab_users` named query (deduplicated with FINAL; the latest verdict per
+answer; per user and variant, then per variant: the sums analytics.decision reads, with each user's
+pre-experiment positive rate) is timed against pandas doing the same work on the same rows (drop
+duplicate ids, the latest verdict per answer, first exposure per user, history before it, per-user
+then per-variant sums); both results must agree column by column and give the same decision. Text
+columns the aggregation never reads are left empty in both. Medians of `--repeats` runs.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def synthetic_tables(rows: int, seed: int = 1) -> tuple[pa.Table, pa.Table]:
     shift = pd.to_timedelta(np.where(before, -rng.integers(60, 7 * 86_400, n_fb), 300), unit="s")
     feedback = {
         "event_id": np.char.add("f-", np.arange(n_fb).astype(str)),
-        "interaction_id": np.full(n_fb, ""),
+        "interaction_id": np.char.add("i-", np.arange(n_fb).astype(str)),  # each row the verdict on an answer of its own
         "user_id": users[who],
         "model_version": np.char.add(VARIANTS[variant], "-v1"),
         "experiment": np.where(before, "", "policy-ab"),
@@ -167,10 +168,16 @@ def _arrow(columns: dict, table: Table) -> pa.Table:
 
 
 def pandas_ab_users(exposures: pd.DataFrame, feedback: pd.DataFrame, experiment: str = "policy-ab") -> pd.DataFrame:
-    """What the `ab_users` query computes, in pandas: dedupe ids (FINAL), each user's first exposure
-    and their feedback before it, per-user sums in the experiment, then per-variant sums."""
+    """What the `ab_users` query computes, in pandas: dedupe ids (FINAL), the latest verdict per answer
+    (a correction kept beside it), each user's first exposure and their feedback before it, per-user
+    sums in the experiment, then per-variant sums."""
     exp = exposures[exposures["experiment"] == experiment].drop_duplicates("exposure_id", keep="last").sort_values("ts")
     fb = feedback.drop_duplicates("event_id", keep="last")
+    fb = (
+        fb.assign(c=fb["feedback_type"] == "correction")
+        .sort_values(["ts", "event_id"])
+        .drop_duplicates(["interaction_id", "c"], keep="last")
+    )
     first = exp.groupby("user_id").agg(variant=("variant", "first"), first_exposure=("ts", "first"))
     during = fb[fb["experiment"] == experiment]
     during = during.assign(d=during["feedback_type"] == "thumbs_down", r=during["rating"].notna(), s=during["rating"].fillna(0))
@@ -225,7 +232,7 @@ def bench_query(warehouse: Warehouse, settings: Settings, rows: int, repeats: in
     took = time.perf_counter() - start
     print(f"inserted into chdb in {took:.1f} s ({(exposures.num_rows + feedback.num_rows) / took:,.0f} rows/s, insert_arrow)")
     ch_s, ch = timed(lambda: run_query(warehouse, "ab_users", {"experiment": "policy-ab"}), repeats)
-    needed = ["event_id", "user_id", "experiment", "variant", "feedback_type", "rating", "positive", "ts"]
+    needed = ["event_id", "interaction_id", "user_id", "experiment", "variant", "feedback_type", "rating", "positive", "ts"]
     exp_df, fb_df = exposures.to_pandas(), feedback.select(needed).to_pandas()
     del exposures, feedback
     pd_s, pdf = timed(lambda: pandas_ab_users(exp_df, fb_df), repeats)

@@ -74,7 +74,7 @@ def run_project(base: str, queries: list[str], config: PolicyTrainingSettings) -
         ppo.generate = real_generate
     if result.rollbacks:
         raise RuntimeError(f"PPO rolled back {result.rollbacks} update(s); timings would mix in rollbacks")
-    steps = [b - a for a, b in zip([started, *step_ends], step_ends, strict=True)]
+    steps = [b - a for a, b in zip([started, *step_ends[:-1]], step_ends, strict=True)]
     return _figures(steps, gen_seconds, tokens)
 
 
@@ -107,7 +107,7 @@ def run_trl(base: str, queries: list[str], config: PolicyTrainingSettings) -> di
         train_alternative("grpo", lm, tok, quality_reward, queries, one_pass, on_status=on_status)
     finally:
         GRPOTrainer._generate = real_generate  # type: ignore[method-assign]
-    steps = [b - a for a, b in zip([started, *step_ends], step_ends, strict=True)]
+    steps = [b - a for a, b in zip([started, *step_ends[:-1]], step_ends, strict=True)]
     return _figures(steps, gen_seconds, tokens)
 
 

@@ -1,5 +1,5 @@
 """Reward-model training throughput: the project's loop (`trainers.reward.fit`) next to TRL's
-RewardTrainer, same model (MiniLM), same pairs, same batch size, fp32, one epoch each.
+RewardTrainer, same model (MiniLM, one scalar head), same pairs, same batch size, fp32, one epoch each.
 
     python -m bench.reward [--pairs 256] [--batch-size 16] [--repeats 3] [--threads 2] [--naive]
 
@@ -119,7 +119,8 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    training = RewardTrainingSettings(epochs=1, batch_size=args.batch_size, warmup_ratio=0.0)
+    # One scalar head, as RewardTrainer trains (the project's default adds ensemble members and a gate head).
+    training = RewardTrainingSettings(epochs=1, batch_size=args.batch_size, warmup_ratio=0.0, ensemble_members=1, gate_head=False)
     cfg = RewardConfig(base_model="minilm", training=training, num_threads=args.threads)
     pairs = pair_dataset(args.pairs)
     print(f"MiniLM fp32, {args.pairs} pairs, batch {args.batch_size}, {torch.get_num_threads()} threads, 1 epoch")
