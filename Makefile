@@ -17,6 +17,7 @@ lint: setup
 	.venv/bin/ruff format --check .
 	MYPY_CACHE_DIR=$${XDG_CACHE_HOME:-$$HOME/.cache}/rlhf-stream/mypy .venv/bin/mypy
 
-# replay_round is left out: it measures a finished demo run (`python -m bench.replay_round --help`).
+# Runs every benchmark and rewrites docs/benchmarks.md with their output, the date and the machine
+# (bench/__main__.py; replay_round is left out: it measures a finished demo run).
 bench: setup
-	for b in bench/[a-z]*.py; do [ $$b = bench/replay_round.py ] || .venv/bin/python -m bench.$$(basename $$b .py); done
+	.venv/bin/python -m bench
