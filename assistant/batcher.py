@@ -153,8 +153,8 @@ class Batcher:
                     headers={"Retry-After": BUSY_RETRY_AFTER_S},
                 )
             self._clients.setdefault(client, deque()).append(job)
-            self._sent_at[client] = time.monotonic()
-            if time.monotonic() <= self._answered_at + self.wait_s:
+            self._sent_at[client] = now = time.monotonic()
+            if now <= self._answered_at + self.wait_s:
                 self._returning += n
             self._queued += n
             self._held[client] += n
