@@ -17,8 +17,9 @@ replied to (the app's system prompt, the earlier turns, the question), in the po
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from schemas.events import FeedbackEvent, latest_verdicts
 from trainers import distributed
+from trainers.batching import length_batches
 from trainers.chat_format import Conversation, Prompt, format_completion, format_prompt
 
 
@@ -45,16 +47,13 @@ class DemoBatch:
     target_mask: torch.Tensor  # (B, T - 1): 1 where the next token is part of the correction (or its EOS)
 
 
-def encode_demonstrations(
-    tokenizer: PreTrainedTokenizerBase,
-    demos: Sequence[tuple[Prompt, str]],
-    max_tokens: int = 256,
-    device: torch.device | str = "cpu",
-) -> DemoBatch:
-    """Prompt (the conversation in the policy's own chat format) + correction + EOS per
-    demonstration; the prompt is cut from the left (the oldest turns first) when the whole would
-    pass `max_tokens`."""
-    rows, targets = [], []
+def demonstration_rows(
+    tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[Prompt, str]], max_tokens: int = 256
+) -> list[tuple[list[int], list[int]]]:
+    """(token ids, target flags) per demonstration: prompt (the conversation in the policy's own chat
+    format) + correction + EOS, flag 1 where the next token is the correction's; the prompt is cut
+    from the left (the oldest turns first) when the whole would pass `max_tokens`."""
+    rows = []
     for conversation, correction in demos:
         prompt = tokenizer(format_prompt(tokenizer, conversation), add_special_tokens=False)["input_ids"]
         answer = tokenizer(format_completion(tokenizer, correction), add_special_tokens=False)["input_ids"] + [
@@ -62,17 +61,31 @@ def encode_demonstrations(
         ]
         answer = answer[:max_tokens]
         prompt = prompt[max(0, len(prompt) + len(answer) - max_tokens) :]
-        rows.append(prompt + answer)
-        targets.append([0] * max(0, len(prompt) - 1) + [1] * len(answer))
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        rows.append((prompt + answer, [0] * max(0, len(prompt) - 1) + [1] * len(answer)))
+    return rows
+
+
+def pad_demonstrations(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device | str = "cpu") -> DemoBatch:
+    """`demonstration_rows` right-padded to the longest of them."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     target_mask = torch.zeros((len(rows), width - 1))
-    for i, (row, target) in enumerate(zip(rows, targets, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
+    for i, (ids, target) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
         target_mask[i, : len(target)] = torch.tensor(target, dtype=torch.float)
     return DemoBatch(input_ids.to(device), attention_mask.to(device), target_mask.to(device))
+
+
+def encode_demonstrations(
+    tokenizer: PreTrainedTokenizerBase,
+    demos: Sequence[tuple[Prompt, str]],
+    max_tokens: int = 256,
+    device: torch.device | str = "cpu",
+) -> DemoBatch:
+    """One batch of demonstrations (`demonstration_rows`), right-padded."""
+    return pad_demonstrations(demonstration_rows(tokenizer, demos, max_tokens), tokenizer.pad_token_id, device)
 
 
 def demonstration_loss(lm: nn.Module, batch: DemoBatch) -> torch.Tensor:
@@ -80,6 +93,19 @@ def demonstration_loss(lm: nn.Module, batch: DemoBatch) -> torch.Tensor:
     logits = lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
     nll = F.cross_entropy(logits.transpose(1, 2), batch.input_ids[:, 1:], reduction="none")
     return (nll * batch.target_mask).sum() / batch.target_mask.sum().clamp(min=1)
+
+
+def demonstration_passes(
+    rows: Sequence[tuple[list[int], list[int]]], batch_size: int, rng: random.Random
+) -> Iterator[tuple[int, list[int]]]:
+    """Endless (pass, row indices) mini-batches: each pass, length-sorted windows of a shuffled order
+    (trainers.batching, as the reward model's), the batches then shuffled. Earlier turns make rows
+    of very different lengths, and a batch pads to its longest."""
+    lengths = [len(ids) for ids, _ in rows]
+    for epoch in itertools.count():
+        batches = length_batches(lengths, batch_size, rng)
+        rng.shuffle(batches)
+        yield from ((epoch, batch) for batch in batches)
 
 
 def fit_demonstrations(
@@ -105,24 +131,25 @@ def fit_demonstrations(
     device = next(lm.parameters()).device
     optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=learning_rate)
     rng = random.Random(seed)
-    order = list(demos)
+    rows = demonstration_rows(tokenizer, demos)
     was_training = lm.training
     lm.train()
-    batch_starts = [start for _ in range(epochs) for start in range(0, len(order), batch_size)][:max_steps]
     losses: list[float] = []
     trainable = [p for p in lm.parameters() if p.requires_grad]
-    for start in batch_starts:
-        if start == 0:  # a new pass
-            rng.shuffle(order)
-            losses = []
-        batch = encode_demonstrations(tokenizer, order[start : start + batch_size], device=device)
-        rows = torch.tensor(
+    last_epoch = 0
+    for step, (epoch, indices) in enumerate(demonstration_passes(rows, batch_size, rng)):
+        if epoch == epochs or step == max_steps:
+            break
+        if epoch != last_epoch:  # a new pass
+            losses, last_epoch = [], epoch
+        batch = pad_demonstrations([rows[i] for i in indices], tokenizer.pad_token_id, device)
+        mine_rows = torch.tensor(
             distributed.shard(range(len(batch.input_ids)), distributed.rank(), distributed.world()), dtype=torch.long
         )
         optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=device)
-        if len(rows):  # a batch smaller than the processes leaves some without a row: they add nothing
-            mine = DemoBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.target_mask[rows])
+        if len(mine_rows):  # a batch smaller than the processes leaves some without a row: they add nothing
+            mine = DemoBatch(batch.input_ids[mine_rows], batch.attention_mask[mine_rows], batch.target_mask[mine_rows])
             loss = mine.target_mask.sum() / batch.target_mask.sum().clamp(min=1) * demonstration_loss(lm, mine)
             loss.backward()
         distributed.sum_gradients(trainable)

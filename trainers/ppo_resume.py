@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from core.errors import TrainingError
 from core.files import write_atomically
 from trainers.chat_format import Prompt
-from trainers.demonstrations import DemoBatch, encode_demonstrations
+from trainers.demonstrations import DemoBatch, demonstration_passes, demonstration_rows, pad_demonstrations
 
 T = TypeVar("T")
 
@@ -43,13 +43,10 @@ def query_batches(queries: Sequence[Prompt], batch_size: int, rng: random.Random
 def demo_batches(
     tokenizer: PreTrainedTokenizerBase, demos: Sequence[tuple[Prompt, str]], batch_size: int, seed: int, device: torch.device
 ) -> Iterator[DemoBatch]:
-    """Endless mini-batches of demonstrations, reshuffled every pass."""
-    rng = random.Random(seed)
-    order = list(demos)
-    while True:
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            yield encode_demonstrations(tokenizer, order[start : start + batch_size], device=device)
+    """Endless mini-batches of demonstrations, reshuffled every pass (`demonstration_passes`)."""
+    rows = demonstration_rows(tokenizer, demos)
+    for _, indices in demonstration_passes(rows, batch_size, random.Random(seed)):
+        yield pad_demonstrations([rows[i] for i in indices], tokenizer.pad_token_id, device)
 
 
 class Counted(Iterator[T]):

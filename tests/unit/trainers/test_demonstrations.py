@@ -112,7 +112,29 @@ def test_the_supervised_passes_stop_at_max_steps(monkeypatch):
     monkeypatch.setattr(demonstrations, "demonstration_loss", counting_loss)
     demos = [(f"How do I open item {n} in Mail?", f"Open Mail, then item {n}.") for n in range(5)]
     fit_demonstrations(lm, tok, demos, epochs=4, batch_size=2, learning_rate=1e-4)
-    assert seen == [2, 2, 1] * 4  # 4 passes of 3 batches
+    passes = [sorted(seen[i : i + 3]) for i in range(0, len(seen), 3)]
+    assert passes == [[1, 2, 2]] * 4  # 4 passes of 3 batches, in a shuffled order
     seen.clear()
     fit_demonstrations(lm, tok, demos, epochs=4, batch_size=2, learning_rate=1e-4, max_steps=7)
-    assert seen == [2, 2, 1, 2, 2, 1, 2]  # two whole passes, then the cap
+    assert len(seen) == 7 and sorted(seen[:3]) == sorted(seen[3:6]) == [1, 2, 2]  # two whole passes, then the cap
+
+
+def test_a_batch_holds_demonstrations_of_similar_length(monkeypatch):
+    import trainers.demonstrations as demonstrations
+
+    lm, tok = load_policy("tiny")
+    lengths: list[list[int]] = []  # the tokens of each demonstration of each step's batch
+    real_loss = demonstrations.demonstration_loss
+
+    def recording_loss(lm, batch):
+        lengths.append(batch.attention_mask.sum(dim=1).tolist())
+        return real_loss(lm, batch)
+
+    monkeypatch.setattr(demonstrations, "demonstration_loss", recording_loss)
+    short = [(f"Open item {n}?", "Open it.") for n in range(4)]
+    context = "How do I open the settings of my account in Mail and then change its password?"
+    long = [(Conversation(f"And item {n}?", (("user", context), ("assistant", context))), "Open it.") for n in range(4)]
+    fit_demonstrations(lm, tok, short + long, epochs=3, batch_size=4, learning_rate=1e-4, seed=1)
+    assert len(lengths) == 6
+    for batch in lengths:  # a batch pads to its longest: short and long ones are not mixed
+        assert max(batch) - min(batch) < 10, lengths
