@@ -70,19 +70,31 @@ _REWARD = _metric("mean_score", "reward")
 _KL = _metric("kl")
 
 
-def _verdicts(where: str) -> str:
-    """The feedback rows matching `where`, the latest verdict per answer: a user who changed their
-    mind (thumbs up, then down) counts once, with the later one; a correction is kept beside the
-    verdict (schemas.events.FeedbackEvent.verdict_key, the trainers' rule). Filtering before the
-    LIMIT BY is sound only on columns every verdict on one answer shares (experiment, user)."""
-    return (
-        f"(SELECT * FROM feedback FINAL WHERE {where} "
-        "ORDER BY ts DESC, event_id DESC LIMIT 1 BY interaction_id, feedback_type = 'correction')"
-    )
+# The event ids of feedback rows a later event on the same answer replaces: per interaction and
+# slot (a verdict, or a correction: schemas.events.FeedbackEvent.verdict_key) every row but the one
+# with the greatest (ts, event_id). Only answers with more than one stored row are ranked, found by
+# one hash aggregation over the interaction ids instead of a sort of the whole table (a hash
+# collision, or a redelivered copy, only ranks an answer whose row is then its own latest).
+_SUPERSEDED = (
+    "(SELECT groupArray(event_id) FROM ("
+    "SELECT event_id, row_number() OVER (PARTITION BY interaction_id, feedback_type = 'correction' "
+    "ORDER BY ts DESC, event_id DESC) AS recency FROM feedback FINAL WHERE cityHash64(interaction_id) IN ("
+    "SELECT cityHash64(interaction_id) AS answer FROM feedback GROUP BY answer HAVING count() > 1)"
+    ") WHERE recency > 1)"
+)
+
+
+def _verdicts(where: str | None = None) -> str:
+    """The feedback rows (matching `where`) that are each answer's latest verdict: a user who changed
+    their mind (thumbs up, then down) counts once, with the later one; a correction is kept beside
+    the verdict (schemas.events.FeedbackEvent.verdict_key, the trainers' rule). The rule sees all of
+    an answer's events, before `where`, so any filter is sound. `superseded` is a scalar: ClickHouse
+    computes it once per query, however often the query reads the verdicts."""
+    condition = f"{where} AND " if where else ""
+    return f"(WITH {_SUPERSEDED} AS superseded SELECT * FROM feedback FINAL WHERE {condition}event_id NOT IN superseded)"
 
 
 _EXPERIMENT_VERDICTS = _verdicts("experiment = {experiment:String}")
-_EXPOSED_USERS_VERDICTS = _verdicts("user_id IN (SELECT user_id FROM exposed)")
 
 
 def _decided(key: str) -> str:
@@ -110,7 +122,7 @@ _QUERIES = (
             FROM {_EXPERIMENT_VERDICTS} GROUP BY variant, user_id
         ), history AS (
             SELECT fb.user_id AS user_id, count() AS pre_f, sum(fb.positive) AS pre_p
-            FROM {_EXPOSED_USERS_VERDICTS} AS fb INNER JOIN exposed ON fb.user_id = exposed.user_id
+            FROM {_verdicts()} AS fb INNER JOIN exposed ON fb.user_id = exposed.user_id
             WHERE fb.ts < exposed.first_exposure GROUP BY fb.user_id
         ), users AS (  -- one row per user and variant; without history h = x = 0
             SELECT during.*, toFloat64(pre_f > 0) AS h, if(pre_f > 0, pre_p / pre_f, 0) AS x

@@ -1,7 +1,7 @@
 """The embedded warehouse: migrations are idempotent, redelivery never double counts (tables and
 materialized views), and every named query runs on an empty and on a filled database."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -108,6 +108,49 @@ def test_per_user_sums_agree_with_the_raw_events_counting_each_answers_latest_ve
     decisions = analyze(warehouse, warehouse_settings)
     assert [d.action for d in decisions] == ["promote"], decisions[0].summary()
     assert decisions[0].cuped_variance_ratio < 1  # the history was used
+
+
+def test_each_answer_counts_its_latest_verdict_by_time_then_event_id_whatever_the_insert_order(warehouse, warehouse_settings):
+    """Per answer and slot the row with the greatest (ts, event_id) is kept: a mind changed twice,
+    equal timestamps (the greater event id wins, either way round), a correction beside the verdict
+    (itself replaced by a later correction), a later verdict stored first, and redelivered copies of
+    both the replaced and the kept event (separate inserts: FINAL dedupes them). Each case is its
+    own model version, so `positive_rate_by_turn` shows its kept rows and their positive rate."""
+    at = datetime(2025, 3, 1, tzinfo=UTC)
+    cases = {  # model version -> (event id suffix, feedback type, seconds after `at`), in insert order
+        "twice": [("1", "thumbs_up", 0), ("2", "thumbs_down", 60), ("3", "thumbs_up", 120)],
+        "tie-up": [("a", "thumbs_down", 0), ("b", "thumbs_up", 0)],
+        "tie-down": [("b", "thumbs_down", 0), ("a", "thumbs_up", 0)],
+        "corrected": [("1", "thumbs_down", 0), ("2", "correction", 30), ("3", "correction", 90)],
+        "late-first": [("2", "thumbs_down", 60), ("1", "thumbs_up", 0)],
+        "redelivered": [("1", "thumbs_up", 0), ("1", "thumbs_up", 0), ("2", "thumbs_down", 60), ("2", "thumbs_down", 60)],
+        "single": [("1", "thumbs_up", 0), ("1", "thumbs_up", 0)],
+    }
+    route = ROUTES["feedback"]
+    for version, events in cases.items():
+        for suffix, kind, seconds in events:
+            event = FeedbackEvent(
+                event_id=f"{version}-{suffix}",
+                timestamp=at + timedelta(seconds=seconds),
+                interaction_id=f"answer-{version}",
+                user_id="user-1",
+                query="q",
+                response="r",
+                model_version=version,
+                experiment="policy-ab",
+                variant="control",
+                feedback_type=kind,
+                correction="the right answer" if kind == "correction" else None,
+            )
+            with warehouse.locked() as client:  # raw inserts: a copy is stored again, as after a crash before commit
+                client.insert_arrow(route.table.name, route.table.to_arrow([route.row(event, warehouse_settings)]))
+    frame = run_query(warehouse, "positive_rate_by_turn", {"experiment": "policy-ab"}).set_index("model_version")
+    kept = frame["first_turn_feedback"].to_dict()
+    rate = frame["first_turn_positive_rate"].to_dict()
+    assert kept == {"twice": 1, "tie-up": 1, "tie-down": 1, "corrected": 2, "late-first": 1, "redelivered": 1, "single": 1}
+    assert rate == {"twice": 1, "tie-up": 1, "tie-down": 0, "corrected": 0, "late-first": 0, "redelivered": 0, "single": 1}
+    over_time = run_query(warehouse, "positive_rate_over_time", {"experiment": "policy-ab", "bucket_s": 86_400})
+    assert over_time["feedback"].sum() == sum(kept.values())
 
 
 def test_an_empty_warehouse_reports_no_data(warehouse, warehouse_settings):
