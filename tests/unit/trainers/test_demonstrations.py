@@ -131,7 +131,7 @@ def test_a_batch_holds_demonstrations_of_similar_length(monkeypatch):
         return real_loss(lm, batch)
 
     monkeypatch.setattr(demonstrations, "demonstration_loss", recording_loss)
-    short = [(f"Open item {n}?", "Open it.") for n in range(4)]
+    short = [(Conversation(f"Open item {n}?"), "Open it.") for n in range(4)]
     context = "How do I open the settings of my account in Mail and then change its password?"
     long = [(Conversation(f"And item {n}?", (("user", context), ("assistant", context))), "Open it.") for n in range(4)]
     fit_demonstrations(lm, tok, short + long, epochs=3, batch_size=4, learning_rate=1e-4, seed=1)
