@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from schemas.events import FeedbackEvent, latest_verdicts
 from trainers import distributed
-from trainers.batching import length_batches
+from trainers.batching import length_batches, pad_batch
 from trainers.chat_format import Conversation, Prompt, format_completion, format_prompt
 
 
@@ -66,16 +66,12 @@ def demonstration_rows(
 
 
 def pad_demonstrations(rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device | str = "cpu") -> DemoBatch:
-    """`demonstration_rows` right-padded to the longest of them."""
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    target_mask = torch.zeros((len(rows), width - 1))
-    for i, (ids, target) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention_mask[i, : len(ids)] = 1
+    """`demonstration_rows` right-padded to the longest of them (`trainers.batching.pad_batch`)."""
+    input_ids, attention_mask = pad_batch([ids for ids, _ in rows], pad_id, torch.device(device))
+    target_mask = torch.zeros((len(rows), input_ids.shape[1] - 1))
+    for i, (_, target) in enumerate(rows):
         target_mask[i, : len(target)] = torch.tensor(target, dtype=torch.float)
-    return DemoBatch(input_ids.to(device), attention_mask.to(device), target_mask.to(device))
+    return DemoBatch(input_ids, attention_mask, target_mask.to(device))
 
 
 def encode_demonstrations(
