@@ -265,10 +265,15 @@ def render_page(warehouse: Warehouse, settings: Settings, experiment: str | None
     started = time.perf_counter()
     panels = build_panels(warehouse, settings, experiment)
     took = time.perf_counter() - started
+    about = f"ClickHouse {warehouse.mode}, database {html.escape(warehouse.database)}; rendered in {took:.2f} s."
+    return panels_page(panels, about)
+
+
+def panels_page(panels: list[Panel], about: str) -> str:
+    """The dashboard's page around its panels; `about` (HTML) says where the figures came from."""
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>rlhf-stream analytics</title><style>{_STYLE}</style></head>"
-        f"<body><h1>rlhf-stream analytics</h1><p>ClickHouse {warehouse.mode}, database {html.escape(warehouse.database)}; "
-        f"rendered in {took:.2f} s. Named queries: <a href='/api/queries'>/api/queries</a>.</p>"
+        f"<body><h1>rlhf-stream analytics</h1><p>{about} Named queries: <a href='/api/queries'>/api/queries</a>.</p>"
         f"<main>{''.join(_panel_html(p) for p in panels)}</main></body></html>"
     )
 

@@ -57,7 +57,7 @@ def _time_axis(ax: Axes, buckets: pd.Series, bucket_s: int) -> None:
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(formatter)
     start, end = pd.Timestamp(buckets.min()), pd.Timestamp(buckets.max()) + pd.Timedelta(seconds=bucket_s)
-    pad = (end - start) * 0.03  # a tick on the corner would sit on the y axis's lowest label
+    pad = (end - start) * 0.08  # a clock-time tick on the corner (00:43:00) would sit under the y axis's "0.0"
     ax.set_xlim(start - pad, end + pad)
     ax.set_xlabel("time (UTC)")
 

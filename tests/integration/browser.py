@@ -52,7 +52,10 @@ class DevTools:
                 f"--window-size={window[0]},{window[1]}",
                 "about:blank",
             ],
-            pass_fds=(3, 4),
+            # Not pass_fds=(3, 4): the parent need not have fds 3 and 4 open (it has not under some shells),
+            # and Popen makes each passed fd inheritable in the child before `wire` runs. dup2's copies
+            # are inheritable already; the pipes' own ends are not.
+            close_fds=False,
             preexec_fn=wire,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

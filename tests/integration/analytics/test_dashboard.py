@@ -7,12 +7,14 @@ analyze` say "no data yet"."""
 import re
 from datetime import datetime, timedelta
 
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from matplotlib import image
 from pydantic import SecretStr
 
-from analytics.dashboard import bucket_for, create_app
+from analytics import plots
+from analytics.dashboard import Panel, bucket_for, create_app, panels_page
 from core.errors import ConfigError
 from devtools.kafka_local import free_port
 from tests.integration.analytics.conftest import SinkProcess, produce, rlhf
@@ -112,6 +114,34 @@ def test_dashboard_panels_render_with_data_in_headless_chromium(running_sink, tm
     # Plots put many distinct colours on screen; a blank or error page has a handful.
     colours = {tuple(p) for p in (pixels[::7, ::7, :3] * 255).astype(int).reshape(-1, 3)}
     assert len(colours) > 200, f"{len(colours)} colours: the page looks empty"
+
+
+def test_time_axes_keep_their_first_tick_clear_of_the_lowest_rate_label(tmp_path):
+    """An experiment decided in seconds puts clock-time ticks (00:43:00) on the axis's left corner, under
+    the y axis's "0.0" unless the axis leaves room; checked on the dashboard's page, as a browser lays it out."""
+    need_chromium()
+    panels = []
+    for bucket_s, span_s in ((10, 10), (10, 60), (10, 300), (60, 60), (60, 120), (60, 360), (60, 3600), (300, 7200)):
+        for start in (DEMO_START, DEMO_START - timedelta(seconds=10), DEMO_START + timedelta(seconds=30)):
+            buckets = pd.date_range(start, periods=max(1, span_s // bucket_s), freq=f"{bucket_s}s")
+            rates = pd.DataFrame({"bucket": buckets, "variant": "control", "feedback": 9, "positive_rate": 0.5})
+            volume = pd.DataFrame({"bucket": buckets, "feedback_type": "thumbs_up", "events": 9})
+            name = f"{bucket_s}s-{span_s}s-{start:%H%M%S}"
+            panels += [
+                Panel(f"rate-{name}", name, 1, plots.positive_rate(rates, bucket_s)),
+                Panel(f"volume-{name}", name, 1, plots.feedback_volume(volume, bucket_s)),
+            ]
+    page = tmp_path / "axes.html"
+    page.write_text(panels_page(panels, "synthetic time axes."))
+
+    browser = DevTools(tmp_path / "chromium-profile", window=(1400, 1000))
+    try:
+        laid_out = browser.evaluate(browser.open(page.as_uri()), LAYOUT)
+    finally:
+        browser.close()
+
+    assert len(laid_out) == len(panels)
+    assert [(p["where"], p["overlaps"]) for p in laid_out if p["overlaps"]] == []
 
 
 def test_a_brand_new_warehouse_shows_no_data_yet(warehouse, warehouse_settings):
