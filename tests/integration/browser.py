@@ -6,6 +6,7 @@ overlap, legends over a plot area, the tick labels of each axis."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -33,8 +34,11 @@ class DevTools:
         self._out, from_browser = os.pipe()
 
         def wire() -> None:
-            os.dup2(to_browser, 3)
-            os.dup2(from_browser, 4)
+            # By way of fds above 4: a pipe end may itself be fd 3 or 4, and dup2 onto itself would
+            # neither move the other end out of the way nor make it inheritable.
+            ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser, from_browser)]
+            os.dup2(ends[0], 3)
+            os.dup2(ends[1], 4)
 
         self.process = subprocess.Popen(
             [
@@ -52,9 +56,8 @@ class DevTools:
                 f"--window-size={window[0]},{window[1]}",
                 "about:blank",
             ],
-            # Not pass_fds=(3, 4): the parent need not have fds 3 and 4 open (it has not under some shells),
-            # and Popen makes each passed fd inheritable in the child before `wire` runs. dup2's copies
-            # are inheritable already; the pipes' own ends are not.
+            # Not pass_fds=(3, 4): Popen would need fds 3 and 4 open in the parent, and close_fds would
+            # close the copies `wire` makes. dup2's copies are inheritable; the pipes' own ends are not.
             close_fds=False,
             preexec_fn=wire,
             stdout=subprocess.DEVNULL,
