@@ -275,7 +275,7 @@ class PolicySettings(Section):
         1,
         ge=1,
         description="Processes the trainer job optimises the policy on, data-parallel under torchrun: one per GPU, or gloo "
-        "processes on CPU; only PPO then splits its work (trainers/launch.py) (processes).",
+        "processes on CPU, each taking its share of every batch (trainers/launch.py) (processes).",
     )
     training: PolicyTrainingSettings = PolicyTrainingSettings()
 

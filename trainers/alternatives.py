@@ -41,6 +41,7 @@ from core.errors import GuardrailRejection, TrainingError
 from core.learning_settings import PolicyTrainingSettings
 from core.settings import FeedbackSettings
 from schemas.events import FeedbackEvent, latest_verdicts
+from trainers import distributed
 from trainers.chat_format import Conversation, Prompt, as_conversation, format_completion, format_prompt
 from trainers.device import pick_device, use_bf16
 from trainers.policy import RewardFn, StatusFn, generate, no_status, step_metrics
@@ -87,6 +88,7 @@ def _common_args(config: PolicyTrainingSettings, seed: int, output_dir: str) -> 
     device = pick_device()
     return {
         "output_dir": output_dir,
+        "per_device_train_batch_size": _per_process_batch(config.batch_size),
         "learning_rate": config.learning_rate,
         "max_grad_norm": config.max_grad_norm,
         "seed": seed,
@@ -98,6 +100,17 @@ def _common_args(config: PolicyTrainingSettings, seed: int, output_dir: str) -> 
         "save_strategy": "no",
         "disable_tqdm": True,
     }
+
+
+def _per_process_batch(batch_size: int) -> int:
+    """Under torchrun (`policy.processes`), TRL's trainer runs data-parallel through accelerate: each
+    process takes every Nth slice of the one-process batch order and DDP averages the gradients, so
+    a process's share of `batch_size` keeps each optimiser step the one-process step. (Not an
+    epoch's last, partial batch: accelerate evens it out by repeating examples in a process.)"""
+    world = distributed.world()
+    if batch_size % world:
+        raise TrainingError(f"policy.training.batch_size {batch_size} does not split over policy.processes {world}")
+    return batch_size // world
 
 
 # ----------------------------------------------------------------------------- data for KTO / DPO
@@ -250,7 +263,6 @@ def train_alternative(
         common = _common_args(config, seed, scratch)
         if algorithm in ("grpo", "rloo"):
             online: dict[str, Any] = {
-                "per_device_train_batch_size": config.batch_size,
                 "num_generations": config.num_generations,
                 "max_completion_length": config.max_new_tokens,
                 "temperature": config.temperature,
@@ -298,7 +310,6 @@ def train_alternative(
                 only = "desirable" if rows[0]["label"] else "undesirable"
                 raise TrainingError(f"kto: needs both desirable and undesirable examples; the {source} gave only {only} ones")
             offline = {
-                "per_device_train_batch_size": config.batch_size,
                 "num_train_epochs": config.offline_epochs,
                 "beta": config.preference_beta,
                 **(kto_weights(rows) if algorithm == "kto" else {}),

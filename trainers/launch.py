@@ -9,8 +9,8 @@ GPU with NCCL, gloo processes on CPU), each runs `optimise_policy` on its share 
 The job's arguments travel in a JSON file (prompts, settings, the reward model's directory, the
 feedback as JSON lines); progress comes back on rank 0's stdout, one JSON status per line; the
 outcome in a result file: the metrics, a guardrail's rejection (GuardrailRejection again here), or
-the error (TrainingError). PPO and the corrections' supervised passes before it run data-parallel;
-the TRL algorithms run the same computation in every process (no speed-up, the same result).
+the error (TrainingError). PPO, the corrections' supervised passes before it and the TRL algorithms
+(accelerate joins the same process group; `trainers.alternatives`) all run data-parallel.
 """
 
 from __future__ import annotations
