@@ -426,7 +426,8 @@ def run_in_process(job: tuple[Any, ...]) -> tuple[Start, list[RoundRecord]]:
 
 
 def plot_curves(results: Results, path: Path) -> None:
-    """The serving version's hidden preference per round, one line per learner and seed (dashed: on follow-up turns)."""
+    """The serving version's hidden preference per round, one line per learner and seed (dashed: on follow-up turns;
+    dotted: the follow-ups of the context ablation's last-turn-only candidates)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -445,7 +446,12 @@ def plot_curves(results: Results, path: Path) -> None:
                 label=learner if k == 0 else None,
             )
             if not math.isnan(start[1]):
-                ax.plot(xs, [start[1], *(r.serving_follow_up for r in recs)], "s--", color=f"C{n}", alpha=0.7)
+                follow_ups = [start[1], *(r.serving_follow_up for r in recs)]
+                ax.plot(xs, follow_ups, "s--", color=f"C{n}", alpha=0.7, label=f"{learner}, follow-ups" if k == 0 else None)
+            if any(r.last_turn_only for r in recs):
+                ablated = [start[1], *(r.last_turn_only[1] if r.last_turn_only else math.nan for r in recs)]
+                label = f"{learner}, follow-ups, last turn only (candidates)" if k == 0 else None
+                ax.plot(xs, ablated, "x:", color=f"C{n}", alpha=0.7, label=label)
     rounds = max(len(recs) for by_seed in results.values() for _, recs in by_seed.values())
     ax.set(
         xlabel="round (0: the base policy)",
