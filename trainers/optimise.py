@@ -81,6 +81,8 @@ def optimise_policy(
         # SFT then RL: the users' corrections first, as supervised passes (`demo_epochs`); the
         # start PPO's KL is held to is then the fine-tuned model (or the original, `reference: base`).
         demos = corrections(feedback_events or ()) if algorithm == "ppo" else []
+        if demos and config.demo_epochs:  # minutes on a real chat model: say so, as the stages after it do
+            on_status("progress", "corrections", f"supervised passes over {len(demos)} corrections", {})
         lm, demo_loss = _fit_corrections(lm, tokenizer, demos, config, seed)
         start = (
             copy.deepcopy(lm).requires_grad_(False).eval()
@@ -101,6 +103,7 @@ def optimise_policy(
             gate_fn=gate_fn,
             others={"parent": parent, "base": original},
         )
+        on_status("progress", "eval_before", f"evaluating the serving policy on {len(eval_queries)} held-out queries", {})
         before = evaluate(parent)
         on_status(
             "progress",
