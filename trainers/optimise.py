@@ -81,9 +81,7 @@ def optimise_policy(
         # SFT then RL: the users' corrections first, as supervised passes (`demo_epochs`); the
         # start PPO's KL is held to is then the fine-tuned model (or the original, `reference: base`).
         demos = corrections(feedback_events or ()) if algorithm == "ppo" else []
-        if demos and config.demo_epochs:  # minutes on a real chat model: say so, as the stages after it do
-            on_status("progress", "corrections", f"supervised passes over {len(demos)} corrections", {})
-        lm, demo_loss = _fit_corrections(lm, tokenizer, demos, config, seed)
+        lm, demo_loss = _fit_corrections(lm, tokenizer, demos, config, seed, on_status)
         start = (
             copy.deepcopy(lm).requires_grad_(False).eval()
             if demos and config.demo_epochs
@@ -209,6 +207,7 @@ def _fit_corrections(
     demos: Sequence[tuple[Prompt, str]],
     config: PolicyTrainingSettings,
     seed: int,
+    on_status: StatusFn,
 ) -> tuple[PreTrainedModel, float]:
     """The users' corrections as supervised passes (`demo_epochs`, at most `demo_max_steps` steps);
     returns the fitted model and the last epoch's loss. Under LoRA only adapters learn, merged
@@ -216,6 +215,8 @@ def _fit_corrections(
     what it knew."""
     if not demos or not config.demo_epochs:
         return lm, float("nan")
+    # Minutes on a real chat model: said when they start, as the stages after them are.
+    on_status("progress", "corrections", f"supervised passes over {len(demos)} corrections", {})
     lm = with_adapters(lm, config)
     loss = fit_demonstrations(
         lm,
