@@ -6,7 +6,6 @@ that does not split over the processes is refused, naming both settings."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import torch.multiprocessing as mp
 from core.errors import TrainingError
 from core.learning_settings import PolicyTrainingSettings
 from tests.unit.trainers.fast import FAST
-from tests.unit.trainers.test_distributed import _free_port
+from tests.unit.trainers.test_distributed import _free_port, join_as
 from trainers import distributed
 from trainers.alternatives import _per_process_batch, dpo_pairs, train_alternative
 from trainers.policy import load_policy
@@ -41,7 +40,7 @@ def _train(micro_policy: str, out: Path) -> None:
 
 
 def _worker(rank: int, world: int, port: int, micro_policy: str, out: str) -> None:  # one spawned process of the group
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    join_as(rank, world, port)
     distributed.init()
     _train(micro_policy, Path(out))
     distributed.teardown()

@@ -87,10 +87,15 @@ def _train(base: str, out: Path) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, base: str, out: str) -> None:  # one spawned process of the group
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    join_as(rank, world, port)
     metrics = _train(base, Path(out) / "rm")
     (Path(out) / f"train-{rank}.json").write_text(json.dumps({**metrics["train"], "evaluated": metrics["eval"] is not None}))
     distributed.teardown()
+
+
+def join_as(rank: int, world: int, port: int) -> None:
+    """A spawned test process's torchrun variables: process `rank` of `world`, the group on `port`."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
 
 
 def _free_port() -> int:

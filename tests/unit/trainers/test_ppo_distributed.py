@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import torch.multiprocessing as mp
 
 from core.learning_settings import PolicyTrainingSettings
 from tests.unit.trainers.fast import FAST
-from tests.unit.trainers.test_distributed import _free_port
+from tests.unit.trainers.test_distributed import _free_port, join_as
 from trainers import distributed
 from trainers.demonstrations import fit_demonstrations
 from trainers.policy import Rollout, load_policy
@@ -72,7 +71,7 @@ def _fit(micro_policy: str, out: Path) -> None:
 
 
 def _worker(rank: int, world: int, port: int, micro_policy: str, out: str) -> None:  # one spawned process of the group
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    join_as(rank, world, port)
     distributed.init()
     batch = torch.load(Path(out) / "batch.pt", weights_only=False)
     _learn(micro_policy, _rows(batch, distributed.shard(range(len(batch.rollout.scores)), rank, world)), Path(out))
